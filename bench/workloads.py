@@ -1,0 +1,110 @@
+"""Benchmark workloads shared by the pytest-benchmark suite and the compare script.
+
+Each workload builds its inputs once and exposes ``vgcore()`` and peer implementations that
+return comparable results (gradient-norm curves), so every timing is of a checked answer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+import vgcore
+
+
+@dataclass
+class LSTMFlow:
+    """BPTT gradient norms through an LSTM (N=256, input 64, B=32, T=1000 by default)."""
+
+    N: int = 256
+    I: int = 64
+    B: int = 32
+    T: int = 1000
+    dtype: type = np.float32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.model = vgcore.LSTM.from_sizes(self.I, self.N, seed=self.seed, dtype=self.dtype)
+        rng = np.random.default_rng(self.seed + 1)
+        self.x = rng.normal(size=(self.T, self.B, self.I)).astype(self.dtype)
+
+    @property
+    def flops(self) -> float:
+        # forward and backward recurrent GEMMs plus the input projection
+        return 2 * 2 * self.T * self.B * self.N * 4 * self.N + 2 * self.T * self.B * self.I * 4 * self.N
+
+    def vgcore(self, threads: int | None = None) -> np.ndarray:
+        return vgcore.gradient_flow(self.model, self.x, num_threads=threads).grad_norms
+
+    def torch_eager(self) -> np.ndarray:
+        """The natural PyTorch code: an LSTMCell loop with retain_grad on every h_t."""
+        import torch
+
+        if not hasattr(self, "_tcell"):
+            tdt = torch.float32 if self.dtype == np.float32 else torch.float64
+            cell = torch.nn.LSTMCell(self.I, self.N, dtype=tdt)
+            with torch.no_grad():
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(cell, name).copy_(torch.from_numpy(getattr(self.model, name)))
+            self._tcell, self._tx = cell, torch.from_numpy(self.x)
+        cell, x = self._tcell, self._tx
+        h = torch.zeros(self.B, self.N, dtype=x.dtype, requires_grad=True)
+        c = torch.zeros(self.B, self.N, dtype=x.dtype)
+        hs = [h]
+        for t in range(self.T):
+            h, c = cell(x[t], (h, c))
+            h.retain_grad()
+            hs.append(h)
+        (0.5 * (h**2).sum()).backward()
+        return np.array([float(t.grad.norm()) for t in hs])
+
+
+@dataclass
+class MLPFlow:
+    """Per-layer gradient norms of a tanh MLP (L=200, N=512, B=128 by default)."""
+
+    L: int = 200
+    N: int = 512
+    B: int = 128
+    dtype: type = np.float32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        ws = [rng.normal(0, 1 / math.sqrt(self.N), (self.N, self.N)).astype(self.dtype) for _ in range(self.L)]
+        bs = [np.zeros(self.N, self.dtype) for _ in range(self.L)]
+        self.model = vgcore.MLP(ws, bs, "tanh")
+        self.x = rng.normal(size=(self.B, self.N)).astype(self.dtype)
+
+    @property
+    def flops(self) -> float:
+        return 2 * 2 * self.L * self.B * self.N * self.N
+
+    def vgcore(self, threads: int | None = None) -> np.ndarray:
+        return vgcore.gradient_flow(self.model, self.x, num_threads=threads).grad_norms
+
+    def torch_eager(self) -> np.ndarray:
+        """A layer loop with retain_grad on every h_l (the natural PyTorch code)."""
+        import torch
+
+        if not hasattr(self, "_tnet"):
+            self._tnet = self.model.to_torch()
+            self._tx = torch.from_numpy(self.x)
+        h = self._tx.clone().requires_grad_()
+        hs = [h]
+        for mod in self._tnet:
+            h = mod(h)
+            if isinstance(mod, torch.nn.Tanh):
+                h.retain_grad()
+                hs.append(h)
+        (0.5 * (h**2).sum()).backward()
+        return np.array([float(t.grad.norm()) for t in hs])
+
+
+def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Max relative difference of two norm curves (on the part both represent)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    ok = (b > 0) & np.isfinite(b)
+    return float(np.max(np.abs(a[ok] - b[ok]) / b[ok])) if ok.any() else math.inf

@@ -1,0 +1,481 @@
+// Backpropagation through time for RNN / LSTM / GRU.
+//
+// Structure: (1) the input projections of all steps in one GEMM; (2) the batch is split
+// into chunks, one per worker thread, each running the whole forward sequence and the
+// whole backward sequence with single-threaded BLAS (no synchronisation per step);
+// (3) parameter gradients, if asked, as a few large GEMMs over all steps at once.
+#include "vgcore/recurrent.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "vgcore/blas.hpp"
+#include "vgcore/fastmath.hpp"
+
+namespace vgcore {
+namespace {
+
+namespace fm = vgcore::fastmath;
+
+struct ChunkStats {
+  std::vector<double> sum, sumsq, saturated;  // per step: of h_{t+1}; saturated gate units
+  std::vector<double> gate_saturated;         // per step x gate
+  std::vector<double> grad_sumsq, cell_sumsq;  // per state t = 0..T
+  std::vector<int> grad_scale;                 // per state
+  std::vector<int> dz_scale;                   // per step: scale of stored dL/d(pre-activation)
+};
+
+template <class T>
+struct Problem {
+  const RecurrentWeights<T>& w;
+  const RecurrentFlowIO<T>& io;
+  const FlowOptions& opt;
+  std::size_t T_, B, N, I, G, GN;
+  // A: (T, B, GN) input projections -> activated gates -> dL/d(pre-activation).
+  std::vector<T> A;
+  // H: (T+1, B, N) hidden states; C, TC: LSTM cell states and tanh(c_t); HN: GRU W_hn h + b_hn
+  // during the forward pass, dL/d(n pre-activation) after the backward pass.
+  std::vector<T> H, C, TC, HN;
+
+  T* a(std::size_t t, std::size_t b) { return A.data() + (t * B + b) * GN; }
+  T* h(std::size_t t, std::size_t b) { return H.data() + (t * B + b) * N; }
+  T* c(std::size_t t, std::size_t b) { return C.data() + (t * B + b) * N; }
+  T* tc(std::size_t t, std::size_t b) { return TC.data() + (t * B + b) * N; }
+  T* hn(std::size_t t, std::size_t b) { return HN.data() + (t * B + b) * N; }
+};
+
+// ---------------------------------------------------------------------------------------
+// Forward steps. Each processes rows [b0, b0 + nb) of step t (h_t -> h_{t+1}).
+
+template <class T>
+void forward_rnn(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, const Activation& act,
+                 ChunkStats& st, T sat_level) {
+  const std::size_t N = p.N;
+  T* at = p.a(t, b0);
+  blas::gemm(blas::Op::N, blas::Op::T, nb, N, N, T(1), p.h(t, b0), N, p.w.weight_hh, N, T(1), at, N);
+  T* hn = p.h(t + 1, b0);
+  activation_forward(act, at, hn, at, nb * N);
+  double s = 0, s2 = 0, ns = 0;
+  for (std::size_t i = 0; i < nb * N; ++i) {
+    const double v = hn[i];
+    s += v;
+    s2 += v * v;
+    ns += (std::abs(at[i]) < sat_level) ? 1.0 : 0.0;
+  }
+  st.sum[t] = s;
+  st.sumsq[t] = s2;
+  st.saturated[t] = ns;
+  st.gate_saturated[t] = ns;
+}
+
+template <class T>
+void forward_lstm(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, ChunkStats& st,
+                  double thr) {
+  const std::size_t N = p.N, GN = p.GN;
+  T* at = p.a(t, b0);
+  blas::gemm(blas::Op::N, blas::Op::T, nb, GN, N, T(1), p.h(t, b0), N, p.w.weight_hh, N, T(1), at, GN);
+  const T sat_sig = static_cast<T>(0.25 * thr), sat_tanh = static_cast<T>(thr);
+  double s = 0, s2 = 0, n_i = 0, n_f = 0, n_g = 0, n_o = 0;
+  for (std::size_t b = 0; b < nb; ++b) {
+    T* ai = at + b * GN;
+    T* af = ai + N;
+    T* ag = ai + 2 * N;
+    T* ao = ai + 3 * N;
+    const T* cprev = p.c(t, b0 + b);
+    T* cnext = p.c(t + 1, b0 + b);
+    T* tcn = p.tc(t, b0 + b);
+    T* hnext = p.h(t + 1, b0 + b);
+    for (std::size_t j = 0; j < N; ++j) {
+      const T i = fm::sigmoid(ai[j]), f = fm::sigmoid(af[j]), g = fm::tanh(ag[j]),
+              o = fm::sigmoid(ao[j]);
+      const T cn = f * cprev[j] + i * g;
+      const T tcv = fm::tanh(cn);
+      const T hv = o * tcv;
+      ai[j] = i;
+      af[j] = f;
+      ag[j] = g;
+      ao[j] = o;
+      cnext[j] = cn;
+      tcn[j] = tcv;
+      hnext[j] = hv;
+      s += hv;
+      s2 += static_cast<double>(hv) * hv;
+      n_i += (i * (1 - i) < sat_sig) ? 1.0 : 0.0;
+      n_f += (f * (1 - f) < sat_sig) ? 1.0 : 0.0;
+      n_g += (1 - g * g < sat_tanh) ? 1.0 : 0.0;
+      n_o += (o * (1 - o) < sat_sig) ? 1.0 : 0.0;
+    }
+  }
+  st.sum[t] = s;
+  st.sumsq[t] = s2;
+  st.gate_saturated[4 * t + 0] = n_i;
+  st.gate_saturated[4 * t + 1] = n_f;
+  st.gate_saturated[4 * t + 2] = n_g;
+  st.gate_saturated[4 * t + 3] = n_o;
+  st.saturated[t] = n_i + n_f + n_g + n_o;
+}
+
+template <class T>
+void forward_gru(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, ChunkStats& st,
+                 double thr, std::vector<T>& q) {
+  const std::size_t N = p.N, GN = p.GN;
+  T* at = p.a(t, b0);
+  // q = h_t W_hh^T + b_hh, kept apart because r multiplies its n-block.
+  if (p.w.bias_hh) {
+    for (std::size_t b = 0; b < nb; ++b) std::copy(p.w.bias_hh, p.w.bias_hh + GN, q.data() + b * GN);
+  }
+  blas::gemm(blas::Op::N, blas::Op::T, nb, GN, N, T(1), p.h(t, b0), N, p.w.weight_hh, N,
+             p.w.bias_hh ? T(1) : T(0), q.data(), GN);
+  const T sat_sig = static_cast<T>(0.25 * thr), sat_tanh = static_cast<T>(thr);
+  double s = 0, s2 = 0, n_r = 0, n_z = 0, n_n = 0;
+  for (std::size_t b = 0; b < nb; ++b) {
+    T* ar = at + b * GN;
+    T* az = ar + N;
+    T* an = ar + 2 * N;
+    const T* qr = q.data() + b * GN;
+    const T* qz = qr + N;
+    const T* qn = qr + 2 * N;
+    const T* hprev = p.h(t, b0 + b);
+    T* hnext = p.h(t + 1, b0 + b);
+    T* hnb = p.hn(t, b0 + b);
+    for (std::size_t j = 0; j < N; ++j) {
+      const T r = fm::sigmoid(ar[j] + qr[j]);
+      const T z = fm::sigmoid(az[j] + qz[j]);
+      const T n = fm::tanh(an[j] + r * qn[j]);
+      const T hv = (1 - z) * n + z * hprev[j];
+      ar[j] = r;
+      az[j] = z;
+      an[j] = n;
+      hnb[j] = qn[j];
+      hnext[j] = hv;
+      s += hv;
+      s2 += static_cast<double>(hv) * hv;
+      n_r += (r * (1 - r) < sat_sig) ? 1.0 : 0.0;
+      n_z += (z * (1 - z) < sat_sig) ? 1.0 : 0.0;
+      n_n += (1 - n * n < sat_tanh) ? 1.0 : 0.0;
+    }
+  }
+  st.sum[t] = s;
+  st.sumsq[t] = s2;
+  st.gate_saturated[3 * t + 0] = n_r;
+  st.gate_saturated[3 * t + 1] = n_z;
+  st.gate_saturated[3 * t + 2] = n_n;
+  st.saturated[t] = n_r + n_z + n_n;
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward steps. `dh` holds dL/dh_{t+1} (stored = true * 2^scale) for the chunk's rows,
+// `cot` (nullable) a true-valued cotangent to add, `f` the pending power-of-two factor.
+// Each writes dL/d(pre-activation) of step t into A (and HN for GRU), dL/dh_t into dh_prev,
+// and returns ||dh + cot * 2^scale||^2 (stored units).
+
+template <class T>
+double backward_rnn(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, const T* dh,
+                    const T* cot, T cot_scale, T f, T* dh_prev) {
+  const std::size_t N = p.N;
+  T* at = p.a(t, b0);
+  double s2 = 0;
+  for (std::size_t i = 0; i < nb * N; ++i) {
+    const T g = cot ? dh[i] + cot[i] * cot_scale : dh[i];
+    s2 += static_cast<double>(g) * g;
+    at[i] = g * at[i] * f;
+  }
+  blas::gemm(blas::Op::N, blas::Op::N, nb, N, N, T(1), at, N, p.w.weight_hh, N, T(0), dh_prev, N);
+  return s2;
+}
+
+template <class T>
+double backward_lstm(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, const T* dh,
+                     const T* cot, T cot_scale, T f, T* dh_prev, T* dc, double& dc_sumsq) {
+  const std::size_t N = p.N, GN = p.GN;
+  T* at = p.a(t, b0);
+  double s2 = 0, c2 = 0;
+  for (std::size_t b = 0; b < nb; ++b) {
+    T* ai = at + b * GN;
+    T* af = ai + N;
+    T* ag = ai + 2 * N;
+    T* ao = ai + 3 * N;
+    const T* cprev = p.c(t, b0 + b);
+    const T* tcv = p.tc(t, b0 + b);
+    const T* dhb = dh + b * N;
+    const T* cotb = cot ? cot + b * N : nullptr;
+    T* dcb = dc + b * N;
+    for (std::size_t j = 0; j < N; ++j) {
+      const T g0 = cotb ? dhb[j] + cotb[j] * cot_scale : dhb[j];
+      s2 += static_cast<double>(g0) * g0;
+      c2 += static_cast<double>(dcb[j]) * dcb[j];
+      const T gh = g0 * f, gc = dcb[j] * f;
+      const T i = ai[j], fg = af[j], g = ag[j], o = ao[j], tc = tcv[j];
+      const T dct = gc + gh * o * (1 - tc * tc);
+      ai[j] = dct * g * i * (1 - i);
+      af[j] = dct * cprev[j] * fg * (1 - fg);
+      ag[j] = dct * i * (1 - g * g);
+      ao[j] = gh * tc * o * (1 - o);
+      dcb[j] = dct * fg;
+    }
+  }
+  dc_sumsq = c2;
+  blas::gemm(blas::Op::N, blas::Op::N, nb, N, GN, T(1), at, GN, p.w.weight_hh, N, T(0), dh_prev, N);
+  return s2;
+}
+
+template <class T>
+double backward_gru(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, const T* dh,
+                    const T* cot, T cot_scale, T f, T* dh_prev) {
+  const std::size_t N = p.N, GN = p.GN;
+  T* at = p.a(t, b0);
+  double s2 = 0;
+  for (std::size_t b = 0; b < nb; ++b) {
+    T* ar = at + b * GN;
+    T* az = ar + N;
+    T* an = ar + 2 * N;
+    T* hnb = p.hn(t, b0 + b);
+    const T* hprev = p.h(t, b0 + b);
+    const T* dhb = dh + b * N;
+    const T* cotb = cot ? cot + b * N : nullptr;
+    T* dpb = dh_prev + b * N;
+    for (std::size_t j = 0; j < N; ++j) {
+      const T g0 = cotb ? dhb[j] + cotb[j] * cot_scale : dhb[j];
+      s2 += static_cast<double>(g0) * g0;
+      const T g = g0 * f;
+      const T r = ar[j], z = az[j], n = an[j], qn = hnb[j];
+      const T dan = g * (1 - z) * (1 - n * n);  // dL/d(n pre-activation)
+      ar[j] = dan * qn * r * (1 - r);
+      az[j] = g * (hprev[j] - n) * z * (1 - z);
+      an[j] = dan * r;  // dL/d(W_hn h + b_hn)
+      hnb[j] = dan;
+      dpb[j] = g * z;
+    }
+  }
+  blas::gemm(blas::Op::N, blas::Op::N, nb, N, GN, T(1), at, GN, p.w.weight_hh, N, T(1), dh_prev, N);
+  return s2;
+}
+
+template <class T>
+void check_finite_progress(const RecurrentWeights<T>& w) {
+  if (!w.weight_ih || !w.weight_hh) throw std::invalid_argument("recurrent weights are null");
+}
+
+}  // namespace
+
+template <class T>
+FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentFlowIO<T>& io,
+                                  const FlowOptions& opt, Control& ctl) {
+  check_finite_progress(w);
+  const CellKind kind = w.kind;
+  const bool lstm = kind == CellKind::lstm, gru = kind == CellKind::gru;
+  const std::size_t T_ = io.steps, B = io.batch, N = w.hidden, I = w.input_size;
+  const std::size_t G = cell_gates(kind), GN = G * N;
+  if (T_ == 0) throw std::invalid_argument("x must have at least one time step, got T = 0");
+  Problem<T> p{w, io, opt, T_, B, N, I, G, GN, {}, {}, {}, {}, {}};
+  p.A.resize(T_ * B * GN);
+  p.H.resize((T_ + 1) * B * N);
+  if (lstm) {
+    p.C.resize((T_ + 1) * B * N);
+    p.TC.resize(T_ * B * N);
+  }
+  if (gru) p.HN.resize(T_ * B * N);
+
+  // (1) Input projections for all steps: A = X W_ih^T + folded biases.
+  {
+    std::vector<T> bias(GN, T(0));
+    for (std::size_t k = 0; k < GN; ++k) {
+      if (w.bias_ih) bias[k] += w.bias_ih[k];
+      // GRU adds all of b_hh with the recurrent product (b_hn sits inside r * (W_hn h + b_hn)).
+      if (w.bias_hh && !gru) bias[k] += w.bias_hh[k];
+    }
+    for (std::size_t r = 0; r < T_ * B; ++r) std::copy(bias.begin(), bias.end(), p.A.data() + r * GN);
+    blas::gemm(blas::Op::N, blas::Op::T, T_ * B, GN, I, T(1), io.x, I, w.weight_ih, I, T(1),
+               p.A.data(), GN);
+  }
+  if (io.h0) std::copy(io.h0, io.h0 + B * N, p.H.data());
+  if (lstm && io.c0) std::copy(io.c0, io.c0 + B * N, p.C.data());
+
+  const Activation act = make_activation(kind == CellKind::rnn_relu ? "relu" : "tanh");
+  const T sat_level = static_cast<T>(opt.saturation_threshold * act.max_derivative());
+  const std::size_t n_chunks = resolve_threads(opt.num_threads, B);
+  std::vector<ChunkStats> cs(n_chunks);
+  const std::size_t total_work = 2 * T_;
+
+  // (2) Forward and backward through time, batch-parallel.
+  std::optional<blas::SingleThreadScope> single_blas;
+  if (n_chunks > 1) single_blas.emplace();  // each worker runs single-threaded BLAS
+  run_chunks(n_chunks, ctl, [&](std::size_t ci) {
+    const auto [b0, b1] = split_range(B, n_chunks, ci);
+    const std::size_t nb = b1 - b0;
+    const bool primary = ci == 0;
+    auto step_done = [&](std::size_t done) {
+      if (primary) ctl.tick(done, total_work);
+      else ctl.poll();
+    };
+    ChunkStats& st = cs[ci];
+    st.sum.assign(T_, 0.0);
+    st.sumsq.assign(T_, 0.0);
+    st.saturated.assign(T_, 0.0);
+    st.gate_saturated.assign(T_ * G, 0.0);
+    st.grad_sumsq.assign(T_ + 1, 0.0);
+    st.cell_sumsq.assign(T_ + 1, 0.0);
+    st.grad_scale.assign(T_ + 1, 0);
+    st.dz_scale.assign(T_, 0);
+    std::vector<T> q(gru ? nb * GN : 0);
+    for (std::size_t t = 0; t < T_; ++t) {
+      if (lstm) forward_lstm(p, t, b0, nb, st, opt.saturation_threshold);
+      else if (gru) forward_gru(p, t, b0, nb, st, opt.saturation_threshold, q);
+      else forward_rnn(p, t, b0, nb, act, st, sat_level);
+      step_done(t + 1);
+    }
+
+    // Backward. dh / dh_prev ping-pong; dc in place (LSTM).
+    std::vector<T> dha(nb * N, T(0)), dhb(nb * N, T(0)), dc(lstm ? nb * N : 0, T(0));
+    T* dh = dha.data();
+    T* dh_prev = dhb.data();
+    const T* cot_seq = nullptr;
+    if (io.cotangent && io.cotangent_per_step) cot_seq = io.cotangent;
+    else if (io.cotangent) std::copy(io.cotangent + b0 * N, io.cotangent + b1 * N, dh);
+    else std::copy(p.h(T_, b0), p.h(T_, b0) + nb * N, dh);
+    if (lstm && io.cell_cotangent)
+      std::copy(io.cell_cotangent + b0 * N, io.cell_cotangent + b1 * N, dc.data());
+    int scale = 0;
+    int pending = rescale_exponent<T>(sum_squares(dh, nb * N) + sum_squares(dc.data(), dc.size()));
+    for (std::size_t t = T_; t-- > 0;) {
+      const T* cot = cot_seq ? cot_seq + (t * B + b0) * N : nullptr;
+      const T cot_scale = pow2<T>(scale);
+      if (io.grads || io.cell_grads) {
+        const T inv = pow2<T>(-scale);
+        if (io.grads) {
+          T* out = io.grads + ((t + 1) * B + b0) * N;
+          for (std::size_t i = 0; i < nb * N; ++i) out[i] = (cot ? dh[i] + cot[i] * cot_scale : dh[i]) * inv;
+        }
+        if (io.cell_grads) {
+          T* out = io.cell_grads + ((t + 1) * B + b0) * N;
+          for (std::size_t i = 0; i < nb * N; ++i) out[i] = dc[i] * inv;
+        }
+      }
+      const T f = pow2<T>(pending);
+      double s2 = 0, c2 = 0;
+      if (lstm) s2 = backward_lstm(p, t, b0, nb, dh, cot, cot_scale, f, dh_prev, dc.data(), c2);
+      else if (gru) s2 = backward_gru(p, t, b0, nb, dh, cot, cot_scale, f, dh_prev);
+      else s2 = backward_rnn(p, t, b0, nb, dh, cot, cot_scale, f, dh_prev);
+      st.grad_sumsq[t + 1] = s2;
+      st.cell_sumsq[t + 1] = c2;
+      st.grad_scale[t + 1] = scale;
+      scale += pending;
+      st.dz_scale[t] = scale;
+      pending = rescale_exponent<T>(s2 + c2);
+      std::swap(dh, dh_prev);
+      step_done(2 * T_ - t);
+    }
+    st.grad_sumsq[0] = sum_squares(dh, nb * N);
+    st.cell_sumsq[0] = sum_squares(dc.data(), dc.size());
+    st.grad_scale[0] = scale;
+    const T inv = pow2<T>(-scale);
+    if (io.grads)
+      for (std::size_t i = 0; i < nb * N; ++i) io.grads[b0 * N + i] = dh[i] * inv;
+    if (io.cell_grads)
+      for (std::size_t i = 0; i < nb * N; ++i) io.cell_grads[b0 * N + i] = dc[i] * inv;
+  });
+  single_blas.reset();
+
+  FlowStats out;
+  out.n_gates = G;
+  std::vector<double> per_chunk(n_chunks);
+  out.log_grad_norms.resize(T_ + 1);
+  if (lstm) out.log_cell_grad_norms.resize(T_ + 1);
+  for (std::size_t t = 0; t <= T_; ++t) {
+    for (std::size_t c = 0; c < n_chunks; ++c)
+      per_chunk[c] = log_norm(cs[c].grad_sumsq[t], cs[c].grad_scale[t]);
+    out.log_grad_norms[t] = combine_log_norms(per_chunk.data(), n_chunks, 1);
+    if (lstm) {
+      for (std::size_t c = 0; c < n_chunks; ++c)
+        per_chunk[c] = log_norm(cs[c].cell_sumsq[t], cs[c].grad_scale[t]);
+      out.log_cell_grad_norms[t] = combine_log_norms(per_chunk.data(), n_chunks, 1);
+    }
+  }
+  out.act_mean.resize(T_);
+  out.act_std.resize(T_);
+  out.saturation.resize(T_);
+  out.gate_saturation.resize(T_ * G);
+  const double n_units = static_cast<double>(B * N);
+  for (std::size_t t = 0; t < T_; ++t) {
+    double s = 0, s2 = 0, ns = 0;
+    for (auto& st : cs) {
+      s += st.sum[t];
+      s2 += st.sumsq[t];
+      ns += st.saturated[t];
+      for (std::size_t g = 0; g < G; ++g) out.gate_saturation[t * G + g] += st.gate_saturated[t * G + g];
+    }
+    const double mean = s / n_units;
+    out.act_mean[t] = mean;
+    out.act_std[t] = std::sqrt(std::max(0.0, s2 / n_units - mean * mean));
+    out.saturation[t] = ns / (n_units * G);
+    for (std::size_t g = 0; g < G; ++g) out.gate_saturation[t * G + g] /= n_units;
+  }
+  if (io.states) std::copy(p.H.begin(), p.H.end(), io.states);
+  if (io.last_state) std::copy(p.h(T_, 0), p.h(T_, 0) + B * N, io.last_state);
+  if (io.last_cell && lstm) std::copy(p.c(T_, 0), p.c(T_, 0) + B * N, io.last_cell);
+  if (io.cell_states && lstm) std::copy(p.C.begin(), p.C.end(), io.cell_states);
+
+  // (3) Parameter gradients over all steps at once.
+  if (opt.param_grads) {
+    ctl.tick(total_work, total_work);
+    int ref = std::numeric_limits<int>::max();
+    for (auto& st : cs)
+      for (int s : st.dz_scale) ref = std::min(ref, s);
+    for (std::size_t ci = 0; ci < n_chunks; ++ci) {
+      const auto [b0, b1] = split_range(B, n_chunks, ci);
+      for (std::size_t t = 0; t < T_; ++t) {
+        const int k = ref - cs[ci].dz_scale[t];
+        scale_pow2(p.a(t, b0), (b1 - b0) * GN, k);
+        if (gru) scale_pow2(p.hn(t, b0), (b1 - b0) * N, k);
+      }
+    }
+    const std::size_t rows = T_ * B;
+    std::vector<T> dw(GN * std::max(I, N));
+    double wih2 = 0;
+    if (gru) {
+      // rows r,z of dW_ih come from A's first 2N columns, rows n from HN.
+      blas::gemm(blas::Op::T, blas::Op::N, 2 * N, I, rows, T(1), p.A.data(), GN, io.x, I, T(0), dw.data(), I);
+      wih2 = sum_squares(dw.data(), 2 * N * I);
+      blas::gemm(blas::Op::T, blas::Op::N, N, I, rows, T(1), p.HN.data(), N, io.x, I, T(0), dw.data(), I);
+      wih2 += sum_squares(dw.data(), N * I);
+    } else {
+      blas::gemm(blas::Op::T, blas::Op::N, GN, I, rows, T(1), p.A.data(), GN, io.x, I, T(0), dw.data(), I);
+      wih2 = sum_squares(dw.data(), GN * I);
+    }
+    blas::gemm(blas::Op::T, blas::Op::N, GN, N, rows, T(1), p.A.data(), GN, p.H.data(), N, T(0), dw.data(), N);
+    const double whh2 = sum_squares(dw.data(), GN * N);
+    std::vector<double> dbh(GN, 0.0), dbi(GN, 0.0);
+    for (std::size_t r = 0; r < rows; ++r) {
+      const T* ar = p.A.data() + r * GN;
+      for (std::size_t k = 0; k < GN; ++k) dbh[k] += ar[k];
+    }
+    dbi = dbh;
+    if (gru) {
+      for (std::size_t k = 2 * N; k < GN; ++k) dbi[k] = 0;
+      for (std::size_t r = 0; r < rows; ++r) {
+        const T* hr = p.HN.data() + r * N;
+        for (std::size_t j = 0; j < N; ++j) dbi[2 * N + j] += hr[j];
+      }
+    }
+    const double ninf = -std::numeric_limits<double>::infinity();
+    out.log_param_grad_norms = {
+        log_norm(wih2, ref), log_norm(whh2, ref),
+        w.bias_ih ? log_norm(sum_squares(dbi.data(), GN), ref) : ninf,
+        w.bias_hh ? log_norm(sum_squares(dbh.data(), GN), ref) : ninf};
+  }
+  return out;
+}
+
+template FlowStats recurrent_gradient_flow<float>(const RecurrentWeights<float>&,
+                                                  const RecurrentFlowIO<float>&,
+                                                  const FlowOptions&, Control&);
+template FlowStats recurrent_gradient_flow<double>(const RecurrentWeights<double>&,
+                                                   const RecurrentFlowIO<double>&,
+                                                   const FlowOptions&, Control&);
+
+}  // namespace vgcore

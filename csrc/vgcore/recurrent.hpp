@@ -1,0 +1,56 @@
+// Recurrent cells with PyTorch's semantics and parameter layout (nn.RNN, nn.LSTM, nn.GRU,
+// single layer): forward over the whole sequence and backward through time in one call.
+#pragma once
+
+#include <cstddef>
+
+#include "vgcore/activations.hpp"
+#include "vgcore/control.hpp"
+#include "vgcore/flow.hpp"
+
+namespace vgcore {
+
+enum class CellKind : int { rnn_tanh = 0, rnn_relu, lstm, gru };
+
+// Number of gate blocks stacked in weight_ih / weight_hh (PyTorch order: LSTM i,f,g,o;
+// GRU r,z,n).
+inline std::size_t cell_gates(CellKind k) {
+  return k == CellKind::lstm ? 4 : (k == CellKind::gru ? 3 : 1);
+}
+
+template <class T>
+struct RecurrentWeights {
+  CellKind kind = CellKind::rnn_tanh;
+  std::size_t input_size = 0, hidden = 0;
+  const T* weight_ih = nullptr;  // (G*N, input_size)
+  const T* weight_hh = nullptr;  // (G*N, N)
+  const T* bias_ih = nullptr;    // (G*N) or null
+  const T* bias_hh = nullptr;    // (G*N) or null
+};
+
+template <class T>
+struct RecurrentFlowIO {
+  const T* x = nullptr;  // (T, B, input_size)
+  std::size_t steps = 0, batch = 0;
+  const T* h0 = nullptr;  // (B, N) or null (zeros)
+  const T* c0 = nullptr;  // LSTM: (B, N) or null (zeros)
+  // dL/dh: null => h_T (loss 0.5 ||h_T||^2); else (B, N) at h_T, or (T, B, N) for
+  // h_1..h_T when cotangent_per_step.
+  const T* cotangent = nullptr;
+  bool cotangent_per_step = false;
+  const T* cell_cotangent = nullptr;  // LSTM: dL/dc_T (B, N) or null
+  T* last_state = nullptr;            // optional (B, N): h_T
+  T* last_cell = nullptr;             // optional LSTM (B, N): c_T
+  T* states = nullptr;                // optional (T+1, B, N): h_0..h_T
+  T* cell_states = nullptr;           // optional LSTM (T+1, B, N): c_0..c_T
+  T* grads = nullptr;                 // optional (T+1, B, N): dL/dh_t
+  T* cell_grads = nullptr;            // optional LSTM (T+1, B, N): dL/dc_t
+};
+
+// log_param_grad_norms layout: [weight_ih, weight_hh, bias_ih, bias_hh] (-inf if absent).
+// gate_saturation: (T, G) fractions per gate; saturation: over all gate units.
+template <class T>
+FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentFlowIO<T>& io,
+                                  const FlowOptions& opt, Control& ctl);
+
+}  // namespace vgcore

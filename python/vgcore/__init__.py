@@ -1,0 +1,31 @@
+"""vgcore: measure how gradients propagate through neural networks.
+
+Where they vanish, where they explode, and why: per-layer and per-time-step gradient norms,
+activation saturation, parameter-gradient norms, from one compiled call per analysis.
+"""
+
+from __future__ import annotations
+
+from vgcore._loader import _core
+from vgcore._runtime import get_num_threads, set_num_threads
+from vgcore._validation import InsufficientMemoryError
+from vgcore.activations import ACTIVATIONS, Activation
+from vgcore.analysis import GradientFlow, gradient_flow
+from vgcore.models import GRU, LSTM, MLP, RNN
+
+__version__: str = _core.__version__
+
+__all__ = [
+    "ACTIVATIONS",
+    "GRU",
+    "LSTM",
+    "MLP",
+    "RNN",
+    "Activation",
+    "GradientFlow",
+    "InsufficientMemoryError",
+    "__version__",
+    "get_num_threads",
+    "gradient_flow",
+    "set_num_threads",
+]

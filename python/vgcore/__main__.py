@@ -1,0 +1,5 @@
+import sys
+
+from vgcore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,325 @@
+"""Per-layer and per-time-step gradient norms (backpropagation through depth or time)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vgcore._loader import _core
+from vgcore._runtime import resolve_threads
+from vgcore._validation import as_float_array, check_memory, resolve_dtype
+from vgcore.models import LSTM, MLP, Model, RecurrentModel
+
+__all__ = ["GradientFlow", "gradient_flow"]
+
+ProgressCallback = Callable[[int, int], Any]
+
+
+@dataclass(repr=False)
+class GradientFlow:
+    """Result of :func:`gradient_flow`.
+
+    Index ``i`` of the state arrays refers to ``h_i``: for an MLP ``h_0 = x`` and ``h_L`` the
+    output; for a recurrent model ``h_0`` the initial state and ``h_T`` the last one. Step
+    arrays (activation statistics) have one entry per layer / time step, for ``h_1..``.
+
+    Attributes
+    ----------
+    log_grad_norms : ndarray of shape (L+1,) or (T+1,)
+        ``log ||dL/dh_i||`` (natural log, Frobenius norm over the batch); finite even when
+        the norm itself under- or overflows.
+    log_cell_grad_norms : ndarray of shape (T+1,) or None
+        LSTM only: ``log ||dL/dc_t||``.
+    act_mean, act_std : ndarray of shape (L,) or (T,)
+        Mean and standard deviation of each layer's / step's output ``h``.
+    saturation : ndarray of shape (L,) or (T,)
+        Fraction of units with ``|phi'(z)|`` below ``saturation_threshold`` times its
+        maximum (for gated cells: over all gate units).
+    gate_saturation : ndarray of shape (T, G) or None
+        Gated cells: the same fraction per gate (LSTM i, f, g, o; GRU r, z, n).
+    param_grad_norms : dict or None
+        With ``param_grads=True``: MLP ``{"weight": (L,), "bias": (L,)}``; recurrent
+        ``{"weight_ih", "weight_hh", "bias_ih", "bias_hh"}`` (floats). NaN for absent biases.
+    grads : list of ndarray / ndarray or None
+        With ``keep_grads=True``: ``dL/dh_i`` (MLP: a list of (B, width_i) arrays;
+        recurrent: one (T+1, B, N) array). ``cell_grads`` likewise for LSTM.
+    output : ndarray
+        ``y`` (MLP, (B, out)) or ``h_T`` (recurrent, (B, N)).
+    """
+
+    model: Model
+    kind: str
+    dtype: np.dtype
+    batch_size: int
+    log_grad_norms: np.ndarray
+    act_mean: np.ndarray
+    act_std: np.ndarray
+    saturation: np.ndarray
+    output: np.ndarray
+    log_cell_grad_norms: np.ndarray | None = None
+    gate_saturation: np.ndarray | None = None
+    log_param_grad_norms: dict[str, Any] | None = None
+    grads: Any = None
+    cell_grads: np.ndarray | None = None
+    states: np.ndarray | None = None
+    cell_states: np.ndarray | None = None
+    clip: dict[str, Any] | None = field(default=None)
+
+    # -- derived views ------------------------------------------------------------------
+    @property
+    def axis(self) -> str:
+        """"layer" for an MLP, "step" for a recurrent model."""
+        return "layer" if self.kind == "mlp" else "step"
+
+    @property
+    def grad_norms(self) -> np.ndarray:
+        """``||dL/dh_i||`` (0 or inf where the value leaves the float64 range)."""
+        with np.errstate(over="ignore", under="ignore"):
+            return np.exp(self.log_grad_norms)
+
+    @property
+    def cell_grad_norms(self) -> np.ndarray | None:
+        if self.log_cell_grad_norms is None:
+            return None
+        with np.errstate(over="ignore", under="ignore"):
+            return np.exp(self.log_cell_grad_norms)
+
+    @property
+    def param_grad_norms(self) -> dict[str, Any] | None:
+        if self.log_param_grad_norms is None:
+            return None
+        with np.errstate(over="ignore", under="ignore"):
+            return {
+                k: (np.exp(v) if isinstance(v, np.ndarray) else math.exp(v) if math.isfinite(v) else (0.0 if v < 0 else v))
+                for k, v in self.log_param_grad_norms.items()
+            }
+
+    @property
+    def log10_grad_norms(self) -> np.ndarray:
+        return self.log_grad_norms / math.log(10.0)
+
+    @property
+    def log_gain(self) -> float:
+        """``log(||dL/dh_0|| / ||dL/dh_last||)``: total log gain of the backward pass."""
+        return float(self.log_grad_norms[0] - self.log_grad_norms[-1])
+
+    def vanishing_depth(self, ratio: float = 1e-6) -> int | None:
+        """Smallest distance from the output (in layers / steps) at which the gradient
+        norm falls below ``ratio`` times its value at the output, or None."""
+        rel = self.log_grad_norms[::-1] - self.log_grad_norms[-1]
+        idx = np.nonzero(rel < math.log(ratio))[0]
+        return int(idx[0]) if idx.size else None
+
+    # -- export ---------------------------------------------------------------------------
+    def to_pandas(self) -> Any:
+        """A DataFrame indexed by layer / step (0..L or 0..T) with every per-index quantity."""
+        import pandas as pd
+
+        n = len(self.log_grad_norms)
+        data: dict[str, Any] = {
+            "log_grad_norm": self.log_grad_norms,
+            "grad_norm": self.grad_norms,
+        }
+        if self.log_cell_grad_norms is not None:
+            data["log_cell_grad_norm"] = self.log_cell_grad_norms
+            data["cell_grad_norm"] = self.cell_grad_norms
+
+        def pad(a: np.ndarray) -> np.ndarray:
+            return np.concatenate([[np.nan], a])
+
+        data["act_mean"] = pad(self.act_mean)
+        data["act_std"] = pad(self.act_std)
+        data["saturation"] = pad(self.saturation)
+        if self.gate_saturation is not None and self.kind in ("lstm", "gru"):
+            names = "ifgo" if self.kind == "lstm" else "rzn"
+            for j, g in enumerate(names):
+                data[f"saturation_{g}"] = pad(self.gate_saturation[:, j])
+        pg = self.log_param_grad_norms
+        if pg is not None and self.kind == "mlp":
+            data["log_weight_grad_norm"] = pad(pg["weight"])
+            data["log_bias_grad_norm"] = pad(pg["bias"])
+        df = pd.DataFrame(data, index=pd.RangeIndex(n, name=self.axis))
+        return df
+
+    def __repr__(self) -> str:
+        m = self.model
+        if isinstance(m, MLP):
+            desc = f"MLP depth={m.depth} widths={m.sizes[0]}..{m.sizes[-1]}"
+        else:
+            assert isinstance(m, RecurrentModel)
+            desc = f"{type(m).__name__} N={m.hidden_size} T={len(self.log_grad_norms) - 1}"
+        lg = self.log10_grad_norms
+        last = "L" if self.kind == "mlp" else "T"
+        lines = [
+            f"GradientFlow({desc}, B={self.batch_size}, {self.dtype.name})",
+            f"  ||dL/dh_{last}|| = 10^{lg[-1]:.2f}  ->  ||dL/dh_0|| = 10^{lg[0]:.2f}"
+            f"  (gain 10^{lg[0] - lg[-1]:.2f} over {len(lg) - 1} {self.axis}s)",
+            f"  saturation: mean {np.mean(self.saturation):.1%}, max {np.max(self.saturation):.1%}",
+        ]
+        vd = self.vanishing_depth()
+        if vd is not None:
+            lines.append(f"  falls below 1e-6 of its output value {vd} {self.axis}s from the output")
+        return "\n".join(lines)
+
+
+def _check_progress(progress: Any) -> Any:
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable(done, total) or None, got {progress!r}")
+    return progress
+
+
+def _check_nonfinite(stats: dict[str, Any], axis: str) -> None:
+    mean = stats["act_mean"]
+    bad = np.nonzero(~np.isfinite(mean))[0]
+    if bad.size:
+        raise FloatingPointError(
+            f"the forward pass produced NaN/Inf at {axis} {int(bad[0]) + 1} "
+            f"(of {mean.size}); the weights or inputs are too large for the dtype"
+        )
+
+
+def gradient_flow(
+    model: Model,
+    x: Any,
+    *,
+    h0: Any = None,
+    cotangent: Any = None,
+    dtype: Any = None,
+    param_grads: bool = False,
+    keep_grads: bool = False,
+    keep_states: bool = False,
+    saturation_threshold: float = 1e-3,
+    num_threads: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> GradientFlow:
+    """Forward and backward pass in one compiled call; gradient norms per layer or step.
+
+    Parameters
+    ----------
+    model : MLP, RNN, LSTM or GRU
+    x : array_like of shape (B, input_size) (MLP) or (T, B, input_size) (recurrent)
+        Recurrent inputs are time-major whatever ``batch_first`` an imported module had.
+    h0 : array_like of shape (B, N), or for LSTM a pair ``(h0, c0)``; zeros by default.
+    cotangent : array_like, optional
+        ``dL/dy`` replacing the default loss ``L = 0.5 * ||y||^2`` (summed over the batch),
+        with ``y`` the MLP output (B, out) or the last hidden state ``h_T`` (B, N). For a
+        recurrent model a (T, B, N) array gives ``dL/dh_t`` at every step (sequence loss);
+        for LSTM a pair ``(dL/dh_T, dL/dc_T)`` is accepted too.
+    dtype : float32 or float64, optional
+        Computation dtype; the model's when None.
+    param_grads : bool
+        Also compute parameter-gradient norms (costs extra GEMMs).
+    keep_grads, keep_states : bool
+        Return the full ``dL/dh`` tensors / hidden states.
+    saturation_threshold : float
+        A unit is saturated when ``|phi'(z)| < saturation_threshold * max|phi'|``.
+    num_threads : int, optional
+        Worker threads (batch-parallel); :func:`vgcore.get_num_threads` when None.
+    progress : callable(done, total), optional
+        Called about every 0.1 s from the calling thread; may raise to stop.
+
+    Returns
+    -------
+    GradientFlow
+    """
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
+    dt = model.dtype if dtype is None else resolve_dtype(dtype)
+    if not (isinstance(saturation_threshold, (int, float)) and 0 <= saturation_threshold <= 1):
+        raise ValueError(f"saturation_threshold must be in [0, 1], got {saturation_threshold!r}")
+    threads = resolve_threads(num_threads)
+    _check_progress(progress)
+    itemsize = dt.itemsize
+
+    if isinstance(model, MLP):
+        if h0 is not None:
+            raise ValueError("h0 is only meaningful for recurrent models; an MLP takes x alone")
+        xa = as_float_array(x, "x", dt, ndim=2, shape=(None, model.input_size))
+        B = xa.shape[0]
+        check_memory(
+            itemsize * B * (2 * sum(model.sizes[1:]) + (sum(model.sizes) if keep_grads else 0)),
+            "gradient_flow",
+        )
+        cot = None
+        if cotangent is not None:
+            cot = as_float_array(cotangent, "cotangent", dt, shape=(B, model.output_size))
+        weights, biases = model._params_as(dt)
+        stats = _core.dense_gradient_flow(
+            weights, biases, [a.core_args() for a in model.activations], xa, cot,
+            keep_grads, param_grads, float(saturation_threshold), threads, progress,
+        )
+        _check_nonfinite(stats, "layer")
+        pg = None
+        if param_grads:
+            lp = stats["log_param_grad_norms"]
+            bias = lp[1::2].copy()
+            bias[[b is None for b in biases]] = np.nan
+            pg = {"weight": lp[0::2].copy(), "bias": bias}
+        return GradientFlow(
+            model=model, kind="mlp", dtype=dt, batch_size=B,
+            log_grad_norms=stats["log_grad_norms"], act_mean=stats["act_mean"],
+            act_std=stats["act_std"], saturation=stats["saturation"], output=stats["y"],
+            log_param_grad_norms=pg, grads=stats["grads"],
+        )
+
+    if not isinstance(model, RecurrentModel):
+        raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
+    N = model.hidden_size
+    is_lstm = isinstance(model, LSTM)
+    xshape = np.shape(x) if x is not None else ()
+    if len(xshape) == 3:  # the working-memory check comes before any conversion
+        T, B = xshape[0], xshape[1]
+        per_step = (model.gates + 3) * N * T * B  # A, H, and LSTM C / tanh(C) or GRU HN
+        kept = (T + 1) * B * N * ((2 if is_lstm else 1) * (int(keep_grads) + int(keep_states)))
+        check_memory(itemsize * (per_step + kept), "gradient_flow")
+    xa = as_float_array(x, "x", dt, ndim=3, shape=(None, None, model.input_size))
+    T, B, _ = xa.shape
+    h0a = c0a = None
+    if h0 is not None:
+        if is_lstm:
+            if not (isinstance(h0, (tuple, list)) and len(h0) == 2):
+                raise TypeError("h0 for an LSTM must be a pair (h0, c0) of (B, N) arrays")
+            h0a = as_float_array(h0[0], "h0[0] (h0)", dt, shape=(B, N))
+            c0a = as_float_array(h0[1], "h0[1] (c0)", dt, shape=(B, N))
+        else:
+            h0a = as_float_array(h0, "h0", dt, shape=(B, N))
+    cot = ccot = None
+    if cotangent is not None:
+        if is_lstm and isinstance(cotangent, (tuple, list)):
+            if len(cotangent) != 2:
+                raise ValueError("an LSTM cotangent pair must be (dL/dh_T, dL/dc_T)")
+            cot = as_float_array(cotangent[0], "cotangent[0]", dt, shape=(B, N))
+            ccot = as_float_array(cotangent[1], "cotangent[1]", dt, shape=(B, N))
+        else:
+            c = np.asarray(cotangent)
+            shape = (T, B, N) if c.ndim == 3 else (B, N)
+            cot = as_float_array(c, "cotangent", dt, shape=shape)
+    wih, whh, bih, bhh = model._params_as(dt)
+    stats = _core.recurrent_gradient_flow(
+        model.cell, wih, whh, bih, bhh, xa, h0a, c0a, cot, ccot, keep_grads, keep_states,
+        param_grads, float(saturation_threshold), threads, progress,
+    )
+    _check_nonfinite(stats, "step")
+    pg = None
+    if param_grads:
+        lp = stats["log_param_grad_norms"]
+        pg = {
+            "weight_ih": float(lp[0]), "weight_hh": float(lp[1]),
+            "bias_ih": float(lp[2]) if bih is not None else math.nan,
+            "bias_hh": float(lp[3]) if bhh is not None else math.nan,
+        }
+    gate_sat = stats["gate_saturation"] if model.gates > 1 else None
+    return GradientFlow(
+        model=model, kind=model.kind, dtype=dt, batch_size=B,
+        log_grad_norms=stats["log_grad_norms"], act_mean=stats["act_mean"],
+        act_std=stats["act_std"], saturation=stats["saturation"],
+        output=stats["h_last"],
+        log_cell_grad_norms=stats["log_cell_grad_norms"] if is_lstm else None,
+        gate_saturation=gate_sat, log_param_grad_norms=pg, grads=stats["grads"],
+        cell_grads=stats["cell_grads"], states=stats["states"], cell_states=stats["cell_states"],
+    )
+

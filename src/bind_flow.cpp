@@ -1,0 +1,207 @@
+// Bindings for gradient-flow kernels: validate, allocate outputs, release the GIL, call the core.
+#include "pybind11.hpp"
+#include "vgcore/dense.hpp"
+#include "vgcore/recurrent.hpp"
+
+namespace vgcore::bind {
+namespace {
+
+py::dict stats_to_dict(const FlowStats& s) {
+  py::dict d;
+  d["log_grad_norms"] = to_numpy(s.log_grad_norms);
+  d["log_cell_grad_norms"] = to_numpy(s.log_cell_grad_norms);
+  d["act_mean"] = to_numpy(s.act_mean);
+  d["act_std"] = to_numpy(s.act_std);
+  d["saturation"] = to_numpy(s.saturation);
+  auto gs = to_numpy(s.gate_saturation);
+  if (s.n_gates > 0)
+    gs = gs.reshape({static_cast<py::ssize_t>(s.gate_saturation.size() / s.n_gates),
+                     static_cast<py::ssize_t>(s.n_gates)});
+  d["gate_saturation"] = gs;
+  d["log_param_grad_norms"] = to_numpy(s.log_param_grad_norms);
+  return d;
+}
+
+FlowOptions make_options(bool param_grads, double saturation_threshold, int num_threads) {
+  FlowOptions o;
+  o.param_grads = param_grads;
+  o.saturation_threshold = saturation_threshold;
+  o.num_threads = num_threads;
+  return o;
+}
+
+template <class T>
+py::dict dense_impl(const py::list& weights, const py::list& biases, const py::list& acts,
+                    const py::array& x, const py::object& cotangent, bool keep_grads,
+                    const FlowOptions& opt, const py::object& progress) {
+  const std::size_t L = weights.size();
+  if (biases.size() != L || acts.size() != L)
+    throw py::value_error("weights, biases and activations must have the same length");
+  const T* xp = require<T>(x, "x", {-1, -1});
+  const auto B = x.shape(0);
+  std::vector<DenseLayer<T>> layers(L);
+  py::ssize_t width = x.shape(1);
+  std::vector<py::ssize_t> widths{width};
+  for (std::size_t l = 0; l < L; ++l) {
+    const std::string wname = "weights[" + std::to_string(l) + "]";
+    const auto w = weights[l].cast<py::array>();
+    layers[l].weight = require<T>(w, wname.c_str(), {-1, width});
+    layers[l].in = static_cast<std::size_t>(width);
+    layers[l].out = static_cast<std::size_t>(w.shape(0));
+    const std::string bname = "biases[" + std::to_string(l) + "]";
+    layers[l].bias = optional_array<T>(biases[l], bname.c_str(), {w.shape(0)});
+    const auto a = acts[l].cast<py::tuple>();
+    layers[l].act = make_activation(a[0].cast<std::string>(), a[1].cast<double>(), a[2].cast<double>());
+    width = w.shape(0);
+    widths.push_back(width);
+  }
+  DenseFlowIO<T> io;
+  io.x = xp;
+  io.batch = static_cast<std::size_t>(B);
+  io.cotangent = optional_array<T>(cotangent, "cotangent", {B, width});
+  py::array_t<T> y({B, width});
+  io.y = y.mutable_data();
+  py::list grads;
+  if (keep_grads) {
+    for (auto w : widths) {
+      py::array_t<T> g({B, w});
+      io.grads.push_back(g.mutable_data());
+      grads.append(g);
+    }
+  }
+  Control ctl = make_control(progress);
+  FlowStats s;
+  {
+    py::gil_scoped_release release;
+    s = dense_gradient_flow(layers, io, opt, ctl);
+  }
+  py::dict d = stats_to_dict(s);
+  d["y"] = y;
+  d["grads"] = keep_grads ? py::object(grads) : py::none();
+  return d;
+}
+
+CellKind parse_cell(const std::string& cell) {
+  if (cell == "rnn_tanh") return CellKind::rnn_tanh;
+  if (cell == "rnn_relu") return CellKind::rnn_relu;
+  if (cell == "lstm") return CellKind::lstm;
+  if (cell == "gru") return CellKind::gru;
+  throw py::value_error("cell must be one of 'rnn_tanh', 'rnn_relu', 'lstm', 'gru', got '" + cell + "'");
+}
+
+template <class T>
+py::dict recurrent_impl(CellKind kind, const py::array& weight_ih, const py::array& weight_hh,
+                        const py::object& bias_ih, const py::object& bias_hh, const py::array& x,
+                        const py::object& h0, const py::object& c0, const py::object& cotangent,
+                        const py::object& cell_cotangent, bool keep_grads, bool keep_states,
+                        const FlowOptions& opt, const py::object& progress) {
+  const bool lstm = kind == CellKind::lstm;
+  const auto G = static_cast<py::ssize_t>(cell_gates(kind));
+  const T* xp = require<T>(x, "x", {-1, -1, -1});
+  const auto Ts = x.shape(0), B = x.shape(1), I = x.shape(2);
+  if (weight_hh.ndim() != 2 || weight_hh.shape(1) <= 0)
+    throw py::value_error("weight_hh must have shape (G*N, N), got " + shape_str(weight_hh));
+  const auto N = weight_hh.shape(1);
+  RecurrentWeights<T> w;
+  w.kind = kind;
+  w.input_size = static_cast<std::size_t>(I);
+  w.hidden = static_cast<std::size_t>(N);
+  w.weight_ih = require<T>(weight_ih, "weight_ih", {G * N, I});
+  w.weight_hh = require<T>(weight_hh, "weight_hh", {G * N, N});
+  w.bias_ih = optional_array<T>(bias_ih, "bias_ih", {G * N});
+  w.bias_hh = optional_array<T>(bias_hh, "bias_hh", {G * N});
+  RecurrentFlowIO<T> io;
+  io.x = xp;
+  io.steps = static_cast<std::size_t>(Ts);
+  io.batch = static_cast<std::size_t>(B);
+  io.h0 = optional_array<T>(h0, "h0", {B, N});
+  if (!c0.is_none() && !lstm) throw py::value_error("c0 is only meaningful for LSTM");
+  io.c0 = optional_array<T>(c0, "c0", {B, N});
+  if (!cotangent.is_none()) {
+    const auto cot = cotangent.cast<py::array>();
+    io.cotangent_per_step = cot.ndim() == 3;
+    io.cotangent = io.cotangent_per_step ? require<T>(cot, "cotangent", {Ts, B, N})
+                                         : require<T>(cot, "cotangent", {B, N});
+  }
+  if (!cell_cotangent.is_none() && !lstm)
+    throw py::value_error("cell_cotangent is only meaningful for LSTM");
+  io.cell_cotangent = optional_array<T>(cell_cotangent, "cell_cotangent", {B, N});
+  py::object states = py::none(), cell_states = py::none(), grads = py::none(), cell_grads = py::none();
+  auto alloc = [&](py::object& slot) {
+    py::array_t<T> a({Ts + 1, B, N});
+    slot = a;
+    return a.mutable_data();
+  };
+  if (keep_states) {
+    io.states = alloc(states);
+    if (lstm) io.cell_states = alloc(cell_states);
+  }
+  if (keep_grads) {
+    io.grads = alloc(grads);
+    if (lstm) io.cell_grads = alloc(cell_grads);
+  }
+  py::array_t<T> h_last({B, N});
+  io.last_state = h_last.mutable_data();
+  py::object c_last = py::none();
+  if (lstm) {
+    py::array_t<T> c({B, N});
+    io.last_cell = c.mutable_data();
+    c_last = c;
+  }
+  Control ctl = make_control(progress);
+  FlowStats s;
+  {
+    py::gil_scoped_release release;
+    s = recurrent_gradient_flow(w, io, opt, ctl);
+  }
+  py::dict d = stats_to_dict(s);
+  d["h_last"] = h_last;
+  d["c_last"] = c_last;
+  d["states"] = states;
+  d["cell_states"] = cell_states;
+  d["grads"] = grads;
+  d["cell_grads"] = cell_grads;
+  return d;
+}
+
+bool is_float32(const py::array& x) { return x.dtype().is(py::dtype::of<float>()); }
+
+}  // namespace
+
+void bind_flow(py::module_& m) {
+  m.def(
+      "dense_gradient_flow",
+      [](const py::list& weights, const py::list& biases, const py::list& activations,
+         const py::array& x, const py::object& cotangent, bool keep_grads, bool param_grads,
+         double saturation_threshold, int num_threads, const py::object& progress) {
+        const FlowOptions opt = make_options(param_grads, saturation_threshold, num_threads);
+        if (is_float32(x))
+          return dense_impl<float>(weights, biases, activations, x, cotangent, keep_grads, opt, progress);
+        return dense_impl<double>(weights, biases, activations, x, cotangent, keep_grads, opt, progress);
+      },
+      py::arg("weights"), py::arg("biases"), py::arg("activations"), py::arg("x"),
+      py::arg("cotangent"), py::arg("keep_grads"), py::arg("param_grads"),
+      py::arg("saturation_threshold"), py::arg("num_threads"), py::arg("progress"));
+  m.def(
+      "recurrent_gradient_flow",
+      [](const std::string& cell, const py::array& weight_ih, const py::array& weight_hh,
+         const py::object& bias_ih, const py::object& bias_hh, const py::array& x,
+         const py::object& h0, const py::object& c0, const py::object& cotangent,
+         const py::object& cell_cotangent, bool keep_grads, bool keep_states, bool param_grads,
+         double saturation_threshold, int num_threads, const py::object& progress) {
+        const CellKind kind = parse_cell(cell);
+        const FlowOptions opt = make_options(param_grads, saturation_threshold, num_threads);
+        if (is_float32(x))
+          return recurrent_impl<float>(kind, weight_ih, weight_hh, bias_ih, bias_hh, x, h0, c0,
+                                       cotangent, cell_cotangent, keep_grads, keep_states, opt, progress);
+        return recurrent_impl<double>(kind, weight_ih, weight_hh, bias_ih, bias_hh, x, h0, c0,
+                                      cotangent, cell_cotangent, keep_grads, keep_states, opt, progress);
+      },
+      py::arg("cell"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"),
+      py::arg("bias_hh"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("cotangent"),
+      py::arg("cell_cotangent"), py::arg("keep_grads"), py::arg("keep_states"),
+      py::arg("param_grads"), py::arg("saturation_threshold"), py::arg("num_threads"),
+      py::arg("progress"));
+}
+
+}  // namespace vgcore::bind

@@ -1,0 +1,81 @@
+// The one pybind11 include every binding translation unit uses, plus the small helpers
+// shared by all bindings: array checks with readable errors, and the Control adapter that
+// turns Ctrl-C / a Python progress callback into the core's cancellation mechanism.
+#pragma once
+
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "vgcore/control.hpp"
+
+namespace vgcore::bind {
+
+namespace py = pybind11;
+
+inline std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(a.shape(i));
+  }
+  if (a.ndim() == 1) s += ",";
+  return s + ")";
+}
+
+// Require a C-contiguous array of dtype T with the given shape (-1 = any).
+template <class T>
+const T* require(const py::array& a, const char* name, std::vector<py::ssize_t> shape) {
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + " must have dtype " +
+                         std::string(py::str(py::dtype::of<T>())) + ", got " +
+                         std::string(py::str(a.dtype())));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous");
+  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  for (std::size_t i = 0; ok && i < shape.size(); ++i)
+    ok = shape[i] < 0 || a.shape(i) == shape[i];
+  if (!ok) {
+    std::string want = "(";
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+      if (i) want += ", ";
+      want += shape[i] < 0 ? std::string("*") : std::to_string(shape[i]);
+    }
+    if (shape.size() == 1) want += ",";
+    want += ")";
+    throw py::value_error(std::string(name) + " must have shape " + want + ", got " + shape_str(a));
+  }
+  return static_cast<const T*>(a.data());
+}
+
+template <class T>
+const T* optional_array(const py::object& o, const char* name, std::vector<py::ssize_t> shape) {
+  if (o.is_none()) return nullptr;
+  return require<T>(o.cast<py::array>(), name, std::move(shape));
+}
+
+template <class T>
+py::array_t<T> to_numpy(const std::vector<T>& v) {
+  py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+// A Control that checks for Ctrl-C and calls `progress(done, total)` (if not None) about
+// every 0.1 s, holding the GIL only for that moment. Must be created with the GIL held.
+inline Control make_control(const py::object& progress) {
+  const py::object* cb = &progress;
+  return Control(
+      [cb](std::size_t done, std::size_t total) {
+        py::gil_scoped_acquire gil;
+        if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+        if (!cb->is_none()) (*cb)(done, total);
+      },
+      0.1);
+}
+
+}  // namespace vgcore::bind

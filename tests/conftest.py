@@ -1,0 +1,36 @@
+"""Shared fixtures: dtype-aware tolerances and the PyTorch oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+# Relative tolerances against float64 oracles: tight for float64, honest for float32.
+RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
+
+
+@pytest.fixture(params=[np.float64, np.float32], ids=["f64", "f32"])
+def dtype(request: pytest.FixtureRequest) -> np.dtype:
+    return np.dtype(request.param)
+
+
+@pytest.fixture
+def rtol(dtype: np.dtype) -> float:
+    return RTOL[np.dtype(dtype)]
+
+
+@pytest.fixture(scope="session")
+def torch():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    return torch
+
+
+def assert_rel_close(actual, expected, rtol: float, what: str = "") -> None:
+    """Max-norm relative error ||a - e||_inf / max(||e||_inf, tiny) <= rtol."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    assert a.shape == e.shape, f"{what}: shape {a.shape} != {e.shape}"
+    scale = max(np.max(np.abs(e)) if e.size else 0.0, 1e-300)
+    err = np.max(np.abs(a - e)) / scale if e.size else 0.0
+    assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.1e}"
