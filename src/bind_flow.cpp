@@ -30,29 +30,53 @@ FlowOptions make_options(bool param_grads, double saturation_threshold, int num_
   return o;
 }
 
+DenseBlock parse_block(const std::string& s) {
+  if (s == "plain") return DenseBlock::plain;
+  if (s == "residual") return DenseBlock::residual;
+  if (s == "highway") return DenseBlock::highway;
+  throw py::value_error("block must be 'plain', 'residual' or 'highway', got '" + s + "'");
+}
+
+DenseNorm parse_norm(const std::string& s) {
+  if (s == "none") return DenseNorm::none;
+  if (s == "layernorm") return DenseNorm::layernorm;
+  if (s == "batchnorm") return DenseNorm::batchnorm;
+  throw py::value_error("norm must be 'none', 'layernorm' or 'batchnorm', got '" + s + "'");
+}
+
+// layers: list of dicts with keys weight, bias, act=(name, alpha, beta), block, alpha,
+// gate_weight, gate_bias, norm, norm_weight, norm_bias, eps.
 template <class T>
-py::dict dense_impl(const py::list& weights, const py::list& biases, const py::list& acts,
-                    const py::array& x, const py::object& cotangent, bool keep_grads,
-                    const FlowOptions& opt, const py::object& progress) {
-  const std::size_t L = weights.size();
-  if (biases.size() != L || acts.size() != L)
-    throw py::value_error("weights, biases and activations must have the same length");
+py::dict dense_impl(const py::list& specs, const py::array& x, const py::object& cotangent,
+                    bool keep_grads, const FlowOptions& opt, const py::object& progress) {
+  const std::size_t L = specs.size();
   const T* xp = require<T>(x, "x", {-1, -1});
   const auto B = x.shape(0);
   std::vector<DenseLayer<T>> layers(L);
   py::ssize_t width = x.shape(1);
   std::vector<py::ssize_t> widths{width};
   for (std::size_t l = 0; l < L; ++l) {
-    const std::string wname = "weights[" + std::to_string(l) + "]";
-    const auto w = weights[l].cast<py::array>();
-    layers[l].weight = require<T>(w, wname.c_str(), {-1, width});
-    layers[l].in = static_cast<std::size_t>(width);
-    layers[l].out = static_cast<std::size_t>(w.shape(0));
-    const std::string bname = "biases[" + std::to_string(l) + "]";
-    layers[l].bias = optional_array<T>(biases[l], bname.c_str(), {w.shape(0)});
-    const auto a = acts[l].cast<py::tuple>();
-    layers[l].act = make_activation(a[0].cast<std::string>(), a[1].cast<double>(), a[2].cast<double>());
-    width = w.shape(0);
+    const auto spec = specs[l].cast<py::dict>();
+    const std::string p = "layers[" + std::to_string(l) + "].";
+    auto name = [&](const char* k) { return p + k; };
+    DenseLayer<T>& ly = layers[l];
+    const auto w = spec["weight"].cast<py::array>();
+    ly.weight = require<T>(w, name("weight").c_str(), {-1, width});
+    const py::ssize_t out = w.shape(0);
+    ly.in = static_cast<std::size_t>(width);
+    ly.out = static_cast<std::size_t>(out);
+    ly.bias = optional_array<T>(spec["bias"], name("bias").c_str(), {out});
+    const auto a = spec["act"].cast<py::tuple>();
+    ly.act = make_activation(a[0].cast<std::string>(), a[1].cast<double>(), a[2].cast<double>());
+    ly.block = parse_block(spec["block"].cast<std::string>());
+    ly.alpha = spec["alpha"].cast<double>();
+    ly.gate_weight = optional_array<T>(spec["gate_weight"], name("gate_weight").c_str(), {out, width});
+    ly.gate_bias = optional_array<T>(spec["gate_bias"], name("gate_bias").c_str(), {out});
+    ly.norm = parse_norm(spec["norm"].cast<std::string>());
+    ly.norm_weight = optional_array<T>(spec["norm_weight"], name("norm_weight").c_str(), {out});
+    ly.norm_bias = optional_array<T>(spec["norm_bias"], name("norm_bias").c_str(), {out});
+    ly.eps = spec["eps"].cast<double>();
+    width = out;
     widths.push_back(width);
   }
   DenseFlowIO<T> io;
@@ -63,8 +87,8 @@ py::dict dense_impl(const py::list& weights, const py::list& biases, const py::l
   io.y = y.mutable_data();
   py::list grads;
   if (keep_grads) {
-    for (auto w : widths) {
-      py::array_t<T> g({B, w});
+    for (auto wd : widths) {
+      py::array_t<T> g({B, wd});
       io.grads.push_back(g.mutable_data());
       grads.append(g);
     }
@@ -171,17 +195,15 @@ bool is_float32(const py::array& x) { return x.dtype().is(py::dtype::of<float>()
 void bind_flow(py::module_& m) {
   m.def(
       "dense_gradient_flow",
-      [](const py::list& weights, const py::list& biases, const py::list& activations,
-         const py::array& x, const py::object& cotangent, bool keep_grads, bool param_grads,
-         double saturation_threshold, int num_threads, const py::object& progress) {
+      [](const py::list& layers, const py::array& x, const py::object& cotangent, bool keep_grads,
+         bool param_grads, double saturation_threshold, int num_threads, const py::object& progress) {
         const FlowOptions opt = make_options(param_grads, saturation_threshold, num_threads);
-        if (is_float32(x))
-          return dense_impl<float>(weights, biases, activations, x, cotangent, keep_grads, opt, progress);
-        return dense_impl<double>(weights, biases, activations, x, cotangent, keep_grads, opt, progress);
+        if (is_float32(x)) return dense_impl<float>(layers, x, cotangent, keep_grads, opt, progress);
+        return dense_impl<double>(layers, x, cotangent, keep_grads, opt, progress);
       },
-      py::arg("weights"), py::arg("biases"), py::arg("activations"), py::arg("x"),
-      py::arg("cotangent"), py::arg("keep_grads"), py::arg("param_grads"),
-      py::arg("saturation_threshold"), py::arg("num_threads"), py::arg("progress"));
+      py::arg("layers"), py::arg("x"), py::arg("cotangent"), py::arg("keep_grads"),
+      py::arg("param_grads"), py::arg("saturation_threshold"), py::arg("num_threads"),
+      py::arg("progress"));
   m.def(
       "recurrent_gradient_flow",
       [](const std::string& cell, const py::array& weight_ih, const py::array& weight_hh,

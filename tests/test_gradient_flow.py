@@ -111,8 +111,10 @@ def test_mlp_from_torch_round_trip(torch):
 
 def test_mlp_from_torch_rejects_unsupported(torch):
     nn = torch.nn
-    with pytest.raises(NotImplementedError, match="BatchNorm1d"):
-        MLP.from_torch(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+    with pytest.raises(NotImplementedError, match="Softmax"):
+        MLP.from_torch(nn.Sequential(nn.Linear(2, 2), nn.Softmax(dim=1)))
+    with pytest.raises(NotImplementedError, match="must directly follow an nn.Linear"):
+        MLP.from_torch(nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.BatchNorm1d(2)))
     with pytest.raises(NotImplementedError, match="before the first"):
         MLP.from_torch(nn.Sequential(nn.Tanh(), nn.Linear(2, 2)))
     with pytest.raises(NotImplementedError, match="follows another activation"):

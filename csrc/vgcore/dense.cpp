@@ -1,3 +1,5 @@
+// Forward and backward through a dense stack (plain / residual / highway blocks, optional
+// LayerNorm or BatchNorm), batch-parallel unless BatchNorm couples the batch.
 #include "vgcore/dense.hpp"
 
 #include <algorithm>
@@ -8,6 +10,7 @@
 #include <string>
 
 #include "vgcore/blas.hpp"
+#include "vgcore/fastmath.hpp"
 
 namespace vgcore {
 namespace {
@@ -15,12 +18,20 @@ namespace {
 template <class T>
 void check_layers(const std::vector<DenseLayer<T>>& layers) {
   for (std::size_t l = 0; l < layers.size(); ++l) {
-    if (l > 0 && layers[l].in != layers[l - 1].out)
-      throw std::invalid_argument("layer " + std::to_string(l) + " expects " +
-                                  std::to_string(layers[l].in) + " inputs but layer " +
-                                  std::to_string(l - 1) + " has " +
+    const auto& ly = layers[l];
+    const std::string name = "layer " + std::to_string(l);
+    if (l > 0 && ly.in != layers[l - 1].out)
+      throw std::invalid_argument(name + " expects " + std::to_string(ly.in) +
+                                  " inputs but layer " + std::to_string(l - 1) + " has " +
                                   std::to_string(layers[l - 1].out) + " outputs");
-    if (!layers[l].weight) throw std::invalid_argument("layer weight is null");
+    if (!ly.weight) throw std::invalid_argument(name + ": weight is null");
+    if (ly.block != DenseBlock::plain && ly.in != ly.out)
+      throw std::invalid_argument(name + ": residual and highway blocks need in == out, got " +
+                                  std::to_string(ly.in) + " -> " + std::to_string(ly.out));
+    if (ly.block == DenseBlock::highway && !ly.gate_weight)
+      throw std::invalid_argument(name + ": highway block without gate weight");
+    if (ly.norm != DenseNorm::none && !(ly.eps >= 0))
+      throw std::invalid_argument(name + ": normalisation eps must be >= 0");
   }
 }
 
@@ -31,6 +42,106 @@ struct ChunkStats {
   std::vector<int> grad_scale;                // per state: stored = true * 2^scale
   std::vector<int> gz_scale;                  // per layer: scale of the stored dL/dz
 };
+
+// Buffers of one layer, each (B x out) unless noted; chunks own disjoint rows.
+template <class T>
+struct LayerBuffers {
+  std::vector<T> h;     // output h_l
+  std::vector<T> d;     // phi'(z'), then dL/dz' after the backward pass
+  std::vector<T> xhat;  // norm: normalised z
+  std::vector<T> istd;  // norm: 1/sqrt(var + eps); LayerNorm (B), BatchNorm (out)
+  std::vector<T> dz;    // norm: dL/dz (pre-norm), for dW
+  std::vector<T> a;     // highway: phi(z')
+  std::vector<T> t;     // highway: gate t, then dL/d(gate pre-activation)
+};
+
+// z (rows x n) -> gamma * xhat + beta, normalising each row (LayerNorm).
+template <class T>
+void layernorm_forward(const DenseLayer<T>& ly, T* z, T* xhat, T* istd, std::size_t rows,
+                       std::size_t n) {
+  for (std::size_t r = 0; r < rows; ++r) {
+    T* zr = z + r * n;
+    double m = 0, v = 0;
+    for (std::size_t j = 0; j < n; ++j) m += zr[j];
+    m /= static_cast<double>(n);
+    for (std::size_t j = 0; j < n; ++j) v += (zr[j] - m) * (zr[j] - m);
+    v /= static_cast<double>(n);
+    const T is = static_cast<T>(1.0 / std::sqrt(v + ly.eps));
+    istd[r] = is;
+    T* xr = xhat + r * n;
+    for (std::size_t j = 0; j < n; ++j) {
+      xr[j] = static_cast<T>(zr[j] - m) * is;
+      zr[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xr[j] + (ly.norm_bias ? ly.norm_bias[j] : T(0));
+    }
+  }
+}
+
+// Same over columns with training-mode batch statistics (biased variance, like PyTorch).
+template <class T>
+void batchnorm_forward(const DenseLayer<T>& ly, T* z, T* xhat, T* istd, std::size_t rows,
+                       std::size_t n) {
+  std::vector<double> m(n, 0.0), v(n, 0.0);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t j = 0; j < n; ++j) m[j] += z[r * n + j];
+  for (std::size_t j = 0; j < n; ++j) m[j] /= static_cast<double>(rows);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t j = 0; j < n; ++j) v[j] += (z[r * n + j] - m[j]) * (z[r * n + j] - m[j]);
+  for (std::size_t j = 0; j < n; ++j) istd[j] = static_cast<T>(1.0 / std::sqrt(v[j] / rows + ly.eps));
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t j = 0; j < n; ++j) {
+      const T xv = static_cast<T>(z[r * n + j] - m[j]) * istd[j];
+      xhat[r * n + j] = xv;
+      z[r * n + j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xv + (ly.norm_bias ? ly.norm_bias[j] : T(0));
+    }
+}
+
+// dL/dz from dL/dz' (dzp): LayerNorm, per row.
+template <class T>
+void layernorm_backward(const DenseLayer<T>& ly, const T* dzp, const T* xhat, const T* istd,
+                        T* dz, std::size_t rows, std::size_t n) {
+  for (std::size_t r = 0; r < rows; ++r) {
+    const T* gr = dzp + r * n;
+    const T* xr = xhat + r * n;
+    double s1 = 0, s2 = 0;
+    for (std::size_t j = 0; j < n; ++j) {
+      const double gh = gr[j] * (ly.norm_weight ? ly.norm_weight[j] : T(1));
+      s1 += gh;
+      s2 += gh * xr[j];
+    }
+    const T m1 = static_cast<T>(s1 / n), m2 = static_cast<T>(s2 / n);
+    T* dr = dz + r * n;
+    for (std::size_t j = 0; j < n; ++j) {
+      const T gh = gr[j] * (ly.norm_weight ? ly.norm_weight[j] : T(1));
+      dr[j] = istd[r] * (gh - m1 - xr[j] * m2);
+    }
+  }
+}
+
+// dL/dz from dL/dz': BatchNorm, per column, through the batch mean and variance.
+template <class T>
+void batchnorm_backward(const DenseLayer<T>& ly, const T* dzp, const T* xhat, const T* istd,
+                        T* dz, std::size_t rows, std::size_t n) {
+  std::vector<double> s1(n, 0.0), s2(n, 0.0);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t j = 0; j < n; ++j) {
+      const double gh = dzp[r * n + j] * (ly.norm_weight ? ly.norm_weight[j] : T(1));
+      s1[j] += gh;
+      s2[j] += gh * xhat[r * n + j];
+    }
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t j = 0; j < n; ++j) {
+      const T gh = dzp[r * n + j] * (ly.norm_weight ? ly.norm_weight[j] : T(1));
+      dz[r * n + j] = istd[j] * (gh - static_cast<T>(s1[j] / rows) -
+                                 xhat[r * n + j] * static_cast<T>(s2[j] / rows));
+    }
+}
+
+template <class T>
+void col_sums(const T* a, std::size_t rows, std::size_t n, std::vector<double>& out) {
+  out.assign(n, 0.0);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t j = 0; j < n; ++j) out[j] += a[r * n + j];
+}
 
 }  // namespace
 
@@ -43,17 +154,26 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
   std::vector<std::size_t> width(L + 1);
   width[0] = layers[0].in;
   for (std::size_t l = 0; l < L; ++l) width[l + 1] = layers[l].out;
-
-  // h[l] (B x width[l]) for l >= 1 (h[0] is the input); d[l] (B x width[l]) holds phi'(z_l),
-  // then dL/dz_l after the backward pass (kept for parameter gradients).
-  std::vector<std::vector<T>> h(L + 1), d(L + 1);
+  bool coupled = false;  // BatchNorm couples the batch: no batch-parallel chunks
+  std::vector<LayerBuffers<T>> buf(L + 1);
   for (std::size_t l = 1; l <= L; ++l) {
-    h[l].resize(B * width[l]);
-    d[l].resize(B * width[l]);
+    const auto& ly = layers[l - 1];
+    const std::size_t n = B * width[l];
+    buf[l].h.resize(n);
+    buf[l].d.resize(n);
+    if (ly.norm != DenseNorm::none) {
+      buf[l].xhat.resize(n);
+      buf[l].dz.resize(n);
+      buf[l].istd.resize(ly.norm == DenseNorm::layernorm ? B : width[l]);
+      coupled = coupled || ly.norm == DenseNorm::batchnorm;
+    }
+    if (ly.block == DenseBlock::highway) {
+      buf[l].a.resize(n);
+      buf[l].t.resize(n);
+    }
   }
-  std::size_t max_width = *std::max_element(width.begin(), width.end());
-
-  const std::size_t n_chunks = resolve_threads(opt.num_threads, B);
+  const std::size_t max_width = *std::max_element(width.begin(), width.end());
+  const std::size_t n_chunks = coupled ? 1 : resolve_threads(opt.num_threads, B);
   std::vector<ChunkStats> cs(n_chunks);
   const std::size_t total_work = 2 * L;
 
@@ -70,29 +190,53 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
     st.grad_scale.assign(L + 1, 0);
     st.gz_scale.assign(L, 0);
     const bool primary = (c == 0);
+    auto hin_of = [&](std::size_t l) -> const T* {
+      return l == 1 ? io.x + b0 * width[0] : buf[l - 1].h.data() + b0 * width[l - 1];
+    };
 
     // Forward.
     for (std::size_t l = 1; l <= L; ++l) {
-      const DenseLayer<T>& layer = layers[l - 1];
-      const T* hin = (l == 1) ? io.x + b0 * width[0] : h[l - 1].data() + b0 * width[l - 1];
-      T* z = h[l].data() + b0 * width[l];
-      T* dz = d[l].data() + b0 * width[l];
-      const std::size_t n_out = width[l];
-      T beta = 0;
-      if (layer.bias) {
-        for (std::size_t b = 0; b < nb; ++b) std::copy(layer.bias, layer.bias + n_out, z + b * n_out);
-        beta = 1;
+      const DenseLayer<T>& ly = layers[l - 1];
+      LayerBuffers<T>& lb = buf[l];
+      const std::size_t n_in = width[l - 1], n_out = width[l], off = b0 * n_out, cnt = nb * n_out;
+      const T* hin = hin_of(l);
+      T* z = lb.h.data() + off;
+      T* dphi = lb.d.data() + off;
+      if (ly.bias)
+        for (std::size_t b = 0; b < nb; ++b) std::copy(ly.bias, ly.bias + n_out, z + b * n_out);
+      blas::gemm(blas::Op::N, blas::Op::T, nb, n_out, n_in, T(1), hin, n_in, ly.weight, ly.in,
+                 ly.bias ? T(1) : T(0), z, n_out);
+      if (ly.norm == DenseNorm::layernorm)
+        layernorm_forward(ly, z, lb.xhat.data() + off, lb.istd.data() + b0, nb, n_out);
+      else if (ly.norm == DenseNorm::batchnorm)
+        batchnorm_forward(ly, z, lb.xhat.data() + off, lb.istd.data(), nb, n_out);
+      if (ly.block == DenseBlock::plain) {
+        activation_forward(ly.act, z, z, dphi, cnt);
+      } else if (ly.block == DenseBlock::residual) {
+        activation_forward(ly.act, z, z, dphi, cnt);
+        const T alpha = static_cast<T>(ly.alpha);
+        for (std::size_t i = 0; i < cnt; ++i) z[i] = hin[i] + alpha * z[i];
+      } else {
+        T* a = lb.a.data() + off;
+        T* t = lb.t.data() + off;
+        activation_forward(ly.act, z, a, dphi, cnt);
+        if (ly.gate_bias)
+          for (std::size_t b = 0; b < nb; ++b) std::copy(ly.gate_bias, ly.gate_bias + n_out, t + b * n_out);
+        blas::gemm(blas::Op::N, blas::Op::T, nb, n_out, n_in, T(1), hin, n_in, ly.gate_weight,
+                   ly.in, ly.gate_bias ? T(1) : T(0), t, n_out);
+        for (std::size_t i = 0; i < cnt; ++i) {
+          const T tv = fastmath::sigmoid(t[i]);
+          t[i] = tv;
+          z[i] = tv * a[i] + (1 - tv) * hin[i];
+        }
       }
-      blas::gemm(blas::Op::N, blas::Op::T, nb, n_out, width[l - 1], T(1), hin, width[l - 1],
-                 layer.weight, layer.in, beta, z, n_out);
-      activation_forward(layer.act, z, z, dz, nb * n_out);
-      const T sat_level = static_cast<T>(opt.saturation_threshold * layer.act.max_derivative());
+      const T sat_level = static_cast<T>(opt.saturation_threshold * ly.act.max_derivative());
       double s = 0, s2 = 0, ns = 0;
-      for (std::size_t i = 0; i < nb * n_out; ++i) {
+      for (std::size_t i = 0; i < cnt; ++i) {
         const double v = z[i];
         s += v;
         s2 += v * v;
-        ns += (std::abs(dz[i]) < sat_level) ? 1.0 : 0.0;
+        ns += (std::abs(dphi[i]) < sat_level) ? 1.0 : 0.0;
       }
       st.sum[l - 1] = s;
       st.sumsq[l - 1] = s2;
@@ -101,50 +245,83 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
       else ctl.poll();
     }
 
-    // Backward. g holds dL/dh_l (stored * 2^scale); two ping-pong buffers.
+    // Backward. g holds dL/dh_l (stored = true * 2^scale); two ping-pong buffers.
     std::vector<T> ga(nb * max_width), gb(nb * max_width);
     T* g = ga.data();
     T* gnext = gb.data();
     const std::size_t nL = width[L];
-    const T* yL = h[L].data() + b0 * nL;
+    const T* yL = buf[L].h.data() + b0 * nL;
     if (io.cotangent) std::copy(io.cotangent + b0 * nL, io.cotangent + b1 * nL, g);
     else std::copy(yL, yL + nb * nL, g);
     int scale = 0;
     int pending = rescale_exponent<T>(sum_squares(g, nb * nL));
+    auto keep = [&](std::size_t l, const T* gv) {
+      if (io.grads.empty() || !io.grads[l]) return;
+      const T inv = pow2<T>(-scale);
+      T* out = io.grads[l] + b0 * width[l];
+      for (std::size_t i = 0; i < nb * width[l]; ++i) out[i] = gv[i] * inv;
+    };
     for (std::size_t l = L; l >= 1; --l) {
-      const std::size_t n_out = width[l];
-      T* dz = d[l].data() + b0 * n_out;
+      const DenseLayer<T>& ly = layers[l - 1];
+      LayerBuffers<T>& lb = buf[l];
+      const std::size_t n_in = width[l - 1], n_out = width[l], off = b0 * n_out, cnt = nb * n_out;
+      const T* hin = hin_of(l);
+      T* dphi = lb.d.data() + off;  // becomes dL/dz'
       const T f = pow2<T>(pending);
+      keep(l, g);
       double s2 = 0;
-      for (std::size_t i = 0; i < nb * n_out; ++i) {
-        const T gi = g[i];
-        s2 += static_cast<double>(gi) * static_cast<double>(gi);
-        dz[i] = gi * dz[i] * f;
-      }
-      if (!io.grads.empty() && io.grads[l]) {
-        const T inv = pow2<T>(-scale);
-        T* out = io.grads[l] + b0 * n_out;
-        for (std::size_t i = 0; i < nb * n_out; ++i) out[i] = g[i] * inv;
+      // gnext first receives the direct (skip / carry) path, then the GEMMs accumulate.
+      if (ly.block == DenseBlock::plain) {
+        for (std::size_t i = 0; i < cnt; ++i) {
+          s2 += static_cast<double>(g[i]) * g[i];
+          dphi[i] = g[i] * f * dphi[i];
+        }
+      } else if (ly.block == DenseBlock::residual) {
+        const T alpha = static_cast<T>(ly.alpha);
+        for (std::size_t i = 0; i < cnt; ++i) {
+          s2 += static_cast<double>(g[i]) * g[i];
+          const T gs = g[i] * f;
+          dphi[i] = alpha * gs * dphi[i];
+          gnext[i] = gs;
+        }
+      } else {
+        const T* a = lb.a.data() + off;
+        T* t = lb.t.data() + off;  // becomes dL/d(gate pre-activation)
+        for (std::size_t i = 0; i < cnt; ++i) {
+          s2 += static_cast<double>(g[i]) * g[i];
+          const T gs = g[i] * f, tv = t[i];
+          dphi[i] = gs * tv * dphi[i];
+          gnext[i] = gs * (1 - tv);
+          t[i] = gs * (a[i] - hin[i]) * tv * (1 - tv);
+        }
       }
       st.grad_sumsq[l] = s2;
       st.grad_scale[l] = scale;
       scale += pending;
       st.gz_scale[l - 1] = scale;
       pending = rescale_exponent<T>(s2);
-      // dL/dh_{l-1} = dL/dz_l W_l
-      blas::gemm(blas::Op::N, blas::Op::N, nb, width[l - 1], n_out, T(1), dz, n_out,
-                 layers[l - 1].weight, layers[l - 1].in, T(0), gnext, width[l - 1]);
+      const T* dz = dphi;
+      if (ly.norm != DenseNorm::none) {
+        T* dzn = lb.dz.data() + off;
+        if (ly.norm == DenseNorm::layernorm)
+          layernorm_backward(ly, dphi, lb.xhat.data() + off, lb.istd.data() + b0, dzn, nb, n_out);
+        else
+          batchnorm_backward(ly, dphi, lb.xhat.data() + off, lb.istd.data(), dzn, nb, n_out);
+        dz = dzn;
+      }
+      const T beta = ly.block == DenseBlock::plain ? T(0) : T(1);
+      blas::gemm(blas::Op::N, blas::Op::N, nb, n_in, n_out, T(1), dz, n_out, ly.weight, ly.in, beta,
+                 gnext, n_in);
+      if (ly.block == DenseBlock::highway)
+        blas::gemm(blas::Op::N, blas::Op::N, nb, n_in, n_out, T(1), lb.t.data() + off, n_out,
+                   ly.gate_weight, ly.in, T(1), gnext, n_in);
       std::swap(g, gnext);
       if (primary) ctl.tick(2 * L - l + 1, total_work);
       else ctl.poll();
     }
     st.grad_sumsq[0] = sum_squares(g, nb * width[0]);
     st.grad_scale[0] = scale;
-    if (!io.grads.empty() && io.grads[0]) {
-      const T inv = pow2<T>(-scale);
-      T* out = io.grads[0] + b0 * width[0];
-      for (std::size_t i = 0; i < nb * width[0]; ++i) out[i] = g[i] * inv;
-    }
+    keep(0, g);
     if (io.y) std::copy(yL, yL + nb * nL, io.y + b0 * nL);
   });
   single_blas.reset();
@@ -168,38 +345,58 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
       ns += st.saturated[l];
     }
     const double n = static_cast<double>(B * width[l + 1]);
-    const double mean = n > 0 ? s / n : NAN;
+    const double mean = s / n;
     out.act_mean[l] = mean;
-    out.act_std[l] = n > 0 ? std::sqrt(std::max(0.0, s2 / n - mean * mean)) : NAN;
-    out.saturation[l] = n > 0 ? ns / n : NAN;
+    out.act_std[l] = std::sqrt(std::max(0.0, s2 / n - mean * mean));
+    out.saturation[l] = ns / n;
   }
 
   if (opt.param_grads) {
-    // dW_l = dz_l^T h_{l-1}, db_l = colsum(dz_l), over the whole batch. Chunks may hold
-    // dz at different scales: bring them to the smallest (least amplified) one first.
-    out.log_param_grad_norms.resize(2 * L);
-    std::vector<T> dw(max_width * max_width);
+    // Chunks may hold a layer's gradients at different scales: bring them to the smallest
+    // (least amplified) one, then one GEMM over the whole batch per weight matrix.
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    out.log_param_grad_norms.assign(kDenseParamsPerLayer * L, nan);
+    std::vector<T> dw;
+    std::vector<double> colsum;
     for (std::size_t l = 1; l <= L; ++l) {
       ctl.tick(2 * L, total_work);
+      const DenseLayer<T>& ly = layers[l - 1];
+      LayerBuffers<T>& lb = buf[l];
       const std::size_t n_out = width[l], n_in = width[l - 1];
       int ref = cs[0].gz_scale[l - 1];
       for (auto& st : cs) ref = std::min(ref, st.gz_scale[l - 1]);
       for (std::size_t c = 0; c < n_chunks; ++c) {
         const auto [b0, b1] = split_range(B, n_chunks, c);
-        scale_pow2(d[l].data() + b0 * n_out, (b1 - b0) * n_out, ref - cs[c].gz_scale[l - 1]);
+        const int k = ref - cs[c].gz_scale[l - 1];
+        for (auto* v : {&lb.d, &lb.dz, &lb.t})
+          if (!v->empty()) scale_pow2(v->data() + b0 * n_out, (b1 - b0) * n_out, k);
       }
-      const T* hin = (l == 1) ? io.x : h[l - 1].data();
+      const T* hin = (l == 1) ? io.x : buf[l - 1].h.data();
+      const T* dz = ly.norm != DenseNorm::none ? lb.dz.data() : lb.d.data();
+      double* o = out.log_param_grad_norms.data() + kDenseParamsPerLayer * (l - 1);
       dw.resize(n_out * n_in);
-      blas::gemm(blas::Op::T, blas::Op::N, n_out, n_in, B, T(1), d[l].data(), n_out, hin, n_in,
-                 T(0), dw.data(), n_in);
-      out.log_param_grad_norms[2 * (l - 1)] = log_norm(sum_squares(dw.data(), n_out * n_in), ref);
-      if (layers[l - 1].bias) {
-        std::vector<double> db(n_out, 0.0);
+      blas::gemm(blas::Op::T, blas::Op::N, n_out, n_in, B, T(1), dz, n_out, hin, n_in, T(0), dw.data(), n_in);
+      o[0] = log_norm(sum_squares(dw.data(), dw.size()), ref);
+      if (ly.bias) {
+        col_sums(dz, B, n_out, colsum);
+        o[1] = log_norm(sum_squares(colsum.data(), n_out), ref);
+      }
+      if (ly.norm != DenseNorm::none) {
+        // dgamma = colsum(dL/dz' * xhat), dbeta = colsum(dL/dz')
+        std::vector<double> dg(n_out, 0.0);
         for (std::size_t b = 0; b < B; ++b)
-          for (std::size_t j = 0; j < n_out; ++j) db[j] += d[l][b * n_out + j];
-        out.log_param_grad_norms[2 * (l - 1) + 1] = log_norm(sum_squares(db.data(), n_out), ref);
-      } else {
-        out.log_param_grad_norms[2 * (l - 1) + 1] = -std::numeric_limits<double>::infinity();
+          for (std::size_t j = 0; j < n_out; ++j) dg[j] += static_cast<double>(lb.d[b * n_out + j]) * lb.xhat[b * n_out + j];
+        if (ly.norm_weight) o[2] = log_norm(sum_squares(dg.data(), n_out), ref);
+        col_sums(lb.d.data(), B, n_out, colsum);
+        if (ly.norm_bias) o[3] = log_norm(sum_squares(colsum.data(), n_out), ref);
+      }
+      if (ly.block == DenseBlock::highway) {
+        blas::gemm(blas::Op::T, blas::Op::N, n_out, n_in, B, T(1), lb.t.data(), n_out, hin, n_in, T(0), dw.data(), n_in);
+        o[4] = log_norm(sum_squares(dw.data(), dw.size()), ref);
+        if (ly.gate_bias) {
+          col_sums(lb.t.data(), B, n_out, colsum);
+          o[5] = log_norm(sum_squares(colsum.data(), n_out), ref);
+        }
       }
     }
   }

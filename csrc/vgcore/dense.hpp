@@ -1,4 +1,13 @@
-// Dense stacks h_l = phi_l(W_l h_{l-1} + b_l): forward and backward over the whole depth.
+// Dense stacks: forward and backward over the whole depth in one call.
+//
+// Layer l maps h_{l-1} to h_l:
+//   z  = W h_{l-1} + b                      (nn.Linear layout: W is out x in)
+//   z' = Norm(z)                            (optional: LayerNorm per sample, or BatchNorm with
+//                                            training-mode batch statistics; affine gamma, beta)
+//   a  = phi(z')
+//   plain:    h_l = a
+//   residual: h_l = h_{l-1} + alpha * a     (in == out)
+//   highway:  h_l = t * a + (1 - t) * h_{l-1},  t = sigmoid(W_t h_{l-1} + b_t)   (in == out)
 #pragma once
 
 #include <cstddef>
@@ -10,13 +19,23 @@
 
 namespace vgcore {
 
-// One layer, PyTorch nn.Linear layout: weight (out x in) row-major, bias (out) or null.
+enum class DenseBlock : int { plain = 0, residual, highway };
+enum class DenseNorm : int { none = 0, layernorm, batchnorm };
+
 template <class T>
 struct DenseLayer {
-  const T* weight = nullptr;
-  const T* bias = nullptr;
+  const T* weight = nullptr;  // (out x in), row-major
+  const T* bias = nullptr;    // (out) or null
   std::size_t in = 0, out = 0;
   Activation act;
+  DenseBlock block = DenseBlock::plain;
+  double alpha = 1.0;              // residual branch scale
+  const T* gate_weight = nullptr;  // highway: (out x in)
+  const T* gate_bias = nullptr;    // highway: (out) or null
+  DenseNorm norm = DenseNorm::none;
+  const T* norm_weight = nullptr;  // gamma (out) or null (= 1)
+  const T* norm_bias = nullptr;    // beta (out) or null (= 0)
+  double eps = 1e-5;
 };
 
 template <class T>
@@ -28,9 +47,10 @@ struct DenseFlowIO {
   std::vector<T*> grads;         // optional: L+1 buffers (B, width_l) receiving dL/dh_l
 };
 
-// Forward and backward through the stack in one call.
-// log_param_grad_norms layout: [weight_1, bias_1, weight_2, bias_2, ...] (bias entry is
-// -inf when the layer has no bias).
+// Number of parameter tensors reported per layer, in this order.
+constexpr std::size_t kDenseParamsPerLayer = 6;
+// log_param_grad_norms layout: per layer [weight, bias, norm_weight, norm_bias, gate_weight,
+// gate_bias]; NaN where the layer has no such parameter.
 template <class T>
 FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const DenseFlowIO<T>& io,
                               const FlowOptions& opt, Control& ctl);

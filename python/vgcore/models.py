@@ -82,6 +82,21 @@ class MLP(Model):
         One per layer, or one for all layers. Names as in :mod:`vgcore.activations`.
     dtype : float32 or float64, optional
         Defaults to float32 if any weight is float32, else float64.
+    block : {"plain", "residual", "highway"} or sequence of them
+        ``residual``: ``h_l = h_{l-1} + alpha_l * phi(...)``; ``highway``:
+        ``h_l = t * phi(...) + (1 - t) * h_{l-1}`` with the carry gate
+        ``t = sigmoid(G_l h_{l-1} + c_l)``. Both need square layers.
+    alpha : float or sequence of float
+        Residual branch scale (default 1).
+    gate_weights, gate_biases : sequences of arrays of shape (out, in) / (out,), optional
+        Highway gate parameters (``None`` entries for other layers).
+    norm : {None, "layernorm", "batchnorm"} or sequence of them
+        Normalisation of the pre-activation ``W h + b`` (LayerNorm per sample; BatchNorm with
+        training-mode batch statistics, differentiated through the batch mean and variance).
+    norm_weights, norm_biases : sequences of arrays of shape (out,), optional
+        The affine ``gamma`` / ``beta`` (``None``: 1 / 0).
+    eps : float
+        Normalisation epsilon (PyTorch default 1e-5).
     """
 
     kind = "mlp"
@@ -93,6 +108,14 @@ class MLP(Model):
         activations: ActivationLike | Sequence[ActivationLike] = "tanh",
         *,
         dtype: object = None,
+        block: str | Sequence[str] = "plain",
+        alpha: float | Sequence[float] = 1.0,
+        gate_weights: Sequence[Any | None] | None = None,
+        gate_biases: Sequence[Any | None] | None = None,
+        norm: str | None | Sequence[str | None] = None,
+        norm_weights: Sequence[Any | None] | None = None,
+        norm_biases: Sequence[Any | None] | None = None,
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if isinstance(weights, np.ndarray) and weights.ndim == 2:
@@ -133,6 +156,56 @@ class MLP(Model):
                 None if b is None else as_float_array(b, f"biases[{i}]", self.dtype, shape=(w.shape[0],))
             )
         self.activations: list[Activation] = acts
+        self._init_blocks(block, alpha, gate_weights, gate_biases, norm, norm_weights, norm_biases, eps)
+
+    def _init_blocks(
+        self, block: Any, alpha: Any, gate_weights: Any, gate_biases: Any, norm: Any,
+        norm_weights: Any, norm_biases: Any, eps: float,
+    ) -> None:
+        L = len(self.weights)
+
+        def per_layer(value: Any, name: str, scalar_types: tuple[type, ...]) -> list[Any]:
+            if value is None or isinstance(value, scalar_types):
+                return [value] * L
+            out = list(value)
+            if len(out) != L:
+                raise ValueError(f"{name} must have {L} entries (one per layer), got {len(out)}")
+            return out
+
+        self.blocks: list[str] = per_layer(block, "block", (str,))
+        self.alphas: list[float] = [float(a) for a in per_layer(alpha, "alpha", (int, float))]
+        norms = per_layer(norm, "norm", (str,))
+        self.norms: list[str | None] = [None if n in (None, "none") else n for n in norms]
+        for i, (b, n, w) in enumerate(zip(self.blocks, self.norms, self.weights)):
+            if b not in ("plain", "residual", "highway"):
+                raise ValueError(f"block[{i}] must be 'plain', 'residual' or 'highway', got {b!r}")
+            if b != "plain" and w.shape[0] != w.shape[1]:
+                raise ValueError(
+                    f"block[{i}] is {b!r}, which needs a square layer, but weights[{i}] has shape {w.shape}"
+                )
+            if n not in (None, "layernorm", "batchnorm"):
+                raise ValueError(f"norm[{i}] must be None, 'layernorm' or 'batchnorm', got {n!r}")
+        if not (isinstance(eps, (int, float)) and eps >= 0):
+            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+        self.eps = float(eps)
+
+        def arrays(values: Any, name: str, shape_of: Any) -> list[np.ndarray | None]:
+            vals = [None] * L if values is None else list(values)
+            if len(vals) != L:
+                raise ValueError(f"{name} must have {L} entries (one per layer), got {len(vals)}")
+            return [
+                None if v is None else as_float_array(v, f"{name}[{i}]", self.dtype, shape=shape_of(i))
+                for i, v in enumerate(vals)
+            ]
+
+        out_of = lambda i: (self.weights[i].shape[0],)  # noqa: E731
+        self.gate_weights = arrays(gate_weights, "gate_weights", lambda i: self.weights[i].shape)
+        self.gate_biases = arrays(gate_biases, "gate_biases", out_of)
+        self.norm_weights = arrays(norm_weights, "norm_weights", out_of)
+        self.norm_biases = arrays(norm_biases, "norm_biases", out_of)
+        for i, b in enumerate(self.blocks):
+            if b == "highway" and self.gate_weights[i] is None:
+                raise ValueError(f"block[{i}] is 'highway' but gate_weights[{i}] is None")
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -146,6 +219,10 @@ class MLP(Model):
         seed: int | np.random.Generator | None = 0,
         dtype: object = np.float64,
         output_activation: ActivationLike | None = None,
+        residual: bool | float = False,
+        highway: bool = False,
+        highway_bias: float = -1.0,
+        norm: str | None = None,
     ) -> MLP:
         """Build an MLP from layer sizes ``[in, h_1, ..., h_L]`` with a seeded init.
 
@@ -161,6 +238,13 @@ class MLP(Model):
             Whether layers have biases.
         seed : int or numpy Generator
             Seed of the initialisation.
+        residual : bool or float
+            Make every square layer a residual block (a float sets the branch scale alpha).
+        highway : bool
+            Make every square layer a highway block; gate weights use the same init and the gate
+            bias is ``highway_bias`` (negative: carry by default, Srivastava et al. 2015).
+        norm : {None, "layernorm", "batchnorm"}
+            Normalise every layer's pre-activation (gamma = 1, beta = 0).
         """
         from vgcore.init import initialize_dense
 
@@ -183,7 +267,26 @@ class MLP(Model):
             )
             ws.append(w)
             bs.append(b if bias else None)
-        return cls(ws, bs, acts, dtype=dt)
+        if residual is not False and highway:
+            raise ValueError("choose residual or highway blocks, not both")
+        square = [w.shape[0] == w.shape[1] for w in ws]
+        blocks = ["plain"] * len(ws)
+        alpha = 1.0 if residual is True else float(residual or 1.0)
+        gws: list[np.ndarray | None] = [None] * len(ws)
+        gbs: list[np.ndarray | None] = [None] * len(ws)
+        for i, sq in enumerate(square):
+            if sq and residual is not False:
+                blocks[i] = "residual"
+            elif sq and highway:
+                blocks[i] = "highway"
+                gw, _ = initialize_dense(init, sizes[i + 1], sizes[i], rng=rng, dtype=dt, activation="sigmoid")
+                gws[i], gbs[i] = gw, np.full(sizes[i + 1], highway_bias, dtype=dt)
+        return cls(
+            ws, bs, acts, dtype=dt, block=blocks, alpha=alpha, gate_weights=gws,
+            gate_biases=gbs, norm=norm,
+            norm_weights=None if norm is None else [np.ones(n, dt) for n in sizes[1:]],
+            norm_biases=None if norm is None else [np.zeros(n, dt) for n in sizes[1:]],
+        )
 
     @classmethod
     def from_torch(cls, module: Any, *, dtype: object = None) -> MLP:
@@ -203,15 +306,41 @@ class MLP(Model):
         ws: list[np.ndarray] = []
         bs: list[np.ndarray | None] = []
         acts: list[Activation] = []
+        norms: list[str | None] = []
+        nws: list[np.ndarray | None] = []
+        nbs: list[np.ndarray | None] = []
+        eps = None
         for idx, sub in enumerate(module):
             if isinstance(sub, nn.Linear):
                 ws.append(_torch_to_numpy(sub.weight))
                 bs.append(None if sub.bias is None else _torch_to_numpy(sub.bias))
                 acts.append(Activation("identity"))
+                norms.append(None)
+                nws.append(None)
+                nbs.append(None)
                 continue
             if isinstance(sub, (nn.Dropout, nn.Flatten)):
                 continue
-            act = from_torch_module(sub)
+            if isinstance(sub, (nn.LayerNorm, nn.BatchNorm1d)):
+                kind = "layernorm" if isinstance(sub, nn.LayerNorm) else "batchnorm"
+                if not ws or norms[-1] is not None or not acts[-1].is_linear:
+                    raise NotImplementedError(
+                        f"module[{idx}] ({type(sub).__name__}) must directly follow an nn.Linear "
+                        "(normalisation of the pre-activation)"
+                    )
+                if eps is not None and sub.eps != eps:
+                    raise NotImplementedError("normalisation layers with different eps values")
+                eps = float(sub.eps)
+                norms[-1] = kind
+                nws[-1] = None if sub.weight is None else _torch_to_numpy(sub.weight)
+                nbs[-1] = None if sub.bias is None else _torch_to_numpy(sub.bias)
+                continue
+            if isinstance(sub, nn.PReLU):
+                if sub.weight.numel() != 1:
+                    raise NotImplementedError("nn.PReLU with one slope per channel is not supported")
+                act = Activation("leaky_relu", negative_slope=float(sub.weight.detach().reshape(())))
+            else:
+                act = from_torch_module(sub)
             if act is None:
                 raise NotImplementedError(
                     f"module[{idx}] is {type(sub).__name__}, which vgcore.MLP does not support "
@@ -233,7 +362,10 @@ class MLP(Model):
             raise ValueError("module contains no nn.Linear layer")
         if dtype is None:
             dtype = ws[0].dtype if ws[0].dtype in (np.float32, np.float64) else np.float32
-        return cls(ws, bs, acts, dtype=dtype)
+        return cls(
+            ws, bs, acts, dtype=dtype, norm=norms, norm_weights=nws, norm_biases=nbs,
+            eps=1e-5 if eps is None else eps,
+        )
 
     def to_torch(self) -> Any:
         """An equivalent ``nn.Sequential`` (same dtype, copied parameters)."""
@@ -242,15 +374,34 @@ class MLP(Model):
 
         from vgcore.activations import to_torch_module
 
+        if any(b != "plain" for b in self.blocks):
+            raise NotImplementedError(
+                "to_torch exports plain layers (with optional LayerNorm/BatchNorm1d) only; "
+                "residual and highway blocks have no nn.Sequential equivalent"
+            )
         tdtype = torch.float32 if self.dtype == np.float32 else torch.float64
         mods: list[Any] = []
-        for w, b, a in zip(self.weights, self.biases, self.activations):
+        for i, (w, b, a) in enumerate(zip(self.weights, self.biases, self.activations)):
             lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, dtype=tdtype)
             with torch.no_grad():
                 lin.weight.copy_(torch.from_numpy(w))
                 if b is not None:
                     lin.bias.copy_(torch.from_numpy(b))
             mods.append(lin)
+            if self.norms[i] is not None:
+                gamma, beta = self.norm_weights[i], self.norm_biases[i]
+                affine = gamma is not None or beta is not None
+                n = w.shape[0]
+                norm_mod = (
+                    nn.LayerNorm(n, eps=self.eps, elementwise_affine=affine, dtype=tdtype)
+                    if self.norms[i] == "layernorm"
+                    else nn.BatchNorm1d(n, eps=self.eps, affine=affine, dtype=tdtype)
+                )
+                if affine:
+                    with torch.no_grad():
+                        norm_mod.weight.copy_(torch.from_numpy(gamma if gamma is not None else np.ones(n, self.dtype)))
+                        norm_mod.bias.copy_(torch.from_numpy(beta if beta is not None else np.zeros(n, self.dtype)))
+                mods.append(norm_mod)
             if not a.is_linear:
                 mods.append(to_torch_module(a))
         return nn.Sequential(*mods)
@@ -274,28 +425,57 @@ class MLP(Model):
 
     def parameters(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            out[f"layers.{i}.weight"] = w
-            if b is not None:
-                out[f"layers.{i}.bias"] = b
+        for i in range(self.depth):
+            for key, arr in (
+                ("weight", self.weights[i]), ("bias", self.biases[i]),
+                ("norm.weight", self.norm_weights[i]), ("norm.bias", self.norm_biases[i]),
+                ("gate.weight", self.gate_weights[i]), ("gate.bias", self.gate_biases[i]),
+            ):
+                if arr is not None:
+                    out[f"layers.{i}.{key}"] = arr
         return out
 
     def astype(self, dtype: object) -> MLP:
         dt = resolve_dtype(dtype)
+
+        def cast(arrs: list[np.ndarray | None]) -> list[np.ndarray | None]:
+            return [None if a is None else a.astype(dt) for a in arrs]
+
         return MLP(
-            [w.astype(dt) for w in self.weights],
-            [None if b is None else b.astype(dt) for b in self.biases],
-            self.activations,
-            dtype=dt,
+            cast(self.weights), cast(self.biases), self.activations, dtype=dt,  # type: ignore[arg-type]
+            block=self.blocks, alpha=self.alphas, gate_weights=cast(self.gate_weights),
+            gate_biases=cast(self.gate_biases), norm=self.norms,
+            norm_weights=cast(self.norm_weights), norm_biases=cast(self.norm_biases), eps=self.eps,
         )
 
-    def _own_params(self) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
-        return self.weights, self.biases
+    def layer_specs(self) -> list[dict[str, Any]]:
+        """Per-layer dicts in the form the compiled core takes."""
+        return [
+            {
+                "weight": self.weights[i], "bias": self.biases[i],
+                "act": self.activations[i].core_args(), "block": self.blocks[i],
+                "alpha": self.alphas[i], "gate_weight": self.gate_weights[i],
+                "gate_bias": self.gate_biases[i], "norm": self.norms[i] or "none",
+                "norm_weight": self.norm_weights[i], "norm_bias": self.norm_biases[i],
+                "eps": self.eps,
+            }
+            for i in range(self.depth)
+        ]
+
+    def _own_params(self) -> list[dict[str, Any]]:
+        return self.layer_specs()
 
     def __repr__(self) -> str:
         acts = {str(a) for a in self.activations}
         act = acts.pop() if len(acts) == 1 else "mixed"
-        return f"MLP(sizes={self.sizes}, activation={act}, dtype={self.dtype.name})"
+        extra = ""
+        kinds = set(self.blocks) - {"plain"}
+        if kinds:
+            extra += f", block={'/'.join(sorted(kinds))}"
+        norms = {n for n in self.norms if n}
+        if norms:
+            extra += f", norm={'/'.join(sorted(norms))}"
+        return f"MLP(sizes={self.sizes}, activation={act}{extra}, dtype={self.dtype.name})"
 
 
 class RecurrentModel(Model):

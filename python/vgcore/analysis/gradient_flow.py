@@ -17,6 +17,8 @@ from vgcore.models import LSTM, MLP, Model, RecurrentModel
 __all__ = ["GradientFlow", "gradient_flow"]
 
 ProgressCallback = Callable[[int, int], Any]
+#: Parameter kinds reported per MLP layer (NaN where a layer has none), in the core's order.
+MLP_PARAM_KINDS = ("weight", "bias", "norm_weight", "norm_bias", "gate_weight", "gate_bias")
 
 
 @dataclass(repr=False)
@@ -42,7 +44,8 @@ class GradientFlow:
     gate_saturation : ndarray of shape (T, G) or None
         Gated cells: the same fraction per gate (LSTM i, f, g, o; GRU r, z, n).
     param_grad_norms : dict or None
-        With ``param_grads=True``: MLP ``{"weight": (L,), "bias": (L,)}``; recurrent
+        With ``param_grads=True``: MLP ``{"weight": (L,), "bias": (L,), "norm_weight",
+        "norm_bias", "gate_weight", "gate_bias"}`` (arrays of shape (L,)); recurrent
         ``{"weight_ih", "weight_hh", "bias_ih", "bias_hh"}`` (floats). NaN for absent biases.
     grads : list of ndarray / ndarray or None
         With ``keep_grads=True``: ``dL/dh_i`` (MLP: a list of (B, width_i) arrays;
@@ -68,6 +71,7 @@ class GradientFlow:
     states: np.ndarray | None = None
     cell_states: np.ndarray | None = None
     clip: dict[str, Any] | None = field(default=None)
+    log_clipped_param_grad_norms: dict[str, Any] | None = field(default=None)
 
     # -- derived views ------------------------------------------------------------------
     @property
@@ -97,6 +101,14 @@ class GradientFlow:
                 k: (np.exp(v) if isinstance(v, np.ndarray) else math.exp(v) if math.isfinite(v) else (0.0 if v < 0 else v))
                 for k, v in self.log_param_grad_norms.items()
             }
+
+    @property
+    def clipped_param_grad_norms(self) -> dict[str, Any] | None:
+        """Parameter-gradient norms after ``clip_norm`` clipping (None without clipping)."""
+        if self.log_clipped_param_grad_norms is None:
+            return None
+        with np.errstate(over="ignore", under="ignore"):
+            return {k: np.exp(v) for k, v in self.log_clipped_param_grad_norms.items()}
 
     @property
     def log10_grad_norms(self) -> np.ndarray:
@@ -195,6 +207,7 @@ def gradient_flow(
     saturation_threshold: float = 1e-3,
     num_threads: int | None = None,
     progress: ProgressCallback | None = None,
+    clip_norm: float | None = None,
 ) -> GradientFlow:
     """Forward and backward pass in one compiled call; gradient norms per layer or step.
 
@@ -221,6 +234,11 @@ def gradient_flow(
         Worker threads (batch-parallel); :func:`vgcore.get_num_threads` when None.
     progress : callable(done, total), optional
         Called about every 0.1 s from the calling thread; may raise to stop.
+    clip_norm : float, optional
+        Apply global-norm gradient clipping to the parameter gradients exactly like
+        ``torch.nn.utils.clip_grad_norm_(params, clip_norm)`` (implies ``param_grads``);
+        the result's ``clip`` and ``clipped_param_grad_norms`` report its effect. Clipping
+        rescales parameter gradients only; ``dL/dh`` is unchanged.
 
     Returns
     -------
@@ -232,6 +250,10 @@ def gradient_flow(
     if not (isinstance(saturation_threshold, (int, float)) and 0 <= saturation_threshold <= 1):
         raise ValueError(f"saturation_threshold must be in [0, 1], got {saturation_threshold!r}")
     threads = resolve_threads(num_threads)
+    if clip_norm is not None:
+        if not (isinstance(clip_norm, (int, float)) and clip_norm > 0 and math.isfinite(clip_norm)):
+            raise ValueError(f"clip_norm must be a positive finite number, got {clip_norm!r}")
+        param_grads = True
     _check_progress(progress)
     itemsize = dt.itemsize
 
@@ -247,24 +269,21 @@ def gradient_flow(
         cot = None
         if cotangent is not None:
             cot = as_float_array(cotangent, "cotangent", dt, shape=(B, model.output_size))
-        weights, biases = model._params_as(dt)
+        specs = model._params_as(dt)
         stats = _core.dense_gradient_flow(
-            weights, biases, [a.core_args() for a in model.activations], xa, cot,
-            keep_grads, param_grads, float(saturation_threshold), threads, progress,
+            specs, xa, cot, keep_grads, param_grads, float(saturation_threshold), threads, progress,
         )
         _check_nonfinite(stats, "layer")
         pg = None
         if param_grads:
-            lp = stats["log_param_grad_norms"]
-            bias = lp[1::2].copy()
-            bias[[b is None for b in biases]] = np.nan
-            pg = {"weight": lp[0::2].copy(), "bias": bias}
-        return GradientFlow(
+            lp = stats["log_param_grad_norms"].reshape(model.depth, len(MLP_PARAM_KINDS))
+            pg = {k: lp[:, j].copy() for j, k in enumerate(MLP_PARAM_KINDS)}
+        return _apply_clip(GradientFlow(
             model=model, kind="mlp", dtype=dt, batch_size=B,
             log_grad_norms=stats["log_grad_norms"], act_mean=stats["act_mean"],
             act_std=stats["act_std"], saturation=stats["saturation"], output=stats["y"],
             log_param_grad_norms=pg, grads=stats["grads"],
-        )
+        ), clip_norm)
 
     if not isinstance(model, RecurrentModel):
         raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
@@ -313,7 +332,7 @@ def gradient_flow(
             "bias_hh": float(lp[3]) if bhh is not None else math.nan,
         }
     gate_sat = stats["gate_saturation"] if model.gates > 1 else None
-    return GradientFlow(
+    return _apply_clip(GradientFlow(
         model=model, kind=model.kind, dtype=dt, batch_size=B,
         log_grad_norms=stats["log_grad_norms"], act_mean=stats["act_mean"],
         act_std=stats["act_std"], saturation=stats["saturation"],
@@ -321,5 +340,36 @@ def gradient_flow(
         log_cell_grad_norms=stats["log_cell_grad_norms"] if is_lstm else None,
         gate_saturation=gate_sat, log_param_grad_norms=pg, grads=stats["grads"],
         cell_grads=stats["cell_grads"], states=stats["states"], cell_states=stats["cell_states"],
+    ), clip_norm)
+
+
+def _apply_clip(flow: GradientFlow, clip_norm: float | None) -> GradientFlow:
+    """Global-norm clipping as torch.nn.utils.clip_grad_norm_ (norm_type 2, eps 1e-6)."""
+    if clip_norm is None or flow.log_param_grad_norms is None:
+        return flow
+    logs = np.concatenate(
+        [np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in flow.log_param_grad_norms.values()]
     )
+    logs = logs[~np.isnan(logs)]
+    m = np.max(logs) if logs.size else -np.inf
+    log_total = m + 0.5 * np.log(np.sum(np.exp(2 * (logs - m)))) if np.isfinite(m) else m
+    with np.errstate(over="ignore", under="ignore"):
+        total = float(np.exp(log_total))
+    coef = min(1.0, clip_norm / (total + 1e-6))
+    log_coef = math.log(coef) if coef > 0 else -math.inf
+    clipped = {k: v + log_coef for k, v in flow.log_param_grad_norms.items()}
+    changed = []
+    if coef < 1.0:
+        for k, v in flow.log_param_grad_norms.items():
+            arr = np.atleast_1d(np.asarray(v, dtype=np.float64))
+            if flow.kind == "mlp":
+                changed += [f"layers.{i}.{k}" for i, lv in enumerate(arr) if np.isfinite(lv)]
+            elif np.isfinite(arr[0]):
+                changed.append(k)
+    flow.clip = {
+        "max_norm": float(clip_norm), "total_norm": total, "log_total_norm": float(log_total),
+        "clip_coef": coef, "clipped": coef < 1.0, "changed": changed,
+    }
+    flow.log_clipped_param_grad_norms = clipped
+    return flow
 
