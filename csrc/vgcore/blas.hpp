@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstddef>
-#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -66,38 +65,24 @@ inline void gemm(Op ta, Op tb, std::size_t m, std::size_t n, std::size_t k, doub
 inline void set_num_threads(int n) { VGCORE_BLAS(openblas_set_num_threads)(n); }
 inline int get_num_threads() { return VGCORE_BLAS(openblas_get_num_threads)(); }
 
-// Runs BLAS single-threaded while alive. Batch-parallel workers each call BLAS on their own
-// slice of the batch; a multi-threaded BLAS would serialise them on its thread pool (the
-// OpenBLAS wheel has no per-thread setting). Nested / concurrent scopes are reference-counted.
-class SingleThreadScope {
+// Sets the BLAS thread count while alive and restores the previous one afterwards (scopes
+// nest). Batch-parallel workers each call BLAS on their own slice of the batch with one
+// thread (a multi-threaded BLAS would serialise them on its pool, and the OpenBLAS wheel has
+// no per-thread setting); a single chunk gets the whole thread budget. The setting is
+// process-wide: concurrent analyses in several Python threads share it.
+class BlasThreadsScope {
  public:
-  SingleThreadScope() {
-    std::lock_guard<std::mutex> lock(mutex());
-    if (depth()++ == 0) {
-      saved() = get_num_threads();
-      set_num_threads(1);
-    }
+  explicit BlasThreadsScope(int n) : saved_(get_num_threads()) {
+    if (n > 0 && n != saved_) set_num_threads(n);
   }
-  ~SingleThreadScope() {
-    std::lock_guard<std::mutex> lock(mutex());
-    if (--depth() == 0) set_num_threads(saved());
+  ~BlasThreadsScope() {
+    if (get_num_threads() != saved_) set_num_threads(saved_);
   }
-  SingleThreadScope(const SingleThreadScope&) = delete;
-  SingleThreadScope& operator=(const SingleThreadScope&) = delete;
+  BlasThreadsScope(const BlasThreadsScope&) = delete;
+  BlasThreadsScope& operator=(const BlasThreadsScope&) = delete;
 
  private:
-  static std::mutex& mutex() {
-    static std::mutex m;
-    return m;
-  }
-  static int& depth() {
-    static int d = 0;
-    return d;
-  }
-  static int& saved() {
-    static int s = 1;
-    return s;
-  }
+  int saved_;
 };
 
 }  // namespace vgcore::blas

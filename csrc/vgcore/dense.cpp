@@ -151,6 +151,8 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
   check_layers(layers);
   const std::size_t L = layers.size(), B = io.batch;
   if (L == 0) throw std::invalid_argument("the network has no layers");
+  const int budget = static_cast<int>(resolve_threads(opt.num_threads, 1 << 20));
+  blas::BlasThreadsScope whole_call(budget);  // parameter-gradient GEMMs
   std::vector<std::size_t> width(L + 1);
   width[0] = layers[0].in;
   for (std::size_t l = 0; l < L; ++l) width[l + 1] = layers[l].out;
@@ -177,8 +179,9 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
   std::vector<ChunkStats> cs(n_chunks);
   const std::size_t total_work = 2 * L;
 
-  std::optional<blas::SingleThreadScope> single_blas;
-  if (n_chunks > 1) single_blas.emplace();  // each worker runs single-threaded BLAS
+  // Workers run single-threaded BLAS; a single chunk gets the whole thread budget.
+  std::optional<blas::BlasThreadsScope> blas_threads;
+  blas_threads.emplace(n_chunks > 1 ? 1 : budget);
   run_chunks(n_chunks, ctl, [&](std::size_t c) {
     const auto [b0, b1] = split_range(B, n_chunks, c);
     const std::size_t nb = b1 - b0;
@@ -324,7 +327,7 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
     keep(0, g);
     if (io.y) std::copy(yL, yL + nb * nL, io.y + b0 * nL);
   });
-  single_blas.reset();
+  blas_threads.reset();
 
   FlowStats out;
   out.log_grad_norms.resize(L + 1);

@@ -272,6 +272,8 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
   const std::size_t T_ = io.steps, B = io.batch, N = w.hidden, I = w.input_size;
   const std::size_t G = cell_gates(kind), GN = G * N;
   if (T_ == 0) throw std::invalid_argument("x must have at least one time step, got T = 0");
+  const int budget = static_cast<int>(resolve_threads(opt.num_threads, 1 << 20));
+  blas::BlasThreadsScope whole_call(budget);  // input projection and parameter GEMMs
   Problem<T> p{w, io, opt, T_, B, N, I, G, GN, {}, {}, {}, {}, {}};
   p.A.resize(T_ * B * GN);
   p.H.resize((T_ + 1) * B * N);
@@ -303,8 +305,9 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
   const std::size_t total_work = 2 * T_;
 
   // (2) Forward and backward through time, batch-parallel.
-  std::optional<blas::SingleThreadScope> single_blas;
-  if (n_chunks > 1) single_blas.emplace();  // each worker runs single-threaded BLAS
+  // Workers run single-threaded BLAS; a single chunk gets the whole thread budget.
+  std::optional<blas::BlasThreadsScope> blas_threads;
+  blas_threads.emplace(n_chunks > 1 ? 1 : budget);
   run_chunks(n_chunks, ctl, [&](std::size_t ci) {
     const auto [b0, b1] = split_range(B, n_chunks, ci);
     const std::size_t nb = b1 - b0;
@@ -379,7 +382,7 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
     if (io.cell_grads)
       for (std::size_t i = 0; i < nb * N; ++i) io.cell_grads[b0 * N + i] = dc[i] * inv;
   });
-  single_blas.reset();
+  blas_threads.reset();
 
   FlowStats out;
   out.n_gates = G;
