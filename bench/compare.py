@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 from workloads import LSTMFlow, MLPFlow, rel_diff
 
@@ -29,7 +30,7 @@ def main() -> None:
     import torch
 
     for w in (LSTMFlow(), MLPFlow()):
-        ours = {th: median_time(lambda th=th: w.vgcore(th), args.repeat) for th in (1, 2)}
+        ours = {th: median_time(partial(w.vgcore, th), args.repeat) for th in (1, 2)}
         peer = {}
         for th in (1, 2):
             torch.set_num_threads(th)

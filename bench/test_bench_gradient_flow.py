@@ -6,9 +6,9 @@ Run: ``python -m pytest bench --benchmark-enable`` (tests in CI run each once, u
 from __future__ import annotations
 
 import pytest
-from workloads import LSTMFlow, MLPFlow, rel_diff
 
 import vgcore
+from workloads import LSTMFlow, MLPFlow, rel_diff
 
 RTOL_F32 = 2e-3  # float32 curves over 1000 steps / 200 layers
 

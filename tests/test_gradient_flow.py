@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from conftest import assert_rel_close
-from oracles import torch_mlp_flow, torch_recurrent_flow
 
 import vgcore
+from conftest import assert_rel_close
+from oracles import torch_mlp_flow, torch_recurrent_flow
 from vgcore import GRU, LSTM, MLP, RNN
 
 ACTS = [
@@ -113,7 +113,7 @@ def test_mlp_from_torch_rejects_unsupported(torch):
     nn = torch.nn
     with pytest.raises(NotImplementedError, match="Softmax"):
         MLP.from_torch(nn.Sequential(nn.Linear(2, 2), nn.Softmax(dim=1)))
-    with pytest.raises(NotImplementedError, match="must directly follow an nn.Linear"):
+    with pytest.raises(NotImplementedError, match=r"must directly follow an nn\.Linear"):
         MLP.from_torch(nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.BatchNorm1d(2)))
     with pytest.raises(NotImplementedError, match="before the first"):
         MLP.from_torch(nn.Sequential(nn.Tanh(), nn.Linear(2, 2)))
@@ -260,7 +260,7 @@ def test_recurrent_from_torch_rejects_stacked_and_bidirectional(torch):
         LSTM.from_torch(torch.nn.LSTM(2, 3, num_layers=2))
     with pytest.raises(NotImplementedError, match="bidirectional"):
         GRU.from_torch(torch.nn.GRU(2, 3, bidirectional=True))
-    with pytest.raises(TypeError, match="torch.nn.LSTM"):
+    with pytest.raises(TypeError, match=r"torch\.nn\.LSTM"):
         LSTM.from_torch(torch.nn.GRU(2, 3))
 
 

@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import assert_rel_close
 
 import vgcore
+from conftest import assert_rel_close
 from vgcore import MLP
 
 
