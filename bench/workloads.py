@@ -103,8 +103,18 @@ class MLPFlow:
         return np.array([float(t.grad.norm()) for t in hs])
 
 
-def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """Max relative difference of two norm curves (on the part both represent)."""
+def rel_diff(a: np.ndarray, b: np.ndarray, floor: float = 1e-18) -> float:
+    """Max relative difference of two norm curves where the peer's value is above ``floor``.
+
+    Below about 1e-18 a float32 peer's norms come from denormal or flushed intermediates
+    (vgcore rescales and keeps them exact); those points are compared by :func:`coverage`.
+    """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    ok = (b > 0) & np.isfinite(b)
+    ok = (b > floor) & np.isfinite(b)
     return float(np.max(np.abs(a[ok] - b[ok]) / b[ok])) if ok.any() else math.inf
+
+
+def coverage(norms: np.ndarray, floor: float = 1e-18) -> float:
+    """Fraction of a norm curve that is represented (finite and above ``floor``)."""
+    norms = np.asarray(norms, np.float64)
+    return float(np.mean(np.isfinite(norms) & (norms > floor)))

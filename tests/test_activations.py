@@ -101,4 +101,5 @@ def test_stability_in_the_tails():
     y, _ = _core.activation("softplus", math.nan, math.nan, np.array([-800.0, 800.0]))
     assert y[0] == 0.0 and y[1] == 800.0
     y, dy = _core.activation("tanh", math.nan, math.nan, np.array([1e-10, 25.0]))
-    assert y[0] == pytest.approx(1e-10, rel=1e-15) and y[1] == 1.0 and dy[1] == 0.0
+    assert y[0] == pytest.approx(1e-10, rel=1e-15) and y[1] == 1.0
+    assert dy[1] == pytest.approx(4 * math.exp(-50.0), rel=1e-12)  # not 1 - tanh^2 = 0

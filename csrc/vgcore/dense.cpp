@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -179,9 +178,9 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
   std::vector<ChunkStats> cs(n_chunks);
   const std::size_t total_work = 2 * L;
 
+  {
   // Workers run single-threaded BLAS; a single chunk gets the whole thread budget.
-  std::optional<blas::BlasThreadsScope> blas_threads;
-  blas_threads.emplace(n_chunks > 1 ? 1 : budget);
+  blas::BlasThreadsScope chunk_threads(n_chunks > 1 ? 1 : budget);
   run_chunks(n_chunks, ctl, [&](std::size_t c) {
     const auto [b0, b1] = split_range(B, n_chunks, c);
     const std::size_t nb = b1 - b0;
@@ -327,7 +326,7 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
     keep(0, g);
     if (io.y) std::copy(yL, yL + nb * nL, io.y + b0 * nL);
   });
-  blas_threads.reset();
+  }
 
   FlowStats out;
   out.log_grad_norms.resize(L + 1);

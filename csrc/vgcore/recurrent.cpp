@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -305,9 +304,9 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
   const std::size_t total_work = 2 * T_;
 
   // (2) Forward and backward through time, batch-parallel.
+  {
   // Workers run single-threaded BLAS; a single chunk gets the whole thread budget.
-  std::optional<blas::BlasThreadsScope> blas_threads;
-  blas_threads.emplace(n_chunks > 1 ? 1 : budget);
+  blas::BlasThreadsScope chunk_threads(n_chunks > 1 ? 1 : budget);
   run_chunks(n_chunks, ctl, [&](std::size_t ci) {
     const auto [b0, b1] = split_range(B, n_chunks, ci);
     const std::size_t nb = b1 - b0;
@@ -382,7 +381,7 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
     if (io.cell_grads)
       for (std::size_t i = 0; i < nb * N; ++i) io.cell_grads[b0 * N + i] = dc[i] * inv;
   });
-  blas_threads.reset();
+  }
 
   FlowStats out;
   out.n_gates = G;
