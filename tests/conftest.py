@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -21,7 +23,12 @@ def rtol(dtype: np.dtype) -> float:
 
 @pytest.fixture(scope="session")
 def torch():
-    torch = pytest.importorskip("torch")
+    """PyTorch, the float64 oracle. Skipped locally when absent; in CI its absence is an
+    error, so oracle tests can never pass by being skipped."""
+    if os.environ.get("CI"):
+        import torch
+    else:
+        torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     return torch
 
