@@ -28,21 +28,10 @@
 #warning "compile vgcore/activations.cpp with -fno-trapping-math, or its loops are not vectorised"
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && \
-    defined(__GLIBC__) && !defined(VGCORE_NO_TARGET_CLONES)
-#define VGCORE_ACT_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define VGCORE_ACT_CLONES
-#endif
-
 namespace vgcore {
 namespace {
 
 namespace fmd = fastmath::detail;
-
-template <class T>
-using Lim = std::numeric_limits<T>;
 
 // NaN if x is NaN, else v (derivatives of piecewise-linear functions).
 template <class T>
@@ -53,9 +42,9 @@ VGCORE_FM_INLINE T nan_if_nan(T x, T v) {
 template <class T>
 struct OpIdentity {
   explicit OpIdentity(const Activation&) {}
-  T f(T x) const { return x; }
-  T d(T x) const { return nan_if_nan(x, T(1)); }
-  void fd(T x, T& y, T& dd) const {
+  VGCORE_FM_INLINE T f(T x) const { return x; }
+  VGCORE_FM_INLINE T d(T x) const { return nan_if_nan(x, T(1)); }
+  VGCORE_FM_INLINE void fd(T x, T& y, T& dd) const {
     y = x;
     dd = d(x);
   }
@@ -64,14 +53,14 @@ struct OpIdentity {
 template <class T>
 struct OpSigmoid {
   explicit OpSigmoid(const Activation&) {}
-  T f(T x) const { return fmd::sigmoid_impl(x); }
-  void fd(T x, T& y, T& dd) const {
+  VGCORE_FM_INLINE T f(T x) const { return fmd::sigmoid_impl(x); }
+  VGCORE_FM_INLINE void fd(T x, T& y, T& dd) const {
     T s, sm;
     fmd::sigmoid2(x, s, sm);
     y = s;
     dd = s * sm;  // sigma(x) sigma(-x): relative accuracy in both tails
   }
-  T d(T x) const {
+  VGCORE_FM_INLINE T d(T x) const {
     T y, dd;
     fd(x, y, dd);
     return dd;
@@ -81,9 +70,9 @@ struct OpSigmoid {
 template <class T>
 struct OpTanh {
   explicit OpTanh(const Activation&) {}
-  T f(T x) const { return fmd::tanh_impl(x); }
-  void fd(T x, T& y, T& dd) const { fmd::tanh_sech2(x, y, dd); }
-  T d(T x) const {
+  VGCORE_FM_INLINE T f(T x) const { return fmd::tanh_impl(x); }
+  VGCORE_FM_INLINE void fd(T x, T& y, T& dd) const { fmd::tanh_sech2(x, y, dd); }
+  VGCORE_FM_INLINE T d(T x) const {
     T y, dd;
     fmd::tanh_sech2(x, y, dd);
     return dd;
@@ -93,9 +82,10 @@ struct OpTanh {
 template <class T>
 struct OpRelu {
   explicit OpRelu(const Activation&) {}
-  T f(T x) const { return x < T(0) ? T(0) : x; }  // torch clamp_min: relu(-0) = -0, NaN stays
-  T d(T x) const { return nan_if_nan(x, x > T(0) ? T(1) : T(0)); }  // relu'(0) = 0
-  void fd(T x, T& y, T& dd) const {
+  // as torch's clamp_min(x, 0): relu(-0) = -0, relu(NaN) = NaN; relu'(0) = 0
+  VGCORE_FM_INLINE T f(T x) const { return x < T(0) ? T(0) : x; }
+  VGCORE_FM_INLINE T d(T x) const { return nan_if_nan(x, x > T(0) ? T(1) : T(0)); }
+  VGCORE_FM_INLINE void fd(T x, T& y, T& dd) const {
     y = f(x);
     dd = d(x);
   }
@@ -105,9 +95,10 @@ template <class T>
 struct OpLeaky {
   T slope;
   explicit OpLeaky(const Activation& a) : slope(static_cast<T>(a.alpha)) {}
-  T f(T x) const { return x > T(0) ? x : x * slope; }
-  T d(T x) const { return nan_if_nan(x, x > T(0) ? T(1) : slope); }  // leaky'(0) = slope
-  void fd(T x, T& y, T& dd) const {
+  // as torch: x > 0 ? x : x * slope, so leaky(-0) = -0 and leaky'(0) = slope
+  VGCORE_FM_INLINE T f(T x) const { return x > T(0) ? x : x * slope; }
+  VGCORE_FM_INLINE T d(T x) const { return nan_if_nan(x, x > T(0) ? T(1) : slope); }
+  VGCORE_FM_INLINE void fd(T x, T& y, T& dd) const {
     y = f(x);
     dd = d(x);
   }
@@ -119,13 +110,13 @@ template <class T>
 struct OpElu {
   T pos, neg;
   OpElu(T p, T n) : pos(p), neg(n) {}
-  T f(T x) const {
+  VGCORE_FM_INLINE T f(T x) const {
     T ex, em1;
     fmd::exp_expm1(x, ex, em1);
     return x > T(0) ? pos * x : neg * em1;
   }
-  T d(T x) const { return x > T(0) ? pos : neg * fmd::exp_impl(x); }
-  void fd(T x, T& y, T& dd) const {
+  VGCORE_FM_INLINE T d(T x) const { return x > T(0) ? pos : neg * fmd::exp_impl(x); }
+  VGCORE_FM_INLINE void fd(T x, T& y, T& dd) const {
     T ex, em1;
     fmd::exp_expm1(x, ex, em1);
     const bool p = x > T(0);
@@ -144,30 +135,28 @@ OpElu<T> make_elu(const Activation& a) {
 
 // softplus (torch): beta*x > threshold ? x : log1p(exp(beta*x)) / beta, derivative
 // sigmoid(beta*x) (1 above the threshold). log1p(exp(v)) is evaluated as
-// max(v, 0) + log1p(exp(-|v|)) (no overflow for large thresholds).
-template <class T>
+// max(v, 0) + log1p(exp(-|v|)) (no overflow for large thresholds). UnitBeta: beta == 1 (the
+// default), which saves the multiplication and division.
+template <class T, bool UnitBeta>
 struct OpSoftplus {
   T beta, threshold;
   explicit OpSoftplus(const Activation& a)
       : beta(static_cast<T>(a.alpha)), threshold(static_cast<T>(a.beta)) {}
-  void fd(T x, T& y, T& dd) const {
-    const T v = x * beta;
-    const T t = fmd::exp_nonpos(-fmd::fabs_(v));
-    const bool pos = v >= T(0);
-    const T sp = (pos ? v : T(0)) + fmd::log1p_impl(t);
-    const T sg = (pos ? T(1) : t) / (T(1) + t);
+  VGCORE_FM_INLINE void fd(T x, T& y, T& dd) const {
+    const T v = UnitBeta ? x : x * beta;
+    T sp, sg;
+    fmd::softplus_sigmoid(v, sp, sg);
     const bool lin = v > threshold;
-    y = lin ? x : sp / beta;
+    y = lin ? x : (UnitBeta ? sp : sp / beta);
     dd = lin ? T(1) : sg;
   }
-  T f(T x) const {
-    const T v = x * beta;
-    const T t = fmd::exp_nonpos(-fmd::fabs_(v));
-    const T sp = (v >= T(0) ? v : T(0)) + fmd::log1p_impl(t);
-    return v > threshold ? x : sp / beta;
+  VGCORE_FM_INLINE T f(T x) const {
+    T y, dd;
+    fd(x, y, dd);
+    return y;
   }
-  T d(T x) const {
-    const T v = x * beta;
+  VGCORE_FM_INLINE T d(T x) const {
+    const T v = UnitBeta ? x : x * beta;
     return v > threshold ? T(1) : fmd::sigmoid_impl(v);
   }
 };
@@ -189,18 +178,18 @@ template <class T>
 struct OpSilu {
   explicit OpSilu(const Activation&) {}
   static constexpr T B = Big<T>::silu;
-  T f(T x) const {
+  VGCORE_FM_INLINE T f(T x) const {
     const T xl = x < -B ? -B : x;
     return xl * fmd::sigmoid_impl(x);
   }
-  void fd(T x, T& y, T& dd) const {
+  VGCORE_FM_INLINE void fd(T x, T& y, T& dd) const {
     T s, sm;
     fmd::sigmoid2(x, s, sm);
     const T xm = fmd::clamp_nan(x, -B, B);
     y = (x < -B ? -B : x) * s;
     dd = s * (T(1) + xm * sm);  // sigma(x) (1 + x sigma(-x))
   }
-  T d(T x) const {
+  VGCORE_FM_INLINE T d(T x) const {
     T y, dd;
     fd(x, y, dd);
     return dd;
@@ -213,20 +202,20 @@ template <class T>
 struct OpGelu {
   explicit OpGelu(const Activation&) {}
   static constexpr T B = fmd::K<T>::cdf_max;  // Phi(-B) == 0, B phi(B) == 0
-  void fd(T x, T& y, T& dd) const {
-    T tail, g;
-    fmd::cdf_tail(fmd::fabs_(x), tail, g);
-    const T cdf = x < T(0) ? tail : T(1) - tail;
+  VGCORE_FM_INLINE void fd(T x, T& y, T& dd) const {
+    T tail, pdf;
+    fmd::cdf_tail(fmd::fabs_(x), tail, pdf);
+    const T cdf = fmd::cdf_from_tail(x, tail);
     y = (x < -B ? -B : x) * cdf;
-    dd = cdf + fmd::clamp_nan(x, -B, B) * (g * fmd::K<T>::inv_sqrt2pi);
+    dd = cdf + fmd::clamp_nan(x, -B, B) * pdf;
   }
-  T f(T x) const {
-    T tail, g;
-    fmd::cdf_tail(fmd::fabs_(x), tail, g);
-    const T cdf = x < T(0) ? tail : T(1) - tail;
+  VGCORE_FM_INLINE T f(T x) const {
+    T tail, pdf;
+    fmd::cdf_tail(fmd::fabs_(x), tail, pdf);
+    const T cdf = fmd::cdf_from_tail(x, tail);
     return (x < -B ? -B : x) * cdf;
   }
-  T d(T x) const {
+  VGCORE_FM_INLINE T d(T x) const {
     T y, dd;
     fd(x, y, dd);
     return dd;
@@ -240,9 +229,10 @@ template <class T>
 struct OpGeluTanh {
   explicit OpGeluTanh(const Activation&) {}
   static constexpr T B = Big<T>::gelu_tanh;
-  static constexpr T kBeta = static_cast<T>(0.79788456080286535587989211986876);  // sqrt(2/pi)
+  // torch: M_SQRT2 * M_2_SQRTPI * 0.5 (== sqrt(2/pi) rounded) and 0.044715, cast to T
+  static constexpr T kBeta = static_cast<T>(0.79788456080286535587989211986876);
   static constexpr T kKappa = static_cast<T>(0.044715);
-  void fd(T x, T& y, T& dd) const {
+  VGCORE_FM_INLINE void fd(T x, T& y, T& dd) const {
     const T xm = fmd::clamp_nan(x, -B, B);
     const T u = kBeta * (xm + kKappa * (xm * xm * xm));
     T s, sm;
@@ -251,12 +241,12 @@ struct OpGeluTanh {
     const T du = kBeta * (T(1) + T(3) * kKappa * (xm * xm));
     dd = s + (T(2) * xm) * (s * sm) * du;
   }
-  T f(T x) const {
+  VGCORE_FM_INLINE T f(T x) const {
     const T xm = fmd::clamp_nan(x, -B, B);
     const T u = kBeta * (xm + kKappa * (xm * xm * xm));
     return (x < -B ? -B : x) * fmd::sigmoid_impl(T(2) * u);
   }
-  T d(T x) const {
+  VGCORE_FM_INLINE T d(T x) const {
     T y, dd;
     fd(x, y, dd);
     return dd;
@@ -268,12 +258,12 @@ struct OpGeluTanh {
 // alias check accepts identical pointers (dependence distance 0) for the vector path.
 
 template <class T, class Op>
-VGCORE_ACT_CLONES void loop_f(Op op, const T* z, T* y, std::size_t n) {
+VGCORE_TARGET_CLONES void loop_f(Op op, const T* z, T* y, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) y[i] = op.f(z[i]);
 }
 
 template <class T, class Op>
-VGCORE_ACT_CLONES void loop_fd(Op op, const T* z, T* y, T* dy, std::size_t n) {
+VGCORE_TARGET_CLONES void loop_fd(Op op, const T* z, T* y, T* dy, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) {
     const T x = z[i];
     T a, b;
@@ -284,7 +274,7 @@ VGCORE_ACT_CLONES void loop_fd(Op op, const T* z, T* y, T* dy, std::size_t n) {
 }
 
 template <class T, class Op>
-VGCORE_ACT_CLONES void loop_d(Op op, const T* z, T* dy, std::size_t n) {
+VGCORE_TARGET_CLONES void loop_d(Op op, const T* z, T* dy, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) dy[i] = op.d(z[i]);
 }
 
@@ -298,7 +288,9 @@ void with_op(const Activation& a, F&& f) {
     case ActKind::leaky_relu: return f(OpLeaky<T>(a));
     case ActKind::elu:
     case ActKind::selu: return f(make_elu<T>(a));
-    case ActKind::softplus: return f(OpSoftplus<T>(a));
+    case ActKind::softplus:
+      if (a.alpha == 1.0) return f(OpSoftplus<T, true>(a));
+      return f(OpSoftplus<T, false>(a));
     case ActKind::silu: return f(OpSilu<T>(a));
     case ActKind::gelu: return f(OpGelu<T>(a));
     case ActKind::gelu_tanh: return f(OpGeluTanh<T>(a));

@@ -135,6 +135,17 @@ void batchnorm_backward(const DenseLayer<T>& ly, const T* dzp, const T* xhat, co
     }
 }
 
+// Highway output: t <- sigmoid(t), h = t * a + (1 - t) * h_in.
+template <class T>
+VGCORE_TARGET_CLONES void highway_mix(T* __restrict t, const T* __restrict a,
+                                      const T* __restrict hin, T* __restrict h, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) {
+    const T tv = fastmath::sigmoid(t[i]);
+    t[i] = tv;
+    h[i] = tv * a[i] + (1 - tv) * hin[i];
+  }
+}
+
 template <class T>
 void col_sums(const T* a, std::size_t rows, std::size_t n, std::vector<double>& out) {
   out.assign(n, 0.0);
@@ -226,23 +237,14 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
           for (std::size_t b = 0; b < nb; ++b) std::copy(ly.gate_bias, ly.gate_bias + n_out, t + b * n_out);
         blas::gemm(blas::Op::N, blas::Op::T, nb, n_out, n_in, T(1), hin, n_in, ly.gate_weight,
                    ly.in, ly.gate_bias ? T(1) : T(0), t, n_out);
-        for (std::size_t i = 0; i < cnt; ++i) {
-          const T tv = fastmath::sigmoid(t[i]);
-          t[i] = tv;
-          z[i] = tv * a[i] + (1 - tv) * hin[i];
-        }
+        highway_mix(t, a, hin, z, cnt);
       }
       const T sat_level = static_cast<T>(opt.saturation_threshold * ly.act.max_derivative());
-      double s = 0, s2 = 0, ns = 0;
-      for (std::size_t i = 0; i < cnt; ++i) {
-        const double v = z[i];
-        s += v;
-        s2 += v * v;
-        ns += (std::abs(dphi[i]) < sat_level) ? 1.0 : 0.0;
-      }
+      double s = 0, s2 = 0;
+      moments(z, cnt, s, s2);
       st.sum[l - 1] = s;
       st.sumsq[l - 1] = s2;
-      st.saturated[l - 1] = ns;
+      st.saturated[l - 1] = static_cast<double>(count_below(dphi, cnt, sat_level));
       if (primary) ctl.tick(l, total_work);
       else ctl.poll();
     }
@@ -271,17 +273,13 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
       T* dphi = lb.d.data() + off;  // becomes dL/dz'
       const T f = pow2<T>(pending);
       keep(l, g);
-      double s2 = 0;
+      const double s2 = sum_squares(g, cnt);
       // gnext first receives the direct (skip / carry) path, then the GEMMs accumulate.
       if (ly.block == DenseBlock::plain) {
-        for (std::size_t i = 0; i < cnt; ++i) {
-          s2 += static_cast<double>(g[i]) * g[i];
-          dphi[i] = g[i] * f * dphi[i];
-        }
+        for (std::size_t i = 0; i < cnt; ++i) dphi[i] = g[i] * f * dphi[i];
       } else if (ly.block == DenseBlock::residual) {
         const T alpha = static_cast<T>(ly.alpha);
         for (std::size_t i = 0; i < cnt; ++i) {
-          s2 += static_cast<double>(g[i]) * g[i];
           const T gs = g[i] * f;
           dphi[i] = alpha * gs * dphi[i];
           gnext[i] = gs;
@@ -290,7 +288,6 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
         const T* a = lb.a.data() + off;
         T* t = lb.t.data() + off;  // becomes dL/d(gate pre-activation)
         for (std::size_t i = 0; i < cnt; ++i) {
-          s2 += static_cast<double>(g[i]) * g[i];
           const T gs = g[i] * f, tv = t[i];
           dphi[i] = gs * tv * dphi[i];
           gnext[i] = gs * (1 - tv);

@@ -83,11 +83,50 @@ inline void scale_pow2(T* x, std::size_t n, int k) {
   for (std::size_t i = 0; i < n; ++i) x[i] *= f;
 }
 
+// Reductions with 8 independent float64 lanes: strict IEEE semantics forbid the compiler to
+// reorder a single running sum, so without lanes these loops would not vectorise.
 template <class T>
 inline double sum_squares(const T* x, std::size_t n) {
-  double s = 0.0;
-  for (std::size_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += static_cast<double>(x[i + j]) * static_cast<double>(x[i + j]);
+  double s = 0;
+  for (; i < n; ++i) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+  for (int j = 0; j < 8; ++j) s += acc[j];
   return s;
+}
+
+// Sum and sum of squares of x.
+template <class T>
+inline void moments(const T* x, std::size_t n, double& sum, double& sumsq) {
+  double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) {
+      const double v = x[i + j];
+      a[j] += v;
+      b[j] += v * v;
+    }
+  double s = 0, s2 = 0;
+  for (; i < n; ++i) {
+    s += x[i];
+    s2 += static_cast<double>(x[i]) * x[i];
+  }
+  for (int j = 0; j < 8; ++j) {
+    s += a[j];
+    s2 += b[j];
+  }
+  sum += s;
+  sumsq += s2;
+}
+
+// Number of |x| below level.
+template <class T>
+inline std::size_t count_below(const T* x, std::size_t n, T level) {
+  std::size_t c = 0;
+  for (std::size_t i = 0; i < n; ++i) c += (x[i] < level && x[i] > -level) ? 1 : 0;
+  return c;
 }
 
 }  // namespace vgcore

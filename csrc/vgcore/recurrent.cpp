@@ -59,17 +59,43 @@ void forward_rnn(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, c
   blas::gemm(blas::Op::N, blas::Op::T, nb, N, N, T(1), p.h(t, b0), N, p.w.weight_hh, N, T(1), at, N);
   T* hn = p.h(t + 1, b0);
   activation_forward(act, at, hn, at, nb * N);
-  double s = 0, s2 = 0, ns = 0;
-  for (std::size_t i = 0; i < nb * N; ++i) {
-    const double v = hn[i];
-    s += v;
-    s2 += v * v;
-    ns += (std::abs(at[i]) < sat_level) ? 1.0 : 0.0;
-  }
+  double s = 0, s2 = 0;
+  moments(hn, nb * N, s, s2);
+  const double ns = static_cast<double>(count_below(at, nb * N, sat_level));
   st.sum[t] = s;
   st.sumsq[t] = s2;
   st.saturated[t] = ns;
   st.gate_saturated[t] = ns;
+}
+
+// Gate nonlinearities, cell and hidden update of one row (vectorised: no reductions here).
+template <class T>
+VGCORE_TARGET_CLONES void lstm_row(T* __restrict ai, T* __restrict af, T* __restrict ag, T* __restrict ao, const T* __restrict cprev, T* __restrict cnext, T* __restrict tcn,
+                                   T* __restrict hnext, std::size_t N) {
+  for (std::size_t j = 0; j < N; ++j) {
+    const T i = fm::sigmoid(ai[j]), f = fm::sigmoid(af[j]), g = fm::tanh(ag[j]),
+            o = fm::sigmoid(ao[j]);
+    const T cn = f * cprev[j] + i * g;
+    const T tcv = fm::tanh(cn);
+    ai[j] = i;
+    af[j] = f;
+    ag[j] = g;
+    ao[j] = o;
+    cnext[j] = cn;
+    tcn[j] = tcv;
+    hnext[j] = o * tcv;
+  }
+}
+
+// Saturated units of a gate block: sigmoid' = s(1-s) or tanh' = 1 - g^2 below level.
+template <class T>
+VGCORE_TARGET_CLONES std::size_t count_saturated(const T* v, std::size_t n, bool is_tanh, T level) {
+  std::size_t c = 0;
+  if (is_tanh)
+    for (std::size_t j = 0; j < n; ++j) c += (1 - v[j] * v[j] < level) ? 1 : 0;
+  else
+    for (std::size_t j = 0; j < n; ++j) c += (v[j] * (1 - v[j]) < level) ? 1 : 0;
+  return c;
 }
 
 template <class T>
@@ -79,44 +105,36 @@ void forward_lstm(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, 
   T* at = p.a(t, b0);
   blas::gemm(blas::Op::N, blas::Op::T, nb, GN, N, T(1), p.h(t, b0), N, p.w.weight_hh, N, T(1), at, GN);
   const T sat_sig = static_cast<T>(0.25 * thr), sat_tanh = static_cast<T>(thr);
-  double s = 0, s2 = 0, n_i = 0, n_f = 0, n_g = 0, n_o = 0;
+  double s = 0, s2 = 0;
+  std::size_t n_gate[4] = {0, 0, 0, 0};
   for (std::size_t b = 0; b < nb; ++b) {
     T* ai = at + b * GN;
-    T* af = ai + N;
-    T* ag = ai + 2 * N;
-    T* ao = ai + 3 * N;
-    const T* cprev = p.c(t, b0 + b);
-    T* cnext = p.c(t + 1, b0 + b);
-    T* tcn = p.tc(t, b0 + b);
     T* hnext = p.h(t + 1, b0 + b);
-    for (std::size_t j = 0; j < N; ++j) {
-      const T i = fm::sigmoid(ai[j]), f = fm::sigmoid(af[j]), g = fm::tanh(ag[j]),
-              o = fm::sigmoid(ao[j]);
-      const T cn = f * cprev[j] + i * g;
-      const T tcv = fm::tanh(cn);
-      const T hv = o * tcv;
-      ai[j] = i;
-      af[j] = f;
-      ag[j] = g;
-      ao[j] = o;
-      cnext[j] = cn;
-      tcn[j] = tcv;
-      hnext[j] = hv;
-      s += hv;
-      s2 += static_cast<double>(hv) * hv;
-      n_i += (i * (1 - i) < sat_sig) ? 1.0 : 0.0;
-      n_f += (f * (1 - f) < sat_sig) ? 1.0 : 0.0;
-      n_g += (1 - g * g < sat_tanh) ? 1.0 : 0.0;
-      n_o += (o * (1 - o) < sat_sig) ? 1.0 : 0.0;
-    }
+    lstm_row(ai, ai + N, ai + 2 * N, ai + 3 * N, p.c(t, b0 + b), p.c(t + 1, b0 + b),
+             p.tc(t, b0 + b), hnext, N);
+    moments(hnext, N, s, s2);
+    for (std::size_t k = 0; k < 4; ++k)
+      n_gate[k] += count_saturated(ai + k * N, N, k == 2, k == 2 ? sat_tanh : sat_sig);
   }
   st.sum[t] = s;
   st.sumsq[t] = s2;
-  st.gate_saturated[4 * t + 0] = n_i;
-  st.gate_saturated[4 * t + 1] = n_f;
-  st.gate_saturated[4 * t + 2] = n_g;
-  st.gate_saturated[4 * t + 3] = n_o;
-  st.saturated[t] = n_i + n_f + n_g + n_o;
+  for (std::size_t k = 0; k < 4; ++k) st.gate_saturated[4 * t + k] = static_cast<double>(n_gate[k]);
+  st.saturated[t] = static_cast<double>(n_gate[0] + n_gate[1] + n_gate[2] + n_gate[3]);
+}
+
+template <class T>
+VGCORE_TARGET_CLONES void gru_row(T* __restrict ar, T* __restrict az, T* __restrict an, const T* __restrict qr, const T* __restrict qz, const T* __restrict qn,
+                                  const T* __restrict hprev, T* __restrict hnext, T* __restrict hnb, std::size_t N) {
+  for (std::size_t j = 0; j < N; ++j) {
+    const T r = fm::sigmoid(ar[j] + qr[j]);
+    const T z = fm::sigmoid(az[j] + qz[j]);
+    const T n = fm::tanh(an[j] + r * qn[j]);
+    ar[j] = r;
+    az[j] = z;
+    an[j] = n;
+    hnb[j] = qn[j];
+    hnext[j] = (1 - z) * n + z * hprev[j];
+  }
 }
 
 template <class T>
@@ -131,128 +149,97 @@ void forward_gru(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, C
   blas::gemm(blas::Op::N, blas::Op::T, nb, GN, N, T(1), p.h(t, b0), N, p.w.weight_hh, N,
              p.w.bias_hh ? T(1) : T(0), q.data(), GN);
   const T sat_sig = static_cast<T>(0.25 * thr), sat_tanh = static_cast<T>(thr);
-  double s = 0, s2 = 0, n_r = 0, n_z = 0, n_n = 0;
+  double s = 0, s2 = 0;
+  std::size_t n_gate[3] = {0, 0, 0};
   for (std::size_t b = 0; b < nb; ++b) {
     T* ar = at + b * GN;
-    T* az = ar + N;
-    T* an = ar + 2 * N;
     const T* qr = q.data() + b * GN;
-    const T* qz = qr + N;
-    const T* qn = qr + 2 * N;
-    const T* hprev = p.h(t, b0 + b);
     T* hnext = p.h(t + 1, b0 + b);
-    T* hnb = p.hn(t, b0 + b);
-    for (std::size_t j = 0; j < N; ++j) {
-      const T r = fm::sigmoid(ar[j] + qr[j]);
-      const T z = fm::sigmoid(az[j] + qz[j]);
-      const T n = fm::tanh(an[j] + r * qn[j]);
-      const T hv = (1 - z) * n + z * hprev[j];
-      ar[j] = r;
-      az[j] = z;
-      an[j] = n;
-      hnb[j] = qn[j];
-      hnext[j] = hv;
-      s += hv;
-      s2 += static_cast<double>(hv) * hv;
-      n_r += (r * (1 - r) < sat_sig) ? 1.0 : 0.0;
-      n_z += (z * (1 - z) < sat_sig) ? 1.0 : 0.0;
-      n_n += (1 - n * n < sat_tanh) ? 1.0 : 0.0;
-    }
+    gru_row(ar, ar + N, ar + 2 * N, qr, qr + N, qr + 2 * N, p.h(t, b0 + b), hnext,
+            p.hn(t, b0 + b), N);
+    moments(hnext, N, s, s2);
+    for (std::size_t k = 0; k < 3; ++k)
+      n_gate[k] += count_saturated(ar + k * N, N, k == 2, k == 2 ? sat_tanh : sat_sig);
   }
   st.sum[t] = s;
   st.sumsq[t] = s2;
-  st.gate_saturated[3 * t + 0] = n_r;
-  st.gate_saturated[3 * t + 1] = n_z;
-  st.gate_saturated[3 * t + 2] = n_n;
-  st.saturated[t] = n_r + n_z + n_n;
+  for (std::size_t k = 0; k < 3; ++k) st.gate_saturated[3 * t + k] = static_cast<double>(n_gate[k]);
+  st.saturated[t] = static_cast<double>(n_gate[0] + n_gate[1] + n_gate[2]);
 }
 
 // ---------------------------------------------------------------------------------------
-// Backward steps. `dh` holds dL/dh_{t+1} (stored = true * 2^scale) for the chunk's rows,
-// `cot` (nullable) a true-valued cotangent to add, `f` the pending power-of-two factor.
-// Each writes dL/d(pre-activation) of step t into A (and HN for GRU), dL/dh_t into dh_prev,
-// and returns ||dh + cot * 2^scale||^2 (stored units).
+// Backward steps. `dh` holds dL/dh_{t+1} (stored = true * 2^scale, cotangents already added)
+// for the chunk's rows and `f` the pending power-of-two factor. Each writes dL/d(pre-activation)
+// of step t into A (and HN for GRU) and dL/dh_t into dh_prev.
 
 template <class T>
-double backward_rnn(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, const T* dh,
-                    const T* cot, T cot_scale, T f, T* dh_prev) {
+VGCORE_TARGET_CLONES void rnn_back_row(T* __restrict at, const T* __restrict dh, T f, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) at[i] = dh[i] * f * at[i];
+}
+
+template <class T>
+void backward_rnn(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, const T* dh, T f,
+                  T* dh_prev) {
   const std::size_t N = p.N;
   T* at = p.a(t, b0);
-  double s2 = 0;
-  for (std::size_t i = 0; i < nb * N; ++i) {
-    const T g = cot ? dh[i] + cot[i] * cot_scale : dh[i];
-    s2 += static_cast<double>(g) * g;
-    at[i] = g * at[i] * f;
-  }
+  rnn_back_row(at, dh, f, nb * N);
   blas::gemm(blas::Op::N, blas::Op::N, nb, N, N, T(1), at, N, p.w.weight_hh, N, T(0), dh_prev, N);
-  return s2;
 }
 
 template <class T>
-double backward_lstm(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, const T* dh,
-                     const T* cot, T cot_scale, T f, T* dh_prev, T* dc, double& dc_sumsq) {
+VGCORE_TARGET_CLONES void lstm_back_row(T* __restrict ai, T* __restrict af, T* __restrict ag, T* __restrict ao, const T* __restrict cprev, const T* __restrict tcv,
+                                        const T* __restrict dh, T* __restrict dc, T f, std::size_t N) {
+  for (std::size_t j = 0; j < N; ++j) {
+    const T gh = dh[j] * f, gc = dc[j] * f;
+    const T i = ai[j], fg = af[j], g = ag[j], o = ao[j], tc = tcv[j];
+    const T dct = gc + gh * o * (1 - tc * tc);
+    ai[j] = dct * g * i * (1 - i);
+    af[j] = dct * cprev[j] * fg * (1 - fg);
+    ag[j] = dct * i * (1 - g * g);
+    ao[j] = gh * tc * o * (1 - o);
+    dc[j] = dct * fg;
+  }
+}
+
+template <class T>
+void backward_lstm(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, const T* dh, T f,
+                   T* dh_prev, T* dc) {
   const std::size_t N = p.N, GN = p.GN;
   T* at = p.a(t, b0);
-  double s2 = 0, c2 = 0;
   for (std::size_t b = 0; b < nb; ++b) {
     T* ai = at + b * GN;
-    T* af = ai + N;
-    T* ag = ai + 2 * N;
-    T* ao = ai + 3 * N;
-    const T* cprev = p.c(t, b0 + b);
-    const T* tcv = p.tc(t, b0 + b);
-    const T* dhb = dh + b * N;
-    const T* cotb = cot ? cot + b * N : nullptr;
-    T* dcb = dc + b * N;
-    for (std::size_t j = 0; j < N; ++j) {
-      const T g0 = cotb ? dhb[j] + cotb[j] * cot_scale : dhb[j];
-      s2 += static_cast<double>(g0) * g0;
-      c2 += static_cast<double>(dcb[j]) * dcb[j];
-      const T gh = g0 * f, gc = dcb[j] * f;
-      const T i = ai[j], fg = af[j], g = ag[j], o = ao[j], tc = tcv[j];
-      const T dct = gc + gh * o * (1 - tc * tc);
-      ai[j] = dct * g * i * (1 - i);
-      af[j] = dct * cprev[j] * fg * (1 - fg);
-      ag[j] = dct * i * (1 - g * g);
-      ao[j] = gh * tc * o * (1 - o);
-      dcb[j] = dct * fg;
-    }
+    lstm_back_row(ai, ai + N, ai + 2 * N, ai + 3 * N, p.c(t, b0 + b), p.tc(t, b0 + b), dh + b * N,
+                  dc + b * N, f, N);
   }
-  dc_sumsq = c2;
   blas::gemm(blas::Op::N, blas::Op::N, nb, N, GN, T(1), at, GN, p.w.weight_hh, N, T(0), dh_prev, N);
-  return s2;
 }
 
 template <class T>
-double backward_gru(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, const T* dh,
-                    const T* cot, T cot_scale, T f, T* dh_prev) {
+VGCORE_TARGET_CLONES void gru_back_row(T* __restrict ar, T* __restrict az, T* __restrict an, T* __restrict hnb, const T* __restrict hprev, const T* __restrict dh,
+                                       T* __restrict dpb, T f, std::size_t N) {
+  for (std::size_t j = 0; j < N; ++j) {
+    const T g = dh[j] * f;
+    const T r = ar[j], z = az[j], n = an[j], qn = hnb[j];
+    const T dan = g * (1 - z) * (1 - n * n);  // dL/d(n pre-activation)
+    ar[j] = dan * qn * r * (1 - r);
+    az[j] = g * (hprev[j] - n) * z * (1 - z);
+    an[j] = dan * r;  // dL/d(W_hn h + b_hn)
+    hnb[j] = dan;
+    dpb[j] = g * z;
+  }
+}
+
+template <class T>
+void backward_gru(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, const T* dh, T f,
+                  T* dh_prev) {
   const std::size_t N = p.N, GN = p.GN;
   T* at = p.a(t, b0);
-  double s2 = 0;
   for (std::size_t b = 0; b < nb; ++b) {
     T* ar = at + b * GN;
-    T* az = ar + N;
-    T* an = ar + 2 * N;
-    T* hnb = p.hn(t, b0 + b);
-    const T* hprev = p.h(t, b0 + b);
-    const T* dhb = dh + b * N;
-    const T* cotb = cot ? cot + b * N : nullptr;
-    T* dpb = dh_prev + b * N;
-    for (std::size_t j = 0; j < N; ++j) {
-      const T g0 = cotb ? dhb[j] + cotb[j] * cot_scale : dhb[j];
-      s2 += static_cast<double>(g0) * g0;
-      const T g = g0 * f;
-      const T r = ar[j], z = az[j], n = an[j], qn = hnb[j];
-      const T dan = g * (1 - z) * (1 - n * n);  // dL/d(n pre-activation)
-      ar[j] = dan * qn * r * (1 - r);
-      az[j] = g * (hprev[j] - n) * z * (1 - z);
-      an[j] = dan * r;  // dL/d(W_hn h + b_hn)
-      hnb[j] = dan;
-      dpb[j] = g * z;
-    }
+    gru_back_row(ar, ar + N, ar + 2 * N, p.hn(t, b0 + b), p.h(t, b0 + b), dh + b * N,
+                 dh_prev + b * N, f, N);
   }
   blas::gemm(blas::Op::N, blas::Op::N, nb, N, GN, T(1), at, GN, p.w.weight_hh, N, T(1), dh_prev, N);
-  return s2;
 }
 
 template <class T>
@@ -345,13 +332,16 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
     int scale = 0;
     int pending = rescale_exponent<T>(sum_squares(dh, nb * N) + sum_squares(dc.data(), dc.size()));
     for (std::size_t t = T_; t-- > 0;) {
-      const T* cot = cot_seq ? cot_seq + (t * B + b0) * N : nullptr;
-      const T cot_scale = pow2<T>(scale);
+      if (cot_seq) {  // sequence loss: add dL/dh_{t+1} from the loss on that step
+        const T* cot = cot_seq + (t * B + b0) * N;
+        const T cot_scale = pow2<T>(scale);
+        for (std::size_t i = 0; i < nb * N; ++i) dh[i] += cot[i] * cot_scale;
+      }
       if (io.grads || io.cell_grads) {
         const T inv = pow2<T>(-scale);
         if (io.grads) {
           T* out = io.grads + ((t + 1) * B + b0) * N;
-          for (std::size_t i = 0; i < nb * N; ++i) out[i] = (cot ? dh[i] + cot[i] * cot_scale : dh[i]) * inv;
+          for (std::size_t i = 0; i < nb * N; ++i) out[i] = dh[i] * inv;
         }
         if (io.cell_grads) {
           T* out = io.cell_grads + ((t + 1) * B + b0) * N;
@@ -359,10 +349,11 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
         }
       }
       const T f = pow2<T>(pending);
-      double s2 = 0, c2 = 0;
-      if (lstm) s2 = backward_lstm(p, t, b0, nb, dh, cot, cot_scale, f, dh_prev, dc.data(), c2);
-      else if (gru) s2 = backward_gru(p, t, b0, nb, dh, cot, cot_scale, f, dh_prev);
-      else s2 = backward_rnn(p, t, b0, nb, dh, cot, cot_scale, f, dh_prev);
+      const double s2 = sum_squares(dh, nb * N);
+      const double c2 = lstm ? sum_squares(dc.data(), nb * N) : 0.0;
+      if (lstm) backward_lstm(p, t, b0, nb, dh, f, dh_prev, dc.data());
+      else if (gru) backward_gru(p, t, b0, nb, dh, f, dh_prev);
+      else backward_rnn(p, t, b0, nb, dh, f, dh_prev);
       st.grad_sumsq[t + 1] = s2;
       st.cell_sumsq[t + 1] = c2;
       st.grad_scale[t + 1] = scale;
