@@ -80,3 +80,22 @@ def test_set_num_threads():
     finally:
         vgcore.set_num_threads(None)
     assert vgcore.get_num_threads() == before
+
+
+def test_ctrl_c_interrupts_a_long_call():
+    """_thread.interrupt_main() is what Ctrl-C does: the C++ loop notices within ~0.1 s."""
+    import _thread
+
+    rng = np.random.default_rng(0)
+    N = 64
+    model = LSTM(rng.normal(0, 0.1, (4 * N, 8)), rng.normal(0, 0.1, (4 * N, N)))
+    x = rng.normal(size=(100_000, 4, 8))  # several seconds of work
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    start = time.perf_counter()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            vgcore.gradient_flow(model, x, num_threads=2)
+    finally:
+        timer.cancel()
+    assert time.perf_counter() - start < 3.0
