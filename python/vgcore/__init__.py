@@ -12,6 +12,7 @@ from vgcore._validation import InsufficientMemoryError
 from vgcore.activations import ACTIVATIONS, Activation
 from vgcore.analysis import GradientFlow, gradient_flow
 from vgcore.models import GRU, LSTM, MLP, RNN
+from vgcore.theory import compare_to_theory, critical_sigma_w2, mean_field, phase_diagram
 
 __version__: str = _core.__version__
 
@@ -25,7 +26,11 @@ __all__ = [
     "GradientFlow",
     "InsufficientMemoryError",
     "__version__",
+    "compare_to_theory",
+    "critical_sigma_w2",
     "get_num_threads",
     "gradient_flow",
+    "mean_field",
+    "phase_diagram",
     "set_num_threads",
 ]
