@@ -99,3 +99,31 @@ def test_ctrl_c_interrupts_a_long_call():
     finally:
         timer.cancel()
     assert time.perf_counter() - start < 3.0
+
+
+def test_workspace_reuse_gives_identical_results():
+    """Cached scratch buffers are reused uninitialised: results must not depend on them."""
+    from vgcore import GRU, MLP
+
+    rng = np.random.default_rng(5)
+    gru = GRU(rng.normal(0, 0.3, (12, 3)), rng.normal(0, 0.3, (12, 4)))
+    mlp = MLP([rng.normal(size=(5, 5))] * 3, [rng.normal(size=5)] * 3, "tanh", norm="layernorm")
+    x = rng.normal(size=(6, 3, 3))
+    xm = rng.normal(size=(7, 5))
+    vgcore.release_memory()
+    fresh = vgcore.gradient_flow(gru, x, keep_grads=True)
+    fresh_m = vgcore.gradient_flow(mlp, xm, keep_grads=True, param_grads=True)
+    # Dirty the pool with other data of similar sizes, then repeat.
+    vgcore.gradient_flow(gru, x * 7 + 3, h0=np.full((3, 4), 0.9))
+    vgcore.gradient_flow(mlp, xm * -5)
+    again = vgcore.gradient_flow(gru, x, keep_grads=True)
+    again_m = vgcore.gradient_flow(mlp, xm, keep_grads=True, param_grads=True)
+    np.testing.assert_array_equal(fresh.grads, again.grads)
+    np.testing.assert_array_equal(fresh.log_grad_norms, again.log_grad_norms)
+    np.testing.assert_array_equal(fresh_m.log_grad_norms, again_m.log_grad_norms)
+    for k, v in fresh_m.log_param_grad_norms.items():
+        np.testing.assert_array_equal(v, again_m.log_param_grad_norms[k])
+    assert vgcore.release_memory() > 0
+    assert vgcore.release_memory() == 0
+    with pytest.raises(ValueError, match="non-negative integer"):
+        vgcore.set_workspace_limit(-1)

@@ -10,6 +10,7 @@
 
 #include "vgcore/blas.hpp"
 #include "vgcore/fastmath.hpp"
+#include "vgcore/workspace.hpp"
 
 namespace vgcore {
 namespace {
@@ -45,13 +46,13 @@ struct ChunkStats {
 // Buffers of one layer, each (B x out) unless noted; chunks own disjoint rows.
 template <class T>
 struct LayerBuffers {
-  std::vector<T> h;     // output h_l
-  std::vector<T> d;     // phi'(z'), then dL/dz' after the backward pass
-  std::vector<T> xhat;  // norm: normalised z
-  std::vector<T> istd;  // norm: 1/sqrt(var + eps); LayerNorm (B), BatchNorm (out)
-  std::vector<T> dz;    // norm: dL/dz (pre-norm), for dW
-  std::vector<T> a;     // highway: phi(z')
-  std::vector<T> t;     // highway: gate t, then dL/d(gate pre-activation)
+  Buffer<T> h;     // output h_l
+  Buffer<T> d;     // phi'(z'), then dL/dz' after the backward pass
+  Buffer<T> xhat;  // norm: normalised z
+  Buffer<T> istd;  // norm: 1/sqrt(var + eps); LayerNorm (B), BatchNorm (out)
+  Buffer<T> dz;    // norm: dL/dz (pre-norm), for dW
+  Buffer<T> a;     // highway: phi(z')
+  Buffer<T> t;     // highway: gate t, then dL/d(gate pre-activation)
 };
 
 // z (rows x n) -> gamma * xhat + beta, normalising each row (LayerNorm).

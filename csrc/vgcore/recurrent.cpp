@@ -15,6 +15,7 @@
 
 #include "vgcore/blas.hpp"
 #include "vgcore/fastmath.hpp"
+#include "vgcore/workspace.hpp"
 
 namespace vgcore {
 namespace {
@@ -36,10 +37,10 @@ struct Problem {
   const FlowOptions& opt;
   std::size_t T_, B, N, I, G, GN;
   // A: (T, B, GN) input projections -> activated gates -> dL/d(pre-activation).
-  std::vector<T> A;
+  Buffer<T> A;
   // H: (T+1, B, N) hidden states; C, TC: LSTM cell states and tanh(c_t); HN: GRU W_hn h + b_hn
   // during the forward pass, dL/d(n pre-activation) after the backward pass.
-  std::vector<T> H, C, TC, HN;
+  Buffer<T> H, C, TC, HN;
 
   T* a(std::size_t t, std::size_t b) { return A.data() + (t * B + b) * GN; }
   T* h(std::size_t t, std::size_t b) { return H.data() + (t * B + b) * N; }
@@ -282,7 +283,11 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
                p.A.data(), GN);
   }
   if (io.h0) std::copy(io.h0, io.h0 + B * N, p.H.data());
-  if (lstm && io.c0) std::copy(io.c0, io.c0 + B * N, p.C.data());
+  else std::fill(p.H.data(), p.H.data() + B * N, T(0));
+  if (lstm) {
+    if (io.c0) std::copy(io.c0, io.c0 + B * N, p.C.data());
+    else std::fill(p.C.data(), p.C.data() + B * N, T(0));
+  }
 
   const Activation act = make_activation(kind == CellKind::rnn_relu ? "relu" : "tanh");
   const T sat_level = static_cast<T>(opt.saturation_threshold * act.max_derivative());
@@ -408,10 +413,10 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
     out.saturation[t] = ns / (n_units * G);
     for (std::size_t g = 0; g < G; ++g) out.gate_saturation[t * G + g] /= n_units;
   }
-  if (io.states) std::copy(p.H.begin(), p.H.end(), io.states);
+  if (io.states) std::copy(p.H.data(), p.H.data() + p.H.size(), io.states);
   if (io.last_state) std::copy(p.h(T_, 0), p.h(T_, 0) + B * N, io.last_state);
   if (io.last_cell && lstm) std::copy(p.c(T_, 0), p.c(T_, 0) + B * N, io.last_cell);
-  if (io.cell_states && lstm) std::copy(p.C.begin(), p.C.end(), io.cell_states);
+  if (io.cell_states && lstm) std::copy(p.C.data(), p.C.data() + p.C.size(), io.cell_states);
 
   // (3) Parameter gradients over all steps at once.
   if (opt.param_grads) {

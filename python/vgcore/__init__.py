@@ -7,7 +7,7 @@ activation saturation, parameter-gradient norms, from one compiled call per anal
 from __future__ import annotations
 
 from vgcore._loader import _core
-from vgcore._runtime import get_num_threads, set_num_threads
+from vgcore._runtime import get_num_threads, release_memory, set_num_threads, set_workspace_limit
 from vgcore._validation import InsufficientMemoryError
 from vgcore.activations import ACTIVATIONS, Activation
 from vgcore.analysis import GradientFlow, gradient_flow
@@ -32,5 +32,7 @@ __all__ = [
     "gradient_flow",
     "mean_field",
     "phase_diagram",
+    "release_memory",
     "set_num_threads",
+    "set_workspace_limit",
 ]
