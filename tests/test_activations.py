@@ -77,7 +77,7 @@ def test_special_values(torch, name, params):
     """NaN propagates; +-inf give PyTorch's limits wherever PyTorch gives a number."""
     act = vgcore.Activation(name, **params)
     z = np.array([np.inf, -np.inf, np.nan])
-    y, dy = _core.activation(*act.core_args(), z)
+    y, _ = _core.activation(*act.core_args(), z)
     assert np.isnan(y[2])
     ry, _ = torch_reference(torch, act, z)
     ok = ~np.isnan(ry)

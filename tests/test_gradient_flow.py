@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import vgcore
-from conftest import assert_rel_close
 from oracles import torch_mlp_flow, torch_recurrent_flow
+from tolerances import assert_rel_close
 from vgcore import GRU, LSTM, MLP, RNN
 
 ACTS = [

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import vgcore
-from conftest import assert_rel_close
+from tolerances import assert_rel_close
 from vgcore import MLP
 
 

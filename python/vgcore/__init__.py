@@ -11,7 +11,10 @@ from vgcore._runtime import get_num_threads, release_memory, set_num_threads, se
 from vgcore._validation import InsufficientMemoryError
 from vgcore.activations import ACTIVATIONS, Activation
 from vgcore.analysis import GradientFlow, gradient_flow
+from vgcore.diagnose import Diagnosis, Recommendation, diagnose
 from vgcore.models import GRU, LSTM, MLP, RNN
+from vgcore.report import write_report
+from vgcore.sweep import sweep
 from vgcore.theory import compare_to_theory, critical_sigma_w2, mean_field, phase_diagram
 
 __version__: str = _core.__version__
@@ -23,11 +26,14 @@ __all__ = [
     "MLP",
     "RNN",
     "Activation",
+    "Diagnosis",
     "GradientFlow",
     "InsufficientMemoryError",
+    "Recommendation",
     "__version__",
     "compare_to_theory",
     "critical_sigma_w2",
+    "diagnose",
     "get_num_threads",
     "gradient_flow",
     "mean_field",
@@ -35,4 +41,6 @@ __all__ = [
     "release_memory",
     "set_num_threads",
     "set_workspace_limit",
+    "sweep",
+    "write_report",
 ]

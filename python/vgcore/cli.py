@@ -1,81 +1,835 @@
-"""Command-line interface: ``vgcore demo`` and friends."""
+"""Command-line interface: ``vgcore demo | analyze | report | lyapunov | spectrum | phase |
+sweep | bench``.
+
+Exit codes: 0 success, 2 bad arguments (one line on stderr saying why), 1 failure.
+``--json`` prints one JSON document on stdout and nothing else there.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 
+from vgcore._modelspec import MODEL_KINDS
 
-def _demo_cases(depth: int, steps: int) -> list[tuple[str, object, np.ndarray]]:
-    from vgcore import GRU, LSTM, MLP, RNN
+DEFAULT_REPORT_DIR = "vgcore-report"
+DEFAULT_SWEEP_DIR = "vgcore-sweep"
 
-    rng = np.random.default_rng(0)
-    width, batch = 128, 32
-    x_mlp = rng.normal(size=(batch, width))
-    x_seq = rng.normal(size=(steps, batch, 32))
-    sizes = [width] * (depth + 1)
+
+class UsageError(Exception):
+    """Bad arguments: exit status 2 with a one-line reason."""
+
+
+class Failure(Exception):
+    """The command could not do its job: exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# ------------------------------------------------------------------------------------------
+# output helpers
+def _emit_json(doc: Any) -> None:
+    from vgcore.diagnose import _jsonable
+
+    json.dump(_jsonable(doc), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _info(args: argparse.Namespace, text: str) -> None:
+    """Human-readable output: stdout normally, stderr under --json."""
+    print(text, file=sys.stderr if getattr(args, "json", False) else sys.stdout)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(out)
+
+
+def _diag_row(d: Any) -> list[str]:
+    e = d.evidence
+    where = e["vanishing_depth"] if e["vanishing_depth"] is not None else e["exploding_depth"]
+    best = d.best
+    lyap = e.get("lyapunov")
     return [
-        (f"MLP sigmoid, default init, L={depth}", MLP.from_sizes(sizes, "sigmoid"), x_mlp),
-        (f"MLP tanh, default init, L={depth}", MLP.from_sizes(sizes, "tanh"), x_mlp),
-        (f"MLP relu, default init, L={depth}", MLP.from_sizes(sizes, "relu"), x_mlp),
-        (f"RNN tanh, T={steps}", RNN.from_sizes(32, width), x_seq),
-        (f"LSTM, T={steps}", LSTM.from_sizes(32, width), x_seq),
-        (f"GRU, T={steps}", GRU.from_sizes(32, width), x_seq),
+        d.name,
+        d.verdict,
+        f"{e['log10_gain']:+.1f}",
+        "-" if where is None else f"{where} {d.axis}s",
+        f"{e['saturation_mean']:.0%}",
+        "-" if lyap is None else f"{lyap:+.3f}",
+        f"{best.fix} ({best.improvement:+.1f})" if best else "-",
     ]
+
+
+_DIAG_HEADER = [
+    "model",
+    "verdict",
+    "gain (dec)",
+    "<1e-6 / >1e6 at",
+    "sat.",
+    "lyapunov",
+    "best fix (decades gained)",
+]
+
+
+# ------------------------------------------------------------------------------------------
+# model arguments
+_MODEL_FLAGS: dict[str, tuple[Any, str]] = {
+    "model": (str, f"architecture: {', '.join(MODEL_KINDS)} (default mlp)"),
+    "depth": (int, "MLP: number of layers (default 20)"),
+    "width": (int, "MLP width, or hidden size of a recurrent cell (default 64)"),
+    "activation": (str, "MLP activation, e.g. tanh, relu, sigmoid, gelu (default tanh)"),
+    "block": (str, "MLP block: plain, residual or highway"),
+    "alpha": (float, "residual branch scale"),
+    "norm": (str, "MLP normalisation: none, layernorm or batchnorm"),
+    "hidden_size": (int, "recurrent hidden size"),
+    "input_size": (int, "input width (default: width for MLP, 32 for recurrent)"),
+    "steps": (int, "sequence length T (default 100)"),
+    "nonlinearity": (str, "RNN nonlinearity: tanh or relu"),
+    "forget_bias": (float, "LSTM forget-gate bias"),
+    "init": (
+        str,
+        "init scheme (vgcore.init), a name or JSON, e.g. he_normal or "
+        '\'{"name": "gaussian", "sigma_w2": 2}\'',
+    ),
+    "sigma_w2": (float, "weight variance x fan_in (implies gaussian init)"),
+    "sigma_b2": (float, "bias variance (implies gaussian init)"),
+    "batch": (int, "batch size of the random inputs"),
+    "seed": (int, "seed of weights (inputs use seed+1)"),
+    "dtype": (str, "float32 or float64 (default float64)"),
+    "input_scale": (float, "standard deviation of the random inputs (default 1)"),
+}
+
+
+def _add_model_args(p: argparse.ArgumentParser, *, sources: bool = True) -> None:
+    g = p.add_argument_group("model (flags override values from --config)")
+    for key, (typ, help_) in _MODEL_FLAGS.items():
+        g.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, default=None, help=help_)
+    g.add_argument(
+        "--no-bias", dest="bias", action="store_false", default=None, help="layers without biases"
+    )
+    g.add_argument("--name", default=None, help="label of the model in tables and reports")
+    if sources:
+        g.add_argument(
+            "--config",
+            metavar="FILE.toml",
+            help="model(s) from a TOML file ([model] or [[models]])",
+        )
+        g.add_argument("--torch", metavar="FILE", help="model from a PyTorch state_dict checkpoint")
+
+
+def _flag_spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec = {
+        k: getattr(args, k)
+        for k in (*_MODEL_FLAGS, "bias", "name")
+        if getattr(args, k, None) is not None
+    }
+    init = spec.get("init")
+    if isinstance(init, str) and init.lstrip().startswith("{"):
+        try:
+            spec["init"] = json.loads(init)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--init is not valid JSON: {exc}") from None
+    if (
+        "width" in spec
+        and spec.get("model") in ("rnn", "lstm", "gru")
+        and "hidden_size" not in spec
+    ):
+        spec["hidden_size"] = spec["width"]
+    return spec
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file {path!r} does not exist")
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise UsageError(
+                "reading TOML on Python < 3.11 needs tomli: pip install tomli"
+            ) from None
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _config_models(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    if "models" in cfg:
+        if not isinstance(cfg["models"], list):
+            raise UsageError("'models' in the config must be an array of tables ([[models]])")
+        return [dict(m) for m in cfg["models"]]
+    if "model" in cfg and isinstance(cfg["model"], dict):
+        return [dict(cfg["model"])]
+    top = {k: v for k, v in cfg.items() if not isinstance(v, dict)}
+    return [top] if top else []
+
+
+def _models(args: argparse.Namespace) -> list[tuple[str, Any, np.ndarray]]:
+    """``(name, model, x)`` for every model the arguments describe."""
+    from vgcore._modelspec import ModelSpec, build, build_input, describe
+
+    flags = _flag_spec(args)
+    if getattr(args, "torch", None):
+        if getattr(args, "config", None):
+            raise UsageError("give --torch or --config, not both")
+        from vgcore._checkpoint import CheckpointError, load_state_dict, model_from_state_dict
+
+        try:
+            sd = load_state_dict(args.torch)
+            model = model_from_state_dict(
+                sd,
+                activation=flags.get("activation"),
+                nonlinearity=flags.get("nonlinearity", "tanh"),
+            )
+        except CheckpointError as exc:
+            raise UsageError(str(exc)) from None
+        except ImportError as exc:
+            raise Failure(str(exc)) from None
+        from vgcore._modelspec import spec_from_model
+
+        shape = spec_from_model(model)
+        spec = {k: v for k, v in flags.items() if k in ("batch", "seed", "steps", "input_scale")}
+        spec.update(
+            model=shape["model"], input_size=shape["input_size"], dtype=np.dtype(model.dtype).name
+        )
+        x = build_input(ModelSpec(spec))
+        return [
+            (flags.get("name") or f"{Path(args.torch).name} ({type(model).__name__})", model, x)
+        ]
+    specs = [flags]
+    if getattr(args, "config", None):
+        cfg_models = _config_models(_read_toml(args.config))
+        if not cfg_models:
+            raise UsageError(f"{args.config} describes no model ([model] or [[models]])")
+        specs = [{**m, **flags} for m in cfg_models]
+    out = []
+    for s in specs:
+        try:
+            spec = ModelSpec(s)
+            model, x = build(spec)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(str(exc)) from None
+        out.append((describe(spec), model, x))
+    return out
+
+
+def _diagnose_all(
+    args: argparse.Namespace, cases: list[tuple[str, Any, np.ndarray]], *, keep_grads: bool
+) -> list[Any]:
+    from vgcore._progress import progress_bar
+    from vgcore.diagnose import diagnose
+
+    diags = []
+    quiet = getattr(args, "json", False)
+    with progress_bar(len(cases), "diagnosing", enabled=None if not quiet else False) as bar:
+        for name, model, x in cases:
+            bar.describe(f"diagnosing {name}")
+            diags.append(
+                diagnose(
+                    model,
+                    x,
+                    name=name,
+                    check=not getattr(args, "no_check", False),
+                    keep_grads=keep_grads,
+                )
+            )
+            bar.advance()
+    return diags
+
+
+def _write_report(
+    args: argparse.Namespace,
+    diags: list[Any],
+    out: str,
+    title: str,
+    extras: dict[str, Any] | None = None,
+) -> Any:
+    from vgcore._progress import progress_bar
+    from vgcore.report import write_report
+
+    with progress_bar(None, f"writing report to {out}", enabled=None if not args.json else False):
+        rep = write_report(diags, out, title=title, data_format=args.format, extras=extras or {})
+    for n in rep.notes:
+        print(f"vgcore: note: {n}", file=sys.stderr)
+    return rep
+
+
+# ------------------------------------------------------------------------------------------
+# demo
+DEMO_CASES: list[tuple[str, dict[str, Any]]] = [
+    (
+        "MLP sigmoid L=50, default init",
+        {"model": "mlp", "depth": 50, "width": 128, "activation": "sigmoid"},
+    ),
+    (
+        "MLP tanh L=50, Xavier",
+        {"model": "mlp", "depth": 50, "width": 128, "activation": "tanh", "init": "xavier_normal"},
+    ),
+    (
+        "MLP ReLU L=50, He",
+        {"model": "mlp", "depth": 50, "width": 128, "activation": "relu", "init": "kaiming_normal"},
+    ),
+    (
+        "MLP tanh residual L=50",
+        {"model": "mlp", "depth": 50, "width": 128, "activation": "tanh", "block": "residual"},
+    ),
+    (
+        "MLP tanh LayerNorm L=50",
+        {"model": "mlp", "depth": 50, "width": 128, "activation": "tanh", "norm": "layernorm"},
+    ),
+    ("RNN tanh T=200", {"model": "rnn", "hidden_size": 128, "steps": 200}),
+    (
+        "RNN tanh T=200, gain 4",
+        {"model": "rnn", "hidden_size": 128, "steps": 200, "sigma_w2": 16.0},
+    ),
+    (
+        "LSTM T=200, forget bias 1",
+        {"model": "lstm", "hidden_size": 128, "steps": 200, "forget_bias": 1.0},
+    ),
+    ("GRU T=1000", {"model": "gru", "hidden_size": 128, "steps": 1000}),
+]
+
+
+def _demo_extras(diags: list[Any]) -> dict[str, Any]:
+    """Further figures from the optional analyses that are available."""
+    from vgcore import _optional
+
+    return _optional.demo_extras(diags)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import vgcore
+    from vgcore._modelspec import build
 
-    print(f"vgcore {vgcore.__version__}: gradient flow on canonical cases")
-    header = f"{'case':<40} {'log10 ||g_out||':>16} {'log10 ||g_in||':>15} {'gain (log10)':>13} {'sat.':>6} {'ms':>7}"
-    print(header)
-    print("-" * len(header))
-    for name, model, x in _demo_cases(args.depth, args.steps):
-        t0 = time.perf_counter()
-        flow = vgcore.gradient_flow(model, x)  # type: ignore[arg-type]
-        ms = 1e3 * (time.perf_counter() - t0)
-        lg = flow.log10_grad_norms
-        print(
-            f"{name:<40} {lg[-1]:>16.2f} {lg[0]:>15.2f} {lg[0] - lg[-1]:>13.2f} "
-            f"{np.mean(flow.saturation):>6.1%} {ms:>7.1f}"
+    t0 = time.perf_counter()
+    cases = []
+    for name, spec in DEMO_CASES:
+        model, x = build(spec)
+        cases.append((name, model, x))
+    _info(
+        args,
+        f"vgcore {vgcore.__version__}: diagnosing {len(cases)} canonical networks "
+        "(every recommended fix is applied and measured)\n",
+    )
+    diags = _diagnose_all(args, cases, keep_grads=True)
+    _info(args, _table(_DIAG_HEADER, [_diag_row(d) for d in diags]))
+    report = None
+    if not args.no_report:
+        out = args.out or DEFAULT_REPORT_DIR
+        rep = _write_report(
+            args,
+            diags,
+            out,
+            "vgcore demo: gradient flow in canonical networks",
+            _demo_extras(diags),
+        )
+        report = str(rep.html)
+        _info(
+            args,
+            f"\nreport: {rep.html} (also {rep.markdown.name}, {len(rep.figures)} figures, "
+            f"data in {rep.out / 'data'})",
+        )
+    _info(args, f"done in {time.perf_counter() - t0:.1f} s")
+    if args.json:
+        _emit_json(
+            {
+                "version": vgcore.__version__,
+                "report": report,
+                "diagnoses": [d.to_dict() for d in diags],
+            }
         )
     return 0
 
 
+# ------------------------------------------------------------------------------------------
+# analyze / report
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    cases = _models(args)
+    diags = _diagnose_all(args, cases, keep_grads=bool(args.report))
+    if args.json:
+        doc: dict[str, Any] = {"diagnoses": [d.to_dict() for d in diags]}
+    else:
+        for d in diags:
+            print(d.summary())
+            print()
+    if args.plot:
+        from vgcore import plotting
+
+        plt = plotting.require_matplotlib()
+        fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+        if len(diags) == 1:
+            plotting.plot_diagnosis(diags[0], ax=ax)
+        else:
+            plotting.plot_gradient_flow(diags, ax=ax, relative=True)
+        fig.savefig(args.plot, dpi=110)
+        _info(args, f"figure: {args.plot}")
+    if args.report:
+        rep = _write_report(args, diags, args.report, "vgcore analysis")
+        _info(args, f"report: {rep.html}")
+        if args.json:
+            doc["report"] = str(rep.html)
+    if args.json:
+        _emit_json(doc)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    cases = _models(args)
+    diags = _diagnose_all(args, cases, keep_grads=True)
+    out = args.out or DEFAULT_REPORT_DIR
+    rep = _write_report(args, diags, out, args.title)
+    if args.json:
+        _emit_json(
+            {
+                "report": str(rep.html),
+                "markdown": str(rep.markdown),
+                "figures": [str(f) for f in rep.figures],
+                "data": [str(d) for d in rep.data],
+                "diagnoses": [d.to_dict() for d in diags],
+            }
+        )
+    else:
+        print(_table(_DIAG_HEADER, [_diag_row(d) for d in diags]))
+        print(f"\nreport: {rep.html}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# optional analyses: lyapunov, spectrum, phase
+def _cmd_lyapunov(args: argparse.Namespace) -> int:
+    from vgcore import _optional
+
+    (name, model, x), *rest = _models(args)
+    if rest:
+        raise UsageError("lyapunov analyses one model; the config describes several")
+    res = _optional.run_lyapunov(model, x, k=args.k)
+    exps = np.ravel(res.exponents)
+    if args.json:
+        _emit_json({"model": name, "exponents": exps, "top": float(exps[0])})
+    else:
+        print(f"{name}: Lyapunov exponents per {'layer' if model.kind == 'mlp' else 'step'}")
+        print(_table(["i", "lambda_i"], [[i + 1, f"{v:+.5f}"] for i, v in enumerate(exps)]))
+        print(f"top exponent {exps[0]:+.5f}: {'chaotic' if exps[0] > 0 else 'ordered'}")
+    _save_plot(args, res)
+    return 0
+
+
+def _cmd_spectrum(args: argparse.Namespace) -> int:
+    from vgcore import _optional
+
+    (name, model, x), *rest = _models(args)
+    if rest:
+        raise UsageError("spectrum analyses one model; the config describes several")
+    res = _optional.run_spectrum(model, x)
+    rho = np.asarray(res.spectral_radius, float)
+    rho_t = rho if rho.ndim == 1 else np.median(rho, axis=0)
+    if args.json:
+        _emit_json({"model": name, "spectral_radius": rho_t})
+    else:
+        print(f"{name}: spectral radius of the per-step Jacobian")
+        print(
+            f"  median {np.median(rho_t):.4g}, min {np.min(rho_t):.4g}, max {np.max(rho_t):.4g} "
+            f"over {rho_t.size} steps"
+        )
+    _save_plot(args, res)
+    return 0
+
+
+def _cmd_phase(args: argparse.Namespace) -> int:
+    from vgcore import _optional
+
+    res = _optional.run_phase(args.activation, args.sigma_w2, args.sigma_b2)
+    if args.json:
+        _emit_json(res["json"])
+    else:
+        print(res["text"])
+    if args.plot:
+        from vgcore import plotting
+
+        point = None if args.sigma_w2 is None else (args.sigma_w2, args.sigma_b2)
+        ax = plotting.plot_phase_diagram(res["diagram"], point=point)
+        ax.figure.savefig(args.plot, dpi=110)
+        _info(args, f"figure: {args.plot}")
+    return 0
+
+
+def _save_plot(args: argparse.Namespace, result: Any) -> None:
+    if not getattr(args, "plot", None):
+        return
+    from vgcore import plotting
+
+    ret = plotting.plot(result)
+    ax = np.ravel(np.asarray(ret, dtype=object))[0] if isinstance(ret, np.ndarray) else ret
+    ax.figure.savefig(args.plot, dpi=110)
+    _info(args, f"figure: {args.plot}")
+
+
+# ------------------------------------------------------------------------------------------
+# sweep
+def _parse_value(text: str) -> Any:
+    t = text.strip()
+    low = t.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for conv in (int, float):
+        try:
+            return conv(t)
+        except ValueError:
+            pass
+    return t
+
+
+def _parse_values(text: str) -> list[Any]:
+    """``a,b,c`` or a numeric range ``start:stop:step`` (stop included when reached)."""
+    if text.count(":") == 2 and "//" not in text:
+        a, b, c = (_parse_value(v) for v in text.split(":"))
+        if not all(isinstance(v, (int, float)) for v in (a, b, c)) or c == 0:
+            raise UsageError(
+                f"bad range {text!r}: expected start:stop:step with numbers, step != 0"
+            )
+        n = math.floor((b - a) / c + 1e-9) + 1
+        if n < 1 or n > 100_000:
+            raise UsageError(f"range {text!r} has {n} values")
+        vals = [a + i * c for i in range(n)]
+        return [
+            int(v) if all(isinstance(x, int) for x in (a, b, c)) else round(v, 12) for v in vals
+        ]
+    return [_parse_value(v) for v in text.split(",") if v.strip() != ""]
+
+
+def _parse_assignments(items: Sequence[str] | None, what: str) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"{what} expects KEY=VALUES, got {item!r}")
+        k, v = item.split("=", 1)
+        k = k.strip().replace("-", "_")
+        vals = _parse_values(v)
+        if not k or not vals:
+            raise UsageError(f"{what} expects KEY=VALUES, got {item!r}")
+        out[k] = vals
+    return out
+
+
+def _parse_seeds(text: str) -> int | list[int]:
+    vals = _parse_values(text)
+    if len(vals) == 1 and isinstance(vals[0], int) and "," not in text and ":" not in text:
+        return vals[0]
+    if not all(isinstance(v, int) for v in vals):
+        raise UsageError(f"--seeds must be a count or a list of integers, got {text!r}")
+    return [int(v) for v in vals]
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from vgcore.sweep import ANALYSES, sweep
+
+    cfg = _read_toml(args.config).get("sweep", {}) if args.config else {}
+    if args.config and not cfg:
+        raise UsageError(f"{args.config} has no [sweep] table")
+    analysis = args.analysis or cfg.get("analysis", "gradient_flow")
+    if analysis not in ANALYSES:
+        raise UsageError(f"unknown analysis {analysis!r}; choose from {', '.join(ANALYSES)}")
+    grid: dict[str, Any] = {**cfg.get("fixed", {}), **cfg.get("grid", {})}
+    grid.update({k: v[0] for k, v in _parse_assignments(args.set, "--set").items()})
+    grid.update(_parse_assignments(args.grid, "--grid"))
+    flags = _flag_spec(args)
+    grid.update(flags)
+    if not grid:
+        raise UsageError("nothing to sweep: give --grid KEY=V1,V2 (or a [sweep] table in --config)")
+    seeds: Any = _parse_seeds(args.seeds) if args.seeds else cfg.get("seeds", 1)
+    executor: Any = None
+    if args.scheduler:
+        executor = args.scheduler
+        if "://" not in executor:
+            raise UsageError(
+                f"--scheduler must be an address like tcp://host:8786, got {executor!r}"
+            )
+    elif args.serial:
+        executor = "serial"
+    out = args.out or DEFAULT_SWEEP_DIR
+    t0 = time.perf_counter()
+    try:
+        df = sweep(
+            analysis,
+            grid,
+            seeds=seeds,
+            executor=executor,
+            out=out,
+            max_workers=args.workers,
+            retry_failed=args.retry_failed,
+            progress=not args.json,
+        )
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    n_err = int((df["status"] == "error").sum())
+    if args.json:
+        _emit_json(
+            {
+                "out": out,
+                "points": int(df["point_id"].nunique()),
+                "errors": n_err,
+                "rows": json.loads(df.to_json(orient="records")),
+            }
+        )
+        return 0
+    varying = [k for k, v in grid.items() if isinstance(v, list) and len(v) > 1]
+    metric = [
+        c
+        for c in ("verdict", "spread", "log10_gain", "vanishing_depth", "best_fix")
+        if c in df.columns
+    ]
+    show = df[[*varying, "seed", *metric, "status"]] if varying else df
+    _with_pd_options(lambda: print(show.to_string(index=False, max_rows=40)))
+    print(
+        f"\n{df['point_id'].nunique()} points ({n_err} failed) in {time.perf_counter() - t0:.1f} s; "
+        f"results in {out}/ (Parquet, one file per point)"
+    )
+    return 0
+
+
+def _with_pd_options(fn: Any) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.precision", 3):
+        fn()
+
+
+# ------------------------------------------------------------------------------------------
+# bench
+BENCH_CASES: list[tuple[str, dict[str, Any]]] = [
+    ("MLP tanh L=50 W=256 B=64", {"model": "mlp", "depth": 50, "width": 256, "batch": 64}),
+    (
+        "RNN N=256 T=200 B=32",
+        {"model": "rnn", "hidden_size": 256, "input_size": 64, "steps": 200, "batch": 32},
+    ),
+    (
+        "LSTM N=256 T=200 B=32",
+        {"model": "lstm", "hidden_size": 256, "input_size": 64, "steps": 200, "batch": 32},
+    ),
+    (
+        "GRU N=256 T=200 B=32",
+        {"model": "gru", "hidden_size": 256, "input_size": 64, "steps": 200, "batch": 32},
+    ),
+]
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import vgcore
+    from vgcore._modelspec import build
+
+    threads = args.threads or vgcore.get_num_threads()
+    rows, doc = [], []
+    from vgcore._progress import progress_bar
+
+    with progress_bar(
+        len(BENCH_CASES), "benchmark", enabled=None if not args.json else False
+    ) as bar:
+        for name, spec in BENCH_CASES:
+            s = dict(spec, dtype=args.dtype)
+            if args.quick:
+                s = {
+                    k: (max(1, v // 4) if k in ("depth", "steps", "width", "hidden_size") else v)
+                    for k, v in s.items()
+                }
+                name = name + " (quick)"
+            model, x = build(s)
+            vgcore.gradient_flow(model, x, num_threads=threads)  # warm-up
+            times = []
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                vgcore.gradient_flow(model, x, num_threads=threads)
+                times.append(time.perf_counter() - t)
+            best, med = min(times), float(np.median(times))
+            rows.append([name, f"{best * 1e3:.2f}", f"{med * 1e3:.2f}"])
+            doc.append({"case": name, "best_ms": best * 1e3, "median_ms": med * 1e3})
+            bar.advance()
+    if args.json:
+        _emit_json({"threads": threads, "dtype": args.dtype, "cases": doc})
+    else:
+        print(f"gradient_flow, {args.dtype}, {threads} thread(s), best of {args.repeat}")
+        print(_table(["case", "best ms", "median ms"], rows))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vgcore", description="Measure how gradients propagate through neural networks."
+    """The ``vgcore`` argument parser (sub-commands)."""
+    parser = _Parser(
+        prog="vgcore",
+        description="Measure how gradients propagate through neural "
+        "networks: where they vanish, where they explode, and why.",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command")
-    demo = sub.add_parser("demo", help="gradient flow of canonical networks, on defaults")
-    demo.add_argument("--depth", type=int, default=50, help="MLP depth (default 50)")
-    demo.add_argument("--steps", type=int, default=200, help="sequence length (default 200)")
-    demo.set_defaults(func=_cmd_demo)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser, *, report: bool = False) -> None:
+        p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        if report:
+            p.add_argument(
+                "--format",
+                choices=("csv", "parquet"),
+                default="csv",
+                help="format of the raw numbers in the report (default csv)",
+            )
+
+    p = sub.add_parser(
+        "demo", help="diagnose canonical networks and write a report (no input needed)"
+    )
+    p.add_argument("--out", metavar="DIR", help=f"report folder (default ./{DEFAULT_REPORT_DIR})")
+    p.add_argument("--no-report", action="store_true", help="print the table only")
+    common(p, report=True)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "analyze", help="diagnose a model given by flags, a TOML file or a checkpoint"
+    )
+    _add_model_args(p)
+    p.add_argument("--no-check", action="store_true", help="list fixes without measuring them")
+    p.add_argument("--plot", metavar="FILE.png", help="save the gradient-flow figure")
+    p.add_argument("--report", metavar="DIR", help="also write a report folder")
+    common(p, report=True)
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("report", help="diagnose model(s) and write a report folder")
+    _add_model_args(p)
+    p.add_argument("--out", metavar="DIR", help=f"report folder (default ./{DEFAULT_REPORT_DIR})")
+    p.add_argument("--title", default="vgcore gradient-flow report")
+    p.add_argument("--no-check", action="store_true", help="list fixes without measuring them")
+    common(p, report=True)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("lyapunov", help="Lyapunov spectrum of a model")
+    _add_model_args(p)
+    p.add_argument("-k", type=int, default=8, help="number of exponents (default 8)")
+    p.add_argument("--plot", metavar="FILE.png", help="save the spectrum and its convergence")
+    common(p)
+    p.set_defaults(func=_cmd_lyapunov)
+
+    p = sub.add_parser("spectrum", help="Jacobian spectral radius over time / depth")
+    _add_model_args(p)
+    p.add_argument("--plot", metavar="FILE.png", help="save the figure")
+    common(p)
+    p.set_defaults(func=_cmd_spectrum)
+
+    p = sub.add_parser("phase", help="mean-field phase (ordered / chaotic) and the critical line")
+    p.add_argument("--activation", default="tanh", help="activation (default tanh)")
+    p.add_argument("--sigma-w2", type=float, default=None, help="your weight variance x fan_in")
+    p.add_argument("--sigma-b2", type=float, default=0.0, help="your bias variance (default 0)")
+    p.add_argument("--plot", metavar="FILE.png", help="save the phase diagram (your point marked)")
+    common(p)
+    p.set_defaults(func=_cmd_phase)
+
+    p = sub.add_parser("sweep", help="a grid of settings x seeds, on local processes or Dask")
+    p.add_argument("--analysis", help="gradient_flow (default), profile, diagnose or mean_field (theory)")
+    p.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2|A:B:STEP",
+        help="a swept setting (repeatable), e.g. --grid depth=10,20,40",
+    )
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="a fixed setting (repeatable)"
+    )
+    p.add_argument("--seeds", help="a count (default 1) or a list, e.g. 3 or 0,1,5")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help=f"Parquet dataset folder (default ./{DEFAULT_SWEEP_DIR}); re-running resumes",
+    )
+    p.add_argument("--workers", type=int, help="local worker processes (default: usable CPUs)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on this Dask scheduler")
+    p.add_argument("--serial", action="store_true", help="run in this process")
+    p.add_argument("--retry-failed", action="store_true", help="run failed points again")
+    p.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="a [sweep] table: analysis, seeds, [sweep.grid], [sweep.fixed]",
+    )
+    _add_model_args(p, sources=False)
+    common(p)
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("bench", help="time gradient_flow on standard workloads")
+    p.add_argument("--quick", action="store_true", help="smaller workloads")
+    p.add_argument("--repeat", type=int, default=5, help="timed repetitions (default 5)")
+    p.add_argument("--threads", type=int, help="threads (default: vgcore.get_num_threads())")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    common(p)
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.version:
-        import vgcore
+def _validate(args: argparse.Namespace) -> None:
+    for key in (
+        "depth",
+        "width",
+        "hidden_size",
+        "input_size",
+        "steps",
+        "batch",
+        "repeat",
+        "workers",
+        "threads",
+        "k",
+    ):
+        v = getattr(args, key, None)
+        if v is not None and v < 1:
+            raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {v}")
+    if getattr(args, "model", None) is not None and args.model not in MODEL_KINDS:
+        raise UsageError(f"--model must be one of {', '.join(MODEL_KINDS)}, got {args.model!r}")
 
-        print(vgcore.__version__)
-        return 0
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 failure, 2 bad arguments)."""
+    parser = build_parser()
     try:
+        args = parser.parse_args(argv)
+        if args.version:
+            import vgcore
+
+            print(vgcore.__version__)
+            return 0
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            raise UsageError("a command is required (see 'vgcore --help')")
+        _validate(args)
         return int(args.func(args))
-    except (ValueError, TypeError) as exc:
+    except UsageError as exc:
         print(f"vgcore: error: {exc}", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0) if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:
+        print("vgcore: interrupted", file=sys.stderr)
+        return 130
+    except (Failure, ImportError) as exc:
+        print(f"vgcore: failed: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"vgcore: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

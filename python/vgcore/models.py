@@ -112,7 +112,7 @@ class MLP(Model):
         alpha: float | Sequence[float] = 1.0,
         gate_weights: Sequence[Any | None] | None = None,
         gate_biases: Sequence[Any | None] | None = None,
-        norm: str | None | Sequence[str | None] = None,
+        norm: str | Sequence[str | None] | None = None,
         norm_weights: Sequence[Any | None] | None = None,
         norm_biases: Sequence[Any | None] | None = None,
         eps: float = 1e-5,

@@ -157,6 +157,12 @@ class GradientFlow:
         df = pd.DataFrame(data, index=pd.RangeIndex(n, name=self.axis))
         return df
 
+    def plot(self, ax: Any = None, **kw: Any) -> Any:
+        """Gradient norm per layer / step (log10); see :func:`vgcore.plotting.plot_gradient_flow`."""
+        from vgcore import plotting
+
+        return plotting.plot_gradient_flow(self, ax=ax, **kw)
+
     def __repr__(self) -> str:
         m = self.model
         if isinstance(m, MLP):

@@ -1,0 +1,228 @@
+"""Model transforms that apply one standard fix, for :func:`vgcore.diagnose` to re-measure.
+
+Every function returns a new model and leaves its argument untouched. Fixes that change the
+weights draw fresh ones from ``seed``; structural fixes (residual blocks, normalisation, gate
+biases) keep the weights as they are, so the measured difference is the fix alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vgcore.models import GRU, LSTM, MLP, RNN, RecurrentModel
+
+__all__ = [
+    "estimate_weight_scale",
+    "mlp_with",
+    "recurrent_as",
+    "with_gate_bias",
+    "with_recurrent_init",
+    "with_recurrent_scale",
+]
+
+
+def _copy(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else a.copy()
+
+
+def mlp_with(
+    model: MLP,
+    *,
+    activation: Any = None,
+    init: Any = "keep",
+    block: str | None = None,
+    alpha: float | None = None,
+    norm: str | None = "keep",
+    seed: int = 0,
+) -> MLP:
+    """A copy of an MLP with one aspect changed.
+
+    Parameters
+    ----------
+    activation : activation, optional
+        New activation for every layer.
+    init : init spec or "keep"
+        Redraw every weight and bias with this scheme (:mod:`vgcore.init`), seeded, with the
+        gains of the (new) activation; "keep" keeps them.
+    block : {"plain", "residual", "highway"}, optional
+        Make every square layer this block type (weights kept). Highway gates are drawn with
+        the layer's init and a carry bias of -1.
+    alpha : float, optional
+        Residual branch scale.
+    norm : {None, "layernorm", "batchnorm"} or "keep"
+        Normalise every layer's pre-activation (gamma = 1, beta = 0).
+    """
+    from vgcore.init import initialize_dense
+
+    acts = list(model.activations) if activation is None else [activation] * model.depth
+    weights = [w.copy() for w in model.weights]
+    biases = [_copy(b) for b in model.biases]
+    rng = np.random.default_rng(seed)
+    from vgcore.activations import as_activation
+
+    acts = [as_activation(a) for a in acts]
+    if init != "keep":
+        spec = init
+        for i, w in enumerate(model.weights):
+            a = acts[i]
+            nw, nb = initialize_dense(
+                spec,
+                w.shape[0],
+                w.shape[1],
+                rng=rng,
+                dtype=model.dtype,
+                activation=a.name,
+                activation_param=a.params.get("negative_slope"),
+            )
+            weights[i] = nw
+            biases[i] = nb if model.biases[i] is not None else None
+    blocks = list(model.blocks)
+    gate_w = [_copy(g) for g in model.gate_weights]
+    gate_b = [_copy(g) for g in model.gate_biases]
+    if block is not None:
+        for i, w in enumerate(weights):
+            if w.shape[0] != w.shape[1]:
+                continue
+            blocks[i] = block
+            if block == "highway" and gate_w[i] is None:
+                gate_w[i] = rng.normal(0.0, 1.0 / np.sqrt(w.shape[1]), w.shape).astype(model.dtype)
+                gate_b[i] = np.full(w.shape[0], -1.0, dtype=model.dtype)
+    norms = list(model.norms) if norm == "keep" else [norm] * model.depth
+    nw_ = [_copy(g) for g in model.norm_weights] if norm == "keep" else None
+    nb_ = [_copy(g) for g in model.norm_biases] if norm == "keep" else None
+    return MLP(
+        weights,
+        biases,
+        acts,
+        dtype=model.dtype,
+        block=blocks,
+        alpha=model.alphas if alpha is None else alpha,
+        gate_weights=gate_w,
+        gate_biases=gate_b,
+        norm=norms,
+        norm_weights=nw_,
+        norm_biases=nb_,
+        eps=model.eps,
+    )
+
+
+def recurrent_as(
+    model: RecurrentModel, kind: str, *, init: Any = None, seed: int = 0
+) -> RecurrentModel:
+    """A fresh ``kind`` cell ("rnn", "lstm", "gru") with the same input and hidden sizes."""
+    cls = {"rnn": RNN, "lstm": LSTM, "gru": GRU}[kind]
+    return cls.from_sizes(  # type: ignore[no-any-return]
+        model.input_size,
+        model.hidden_size,
+        init=init,
+        bias=model.bias_ih is not None,
+        seed=seed,
+        dtype=model.dtype,
+    )
+
+
+def with_recurrent_init(model: RecurrentModel, init: Any, *, seed: int = 0) -> RecurrentModel:
+    """The same cell with ``weight_hh`` redrawn from ``init`` (input weights, biases kept)."""
+    from vgcore.init import initialize_recurrent
+
+    kw = {"nonlinearity": model.nonlinearity} if isinstance(model, RNN) else {}
+    p = initialize_recurrent(
+        init,
+        model.kind,
+        model.input_size,
+        model.hidden_size,
+        rng=np.random.default_rng(seed),
+        dtype=model.dtype,
+        **kw,
+    )
+    extra = model._extra_kwargs()
+    return type(model)(
+        model.weight_ih.copy(),
+        p["weight_hh"],
+        _copy(model.bias_ih),
+        _copy(model.bias_hh),
+        dtype=model.dtype,
+        batch_first=model.batch_first,
+        **extra,
+    )
+
+
+def with_recurrent_scale(model: RecurrentModel, factor: float) -> RecurrentModel:
+    """The same cell with ``weight_hh`` multiplied by ``factor`` (everything else kept)."""
+    return type(model)(
+        model.weight_ih.copy(),
+        model.weight_hh * factor,
+        _copy(model.bias_ih),
+        _copy(model.bias_hh),
+        dtype=model.dtype,
+        batch_first=model.batch_first,
+        **model._extra_kwargs(),
+    )
+
+
+def gate_bias(model: RecurrentModel, gate: int) -> float:
+    """Mean total bias (``bias_ih + bias_hh``) of gate block ``gate``."""
+    n = model.hidden_size
+    total = 0.0
+    for b in (model.bias_ih, model.bias_hh):
+        if b is not None:
+            total += float(np.mean(b[gate * n : (gate + 1) * n]))
+    return total
+
+
+def with_gate_bias(model: RecurrentModel, gate: int, value: float) -> RecurrentModel:
+    """The same cell with the total bias of gate block ``gate`` set to ``value``.
+
+    ``bias_ih`` of that block becomes ``value`` and ``bias_hh`` 0 (missing biases are
+    created), as the forget-bias initialisation of Jozefowicz et al. (2015) does for LSTM
+    (gate 1 = f); for GRU gate 1 is the update gate z (positive: carry the state).
+    """
+    n = model.hidden_size
+    g = model.gates
+    bih = np.zeros(g * n, model.dtype) if model.bias_ih is None else model.bias_ih.copy()
+    bhh = np.zeros(g * n, model.dtype) if model.bias_hh is None else model.bias_hh.copy()
+    bih[gate * n : (gate + 1) * n] = value
+    bhh[gate * n : (gate + 1) * n] = 0.0
+    return type(model)(
+        model.weight_ih.copy(),
+        model.weight_hh.copy(),
+        bih,
+        bhh,
+        dtype=model.dtype,
+        batch_first=model.batch_first,
+        **model._extra_kwargs(),
+    )
+
+
+def estimate_weight_scale(model: Any) -> dict[str, Any]:
+    """Mean-field scale of the weights: ``sigma_w2 = fan_in * E[W^2]``, ``sigma_b2 = E[b^2]``.
+
+    For an MLP the average over layers (all of them); for a recurrent cell, ``weight_hh``.
+    ``gaussian`` says whether the weights look normally distributed (pooled kurtosis of the
+    per-layer standardised weights within 0.3 of 3; a uniform law has 1.8).
+    """
+    if isinstance(model, MLP):
+        ws = model.weights
+        bs = [b for b in model.biases if b is not None]
+    else:
+        ws = [model.weight_hh]
+        bs = [b for b in (model.bias_ih, model.bias_hh) if b is not None]
+    sw2 = float(np.mean([w.shape[1] * np.mean(np.square(w, dtype=np.float64)) for w in ws]))
+    sb2 = float(np.mean([np.mean(np.square(b, dtype=np.float64)) for b in bs])) if bs else 0.0
+    if (
+        isinstance(model, RecurrentModel)
+        and model.bias_ih is not None
+        and model.bias_hh is not None
+    ):
+        sb2 = float(np.mean(np.square(model.bias_ih + model.bias_hh, dtype=np.float64)))
+    z = np.concatenate([((w - w.mean()) / (w.std() or 1.0)).ravel() for w in ws]).astype(np.float64)
+    kurt = float(np.mean(z**4)) if z.size else float("nan")
+    mean_ratio = float(np.mean([abs(w.mean()) / (w.std() or 1.0) for w in ws]))
+    return {
+        "sigma_w2": sw2,
+        "sigma_b2": sb2,
+        "kurtosis": kurt,
+        "gaussian": bool(z.size >= 1000 and abs(kurt - 3.0) < 0.3 and mean_ratio < 0.1),
+    }

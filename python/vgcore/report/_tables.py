@@ -1,0 +1,118 @@
+"""The raw numbers behind a report, as tidy tables written to CSV or Parquet."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DATA_FORMATS", "report_tables", "write_table"]
+
+DATA_FORMATS = ("csv", "parquet")
+
+
+def _num(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    return v
+
+
+def summary_row(d: Any) -> dict[str, Any]:
+    """One row of evidence per diagnosis."""
+    e = d.evidence
+    best = d.best
+    return {
+        "model": d.name,
+        "kind": d.flow.kind,
+        "verdict": d.verdict,
+        "axis": e["axis"],
+        "length": e["length"],
+        "log10_gain": _num(e["log10_gain"]),
+        "log10_rate": _num(e["log10_rate"]),
+        "spread": _num(e["spread"]),
+        "vanishing_depth": _num(e["vanishing_depth"]),
+        "exploding_depth": _num(e["exploding_depth"]),
+        "saturation_mean": _num(e["saturation_mean"]),
+        "saturation_max": _num(e["saturation_max"]),
+        "lyapunov": _num(e.get("lyapunov")),
+        "regime": e.get("regime"),
+        "sigma_w2": _num(e.get("sigma_w2")),
+        "sigma_b2": _num(e.get("sigma_b2")),
+        "critical_sigma_w2": _num(e.get("critical_sigma_w2")),
+        "phase": e.get("phase"),
+        "chi1": _num(e.get("chi1")),
+        "best_fix": best.fix if best else None,
+        "best_improvement": _num(best.improvement) if best else None,
+    }
+
+
+def report_tables(diagnoses: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
+    """``summary``, ``gradient_norms`` (one row per model and layer/step), ``recommendations``."""
+    summary = [summary_row(d) for d in diagnoses]
+    norms: list[dict[str, Any]] = []
+    recs: list[dict[str, Any]] = []
+    for d in diagnoses:
+        f = d.flow
+        lg = np.asarray(f.log_grad_norms) / math.log(10.0)
+        lc = (
+            None
+            if f.log_cell_grad_norms is None
+            else np.asarray(f.log_cell_grad_norms) / math.log(10.0)
+        )
+        for i in range(lg.size):
+            norms.append(
+                {
+                    "model": d.name,
+                    "axis": f.axis,
+                    "index": i,
+                    "log10_grad_norm": _num(lg[i]),
+                    "log10_cell_grad_norm": None if lc is None else _num(lc[i]),
+                    "saturation": None if i == 0 else _num(f.saturation[i - 1]),
+                    "act_mean": None if i == 0 else _num(f.act_mean[i - 1]),
+                    "act_std": None if i == 0 else _num(f.act_std[i - 1]),
+                }
+            )
+        for rank, r in enumerate(d.recommendations, 1):
+            row = r.to_dict()
+            row["params"] = json.dumps(row["params"], sort_keys=True)
+            recs.append({"model": d.name, "rank": rank, **{k: _num(v) for k, v in row.items()}})
+    return {"summary": summary, "gradient_norms": norms, "recommendations": recs}
+
+
+def write_table(rows: list[dict[str, Any]], path: Path, fmt: str) -> Path:
+    """Write rows to ``path`` (suffix added) as CSV (stdlib) or Parquet (pyarrow)."""
+    if fmt not in DATA_FORMATS:
+        raise ValueError(f"data format must be one of {', '.join(DATA_FORMATS)}, got {fmt!r}")
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    target = path.with_suffix("." + fmt)
+    if fmt == "csv":
+        with target.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: "" if r.get(k) is None else r.get(k) for k in cols})
+        return target
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise ImportError(
+            "Parquet output needs pyarrow: pip install pyarrow (or use the CSV format)"
+        ) from exc
+    table = pa.Table.from_pylist([{k: r.get(k) for k in cols} for r in rows])
+    pq.write_table(table, target)
+    return target

@@ -1,0 +1,383 @@
+"""The vgcore command line, end to end (subprocess) and in-process through main(argv)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vgcore import _optional, cli
+from vgcore.cli import main
+
+
+def run(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MPLBACKEND="Agg")
+    return subprocess.run(
+        [sys.executable, "-m", "vgcore", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# end to end
+def test_demo_writes_report(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "rep"
+    r = run("demo", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    verdicts = {}
+    for name, _ in cli.DEMO_CASES:
+        (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith(name + "  ")]
+        verdicts[name] = line[len(name) :].split()[0]
+    assert verdicts["MLP sigmoid L=50, default init"] == "vanishing"
+    assert verdicts["MLP ReLU L=50, He"] == "healthy"
+    assert verdicts["RNN tanh T=200, gain 4"] == "exploding"
+    assert f"report: {out / 'report.html'}" in r.stdout
+    pngs = list((out / "figures").glob("*.png"))
+    assert len(pngs) >= 10
+    assert all(p.stat().st_size > 2000 for p in pngs)
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert "## Summary" in md and "![" in md
+    assert page.count("data:image/png;base64,") == len(pngs)
+    assert {p.name for p in (out / "data").iterdir()} == {
+        "summary.csv",
+        "gradient_norms.csv",
+        "recommendations.csv",
+    }
+
+
+def test_demo_default_folder_and_json(tmp_path, monkeypatch, capsys):
+    small = [
+        ("tiny sigmoid", {"model": "mlp", "depth": 20, "width": 16, "activation": "sigmoid"}),
+        ("tiny gru", {"model": "gru", "hidden_size": 8, "steps": 30, "batch": 2}),
+    ]
+    monkeypatch.setattr(cli, "DEMO_CASES", small)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--json", "--format", "parquet"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)  # stdout is only the JSON document
+    assert [d["name"] for d in doc["diagnoses"]] == ["tiny sigmoid", "tiny gru"]
+    assert doc["diagnoses"][0]["verdict"] == "vanishing"
+    assert doc["report"] == str(Path("vgcore-report") / "report.html")
+    assert (tmp_path / "vgcore-report" / "report.md").exists()
+    assert (tmp_path / "vgcore-report" / "data" / "summary.parquet").exists()
+    assert "report: vgcore-report" in captured.err  # where it went, on stderr under --json
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["demo", "--bogus"], "unrecognized arguments: --bogus"),
+        (["analyze", "--depth", "zero"], "argument --depth: invalid int value: 'zero'"),
+        (["analyze", "--depth", "0"], "--depth must be >= 1"),
+        (["analyze", "--model", "cnn"], "--model must be one of mlp, rnn, lstm, gru"),
+        (["analyze", "--activation", "swoosh"], "unknown activation 'swoosh'"),
+        (["analyze", "--config", "missing.toml"], "config file 'missing.toml' does not exist"),
+        (["sweep", "--grid", "depth"], "--grid expects KEY=VALUES"),
+        (["sweep", "--grid", "depht=1,2", "--serial"], "unknown model setting(s) ['depht']"),
+        (["demo", "--format", "xlsx"], "argument --format: invalid choice: 'xlsx'"),
+        ([], "a command is required"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vgcore: error: ") and message in err[-1]
+
+
+def test_bad_flags_through_subprocess():
+    r = run("analyze", "--depth", "-2")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "vgcore: error: --depth must be >= 1, got -2"
+    assert r.stdout == ""
+
+
+def test_version_and_help(capsys):
+    import vgcore
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == vgcore.__version__
+    assert main(["analyze", "--help"]) == 0
+    assert "--torch FILE" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------
+# analyze / report
+def test_analyze_flags_json(capsys):
+    code = main(
+        [
+            "analyze",
+            "--model",
+            "mlp",
+            "--depth",
+            "30",
+            "--width",
+            "32",
+            "--activation",
+            "sigmoid",
+            "--json",
+        ]
+    )
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    (d,) = doc["diagnoses"]
+    assert d["verdict"] == "vanishing" and d["name"] == "MLP sigmoid L=30 (default init)"
+    assert d["recommendations"][0]["checked"]
+
+
+def test_analyze_text_plot_and_report(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "flow.png"
+    code = main(
+        [
+            "analyze",
+            "--model",
+            "lstm",
+            "--width",
+            "16",
+            "--steps",
+            "40",
+            "--batch",
+            "4",
+            "--forget-bias",
+            "1",
+            "--plot",
+            str(png),
+            "--report",
+            str(tmp_path / "rep"),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("LSTM T=40 (default(forget_bias=1)): ")
+    assert png.stat().st_size > 2000 and (tmp_path / "rep" / "report.html").exists()
+
+
+def test_analyze_toml_config(tmp_path, capsys):
+    cfg = tmp_path / "models.toml"
+    cfg.write_text(
+        '[[models]]\nname = "deep sigmoid"\nmodel = "mlp"\ndepth = 25\nwidth = 32\nactivation = "sigmoid"\n\n'
+        '[[models]]\nmodel = "mlp"\ndepth = 25\nwidth = 32\nactivation = "relu"\n'
+        'init = {name = "kaiming_normal"}\n'
+    )
+    assert main(["analyze", "--config", str(cfg), "--no-check", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(d["name"], d["verdict"]) for d in doc["diagnoses"]] == [
+        ("deep sigmoid", "vanishing"),
+        ("MLP relu L=25 (kaiming_normal)", "healthy"),
+    ]
+    # flags override the file
+    assert main(["analyze", "--config", str(cfg), "--depth", "3", "--no-check", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert all(d["evidence"]["length"] == 3 for d in doc["diagnoses"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    assert main(["analyze", "--config", str(bad)]) == 2
+    assert "invalid TOML" in capsys.readouterr().err
+
+
+def test_report_command(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert (
+        main(
+            [
+                "report",
+                "--model",
+                "gru",
+                "--width",
+                "16",
+                "--steps",
+                "30",
+                "--batch",
+                "2",
+                "--out",
+                str(out),
+                "--format",
+                "csv",
+            ]
+        )
+        == 0
+    )
+    assert "report:" in capsys.readouterr().out
+    assert (out / "report.md").read_text().startswith("# vgcore gradient-flow report")
+
+
+def test_analyze_torch_checkpoint(tmp_path, capsys, torch):
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        *[m for _ in range(20) for m in (nn.Linear(32, 32), nn.Sigmoid())], nn.Linear(32, 4)
+    )
+    ckpt = tmp_path / "mlp.pt"
+    torch.save({"model_state_dict": net.state_dict(), "epoch": 3}, ckpt)
+    assert (
+        main(["analyze", "--torch", str(ckpt), "--activation", "sigmoid", "--json", "--no-check"])
+        == 0
+    )
+    (d,) = json.loads(capsys.readouterr().out)["diagnoses"]
+    assert d["verdict"] == "vanishing" and d["evidence"]["length"] == 21
+    # the state_dict's weights are used as they are
+    from vgcore._checkpoint import load_state_dict, model_from_state_dict
+
+    m = model_from_state_dict(load_state_dict(ckpt), activation="sigmoid")
+    assert np.array_equal(m.weights[3], net[6].weight.detach().numpy())
+    assert m.activations[-1].name == "identity" and m.activations[0].name == "sigmoid"
+
+    lstm = tmp_path / "lstm.pt"
+    torch.save(nn.LSTM(8, 16).state_dict(), lstm)
+    assert main(["analyze", "--torch", str(lstm), "--steps", "20", "--batch", "2", "--json"]) == 0
+    (d,) = json.loads(capsys.readouterr().out)["diagnoses"]
+    assert d["name"] == "lstm.pt (LSTM)"
+    ln = tmp_path / "ln.pt"
+    torch.save(
+        nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 2)).state_dict(), ln
+    )
+    m = model_from_state_dict(load_state_dict(ln), activation="tanh")
+    assert m.norms == ["layernorm", None]
+
+    assert main(["analyze", "--torch", str(ckpt)]) == 2  # activations are not in a state_dict
+    assert "does not record activations" in capsys.readouterr().err
+    torch.save(nn.LSTM(4, 4, num_layers=2).state_dict(), tmp_path / "stacked.pt")
+    assert main(["analyze", "--torch", str(tmp_path / "stacked.pt")]) == 2
+    assert "num_layers > 1" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    assert main(["analyze", "--torch", str(tmp_path / "junk.pt")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------
+# sweep, bench, optional analyses
+def test_sweep_command(tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "sw"
+    args = [
+        "sweep",
+        "--grid",
+        "depth=2:6:2",
+        "--grid",
+        "activation=tanh,relu",
+        "--set",
+        "width=8",
+        "--seeds",
+        "2",
+        "--serial",
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["points"] == 3 * 2 * 2 and doc["errors"] == 0
+    assert sorted({r["depth"] for r in doc["rows"]}) == [2, 4, 6]
+    assert main(args) == 0  # resumes: nothing to run, same table
+    text = capsys.readouterr().out
+    assert "12 points (0 failed)" in text and str(out) in text
+
+
+def test_sweep_command_local_processes(tmp_path):
+    pytest.importorskip("pyarrow")
+    r = run(
+        "sweep",
+        "--grid",
+        "depth=2,3",
+        "--set",
+        "width=8",
+        "--workers",
+        "2",
+        "--out",
+        str(tmp_path / "s"),
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["points"] == 2
+
+
+def test_sweep_command_on_dask_scheduler(tmp_path, capsys):
+    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("pyarrow")
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp://",
+        dashboard_address=None,
+    ) as cluster:
+        addr = cluster.scheduler_address
+        assert addr.startswith("tcp://")
+        code = main(
+            [
+                "sweep",
+                "--grid",
+                "depth=2,3",
+                "--set",
+                "width=8",
+                "--scheduler",
+                addr,
+                "--out",
+                str(tmp_path / "d"),
+                "--json",
+            ]
+        )
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["points"] == 2
+    assert main(["sweep", "--grid", "depth=2", "--scheduler", "localhost:1"]) == 2
+
+
+def test_sweep_toml(tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(
+        '[sweep]\nanalysis = "gradient_flow"\nseeds = [1, 2]\n[sweep.grid]\ndepth = [2, 4]\n'
+        '[sweep.fixed]\nwidth = 8\nactivation = "relu"\n'
+    )
+    assert (
+        main(["sweep", "--config", str(cfg), "--serial", "--out", str(tmp_path / "o"), "--json"])
+        == 0
+    )
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["depth"], r["seed"]) for r in rows] == [(2, 1), (2, 2), (4, 1), (4, 2)]
+    assert all(r["activation"] == "relu" for r in rows)
+
+
+def test_bench_quick(capsys):
+    assert main(["bench", "--quick", "--repeat", "1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["cases"]) == 4 and all(c["best_ms"] > 0 for c in doc["cases"])
+
+
+@pytest.mark.parametrize(
+    "feature, args",
+    [
+        ("lyapunov", ["lyapunov", "--model", "rnn", "--width", "16", "--steps", "50", "-k", "3"]),
+        ("spectrum", ["spectrum", "--model", "rnn", "--width", "16", "--steps", "20"]),
+        ("critical_sigma_w2", ["phase", "--activation", "tanh", "--sigma-w2", "1.5"]),
+    ],
+)
+def test_optional_analyses_run_or_say_missing(feature, args, capsys):
+    code = main([*args, "--json"])
+    captured = capsys.readouterr()
+    if _optional.available(feature):
+        assert code == 0, captured.err
+        json.loads(captured.out)
+    else:
+        assert code == 1
+        assert "is not available in this build" in captured.err
+
+
+def test_progress_bar_helpers():
+    from vgcore._progress import progress_bar
+
+    with progress_bar(3, "x", enabled=True) as bar:
+        bar.advance()
+        bar(2, 3)
+        bar.describe("y")
+    with progress_bar(3, "x", enabled=False) as bar:
+        bar.advance()  # a silent no-op

@@ -1,0 +1,109 @@
+"""vgcore.report: a folder with figures, report.md, a self-contained report.html and data."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import numpy as np
+import pytest
+
+import vgcore
+from vgcore import MLP, RNN
+from vgcore.report import write_report
+
+
+@pytest.fixture(scope="module")
+def diagnoses():
+    mlp = vgcore.diagnose(
+        MLP.from_sizes([32] * 21, "sigmoid"), name="sigmoid | deep", keep_grads=True
+    )
+    rnn = vgcore.diagnose(RNN.from_sizes(8, 32, seed=0), steps=60, batch=4, name="rnn")
+    return [mlp, rnn]
+
+
+def _close():
+    plt = pytest.importorskip("matplotlib.pyplot")
+    plt.close("all")
+
+
+def test_report_folder(tmp_path, diagnoses):
+    pytest.importorskip("matplotlib")
+    rep = write_report(diagnoses, tmp_path / "rep", title="T")
+    out = tmp_path / "rep"
+    assert rep.out == out and rep.markdown == out / "report.md" and rep.html == out / "report.html"
+    # figures: two overviews, one per model, histograms for the model with kept gradients
+    names = sorted(p.name for p in rep.figures)
+    assert "overview-mlp.png" in names and "overview-recurrent.png" in names
+    assert any("histograms" in n for n in names) and len(names) == 5
+    for p in rep.figures:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+    md = rep.markdown.read_text()
+    assert md.startswith("# T\n")
+    for p in rep.figures:
+        assert f"](figures/{p.name})" in md
+    assert "sigmoid \\| deep" in md and "| vanishing |" in md  # table cells escaped
+    page = rep.html.read_text()
+    assert page.count("data:image/png;base64,") == len(rep.figures)
+    assert not re.search(r'src="(?!data:)', page)  # self-contained: no external images
+    assert "<table>" in page and 'class="vanishing"' in page
+    _close()
+
+
+def test_report_data_tables(tmp_path, diagnoses):
+    rep = write_report(diagnoses, tmp_path, figures=False)
+    assert rep.figures == [] and not (tmp_path / "figures").exists()
+    files = {p.name: p for p in rep.data}
+    assert set(files) == {"summary.csv", "gradient_norms.csv", "recommendations.csv"}
+    with files["summary.csv"].open() as fh:
+        summary = list(csv.DictReader(fh))
+    assert [r["model"] for r in summary] == ["sigmoid | deep", "rnn"]
+    assert summary[0]["verdict"] == "vanishing"
+    assert float(summary[0]["log10_gain"]) == pytest.approx(diagnoses[0].evidence["log10_gain"])
+    with files["gradient_norms.csv"].open() as fh:
+        norms = list(csv.DictReader(fh))
+    assert len(norms) == 21 + 61
+    first = [r for r in norms if r["model"] == "rnn"]
+    lg = diagnoses[1].flow.log10_grad_norms
+    assert np.allclose([float(r["log10_grad_norm"]) for r in first], lg)
+    with files["recommendations.csv"].open() as fh:
+        recs = list(csv.DictReader(fh))
+    assert len(recs) == sum(len(d.recommendations) for d in diagnoses)
+    assert recs[0]["rank"] == "1" and recs[0]["checked"] == "True"
+
+
+def test_report_parquet(tmp_path, diagnoses):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    rep = write_report(diagnoses[:1], tmp_path, figures=False, data_format="parquet")
+    df = pd.read_parquet(tmp_path / "data" / "gradient_norms.parquet")
+    assert len(df) == 21 and df["index"].tolist() == list(range(21))
+    assert {p.suffix for p in rep.data} == {".parquet"}
+
+
+def test_report_extras_and_single_diagnosis(tmp_path, diagnoses):
+    pytest.importorskip("matplotlib")
+    from types import SimpleNamespace
+
+    extra = {"Lyapunov spectrum (toy)": SimpleNamespace(exponents=np.array([0.2, -0.1]))}
+    rep = write_report(diagnoses[0], tmp_path, extras=extra)
+    assert (tmp_path / "figures" / "lyapunov-spectrum-toy.png").exists()
+    assert "Further analyses" in rep.markdown.read_text()
+    _close()
+
+
+def test_report_without_matplotlib(tmp_path, diagnoses, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    rep = write_report(diagnoses, tmp_path)
+    assert rep.figures == [] and "pip install 'vgcore[plot]'" in rep.notes[0]
+    assert "vgcore[plot]" in rep.markdown.read_text() and rep.html.exists()
+
+
+def test_report_errors(tmp_path, diagnoses):
+    with pytest.raises(ValueError, match="at least one"):
+        write_report([], tmp_path)
+    with pytest.raises(ValueError, match="data_format"):
+        write_report(diagnoses, tmp_path, data_format="xlsx")
