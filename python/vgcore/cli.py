@@ -742,7 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_phase)
 
     p = sub.add_parser("sweep", help="a grid of settings x seeds, on local processes or Dask")
-    p.add_argument("--analysis", help="gradient_flow (default), profile, diagnose or mean_field (theory)")
+    p.add_argument(
+        "--analysis", help="gradient_flow (default), profile, diagnose or mean_field (theory)"
+    )
     p.add_argument(
         "--grid",
         action="append",
