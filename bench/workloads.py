@@ -103,10 +103,10 @@ class MLPFlow:
         return np.array([float(t.grad.norm()) for t in hs])
 
 
-def rel_diff(a: np.ndarray, b: np.ndarray, floor: float = 1e-18) -> float:
+def rel_diff(a: np.ndarray, b: np.ndarray, floor: float = 1e-15) -> float:
     """Max relative difference of two norm curves where the peer's value is above ``floor``.
 
-    Below about 1e-18 a float32 peer's norms come from denormal or flushed intermediates
+    Below about 1e-15 a float32 peer's norms come from denormal or flushed intermediates
     (vgcore rescales and keeps them exact); those points are compared by :func:`coverage`.
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
