@@ -65,3 +65,15 @@ def test_mlp_torch_eager(benchmark, mlp, threads):
 
 def test_threads_setting_restored():
     assert vgcore.get_num_threads() >= 1
+
+
+@pytest.mark.benchmark(group="lstm-bptt N=256 T=1000 B=32 f32")
+def test_lstm_numpy(benchmark, lstm):
+    norms = benchmark(lstm.numpy)
+    assert rel_diff(lstm.vgcore(), norms) < RTOL_F32
+
+
+@pytest.mark.benchmark(group="mlp-flow tanh L=200 N=512 B=128 f32")
+def test_mlp_numpy(benchmark, mlp):
+    norms = benchmark(mlp.numpy)
+    assert rel_diff(mlp.vgcore(), norms) < RTOL_F32

@@ -38,6 +38,40 @@ class LSTMFlow:
     def vgcore(self, threads: int | None = None) -> np.ndarray:
         return vgcore.gradient_flow(self.model, self.x, num_threads=threads).grad_norms
 
+    def numpy(self) -> np.ndarray:
+        """Hand-written NumPy BPTT (stores the gates, one GEMM per step each way)."""
+        m, x = self.model, self.x
+        N, T, B = self.N, self.T, self.B
+        sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+        pre = x.reshape(T * B, -1) @ m.weight_ih.T + (m.bias_ih + m.bias_hh)
+        pre = pre.reshape(T, B, 4 * N)
+        h = np.zeros((B, N), x.dtype)
+        c = np.zeros((B, N), x.dtype)
+        gates, cs, tcs = [], [c], []
+        for t in range(T):
+            a = pre[t] + h @ m.weight_hh.T
+            i, f, g, o = sig(a[:, :N]), sig(a[:, N:2 * N]), np.tanh(a[:, 2 * N:3 * N]), sig(a[:, 3 * N:])
+            c = f * c + i * g
+            tc = np.tanh(c)
+            h = o * tc
+            gates.append((i, f, g, o))
+            cs.append(c)
+            tcs.append(tc)
+        dh, dc = h.copy(), np.zeros_like(c)
+        norms = [np.linalg.norm(dh)]
+        for t in range(T - 1, -1, -1):
+            i, f, g, o = gates[t]
+            tc = tcs[t]
+            dct = dc + dh * o * (1 - tc * tc)
+            da = np.concatenate(
+                [dct * g * i * (1 - i), dct * cs[t] * f * (1 - f), dct * i * (1 - g * g), dh * tc * o * (1 - o)],
+                axis=1,
+            )
+            dc = dct * f
+            dh = da @ m.weight_hh
+            norms.append(np.linalg.norm(dh))
+        return np.array(norms[::-1], dtype=np.float64)
+
     def torch_eager(self) -> np.ndarray:
         """The natural PyTorch code: an LSTMCell loop with retain_grad on every h_t."""
         import torch
@@ -84,6 +118,20 @@ class MLPFlow:
 
     def vgcore(self, threads: int | None = None) -> np.ndarray:
         return vgcore.gradient_flow(self.model, self.x, num_threads=threads).grad_norms
+
+    def numpy(self) -> np.ndarray:
+        """Hand-written NumPy forward/backward over the layers."""
+        hs, ds = [self.x], []
+        for w, b in zip(self.model.weights, self.model.biases):
+            y = np.tanh(hs[-1] @ w.T + b)
+            hs.append(y)
+            ds.append(1 - y * y)
+        g = hs[-1].copy()
+        norms = [np.linalg.norm(g)]
+        for w, d in zip(reversed(self.model.weights), reversed(ds)):
+            g = (g * d) @ w
+            norms.append(np.linalg.norm(g))
+        return np.array(norms[::-1], dtype=np.float64)
 
     def torch_eager(self) -> np.ndarray:
         """A layer loop with retain_grad on every h_l (the natural PyTorch code)."""
