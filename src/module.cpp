@@ -5,6 +5,7 @@ namespace vgcore::bind {
 void bind_runtime(py::module_& m);
 void bind_activations(py::module_& m);
 void bind_flow(py::module_& m);
+void bind_spectra(py::module_& m);
 }  // namespace vgcore::bind
 
 PYBIND11_MODULE(_core, m) {
@@ -12,4 +13,5 @@ PYBIND11_MODULE(_core, m) {
   vgcore::bind::bind_runtime(m);
   vgcore::bind::bind_activations(m);
   vgcore::bind::bind_flow(m);
+  vgcore::bind::bind_spectra(m);
 }

@@ -10,7 +10,16 @@ from vgcore._loader import _core
 from vgcore._runtime import get_num_threads, release_memory, set_num_threads, set_workspace_limit
 from vgcore._validation import InsufficientMemoryError
 from vgcore.activations import ACTIVATIONS, Activation
-from vgcore.analysis import GradientFlow, gradient_flow
+from vgcore.analysis import (
+    GradientFlow,
+    JacobianSingularValues,
+    JacobianSpectrum,
+    LyapunovSpectrum,
+    gradient_flow,
+    jacobian_singular_values,
+    jacobian_spectrum,
+    lyapunov,
+)
 from vgcore.diagnose import Diagnosis, Recommendation, diagnose
 from vgcore.models import GRU, LSTM, MLP, RNN
 from vgcore.report import write_report
@@ -29,6 +38,9 @@ __all__ = [
     "Diagnosis",
     "GradientFlow",
     "InsufficientMemoryError",
+    "JacobianSingularValues",
+    "JacobianSpectrum",
+    "LyapunovSpectrum",
     "Recommendation",
     "__version__",
     "compare_to_theory",
@@ -36,6 +48,9 @@ __all__ = [
     "diagnose",
     "get_num_threads",
     "gradient_flow",
+    "jacobian_singular_values",
+    "jacobian_spectrum",
+    "lyapunov",
     "mean_field",
     "phase_diagram",
     "release_memory",

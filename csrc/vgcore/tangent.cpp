@@ -1,0 +1,562 @@
+// Forward steps, JVPs and VJPs of dense layers and recurrent cells on row blocks.
+//
+// Cache layouts (per sample; N = hidden size, n = layer output width):
+//   RNN   [phi'(z)]                                   N
+//   LSTM  [i, f, g, o, c_prev, tanh(c')]               6N
+//   GRU   [r, z, n, q_n = W_hn h + b_hn, h_prev]        5N
+//   dense [phi'(z')] + highway [t, a - h] + LayerNorm [xhat, 1/std]
+#include "vgcore/tangent.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "vgcore/blas.hpp"
+#include "vgcore/fastmath.hpp"
+
+namespace vgcore {
+namespace {
+
+namespace fm = vgcore::fastmath;
+using blas::Op;
+
+// ---- recurrent elementwise kernels (one row of N units) ---------------------------------
+
+template <class T>
+VGCORE_TARGET_CLONES void lstm_state_row(const T* __restrict p, const T* __restrict u,
+                                         const T* __restrict cprev, T* __restrict hn,
+                                         T* __restrict cn, T* __restrict cache, std::size_t N) {
+  T* ci = cache;
+  T* cf = cache + N;
+  T* cg = cache + 2 * N;
+  T* co = cache + 3 * N;
+  T* cc = cache + 4 * N;
+  T* ct = cache + 5 * N;
+  for (std::size_t j = 0; j < N; ++j) {
+    const T i = fm::sigmoid(p[j] + u[j]);
+    const T f = fm::sigmoid(p[N + j] + u[N + j]);
+    const T g = fm::tanh(p[2 * N + j] + u[2 * N + j]);
+    const T o = fm::sigmoid(p[3 * N + j] + u[3 * N + j]);
+    const T c = f * cprev[j] + i * g;
+    const T tc = fm::tanh(c);
+    ci[j] = i;
+    cf[j] = f;
+    cg[j] = g;
+    co[j] = o;
+    cc[j] = cprev[j];
+    ct[j] = tc;
+    cn[j] = c;
+    hn[j] = o * tc;
+  }
+}
+
+// (dh, dc) -> (dh', dc') given da = dh W_hh^T (u, 4N).
+template <class T>
+VGCORE_TARGET_CLONES void lstm_tangent_row(const T* __restrict cache, const T* __restrict u,
+                                           const T* __restrict dc, T* __restrict dho,
+                                           T* __restrict dco, std::size_t N) {
+  const T* ci = cache;
+  const T* cf = cache + N;
+  const T* cg = cache + 2 * N;
+  const T* co = cache + 3 * N;
+  const T* cc = cache + 4 * N;
+  const T* ct = cache + 5 * N;
+  for (std::size_t j = 0; j < N; ++j) {
+    const T i = ci[j], f = cf[j], g = cg[j], o = co[j], tc = ct[j];
+    const T di = i * (1 - i) * u[j];
+    const T df = f * (1 - f) * u[N + j];
+    const T dg = (1 - g * g) * u[2 * N + j];
+    const T dout = o * (1 - o) * u[3 * N + j];
+    const T dcn = f * dc[j] + cc[j] * df + g * di + i * dg;
+    dco[j] = dcn;
+    dho[j] = o * (1 - tc * tc) * dcn + tc * dout;
+  }
+}
+
+// Cotangent (wh, wc) of (h', c') -> G (4N, multiplies W_hh) and the direct c part.
+template <class T>
+VGCORE_TARGET_CLONES void lstm_vjp_row(const T* __restrict cache, const T* __restrict wh,
+                                       const T* __restrict wc, T* __restrict G,
+                                       T* __restrict dcprev, std::size_t N) {
+  const T* ci = cache;
+  const T* cf = cache + N;
+  const T* cg = cache + 2 * N;
+  const T* co = cache + 3 * N;
+  const T* cc = cache + 4 * N;
+  const T* ct = cache + 5 * N;
+  for (std::size_t j = 0; j < N; ++j) {
+    const T i = ci[j], f = cf[j], g = cg[j], o = co[j], tc = ct[j];
+    const T dct = wc[j] + wh[j] * o * (1 - tc * tc);
+    G[j] = dct * g * i * (1 - i);
+    G[N + j] = dct * cc[j] * f * (1 - f);
+    G[2 * N + j] = dct * i * (1 - g * g);
+    G[3 * N + j] = wh[j] * tc * o * (1 - o);
+    dcprev[j] = dct * f;
+  }
+}
+
+template <class T>
+VGCORE_TARGET_CLONES void gru_state_row(const T* __restrict p, const T* __restrict u,
+                                        const T* __restrict bhh, const T* __restrict hprev,
+                                        T* __restrict hn, T* __restrict cache, std::size_t N) {
+  T* cr = cache;
+  T* cz = cache + N;
+  T* cn = cache + 2 * N;
+  T* cq = cache + 3 * N;
+  T* ch = cache + 4 * N;
+  for (std::size_t j = 0; j < N; ++j) {
+    const T qr = u[j] + (bhh ? bhh[j] : T(0));
+    const T qz = u[N + j] + (bhh ? bhh[N + j] : T(0));
+    const T qn = u[2 * N + j] + (bhh ? bhh[2 * N + j] : T(0));
+    const T r = fm::sigmoid(p[j] + qr);
+    const T z = fm::sigmoid(p[N + j] + qz);
+    const T n = fm::tanh(p[2 * N + j] + r * qn);
+    cr[j] = r;
+    cz[j] = z;
+    cn[j] = n;
+    cq[j] = qn;
+    ch[j] = hprev[j];
+    hn[j] = (1 - z) * n + z * hprev[j];
+  }
+}
+
+// dh -> dh' given dq = dh W_hh^T (u, 3N).
+template <class T>
+VGCORE_TARGET_CLONES void gru_tangent_row(const T* __restrict cache, const T* __restrict u,
+                                          const T* __restrict dh, T* __restrict dho,
+                                          std::size_t N) {
+  const T* cr = cache;
+  const T* cz = cache + N;
+  const T* cn = cache + 2 * N;
+  const T* cq = cache + 3 * N;
+  const T* ch = cache + 4 * N;
+  for (std::size_t j = 0; j < N; ++j) {
+    const T r = cr[j], z = cz[j], n = cn[j];
+    const T dr = r * (1 - r) * u[j];
+    const T dz = z * (1 - z) * u[N + j];
+    const T dn = (1 - n * n) * (r * u[2 * N + j] + cq[j] * dr);
+    dho[j] = (1 - z) * dn + (ch[j] - n) * dz + z * dh[j];
+  }
+}
+
+template <class T>
+VGCORE_TARGET_CLONES void gru_vjp_row(const T* __restrict cache, const T* __restrict w,
+                                      T* __restrict G, T* __restrict direct, std::size_t N) {
+  const T* cr = cache;
+  const T* cz = cache + N;
+  const T* cn = cache + 2 * N;
+  const T* cq = cache + 3 * N;
+  const T* ch = cache + 4 * N;
+  for (std::size_t j = 0; j < N; ++j) {
+    const T r = cr[j], z = cz[j], n = cn[j];
+    const T dan = w[j] * (1 - z) * (1 - n * n);
+    G[j] = dan * cq[j] * r * (1 - r);
+    G[N + j] = w[j] * (ch[j] - n) * z * (1 - z);
+    G[2 * N + j] = dan * r;
+    direct[j] = w[j] * z;
+  }
+}
+
+template <class T>
+VGCORE_TARGET_CLONES void scale_row(const T* __restrict d, const T* __restrict u, T* __restrict o,
+                                    std::size_t n) {
+  for (std::size_t j = 0; j < n; ++j) o[j] = d[j] * u[j];
+}
+
+// ---- dense-layer helpers --------------------------------------------------------------
+
+struct DenseOffsets {
+  std::size_t dphi = 0, t = 0, amh = 0, xhat = 0, istd = 0, size = 0;
+};
+
+template <class T>
+DenseOffsets dense_offsets(const DenseLayer<T>& ly) {
+  DenseOffsets o;
+  const std::size_t n = ly.out;
+  std::size_t at = n;
+  if (ly.block == DenseBlock::highway) {
+    o.t = at;
+    o.amh = at + n;
+    at += 2 * n;
+  }
+  if (ly.norm != DenseNorm::none) {
+    o.xhat = at;
+    o.istd = at + n;
+    at += n + 1;
+  }
+  o.size = at;
+  return o;
+}
+
+// LayerNorm JVP of the pre-activation: dz' = gamma * istd * (u - mean(u) - xhat mean(xhat u)).
+template <class T>
+void layernorm_jvp(const DenseLayer<T>& ly, const T* xhat, T istd, const T* u, T* out,
+                   std::size_t n) {
+  double s1 = 0, s2 = 0;
+  for (std::size_t j = 0; j < n; ++j) {
+    s1 += u[j];
+    s2 += static_cast<double>(xhat[j]) * u[j];
+  }
+  const T m1 = static_cast<T>(s1 / n), m2 = static_cast<T>(s2 / n);
+  for (std::size_t j = 0; j < n; ++j)
+    out[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * istd * (u[j] - m1 - xhat[j] * m2);
+}
+
+// Its transpose, in place on g (the cotangent of z').
+template <class T>
+void layernorm_vjp(const DenseLayer<T>& ly, const T* xhat, T istd, T* g, std::size_t n) {
+  double s1 = 0, s2 = 0;
+  for (std::size_t j = 0; j < n; ++j) {
+    const T gh = g[j] * (ly.norm_weight ? ly.norm_weight[j] : T(1));
+    g[j] = gh;
+    s1 += gh;
+    s2 += static_cast<double>(gh) * xhat[j];
+  }
+  const T m1 = static_cast<T>(s1 / n), m2 = static_cast<T>(s2 / n);
+  for (std::size_t j = 0; j < n; ++j) g[j] = istd * (g[j] - m1 - xhat[j] * m2);
+}
+
+}  // namespace
+
+// ---- construction and dimensions ----------------------------------------------------------
+
+template <class T>
+TangentModel<T> TangentModel<T>::dense(std::vector<DenseLayer<T>> layers) {
+  if (layers.empty()) throw std::invalid_argument("the network has no layers");
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    const auto& ly = layers[l];
+    const std::string name = "layer " + std::to_string(l);
+    if (!ly.weight) throw std::invalid_argument(name + ": weight is null");
+    if (l > 0 && ly.in != layers[l - 1].out)
+      throw std::invalid_argument(name + " expects " + std::to_string(ly.in) + " inputs but layer " +
+                                  std::to_string(l - 1) + " has " + std::to_string(layers[l - 1].out) +
+                                  " outputs");
+    if (ly.norm == DenseNorm::batchnorm)
+      throw std::invalid_argument(name + " uses BatchNorm, which couples the samples of a batch: "
+                                  "the per-sample Jacobian d h_l / d h_{l-1} is not defined");
+    if (ly.block != DenseBlock::plain && ly.in != ly.out)
+      throw std::invalid_argument(name + ": residual and highway blocks need in == out");
+    if (ly.block == DenseBlock::highway && !ly.gate_weight)
+      throw std::invalid_argument(name + ": highway block without gate weight");
+  }
+  TangentModel m;
+  m.dense_ = true;
+  m.layers_ = std::move(layers);
+  return m;
+}
+
+template <class T>
+TangentModel<T> TangentModel<T>::recurrent(const RecurrentWeights<T>& w) {
+  if (!w.weight_ih || !w.weight_hh) throw std::invalid_argument("recurrent weights are null");
+  if (w.hidden == 0) throw std::invalid_argument("hidden size must be positive");
+  TangentModel m;
+  m.w_ = w;
+  m.act_ = make_activation(w.kind == CellKind::rnn_relu ? "relu" : "tanh");
+  return m;
+}
+
+template <class T>
+std::size_t TangentModel<T>::in_dim(std::size_t s) const {
+  if (dense_) return layers_[s].in;
+  return w_.kind == CellKind::lstm ? 2 * w_.hidden : w_.hidden;
+}
+
+template <class T>
+std::size_t TangentModel<T>::out_dim(std::size_t s) const {
+  if (dense_) return layers_[s].out;
+  return w_.kind == CellKind::lstm ? 2 * w_.hidden : w_.hidden;
+}
+
+template <class T>
+std::size_t TangentModel<T>::gemm_cols(std::size_t s) const {
+  if (dense_) return layers_[s].out * (layers_[s].block == DenseBlock::highway ? 2 : 1);
+  return cell_gates(w_.kind) * w_.hidden;
+}
+
+template <class T>
+std::size_t TangentModel<T>::cache_size(std::size_t s) const {
+  if (dense_) return dense_offsets(layers_[s]).size;
+  switch (w_.kind) {
+    case CellKind::lstm: return 6 * w_.hidden;
+    case CellKind::gru: return 5 * w_.hidden;
+    default: return w_.hidden;
+  }
+}
+
+// ---- forward ------------------------------------------------------------------------------
+
+template <class T>
+void TangentModel<T>::project_inputs(const T* x, std::size_t rows, T* P) const {
+  const std::size_t GN = proj_cols(), I = w_.input_size;
+  std::vector<T> bias(GN, T(0));
+  const bool gru = w_.kind == CellKind::gru;
+  for (std::size_t c = 0; c < GN; ++c) {
+    if (w_.bias_ih) bias[c] += w_.bias_ih[c];
+    if (w_.bias_hh && !gru) bias[c] += w_.bias_hh[c];  // GRU: b_hh sits inside r * (...)
+  }
+  for (std::size_t r = 0; r < rows; ++r) std::copy(bias.begin(), bias.end(), P + r * GN);
+  blas::gemm(Op::N, Op::T, rows, GN, I, T(1), x, I, w_.weight_ih, I, T(1), P, GN);
+}
+
+template <class T>
+void TangentModel<T>::gemm_rows(std::size_t s, const T* X, std::size_t ldx, std::size_t rows,
+                                T* U, std::size_t ldu) const {
+  if (rows == 0) return;
+  if (dense_) {
+    const auto& ly = layers_[s];
+    blas::gemm(Op::N, Op::T, rows, ly.out, ly.in, T(1), X, ldx, ly.weight, ly.in, T(0), U, ldu);
+    if (ly.block == DenseBlock::highway)
+      blas::gemm(Op::N, Op::T, rows, ly.out, ly.in, T(1), X, ldx, ly.gate_weight, ly.in, T(0),
+                 U + ly.out, ldu);
+    return;
+  }
+  const std::size_t N = w_.hidden;
+  blas::gemm(Op::N, Op::T, rows, gemm_cols(s), N, T(1), X, ldx, w_.weight_hh, N, T(0), U, ldu);
+}
+
+template <class T>
+void TangentModel<T>::state_update(std::size_t s, const T* proj, const T* U, std::size_t ldu,
+                                   const T* X, std::size_t ldx, T* Y, std::size_t ldy, T* cache,
+                                   std::size_t nb) const {
+  const std::size_t C = cache_size(s);
+  if (!dense_) {
+    const std::size_t N = w_.hidden, GN = proj_cols();
+    for (std::size_t b = 0; b < nb; ++b) {
+      const T* u = U + b * ldu;
+      const T* p = proj + b * GN;
+      const T* h = X + b * ldx;
+      T* y = Y + b * ldy;
+      T* c = cache + b * C;
+      switch (w_.kind) {
+        case CellKind::lstm: lstm_state_row(p, u, h + N, y, y + N, c, N); break;
+        case CellKind::gru: gru_state_row(p, u, w_.bias_hh, h, y, c, N); break;
+        default:
+          for (std::size_t j = 0; j < N; ++j) c[j] = p[j] + u[j];
+          activation_forward(act_, c, y, c, N);
+      }
+    }
+    return;
+  }
+  const DenseLayer<T>& ly = layers_[s];
+  const DenseOffsets off = dense_offsets(ly);
+  const std::size_t n = ly.out;
+  for (std::size_t b = 0; b < nb; ++b) {
+    const T* u = U + b * ldu;
+    const T* h = X + b * ldx;
+    T* y = Y + b * ldy;
+    T* c = cache + b * C;
+    T* z = c + off.dphi;  // z, then z', then phi'(z') in place
+    for (std::size_t j = 0; j < n; ++j) z[j] = u[j] + (ly.bias ? ly.bias[j] : T(0));
+    if (ly.norm == DenseNorm::layernorm) {
+      double m = 0, v = 0;
+      for (std::size_t j = 0; j < n; ++j) m += z[j];
+      m /= static_cast<double>(n);
+      for (std::size_t j = 0; j < n; ++j) v += (z[j] - m) * (z[j] - m);
+      v /= static_cast<double>(n);
+      const T is = static_cast<T>(1.0 / std::sqrt(v + ly.eps));
+      T* xh = c + off.xhat;
+      c[off.istd] = is;
+      for (std::size_t j = 0; j < n; ++j) {
+        xh[j] = static_cast<T>(z[j] - m) * is;
+        z[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xh[j] + (ly.norm_bias ? ly.norm_bias[j] : T(0));
+      }
+    }
+    activation_forward(ly.act, z, y, z, n);  // y = a = phi(z'), z <- phi'(z')
+    if (ly.block == DenseBlock::residual) {
+      const T alpha = static_cast<T>(ly.alpha);
+      for (std::size_t j = 0; j < n; ++j) y[j] = h[j] + alpha * y[j];
+    } else if (ly.block == DenseBlock::highway) {
+      T* t = c + off.t;
+      T* amh = c + off.amh;
+      for (std::size_t j = 0; j < n; ++j) {
+        const T tv = fm::sigmoid(u[n + j] + (ly.gate_bias ? ly.gate_bias[j] : T(0)));
+        t[j] = tv;
+        amh[j] = y[j] - h[j];
+        y[j] = tv * y[j] + (1 - tv) * h[j];
+      }
+    }
+  }
+}
+
+// ---- JVP / VJP ----------------------------------------------------------------------------
+
+template <class T>
+void TangentModel<T>::tangent_update(std::size_t s, const T* cache, const T* U, std::size_t ldu,
+                                     const T* Vin, std::size_t ldv, T* Vout, std::size_t ldo,
+                                     std::size_t k) const {
+  if (!dense_) {
+    const std::size_t N = w_.hidden;
+    for (std::size_t r = 0; r < k; ++r) {
+      const T* u = U + r * ldu;
+      const T* v = Vin + r * ldv;
+      T* o = Vout + r * ldo;
+      switch (w_.kind) {
+        case CellKind::lstm: lstm_tangent_row(cache, u, v + N, o, o + N, N); break;
+        case CellKind::gru: gru_tangent_row(cache, u, v, o, N); break;
+        default: scale_row(cache, u, o, N);
+      }
+    }
+    return;
+  }
+  const DenseLayer<T>& ly = layers_[s];
+  const DenseOffsets off = dense_offsets(ly);
+  const std::size_t n = ly.out;
+  const T* dphi = cache + off.dphi;
+  for (std::size_t r = 0; r < k; ++r) {
+    const T* u = U + r * ldu;
+    const T* v = Vin + r * ldv;
+    T* o = Vout + r * ldo;
+    const T* base = u;
+    if (ly.norm == DenseNorm::layernorm) {
+      layernorm_jvp(ly, cache + off.xhat, cache[off.istd], u, o, n);
+      base = o;
+    }
+    if (ly.block == DenseBlock::plain) {
+      for (std::size_t j = 0; j < n; ++j) o[j] = dphi[j] * base[j];
+    } else if (ly.block == DenseBlock::residual) {
+      const T alpha = static_cast<T>(ly.alpha);
+      for (std::size_t j = 0; j < n; ++j) o[j] = v[j] + alpha * dphi[j] * base[j];
+    } else {
+      const T* t = cache + off.t;
+      const T* amh = cache + off.amh;
+      for (std::size_t j = 0; j < n; ++j)
+        o[j] = t[j] * dphi[j] * base[j] + (1 - t[j]) * v[j] + amh[j] * t[j] * (1 - t[j]) * u[n + j];
+    }
+  }
+}
+
+template <class T>
+void TangentModel<T>::jvp(std::size_t s, const T* cache, const T* Vin, T* Vout, std::size_t k,
+                          T* U) const {
+  const std::size_t gc = gemm_cols(s);
+  gemm_rows(s, Vin, in_dim(s), k, U, gc);
+  tangent_update(s, cache, U, gc, Vin, in_dim(s), Vout, out_dim(s), k);
+}
+
+template <class T>
+void TangentModel<T>::vjp(std::size_t s, const T* cache, const T* Win, T* Wout, std::size_t k,
+                          T* G) const {
+  const std::size_t gc = gemm_cols(s), din = in_dim(s), dout = out_dim(s);
+  if (k == 0) return;
+  if (!dense_) {
+    const std::size_t N = w_.hidden;
+    for (std::size_t r = 0; r < k; ++r) {
+      const T* w = Win + r * dout;
+      T* g = G + r * gc;
+      T* o = Wout + r * din;
+      switch (w_.kind) {
+        case CellKind::lstm: lstm_vjp_row(cache, w, w + N, g, o + N, N); break;
+        case CellKind::gru: gru_vjp_row(cache, w, g, o, N); break;
+        default: scale_row(cache, w, g, N);
+      }
+    }
+    // h part of the result: G W_hh (+ the direct GRU term already in Wout).
+    const T beta = w_.kind == CellKind::gru ? T(1) : T(0);
+    blas::gemm(Op::N, Op::N, k, N, gc, T(1), G, gc, w_.weight_hh, N, beta, Wout, din);
+    return;
+  }
+  const DenseLayer<T>& ly = layers_[s];
+  const DenseOffsets off = dense_offsets(ly);
+  const std::size_t n = ly.out;
+  const T* dphi = cache + off.dphi;
+  for (std::size_t r = 0; r < k; ++r) {
+    const T* w = Win + r * dout;
+    T* g = G + r * gc;
+    T* o = Wout + r * din;
+    if (ly.block == DenseBlock::plain) {
+      for (std::size_t j = 0; j < n; ++j) g[j] = dphi[j] * w[j];
+    } else if (ly.block == DenseBlock::residual) {
+      const T alpha = static_cast<T>(ly.alpha);
+      for (std::size_t j = 0; j < n; ++j) {
+        g[j] = alpha * dphi[j] * w[j];
+        o[j] = w[j];
+      }
+    } else {
+      const T* t = cache + off.t;
+      const T* amh = cache + off.amh;
+      for (std::size_t j = 0; j < n; ++j) {
+        g[j] = t[j] * dphi[j] * w[j];
+        g[n + j] = amh[j] * t[j] * (1 - t[j]) * w[j];
+        o[j] = (1 - t[j]) * w[j];
+      }
+    }
+    if (ly.norm == DenseNorm::layernorm) layernorm_vjp(ly, cache + off.xhat, cache[off.istd], g, n);
+  }
+  const T beta = ly.block == DenseBlock::plain ? T(0) : T(1);
+  blas::gemm(Op::N, Op::N, k, ly.in, n, T(1), G, gc, ly.weight, ly.in, beta, Wout, din);
+  if (ly.block == DenseBlock::highway)
+    blas::gemm(Op::N, Op::N, k, ly.in, n, T(1), G + n, gc, ly.gate_weight, ly.in, T(1), Wout, din);
+}
+
+template <class T>
+void TangentModel<T>::jacobian(std::size_t s, const T* cache, T* J, T* U) const {
+  const std::size_t din = in_dim(s), gc = gemm_cols(s);
+  // The GEMM of the identity rows is W^T: U[j, c] = W[c, j] (zero for an LSTM's c rows).
+  std::fill(U, U + din * gc, T(0));
+  if (dense_) {
+    const auto& ly = layers_[s];
+    for (std::size_t c = 0; c < ly.out; ++c)
+      for (std::size_t j = 0; j < ly.in; ++j) {
+        U[j * gc + c] = ly.weight[c * ly.in + j];
+        if (ly.block == DenseBlock::highway) U[j * gc + ly.out + c] = ly.gate_weight[c * ly.in + j];
+      }
+  } else {
+    const std::size_t N = w_.hidden;
+    for (std::size_t c = 0; c < gc; ++c)
+      for (std::size_t j = 0; j < N; ++j) U[j * gc + c] = w_.weight_hh[c * N + j];
+  }
+  std::vector<T> eye(din * din, T(0));
+  for (std::size_t j = 0; j < din; ++j) eye[j * din + j] = T(1);
+  tangent_update(s, cache, U, gc, eye.data(), din, J, out_dim(s), din);
+}
+
+// ---- block step ---------------------------------------------------------------------------
+
+template <class T>
+void advance(const TangentModel<T>& m, std::size_t s, const T* proj, const T* X, T* Y,
+             std::size_t nb, std::size_t k, StepScratch<T>& ws) {
+  const std::size_t din = m.in_dim(s), dout = m.out_dim(s), gc = m.gemm_cols(s),
+                    C = m.cache_size(s), rows = nb * (k + 1);
+  if (ws.U.size() < rows * gc) ws.U.resize(rows * gc);
+  if (ws.cache.size() < nb * C) ws.cache.resize(nb * C);
+  T* U = ws.U.data();
+  T* cache = ws.cache.data();
+  m.gemm_rows(s, X, din, rows, U, gc);
+  m.state_update(s, proj, U, gc, X, din, Y, dout, cache, nb);
+  if (k == 0) return;
+  for (std::size_t b = 0; b < nb; ++b) {
+    const std::size_t r0 = nb + b * k;
+    m.tangent_update(s, cache + b * C, U + r0 * gc, gc, X + r0 * din, din, Y + r0 * dout, dout, k);
+  }
+}
+
+namespace {
+template <class T>
+VGCORE_TARGET_CLONES T zero_sum(const T* x, std::size_t n) {
+  T acc[16] = {};
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) acc[j] += x[i + j] * T(0);
+  T s = 0;
+  for (; i < n; ++i) s += x[i] * T(0);
+  for (int j = 0; j < 16; ++j) s += acc[j];
+  return s;
+}
+}  // namespace
+
+template <class T>
+bool all_finite(const T* x, std::size_t n) {
+  return zero_sum(x, n) == T(0);
+}
+
+template class TangentModel<float>;
+template class TangentModel<double>;
+template void advance<float>(const TangentModel<float>&, std::size_t, const float*, const float*,
+                             float*, std::size_t, std::size_t, StepScratch<float>&);
+template void advance<double>(const TangentModel<double>&, std::size_t, const double*,
+                              const double*, double*, std::size_t, std::size_t,
+                              StepScratch<double>&);
+template bool all_finite<float>(const float*, std::size_t);
+template bool all_finite<double>(const double*, std::size_t);
+
+}  // namespace vgcore

@@ -1,0 +1,113 @@
+// Models as discrete-time dynamical systems h_{s+1} = F_s(h_s) on per-sample states, with the
+// forward step, Jacobian-vector products (JVP) and vector-Jacobian products (VJP) of F_s on
+// blocks of row vectors. Shared by the Lyapunov, singular-value and spectrum kernels.
+//
+// A dense stack is a system in depth: step s is layer s + 1 and the state h_s has the width of
+// layer s's output (h_0 = x). A recurrent cell is a system in time driven by x_t: the state is
+// h_t (N) or, for an LSTM, (h_t, c_t) stored as one row of 2N values.
+//
+// Vectors are rows (row-major). Tangent blocks are (k x D) row blocks, one per sample, so the
+// linear part of a JVP for every sample and every tangent at once is a single GEMM
+// U = V W^T, followed by elementwise work with that sample's cached forward quantities. The
+// caller usually stacks the state rows on top of the tangent rows ("[h; V]") so that the
+// forward step and the JVP share that GEMM. No diag(...) matrix is ever formed.
+#pragma once
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "vgcore/activations.hpp"
+#include "vgcore/dense.hpp"
+#include "vgcore/recurrent.hpp"
+
+namespace vgcore {
+
+// A state (or tangent) became NaN/Inf. `step` is 1-based: the step (layer / time step) whose
+// output first held the non-finite value.
+struct NonFiniteError : std::runtime_error {
+  NonFiniteError(std::size_t step_, const std::string& msg) : std::runtime_error(msg), step(step_) {}
+  std::size_t step;
+};
+
+template <class T>
+class TangentModel {
+ public:
+  // Dense stack (BatchNorm is rejected: it couples the batch, so there is no per-sample map).
+  static TangentModel dense(std::vector<DenseLayer<T>> layers);
+  static TangentModel recurrent(const RecurrentWeights<T>& w);
+
+  bool is_dense() const { return dense_; }
+  CellKind cell() const { return w_.kind; }
+  std::size_t n_layers() const { return layers_.size(); }
+  const std::vector<DenseLayer<T>>& layers() const { return layers_; }
+  const RecurrentWeights<T>& weights() const { return w_; }
+  std::size_t hidden() const { return w_.hidden; }
+  std::size_t input_size() const { return w_.input_size; }
+
+  // State dimension entering / leaving step s (for a recurrent cell: N, or 2N for an LSTM).
+  std::size_t in_dim(std::size_t s) const;
+  std::size_t out_dim(std::size_t s) const;
+  // Columns of U = X W^T (recurrent: G*N; dense: out, twice that for a highway layer).
+  std::size_t gemm_cols(std::size_t s) const;
+  // Per-sample cache of the forward quantities the JVP / VJP of step s need.
+  std::size_t cache_size(std::size_t s) const;
+  // Columns of an input projection row (recurrent: G*N; dense: 0).
+  std::size_t proj_cols() const { return dense_ ? 0 : cell_gates(w_.kind) * w_.hidden; }
+
+  // Recurrent only: P (rows x G*N) = x W_ih^T + the biases that do not sit inside a gate
+  // product (b_ih + b_hh; GRU: b_ih only).
+  void project_inputs(const T* x, std::size_t rows, T* P) const;
+
+  // U (rows x gemm_cols, row stride ldu) = X[:, :n] W^T for the rows of X (row stride ldx);
+  // n = N for recurrent cells (the h part of an LSTM row), in_dim for dense layers.
+  void gemm_rows(std::size_t s, const T* X, std::size_t ldx, std::size_t rows, T* U,
+                 std::size_t ldu) const;
+
+  // Finish the forward step of nb samples: U their gemm_rows, proj their input projections
+  // (null for dense), X their states (row stride ldx). Writes the next states into Y (row stride
+  // ldy; Y must not overlap X) and the caches (nb x cache_size) into cache.
+  void state_update(std::size_t s, const T* proj, const T* U, std::size_t ldu, const T* X,
+                    std::size_t ldx, T* Y, std::size_t ldy, T* cache, std::size_t nb) const;
+
+  // k tangent rows of one sample: Vout = J_s Vin, given its cache and U = gemm_rows(Vin).
+  // Vout must not overlap Vin or U.
+  void tangent_update(std::size_t s, const T* cache, const T* U, std::size_t ldu, const T* Vin,
+                      std::size_t ldv, T* Vout, std::size_t ldo, std::size_t k) const;
+
+  // JVP including the GEMM: Vout (k x out_dim) = J_s Vin (k x in_dim). U: k * gemm_cols scratch.
+  void jvp(std::size_t s, const T* cache, const T* Vin, T* Vout, std::size_t k, T* U) const;
+  // VJP: Wout (k x in_dim) = J_s^T Win (k x out_dim). G: k * gemm_cols scratch.
+  void vjp(std::size_t s, const T* cache, const T* Win, T* Wout, std::size_t k, T* G) const;
+  // The Jacobian J_s itself, column-major (out_dim x in_dim, leading dimension out_dim),
+  // without a GEMM (the JVP of the identity needs only W^T). U: in_dim * gemm_cols scratch.
+  void jacobian(std::size_t s, const T* cache, T* J, T* U) const;
+
+ private:
+  bool dense_ = false;
+  std::vector<DenseLayer<T>> layers_;
+  RecurrentWeights<T> w_;
+  Activation act_;  // simple RNN nonlinearity
+};
+
+// One step for nb samples that each carry k tangent rows. X holds [nb state rows; nb*k tangent
+// rows, sample-major] with row stride in_dim(s); Y receives the same layout with row stride
+// out_dim(s) (Y must not overlap X). One GEMM covers states and tangents.
+template <class T>
+struct StepScratch {
+  std::vector<T> U, cache;
+};
+
+template <class T>
+void advance(const TangentModel<T>& m, std::size_t s, const T* proj, const T* X, T* Y,
+             std::size_t nb, std::size_t k, StepScratch<T>& ws);
+
+// True when every value is finite (a cheap vectorised check: the sum of 0 * x is 0 or NaN).
+template <class T>
+bool all_finite(const T* x, std::size_t n);
+
+extern template class TangentModel<float>;
+extern template class TangentModel<double>;
+
+}  // namespace vgcore

@@ -1,0 +1,263 @@
+"""Lyapunov exponents of the tangent dynamics driven by an input sequence (or by depth)."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vgcore._loader import _core
+from vgcore._runtime import resolve_threads
+from vgcore._validation import as_float_array, check_positive_int
+from vgcore.analysis._spectra import (
+    ProgressCallback,
+    check_model,
+    check_progress,
+    compute_dtype,
+    core_model,
+    initial_state,
+    mlp_input,
+    state_dim,
+)
+from vgcore.models import MLP, Model, RecurrentModel
+
+__all__ = ["LyapunovSpectrum", "lyapunov"]
+
+
+@dataclass(repr=False)
+class LyapunovSpectrum:
+    """Result of :func:`lyapunov`.
+
+    Attributes
+    ----------
+    exponents : ndarray of shape (B, k)
+        The top-k Lyapunov exponents of each batch element's trajectory, descending, in
+        natural log per step (per layer for an MLP): the finite-time estimate over the
+        ``accumulated_steps`` steps after the burn-in.
+    running : ndarray of shape (n_records, B, k)
+        Running (finite-time) estimates after the QR block that ends at ``record_steps[i]``,
+        in Gram-Schmidt order: column j converges to the j-th exponent. At most
+        ``max_records`` rows, evenly spaced over the sequence.
+    block_rates : ndarray of shape (n_records, B, k)
+        Log growth rate of each recorded QR block alone: ``log|R_jj| / qr_every``.
+    record_steps : ndarray of int, shape (n_records,)
+        The step (1-based count) at which each record was taken.
+    steps, accumulated_steps : int
+        Steps taken, and steps after the burn-in that the exponents average over.
+    final_state : ndarray of shape (B, D)
+        The state after the last step (for an LSTM ``[h, c]`` side by side).
+    """
+
+    model: Model
+    kind: str
+    dtype: np.dtype
+    k: int
+    state_dim: int
+    burn_in: int
+    qr_every: int
+    steps: int
+    accumulated_steps: int
+    exponents: np.ndarray
+    running: np.ndarray
+    block_rates: np.ndarray
+    record_steps: np.ndarray
+    final_state: np.ndarray
+
+    @property
+    def axis(self) -> str:
+        return "layer" if self.kind == "mlp" else "step"
+
+    @property
+    def mean_exponents(self) -> np.ndarray:
+        """Exponents averaged over the batch, shape (k,)."""
+        return self.exponents.mean(axis=0)
+
+    @property
+    def max_exponent(self) -> np.ndarray:
+        """Largest exponent of each batch element, shape (B,); positive means chaos."""
+        return self.exponents[:, 0]
+
+    def kaplan_yorke_dimension(self) -> np.ndarray:
+        """Kaplan-Yorke (Lyapunov) dimension per batch element from the k exponents.
+
+        ``j + sum(lambda_1..j) / |lambda_{j+1}|`` with j the largest index whose partial sum is
+        non-negative (0 if the first exponent is negative, k if every partial sum is).
+        """
+        out = np.zeros(self.exponents.shape[0])
+        for b, lam in enumerate(self.exponents):
+            cs = np.cumsum(lam)
+            nonneg = np.nonzero(cs >= 0)[0]
+            if nonneg.size == 0:
+                continue
+            j = int(nonneg[-1]) + 1
+            out[b] = float(j) if j >= lam.size else j + cs[j - 1] / abs(lam[j])
+        return out
+
+    def to_pandas(self) -> Any:
+        """Running estimates in long format: columns step, sample, index, estimate."""
+        import pandas as pd
+
+        n, B, k = self.running.shape
+        return pd.DataFrame(
+            {
+                "step": np.repeat(self.record_steps, B * k),
+                "sample": np.tile(np.repeat(np.arange(B), k), n),
+                "index": np.tile(np.arange(k), n * B),
+                "estimate": self.running.ravel(),
+                "block_rate": self.block_rates.ravel(),
+            }
+        )
+
+    def __repr__(self) -> str:
+        B, k = self.exponents.shape
+        top = ", ".join(f"{v:.4g}" for v in self.mean_exponents[: min(k, 4)])
+        more = ", ..." if k > 4 else ""
+        return (
+            f"LyapunovSpectrum({self.kind}, top {k} of D={self.state_dim}, B={B}, {self.dtype.name})\n"
+            f"  exponents per {self.axis} (batch mean): [{top}{more}]\n"
+            f"  over {self.accumulated_steps} {self.axis}s after a burn-in of {self.burn_in}, "
+            f"QR every {self.qr_every}"
+        )
+
+
+def _check_nonneg_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
+def _chunks(model: RecurrentModel, x: Any, dt: np.dtype) -> tuple[Iterable[Any], int, int]:
+    """(chunks, batch, total steps or 0): an array is one chunk, anything else is iterated."""
+    if isinstance(x, np.ndarray) or (
+        isinstance(x, (list, tuple)) and len(x) > 0 and not isinstance(x[0], np.ndarray)
+    ):
+        arr = np.asarray(x)
+        if arr.ndim != 3:
+            raise ValueError(
+                f"x must have shape (T, B, input_size) or be an iterable of such chunks, got shape {arr.shape}"
+            )
+        if arr.shape[0] == 0:
+            raise ValueError(f"x is an empty sequence (T = 0, shape {arr.shape}); at least one step is needed")
+        return [arr], arr.shape[1], arr.shape[0]
+    if isinstance(x, (str, bytes)) or not isinstance(x, Iterable):
+        raise TypeError(f"x must be an array of shape (T, B, input_size) or an iterable of chunks, got {type(x).__name__}")
+    return x, -1, 0
+
+
+def lyapunov(
+    model: Model,
+    x: Any,
+    *,
+    k: int | None = None,
+    h0: Any = None,
+    burn_in: int = 0,
+    qr_every: int = 1,
+    dtype: Any = None,
+    seed: int = 0,
+    max_records: int = 10_000,
+    num_threads: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> LyapunovSpectrum:
+    """Top-k Lyapunov exponents of the tangent dynamics driven by the inputs.
+
+    Each batch element follows its own trajectory ``h_{t+1} = F(h_t, x_t)`` with k tangent
+    vectors ``V_{t+1} = J_t V_t`` (``J_t = d h_{t+1} / d h_t``; for an LSTM the state is
+    ``(h, c)``). Every ``qr_every`` steps the tangent block is re-orthonormalised by
+    Householder QR and ``log|diag R|`` accumulated in float64. For an MLP, depth plays the
+    role of time (every layer must keep the width).
+
+    Parameters
+    ----------
+    model : MLP, RNN, LSTM or GRU
+    x : array_like or iterable
+        Recurrent: an array of shape (T, B, input_size), or an iterable (e.g. a generator) of
+        (T_chunk, B, input_size) arrays, fed chunk by chunk so memory does not grow with T.
+        MLP: the input batch (B, input_size) (the initial states).
+    k : int, optional
+        Number of exponents, 1 <= k <= state dimension (default: the state dimension).
+    h0 : array_like of shape (B, N), for an LSTM a pair ``(h0, c0)``; zeros by default.
+    burn_in : int
+        Steps run (states and tangents evolve, tangents are re-orthonormalised) before the
+        logs start accumulating; lets the tangent vectors align with the dominant directions.
+    qr_every : int
+        Steps between re-orthonormalisations (>= 1). Larger values save QRs but let the
+        tangent vectors grow or shrink by ``exp(lambda * qr_every)`` in between.
+    dtype : float32 or float64, optional
+        Computation dtype (the model's when None); the logs are always accumulated in float64.
+    seed : int
+        Seed of the random initial tangent vectors.
+    max_records : int
+        Cap on the recorded running estimates (evenly spaced, see ``running``).
+    num_threads : int, optional
+    progress : callable(done, total), optional
+        ``total`` is 0 while the length of a streamed input is unknown.
+
+    Returns
+    -------
+    LyapunovSpectrum
+    """
+    check_model(model)
+    dt = compute_dtype(model, dtype)
+    D = state_dim(model)
+    if k is None:
+        k = D
+    k = check_positive_int(k, "k")
+    if k > D:
+        raise ValueError(f"k = {k} exceeds the state dimension {D} of this {model.kind}")
+    qr_every = check_positive_int(qr_every, "qr_every")
+    burn_in = _check_nonneg_int(burn_in, "burn_in")
+    max_records = check_positive_int(max_records, "max_records", minimum=2)
+    threads = resolve_threads(num_threads)
+    report = check_progress(progress)
+    spec = core_model(model, dt)
+    rng = np.random.default_rng(seed)
+
+    def make_engine(h0a: np.ndarray) -> Any:
+        v0 = rng.standard_normal((h0a.shape[0], k, D)).astype(dt)
+        return _core.LyapunovEngine(spec, h0a, v0, burn_in, qr_every, max_records, threads)
+
+    if isinstance(model, MLP):
+        xa = mlp_input(model, x, h0, dt)
+        engine = make_engine(xa)
+        engine.feed(None, model.depth, report)
+    else:
+        assert isinstance(model, RecurrentModel)
+        chunks, batch, total = _chunks(model, x, dt)
+        engine = None
+        fed = 0
+        for i, chunk in enumerate(chunks):
+            name = "x" if total else f"x chunk {i}"
+            c = as_float_array(chunk, name, dt, ndim=3, shape=(None, None, model.input_size), allow_empty=True)
+            if engine is None:
+                batch = c.shape[1]
+                if batch == 0:
+                    raise ValueError(f"{name} has an empty batch (B = 0)")
+                h0a = initial_state(model, h0, batch, dt)
+                if h0a is None:
+                    h0a = np.zeros((batch, D), dt)
+                engine = make_engine(h0a)
+            elif c.shape[1] != batch:
+                raise ValueError(f"{name} has batch size {c.shape[1]}, but earlier chunks had {batch}")
+            if c.shape[0] == 0:
+                continue
+            engine.feed(c, total, report)
+            fed += c.shape[0]
+        if engine is None or fed == 0:
+            raise ValueError("x is an empty sequence (no steps); at least one step is needed")
+    out = engine.result()
+    if out["accumulated_steps"] == 0:
+        raise ValueError(
+            f"burn_in = {burn_in} leaves no steps to average over: the input has {out['steps']} steps"
+        )
+    growth = out["log_growth"] / out["accumulated_steps"]
+    return LyapunovSpectrum(
+        model=model, kind=model.kind, dtype=dt, k=k, state_dim=D, burn_in=burn_in,
+        qr_every=qr_every, steps=int(out["steps"]), accumulated_steps=int(out["accumulated_steps"]),
+        exponents=-np.sort(-growth, axis=1), running=out["running"], block_rates=out["block_rates"],
+        record_steps=out["record_steps"], final_state=out["state"],
+    )
