@@ -27,7 +27,9 @@ def torch_mlp_flow(torch, model, x, cotangent=None, dtype=None):
     grads = [t.grad.detach().double().numpy() for t in hs]
     lin = [m for m in net if isinstance(m, torch.nn.Linear)]
     wn = np.array([m.weight.grad.double().norm().item() for m in lin])
-    bn = np.array([m.bias.grad.double().norm().item() if m.bias is not None else np.nan for m in lin])
+    bn = np.array(
+        [m.bias.grad.double().norm().item() if m.bias is not None else np.nan for m in lin]
+    )
     return grads, y.detach().double().numpy(), {"weight": wn, "bias": bn}
 
 
@@ -126,3 +128,99 @@ def _lstm_state_partials(torch, cell, xt, hs, cs, cotangent, dtype):
         gh, gc = torch.autograd.grad((h_out, c_out), (h_in, c_in), (gh, gc))
         out.append(gc.detach().double().numpy())
     return np.stack(out[::-1])
+
+
+def torch_layer_fn(torch, model, i):
+    """Layer ``i`` of a vgcore MLP as a float64 PyTorch function of h (a vector or a batch of
+    rows), written from the layer definition independently of vgcore."""
+    F = torch.nn.functional
+
+    def t(a):
+        return None if a is None else torch.tensor(np.asarray(a, np.float64))
+
+    import vgcore
+
+    W, b = t(model.weights[i]), t(model.biases[i])
+    gam, bet = t(model.norm_weights[i]), t(model.norm_biases[i])
+    GW, Gb = t(model.gate_weights[i]), t(model.gate_biases[i])
+    act = vgcore.activations.to_torch_module(model.activations[i]).double()
+    block, alpha, norm, eps = model.blocks[i], model.alphas[i], model.norms[i], model.eps
+    if norm == "batchnorm":
+        raise ValueError("BatchNorm has no per-sample map")
+
+    def f(h):
+        z = F.linear(h, W, b)
+        if norm == "layernorm":
+            z = F.layer_norm(z, (z.shape[-1],), gam, bet, eps=eps)
+        a = act(z)
+        if block == "residual":
+            return h + alpha * a
+        if block == "highway":
+            g = torch.sigmoid(F.linear(h, GW, Gb))
+            return g * a + (1 - g) * h
+        return a
+
+    return f
+
+
+def torch_cell_fn(torch, model):
+    """The recurrent cell of a vgcore RNN/LSTM/GRU as a float64 PyTorch function
+    ``f(state, x_t) -> next state`` built on torch.nn's cell modules; an LSTM's state is
+    ``[h, c]`` concatenated along the last axis."""
+    m64 = model.astype(np.float64)
+    N, I = m64.hidden_size, m64.input_size
+    bias = m64.bias_ih is not None
+    dt = torch.float64
+    if model.kind == "rnn":
+        cell = torch.nn.RNNCell(I, N, bias=bias, nonlinearity=m64.nonlinearity, dtype=dt)
+    elif model.kind == "lstm":
+        cell = torch.nn.LSTMCell(I, N, bias=bias, dtype=dt)
+    else:
+        cell = torch.nn.GRUCell(I, N, bias=bias, dtype=dt)
+    with torch.no_grad():
+        cell.weight_ih.copy_(torch.from_numpy(m64.weight_ih))
+        cell.weight_hh.copy_(torch.from_numpy(m64.weight_hh))
+        if bias:
+            cell.bias_ih.copy_(torch.from_numpy(m64.bias_ih))
+            cell.bias_hh.copy_(torch.from_numpy(m64.bias_hh))
+    for p in cell.parameters():
+        p.requires_grad_(False)
+
+    if model.kind == "lstm":
+
+        def f(s, x):
+            h, c = cell(x, (s[..., :N], s[..., N:]))
+            return torch.cat([h, c], dim=-1)
+
+        return f
+    return lambda s, x: cell(x, s)
+
+
+def torch_trajectory_jacobians(torch, model, x, h0=None):
+    """Per-step state Jacobians along each sample's trajectory, by torch.func.jacrev:
+    a list over steps of arrays (B, D_out, D_in). MLP: x is (B, in); recurrent: (T, B, I),
+    h0 (B, D) state rows (LSTM: [h, c]) or None for zeros."""
+    from torch.func import jacrev, vmap
+
+    x = np.asarray(x, np.float64)
+    if model.kind == "mlp":
+        h = torch.from_numpy(x)
+        out = []
+        for i in range(model.depth):
+            f = torch_layer_fn(torch, model, i)
+            out.append(vmap(jacrev(f))(h).numpy())
+            h = f(h)
+        return out
+    f = torch_cell_fn(torch, model)
+    T, B, _ = x.shape
+    s = (
+        torch.zeros(B, model.state_size, dtype=torch.float64)
+        if h0 is None
+        else torch.from_numpy(np.asarray(h0, np.float64))
+    )
+    out = []
+    for t in range(T):
+        xt = torch.from_numpy(x[t])
+        out.append(vmap(jacrev(f))(s, xt).numpy())
+        s = f(s, xt)
+    return out

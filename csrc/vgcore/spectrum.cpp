@@ -120,17 +120,18 @@ KrylovResult krylov_schur(std::size_t n, Apply&& apply, const SpectrumOptions& o
     std::vector<double> sorted(mod);
     std::sort(sorted.begin(), sorted.end(), std::greater<double>());
     const std::size_t want = std::min(keep, mm);
-    const double thr = sorted[want - 1] * (1 - 1e-14);
-    for (std::size_t i = 0; i < mm; ++i) select[i] = mod[i] >= thr ? 1 : 0;
-    int sdim = lapack::trsen(imm, S.data(), imm, Z.data(), imm, select.data(), wr.data(), wi.data());
-    if (sdim < 0) {  // reordering too ill-conditioned: move only the top eigenvalue (pair) up
-      for (std::size_t c = 0; c < mm; ++c)
-        for (std::size_t r = 0; r < mm; ++r) S[c * mm + r] = H[c * ldh + r];
-      lapack::gees(imm, S.data(), imm, wr.data(), wi.data(), Z.data(), imm);
-      const double top = sorted[0] * (1 - 1e-14);
-      for (std::size_t i = 0; i < mm; ++i) select[i] = std::hypot(wr[i], wi[i]) >= top ? 1 : 0;
-      sdim = lapack::trsen(imm, S.data(), imm, Z.data(), imm, select.data(), wr.data(), wi.data());
-      if (sdim < 0) throw std::runtime_error("Krylov-Schur: the Schur form could not be reordered");
+    // Move the eigenvalues of modulus >= thr to the top of the Schur form. trsen keeps the
+    // relative order of the ones it moves, so the dominant one is moved first on its own: the
+    // second pass then leaves it in the leading position (a 2 x 2 block for a complex pair).
+    auto move_up = [&](double thr) {
+      for (std::size_t i = 0; i < mm; ++i) select[i] = std::hypot(wr[i], wi[i]) >= thr ? 1 : 0;
+      return lapack::trsen(imm, S.data(), imm, Z.data(), imm, select.data(), wr.data(), wi.data());
+    };
+    int sdim = move_up(sorted[0] * (1 - 1e-14));
+    if (sdim < 0) throw std::runtime_error("Krylov-Schur: the Schur form could not be reordered");
+    if (want > static_cast<std::size_t>(sdim)) {
+      const int s2 = move_up(sorted[want - 1] * (1 - 1e-14));
+      if (s2 >= 0) sdim = s2;  // too ill-conditioned to move the cluster: keep the top only
     }
     const std::size_t s = (mm > 1 && S[1] != 0.0) ? 2 : 1;
     const std::complex<double> lambda(wr[0], wi[0]);

@@ -580,6 +580,8 @@ class RecurrentModel(Model):
             init, cls.kind, input_size, hidden_size, rng=_rng(seed), dtype=dt,
             nonlinearity=nonlinearity,
         )
+        if cls.kind == "rnn":  # the nonlinearity shapes the init and is part of the model
+            extra["nonlinearity"] = nonlinearity
         return cls(
             p["weight_ih"], p["weight_hh"],
             p["bias_ih"] if bias else None, p["bias_hh"] if bias else None,
