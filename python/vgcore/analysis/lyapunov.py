@@ -142,10 +142,14 @@ def _chunks(model: RecurrentModel, x: Any, dt: np.dtype) -> tuple[Iterable[Any],
                 f"x must have shape (T, B, input_size) or be an iterable of such chunks, got shape {arr.shape}"
             )
         if arr.shape[0] == 0:
-            raise ValueError(f"x is an empty sequence (T = 0, shape {arr.shape}); at least one step is needed")
+            raise ValueError(
+                f"x is an empty sequence (T = 0, shape {arr.shape}); at least one step is needed"
+            )
         return [arr], arr.shape[1], arr.shape[0]
     if isinstance(x, (str, bytes)) or not isinstance(x, Iterable):
-        raise TypeError(f"x must be an array of shape (T, B, input_size) or an iterable of chunks, got {type(x).__name__}")
+        raise TypeError(
+            f"x must be an array of shape (T, B, input_size) or an iterable of chunks, got {type(x).__name__}"
+        )
     return x, -1, 0
 
 
@@ -195,7 +199,8 @@ def lyapunov(
         Cap on the recorded running estimates (evenly spaced, see ``running``).
     num_threads : int, optional
     progress : callable(done, total), optional
-        ``total`` is 0 while the length of a streamed input is unknown.
+        ``total`` is 0 while the length of a streamed input is unknown; a last call
+        ``(steps, steps)`` marks the end of a stream.
 
     Returns
     -------
@@ -232,7 +237,9 @@ def lyapunov(
         fed = 0
         for i, chunk in enumerate(chunks):
             name = "x" if total else f"x chunk {i}"
-            c = as_float_array(chunk, name, dt, ndim=3, shape=(None, None, model.input_size), allow_empty=True)
+            c = as_float_array(
+                chunk, name, dt, ndim=3, shape=(None, None, model.input_size), allow_empty=True
+            )
             if engine is None:
                 batch = c.shape[1]
                 if batch == 0:
@@ -242,13 +249,17 @@ def lyapunov(
                     h0a = np.zeros((batch, D), dt)
                 engine = make_engine(h0a)
             elif c.shape[1] != batch:
-                raise ValueError(f"{name} has batch size {c.shape[1]}, but earlier chunks had {batch}")
+                raise ValueError(
+                    f"{name} has batch size {c.shape[1]}, but earlier chunks had {batch}"
+                )
             if c.shape[0] == 0:
                 continue
             engine.feed(c, total, report)
             fed += c.shape[0]
         if engine is None or fed == 0:
             raise ValueError("x is an empty sequence (no steps); at least one step is needed")
+        if progress is not None and not total:  # the stream has ended: its length is known
+            progress(fed, fed)
     out = engine.result()
     if out["accumulated_steps"] == 0:
         raise ValueError(
@@ -256,8 +267,18 @@ def lyapunov(
         )
     growth = out["log_growth"] / out["accumulated_steps"]
     return LyapunovSpectrum(
-        model=model, kind=model.kind, dtype=dt, k=k, state_dim=D, burn_in=burn_in,
-        qr_every=qr_every, steps=int(out["steps"]), accumulated_steps=int(out["accumulated_steps"]),
-        exponents=-np.sort(-growth, axis=1), running=out["running"], block_rates=out["block_rates"],
-        record_steps=out["record_steps"], final_state=out["state"],
+        model=model,
+        kind=model.kind,
+        dtype=dt,
+        k=k,
+        state_dim=D,
+        burn_in=burn_in,
+        qr_every=qr_every,
+        steps=int(out["steps"]),
+        accumulated_steps=int(out["accumulated_steps"]),
+        exponents=-np.sort(-growth, axis=1),
+        running=out["running"],
+        block_rates=out["block_rates"],
+        record_steps=out["record_steps"],
+        final_state=out["state"],
     )
