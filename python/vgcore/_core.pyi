@@ -38,4 +38,44 @@ def recurrent_gradient_flow(
     num_threads: int,
     progress: Callable[[int, int], Any] | None,
 ) -> dict[str, Any]: ...
+def tangent_map(
+    model: dict[str, Any], step: int, x_t: np.ndarray | None, state: np.ndarray, V: np.ndarray, W: np.ndarray
+) -> dict[str, np.ndarray]: ...
+def jacobian_spectrum(
+    model: dict[str, Any],
+    x: np.ndarray,
+    h0: np.ndarray | None,
+    which: list[int],
+    method: str,
+    tol: float,
+    max_iter: int,
+    ncv: int,
+    block: int,
+    seed: int,
+    num_threads: int,
+    progress: Callable[[int, int], Any] | None,
+) -> dict[str, np.ndarray]: ...
+def jacobian_log_singular_values(
+    model: dict[str, Any],
+    x: np.ndarray,
+    h0: np.ndarray | None,
+    num_threads: int,
+    progress: Callable[[int, int], Any] | None,
+) -> dict[str, np.ndarray]: ...
+def graded_jacobi(B: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, int]: ...
+
+class LyapunovEngine:
+    def __init__(
+        self,
+        model: dict[str, Any],
+        h0: np.ndarray,
+        v0: np.ndarray,
+        burn_in: int,
+        qr_every: int,
+        max_records: int,
+        num_threads: int,
+    ) -> None: ...
+    def feed(self, x: np.ndarray | None, total_hint: int, progress: Callable[[int, int], Any] | None) -> None: ...
+    def result(self) -> dict[str, Any]: ...
+
 def __getattr__(name: str) -> Any: ...
