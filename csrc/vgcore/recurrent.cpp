@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "vgcore/blas.hpp"
+#include "vgcore/parallel_rows.hpp"
 #include "vgcore/fastmath.hpp"
 #include "vgcore/workspace.hpp"
 
@@ -279,12 +280,8 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
       if (w.bias_hh && !gru) bias[k] += w.bias_hh[k];
     }
     for (std::size_t r = 0; r < T_ * B; ++r) std::copy(bias.begin(), bias.end(), p.A.data() + r * GN);
-    // Rows split over our own workers, one BLAS thread each: waking OpenBLAS's pool here would
-    // leave its threads spinning (about 0.1 s) on the cores the recurrence then needs.
-    const std::size_t n_proj = resolve_threads(opt.num_threads, std::max<std::size_t>(1, T_ * B / 64));
-    blas::BlasThreadsScope proj_threads(n_proj > 1 ? 1 : budget);
-    run_chunks(n_proj, ctl, [&](std::size_t ci) {
-      const auto [r0, r1] = split_range(T_ * B, n_proj, ci);
+    // On our own workers: OpenBLAS's pool would keep spinning on the cores (parallel_rows.hpp).
+    parallel_rows(opt.num_threads, T_ * B, 64, ctl, [&](std::size_t r0, std::size_t r1) {
       blas::gemm(blas::Op::N, blas::Op::T, r1 - r0, GN, I, T(1), io.x + r0 * I, I, w.weight_ih, I,
                  T(1), p.A.data() + r0 * GN, GN);
     });

@@ -14,6 +14,7 @@
 #include "vgcore/blas.hpp"
 #include "vgcore/householder.hpp"
 #include "vgcore/lapack.hpp"
+#include "vgcore/parallel_rows.hpp"
 
 namespace vgcore {
 namespace {
@@ -286,7 +287,10 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
     std::vector<T> P(dense ? 0 : sub * B * GN);
     for (std::size_t t0 = 0; t0 < last; t0 += sub) {
       const std::size_t tn = std::min(sub, last - t0);
-      if (!dense) m.project_inputs(x + t0 * B * I, tn * B, P.data());
+      if (!dense)  // on our own workers (parallel_rows.hpp)
+        parallel_rows(opt.num_threads, tn * B, 64, ctl, [&](std::size_t r0, std::size_t r1) {
+          m.project_inputs(x + (t0 * B + r0) * I, r1 - r0, P.data() + r0 * GN);
+        });
       blas::BlasThreadsScope chunk_threads(n_fwd > 1 ? 1 : budget);
       run_chunks(n_fwd, ctl, [&](std::size_t ci) {
         const auto [b0, b1] = split_range(B, n_fwd, ci);
