@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "vgcore/blas.hpp"
+#include "vgcore/packed_gemm.hpp"
 #include "vgcore/parallel_rows.hpp"
 #include "vgcore/fastmath.hpp"
 #include "vgcore/workspace.hpp"
@@ -42,6 +43,8 @@ struct Problem {
   // H: (T+1, B, N) hidden states; C, TC: LSTM cell states and tanh(c_t); HN: GRU W_hn h + b_hn
   // during the forward pass, dL/d(n pre-activation) after the backward pass.
   Buffer<T> H, C, TC, HN;
+  // W_hh packed once for the per-step products: h W_hh^T (forward) and g W_hh (backward).
+  PackedMatrix<T> fwd, bwd;
 
   T* a(std::size_t t, std::size_t b) { return A.data() + (t * B + b) * GN; }
   T* h(std::size_t t, std::size_t b) { return H.data() + (t * B + b) * N; }
@@ -58,7 +61,7 @@ void forward_rnn(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, c
                  ChunkStats& st, T sat_level) {
   const std::size_t N = p.N;
   T* at = p.a(t, b0);
-  blas::gemm(blas::Op::N, blas::Op::T, nb, N, N, T(1), p.h(t, b0), N, p.w.weight_hh, N, T(1), at, N);
+  gemm_packed(nb, p.h(t, b0), N, p.fwd, T(1), at, N);
   T* hn = p.h(t + 1, b0);
   activation_forward(act, at, hn, at, nb * N);
   double s = 0, s2 = 0;
@@ -105,7 +108,7 @@ void forward_lstm(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, 
                   double thr) {
   const std::size_t N = p.N, GN = p.GN;
   T* at = p.a(t, b0);
-  blas::gemm(blas::Op::N, blas::Op::T, nb, GN, N, T(1), p.h(t, b0), N, p.w.weight_hh, N, T(1), at, GN);
+  gemm_packed(nb, p.h(t, b0), N, p.fwd, T(1), at, GN);
   const T sat_sig = static_cast<T>(0.25 * thr), sat_tanh = static_cast<T>(thr);
   double s = 0, s2 = 0;
   std::size_t n_gate[4] = {0, 0, 0, 0};
@@ -148,8 +151,7 @@ void forward_gru(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, C
   if (p.w.bias_hh) {
     for (std::size_t b = 0; b < nb; ++b) std::copy(p.w.bias_hh, p.w.bias_hh + GN, q.data() + b * GN);
   }
-  blas::gemm(blas::Op::N, blas::Op::T, nb, GN, N, T(1), p.h(t, b0), N, p.w.weight_hh, N,
-             p.w.bias_hh ? T(1) : T(0), q.data(), GN);
+  gemm_packed(nb, p.h(t, b0), N, p.fwd, p.w.bias_hh ? T(1) : T(0), q.data(), GN);
   const T sat_sig = static_cast<T>(0.25 * thr), sat_tanh = static_cast<T>(thr);
   double s = 0, s2 = 0;
   std::size_t n_gate[3] = {0, 0, 0};
@@ -185,7 +187,7 @@ void backward_rnn(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, 
   const std::size_t N = p.N;
   T* at = p.a(t, b0);
   rnn_back_row(at, dh, f, nb * N);
-  blas::gemm(blas::Op::N, blas::Op::N, nb, N, N, T(1), at, N, p.w.weight_hh, N, T(0), dh_prev, N);
+  gemm_packed(nb, at, N, p.bwd, T(0), dh_prev, N);
 }
 
 template <class T>
@@ -213,7 +215,7 @@ void backward_lstm(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb,
     lstm_back_row(ai, ai + N, ai + 2 * N, ai + 3 * N, p.c(t, b0 + b), p.tc(t, b0 + b), dh + b * N,
                   dc + b * N, f, N);
   }
-  blas::gemm(blas::Op::N, blas::Op::N, nb, N, GN, T(1), at, GN, p.w.weight_hh, N, T(0), dh_prev, N);
+  gemm_packed(nb, at, GN, p.bwd, T(0), dh_prev, N);
 }
 
 template <class T>
@@ -241,7 +243,7 @@ void backward_gru(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, 
     gru_back_row(ar, ar + N, ar + 2 * N, p.hn(t, b0 + b), p.h(t, b0 + b), dh + b * N,
                  dh_prev + b * N, f, N);
   }
-  blas::gemm(blas::Op::N, blas::Op::N, nb, N, GN, T(1), at, GN, p.w.weight_hh, N, T(1), dh_prev, N);
+  gemm_packed(nb, at, GN, p.bwd, T(1), dh_prev, N);
 }
 
 template <class T>
@@ -262,7 +264,9 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
   if (T_ == 0) throw std::invalid_argument("x must have at least one time step, got T = 0");
   const int budget = static_cast<int>(resolve_threads(opt.num_threads, 1 << 20));
   blas::BlasThreadsScope whole_call(budget);  // input projection and parameter GEMMs
-  Problem<T> p{w, io, opt, T_, B, N, I, G, GN, {}, {}, {}, {}, {}};
+  Problem<T> p{w, io, opt, T_, B, N, I, G, GN, {}, {}, {}, {}, {}, {}, {}};
+  p.fwd = PackedMatrix<T>::transposed(w.weight_hh, GN, N, N);
+  p.bwd = PackedMatrix<T>::rows(w.weight_hh, GN, N, N);
   p.A.resize(T_ * B * GN);
   p.H.resize((T_ + 1) * B * N);
   if (lstm) {
