@@ -143,21 +143,52 @@ bool packed_gemm_available() {
 }
 
 template <class T>
-PackedMatrix<T> PackedMatrix<T>::rows(const T* b, std::size_t k, std::size_t n, std::size_t ldb) {
-  PackedMatrix pm;
-  pm.k_ = k;
-  pm.n_ = n;
-  pm.src_ = b;
-  pm.ld_ = ldb;
-  pm.trans_ = false;
-  if (!packed_gemm_available()) return pm;
+void PackedMatrix<T>::assign_rows(const T* b, std::size_t k, std::size_t n, std::size_t ldb) {
+  k_ = k;
+  n_ = n;
+  src_ = b;
+  ld_ = ldb;
+  trans_ = false;
+  data_.clear();
+  if (!packed_gemm_available()) return;
   const std::size_t np = (n + kPanel - 1) / kPanel;
-  pm.data_.assign(np * k * kPanel, T(0));
+  data_.resize(np * k * kPanel);
   for (std::size_t j = 0; j < np; ++j) {
     const std::size_t j0 = j * kPanel, w = std::min(kPanel, n - j0);
-    T* dst = pm.data_.data() + j * k * kPanel;
-    for (std::size_t p = 0; p < k; ++p) std::copy(b + p * ldb + j0, b + p * ldb + j0 + w, dst + p * kPanel);
+    T* dst = data_.data() + j * k * kPanel;
+    for (std::size_t p = 0; p < k; ++p) {
+      std::copy(b + p * ldb + j0, b + p * ldb + j0 + w, dst + p * kPanel);
+      std::fill(dst + p * kPanel + w, dst + (p + 1) * kPanel, T(0));
+    }
   }
+}
+
+template <class T>
+void PackedMatrix<T>::assign_transposed(const T* w, std::size_t n, std::size_t k, std::size_t ldw) {
+  k_ = k;
+  n_ = n;
+  src_ = w;
+  ld_ = ldw;
+  trans_ = true;
+  data_.clear();
+  if (!packed_gemm_available()) return;
+  const std::size_t np = (n + kPanel - 1) / kPanel;
+  data_.resize(np * k * kPanel);
+  for (std::size_t j = 0; j < np; ++j) {
+    const std::size_t j0 = j * kPanel, wd = std::min(kPanel, n - j0);
+    T* dst = data_.data() + j * k * kPanel;
+    if (wd < kPanel) std::fill(dst, dst + k * kPanel, T(0));
+    for (std::size_t q = 0; q < wd; ++q) {
+      const T* row = w + (j0 + q) * ldw;
+      for (std::size_t p = 0; p < k; ++p) dst[p * kPanel + q] = row[p];
+    }
+  }
+}
+
+template <class T>
+PackedMatrix<T> PackedMatrix<T>::rows(const T* b, std::size_t k, std::size_t n, std::size_t ldb) {
+  PackedMatrix pm;
+  pm.assign_rows(b, k, n, ldb);
   return pm;
 }
 
@@ -165,22 +196,7 @@ template <class T>
 PackedMatrix<T> PackedMatrix<T>::transposed(const T* w, std::size_t n, std::size_t k,
                                             std::size_t ldw) {
   PackedMatrix pm;
-  pm.k_ = k;
-  pm.n_ = n;
-  pm.src_ = w;
-  pm.ld_ = ldw;
-  pm.trans_ = true;
-  if (!packed_gemm_available()) return pm;
-  const std::size_t np = (n + kPanel - 1) / kPanel;
-  pm.data_.assign(np * k * kPanel, T(0));
-  for (std::size_t j = 0; j < np; ++j) {
-    const std::size_t j0 = j * kPanel, wd = std::min(kPanel, n - j0);
-    T* dst = pm.data_.data() + j * k * kPanel;
-    for (std::size_t q = 0; q < wd; ++q) {
-      const T* row = w + (j0 + q) * ldw;
-      for (std::size_t p = 0; p < k; ++p) dst[p * kPanel + q] = row[p];
-    }
-  }
+  pm.assign_transposed(w, n, k, ldw);
   return pm;
 }
 

@@ -28,6 +28,10 @@ class PackedMatrix {
   // B = W^T for the row-major n x k matrix at w (row stride ldw).
   static PackedMatrix transposed(const T* w, std::size_t n, std::size_t k, std::size_t ldw);
 
+  // The same, reusing this object's storage (no allocation once it is large enough).
+  void assign_rows(const T* b, std::size_t k, std::size_t n, std::size_t ldb);
+  void assign_transposed(const T* w, std::size_t n, std::size_t k, std::size_t ldw);
+
   std::size_t k() const { return k_; }
   std::size_t n() const { return n_; }
   bool packed() const { return !data_.empty(); }
