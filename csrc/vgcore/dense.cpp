@@ -191,8 +191,9 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
   const std::size_t total_work = 2 * L;
 
   {
-  // Workers run single-threaded BLAS; a single chunk gets the whole thread budget.
-  blas::BlasThreadsScope chunk_threads(n_chunks > 1 ? 1 : budget);
+  // Workers run single-threaded BLAS; a single chunk gets the whole budget for big products.
+  blas::BlasThreadsScope chunk_threads(
+      n_chunks > 1 ? 1 : blas::step_threads(B, max_width, max_width, budget));
   run_chunks(n_chunks, ctl, [&](std::size_t c) {
     const auto [b0, b1] = split_range(B, n_chunks, c);
     const std::size_t nb = b1 - b0;

@@ -305,8 +305,8 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
 
   // (2) Forward and backward through time, batch-parallel.
   {
-  // Workers run single-threaded BLAS; a single chunk gets the whole thread budget.
-  blas::BlasThreadsScope chunk_threads(n_chunks > 1 ? 1 : budget);
+  // Workers run single-threaded BLAS (a fallback for the packed products, see packed_gemm.hpp).
+  blas::BlasThreadsScope chunk_threads(n_chunks > 1 ? 1 : blas::step_threads(B, GN, N, budget));
   run_chunks(n_chunks, ctl, [&](std::size_t ci) {
     const auto [b0, b1] = split_range(B, n_chunks, ci);
     const std::size_t nb = b1 - b0;

@@ -223,7 +223,8 @@ SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x
       parallel_rows(opt.num_threads, tn * B, 64, ctl, [&](std::size_t r0, std::size_t r1) {
         m.project_inputs(x + (t0 * B + r0) * I, r1 - r0, P.data() + r0 * GN);
       });
-    blas::BlasThreadsScope chunk_threads(n_chunks > 1 ? 1 : budget);
+    blas::BlasThreadsScope chunk_threads(
+        n_chunks > 1 ? 1 : blas::step_threads(B * (max_w + 1), max_w, max_w, budget));
     run_chunks(n_chunks, ctl, [&](std::size_t ci) {
       auto& c = chunks[ci];
       for (std::size_t t = 0; t < tn; ++t) {

@@ -291,7 +291,8 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
         parallel_rows(opt.num_threads, tn * B, 64, ctl, [&](std::size_t r0, std::size_t r1) {
           m.project_inputs(x + (t0 * B + r0) * I, r1 - r0, P.data() + r0 * GN);
         });
-      blas::BlasThreadsScope chunk_threads(n_fwd > 1 ? 1 : budget);
+      blas::BlasThreadsScope chunk_threads(
+          n_fwd > 1 ? 1 : blas::step_threads(B, max_w, std::max(max_w, GN), budget));
       run_chunks(n_fwd, ctl, [&](std::size_t ci) {
         const auto [b0, b1] = split_range(B, n_fwd, ci);
         const std::size_t nb = b1 - b0;
@@ -320,7 +321,9 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
   const std::size_t n_tasks = n_sel * B;
   const std::size_t n_workers = resolve_threads(opt.num_threads, n_tasks);
   std::atomic<std::size_t> next{0}, done{0};
-  blas::BlasThreadsScope worker_threads(n_workers > 1 ? 1 : budget);
+  // One task at a time on one worker: LAPACK on a big Jacobian can use the whole budget.
+  blas::BlasThreadsScope worker_threads(
+      n_workers > 1 ? 1 : blas::step_threads(max_w, max_w, max_w, budget));
   run_chunks(n_workers, ctl, [&](std::size_t wi) {
     std::vector<T> cache, U, ybuf, J, J2, tmp, tmp2;
     std::vector<T> wr, wim, sv;
