@@ -252,6 +252,9 @@ TangentModel<T> TangentModel<T>::recurrent(const RecurrentWeights<T>& w) {
   TangentModel m;
   m.w_ = w;
   m.act_ = make_activation(w.kind == CellKind::rnn_relu ? "relu" : "tanh");
+  const std::size_t GN = cell_gates(w.kind) * w.hidden;
+  m.whh_t_ = PackedMatrix<T>::transposed(w.weight_hh, GN, w.hidden, w.hidden);
+  m.whh_ = PackedMatrix<T>::rows(w.weight_hh, GN, w.hidden, w.hidden);
   return m;
 }
 
@@ -310,8 +313,7 @@ void TangentModel<T>::gemm_rows(std::size_t s, const T* X, std::size_t ldx, std:
                  U + ly.out, ldu);
     return;
   }
-  const std::size_t N = w_.hidden;
-  blas::gemm(Op::N, Op::T, rows, gemm_cols(s), N, T(1), X, ldx, w_.weight_hh, N, T(0), U, ldu);
+  gemm_packed(rows, X, ldx, whh_t_, T(0), U, ldu);
 }
 
 template <class T>
@@ -452,7 +454,7 @@ void TangentModel<T>::vjp(std::size_t s, const T* cache, const T* Win, T* Wout, 
     }
     // h part of the result: G W_hh (+ the direct GRU term already in Wout).
     const T beta = w_.kind == CellKind::gru ? T(1) : T(0);
-    blas::gemm(Op::N, Op::N, k, N, gc, T(1), G, gc, w_.weight_hh, N, beta, Wout, din);
+    gemm_packed(k, G, gc, whh_, beta, Wout, din);
     return;
   }
   const DenseLayer<T>& ly = layers_[s];

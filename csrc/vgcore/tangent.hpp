@@ -20,6 +20,7 @@
 
 #include "vgcore/activations.hpp"
 #include "vgcore/dense.hpp"
+#include "vgcore/packed_gemm.hpp"
 #include "vgcore/recurrent.hpp"
 
 namespace vgcore {
@@ -89,6 +90,8 @@ class TangentModel {
   std::vector<DenseLayer<T>> layers_;
   RecurrentWeights<T> w_;
   Activation act_;  // simple RNN nonlinearity
+  // W_hh packed once (packed_gemm.hpp): X W_hh^T for JVPs and the forward step, G W_hh for VJPs.
+  PackedMatrix<T> whh_t_, whh_;
 };
 
 // One step for nb samples that each carry k tangent rows. X holds [nb state rows; nb*k tangent
