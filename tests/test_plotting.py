@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import vgcore
-from vgcore import LSTM, MLP, plotting
+from vgcore import LSTM, MLP, RNN, plotting
 
 mpl = pytest.importorskip("matplotlib")
 mpl.use("Agg")
@@ -89,36 +89,124 @@ def test_saturation_plot():
     assert np.allclose(ax.get_lines()[1].get_ydata(), b.saturation)
 
 
-def test_spectral_radius_plot_duck_typed():
-    res = SimpleNamespace(spectral_radius=np.linspace(0.5, 2.0, 30), spectral_norm=np.full(30, 2.5))
-    ax = plotting.plot_spectral_radius(res)
-    assert ax.get_yscale() == "log" and len(ax.get_lines()) == 3
-    batch = SimpleNamespace(
-        spectral_radius=np.abs(np.random.default_rng(0).normal(1, 0.1, (8, 20)))
-    )
-    ax = plotting.plot_spectral_radius(batch)
-    assert len(ax.collections) == 1  # the 10-90% band
+# ------------------------------------------------------------------------------------------
+# Jacobian analyses: the real result objects
+def _rnn_seq(T=40, B=6, n_in=4, seed=0):
+    return np.random.default_rng(seed).standard_normal((T, B, n_in))
+
+
+def test_spectral_radius_plot_of_a_jacobian_spectrum():
+    rnn = RNN.from_sizes(4, 8, seed=0)
+    sp = vgcore.jacobian_spectrum(rnn, _rnn_seq())
+    assert sp.spectral_radius.shape == (40, 6)
+    ax = sp.plot()
+    rho, sig, one = ax.get_lines()
+    # the batch median per step, drawn at the steps
+    assert np.array_equal(rho.get_xdata(), sp.steps)
+    assert np.allclose(rho.get_ydata(), np.median(sp.spectral_radius, axis=1))
+    assert np.allclose(sig.get_ydata(), np.median(sp.sigma_max, axis=1))
+    assert sig.get_linestyle() == "--"
+    assert one.get_ydata()[0] == 1.0  # the reference line at 1
+    assert ax.get_yscale() == "log" and "time step" in ax.get_xlabel()
+    # min-max bands over the batch, one per curve
+    assert len(ax.collections) == 2
+    band = ax.collections[0].get_paths()[0].vertices
+    assert band[:, 1].max() == pytest.approx(sp.spectral_radius.max())
+    assert band[:, 1].min() == pytest.approx(sp.spectral_radius.min())
+    # quantile bands, no sigma_max, given axes
+    _, ax2 = plt.subplots()
+    out = plotting.plot_spectral_radius(sp, ax=ax2, band=(0.25, 0.75), sigma_max=False)
+    assert out is ax2 and len(ax2.get_lines()) == 2 and len(ax2.collections) == 1
+    v = ax2.collections[0].get_paths()[0].vertices[:, 1]
+    assert v.max() <= sp.spectral_radius.max() and "25-75%" in ax2.get_legend_handles_labels()[1][1]
+    with pytest.raises(ValueError, match="band"):
+        plotting.plot_spectral_radius(sp, band=(0.9, 0.1))
+
+
+def test_spectral_radius_plot_of_an_mlp_skips_nonsquare_layers():
+    m = MLP.from_sizes([16, 24, 24, 8], "tanh", seed=0)
+    sp = vgcore.jacobian_spectrum(m, np.random.default_rng(0).standard_normal((5, 16)))
+    ax = plotting.plot(sp)
+    rho, sig, _ = ax.get_lines()
+    assert np.array_equal(rho.get_xdata(), [1, 2, 3])  # layers l = steps + 1
+    y = np.asarray(rho.get_ydata(), float)
+    assert np.isnan(y[[0, 2]]).all() and y[1] == pytest.approx(np.median(sp.spectral_radius[1]))
+    assert np.allclose(sig.get_ydata(), np.median(sp.sigma_max, axis=1))
+    assert "layer" in ax.get_xlabel()
 
 
 def test_lyapunov_plot_spectrum_and_convergence():
-    hist = (
-        np.cumsum(np.random.default_rng(0).normal(size=(50, 3)), axis=0) / np.arange(1, 51)[:, None]
-    )
-    res = SimpleNamespace(exponents=np.array([0.1, -0.2, -0.5]), history=hist)
-    axes = plotting.plot_lyapunov(res)
+    rnn = RNN.from_sizes(4, 8, init={"name": "gaussian", "sigma_w2": 4.0}, seed=0)
+    ly = vgcore.lyapunov(rnn, _rnn_seq(T=60), k=5)
+    axes = ly.plot()
     assert len(axes) == 2
-    assert np.allclose(axes[0].get_lines()[0].get_ydata(), res.exponents)
-    assert len(axes[1].get_lines()) == 4  # 3 running estimates + zero line
-    single = plotting.plot_lyapunov(SimpleNamespace(exponents=np.array([0.3])))
-    assert len(np.atleast_1d(single)) == 1
+    spec, conv = axes
+    mean, zero = spec.get_lines()
+    assert np.array_equal(mean.get_xdata(), np.arange(1, 6))
+    assert np.allclose(mean.get_ydata(), ly.exponents.mean(axis=0))
+    assert np.allclose(mean.get_ydata(), ly.mean_exponents)
+    assert zero.get_ydata()[0] == 0.0
+    (dots,) = spec.collections  # every sample's exponents
+    assert np.allclose(np.sort(dots.get_offsets()[:, 1]), np.sort(ly.exponents.ravel()))
+    lines = conv.get_lines()
+    assert len(lines) == 4 + 1  # the top 4 running estimates and the zero line
+    assert np.array_equal(lines[0].get_xdata(), ly.record_steps)
+    assert np.allclose(lines[0].get_ydata(), ly.running[:, :, 0].mean(axis=1))
+    assert [ln.get_label() for ln in lines[:4]] == [f"lambda_{j}" for j in range(1, 5)]
+    assert len(conv.collections) == 4  # min-max band over the batch per estimate
+    # one Axes: the spectrum only; top=
+    _, ax = plt.subplots()
+    assert plotting.plot_lyapunov(ly, ax=ax) is ax and len(ax.get_lines()) == 2
+    _, pair = plt.subplots(1, 2)
+    out = plotting.plot_lyapunov(ly, ax=pair, top=2)
+    assert len(out[1].get_lines()) == 3
+    # duck-typed objects: a 1-D spectrum and no running estimates
+    single = plotting.plot_lyapunov(SimpleNamespace(exponents=np.array([0.3, -0.1])))
+    assert len(single) == 1 and np.allclose(single[0].get_lines()[0].get_ydata(), [0.3, -0.1])
     with pytest.raises(AttributeError, match="exponents"):
         plotting.plot_lyapunov(SimpleNamespace(foo=1))
 
 
-def test_singular_value_density():
+def test_lyapunov_plot_of_a_dead_layer_has_no_nan_warnings():
+    m = MLP.from_sizes([8] * 6, "relu", init="kaiming_normal", seed=0)
+    m.biases[2][:] = -50.0  # every unit of layer 3 off: the exponents are -inf
+    ly = vgcore.lyapunov(m, np.random.default_rng(0).standard_normal((4, 8)), k=2)
+    assert np.isneginf(ly.exponents).all()
+    spec, _ = ly.plot()  # filterwarnings=error: no RuntimeWarning from the -inf values
+    assert np.isneginf(spec.get_lines()[0].get_ydata()).all()
+
+
+def test_singular_value_density_of_a_result():
+    deep = MLP.from_sizes([16] * 31, "tanh", seed=0)
+    sv = vgcore.jacobian_singular_values(deep, np.random.default_rng(0).standard_normal((3, 16)))
+    ax = sv.plot(bins=25)
+    assert len(ax.patches) == 25
+    heights = np.array([b.get_height() for b in ax.patches])
+    widths = np.array([b.get_width() for b in ax.patches])
+    assert np.sum(heights * widths) == pytest.approx(1.0)  # a density
+    lefts = np.array([b.get_x() for b in ax.patches])
+    assert lefts[0] == pytest.approx(sv.log10_singular_values.min())
+    assert lefts[-1] + widths[-1] == pytest.approx(sv.log10_singular_values.max())
+    assert ax.get_lines()[0].get_xdata()[0] == 0.0  # sigma = 1
+    (text,) = ax.texts
+    iso = sv.isometry()
+    assert f"10^{iso['log_mean_squared'] / np.log(10):+.2f}" in text.get_text()
+    assert f"{iso['std_log_singular'] / np.log(10):.3g}" in text.get_text()
+    assert "measured (16 values x 3 samples)" in ax.get_legend_handles_labels()[1]
+    assert len(plotting.plot(sv, annotate=False).texts) == 0
+
+
+def test_singular_value_density_far_outside_float_range():
+    # 10^-400 cannot be a float; the logs are drawn directly
+    res = SimpleNamespace(log_singular_values=np.log(10.0) * np.array([[-400.0, -410.0, -420.0]]))
+    ax = plotting.plot_singular_values(res, bins=3)
+    assert [round(b.get_x()) for b in ax.patches] == [-420, -413, -407]
+
+
+def test_singular_value_density_duck_typed_and_arrays():
     sv = np.exp(np.random.default_rng(0).normal(size=500))
     ax = plotting.plot_singular_values(SimpleNamespace(singular_values=sv))
-    assert len(ax.patches) > 10
+    assert len(ax.patches) == 60 and len(ax.texts) == 0
     plotting.plot_singular_values(sv)  # a plain array works too
     with pytest.raises(ValueError, match="no positive"):
         plotting.plot_singular_values(np.zeros(3))
@@ -154,6 +242,23 @@ def test_theory_comparison_plot():
     assert "tanh" in ax.get_title()
 
 
+def test_theory_comparison_result_plots_itself():
+    from vgcore import _optional
+
+    if not _optional.available("compare_to_theory"):
+        pytest.skip("vgcore.theory is not in this build")
+    from vgcore.theory import compare_to_theory
+
+    m = MLP.from_sizes([32] * 11, "tanh", init={"name": "gaussian", "sigma_w2": 1.5}, seed=0)
+    flow = vgcore.gradient_flow(m, np.random.default_rng(0).standard_normal((8, 32)))
+    cmp = compare_to_theory(flow, 1.5, 0.0, burn_in=2)
+    _, ax = plt.subplots()
+    assert cmp.plot(ax=ax) is ax
+    assert np.allclose(ax.get_lines()[0].get_ydata(), cmp.measured_log_gain)
+    assert ax.get_lines()[1].get_ydata()[0] == pytest.approx(cmp.theory_log_gain)
+    assert np.allclose(plotting.plot(cmp).get_lines()[0].get_ydata(), cmp.measured_log_gain)
+
+
 def test_sweep_plot():
     pd = pytest.importorskip("pandas")
     df = pd.DataFrame(
@@ -172,5 +277,27 @@ def test_dispatch():
     a, _ = _flows()
     assert plotting.plot(a).get_lines()
     assert len(plotting.plot(SimpleNamespace(exponents=np.array([0.1, -0.1])))) == 1
+    # the Jacobian results are drawn by their own plot() methods
+    rnn = RNN.from_sizes(4, 8, seed=0)
+    x = _rnn_seq(T=10, B=2)
+    calls = []
+    for res in (
+        vgcore.lyapunov(rnn, x, k=2),
+        vgcore.jacobian_spectrum(rnn, x),
+        vgcore.jacobian_singular_values(rnn, x),
+    ):
+        cls = type(res)
+        orig = cls.plot
+
+        def spy(self, *args, _orig=orig, **kw):
+            calls.append(type(self).__name__)
+            return _orig(self, *args, **kw)
+
+        cls.plot = spy
+        try:
+            plotting.plot(res)
+        finally:
+            cls.plot = orig
+    assert calls == ["LyapunovSpectrum", "JacobianSpectrum", "JacobianSingularValues"]
     with pytest.raises(TypeError, match="don't know how to plot"):
         plotting.plot(object())

@@ -256,119 +256,294 @@ def _first_attr(obj: Any, names: Sequence[str]) -> Any:
     raise AttributeError(f"{type(obj).__name__} has none of the attributes {list(names)}")
 
 
-def plot_spectral_radius(result: Any, *, ax: Any = None, title: str | None = None) -> Any:
-    """Spectral radius of the per-step (or per-layer) Jacobian over time, log scale.
+def _rows_stat(a: np.ndarray, fn: Any, *args: Any) -> np.ndarray:
+    """``fn(a, *args, axis=1)`` ignoring NaN; NaN without a warning for an all-NaN row."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.asarray(fn(a, *args, axis=1), dtype=float)
+
+
+def _band_label(band: Any, what: str) -> str:
+    if band == "minmax":
+        return f"min-max over the {what}"
+    lo, hi = band
+    return f"{100 * lo:g}-{100 * hi:g}% over the {what}"
+
+
+def _band_rows(a: np.ndarray, band: Any) -> tuple[np.ndarray, np.ndarray]:
+    if band == "minmax":
+        return _rows_stat(a, np.nanmin), _rows_stat(a, np.nanmax)
+    lo, hi = band
+    if not 0 <= lo < hi <= 1:
+        raise ValueError(
+            f"band must be 'minmax', None or quantiles (lo, hi) in [0, 1], got {band!r}"
+        )
+    return _rows_stat(a, np.nanquantile, lo), _rows_stat(a, np.nanquantile, hi)
+
+
+def _finite_or_nan(a: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(a), a, np.nan)
+
+
+def plot_spectral_radius(
+    result: Any,
+    *,
+    ax: Any = None,
+    band: Any = "minmax",
+    sigma_max: bool = True,
+    title: str | None = None,
+) -> Any:
+    """Spectral radius (and largest singular value) of each step's / layer's Jacobian.
+
+    The batch median per step on a log axis, with a band over the batch and a reference line at
+    1 (above it the Jacobian expands some direction).
 
     Parameters
     ----------
-    result : a :func:`vgcore.jacobian_spectrum` result
-        Uses its per-step spectral radius (``spectral_radius``) and, when present, the
-        largest singular value (``spectral_norm``) for comparison.
+    result : JacobianSpectrum
+        A :func:`vgcore.jacobian_spectrum` result: ``spectral_radius`` and ``sigma_max`` of
+        shape (n, B), ``steps`` (n,). (Any object with those attributes; a 1-D
+        ``spectral_radius`` is one sample.) MLP rows are drawn at layer ``steps + 1`` (the
+        Jacobian of layer l maps ``h_(l-1)`` to ``h_l``), recurrent rows at time step ``steps``.
+    ax : matplotlib Axes, optional
+    band : "minmax", None or a pair of quantiles, e.g. ``(0.1, 0.9)``
+        The spread over the batch drawn around each median.
+    sigma_max : bool
+        Also draw ``sigma_max`` (dashed), the per-step bound on the gain of any vector.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib Axes
     """
     ax = _axes(ax)
-    rho = np.asarray(_first_attr(result, ("spectral_radius", "spectral_radii", "radius")), float)
-    steps = np.arange(1, rho.shape[-1] + 1)
-    if rho.ndim == 2:  # (batch, steps): median and spread
-        lo, med, hi = np.percentile(rho, [10, 50, 90], axis=0)
-        ax.fill_between(steps, lo, hi, alpha=0.25, label="10-90% over the batch")
-        rho = med
-    ax.plot(steps, rho, label="spectral radius rho(J_t)")
-    sn = getattr(result, "spectral_norm", None)
-    if sn is not None:
-        sn = np.asarray(sn, float)
-        ax.plot(steps, sn if sn.ndim == 1 else np.median(sn, axis=0), ls="--", label="||J_t||_2")
-    ax.axhline(1.0, color="0.4", ls=":", lw=1)
+    rho = np.asarray(_first_attr(result, ("spectral_radius",)), float)
+    if rho.ndim == 1:
+        rho = rho[:, None]
+    n, B = rho.shape
+    steps = getattr(result, "steps", None)
+    xs = np.arange(n) if steps is None else np.asarray(steps)
+    axis = getattr(result, "axis", None)
+    if axis == "layer":
+        xs = xs + 1
+        ax.set_xlabel("layer l (Jacobian d h_l / d h_(l-1))")
+    elif axis == "step":
+        ax.set_xlabel("time step t (Jacobian d h_(t+1) / d h_t)")
+    else:
+        ax.set_xlabel("step / layer")
+    curves = [("spectral radius", rho, "-")]
+    sig = getattr(result, "sigma_max", None) if sigma_max else None
+    if sig is not None:
+        sig = np.asarray(sig, float)
+        curves.append(("sigma_max", sig[:, None] if sig.ndim == 1 else sig, "--"))
+    for label, a, ls in curves:
+        med = _rows_stat(a, np.nanmedian)
+        if not np.isfinite(med).any():  # e.g. no spectral radius for width-changing layers
+            continue
+        (line,) = ax.plot(
+            xs,
+            med,
+            ls=ls,
+            lw=1.6,
+            marker="o" if n <= 60 else None,  # isolated finite points stay visible
+            ms=3,
+            label=f"{label} (batch median)" if B > 1 else label,
+        )
+        if B > 1 and band is not None:
+            lo, hi = _band_rows(a, band)
+            ax.fill_between(
+                xs,
+                lo,
+                hi,
+                color=line.get_color(),
+                alpha=0.2,
+                lw=0,
+                label=f"{label}: {_band_label(band, f'{B} samples')}",
+            )
+    ax.axhline(1.0, color="0.3", ls=":", lw=1, label="1 (neutral)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_yscale("log")
-    ax.set_xlabel("step / layer")
-    ax.set_ylabel("Jacobian spectral radius")
+    ax.set_ylabel("|eigenvalue| / singular value")
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize="small")
-    if title:
-        ax.set_title(title)
+    method = getattr(result, "method", None)
+    ax.set_title(title or ("Jacobian spectrum" + (f" ({method})" if method else "")))
     return ax
 
 
-def plot_lyapunov(result: Any, *, axes: Any = None, title: str | None = None) -> Any:
-    """Lyapunov spectrum (left) and the running estimates' convergence (right).
+def plot_lyapunov(result: Any, *, ax: Any = None, top: int = 4, title: str | None = None) -> Any:
+    """Lyapunov spectrum (left) and the convergence of the running estimates (right).
+
+    Left: the batch-mean exponent against its index, each sample's exponents as faint dots and
+    a zero line (above it: chaos). Right: the batch-mean running estimate of the top ``top``
+    exponents against the steps taken, with their min-max band over the batch.
 
     Parameters
     ----------
-    result : a :func:`vgcore.lyapunov` result
-        Uses ``exponents`` (k,) and, when present, ``history`` (n_checkpoints, k) with the
-        running estimates (and ``history_steps``).
-    axes : a pair of Axes, or one Axes (spectrum only), optional
+    result : LyapunovSpectrum
+        A :func:`vgcore.lyapunov` result: ``exponents`` (B, k) and, when present,
+        ``running`` (n_records, B, k) with ``record_steps`` (n_records,). (Any object with
+        those attributes; a 1-D ``exponents`` is one sample.)
+    ax : a pair of Axes, or one Axes (the spectrum only), optional
+    top : int
+        How many running estimates to draw.
+    title : str, optional
+        Title of the spectrum panel.
 
     Returns
     -------
     ndarray of Axes (or the single Axes given)
     """
-    exps = np.asarray(_first_attr(result, ("exponents", "spectrum", "lyapunov_exponents")), float)
-    hist = None
-    for name in ("history", "convergence", "running_exponents"):
-        hist = getattr(result, name, None)
-        if hist is not None:
-            break
-    if axes is None:
+    exps = np.asarray(_first_attr(result, ("exponents",)), float)
+    if exps.ndim == 1:
+        exps = exps[None, :]
+    B, k = exps.shape
+    running = getattr(result, "running", None)
+    if ax is None:
         plt = require_matplotlib()
-        ncols = 2 if hist is not None else 1
+        ncols = 2 if running is not None else 1
         _, axs = plt.subplots(1, ncols, figsize=(5.2 * ncols, 3.8), layout="constrained")
-        axes = np.atleast_1d(axs)
-    single = not isinstance(axes, (list, tuple, np.ndarray))
-    axs = [axes] if single else list(axes)
+        ax = np.atleast_1d(axs)
+    single = not isinstance(ax, (list, tuple, np.ndarray))
+    axs = [ax] if single else list(ax)
+    per = getattr(result, "axis", "step")
+    idx = np.arange(1, k + 1)
     ax0 = axs[0]
-    ax0.plot(np.arange(1, exps.size + 1), exps, "o-", ms=3)
-    ax0.axhline(0.0, color="0.4", ls=":", lw=1)
+    if B > 1:
+        ax0.scatter(
+            np.broadcast_to(idx, exps.shape).ravel(),
+            _finite_or_nan(exps).ravel(),
+            s=9,
+            color="0.55",
+            alpha=0.35,
+            lw=0,
+            label=f"each of {B} samples",
+        )
+    ax0.plot(idx, exps.mean(axis=0), "o-", ms=4, lw=1.4, label="batch mean" if B > 1 else None)
+    ax0.axhline(0.0, color="0.3", ls=":", lw=1)
     ax0.set_xlabel("index i")
-    ax0.set_ylabel("Lyapunov exponent lambda_i (per step)")
+    ax0.xaxis.get_major_locator().set_params(integer=True)
+    ax0.set_ylabel(f"lambda_i (natural log per {per})")
     ax0.grid(True, alpha=0.3)
     ax0.set_title(title or "Lyapunov spectrum")
-    if hist is not None and len(axs) > 1:
-        h = np.asarray(hist, float)
-        if h.ndim == 1:
-            h = h[:, None]
-        xs = getattr(result, "history_steps", None)
-        xs = np.arange(1, h.shape[0] + 1) if xs is None else np.asarray(xs)
-        for j in range(min(h.shape[1], 8)):
-            axs[1].plot(xs, h[:, j], lw=1.2, label=f"lambda_{j + 1}")
-        axs[1].axhline(0.0, color="0.4", ls=":", lw=1)
-        axs[1].set_xlabel("steps averaged")
-        axs[1].set_ylabel("running estimate")
-        axs[1].set_title("convergence")
-        axs[1].grid(True, alpha=0.3)
-        axs[1].legend(fontsize="x-small")
-    return axes if single else np.asarray(axs)
+    if B > 1:
+        ax0.legend(fontsize="small")
+    if running is not None and len(axs) > 1:
+        run = np.asarray(running, float)
+        if run.ndim == 2:
+            run = run[:, None, :]
+        rs = getattr(result, "record_steps", None)
+        xs = np.arange(1, run.shape[0] + 1) if rs is None else np.asarray(rs)
+        ax1 = axs[1]
+        for j in range(min(top, run.shape[2])):
+            r = _finite_or_nan(run[:, :, j])
+            (line,) = ax1.plot(xs, _rows_stat(r, np.nanmean), lw=1.3, label=f"lambda_{j + 1}")
+            if run.shape[1] > 1:
+                ax1.fill_between(
+                    xs,
+                    _rows_stat(r, np.nanmin),
+                    _rows_stat(r, np.nanmax),
+                    color=line.get_color(),
+                    alpha=0.15,
+                    lw=0,
+                )
+        ax1.axhline(0.0, color="0.3", ls=":", lw=1)
+        ax1.set_xlabel(f"{per}s taken")
+        ax1.set_ylabel("running estimate (batch mean, range)")
+        ax1.set_title("convergence")
+        ax1.grid(True, alpha=0.3)
+        ax1.legend(fontsize="x-small")
+    return ax if single else np.asarray(axs, dtype=object)
 
 
 def plot_singular_values(
-    result: Any, *, ax: Any = None, bins: int = 60, title: str | None = None
+    result: Any,
+    *,
+    ax: Any = None,
+    bins: int = 60,
+    annotate: bool = True,
+    title: str | None = None,
 ) -> Any:
-    """Density of the singular values of the input-output Jacobian (log10 axis).
+    """Density of ``log10`` of the singular values of the input-output Jacobian.
+
+    The values of all samples are pooled into one histogram, with a line at ``sigma = 1`` and
+    (for a result) the dynamical-isometry summary written on the axes.
 
     Parameters
     ----------
-    result : a :func:`vgcore.jacobian_singular_values` result, or an array of singular values
-        Uses ``singular_values`` (any shape; pooled) and, when present, a theoretical density
-        ``theory_density`` as a pair ``(x, density)`` over ``log10 sigma``.
+    result : JacobianSingularValues, or an array of singular values
+        A :func:`vgcore.jacobian_singular_values` result; its ``log_singular_values`` (B, r)
+        are used directly, so values far outside the float64 range are drawn too. An object
+        with only ``singular_values``, or a plain array, also works; a ``theory_density``
+        attribute ``(log10 sigma, density)`` is drawn as a curve.
+    ax : matplotlib Axes, optional
+    bins : int
+    annotate : bool
+        Write :meth:`JacobianSingularValues.isometry` (mean and spread of ``sigma^2``, spread
+        of ``log10 sigma``) on the axes.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib Axes
     """
     ax = _axes(ax)
-    sv = np.asarray(
-        result
-        if isinstance(result, np.ndarray)
-        else _first_attr(result, ("singular_values", "sv")),
-        float,
-    ).ravel()
-    sv = sv[sv > 0]
-    if sv.size == 0:
+    iso = None
+    if isinstance(result, (np.ndarray, list, tuple)):
+        raw = np.asarray(result, float)
+    else:
+        ls = getattr(result, "log_singular_values", None)
+        raw = (
+            None if ls is not None else np.asarray(_first_attr(result, ("singular_values",)), float)
+        )
+        if annotate and callable(getattr(result, "isometry", None)):
+            iso = result.isometry()
+    if raw is not None:
+        shape = raw.shape
+        with np.errstate(divide="ignore", invalid="ignore"):
+            l10 = np.log10(np.where(raw > 0, raw, np.nan))
+    else:
+        l10 = np.asarray(ls, float) / _LOG10
+        shape = l10.shape
+    vals = l10[np.isfinite(l10)].ravel()
+    if vals.size == 0:
         raise ValueError("no positive singular values to plot")
-    ax.hist(np.log10(sv), bins=bins, density=True, alpha=0.6, label="measured")
+    what = f"{shape[1]} values x {shape[0]} samples" if len(shape) == 2 else f"{vals.size} values"
+    ax.hist(vals, bins=bins, density=True, alpha=0.6, label=f"measured ({what})")
     th = getattr(result, "theory_density", None)
     if th is not None:
         ax.plot(np.asarray(th[0]), np.asarray(th[1]), "k-", lw=1.2, label="theory")
-    ax.axvline(0.0, color="0.4", ls=":", lw=1)
-    ax.set_xlabel("log10 singular value of the input-output Jacobian")
+    ax.axvline(0.0, color="0.3", ls=":", lw=1, label="sigma = 1")
+    if iso is not None:
+        text = (
+            f"mean sigma^2 = 10^{iso['log_mean_squared'] / _LOG10:+.2f}  (isometry: 1)\n"
+            f"std sigma^2 = 10^{iso['log_std_squared'] / _LOG10:+.2f}  (isometry: 0)\n"
+            f"std log10 sigma = {iso['std_log_singular'] / _LOG10:.3g}  (isometry: 0)"
+        )
+        ax.text(
+            0.02,
+            0.97,
+            text,
+            transform=ax.transAxes,
+            va="top",
+            ha="left",
+            fontsize="small",
+            bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8, "ec": "0.7"},
+        )
+    depth = getattr(result, "depth", None)
+    ax.set_xlabel(
+        "log10 singular value of the input-output Jacobian"
+        + (
+            ""
+            if depth is None
+            else f" ({depth} {'layers' if getattr(result, 'kind', '') == 'mlp' else 'steps'})"
+        )
+    )
     ax.set_ylabel("density")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper right")
     if title:
         ax.set_title(title)
     return ax
@@ -506,7 +681,12 @@ def plot_sweep(
 
 # ------------------------------------------------------------------------------------------
 def plot(result: Any, **kw: Any) -> Any:
-    """Draw any vgcore result with its default figure (what ``result.plot()`` does)."""
+    """Draw any vgcore result with its default figure (what ``result.plot()`` does).
+
+    Results with a ``plot`` method (Lyapunov spectra, Jacobian spectra and singular values,
+    theory comparisons, phase diagrams) are drawn by it; gradient flows and diagnoses by
+    :func:`plot_gradient_flow` / :func:`plot_diagnosis`; other objects by their attributes.
+    """
     name = type(result).__name__
     if name == "GradientFlow":
         return plot_gradient_flow(result, **kw)
@@ -518,6 +698,8 @@ def plot(result: Any, **kw: Any) -> Any:
         and all(type(r).__name__ in ("GradientFlow", "Diagnosis") for r in result)
     ):
         return plot_gradient_flow(list(result), **kw)
+    if name in _RESULT_PLOTS and callable(getattr(result, "plot", None)):
+        return result.plot(**kw)
     if hasattr(result, "exponents"):
         return plot_lyapunov(result, **kw)
     if hasattr(result, "theory_log_gain"):
@@ -526,8 +708,20 @@ def plot(result: Any, **kw: Any) -> Any:
         return plot_phase_diagram(result, **kw)
     if hasattr(result, "spectral_radius"):
         return plot_spectral_radius(result, **kw)
-    if hasattr(result, "singular_values"):
+    if hasattr(result, "log_singular_values") or hasattr(result, "singular_values"):
         return plot_singular_values(result, **kw)
     if callable(getattr(result, "plot", None)):
         return result.plot(**kw)
     raise TypeError(f"don't know how to plot a {name}")
+
+
+#: Result classes whose own ``plot`` method :func:`plot` calls.
+_RESULT_PLOTS = frozenset(
+    {
+        "LyapunovSpectrum",
+        "JacobianSpectrum",
+        "JacobianSingularValues",
+        "TheoryComparison",
+        "PhaseDiagram",
+    }
+)

@@ -111,6 +111,16 @@ class LyapunovSpectrum:
             }
         )
 
+    def plot(self, ax: Any = None, **kw: Any) -> Any:
+        """Batch-mean spectrum and the convergence of the running estimates (needs matplotlib).
+
+        See :func:`vgcore.plotting.plot_lyapunov`; ``ax`` is a pair of Axes, or one Axes for
+        the spectrum alone. Returns the Axes (an array of them when ``ax`` is None or a pair).
+        """
+        from vgcore import plotting
+
+        return plotting.plot_lyapunov(self, ax=ax, **kw)
+
     def __repr__(self) -> str:
         B, k = self.exponents.shape
         top = ", ".join(f"{v:.4g}" for v in self.mean_exponents[: min(k, 4)])

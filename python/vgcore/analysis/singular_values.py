@@ -105,6 +105,14 @@ class JacobianSingularValues:
             "std_log_singular": float(np.std(finite)) if finite.size else float("nan"),
         }
 
+    def plot(self, ax: Any = None, **kw: Any) -> Any:
+        """Histogram of ``log10`` singular values over the batch, annotated with
+        :meth:`isometry` (needs matplotlib); see :func:`vgcore.plotting.plot_singular_values`.
+        """
+        from vgcore import plotting
+
+        return plotting.plot_singular_values(self, ax=ax, **kw)
+
     def __repr__(self) -> str:
         B, r = self.log_singular_values.shape
         l10 = self.log10_singular_values

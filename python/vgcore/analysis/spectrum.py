@@ -107,6 +107,14 @@ class JacobianSpectrum:
             }
         )
 
+    def plot(self, ax: Any = None, **kw: Any) -> Any:
+        """Spectral radius and ``sigma_max`` per step: batch median, band over the batch, log
+        scale, a line at 1 (needs matplotlib); see :func:`vgcore.plotting.plot_spectral_radius`.
+        """
+        from vgcore import plotting
+
+        return plotting.plot_spectral_radius(self, ax=ax, **kw)
+
     def __repr__(self) -> str:
         n, B = self.spectral_radius.shape
         rho, sig = self.spectral_radius, self.sigma_max

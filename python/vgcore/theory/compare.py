@@ -87,6 +87,13 @@ class TheoryComparison:
             }
         )
 
+    def plot(self, ax: Any = None, **kw: Any) -> Any:
+        """Measured per-layer gain against ``log chi_1`` (needs matplotlib); see
+        :func:`vgcore.plotting.plot_theory_comparison`."""
+        from vgcore import plotting
+
+        return plotting.plot_theory_comparison(self, ax=ax, **kw)
+
     def __repr__(self) -> str:
         n_layers = self.layers.size
         return (
