@@ -81,6 +81,47 @@ def test_lstm_forget_bias_one_healthier_than_vanilla_rnn_on_long_lags():
 
 
 # ------------------------------------------------------------------------------------------
+# the top Lyapunov exponent in the evidence
+@pytest.mark.parametrize("cls", [RNN, LSTM, GRU])
+def test_top_lyapunov_exponent_is_the_batch_mean_of_vgcore_lyapunov(cls):
+    model = cls.from_sizes(32, 16, seed=0)
+    x = seq(T=80, batch=6)
+    d = vgcore.diagnose(model, x, check=False)
+    ref = vgcore.lyapunov(model, x, k=1)
+    e = d.evidence
+    assert e["lyapunov"] == pytest.approx(ref.exponents[:, 0].mean(), rel=1e-12)
+    assert e["lyapunov"] != pytest.approx(ref.exponents[0, 0], rel=1e-6)  # not one sample's
+    assert e["lyapunov_std"] == pytest.approx(ref.exponents[:, 0].std(), rel=1e-9)
+    assert e["lyapunov_source"] == "vgcore.lyapunov (QR method), mean over 6 samples"
+    assert e["regime"] == "ordered" and e["lyapunov"] < -0.05
+    assert d.lyapunov is not None and d.lyapunov.exponents.shape == (6, 1)
+    assert f"top Lyapunov exponent: {e['lyapunov']:+.4f} +/- {e['lyapunov_std']:.4f}" in d.summary()
+    doc = json.loads(json.dumps(d.to_dict()))
+    assert doc["evidence"]["lyapunov"] == pytest.approx(e["lyapunov"])
+
+
+def test_top_lyapunov_exponent_of_width_keeping_mlps_and_the_fallback(sigmoid_diag):
+    d = sigmoid_diag  # 30 layers of width 64: depth plays the role of time
+    ref = vgcore.lyapunov(d.model, x_mlp(), k=1)
+    assert d.evidence["lyapunov"] == pytest.approx(ref.exponents[:, 0].mean(), rel=1e-12)
+    assert d.evidence["lyapunov_source"].startswith("vgcore.lyapunov")
+    # the forward tangent growth matches the backward gradient decay per layer
+    assert d.evidence["lyapunov"] == pytest.approx(
+        d.evidence["log10_rate"] * math.log(10), rel=0.05
+    )
+    # widths change: vgcore.lyapunov does not apply, the gradient growth rate is used
+    narrow = vgcore.diagnose(MLP.from_sizes([W, 32, 32, 32], "tanh", seed=0), x_mlp(), check=False)
+    e = narrow.evidence
+    assert narrow.lyapunov is None and e["lyapunov_std"] is None
+    assert e["lyapunov_source"] == "backward gradient growth rate"
+    assert e["lyapunov"] == pytest.approx(e["log10_rate"] * math.log(10))
+    assert not any("lyapunov" in n for n in narrow.notes)  # an expected fallback, not a failure
+    # BatchNorm couples the batch: no per-sample Jacobian, same fallback
+    bn = vgcore.diagnose(mlp("tanh", depth=5, norm="batchnorm"), x_mlp(), check=False)
+    assert bn.lyapunov is None and bn.evidence["lyapunov_source"] == "backward gradient growth rate"
+
+
+# ------------------------------------------------------------------------------------------
 # recommendations: mapped from causes, checked, ranked
 def _by_fix(d: Diagnosis) -> dict[str, Recommendation]:
     return {r.fix: r for r in d.recommendations}

@@ -32,10 +32,12 @@ def test_report_folder(tmp_path, diagnoses):
     rep = write_report(diagnoses, tmp_path / "rep", title="T")
     out = tmp_path / "rep"
     assert rep.out == out and rep.markdown == out / "report.md" and rep.html == out / "report.html"
-    # figures: two overviews, one per model, histograms for the model with kept gradients
+    # figures: two overviews, one per model, histograms for the model with kept gradients,
+    # and the Lyapunov figure of each model that diagnose ran vgcore.lyapunov on
     names = sorted(p.name for p in rep.figures)
     assert "overview-mlp.png" in names and "overview-recurrent.png" in names
-    assert any("histograms" in n for n in names) and len(names) == 5
+    assert any("histograms" in n for n in names) and len(names) == 7
+    assert {"sigmoid-deep-lyapunov.png", "rnn-lyapunov.png"} <= set(names)
     for p in rep.figures:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
     md = rep.markdown.read_text()
@@ -50,6 +52,23 @@ def test_report_folder(tmp_path, diagnoses):
     _close()
 
 
+def test_report_lyapunov_figure_only_where_the_analysis_ran(tmp_path, diagnoses):
+    pytest.importorskip("matplotlib")
+    narrowing = vgcore.diagnose(MLP.from_sizes([16, 8, 8], "tanh"), name="narrowing")
+    assert narrowing.lyapunov is None  # widths change: the gradient growth rate is used
+    rep = write_report([diagnoses[1], narrowing], tmp_path)
+    names = {p.name for p in rep.figures}
+    assert "rnn-lyapunov.png" in names and not any(
+        n.startswith("narrowing-") for n in names - {"narrowing.png"}
+    )
+    md = rep.markdown.read_text()
+    assert "rnn: top Lyapunov exponent per step over the batch" in md
+    lam, sd = diagnoses[1].evidence["lyapunov"], diagnoses[1].evidence["lyapunov_std"]
+    assert f"top Lyapunov exponent: {lam:+.4f} ± {sd:.4f} over the batch per step" in md
+    assert "backward gradient growth rate" in md  # the narrowing MLP's source
+    _close()
+
+
 def test_report_data_tables(tmp_path, diagnoses):
     rep = write_report(diagnoses, tmp_path, figures=False)
     assert rep.figures == [] and not (tmp_path / "figures").exists()
@@ -59,6 +78,8 @@ def test_report_data_tables(tmp_path, diagnoses):
         summary = list(csv.DictReader(fh))
     assert [r["model"] for r in summary] == ["sigmoid | deep", "rnn"]
     assert summary[0]["verdict"] == "vanishing"
+    assert float(summary[1]["lyapunov"]) == pytest.approx(diagnoses[1].evidence["lyapunov"])
+    assert float(summary[1]["lyapunov_std"]) == pytest.approx(diagnoses[1].evidence["lyapunov_std"])
     assert float(summary[0]["log10_gain"]) == pytest.approx(diagnoses[0].evidence["log10_gain"])
     with files["gradient_norms.csv"].open() as fh:
         norms = list(csv.DictReader(fh))

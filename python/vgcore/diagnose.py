@@ -26,7 +26,14 @@ from vgcore.activations import Activation
 from vgcore.analysis.gradient_flow import GradientFlow, gradient_flow
 from vgcore.models import GRU, LSTM, MLP, RNN, Model, RecurrentModel
 
-__all__ = ["VERDICTS", "Diagnosis", "Recommendation", "diagnose", "summarize_flow"]
+__all__ = [
+    "VERDICTS",
+    "Diagnosis",
+    "Recommendation",
+    "diagnose",
+    "lyapunov_regime",
+    "summarize_flow",
+]
 
 VERDICTS = ("vanishing", "exploding", "healthy")
 
@@ -146,9 +153,12 @@ class Diagnosis:
         output where the gradient first falls below ``ratio`` / rises above ``1 / ratio`` of its
         output value (None if never); ``saturation_mean``, ``saturation_max`` and, for gated
         cells, ``gate_saturation``; ``act_std_first``, ``act_std_last``, ``act_mean_last``;
-        ``lyapunov``: top Lyapunov exponent per layer / step (natural log) with
-        ``lyapunov_source``, and ``regime`` ("chaotic" above +0.05, "ordered" below -0.05,
-        else "near-critical"); ``sigma_w2``, ``sigma_b2`` (estimated from the weights),
+        ``lyapunov``: top Lyapunov exponent per layer / step (natural log): the batch mean of
+        ``vgcore.lyapunov(model, x, k=1).exponents[:, 0]`` for recurrent models and MLPs whose
+        layers keep the width, else the backward growth rate of the gradient; with
+        ``lyapunov_std`` (its standard deviation over the batch; None for the growth rate or
+        an infinite exponent), ``lyapunov_source`` and ``regime`` ("chaotic" above +0.05,
+        "ordered" below -0.05, else "near-critical"); ``sigma_w2``, ``sigma_b2`` (estimated from the weights),
         ``gaussian_init``, ``critical_sigma_w2``; for Gaussian plain MLPs the mean-field
         ``phase``, ``chi1``, ``xi_c``, ``theory_log10_rate`` and ``theory_gain_ratio``
         (measured over predicted per-layer gain).
@@ -158,6 +168,9 @@ class Diagnosis:
         Ranked: helpful fixes by measured improvement first, then the rest.
     notes : list of str
         What could not be measured and why (e.g. an optional analysis missing).
+    lyapunov : LyapunovSpectrum or None
+        The :func:`vgcore.lyapunov` result (k = 1) behind ``evidence["lyapunov"]``, when that
+        analysis was run (recurrent models and MLPs whose layers keep the width).
     """
 
     name: str
@@ -169,6 +182,7 @@ class Diagnosis:
     causes: list[str]
     recommendations: list[Recommendation]
     notes: list[str] = field(default_factory=list)
+    lyapunov: Any = None
 
     @property
     def axis(self) -> str:
@@ -208,9 +222,11 @@ class Diagnosis:
             f"  saturated units: mean {e['saturation_mean']:.1%}, max {e['saturation_max']:.1%}"
         )
         if e.get("lyapunov") is not None:
+            sd = e.get("lyapunov_std")
             lines.append(
-                f"  top Lyapunov exponent: {e['lyapunov']:+.4f} per {self.axis} "
-                f"({e['regime']}; {e['lyapunov_source']})"
+                f"  top Lyapunov exponent: {e['lyapunov']:+.4f}"
+                + ("" if sd is None else f" +/- {sd:.4f}")
+                + f" per {self.axis} ({e['regime']}; {e['lyapunov_source']})"
             )
         if e.get("phase") is not None:
             crit = e["critical_sigma_w2"]
@@ -420,15 +436,33 @@ def summarize_flow(flow: GradientFlow, ratio: float = 1e-6) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------
 # optional analyses (other parts of vgcore; absent ones degrade to a note)
+def lyapunov_regime(value: float) -> str:
+    """ "chaotic" above +0.05 per layer / step, "ordered" below -0.05, else "near-critical"."""
+    return "chaotic" if value > 0.05 else ("ordered" if value < -0.05 else "near-critical")
+
+
+def _lyapunov_applies(model: Model) -> bool:
+    """Whether :func:`vgcore.lyapunov` takes this model: recurrent, or an MLP whose layers keep
+    the width (depth plays the role of time) without BatchNorm."""
+    if isinstance(model, RecurrentModel):
+        return True
+    return (
+        isinstance(model, MLP)
+        and len(set(model.sizes)) == 1
+        and "batchnorm" not in [n for n in model.norms if n]
+    )
+
+
 def _lyapunov(
     model: Model, x: np.ndarray, ev: dict[str, Any], notes: list[str], threads: int | None
-) -> None:
-    """Top Lyapunov exponent: from vgcore.lyapunov for recurrent models when available, else
-    the backward growth rate of the gradient (the same limit for a generic cotangent)."""
-    value, source = None, None
-    if isinstance(model, RecurrentModel):
+) -> Any:
+    """Top Lyapunov exponent: the batch mean of :func:`vgcore.lyapunov`'s top exponent (k=1)
+    for recurrent models and width-keeping MLPs, else the backward growth rate of the gradient
+    (the same limit for a generic cotangent). Returns the Lyapunov result, or None."""
+    value, source, spread, res = None, None, None, None
+    if _lyapunov_applies(model):
         try:
-            from vgcore.analysis.lyapunov import lyapunov  # type: ignore[import-not-found]
+            from vgcore.analysis.lyapunov import lyapunov
         except ImportError:
             notes.append(
                 "vgcore.analysis.lyapunov is not available; the top Lyapunov exponent is "
@@ -437,18 +471,28 @@ def _lyapunov(
         else:
             try:
                 res = lyapunov(model, x, k=1, num_threads=threads)
-                value = float(np.ravel(res.exponents)[0])
-                source = "vgcore.lyapunov (QR method)"
             except Exception as exc:
                 notes.append(
                     f"lyapunov() failed ({type(exc).__name__}: {exc}); using the gradient growth rate"
                 )
+            else:
+                top = np.asarray(res.exponents, dtype=np.float64)[:, 0]
+                if np.isnan(top).any():
+                    notes.append("lyapunov() gave NaN exponents; using the gradient growth rate")
+                    res = None
+                else:
+                    value = float(top.mean())
+                    finite = top[np.isfinite(top)]
+                    spread = float(finite.std()) if finite.size == top.size else None
+                    source = f"vgcore.lyapunov (QR method), mean over {top.size} samples"
     if value is None:
         value = ev["log10_rate"] * _LOG10
         source = "backward gradient growth rate"
     ev["lyapunov"] = value
+    ev["lyapunov_std"] = spread
     ev["lyapunov_source"] = source
-    ev["regime"] = "chaotic" if value > 0.05 else ("ordered" if value < -0.05 else "near-critical")
+    ev["regime"] = lyapunov_regime(value)
+    return res
 
 
 def _single_act(model: Model) -> Activation | None:
@@ -1022,7 +1066,7 @@ def diagnose(
     verdict = _verdict(flow, ratio)
     ev = _evidence(flow, ratio)
     notes: list[str] = []
-    _lyapunov(model, np.asarray(xa), ev, notes, num_threads)
+    lyap = _lyapunov(model, np.asarray(xa), ev, notes, num_threads)
     _mean_field(model, flow, ev, notes, init)
     ctx = _Ctx(model, np.asarray(xa), flow, verdict, ev, ratio, seed, num_threads, check)
     causes: list[str] = []
@@ -1040,4 +1084,5 @@ def diagnose(
         causes=causes,
         recommendations=_rank(recs),
         notes=notes,
+        lyapunov=lyap,
     )

@@ -110,8 +110,11 @@ def _evidence_items(d: Any) -> list[str]:
             "gate saturation: " + ", ".join(f"{g} {v:.1%}" for g, v in e["gate_saturation"].items())
         )
     if e.get("lyapunov") is not None:
+        sd = e.get("lyapunov_std")
         items.append(
-            f"top Lyapunov exponent: {e['lyapunov']:+.4f} per {per} ({e['regime']}; {e['lyapunov_source']})"
+            f"top Lyapunov exponent: {e['lyapunov']:+.4f}"
+            + ("" if sd is None else f" ± {sd:.4f} over the batch")
+            + f" per {per} ({e['regime']}; {e['lyapunov_source']})"
         )
     if e.get("sigma_w2") is not None:
         line = f"weight scale: sigma_w2 = {e['sigma_w2']:.3g}, sigma_b2 = {e['sigma_b2']:.3g}"

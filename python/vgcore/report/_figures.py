@@ -95,6 +95,17 @@ def make_figures(
                 d.name,
             )
         )
+        lyap = getattr(d, "lyapunov", None)
+        if lyap is not None:
+            ret = plotting.plot_lyapunov(lyap)
+            figs.append(
+                Figure(
+                    _save(_fig_of(ret), root, f"figures/{s}-lyapunov.png", dpi),
+                    f"{d.name}: top Lyapunov exponent per {d.axis} over the batch, and the "
+                    f"convergence of its running estimate",
+                    d.name,
+                )
+            )
         if d.flow.grads is not None:
             fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
             plotting.plot_grad_histograms(d.flow, ax=ax, title=f"{d.name}: gradient magnitudes")

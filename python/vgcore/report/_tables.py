@@ -47,6 +47,7 @@ def summary_row(d: Any) -> dict[str, Any]:
         "saturation_mean": _num(e["saturation_mean"]),
         "saturation_max": _num(e["saturation_max"]),
         "lyapunov": _num(e.get("lyapunov")),
+        "lyapunov_std": _num(e.get("lyapunov_std")),
         "regime": e.get("regime"),
         "sigma_w2": _num(e.get("sigma_w2")),
         "sigma_b2": _num(e.get("sigma_b2")),
