@@ -86,6 +86,35 @@ def test_demo_default_folder_and_json(tmp_path, monkeypatch, capsys):
         (["sweep", "--grid", "depht=1,2", "--serial"], "unknown model setting(s) ['depht']"),
         (["demo", "--format", "xlsx"], "argument --format: invalid choice: 'xlsx'"),
         ([], "a command is required"),
+        (["lyapunov", "-k", "0"], "-k must be >= 1, got 0"),
+        (["lyapunov", "--burn-in", "-1"], "--burn-in must be >= 0"),
+        (["lyapunov", "--qr-every", "0"], "--qr-every must be >= 1"),
+        (
+            ["lyapunov", "--model", "rnn", "--width", "4", "--steps", "5", "-k", "5"],
+            "k = 5 exceeds the state dimension 4",
+        ),
+        (
+            [
+                "lyapunov",
+                "--model",
+                "rnn",
+                "--width",
+                "4",
+                "--steps",
+                "5",
+                "-k",
+                "2",
+                "--burn-in",
+                "5",
+            ],
+            "leaves no steps to average over",
+        ),
+        (
+            ["lyapunov", "--model", "mlp", "--input-size", "8", "--width", "16", "-k", "2"],
+            "need every layer to keep the width",
+        ),
+        (["spectrum", "--method", "nonsense"], "argument --method: invalid choice: 'nonsense'"),
+        (["singular", "--plot"], "argument --plot: expected one argument"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message, capsys):
@@ -370,6 +399,182 @@ def test_optional_analyses_run_or_say_missing(feature, args, capsys):
     else:
         assert code == 1
         assert "is not available in this build" in captured.err
+
+
+# ------------------------------------------------------------------------------------------
+# Jacobian analyses: lyapunov, spectrum, singular
+def _same_model(spec):
+    from vgcore._modelspec import build
+
+    return build(spec)
+
+
+def test_lyapunov_command_reports_batch_mean_exponents(capsys):
+    import vgcore
+
+    args = ["lyapunov", "--model", "rnn", "--width", "8", "--steps", "60", "--batch", "4"]
+    code = main([*args, "-k", "3", "--burn-in", "10", "--qr-every", "2", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    doc = json.loads(captured.out)
+    model, x = _same_model({"model": "rnn", "hidden_size": 8, "steps": 60, "batch": 4})
+    ref = vgcore.lyapunov(model, x, k=3, burn_in=10, qr_every=2)
+    assert doc["k"] == 3 and doc["batch"] == 4 and doc["state_dim"] == 8
+    assert doc["accumulated_steps"] == 50 and doc["burn_in"] == 10 and doc["qr_every"] == 2
+    assert np.allclose(doc["exponents"], ref.exponents.mean(axis=0), rtol=1e-12)
+    assert np.allclose(doc["exponents_std"], ref.exponents.std(axis=0), rtol=1e-12)
+    assert np.allclose(doc["per_sample"], ref.exponents, rtol=1e-12)
+    assert doc["top"] == pytest.approx(ref.exponents[:, 0].mean(), rel=1e-12)
+    assert doc["top_std"] == pytest.approx(ref.exponents[:, 0].std(), rel=1e-12)
+    assert doc["regime"] == "ordered" and doc["axis"] == "step"
+    assert doc["kaplan_yorke_dimension"] == pytest.approx(ref.kaplan_yorke_dimension().mean())
+    # text: one row per exponent (not B x k), the top exponent with its spread
+    assert main([*args, "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln[:2] in ("1 ", "2 ", "3 ", "4 ")]
+    assert len(rows) == 3
+    assert "top 3 Lyapunov exponents per step" in out and "4 trajectories" in out
+    assert "top exponent" in out and "+/-" in out
+
+
+def test_lyapunov_command_plot_through_subprocess(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "lyap.png"
+    r = run(
+        "lyapunov",
+        "--model",
+        "lstm",
+        "--width",
+        "8",
+        "--steps",
+        "40",
+        "--batch",
+        "4",
+        "-k",
+        "4",
+        "--plot",
+        str(png),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "state dimension 16" in r.stdout  # an LSTM's state is (h, c)
+    assert (
+        len([ln for ln in r.stdout.splitlines() if ln[:2] in ("1 ", "2 ", "3 ", "4 ", "5 ")]) == 4
+    )
+    assert f"figure: {png}" in r.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_lyapunov_command_on_a_width_keeping_mlp(capsys):
+    code = main(
+        ["lyapunov", "--model", "mlp", "--depth", "12", "--width", "8", "-k", "8", "--json"]
+    )
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["axis"] == "layer" and doc["steps"] == 12 and len(doc["exponents"]) == 8
+    assert doc["exponents"] == sorted(doc["exponents"], reverse=True)
+
+
+def test_spectrum_command_per_step_medians(tmp_path, capsys):
+    import vgcore
+
+    pytest.importorskip("matplotlib")
+    args = ["spectrum", "--model", "rnn", "--width", "8", "--steps", "30", "--batch", "5"]
+    png = tmp_path / "sp.png"
+    code = main([*args, "--json", "--plot", str(png)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    doc = json.loads(captured.out)
+    model, x = _same_model({"model": "rnn", "hidden_size": 8, "steps": 30, "batch": 5})
+    ref = vgcore.jacobian_spectrum(model, x)
+    assert doc["method"] == "exact" and doc["batch"] == 5
+    assert doc["steps"] == list(range(30))  # one entry per step, not per sample
+    med = np.median(ref.spectral_radius, axis=1)
+    assert np.allclose(doc["spectral_radius"]["median"], med, rtol=1e-12)
+    assert np.allclose(doc["spectral_radius"]["max"], ref.spectral_radius.max(axis=1))
+    assert np.allclose(doc["sigma_max"]["median"], np.median(ref.sigma_max, axis=1))
+    summ = doc["spectral_radius_summary"]
+    assert summ["median"] == pytest.approx(np.median(med))
+    assert summ["fraction_above_1"] == pytest.approx(np.mean(med > 1))
+    assert doc["mean_log_sigma_max"] == pytest.approx(np.log(ref.sigma_max).mean())
+    assert "matrix_free" not in doc and doc["plot"] == str(png)
+    assert png.stat().st_size > 5000 and f"figure: {png}" in captured.err
+    # text
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "of 30 steps x batch of 5, method exact" in out
+    assert "(10 of 30 steps shown; --json for all)" in out
+
+
+def test_spectrum_command_matrix_free_method(capsys):
+    args = ["spectrum", "--model", "gru", "--width", "6", "--steps", "8", "--batch", "2"]
+    assert main([*args, "--method", "arnoldi", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["method"] == "arnoldi" and doc["matrix_free"]["converged"] is True
+    assert doc["matrix_free"]["operator_applications"] > 0
+    assert main([*args, "--method", "exact", "--json"]) == 0
+    exact = json.loads(capsys.readouterr().out)
+    assert np.allclose(
+        doc["spectral_radius"]["median"], exact["spectral_radius"]["median"], rtol=1e-6
+    )
+    assert main([*args, "--method", "power"]) == 0
+    assert "matrix-free:" in capsys.readouterr().out
+
+
+def test_spectrum_command_mlp_with_width_changes(capsys):
+    args = ["spectrum", "--model", "mlp", "--depth", "3", "--input-size", "6", "--width", "8"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "of 3 layers x batch of 64" in lines[0]
+    (rho,) = [ln for ln in lines if ln.startswith("spectral radius")]
+    assert rho.split()[-1] == "0/2"  # layer 1 (6 -> 8) has no spectral radius
+    (first,) = [ln for ln in lines if ln.startswith("1 ")]
+    assert first.split()[1] == "n/a"
+    assert main([*args, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["spectral_radius"]["median"][0] is None  # NaN -> null
+    assert doc["spectral_radius_summary"]["count"] == 2
+
+
+def test_analysis_warnings_become_warning_lines(monkeypatch, capsys):
+    import warnings
+
+    real = _optional.run_spectrum
+
+    def noisy(*a, **kw):
+        warnings.warn("2 of 8 matrix-free solves did not reach tol", RuntimeWarning, stacklevel=1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(_optional, "run_spectrum", noisy)
+    args = ["spectrum", "--model", "rnn", "--width", "4", "--steps", "4", "--batch", "2", "--json"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    json.loads(captured.out)
+    assert "vgcore: warning: 2 of 8 matrix-free solves did not reach tol" in captured.err
+
+
+def test_singular_command(tmp_path, capsys):
+    import vgcore
+
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "sv.png"
+    spec = ["--model", "mlp", "--depth", "20", "--width", "16", "--batch", "3"]
+    code = main(["singular", *spec, "--init", "orthogonal", "--json", "--plot", str(png)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    doc = json.loads(captured.out)
+    model, x = _same_model(
+        {"model": "mlp", "depth": 20, "width": 16, "batch": 3, "init": "orthogonal"}
+    )
+    ref = vgcore.jacobian_singular_values(model, x)
+    assert doc["depth"] == 20 and doc["batch"] == 3 and doc["rank"] == 16
+    assert doc["isometry"] == pytest.approx(ref.isometry())
+    assert np.allclose(doc["log10_singular_values"], ref.log10_singular_values)
+    assert np.allclose(doc["log10_condition_number"], ref.log_condition_number / np.log(10))
+    assert png.stat().st_size > 5000
+    assert main(["singular", *spec]) == 0
+    out = capsys.readouterr().out
+    assert "singular values of the input-output Jacobian over 20 layers" in out
+    assert "isometry: mean sigma^2 = 10^" in out
 
 
 def test_progress_bar_helpers():

@@ -4,11 +4,24 @@ mean-field theory), with a clear ImportError when a part is not in this build.""
 from __future__ import annotations
 
 import importlib
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["available", "demo_extras", "require", "run_lyapunov", "run_phase", "run_spectrum"]
+__all__ = [
+    "available",
+    "demo_extras",
+    "lyapunov_summary",
+    "require",
+    "run_lyapunov",
+    "run_phase",
+    "run_singular_values",
+    "run_spectrum",
+    "singular_values_summary",
+    "spectrum_summary",
+]
 
 #: Feature -> (module, attribute).
 FEATURES: dict[str, tuple[str, str]] = {
@@ -42,14 +55,161 @@ def available(feature: str) -> bool:
     return True
 
 
-def run_lyapunov(model: Any, x: np.ndarray, *, k: int = 8) -> Any:
+def run_lyapunov(
+    model: Any,
+    x: np.ndarray,
+    *,
+    k: int = 8,
+    burn_in: int = 0,
+    qr_every: int = 1,
+    progress: Callable[[int, int], Any] | None = None,
+) -> Any:
+    """:func:`vgcore.lyapunov` (a :class:`LyapunovSpectrum`, exponents of shape (B, k))."""
     fn = require("lyapunov")
-    return fn(model, x, k=k)
+    return fn(model, x, k=k, burn_in=burn_in, qr_every=qr_every, progress=progress)
 
 
-def run_spectrum(model: Any, x: np.ndarray) -> Any:
+def run_spectrum(
+    model: Any,
+    x: np.ndarray,
+    *,
+    method: str = "auto",
+    progress: Callable[[int, int], Any] | None = None,
+) -> Any:
+    """:func:`vgcore.jacobian_spectrum` (a :class:`JacobianSpectrum`, arrays of shape (n, B))."""
     fn = require("spectrum")
-    return fn(model, x)
+    return fn(model, x, method=method, progress=progress)
+
+
+def run_singular_values(
+    model: Any, x: np.ndarray, *, progress: Callable[[int, int], Any] | None = None
+) -> Any:
+    """:func:`vgcore.jacobian_singular_values` (logs of shape (B, r))."""
+    fn = require("singular_values")
+    return fn(model, x, progress=progress)
+
+
+def _rows(a: np.ndarray, fn: Callable[..., np.ndarray]) -> np.ndarray:
+    """``fn(a, axis=1)`` ignoring NaN; NaN (no warning) for a row without finite values."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.asarray(fn(a, axis=1), dtype=float)
+
+
+def lyapunov_summary(res: Any) -> dict[str, Any]:
+    """The numbers the CLI reports for a :class:`LyapunovSpectrum`.
+
+    Batch statistics of each exponent (``mean`` is :attr:`LyapunovSpectrum.mean_exponents`),
+    the top exponent's mean and spread over the batch, the Kaplan-Yorke dimension and the
+    per-sample exponents, shape (B, k).
+    """
+    exps = np.asarray(res.exponents, dtype=float)
+    B, k = exps.shape
+    with np.errstate(invalid="ignore"):
+        std = exps.std(axis=0) if B > 1 else np.zeros(k)
+    top = exps[:, 0]
+    ky = np.asarray(res.kaplan_yorke_dimension(), dtype=float)
+    return {
+        "kind": res.kind,
+        "axis": res.axis,
+        "k": int(k),
+        "state_dim": int(res.state_dim),
+        "batch": int(B),
+        "steps": int(res.steps),
+        "accumulated_steps": int(res.accumulated_steps),
+        "burn_in": int(res.burn_in),
+        "qr_every": int(res.qr_every),
+        "exponents": exps.mean(axis=0),
+        "exponents_std": std,
+        "exponents_min": exps.min(axis=0),
+        "exponents_max": exps.max(axis=0),
+        "top": float(top.mean()),
+        "top_std": float(std[0]),
+        "top_min": float(top.min()),
+        "top_max": float(top.max()),
+        "kaplan_yorke_dimension": float(ky.mean()),
+        "per_sample": exps,
+    }
+
+
+def spectrum_summary(res: Any) -> dict[str, Any]:
+    """The numbers the CLI reports for a :class:`JacobianSpectrum`.
+
+    Per step: the median, min and max over the batch of the spectral radius and of
+    ``sigma_max`` (arrays of shape (n,)); over the steps: the median and range of those
+    per-step medians, how many steps have a median above 1 (of those with a finite value:
+    a width-changing layer has no spectral radius) and the mean
+    ``log sigma_max`` (a per-step bound on the log growth of any vector). Matrix-free methods
+    add their operator applications, largest residual and convergence.
+    """
+    out: dict[str, Any] = {
+        "kind": res.kind,
+        "axis": res.axis,
+        "method": res.method,
+        "steps": np.asarray(res.steps),
+        "batch": int(np.shape(res.spectral_radius)[1]),
+    }
+    for name in ("spectral_radius", "sigma_max"):
+        a = np.asarray(getattr(res, name), dtype=float)
+        med = _rows(a, np.nanmedian)
+        ok = med[np.isfinite(med)]
+        out[name] = {"median": med, "min": _rows(a, np.nanmin), "max": _rows(a, np.nanmax)}
+        out[name + "_summary"] = (
+            {
+                "median": float(np.median(ok)),
+                "min": float(ok.min()),
+                "max": float(ok.max()),
+                "fraction_above_1": float(np.mean(ok > 1.0)),
+                "above_1": int(np.count_nonzero(ok > 1.0)),
+                "count": int(ok.size),
+            }
+            if ok.size
+            else None
+        )
+    with np.errstate(divide="ignore"):
+        log_sig = np.log(np.asarray(res.sigma_max, dtype=float))
+    out["mean_log_sigma_max"] = float(np.mean(log_sig))
+    if res.method != "exact":
+        out["matrix_free"] = {
+            "operator_applications": int(
+                np.sum(res.radius_iterations) + np.sum(res.sigma_iterations)
+            ),
+            "max_residual": float(max(np.max(res.radius_residuals), np.max(res.sigma_residuals))),
+            "converged": bool(np.all(res.converged)),
+            "not_converged": int(np.size(res.converged) - np.count_nonzero(res.converged)),
+        }
+    return out
+
+
+def singular_values_summary(res: Any) -> dict[str, Any]:
+    """The numbers the CLI reports for a :class:`JacobianSingularValues`.
+
+    :meth:`~JacobianSingularValues.isometry` and, per sample (shape (B,)), ``log10`` of the
+    largest and smallest singular values and of the condition number; the batch medians of
+    those, and the ``log10`` singular values themselves, shape (B, r).
+    """
+    l10 = np.asarray(res.log10_singular_values, dtype=float)
+    B, r = l10.shape
+    iso = res.isometry()
+    with np.errstate(invalid="ignore"):
+        cond = l10[:, 0] - l10[:, -1]
+    return {
+        "kind": res.kind,
+        "depth": int(res.depth),
+        "batch": int(B),
+        "rank": int(r),
+        "isometry": iso,
+        "log10_mean_squared": iso["log_mean_squared"] / np.log(10.0),
+        "log10_std_squared": iso["log_std_squared"] / np.log(10.0),
+        "std_log10_singular": iso["std_log_singular"] / np.log(10.0),
+        "log10_sigma_max": l10[:, 0],
+        "log10_sigma_min": l10[:, -1],
+        "log10_condition_number": cond,
+        "median_log10_sigma_max": float(np.median(l10[:, 0])),
+        "median_log10_sigma_min": float(np.median(l10[:, -1])),
+        "median_log10_condition_number": float(np.median(cond)),
+        "log10_singular_values": l10,
+    }
 
 
 def phase_grid(activation: Any, points: list[tuple[float, float]] | None = None) -> Any:

@@ -1,5 +1,5 @@
-"""Command-line interface: ``vgcore demo | analyze | report | lyapunov | spectrum | phase |
-sweep | bench``.
+"""Command-line interface: ``vgcore demo | analyze | report | lyapunov | spectrum | singular |
+phase | sweep | bench``.
 
 Exit codes: 0 success, 2 bad arguments (one line on stderr saying why), 1 failure.
 ``--json`` prints one JSON document on stdout and nothing else there.
@@ -415,41 +415,190 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------
-# optional analyses: lyapunov, spectrum, phase
-def _cmd_lyapunov(args: argparse.Namespace) -> int:
-    from vgcore import _optional
-
+# optional analyses: lyapunov, spectrum, singular, phase
+def _one_model(args: argparse.Namespace, what: str) -> tuple[str, Any, np.ndarray]:
     (name, model, x), *rest = _models(args)
     if rest:
-        raise UsageError("lyapunov analyses one model; the config describes several")
-    res = _optional.run_lyapunov(model, x, k=args.k)
-    exps = np.ravel(res.exponents)
+        raise UsageError(f"{what} analyses one model; the config describes {len(rest) + 1}")
+    return name, model, x
+
+
+def _run_analysis(args: argparse.Namespace, description: str, call: Any) -> Any:
+    """Run ``call(progress)`` with a progress bar (stderr, terminals only, never under --json).
+
+    Bad arguments the analysis finds (ValueError / TypeError) exit with status 2; warnings
+    (e.g. a matrix-free solve that did not converge) become ``vgcore: warning:`` lines.
+    """
+    import warnings
+
+    from vgcore._progress import progress_bar
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with progress_bar(None, description, enabled=False if args.json else None) as bar:
+            try:
+                res = call(bar)
+            except (ValueError, TypeError) as exc:
+                raise UsageError(str(exc).splitlines()[0]) from None
+    for w in caught:
+        print(f"vgcore: warning: {w.message}", file=sys.stderr)
+    return res
+
+
+def _per(axis: str) -> str:
+    return "layer" if axis == "layer" else "step"
+
+
+def _cmd_lyapunov(args: argparse.Namespace) -> int:
+    from vgcore import _optional
+    from vgcore.diagnose import lyapunov_regime
+
+    name, model, x = _one_model(args, "lyapunov")
+    res = _run_analysis(
+        args,
+        "Lyapunov exponents",
+        lambda bar: _optional.run_lyapunov(
+            model, x, k=args.k, burn_in=args.burn_in, qr_every=args.qr_every, progress=bar
+        ),
+    )
+    s = _optional.lyapunov_summary(res)
+    regime = lyapunov_regime(s["top"])
     if args.json:
-        _emit_json({"model": name, "exponents": exps, "top": float(exps[0])})
+        _emit_json({"model": name, **s, "regime": regime, "plot": args.plot})
     else:
-        print(f"{name}: Lyapunov exponents per {'layer' if model.kind == 'mlp' else 'step'}")
-        print(_table(["i", "lambda_i"], [[i + 1, f"{v:+.5f}"] for i, v in enumerate(exps)]))
-        print(f"top exponent {exps[0]:+.5f}: {'chaotic' if exps[0] > 0 else 'ordered'}")
+        per = _per(s["axis"])
+        print(
+            f"{name}: top {s['k']} Lyapunov exponents per {per} (natural log), "
+            f"state dimension {s['state_dim']}"
+        )
+        print(
+            f"  {s['batch']} trajectories (the batch), averaged over {s['accumulated_steps']} "
+            f"{per}s after a burn-in of {s['burn_in']}, QR every {s['qr_every']}"
+        )
+        rows = [
+            [i + 1, f"{m:+.5f}", f"{sd:.5f}", f"{lo:+.5f}", f"{hi:+.5f}"]
+            for i, (m, sd, lo, hi) in enumerate(
+                zip(s["exponents"], s["exponents_std"], s["exponents_min"], s["exponents_max"])
+            )
+        ]
+        print(_table(["i", "lambda_i (batch mean)", "std", "min", "max"], rows))
+        print(
+            f"top exponent {s['top']:+.5f} +/- {s['top_std']:.5f} (batch mean +/- std): "
+            f"{regime}; Kaplan-Yorke dimension {s['kaplan_yorke_dimension']:.3g} (batch mean)"
+        )
     _save_plot(args, res)
     return 0
+
+
+def _fmt_g(v: Any) -> str:
+    return "-" if v is None or not np.isfinite(v) else f"{v:.4g}"
 
 
 def _cmd_spectrum(args: argparse.Namespace) -> int:
     from vgcore import _optional
 
-    (name, model, x), *rest = _models(args)
-    if rest:
-        raise UsageError("spectrum analyses one model; the config describes several")
-    res = _optional.run_spectrum(model, x)
-    rho = np.asarray(res.spectral_radius, float)
-    rho_t = rho if rho.ndim == 1 else np.median(rho, axis=0)
+    name, model, x = _one_model(args, "spectrum")
+    res = _run_analysis(
+        args,
+        "Jacobian spectra",
+        lambda bar: _optional.run_spectrum(model, x, method=args.method, progress=bar),
+    )
+    s = _optional.spectrum_summary(res)
     if args.json:
-        _emit_json({"model": name, "spectral_radius": rho_t})
+        _emit_json({"model": name, **s, "plot": args.plot})
     else:
-        print(f"{name}: spectral radius of the per-step Jacobian")
+        per = _per(s["axis"])
+        n = len(s["steps"])
+        jac = "d h_l / d h_(l-1)" if per == "layer" else "d h_(t+1) / d h_t"
+        print(f"{name}: Jacobian {jac} of {n} {per}s x batch of {s['batch']}, method {s['method']}")
+        print(f"  per-{per} median over the batch, then its median and range over the {per}s:")
+        rows = []
+        for label, key in (("spectral radius", "spectral_radius"), ("sigma_max", "sigma_max")):
+            t = s[key + "_summary"]
+            if t is None:
+                rows.append([label, "n/a (non-square layers)", "", "", ""])
+            else:
+                rows.append(
+                    [
+                        label,
+                        _fmt_g(t["median"]),
+                        _fmt_g(t["min"]),
+                        _fmt_g(t["max"]),
+                        f"{t['above_1']}/{t['count']}",
+                    ]
+                )
+        print(_table(["", "median", "min", "max", f"{per}s > 1"], rows))
+        show = np.unique(np.linspace(0, n - 1, min(n, 10)).round().astype(int))
+        offset = 1 if per == "layer" else 0
+        rho, sig = s["spectral_radius"], s["sigma_max"]
+
+        def rng(d: dict[str, Any], i: int) -> str:
+            if not np.isfinite(d["median"][i]):
+                return ""
+            return f"{_fmt_g(d['min'][i])} .. {_fmt_g(d['max'][i])}"
+
+        detail = [
+            [
+                int(s["steps"][i]) + offset,
+                _fmt_g(rho["median"][i]) if np.isfinite(rho["median"][i]) else "n/a",
+                rng(rho, i),
+                _fmt_g(sig["median"][i]),
+                rng(sig, i),
+            ]
+            for i in show
+        ]
+        print()
         print(
-            f"  median {np.median(rho_t):.4g}, min {np.min(rho_t):.4g}, max {np.max(rho_t):.4g} "
-            f"over {rho_t.size} steps"
+            _table(
+                [per, "rho (median)", "rho (batch range)", "sigma_max", "sigma_max range"], detail
+            )
+        )
+        if len(show) < n:
+            print(f"({len(show)} of {n} {per}s shown; --json for all)")
+        print(
+            f"mean log sigma_max per {per}: {s['mean_log_sigma_max']:+.4f} "
+            "(an upper bound on the log growth rate of any perturbation)"
+        )
+        mf = s.get("matrix_free")
+        if mf is not None:
+            print(
+                f"matrix-free: {mf['operator_applications']} operator applications, "
+                f"max residual {mf['max_residual']:.2e}"
+                + ("" if mf["converged"] else f", {mf['not_converged']} solves not converged")
+            )
+    _save_plot(args, res)
+    return 0
+
+
+def _cmd_singular(args: argparse.Namespace) -> int:
+    from vgcore import _optional
+
+    name, model, x = _one_model(args, "singular")
+    res = _run_analysis(
+        args,
+        "singular values",
+        lambda bar: _optional.run_singular_values(model, x, progress=bar),
+    )
+    s = _optional.singular_values_summary(res)
+    if args.json:
+        _emit_json({"model": name, **s, "plot": args.plot})
+    else:
+        per = "layers" if s["kind"] == "mlp" else "steps"
+        print(
+            f"{name}: singular values of the input-output Jacobian over {s['depth']} {per} "
+            f"({s['rank']} per sample, batch of {s['batch']})"
+        )
+        print(
+            f"  log10 sigma_max {s['median_log10_sigma_max']:+.3f}, log10 sigma_min "
+            f"{s['median_log10_sigma_min']:+.3f}, log10 condition number "
+            f"{s['median_log10_condition_number']:.3f} (batch medians)"
+        )
+        iso = s["isometry"]
+        print(
+            f"  isometry: mean sigma^2 = 10^{s['log10_mean_squared']:+.3f} (1 under dynamical "
+            f"isometry), std sigma^2 = 10^{s['log10_std_squared']:+.3f}; log10 sigma has mean "
+            f"{iso['mean_log_singular'] / math.log(10):+.3f} and std "
+            f"{s['std_log10_singular']:.3f} decades (0 under isometry)"
         )
     _save_plot(args, res)
     return 0
@@ -480,7 +629,12 @@ def _save_plot(args: argparse.Namespace, result: Any) -> None:
 
     ret = plotting.plot(result)
     ax = np.ravel(np.asarray(ret, dtype=object))[0] if isinstance(ret, np.ndarray) else ret
-    ax.figure.savefig(args.plot, dpi=110)
+    try:
+        ax.figure.savefig(args.plot, dpi=110)
+    except OSError as exc:
+        raise Failure(f"cannot write {args.plot}: {exc}") from None
+    finally:
+        plotting.require_matplotlib().close(ax.figure)
     _info(args, f"figure: {args.plot}")
 
 
@@ -720,18 +874,53 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, report=True)
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("lyapunov", help="Lyapunov spectrum of a model")
+    p = sub.add_parser(
+        "lyapunov", help="top-k Lyapunov exponents (QR method), batch mean and spread"
+    )
     _add_model_args(p)
-    p.add_argument("-k", type=int, default=8, help="number of exponents (default 8)")
+    p.add_argument(
+        "-k", type=int, default=8, help="number of exponents (default 8, at most the state size)"
+    )
+    p.add_argument(
+        "--burn-in",
+        type=int,
+        default=0,
+        metavar="N",
+        help="steps (layers) run before the exponents start averaging (default 0)",
+    )
+    p.add_argument(
+        "--qr-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="steps between re-orthonormalisations (default 1)",
+    )
     p.add_argument("--plot", metavar="FILE.png", help="save the spectrum and its convergence")
     common(p)
     p.set_defaults(func=_cmd_lyapunov)
 
-    p = sub.add_parser("spectrum", help="Jacobian spectral radius over time / depth")
+    p = sub.add_parser(
+        "spectrum", help="spectral radius and sigma_max of each step's / layer's Jacobian"
+    )
     _add_model_args(p)
-    p.add_argument("--plot", metavar="FILE.png", help="save the figure")
+    p.add_argument(
+        "--method",
+        choices=("auto", "exact", "arnoldi", "power"),
+        default="auto",
+        help="exact (LAPACK), arnoldi or power (matrix-free); auto: exact up to state size 512",
+    )
+    p.add_argument("--plot", metavar="FILE.png", help="save the figure (batch median and range)")
     common(p)
     p.set_defaults(func=_cmd_spectrum)
+
+    p = sub.add_parser(
+        "singular",
+        help="singular values of the whole input-output Jacobian (dynamical isometry)",
+    )
+    _add_model_args(p)
+    p.add_argument("--plot", metavar="FILE.png", help="save the density of log10 sigma")
+    common(p)
+    p.set_defaults(func=_cmd_singular)
 
     p = sub.add_parser("phase", help="mean-field phase (ordered / chaotic) and the critical line")
     p.add_argument("--activation", default="tanh", help="activation (default tanh)")
@@ -795,10 +984,15 @@ def _validate(args: argparse.Namespace) -> None:
         "workers",
         "threads",
         "k",
+        "qr_every",
     ):
         v = getattr(args, key, None)
         if v is not None and v < 1:
-            raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {v}")
+            flag = "-k" if key == "k" else f"--{key.replace('_', '-')}"
+            raise UsageError(f"{flag} must be >= 1, got {v}")
+    burn_in = getattr(args, "burn_in", None)
+    if burn_in is not None and burn_in < 0:
+        raise UsageError(f"--burn-in must be >= 0, got {burn_in}")
     if getattr(args, "model", None) is not None and args.model not in MODEL_KINDS:
         raise UsageError(f"--model must be one of {', '.join(MODEL_KINDS)}, got {args.model!r}")
 
