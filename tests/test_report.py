@@ -106,9 +106,15 @@ def test_report_extras_and_single_diagnosis(tmp_path, diagnoses):
     pytest.importorskip("matplotlib")
     from types import SimpleNamespace
 
-    extra = {"Lyapunov spectrum (toy)": SimpleNamespace(exponents=np.array([0.2, -0.1]))}
+    rnn, x = diagnoses[1].model, np.random.default_rng(0).standard_normal((20, 2, 8))
+    extra = {
+        "Lyapunov spectrum (toy)": SimpleNamespace(exponents=np.array([0.2, -0.1])),
+        "Jacobian spectrum (rnn)": vgcore.jacobian_spectrum(rnn, x),
+        "Singular values (rnn)": vgcore.jacobian_singular_values(rnn, x),
+    }
     rep = write_report(diagnoses[0], tmp_path, extras=extra)
-    assert (tmp_path / "figures" / "lyapunov-spectrum-toy.png").exists()
+    for name in ("lyapunov-spectrum-toy", "jacobian-spectrum-rnn", "singular-values-rnn"):
+        assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 2000
     assert "Further analyses" in rep.markdown.read_text()
     _close()
 
