@@ -1,16 +1,52 @@
 // Streaming Lyapunov-exponent engine: batch-parallel chunks, each advancing its samples' states
 // and tangent blocks with one GEMM per step and re-orthonormalising with Householder QR.
+//
+// Two implementations of a step:
+//  * The fast path (recurrent cells with k up to 8 vectors of tangent lanes): the tangent block
+//    is kept transposed (D x KP rows, see lyapunov_kernels.hpp); W_hh is packed once per engine
+//    into row tiles and each step is one pass over it (JVPs of all tangents plus the state row),
+//    a per-unit state update, a per-unit tangent update, and a one-pass-per-reflector
+//    Householder QR on rows with float64 R diagonal and logs. The kernels are compiled for
+//    AVX-512, AVX2+FMA and the baseline and chosen at run time.
+//  * The general path (dense stacks, larger k, or VGCORE_LYAPUNOV_KERNELS=off): one
+//    TangentModel::advance over [states; tangents] and householder::qr_replace_by_q.
+//
+// Threads. Several samples: batch-parallel chunks, one thread each, no synchronisation inside
+// a step. One chunk and two or more threads, when the step is large enough (split_ok): each
+// step is split in two halves of the units (GEMM tiles, state and tangent updates, and the
+// Householder factorisation of that half's rows, all local), a float64 TSQR combine of the two
+// k x k triangles, and forming each half's rows of Q. The second half goes to a helper thread
+// only if it picks it up in time; otherwise the caller runs it, and a helper that keeps the
+// caller waiting (its core is busy: the "thread trap") is left out for exponentially longer
+// stretches. The arithmetic is the same whoever runs a half, so results depend on the thread
+// setting (split TSQR vs one QR) but never on timing.
 #include "vgcore/lyapunov.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <mutex>
+#include <new>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 
+#include "vgcore/activations.hpp"
 #include "vgcore/blas.hpp"
+#include "vgcore/fastmath.hpp"
 #include "vgcore/householder.hpp"
+#include "vgcore/packed_gemm.hpp"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>  // _mm_pause
+#endif
 
 namespace vgcore {
 
@@ -47,6 +83,313 @@ inline void keep_odd(std::vector<double>& v, std::size_t width) {
   v.resize(o * width);
 }
 
+// ---- fast path: kernels per instruction set ------------------------------------------------
+
+template <class T>
+struct LyapKernels {
+  int lanes = 0;
+  std::size_t kp = 0, mr = 0;  // tangent lanes per row, W_hh rows per GEMM tile
+  void (*gemm)(const T*, std::size_t, std::size_t, std::size_t, const T*, std::size_t, const T*,
+               T*, T*, std::size_t) = nullptr;
+  void (*tangent)(int, const T*, const T*, std::size_t, const T*, T*, std::size_t, std::size_t,
+                  T*) = nullptr;
+  void (*scale)(T*, std::size_t, const T*) = nullptr;
+  void (*factor)(T*, std::size_t, std::size_t, T*, std::size_t, T*, T*, double*, T*) = nullptr;
+  void (*form_e)(T*, std::size_t, std::size_t, const T*, std::size_t, const T*, const T*,
+                 T*) = nullptr;
+  void (*form_dense)(T*, std::size_t, std::size_t, const T*, std::size_t, const T*, const T*,
+                     const T*, T*) = nullptr;
+  void (*combine)(double*, double*, std::size_t, double*, double*, double*, double*) = nullptr;
+};
+
+namespace lk_generic {
+#define LK_VB 16
+#define LK_REGS 16
+#include "vgcore/lyapunov_kernels.hpp"
+#undef LK_VB
+#undef LK_REGS
+}  // namespace lk_generic
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && \
+    !defined(VGCORE_NO_TARGET_CLONES)
+#define VGCORE_LYAP_X86 1
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+namespace lk_avx2 {
+#define LK_VB 32
+#define LK_REGS 16
+#include "vgcore/lyapunov_kernels.hpp"
+#undef LK_VB
+#undef LK_REGS
+}  // namespace lk_avx2
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+namespace lk_avx512 {
+#define LK_VB 64
+#define LK_REGS 32
+#include "vgcore/lyapunov_kernels.hpp"
+#undef LK_VB
+#undef LK_REGS
+}  // namespace lk_avx512
+#pragma GCC pop_options
+#endif
+
+// 0: fast path off, 1: baseline, 2: AVX2+FMA, 3: AVX-512. VGCORE_LYAPUNOV_KERNELS = off,
+// generic, avx2 or avx512 caps the choice (for tests and comparisons).
+inline int lyap_isa() {
+  static const int isa = [] {
+    int best = 1;
+#ifdef VGCORE_LYAP_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v3")) best = 2;
+    if (best == 2 && __builtin_cpu_supports("x86-64-v4")) best = 3;
+#endif
+    if (const char* env = std::getenv("VGCORE_LYAPUNOV_KERNELS")) {
+      const std::string e(env);
+      if (e == "off") return 0;
+      if (e == "generic") return 1;
+      if (e == "avx2") return std::min(best, 2);
+    }
+    return best;
+  }();
+  return isa;
+}
+
+template <class T>
+bool lyap_kernels(std::size_t k, LyapKernels<T>& out) {
+  switch (lyap_isa()) {
+    case 0: return false;
+#ifdef VGCORE_LYAP_X86
+    case 3: return lk_avx512::select_kernels<T>(k, out);
+    case 2: return lk_avx2::select_kernels<T>(k, out);
+#endif
+    default: return lk_generic::select_kernels<T>(k, out);
+  }
+}
+
+// ---- fast path: state updates of a range of units -------------------------------------------
+//
+// The formulas of tangent.cpp's row kernels; u is W_hh h in the original gate order. coef
+// receives the per-unit coefficients of the tangent update (coefficient q of unit j at
+// coef[q * N + j]):
+//   LSTM: dc' = f dc + [c f(1-f)] u_f + [g i(1-i)] u_i + [i(1-g^2)] u_g,
+//         dh' = [o(1-tc^2)] dc' + [tc o(1-o)] u_o
+//   GRU:  dh' = z dh + [(1-z)(1-n^2) q_n r(1-r)] u_r + [(h-n) z(1-z)] u_z + [(1-z)(1-n^2) r] u_n
+//   RNN:  dh' = phi'(z) u
+
+namespace fm = vgcore::fastmath;
+
+template <class T>
+VGCORE_TARGET_CLONES void lstm_state_units(const T* __restrict p, const T* __restrict u,
+                                           const T* __restrict cprev, T* __restrict hn,
+                                           T* __restrict cn, T* __restrict coef, std::size_t N,
+                                           std::size_t j0, std::size_t j1) {
+  for (std::size_t j = j0; j < j1; ++j) {
+    const T i = fm::sigmoid(p[j] + u[j]);
+    const T f = fm::sigmoid(p[N + j] + u[N + j]);
+    const T g = fm::tanh(p[2 * N + j] + u[2 * N + j]);
+    const T o = fm::sigmoid(p[3 * N + j] + u[3 * N + j]);
+    const T c = f * cprev[j] + i * g;
+    const T tc = fm::tanh(c);
+    cn[j] = c;
+    hn[j] = o * tc;
+    coef[j] = f;
+    coef[N + j] = cprev[j] * (f * (1 - f));
+    coef[2 * N + j] = g * (i * (1 - i));
+    coef[3 * N + j] = i * (1 - g * g);
+    coef[4 * N + j] = o * (1 - tc * tc);
+    coef[5 * N + j] = tc * (o * (1 - o));
+  }
+}
+
+template <class T>
+VGCORE_TARGET_CLONES void gru_state_units(const T* __restrict p, const T* __restrict u,
+                                          const T* __restrict bhh, const T* __restrict hprev,
+                                          T* __restrict hn, T* __restrict coef, std::size_t N,
+                                          std::size_t j0, std::size_t j1) {
+  for (std::size_t j = j0; j < j1; ++j) {
+    const T qr = u[j] + (bhh ? bhh[j] : T(0));
+    const T qz = u[N + j] + (bhh ? bhh[N + j] : T(0));
+    const T qn = u[2 * N + j] + (bhh ? bhh[2 * N + j] : T(0));
+    const T r = fm::sigmoid(p[j] + qr);
+    const T z = fm::sigmoid(p[N + j] + qz);
+    const T n = fm::tanh(p[2 * N + j] + r * qn);
+    hn[j] = (1 - z) * n + z * hprev[j];
+    const T a = (1 - z) * (1 - n * n);
+    coef[j] = z;
+    coef[N + j] = a * qn * (r * (1 - r));
+    coef[2 * N + j] = (hprev[j] - n) * (z * (1 - z));
+    coef[3 * N + j] = a * r;
+  }
+}
+
+// ---- fast path: buffers and the two-thread team ----------------------------------------------
+
+template <class T>
+struct Aligned64 {
+  using value_type = T;
+  Aligned64() = default;
+  template <class U>
+  Aligned64(const Aligned64<U>&) {}
+  T* allocate(std::size_t n) {
+    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64)));
+  }
+  void deallocate(T* q, std::size_t) { ::operator delete(q, std::align_val_t(64)); }
+  template <class U>
+  bool operator==(const Aligned64<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const Aligned64<U>&) const { return false; }
+};
+template <class T>
+using AVec = std::vector<T, Aligned64<T>>;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#endif
+}
+
+// The caller plus one helper thread running the two halves of a phase. The caller runs half 0,
+// then claims half 1 if the helper has not (claims are tagged with the phase number, so a late
+// helper can never take a finished phase); the arithmetic is the same either way.
+//
+// Thread-trap guard. A helper that is awake but did not claim half 1 while the caller ran
+// half 0 is not running (its core is busy); a helper that keeps the caller waiting long after
+// half 0 was preempted mid-way. Either event makes every team in the process run solo for a
+// while: 1 ms, doubling up to 256 ms while the events recur, back to 1 ms after 50 ms without
+// one. A helper with nothing to do spins ~200 us, then sleeps until offered a phase (the first
+// phase after a sleep only wakes it: no judgement).
+class Team {
+ public:
+  Team() : helper_([this] { loop(); }) {}
+  ~Team() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_.store(true);
+    }
+    cv_.notify_one();
+    helper_.join();
+  }
+  Team(const Team&) = delete;
+  Team& operator=(const Team&) = delete;
+
+  template <class F>
+  void run(F& fn) {
+    const std::int64_t now = now_ns();
+    if (now < trap_until().load(std::memory_order_relaxed)) {
+      fn(0);
+      fn(1);
+      return;
+    }
+    job_ = [](void* c, int part) { (*static_cast<F*>(c))(part); };
+    ctx_ = &fn;
+    const std::uint64_t e = ++phase_;
+    epoch_.store(e, std::memory_order_seq_cst);
+    const bool asleep = sleeping_.load(std::memory_order_seq_cst);
+    if (asleep) wake();
+    fn(0);
+    const std::int64_t t1 = now_ns();
+    std::uint64_t expect = e - 1;
+    if (claim_.compare_exchange_strong(expect, e, std::memory_order_acq_rel)) {
+      fn(1);
+      if (!asleep) trapped(t1);  // awake, yet it did not get to the phase: its core is busy
+      return;
+    }
+    // Spin while the helper is plausibly running (about as long as half 0 took); then block,
+    // so that this core goes idle and the scheduler can pull a preempted helper onto it.
+    const std::int64_t patience = 20000 + (t1 - now);
+    int spins = 0;
+    while (done_.load(std::memory_order_acquire) != e) {
+      cpu_relax();
+      if (++spins % 64 == 0 && now_ns() - t1 > patience) {
+        std::unique_lock<std::mutex> lock(mu_);
+        waiting_.store(true, std::memory_order_seq_cst);
+        cv_main_.wait(lock, [&] { return done_.load(std::memory_order_seq_cst) == e; });
+        waiting_.store(false, std::memory_order_seq_cst);
+        break;
+      }
+    }
+    const std::int64_t t2 = now_ns();
+    if (t2 - t1 > patience) trapped(t2);  // preempted mid-half
+    else if (t2 - last_event_ > 50000000) backoff_ns().store(1000000, std::memory_order_relaxed);
+  }
+
+ private:
+  static std::int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+  static std::atomic<std::int64_t>& trap_until() {
+    static std::atomic<std::int64_t> v{0};
+    return v;
+  }
+  static std::atomic<std::int64_t>& backoff_ns() {
+    static std::atomic<std::int64_t> v{1000000};
+    return v;
+  }
+  void trapped(std::int64_t t) {
+    const std::int64_t b = backoff_ns().load(std::memory_order_relaxed);
+    trap_until().store(t + b, std::memory_order_relaxed);
+    backoff_ns().store(std::min<std::int64_t>(2 * b, 256000000), std::memory_order_relaxed);
+    last_event_ = t;
+  }
+
+  void wake() {
+    { std::lock_guard<std::mutex> lock(mu_); }
+    cv_.notify_one();
+  }
+
+  void loop() {
+    std::uint64_t seen = 0;
+    for (;;) {
+      std::uint64_t e = epoch_.load(std::memory_order_acquire);
+      if (e == seen) {
+        const std::int64_t t0 = now_ns();
+        int spins = 0;
+        while ((e = epoch_.load(std::memory_order_acquire)) == seen && !stop_.load()) {
+          cpu_relax();
+          if (++spins % 256 == 0 && now_ns() - t0 > 200000) break;
+        }
+        if (e == seen && !stop_.load()) {
+          std::unique_lock<std::mutex> lock(mu_);
+          sleeping_.store(true, std::memory_order_seq_cst);
+          cv_.wait(lock, [&] {
+            return stop_.load() || epoch_.load(std::memory_order_seq_cst) != seen;
+          });
+          sleeping_.store(false, std::memory_order_seq_cst);
+          e = epoch_.load(std::memory_order_acquire);
+        }
+      }
+      if (stop_.load()) return;
+      seen = e;
+      std::uint64_t expect = e - 1;
+      if (!claim_.compare_exchange_strong(expect, e, std::memory_order_acq_rel)) continue;
+      job_(ctx_, 1);
+      done_.store(e, std::memory_order_seq_cst);
+      if (waiting_.load(std::memory_order_seq_cst)) {
+        { std::lock_guard<std::mutex> lock(mu_); }
+        cv_main_.notify_one();
+      }
+    }
+  }
+
+  // Caller-only state.
+  std::uint64_t phase_ = 0;
+  std::int64_t last_event_ = 0;
+  // Shared.
+  void (*job_)(void*, int) = nullptr;
+  void* ctx_ = nullptr;
+  alignas(64) std::atomic<std::uint64_t> epoch_{0};
+  alignas(64) std::atomic<std::uint64_t> claim_{0};
+  alignas(64) std::atomic<std::uint64_t> done_{0};
+  std::atomic<bool> sleeping_{false}, waiting_{false}, stop_{false};
+  std::mutex mu_;
+  std::condition_variable cv_, cv_main_;
+  std::thread helper_;  // last: starts after everything above is initialised
+};
+
 }  // namespace
 
 template <class T>
@@ -55,11 +398,29 @@ struct LyapunovEngine<T>::Impl {
   std::size_t B = 0, k = 0, D = 0;
   LyapunovOptions opt;
 
+  // ---- fast path plan (recurrent cells; immutable after construction) ----
+  struct Part {
+    std::size_t t0 = 0, t1 = 0;  // GEMM tiles
+    std::size_t u0 = 0, u1 = 0;  // units
+    std::size_t r0 = 0, r1 = 0;  // tangent rows
+  };
+  bool fast = false;
+  LyapKernels<T> kr;
+  int cell = 0;  // 0 RNN, 1 LSTM, 2 GRU
+  std::size_t N = 0, G = 0, GN = 0, KP = 0, MR = 0, ntiles = 0, ncoef = 0;
+  Activation act;
+  AVec<T> Wp;     // W_hh in tiles of MR packed rows (see gemm_tiles)
+  PackedMatrix<T> wih;   // W_ih^T for the input projections (no BLAS calls on this path: a
+  std::vector<T> pbias;  // BLAS thread-count change would wake its pool onto the helper's core)
+  Part whole;     // the whole step
+  Part half[2];   // the two halves of a split step
+  bool split = false;  // steps are split in two halves (TSQR) for a helper thread
+
   // Everything a chunk of samples owns. Counters are the same in every chunk (each advances
   // through the same steps); chunk 0's are reported.
   struct Chunk {
     std::size_t b0 = 0, nb = 0;
-    std::vector<T> X, Y;  // [nb states; nb*k tangents] x D
+    std::vector<T> X, Y;  // general path: [nb states; nb*k tangents] x D; fast path: nb states
     StepScratch<T> ws;
     std::vector<double> logsum;  // nb x k
     std::vector<double> rdiag;
@@ -67,12 +428,260 @@ struct LyapunovEngine<T>::Impl {
     std::vector<double> rec_running, rec_block;  // n_records x nb x k
     RecordBook book;
     std::size_t steps = 0, since_qr = 0, acc_steps = 0, acc_blocks = 0;
+    // Fast path.
+    std::vector<AVec<T>> va, vb;  // per sample: current tangents (Q) / next, D x KP rows
+    AVec<T> U, us, coef;
+    struct PartScratch {
+      AVec<T> colmax, scale, Y, tau, sc, gw, top;
+      std::vector<int> ex;        // column exponents of the power-of-two scaling
+      std::vector<double> rdiag;  // beta_j
+    } ps[2];
+    std::vector<double> rtop, rbot, qtop, qbot, taus, rd;  // TSQR combine (k x KP doubles)
+    std::vector<double> logs;  // nb x k: log|R_jj| of the last QR
+    std::vector<char> qr_ok;
   };
   std::vector<Chunk> chunks;
 
   T* tangents(Chunk& c, std::size_t b) { return c.X.data() + (c.nb + b * k) * D; }
 
-  // QR of every sample's block after a block of `len` steps ending at step c.steps.
+  // ---- fast path -------------------------------------------------------------------------
+
+  void plan_fast(int threads) {
+    if (m.is_dense()) return;
+    const CellKind kind = m.cell();
+    if (kind != CellKind::rnn_tanh && kind != CellKind::rnn_relu && kind != CellKind::lstm &&
+        kind != CellKind::gru)
+      return;
+    if (!lyap_kernels<T>(k, kr)) return;
+    fast = true;
+    cell = kind == CellKind::lstm ? 1 : kind == CellKind::gru ? 2 : 0;
+    N = m.hidden();
+    G = cell_gates(kind);
+    GN = G * N;
+    KP = kr.kp;
+    MR = kr.mr;
+    ntiles = (GN + MR - 1) / MR;
+    ncoef = cell == 1 ? 6 : cell == 2 ? 4 : 1;
+    act = make_activation(kind == CellKind::rnn_relu ? "relu" : "tanh");
+    const T* W = m.weights().weight_hh;
+    Wp.assign(ntiles * N * MR + 4 * KP + 64, T(0));
+    for (std::size_t t = 0; t < ntiles; ++t)
+      for (std::size_t r = 0; r < MR; ++r) {
+        const std::size_t pr = t * MR + r;
+        if (pr >= GN) break;
+        const T* src = W + ((pr % G) * N + pr / G) * N;
+        T* dst = Wp.data() + t * N * MR + r;
+        for (std::size_t kk = 0; kk < N; ++kk) dst[kk * MR] = src[kk];
+      }
+    const auto& rw = m.weights();
+    wih = PackedMatrix<T>::transposed(rw.weight_ih, GN, rw.input_size, rw.input_size);
+    pbias.assign(GN, T(0));
+    for (std::size_t j = 0; j < GN; ++j) {  // as TangentModel::project_inputs
+      if (rw.bias_ih) pbias[j] += rw.bias_ih[j];
+      if (rw.bias_hh && cell != 2) pbias[j] += rw.bias_hh[j];  // GRU: b_hh sits inside r * (...)
+    }
+    const std::size_t rows_per_unit = cell == 1 ? 2 : 1;
+    whole = Part{0, ntiles, 0, N, 0, D};
+    // Halves at a unit boundary that is also a tile boundary.
+    std::size_t a = MR, b = G;
+    while (b) a = std::exchange(b, a % b);
+    const std::size_t ustep = MR / a;  // lcm(MR, G) / G units
+    const std::size_t u = (N / 2 + ustep / 2) / ustep * ustep;
+    half[0] = Part{0, u * G / MR, 0, u, 0, u * rows_per_unit};
+    half[1] = Part{u * G / MR, ntiles, u, N, u * rows_per_unit, D};
+    // Two threads on one step pay ~3 hand-overs per step (about a microsecond when both cores
+    // are free): worth it from ~1.5 M multiply-adds per step (N = 256 RNN: 2.2 M).
+    const double macs = static_cast<double>(k + 1) * static_cast<double>(GN) * static_cast<double>(N);
+    split = threads >= 2 && B == 1 && u >= k && D - half[1].r0 >= k && u > 0 && u < N &&
+            macs >= 1.5e6;
+    if (const char* env = std::getenv("VGCORE_LYAPUNOV_SPLIT")) {  // tests: force either way
+      if (std::string(env) == "0") split = false;
+      else if (std::string(env) == "1" && u >= k && D - half[1].r0 >= k && u > 0 && u < N) split = true;
+    }
+  }
+
+  void init_fast_chunk(Chunk& c) {
+    c.va.assign(c.nb, AVec<T>(D * KP, T(0)));
+    c.vb.assign(c.nb, AVec<T>(D * KP, T(0)));
+    c.U.assign(ntiles * MR * KP + KP, T(0));
+    c.us.assign(GN + 64, T(0));
+    c.coef.assign(ncoef * N + 64, T(0));
+    for (auto& q : c.ps) {
+      q.colmax.assign(KP, T(0));
+      q.scale.assign(KP, T(1));
+      q.Y.assign(k * D + 64, T(0));
+      q.tau.assign(KP, T(0));
+      q.sc.assign(KP, T(0));
+      q.gw.assign(2 * KP, T(0));
+      q.top.assign(k * KP, T(0));
+      q.ex.assign(KP, 0);
+      q.rdiag.assign(KP, 0.0);
+    }
+    for (auto* v : {&c.rtop, &c.rbot, &c.qtop, &c.qbot}) v->assign(k * KP, 0.0);
+    c.taus.assign(KP, 0.0);
+    c.rd.assign(KP, 0.0);
+    c.logs.assign(c.nb * k, 0.0);
+    c.qr_ok.assign(c.nb, 1);
+  }
+
+  // Half (or whole) step of sample b: W_hh products, state and tangent updates of P's units.
+  void forward_part(Chunk& c, std::size_t b, const Part& P, int slot, const T* proj) {
+    const T* va = c.va[b].data();
+    const T* h = c.X.data() + b * D;
+    T* y = c.Y.data() + b * D;
+    const std::size_t xs = cell == 1 ? 2 * KP : KP;
+    kr.gemm(Wp.data(), N, P.t0, P.t1, va, xs, h, c.U.data(), c.us.data(), G);
+    const T* u = c.us.data();
+    T* coef = c.coef.data();
+    if (cell == 1) {
+      lstm_state_units(proj, u, h + N, y, y + N, coef, N, P.u0, P.u1);
+    } else if (cell == 2) {
+      gru_state_units(proj, u, m.weights().bias_hh, h, y, coef, N, P.u0, P.u1);
+    } else {
+      for (std::size_t j = P.u0; j < P.u1; ++j) coef[j] = proj[j] + u[j];
+      activation_forward(act, coef + P.u0, y + P.u0, coef + P.u0, P.u1 - P.u0);
+    }
+    kr.tangent(cell, c.U.data(), coef, N, va, c.vb[b].data(), P.u0, P.u1,
+               c.ps[slot].colmax.data());
+  }
+
+  // Householder factorisation of P's rows of sample b's new tangents, with the columns scaled
+  // by powers of two (exact) when their magnitudes could over- or underflow the sums.
+  void factor_part(Chunk& c, std::size_t b, const Part& P, int slot) {
+    auto& q = c.ps[slot];
+    T* A = c.vb[b].data() + P.r0 * KP;
+    const std::size_t rows = P.r1 - P.r0;
+    const T lo = std::numeric_limits<T>::digits > 30 ? T(0x1p-400) : T(0x1p-40);
+    const T hi = std::numeric_limits<T>::digits > 30 ? T(0x1p400) : T(0x1p40);
+    bool scale = false;
+    for (std::size_t j = 0; j < k; ++j) {
+      q.ex[j] = 0;
+      if (!(q.colmax[j] >= lo && q.colmax[j] <= hi)) scale = true;
+    }
+    if (scale) {
+      for (std::size_t j = 0; j < KP; ++j) {
+        const T cm = q.colmax[j];
+        q.ex[j] = (j < k && cm > T(0) && std::isfinite(cm)) ? std::ilogb(cm) : 0;
+        q.scale[j] = std::ldexp(T(1), -q.ex[j]);
+      }
+      kr.scale(A, rows, q.scale.data());
+    }
+    kr.factor(A, rows, k, q.Y.data(), D, q.tau.data(), q.sc.data(), q.rdiag.data(), q.gw.data());
+  }
+
+  // Logs of |R_jj| and Q of sample b when the step is not split.
+  void qr_whole(Chunk& c, std::size_t b) {
+    factor_part(c, b, whole, 0);
+    auto& q = c.ps[0];
+    double* lg = c.logs.data() + b * k;
+    bool ok = true;
+    for (std::size_t j = 0; j < k; ++j) {
+      lg[j] = std::log(std::fabs(q.rdiag[j])) + q.ex[j] * 0.69314718055994530942;
+      ok = ok && std::isfinite(q.rdiag[j]);
+    }
+    c.qr_ok[b] = ok;
+    kr.form_e(c.va[b].data(), D, k, q.Y.data(), D, q.tau.data(), q.sc.data(), q.gw.data());
+  }
+
+  // TSQR: combine the two halves' triangles (float64), logs, and the halves' tops of Q.
+  void combine_halves(Chunk& c, std::size_t b) {
+    double f[128];  // 2^ex per column (ex = 0 unless the half was scaled)
+    for (int t = 0; t < 2; ++t) {
+      const auto& q = c.ps[t];
+      const T* A = c.vb[b].data() + half[t].r0 * KP;
+      double* R = t == 0 ? c.rtop.data() : c.rbot.data();
+      for (std::size_t j = 0; j < k; ++j) f[j] = q.ex[j] ? std::ldexp(1.0, q.ex[j]) : 1.0;
+      for (std::size_t i = 0; i < k; ++i) {
+        double* r = R + i * KP;
+        const T* a = A + i * KP;
+        for (std::size_t j = 0; j < KP; ++j)
+          r[j] = j > i && j < k ? static_cast<double>(a[j]) * f[j] : 0.0;
+        r[i] = q.rdiag[i] * f[i];
+      }
+    }
+    kr.combine(c.rtop.data(), c.rbot.data(), k, c.rd.data(), c.qtop.data(), c.qbot.data(),
+               c.taus.data());
+    double* lg = c.logs.data() + b * k;
+    bool ok = true;
+    for (std::size_t j = 0; j < k; ++j) {
+      lg[j] = std::log(std::fabs(c.rd[j]));
+      ok = ok && std::isfinite(c.rd[j]);
+    }
+    c.qr_ok[b] = ok;
+    for (std::size_t i = 0; i < k * KP; ++i) {
+      c.ps[0].top[i] = static_cast<T>(c.qtop[i]);
+      c.ps[1].top[i] = static_cast<T>(c.qbot[i]);
+    }
+  }
+
+  void form_half(Chunk& c, std::size_t b, int t) {
+    auto& q = c.ps[t];
+    kr.form_dense(c.va[b].data() + half[t].r0 * KP, half[t].r1 - half[t].r0, k, q.Y.data(), D,
+                  q.tau.data(), q.sc.data(), q.top.data(), q.gw.data());
+  }
+
+  template <class F>
+  static void run_halves(Team* team, F& fn) {
+    if (team) {
+      team->run(fn);
+    } else {
+      fn(0);
+      fn(1);
+    }
+  }
+
+  // One step of every sample of the chunk; with qr, also the QR (logs in c.logs).
+  void fast_step(Chunk& c, const T* proj, bool qr, Team* team) {
+    for (std::size_t b = 0; b < c.nb; ++b) {
+      const T* pb = proj + b * GN;
+      if (!split) {
+        forward_part(c, b, whole, 0, pb);
+        if (qr) qr_whole(c, b);
+        else std::swap(c.va[b], c.vb[b]);
+        continue;
+      }
+      auto forward = [&](int t) {
+        forward_part(c, b, half[t], t, pb);
+        if (qr) factor_part(c, b, half[t], t);
+      };
+      run_halves(team, forward);
+      if (!qr) {
+        std::swap(c.va[b], c.vb[b]);
+        continue;
+      }
+      combine_halves(c, b);
+      auto form = [&](int t) { form_half(c, b, t); };
+      run_halves(team, form);
+    }
+  }
+
+  // The QR of a pending partial block (finish): the tangent rows are in va.
+  void fast_qr_only(Chunk& c) {
+    for (std::size_t b = 0; b < c.nb; ++b) {
+      std::swap(c.va[b], c.vb[b]);  // the block to factor goes to vb, Q comes back in va
+      const Part* parts = split ? half : &whole;
+      const int n = split ? 2 : 1;
+      for (int t = 0; t < n; ++t) {  // column magnitudes of the block
+        auto& cm = c.ps[t].colmax;
+        std::fill(cm.begin(), cm.end(), T(0));
+        const T* A = c.vb[b].data() + parts[t].r0 * KP;
+        for (std::size_t i = 0; i < parts[t].r1 - parts[t].r0; ++i)
+          for (std::size_t j = 0; j < KP; ++j) cm[j] = std::max(cm[j], std::fabs(A[i * KP + j]));
+      }
+      if (!split) {
+        qr_whole(c, b);
+        continue;
+      }
+      for (int t = 0; t < 2; ++t) factor_part(c, b, half[t], t);
+      combine_halves(c, b);
+      for (int t = 0; t < 2; ++t) form_half(c, b, t);
+    }
+  }
+
+  // ---- shared ------------------------------------------------------------------------------
+
+  // QR of every sample's block after a block of `len` steps ending at step c.steps (the fast
+  // path has already computed the logs; the general path computes them here).
   void qr_block(Chunk& c, std::size_t len) {
     const bool accumulate = c.steps - len >= opt.burn_in;
     double* rd = c.rdiag.data();
@@ -83,7 +692,16 @@ struct LyapunovEngine<T>::Impl {
     });
     if (accumulate) c.acc_steps += len;
     for (std::size_t b = 0; b < c.nb; ++b) {
-      if (!householder::qr_replace_by_q(tangents(c, b), D, k, D, rd, c.tau.data()))
+      bool ok;
+      if (fast) {
+        ok = c.qr_ok[b];
+        std::copy(c.logs.begin() + b * k, c.logs.begin() + (b + 1) * k, rd);
+      } else {
+        ok = householder::qr_replace_by_q(tangents(c, b), D, k, D, rd, c.tau.data());
+        if (ok)
+          for (std::size_t j = 0; j < k; ++j) rd[j] = std::log(std::fabs(rd[j]));
+      }
+      if (!ok)
         throw NonFiniteError(c.steps, "the tangent vectors became NaN/Inf by step " +
                                           std::to_string(c.steps) +
                                           " (sample " + std::to_string(c.b0 + b) +
@@ -91,11 +709,7 @@ struct LyapunovEngine<T>::Impl {
                                           "underflowed between re-orthonormalisations");
       if (!accumulate) continue;
       double* ls = c.logsum.data() + b * k;
-      for (std::size_t j = 0; j < k; ++j) {
-        const double g = std::log(std::fabs(rd[j]));
-        ls[j] += g;
-        rd[j] = g;
-      }
+      for (std::size_t j = 0; j < k; ++j) ls[j] += rd[j];
       if (record) {
         const std::size_t base = c.rec_block.size();
         c.rec_block.resize(base + k);
@@ -109,9 +723,13 @@ struct LyapunovEngine<T>::Impl {
     if (record) c.book.steps.push_back(c.steps);
   }
 
-  void step(Chunk& c, std::size_t s, const T* proj) {
-    StepScratch<T>& ws = c.ws;
-    advance(m, s, proj, c.X.data(), c.Y.data(), c.nb, k, ws);
+  void step(Chunk& c, std::size_t s, const T* proj, Team* team) {
+    const bool qr_now = c.since_qr + 1 == opt.qr_every;
+    if (fast) {
+      fast_step(c, proj, qr_now, team);
+    } else {
+      advance(m, s, proj, c.X.data(), c.Y.data(), c.nb, k, c.ws);
+    }
     std::swap(c.X, c.Y);
     ++c.steps;
     if (!all_finite(c.X.data(), c.nb * D)) {
@@ -152,28 +770,42 @@ LyapunovEngine<T>::LyapunovEngine(TangentModel<T> model, std::size_t batch, cons
   if (opt.max_records < 2) throw std::invalid_argument("max_records must be >= 2");
   if (!h0 || !v0) throw std::invalid_argument("h0 and v0 are required");
   const std::size_t n_chunks = resolve_threads(opt.num_threads, batch);
+  p.plan_fast(static_cast<int>(resolve_threads(opt.num_threads, 1 << 20)));
   p.chunks.resize(n_chunks);
   const std::size_t D = p.D, k = p.k;
+  std::vector<T> tmp(p.fast ? k * D : 0);
   for (std::size_t ci = 0; ci < n_chunks; ++ci) {
     auto& c = p.chunks[ci];
     const auto [b0, b1] = split_range(batch, n_chunks, ci);
     c.b0 = b0;
     c.nb = b1 - b0;
-    const std::size_t rows = c.nb * (k + 1);
+    const std::size_t rows = p.fast ? c.nb : c.nb * (k + 1);
     c.X.assign(rows * D, T(0));
     c.Y.assign(rows * D, T(0));
     std::copy(h0 + b0 * D, h0 + b1 * D, c.X.data());
-    std::copy(v0 + b0 * k * D, v0 + b1 * k * D, c.X.data() + c.nb * D);
+    if (!p.fast) std::copy(v0 + b0 * k * D, v0 + b1 * k * D, c.X.data() + c.nb * D);
+    else p.init_fast_chunk(c);
     c.logsum.assign(c.nb * k, 0.0);
     c.rdiag.assign(k, 0.0);
     c.tau.assign(k, T(0));
     c.book.max = opt.max_records;
     for (std::size_t b = 0; b < c.nb; ++b) {
-      if (!householder::qr_replace_by_q(p.tangents(c, b), D, k, D, c.rdiag.data(), c.tau.data()))
+      T* v = p.fast ? tmp.data() : p.tangents(c, b);
+      if (p.fast) std::copy(v0 + (b0 + b) * k * D, v0 + (b0 + b + 1) * k * D, v);
+      if (!householder::qr_replace_by_q(v, D, k, D, c.rdiag.data(), c.tau.data()))
         throw std::invalid_argument("the initial tangent vectors contain NaN/Inf");
       for (std::size_t j = 0; j < k; ++j)
         if (c.rdiag[j] == 0.0)
           throw std::invalid_argument("the initial tangent vectors are linearly dependent");
+      if (p.fast) {  // transposed: row i holds coordinate i of every vector
+        T* va = c.va[b].data();
+        for (std::size_t j = 0; j < k; ++j)
+          for (std::size_t i = 0; i < D; ++i) {
+            // LSTM rows are interleaved: h_j at 2j, c_j at 2j + 1.
+            const std::size_t row = p.cell == 1 ? (i < p.N ? 2 * i : 2 * (i - p.N) + 1) : i;
+            va[row * p.KP + j] = v[j * D + i];
+          }
+      }
     }
   }
 }
@@ -191,23 +823,37 @@ void LyapunovEngine<T>::feed(const T* x, std::size_t steps, std::size_t total_hi
   const std::size_t B = p.B, n_chunks = p.chunks.size();
   const std::size_t GN = p.m.proj_cols(), I = dense ? 0 : p.m.input_size();
   const int budget = static_cast<int>(resolve_threads(p.opt.num_threads, 1 << 20));
-  blas::BlasThreadsScope whole_call(budget);  // input projections
+  // Input projections (general path: BLAS with the whole budget).
+  std::unique_ptr<blas::BlasThreadsScope> whole_call;
+  if (!p.fast) whole_call = std::make_unique<blas::BlasThreadsScope>(budget);
   const std::size_t total = total_hint ? total_hint : std::numeric_limits<std::size_t>::max();
   // Input projections for a sub-chunk of steps in one GEMM, bounded to ~4M values.
   const std::size_t per_step = std::max<std::size_t>(1, B * GN);
   const std::size_t sub = dense ? steps : std::max<std::size_t>(1, std::min(steps, (std::size_t(1) << 22) / per_step));
   std::vector<T> P(dense ? 0 : sub * B * GN);
+  std::unique_ptr<Team> team;
+  if (p.split && n_chunks == 1 && budget >= 2 && steps > 1) team = std::make_unique<Team>();
   for (std::size_t t0 = 0; t0 < steps; t0 += sub) {
     const std::size_t tn = std::min(sub, steps - t0);
-    if (!dense) p.m.project_inputs(x + t0 * B * I, tn * B, P.data());
+    if (p.fast) {
+      for (std::size_t r = 0; r < tn * B; ++r)
+        std::copy(p.pbias.begin(), p.pbias.end(), P.data() + r * GN);
+      gemm_packed(tn * B, x + t0 * B * I, I, p.wih, T(1), P.data(), GN);
+    } else if (!dense) {
+      p.m.project_inputs(x + t0 * B * I, tn * B, P.data());
+    }
     const std::size_t start = p.chunks[0].steps;
-    blas::BlasThreadsScope chunk_threads(n_chunks > 1 ? 1 : budget);
+    const std::size_t rows = (p.chunks[0].nb) * (p.k + 1);
+    std::unique_ptr<blas::BlasThreadsScope> chunk_threads;
+    if (!p.fast)
+      chunk_threads = std::make_unique<blas::BlasThreadsScope>(
+          n_chunks > 1 ? 1 : blas::step_threads(rows, p.m.gemm_cols(0), p.m.in_dim(0), budget));
     run_chunks(n_chunks, ctl, [&](std::size_t ci) {
       auto& c = p.chunks[ci];
       for (std::size_t t = 0; t < tn; ++t) {
         const std::size_t s = dense ? t : 0;  // layer index (dense) or the shared cell
         const T* proj = dense ? nullptr : P.data() + (t * B + c.b0) * GN;
-        p.step(c, s, proj);
+        p.step(c, s, proj, ci == 0 ? team.get() : nullptr);
         if (ci == 0) ctl.tick(start + t + 1, total);
         else ctl.poll();
       }
@@ -222,6 +868,7 @@ void LyapunovEngine<T>::finish() {
     if (c.since_qr > 0) {
       const std::size_t len = c.since_qr;
       c.since_qr = 0;
+      if (p.fast) p.fast_qr_only(c);
       p.qr_block(c, len);
     }
 }
