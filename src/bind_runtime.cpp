@@ -1,3 +1,7 @@
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
 #include "pybind11.hpp"
 #include "vgcore/blas.hpp"
 #include "vgcore/packed_gemm.hpp"
@@ -26,6 +30,22 @@ py::array_t<T> packed_product(const py::array& a, const py::array& b, bool trans
   return out;
 }
 
+// Best-of-`repeat` GFLOP/s of C = A B (m x k by k x n, row-major) through the BLAS vgcore
+// links, at its current thread count: the machine's own limit for the benchmarks.
+template <class T>
+double gemm_gflops(std::size_t m, std::size_t n, std::size_t k, int repeat) {
+  std::vector<T> a(m * k, T(0.5)), b(k * n, T(0.25)), c(m * n, T(0));
+  double best = 1e300;
+  py::gil_scoped_release release;
+  for (int r = 0; r < repeat + 1; ++r) {  // the first run warms up
+    const auto t0 = std::chrono::steady_clock::now();
+    blas::gemm(blas::Op::N, blas::Op::N, m, n, k, T(1), a.data(), k, b.data(), n, T(0), c.data(), n);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (r > 0) best = std::min(best, dt);
+  }
+  return 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) / best / 1e9;
+}
+
 }  // namespace
 
 void bind_runtime(py::module_& m) {
@@ -47,6 +67,14 @@ void bind_runtime(py::module_& m) {
       py::arg("a"), py::arg("b"), py::arg("transposed"), py::arg("c") = py::none(),
       "a @ b (or a @ b.T) + c through the packed-panel GEMM (test hook).");
   m.def("packed_gemm_available", &packed_gemm_available);
+  m.def(
+      "blas_gemm_gflops",
+      [](std::size_t m, std::size_t n, std::size_t k, bool float64, int repeat) {
+        if (m == 0 || n == 0 || k == 0 || repeat < 1) throw py::value_error("m, n, k and repeat must be positive");
+        return float64 ? gemm_gflops<double>(m, n, k, repeat) : gemm_gflops<float>(m, n, k, repeat);
+      },
+      py::arg("m"), py::arg("n"), py::arg("k"), py::arg("float64") = false, py::arg("repeat") = 5,
+      "Best GFLOP/s of an m x k by k x n GEMM through vgcore's BLAS at its current thread count.");
 #ifdef VGCORE_VERSION
   m.attr("__version__") = VGCORE_VERSION;
 #endif
