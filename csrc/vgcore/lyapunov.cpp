@@ -90,7 +90,7 @@ struct LyapKernels {
   int lanes = 0;
   std::size_t kp = 0, mr = 0;  // tangent lanes per row, W_hh rows per GEMM tile
   void (*gemm)(const T*, std::size_t, std::size_t, std::size_t, const T*, std::size_t, const T*,
-               T*, T*, std::size_t) = nullptr;
+               T*, T*, const unsigned*, std::size_t) = nullptr;
   void (*tangent)(int, const T*, const T*, std::size_t, const T*, T*, std::size_t, std::size_t,
                   T*) = nullptr;
   void (*scale)(T*, std::size_t, const T*) = nullptr;
@@ -99,7 +99,8 @@ struct LyapKernels {
                  T*) = nullptr;
   void (*form_dense)(T*, std::size_t, std::size_t, const T*, std::size_t, const T*, const T*,
                      const T*, T*) = nullptr;
-  void (*combine)(double*, double*, std::size_t, double*, double*, double*, double*) = nullptr;
+  void (*combine)(const T*, const T*, const double*, const double*, const double*, const double*,
+                  std::size_t, double*, T*, T*, double*) = nullptr;
 };
 
 namespace lk_generic {
@@ -180,47 +181,52 @@ bool lyap_kernels(std::size_t k, LyapKernels<T>& out) {
 
 namespace fm = vgcore::fastmath;
 
+// Each output array is its own restrict parameter: with one base pointer GCC needs a run-time
+// alias check per pair of stores, exceeds its limit (10) and gives up vectorising.
 template <class T>
-VGCORE_TARGET_CLONES void lstm_state_units(const T* __restrict p, const T* __restrict u,
-                                           const T* __restrict cprev, T* __restrict hn,
-                                           T* __restrict cn, T* __restrict coef, std::size_t N,
-                                           std::size_t j0, std::size_t j1) {
+VGCORE_TARGET_CLONES void lstm_state_units(
+    const T* __restrict pi, const T* __restrict pf, const T* __restrict pg, const T* __restrict po,
+    const T* __restrict ui, const T* __restrict uf, const T* __restrict ug, const T* __restrict uo,
+    const T* __restrict cprev, T* __restrict hn, T* __restrict cn, T* __restrict c0,
+    T* __restrict c1, T* __restrict c2, T* __restrict c3, T* __restrict c4, T* __restrict c5,
+    std::size_t j0, std::size_t j1) {
   for (std::size_t j = j0; j < j1; ++j) {
-    const T i = fm::sigmoid(p[j] + u[j]);
-    const T f = fm::sigmoid(p[N + j] + u[N + j]);
-    const T g = fm::tanh(p[2 * N + j] + u[2 * N + j]);
-    const T o = fm::sigmoid(p[3 * N + j] + u[3 * N + j]);
-    const T c = f * cprev[j] + i * g;
+    const T i = fm::sigmoid(pi[j] + ui[j]);
+    const T f = fm::sigmoid(pf[j] + uf[j]);
+    const T g = fm::tanh(pg[j] + ug[j]);
+    const T o = fm::sigmoid(po[j] + uo[j]);
+    const T cp = cprev[j];
+    const T c = f * cp + i * g;
     const T tc = fm::tanh(c);
     cn[j] = c;
     hn[j] = o * tc;
-    coef[j] = f;
-    coef[N + j] = cprev[j] * (f * (1 - f));
-    coef[2 * N + j] = g * (i * (1 - i));
-    coef[3 * N + j] = i * (1 - g * g);
-    coef[4 * N + j] = o * (1 - tc * tc);
-    coef[5 * N + j] = tc * (o * (1 - o));
+    c0[j] = f;
+    c1[j] = cp * (f * (1 - f));
+    c2[j] = g * (i * (1 - i));
+    c3[j] = i * (1 - g * g);
+    c4[j] = o * (1 - tc * tc);
+    c5[j] = tc * (o * (1 - o));
   }
 }
 
 template <class T>
-VGCORE_TARGET_CLONES void gru_state_units(const T* __restrict p, const T* __restrict u,
-                                          const T* __restrict bhh, const T* __restrict hprev,
-                                          T* __restrict hn, T* __restrict coef, std::size_t N,
-                                          std::size_t j0, std::size_t j1) {
+VGCORE_TARGET_CLONES void gru_state_units(
+    const T* __restrict pr, const T* __restrict pz, const T* __restrict pn, const T* __restrict ur,
+    const T* __restrict uz, const T* __restrict un, const T* __restrict br, const T* __restrict bz,
+    const T* __restrict bn, const T* __restrict hprev, T* __restrict hn, T* __restrict c0,
+    T* __restrict c1, T* __restrict c2, T* __restrict c3, std::size_t j0, std::size_t j1) {
   for (std::size_t j = j0; j < j1; ++j) {
-    const T qr = u[j] + (bhh ? bhh[j] : T(0));
-    const T qz = u[N + j] + (bhh ? bhh[N + j] : T(0));
-    const T qn = u[2 * N + j] + (bhh ? bhh[2 * N + j] : T(0));
-    const T r = fm::sigmoid(p[j] + qr);
-    const T z = fm::sigmoid(p[N + j] + qz);
-    const T n = fm::tanh(p[2 * N + j] + r * qn);
-    hn[j] = (1 - z) * n + z * hprev[j];
+    const T qn = un[j] + bn[j];
+    const T r = fm::sigmoid(pr[j] + (ur[j] + br[j]));
+    const T z = fm::sigmoid(pz[j] + (uz[j] + bz[j]));
+    const T n = fm::tanh(pn[j] + r * qn);
+    const T hp = hprev[j];
+    hn[j] = (1 - z) * n + z * hp;
     const T a = (1 - z) * (1 - n * n);
-    coef[j] = z;
-    coef[N + j] = a * qn * (r * (1 - r));
-    coef[2 * N + j] = (hprev[j] - n) * (z * (1 - z));
-    coef[3 * N + j] = a * r;
+    c0[j] = z;
+    c1[j] = a * qn * (r * (1 - r));
+    c2[j] = (hp - n) * (z * (1 - z));
+    c3[j] = a * r;
   }
 }
 
@@ -410,11 +416,14 @@ struct LyapunovEngine<T>::Impl {
   std::size_t N = 0, G = 0, GN = 0, KP = 0, MR = 0, ntiles = 0, ncoef = 0;
   Activation act;
   AVec<T> Wp;     // W_hh in tiles of MR packed rows (see gemm_tiles)
+  std::vector<unsigned> orig;  // packed row -> original row of W_hh
   PackedMatrix<T> wih;   // W_ih^T for the input projections (no BLAS calls on this path: a
   std::vector<T> pbias;  // BLAS thread-count change would wake its pool onto the helper's core)
+  std::vector<T> gru_bhh;  // GRU: b_hh (zeros without one)
   Part whole;     // the whole step
   Part half[2];   // the two halves of a split step
-  bool split = false;  // steps are split in two halves (TSQR) for a helper thread
+  bool split = false;      // steps are split in two halves (TSQR)
+  bool helper_ok = false;  // ... and a helper thread may take one
 
   // Everything a chunk of samples owns. Counters are the same in every chunk (each advances
   // through the same steps); chunk 0's are reported.
@@ -436,7 +445,7 @@ struct LyapunovEngine<T>::Impl {
       std::vector<int> ex;        // column exponents of the power-of-two scaling
       std::vector<double> rdiag;  // beta_j
     } ps[2];
-    std::vector<double> rtop, rbot, qtop, qbot, taus, rd;  // TSQR combine (k x KP doubles)
+    std::vector<double> cwork, rd, f2;  // TSQR combine: scratch, R's diagonal, 2^ex per half
     std::vector<double> logs;  // nb x k: log|R_jj| of the last QR
     std::vector<char> qr_ok;
   };
@@ -464,6 +473,8 @@ struct LyapunovEngine<T>::Impl {
     ncoef = cell == 1 ? 6 : cell == 2 ? 4 : 1;
     act = make_activation(kind == CellKind::rnn_relu ? "relu" : "tanh");
     const T* W = m.weights().weight_hh;
+    orig.resize(GN);
+    for (std::size_t pr = 0; pr < GN; ++pr) orig[pr] = static_cast<unsigned>((pr % G) * N + pr / G);
     Wp.assign(ntiles * N * MR + 4 * KP + 64, T(0));
     for (std::size_t t = 0; t < ntiles; ++t)
       for (std::size_t r = 0; r < MR; ++r) {
@@ -480,6 +491,8 @@ struct LyapunovEngine<T>::Impl {
       if (rw.bias_ih) pbias[j] += rw.bias_ih[j];
       if (rw.bias_hh && cell != 2) pbias[j] += rw.bias_hh[j];  // GRU: b_hh sits inside r * (...)
     }
+    gru_bhh.assign(GN, T(0));
+    if (cell == 2 && rw.bias_hh) std::copy(rw.bias_hh, rw.bias_hh + GN, gru_bhh.begin());
     const std::size_t rows_per_unit = cell == 1 ? 2 : 1;
     whole = Part{0, ntiles, 0, N, 0, D};
     // Halves at a unit boundary that is also a tile boundary.
@@ -489,14 +502,19 @@ struct LyapunovEngine<T>::Impl {
     const std::size_t u = (N / 2 + ustep / 2) / ustep * ustep;
     half[0] = Part{0, u * G / MR, 0, u, 0, u * rows_per_unit};
     half[1] = Part{u * G / MR, ntiles, u, N, u * rows_per_unit, D};
-    // Two threads on one step pay ~3 hand-overs per step (about a microsecond when both cores
-    // are free): worth it from ~1.5 M multiply-adds per step (N = 256 RNN: 2.2 M).
+    // Split steps (two halves, TSQR): when a helper thread can take a half (two threads, one
+    // chunk) and the step is worth ~3 hand-overs (about a microsecond when both cores are free:
+    // from ~1.5 M multiply-adds per step; N = 256 RNN: 2.2 M), and whenever the tangent block
+    // outgrows L1 (> 48 KB: N = 256 LSTM, N >= 512), where two L1-sized halves plus the combine
+    // beat one QR even on one thread. So the arithmetic depends on the thread setting only for
+    // small blocks.
+    const bool can = u >= k && D - half[1].r0 >= k && u > 0 && u < N;
     const double macs = static_cast<double>(k + 1) * static_cast<double>(GN) * static_cast<double>(N);
-    split = threads >= 2 && B == 1 && u >= k && D - half[1].r0 >= k && u > 0 && u < N &&
-            macs >= 1.5e6;
+    helper_ok = can && threads >= 2 && B == 1 && macs >= 1.5e6;
+    split = helper_ok || (can && D * KP * sizeof(T) > 48 * 1024);
     if (const char* env = std::getenv("VGCORE_LYAPUNOV_SPLIT")) {  // tests: force either way
-      if (std::string(env) == "0") split = false;
-      else if (std::string(env) == "1" && u >= k && D - half[1].r0 >= k && u > 0 && u < N) split = true;
+      if (std::string(env) == "0") split = helper_ok = false;
+      else if (std::string(env) == "1" && can) split = true;
     }
   }
 
@@ -517,9 +535,9 @@ struct LyapunovEngine<T>::Impl {
       q.ex.assign(KP, 0);
       q.rdiag.assign(KP, 0.0);
     }
-    for (auto* v : {&c.rtop, &c.rbot, &c.qtop, &c.qbot}) v->assign(k * KP, 0.0);
-    c.taus.assign(KP, 0.0);
+    c.cwork.assign(4 * k * KP + 4 * KP, 0.0);
     c.rd.assign(KP, 0.0);
+    c.f2.assign(2 * KP, 1.0);
     c.logs.assign(c.nb * k, 0.0);
     c.qr_ok.assign(c.nb, 1);
   }
@@ -530,13 +548,17 @@ struct LyapunovEngine<T>::Impl {
     const T* h = c.X.data() + b * D;
     T* y = c.Y.data() + b * D;
     const std::size_t xs = cell == 1 ? 2 * KP : KP;
-    kr.gemm(Wp.data(), N, P.t0, P.t1, va, xs, h, c.U.data(), c.us.data(), G);
+    kr.gemm(Wp.data(), N, P.t0, P.t1, va, xs, h, c.U.data(), c.us.data(), orig.data(), GN);
     const T* u = c.us.data();
     T* coef = c.coef.data();
     if (cell == 1) {
-      lstm_state_units(proj, u, h + N, y, y + N, coef, N, P.u0, P.u1);
+      lstm_state_units(proj, proj + N, proj + 2 * N, proj + 3 * N, u, u + N, u + 2 * N, u + 3 * N,
+                       h + N, y, y + N, coef, coef + N, coef + 2 * N, coef + 3 * N, coef + 4 * N,
+                       coef + 5 * N, P.u0, P.u1);
     } else if (cell == 2) {
-      gru_state_units(proj, u, m.weights().bias_hh, h, y, coef, N, P.u0, P.u1);
+      const T* bh = gru_bhh.data();
+      gru_state_units(proj, proj + N, proj + 2 * N, u, u + N, u + 2 * N, bh, bh + N, bh + 2 * N, h,
+                      y, coef, coef + N, coef + 2 * N, coef + 3 * N, P.u0, P.u1);
     } else {
       for (std::size_t j = P.u0; j < P.u1; ++j) coef[j] = proj[j] + u[j];
       activation_forward(act, coef + P.u0, y + P.u0, coef + P.u0, P.u1 - P.u0);
@@ -585,22 +607,13 @@ struct LyapunovEngine<T>::Impl {
 
   // TSQR: combine the two halves' triangles (float64), logs, and the halves' tops of Q.
   void combine_halves(Chunk& c, std::size_t b) {
-    double f[128];  // 2^ex per column (ex = 0 unless the half was scaled)
-    for (int t = 0; t < 2; ++t) {
-      const auto& q = c.ps[t];
-      const T* A = c.vb[b].data() + half[t].r0 * KP;
-      double* R = t == 0 ? c.rtop.data() : c.rbot.data();
-      for (std::size_t j = 0; j < k; ++j) f[j] = q.ex[j] ? std::ldexp(1.0, q.ex[j]) : 1.0;
-      for (std::size_t i = 0; i < k; ++i) {
-        double* r = R + i * KP;
-        const T* a = A + i * KP;
-        for (std::size_t j = 0; j < KP; ++j)
-          r[j] = j > i && j < k ? static_cast<double>(a[j]) * f[j] : 0.0;
-        r[i] = q.rdiag[i] * f[i];
-      }
-    }
-    kr.combine(c.rtop.data(), c.rbot.data(), k, c.rd.data(), c.qtop.data(), c.qbot.data(),
-               c.taus.data());
+    for (int t = 0; t < 2; ++t)
+      for (std::size_t j = 0; j < KP; ++j)
+        c.f2[t * KP + j] = c.ps[t].ex[j] ? std::ldexp(1.0, c.ps[t].ex[j]) : 1.0;
+    const T* vb = c.vb[b].data();
+    kr.combine(vb + half[0].r0 * KP, vb + half[1].r0 * KP, c.ps[0].rdiag.data(),
+               c.ps[1].rdiag.data(), c.f2.data(), c.f2.data() + KP, k, c.rd.data(),
+               c.ps[0].top.data(), c.ps[1].top.data(), c.cwork.data());
     double* lg = c.logs.data() + b * k;
     bool ok = true;
     for (std::size_t j = 0; j < k; ++j) {
@@ -608,10 +621,6 @@ struct LyapunovEngine<T>::Impl {
       ok = ok && std::isfinite(c.rd[j]);
     }
     c.qr_ok[b] = ok;
-    for (std::size_t i = 0; i < k * KP; ++i) {
-      c.ps[0].top[i] = static_cast<T>(c.qtop[i]);
-      c.ps[1].top[i] = static_cast<T>(c.qbot[i]);
-    }
   }
 
   void form_half(Chunk& c, std::size_t b, int t) {
@@ -832,7 +841,8 @@ void LyapunovEngine<T>::feed(const T* x, std::size_t steps, std::size_t total_hi
   const std::size_t sub = dense ? steps : std::max<std::size_t>(1, std::min(steps, (std::size_t(1) << 22) / per_step));
   std::vector<T> P(dense ? 0 : sub * B * GN);
   std::unique_ptr<Team> team;
-  if (p.split && n_chunks == 1 && budget >= 2 && steps > 1) team = std::make_unique<Team>();
+  if (p.split && p.helper_ok && n_chunks == 1 && budget >= 2 && steps > 1)
+    team = std::make_unique<Team>();
   for (std::size_t t0 = 0; t0 < steps; t0 += sub) {
     const std::size_t tn = std::min(sub, steps - t0);
     if (p.fast) {

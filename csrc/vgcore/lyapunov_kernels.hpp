@@ -62,15 +62,15 @@ constexpr int kTileRows = (LK_REGS * 3 / 4) / NV > 0 ? (LK_REGS * 3 / 4) / NV : 
 // ---- GEMM: U (packed rows, KP wide) = W X, and the state row us = W h ----------------------
 //
 // Wp holds tile t (MR packed rows p = t*MR + r) as N x MR values, [kk][r]; packed row p is
-// gate p % G of unit p / G (original row (p % G) * N + p / G). X: the N tangent rows of the
-// h part, row stride xs. U: packed row p at U + p * KP. us: original order.
+// gate p % G of unit p / G, original row orig[p] = (p % G) * N + p / G (orig: GN entries). X:
+// the N tangent rows of the h part, row stride xs. U: packed row p at U + p * KP. us: original
+// order.
 template <class T, int NV>
 void gemm_tiles(const T* __restrict Wp, std::size_t N, std::size_t t0, std::size_t t1,
                 const T* __restrict X, std::size_t xs, const T* __restrict h, T* __restrict U,
-                T* __restrict us, std::size_t G) {
+                T* __restrict us, const unsigned* __restrict orig, std::size_t GN) {
   using V = VecT<T>;
   constexpr int L = kLanes<T>, KP = NV * L, MR = kTileRows<NV>, SV = (MR + L - 1) / L;
-  const std::size_t GN = G * N;
   for (std::size_t t = t0; t < t1; ++t) {
     const T* w = Wp + t * N * MR;
     V acc[MR][NV], sacc[SV];
@@ -93,9 +93,11 @@ void gemm_tiles(const T* __restrict Wp, std::size_t N, std::size_t t0, std::size
       for (int v = 0; v < NV; ++v) vstore(u + r * KP + v * L, acc[r][v]);
     T sv[SV * L];
     for (int s = 0; s < SV; ++s) vstore(sv + s * L, sacc[s]);
-    for (int r = 0; r < MR; ++r) {
-      const std::size_t p = t * MR + r;
-      if (p < GN) us[(p % G) * N + p / G] = sv[r];
+    const std::size_t p0 = t * MR;
+    if (p0 + MR <= GN) {
+      for (int r = 0; r < MR; ++r) us[orig[p0 + r]] = sv[r];
+    } else {
+      for (std::size_t r = 0; p0 + r < GN; ++r) us[orig[p0 + r]] = sv[r];
     }
   }
 }
@@ -201,10 +203,11 @@ void factor_pass(T* __restrict A, std::size_t m, std::size_t j, T s, const T* __
                  T* __restrict y, T* __restrict g) {
   using V = VecT<T>;
   constexpr int L = kLanes<T>, KP = NV * L;
-  V wv[NV], acc[2][NV];  // two rows at a time: independent FMA chains
+  constexpr int C = NV <= 2 ? 4 : 2;  // rows at a time: independent FMA chains
+  V wv[NV], acc[C][NV];
   for (int v = V0; v < NV; ++v) {
     wv[v] = vload(w + v * L);
-    acc[0][v] = acc[1][v] = V{};
+    for (int r = 0; r < C; ++r) acc[r][v] = V{};
   }
   const T wj1 = j + 1 < static_cast<std::size_t>(KP) ? w[j + 1] : T(0);
   std::size_t i = j + 1;
@@ -217,8 +220,8 @@ void factor_pass(T* __restrict A, std::size_t m, std::size_t j, T s, const T* __
     ++i;
   }
   const bool next = j + 1 < static_cast<std::size_t>(KP);
-  for (; i < m; i += 2) {
-    const int nr = i + 1 < m ? 2 : 1;
+  for (; i < m; i += C) {
+    const int nr = i + C <= m ? C : static_cast<int>(m - i);
     for (int r = 0; r < nr; ++r) {
       T* a = A + (i + r) * KP;
       const T x = a[j];
@@ -233,7 +236,11 @@ void factor_pass(T* __restrict A, std::size_t m, std::size_t j, T s, const T* __
       }
     }
   }
-  for (int v = V0; v < NV; ++v) vstore(g + v * L, acc[0][v] + acc[1][v]);
+  for (int v = V0; v < NV; ++v) {
+    V t = acc[0][v];
+    for (int r = 1; r < C; ++r) t += acc[r][v];
+    vstore(g + v * L, t);
+  }
 }
 
 template <class T, int NV, int V0 = 0>
@@ -252,32 +259,42 @@ LK_INLINE void factor_pass_at(int v0, T* A, std::size_t m, std::size_t j, T s, c
 template <class T, int NV>
 void qr_factor(T* __restrict A, std::size_t m, std::size_t k, T* __restrict Y, std::size_t ldy,
                T* __restrict tau, T* __restrict sc, double* __restrict rdiag, T* __restrict gw) {
+  using V = VecT<T>;
   constexpr int L = kLanes<T>, KP = NV * L;
   T* g = gw;
   T* w = gw + KP;
+  T idx[KP];
+  for (int c = 0; c < KP; ++c) idx[c] = static_cast<T>(c);
   gram0<T, NV>(A, m, g);
   for (std::size_t j = 0; j < k; ++j) {
     T* aj = A + j * KP;
-    const double alpha = aj[j], xn2 = g[j];
-    double beta = alpha, tj = 0.0, s = 0.0;
-    if (xn2 != 0.0) {  // NaN goes this way too and propagates
-      const double norm = std::sqrt(alpha * alpha + xn2);
+    // The reflector's scalars in T: float's sqrt and divisions are shorter on this serial
+    // chain, and the column's entries and Gram sums are in T anyway (the column scaling in
+    // lyapunov.cpp keeps their squares in range).
+    const T alpha = aj[j], xn2 = g[j];
+    T beta = alpha, tj = 0, s = 0;
+    if (xn2 != T(0)) {  // NaN goes this way too and propagates
+      const T norm = std::sqrt(alpha * alpha + xn2);
       beta = alpha >= 0 ? -norm : norm;
-      tj = (beta - alpha) / beta;
-      s = 1.0 / (alpha - beta);
+      const T d = alpha - beta;
+      tj = -d / beta;
+      s = T(1) / d;
     }
     rdiag[j] = beta;
-    tau[j] = static_cast<T>(tj);
-    sc[j] = static_cast<T>(s);
-    for (int c = 0; c < KP; ++c)
-      w[c] = (static_cast<std::size_t>(c) > j && static_cast<std::size_t>(c) < k)
-                 ? static_cast<T>(tj * (aj[c] + s * g[c]))
-                 : T(0);
-    for (std::size_t c = j + 1; c < k; ++c) aj[c] -= w[c];
-    aj[j] = static_cast<T>(beta);
+    tau[j] = tj;
+    sc[j] = s;
+    // w = tau (A[j] + s g) on the lanes > j (padding lanes of A[j] and g are 0); A[j] -= w.
+    const V tv = vbc(tj), sv = vbc(s), jv = vbc(static_cast<T>(j));
+    for (int v = 0; v < NV; ++v) {
+      const V a = vload(aj + v * L);
+      const V wv = vload(idx + v * L) > jv ? tv * (a + sv * vload(g + v * L)) : V{};
+      vstore(w + v * L, wv);
+      vstore(aj + v * L, a - wv);
+    }
+    aj[j] = beta;
     T* yj = Y + j * ldy;
     if (j + 1 < k) {
-      factor_pass_at<T, NV>(static_cast<int>((j + 1) / L), A, m, j, static_cast<T>(s), w, yj, g);
+      factor_pass_at<T, NV>(static_cast<int>((j + 1) / L), A, m, j, s, w, yj, g);
     } else {
       for (std::size_t i = j + 1; i < m; ++i) yj[i] = A[i * KP + j];
     }
@@ -293,14 +310,15 @@ void form_pass(T* __restrict M, std::size_t m, std::size_t j, T tj, T sj, const 
                T sp, const T* __restrict yp, const T* __restrict w, T* __restrict wn, T& wnj) {
   using V = VecT<T>;
   constexpr int L = kLanes<T>, KP = NV * L;
-  V wv[NV], acc[2][NV];  // two rows at a time: independent FMA chains
+  constexpr int C = NV <= 2 ? 4 : 2;  // rows at a time: independent FMA chains
+  V wv[NV], acc[C][NV];
   for (int v = V0; v < NV; ++v) {
     wv[v] = vload(w + v * L);
-    acc[0][v] = acc[1][v] = V{};
+    for (int r = 0; r < C; ++r) acc[r][v] = V{};
   }
-  T accj[2] = {0, 0};
-  for (std::size_t i = j + 1; i < m; i += 2) {
-    const int nr = i + 1 < m ? 2 : 1;
+  T accj[C] = {};
+  for (std::size_t i = j + 1; i < m; i += C) {
+    const int nr = i + C <= m ? C : static_cast<int>(m - i);
     for (int r = 0; r < nr; ++r) {
       T* a = M + (i + r) * KP;
       const T vi = sj * yj[i + r];
@@ -317,8 +335,14 @@ void form_pass(T* __restrict M, std::size_t m, std::size_t j, T tj, T sj, const 
       accj[r] += vp * q;
     }
   }
-  for (int v = V0; v < NV; ++v) vstore(wn + v * L, acc[0][v] + acc[1][v]);
-  wnj = accj[0] + accj[1];
+  T sj_ = accj[0];
+  for (int r = 1; r < C; ++r) sj_ += accj[r];
+  for (int v = V0; v < NV; ++v) {
+    V t = acc[0][v];
+    for (int r = 1; r < C; ++r) t += acc[r][v];
+    vstore(wn + v * L, t);
+  }
+  wnj = sj_;
 }
 
 template <class T, int NV, int V0 = 0>
@@ -336,28 +360,34 @@ template <class T, int NV>
 void qr_form_e(T* __restrict M, std::size_t m, std::size_t k, const T* __restrict Y,
                std::size_t ldy, const T* __restrict tau, const T* __restrict sc,
                T* __restrict gw) {
+  using V = VecT<T>;
   constexpr int L = kLanes<T>, KP = NV * L;
-  T* w = gw;  // sum_{i > j} v_i M[i][c], lanes > j
+  T* w = gw;  // tau_j sum_{i > j} v_i M[i][c] on the lanes > j, 0 elsewhere
   T* wn = gw + KP;
+  T idx[KP];
+  for (int c = 0; c < KP; ++c) idx[c] = static_cast<T>(c);
   for (int c = 0; c < KP; ++c) w[c] = T(0);
   for (std::size_t j = k; j-- > 0;) {
     const T tj = tau[j];
-    for (int c = 0; c < KP; ++c) w[c] = static_cast<std::size_t>(c) > j ? tj * w[c] : T(0);
     const bool prev = j > 0;
     const T sp = prev ? sc[j - 1] : T(0);
     const T* yp = prev ? Y + (j - 1) * ldy : nullptr;
     T wnj = 0;
-    form_pass_at<T, NV>(static_cast<int>((j + 1) / L), M, m, j, tj, sc[j], Y + j * ldy, sp, yp,
-                        w, wn, wnj);
-    // Row j: M[j][c] = -w[c] (c > j), M[j][j] = 1 - tau_j; lanes < j are set by later steps.
+    const int v0 = static_cast<int>((j + 1) / L);
+    for (int v = 0; v < v0; ++v) vstore(wn + v * L, V{});
+    form_pass_at<T, NV>(v0, M, m, j, tj, sc[j], Y + j * ldy, sp, yp, w, wn, wnj);
+    // Row j: M[j][c] = -w[c] (c > j), M[j][j] = 1 - tau_j (lanes < j are set by later steps).
+    // The sums for step j - 1 (lanes >= j): wn + v^{(j-1)}_j M[j], lane j from wnj.
     T* a = M + j * KP;
-    for (std::size_t c = j + 1; c < static_cast<std::size_t>(KP); ++c) a[c] = -w[c];
-    a[j] = T(1) - tj;
-    if (prev) {
-      const T vpj = sp * Y[(j - 1) * ldy + j];
-      for (std::size_t c = j + 1; c < static_cast<std::size_t>(KP); ++c) wn[c] += vpj * a[c];
-      wn[j] = wnj + vpj * a[j];
-      for (int c = 0; c < KP; ++c) w[c] = static_cast<std::size_t>(c) >= j && static_cast<std::size_t>(c) < k ? wn[c] : T(0);
+    const T vpj = prev ? sp * Y[(j - 1) * ldy + j] : T(0);
+    const V jv = vbc(static_cast<T>(j)), dj = vbc(T(1) - tj), bj = vbc(wnj + vpj * (T(1) - tj)),
+            vb = vbc(vpj), tn = vbc(prev ? tau[j - 1] : T(0));
+    for (int v = 0; v < NV; ++v) {
+      const V lane = vload(idx + v * L);
+      const V row = lane == jv ? dj : -vload(w + v * L);
+      vstore(a + v * L, row);
+      const V raw = lane > jv ? vload(wn + v * L) + vb * row : (lane == jv ? bj : V{});
+      vstore(w + v * L, tn * raw);
     }
   }
 }
@@ -420,100 +450,149 @@ void qr_form_dense(T* __restrict M, std::size_t m, std::size_t k, const T* __res
 
 // ---- TSQR combine (float64) ----------------------------------------------------------------
 //
-// S = [top; bot], two k x k upper-triangular blocks (rows of KP doubles, padding 0). Householder
-// QR exploiting the structure (reflector j acts on top row j and bottom rows 0..j), then
-// Qc = H_0 ... H_{k-1} [I; 0] (2k x k) into qtop / qbot (rows of KP doubles). rdiag: R's
-// diagonal; taus: k scratch. Row operations on whole vectors from the first one holding a lane
-// the reflector touches (the lanes before it are zero or masked), two accumulation chains.
+// The halves' triangles R_t = R'_t 2^ex_t (R'_t: upper triangle of rows 0..k-1 of each factored
+// half, diagonal in rd_t) are stacked as S = [top; bot] in float64 rows of KP (padding 0).
+// Householder QR of S exploiting the structure (reflector j acts on top row j and bottom rows
+// 0..j), one pass per reflector as in qr_factor: the pass applying reflector j accumulates the
+// Gram row of column j + 1 over the bottom rows. Then Qc = H_0 ... H_{k-1} [I; 0] (2k x k),
+// one pass per reflector backwards, and its two k x k blocks go out as the halves' tops in T.
+// rdiag: R's diagonal. work: 4 k KP + 4 KP doubles.
 
-// w (vectors V0..) = tv * (t + sum_{i <= j} v_i b[i]) masked to lanes > jm (jm = -1: none);
-// then t -= w and b[i] -= v_i w. v_i = vs[i * KP + col] (vs may be b).
+// Rows i <= j of b: b[i] -= (s b[i][col]) w on vectors V0.. (w is 0 on lanes <= col); with
+// acc, g = sum_{i <= jn} y_i b'[i] where y_i = b'[i][col + 1] (factor) or vs_i (form).
 template <int KP, int V0>
-LK_INLINE void combine_reflect(double* t, double* b, const double* vs, std::size_t j,
-                               std::size_t col, double tau, double jm, const double* idx) {
+LK_INLINE void combine_pass(double* __restrict b, const double* __restrict vsrc, std::size_t col,
+                            std::size_t rows, double s, const double* __restrict w,
+                            double* __restrict g, const double* __restrict gsrc, double gs,
+                            std::size_t grows, bool factor) {
   using V = VecT<double>;
   constexpr int L = kLanes<double>, NV = KP / L;
-  V w[NV], w2[NV];
+  V wv[NV], acc[2][NV];
   for (int v = V0; v < NV; ++v) {
-    w[v] = vload(t + v * L);
-    w2[v] = V{};
+    wv[v] = vload(w + v * L);
+    acc[0][v] = acc[1][v] = V{};
   }
-  std::size_t i = 0;
-  for (; i + 1 <= j; i += 2) {
-    const V a0 = vbc(vs[i * KP + col]), a1 = vbc(vs[(i + 1) * KP + col]);
+  const double wn = col + 1 < static_cast<std::size_t>(KP) ? w[col + 1] : 0.0;
+  for (std::size_t i = 0; i < rows; ++i) {
+    double* r = b + i * KP;
+    const double cs = s * vsrc[i * KP + col];
+    const V c = vbc(cs);
+    double y = 0;
+    if (i < grows) y = factor ? r[col + 1] - cs * wn : gs * gsrc[i * KP + col - 1];
+    const V yv = vbc(y);
     for (int v = V0; v < NV; ++v) {
-      w[v] += a0 * vload(b + i * KP + v * L);
-      w2[v] += a1 * vload(b + (i + 1) * KP + v * L);
+      const V a = vload(r + v * L) - c * wv[v];
+      vstore(r + v * L, a);
+      acc[i & 1][v] += yv * a;
     }
   }
-  if (i <= j) {
-    const V a0 = vbc(vs[i * KP + col]);
-    for (int v = V0; v < NV; ++v) w[v] += a0 * vload(b + i * KP + v * L);
-  }
-  const V tv = vbc(tau), jv = vbc(jm);
-  for (int v = V0; v < NV; ++v) {
-    w[v] = vload(idx + v * L) > jv ? tv * (w[v] + w2[v]) : V{};
-    vstore(t + v * L, vload(t + v * L) - w[v]);
-  }
-  for (i = 0; i <= j; ++i) {
-    const V a = vbc(vs[i * KP + col]);  // read before b's row changes (lane col of w is 0)
-    for (int v = V0; v < NV; ++v) vstore(b + i * KP + v * L, vload(b + i * KP + v * L) - a * w[v]);
-  }
+  for (int v = V0; v < NV; ++v) vstore(g + v * L, acc[0][v] + acc[1][v]);
 }
 
 template <int KP, int V0 = 0>
-LK_INLINE void combine_reflect_at(int v0, double* t, double* b, const double* vs, std::size_t j,
-                                  std::size_t col, double tau, double jm, const double* idx) {
+LK_INLINE void combine_pass_at(int v0, double* b, const double* vsrc, std::size_t col,
+                               std::size_t rows, double s, const double* w, double* g,
+                               const double* gsrc, double gs, std::size_t grows, bool factor) {
   if constexpr (V0 + 1 < KP / kLanes<double>) {
-    if (v0 > V0) return combine_reflect_at<KP, V0 + 1>(v0, t, b, vs, j, col, tau, jm, idx);
+    if (v0 > V0)
+      return combine_pass_at<KP, V0 + 1>(v0, b, vsrc, col, rows, s, w, g, gsrc, gs, grows, factor);
   }
-  combine_reflect<KP, V0>(t, b, vs, j, col, tau, jm, idx);
+  combine_pass<KP, V0>(b, vsrc, col, rows, s, w, g, gsrc, gs, grows, factor);
 }
 
-template <int KP>
-void tsqr_combine(double* __restrict top, double* __restrict bot, std::size_t k,
-                  double* __restrict rdiag, double* __restrict qtop, double* __restrict qbot,
-                  double* __restrict taus) {
-  constexpr int L = kLanes<double>;
+template <class T, int NV>
+void tsqr_combine(const T* __restrict A0, const T* __restrict A1, const double* __restrict rd0,
+                  const double* __restrict rd1, const double* __restrict f0,
+                  const double* __restrict f1, std::size_t k, double* __restrict rdiag,
+                  T* __restrict top0, T* __restrict top1, double* __restrict work) {
+  using V = VecT<double>;
+  constexpr int KP = NV * kLanes<T>, L = kLanes<double>, NVd = KP / L;
   static_assert(KP % L == 0, "rows of whole vectors");
+  double* top = work;
+  double* bot = top + k * KP;
+  double* qt = bot + k * KP;
+  double* qb = qt + k * KP;
+  double* g = qb + k * KP;
+  double* w = g + KP;
+  double* taus = w + KP;
+  double* scs = taus + KP;
   double idx[KP];
   for (int c = 0; c < KP; ++c) idx[c] = c;
+  for (int t = 0; t < 2; ++t) {
+    const T* A = t ? A1 : A0;
+    const double* rd = t ? rd1 : rd0;
+    const double* f = t ? f1 : f0;
+    double* S = t ? bot : top;
+    for (std::size_t i = 0; i < k; ++i) {
+      double* r = S + i * KP;
+      const T* a = A + i * KP;
+      for (int c = 0; c < KP; ++c)
+        r[c] = idx[c] > static_cast<double>(i) ? static_cast<double>(a[c]) * f[c] : 0.0;
+      r[i] = rd[i] * f[i];
+    }
+  }
+  // Factor. g: Gram row of column j over bottom rows 0..j (before reflector j).
+  for (int c = 0; c < KP; ++c) g[c] = bot[0] * bot[c];
   for (std::size_t j = 0; j < k; ++j) {
     double* tj = top + j * KP;
-    const double alpha = tj[j];
-    double x0 = 0, x1 = 0;
-    std::size_t i = 0;
-    for (; i + 1 <= j; i += 2) {
-      x0 += bot[i * KP + j] * bot[i * KP + j];
-      x1 += bot[(i + 1) * KP + j] * bot[(i + 1) * KP + j];
-    }
-    if (i <= j) x0 += bot[i * KP + j] * bot[i * KP + j];
-    const double xn2 = x0 + x1;
-    double beta = alpha, t = 0;
+    const double alpha = tj[j], xn2 = g[j];
+    double beta = alpha, ta = 0, sc = 0;
     if (xn2 != 0.0) {
       const double norm = std::sqrt(alpha * alpha + xn2);
       beta = alpha >= 0 ? -norm : norm;
-      t = (beta - alpha) / beta;
-      const double sc = 1.0 / (alpha - beta);
-      for (i = 0; i <= j; ++i) bot[i * KP + j] *= sc;  // v tail
+      const double d = alpha - beta;
+      ta = -d / beta;
+      sc = 1.0 / d;
     }
     rdiag[j] = beta;
-    taus[j] = t;
-    if (t != 0.0 && j + 1 < k)
-      combine_reflect_at<KP>(static_cast<int>((j + 1) / L), tj, bot, bot, j, j, t,
-                             static_cast<double>(j), idx);
+    taus[j] = ta;
+    scs[j] = sc;
+    const V tv = vbc(ta), sv = vbc(sc), jv = vbc(static_cast<double>(j));
+    for (int v = 0; v < NVd; ++v) {
+      const V a = vload(tj + v * L);
+      const V wv = vload(idx + v * L) > jv ? tv * (a + sv * vload(g + v * L)) : V{};
+      vstore(w + v * L, wv);
+      vstore(tj + v * L, a - wv);
+    }
     tj[j] = beta;
+    if (j + 1 < k) {
+      combine_pass_at<KP>(static_cast<int>((j + 1) / L), bot, bot, j, j + 1, sc, w, g, nullptr,
+                          0.0, j + 1, true);
+      // Row j + 1 of the bottom is not touched by reflector j: add it to the Gram row.
+      const double* bn = bot + (j + 1) * KP;
+      const V y = vbc(bn[j + 1]);
+      for (int v = static_cast<int>((j + 1) / L); v < NVd; ++v)
+        vstore(g + v * L, vload(g + v * L) + y * vload(bn + v * L));
+    }
   }
-  // Qc, backwards; lanes < j of the rows H_j touches are still zero.
+  // Qc backwards from [I; 0]; lanes < j of the rows H_j touches are zero. w: tau_j times the
+  // sum top[j] + sum_{i <= j} v_i qb[i] on lanes >= j.
   for (std::size_t i = 0; i < k; ++i)
     for (int c = 0; c < KP; ++c) {
-      qtop[i * KP + c] = static_cast<std::size_t>(c) == i ? 1.0 : 0.0;
-      qbot[i * KP + c] = 0.0;
+      qt[i * KP + c] = static_cast<std::size_t>(c) == i ? 1.0 : 0.0;
+      qb[i * KP + c] = 0.0;
     }
-  for (std::size_t j = k; j-- > 0;)
-    if (taus[j] != 0.0)
-      combine_reflect_at<KP>(static_cast<int>(j / L), qtop + j * KP, qbot, bot, j, j, taus[j],
-                             -1.0, idx);
+  for (int c = 0; c < KP; ++c) w[c] = static_cast<std::size_t>(c) == k - 1 ? taus[k - 1] : 0.0;
+  for (std::size_t j = k; j-- > 0;) {
+    double* qj = qt + j * KP;
+    for (int c = 0; c < KP; ++c) qj[c] -= w[c];
+    const bool prev = j > 0;
+    // Update bottom rows 0..j; accumulate the sum for step j - 1 over rows 0..j-1.
+    combine_pass_at<KP>(static_cast<int>((prev ? j - 1 : 0) / L), qb, bot, j, j + 1, scs[j], w, g,
+                        bot, prev ? scs[j - 1] : 0.0, j, false);
+    if (prev) {
+      const double tn = taus[j - 1];
+      const double* qp = qt + (j - 1) * KP;  // top row j - 1: untouched so far
+      const V tv = vbc(tn), jv = vbc(static_cast<double>(j) - 1.5);
+      for (int v = 0; v < NVd; ++v)
+        vstore(w + v * L, vload(idx + v * L) > jv ? tv * (vload(qp + v * L) + vload(g + v * L)) : V{});
+    }
+  }
+  for (std::size_t i = 0; i < k; ++i)
+    for (int c = 0; c < KP; ++c) {
+      top0[i * KP + c] = static_cast<T>(qt[i * KP + c]);
+      top1[i * KP + c] = static_cast<T>(qb[i * KP + c]);
+    }
 }
 
 // ---- the operation table -------------------------------------------------------------------
@@ -530,7 +609,7 @@ LyapKernels<T> make_kernels() {
   o.factor = &qr_factor<T, NV>;
   o.form_e = &qr_form_e<T, NV>;
   o.form_dense = &qr_form_dense<T, NV>;
-  o.combine = &tsqr_combine<NV * kLanes<T>>;
+  o.combine = &tsqr_combine<T, NV>;
   return o;
 }
 
