@@ -261,9 +261,9 @@ inline void cpu_relax() {
 // helper can never take a finished phase); the arithmetic is the same either way.
 //
 // Thread-trap guard, two layers.
-//  * Measured choice: the engine marks every step; wall time per step is averaged over windows
+//  * Measured choice: the engine marks every step; the median wall time per step over windows
 //    of 32 steps, with the helper and solo (the helper asleep). The faster mode runs; the other
-//    is re-measured after 4 windows, doubling up to 256 windows while it keeps losing. With the
+//    is re-measured after 4 windows, doubling up to 32 windows while it keeps losing. With the
 //    other core busy, three runnable threads share two cores and even the caller's half slows
 //    down: only the measured step time shows that. Estimates younger than 2 s carry over to
 //    the next team (the next feed call, another engine).
@@ -310,13 +310,25 @@ class Team {
 
   // The caller marks the end of every step (for the measured choice).
   void step_done() {
-    const std::int64_t t = now_ns();
-    win_ns_ += t - last_step_;
+    const std::int64_t t = now_ns(), dt = t - last_step_;
     last_step_ = t;
+    if (skip_ > 0) {  // the first steps after a switch: helper waking up, caches refilling
+      --skip_;
+      return;
+    }
+    win_[win_steps_] = dt;
     if (++win_steps_ < kWindow) return;
-    const double mean = static_cast<double>(win_ns_) / kWindow;
-    win_ns_ = 0;
     win_steps_ = 0;
+    // The median step: a stall is the event guard's business, not a reason to change modes.
+    std::nth_element(win_, win_ + kWindow / 2, win_ + kWindow);
+    const double mean = static_cast<double>(win_[kWindow / 2]);
+    const int before = mode_;
+    decide(mean);
+    if (mode_ != before) skip_ = 2;
+  }
+
+ private:
+  void decide(double mean) {
     const int other = 1 - mode_;
     est_[mode_] = mean;
     ++age_[other];
@@ -324,7 +336,7 @@ class Team {
     if (est_[other] <= 0) {  // never measured: measure it now
       mode_ = other;
     } else if (mean > 1.02 * est_[other]) {  // the other mode was faster
-      if (probing_) interval_[mode_] = std::min(2 * interval_[mode_], 256);
+      if (probing_) interval_[mode_] = std::min(2 * interval_[mode_], 32);
       probing_ = false;
       mode_ = other;
     } else if (probing_) {  // a probe that won
@@ -335,6 +347,8 @@ class Team {
       mode_ = other;
     }
   }
+
+ public:
 
   template <class F>
   void run(F& fn) {
@@ -453,8 +467,8 @@ class Team {
 
   // Caller-only state.
   std::uint64_t phase_ = 0;
-  std::int64_t last_event_ = 0, last_step_ = 0, win_ns_ = 0;
-  int mode_ = 1, win_steps_ = 0;  // mode: 0 solo, 1 with the helper
+  std::int64_t last_event_ = 0, last_step_ = 0, win_[32] = {};
+  int mode_ = 1, win_steps_ = 0, skip_ = 2;  // mode: 0 solo, 1 with the helper
   double est_[2] = {0, 0};        // mean ns per step in each mode
   int age_[2] = {0, 0}, interval_[2] = {4, 4};
   bool probing_ = false;
