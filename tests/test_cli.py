@@ -376,10 +376,21 @@ def test_sweep_toml(tmp_path, capsys):
     assert all(r["activation"] == "relu" for r in rows)
 
 
-def test_bench_quick(capsys):
-    assert main(["bench", "--quick", "--repeat", "1", "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    assert len(doc["cases"]) == 4 and all(c["best_ms"] > 0 for c in doc["cases"])
+def test_bench_quick(tmp_path, capsys):
+    """A slice of `vgcore bench --quick`: every peer's answer is checked before it is timed."""
+    out = tmp_path / "bench.json"
+    args = ["bench", "--quick", "--repeat", "1", "--only", "mlp-flow,bptt-rnn", "--no-memory"]
+    assert main([*args, "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert [r["workload"] for r in doc["rows"]] == ["mlp-flow", "bptt-rnn-N64"]
+    assert doc["gemm_gflops"]["1"]["float32"] > 0
+    for row in doc["rows"]:
+        assert min(row["vgcore_s"].values()) > 0 and row["gflops"] > 0
+        assert {p["peer"] for p in row["peers"]} >= {"numpy"}
+        assert all(p["agreement"] < 1e-4 and p["ratio"] > 0 for p in row["peers"])
+        assert row["vgcore_coverage"] == 1.0
+    assert "| MLP flow tanh L=50 N=128 B=32 |" in table
 
 
 @pytest.mark.parametrize(

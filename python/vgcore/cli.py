@@ -772,58 +772,19 @@ def _with_pd_options(fn: Any) -> None:
 
 # ------------------------------------------------------------------------------------------
 # bench
-BENCH_CASES: list[tuple[str, dict[str, Any]]] = [
-    ("MLP tanh L=50 W=256 B=64", {"model": "mlp", "depth": 50, "width": 256, "batch": 64}),
-    (
-        "RNN N=256 T=200 B=32",
-        {"model": "rnn", "hidden_size": 256, "input_size": 64, "steps": 200, "batch": 32},
-    ),
-    (
-        "LSTM N=256 T=200 B=32",
-        {"model": "lstm", "hidden_size": 256, "input_size": 64, "steps": 200, "batch": 32},
-    ),
-    (
-        "GRU N=256 T=200 B=32",
-        {"model": "gru", "hidden_size": 256, "input_size": 64, "steps": 200, "batch": 32},
-    ),
-]
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import vgcore
-    from vgcore._modelspec import build
+    from vgcore.bench import format_table, run_suite
 
-    threads = args.threads or vgcore.get_num_threads()
-    rows, doc = [], []
-    from vgcore._progress import progress_bar
-
-    with progress_bar(
-        len(BENCH_CASES), "benchmark", enabled=None if not args.json else False
-    ) as bar:
-        for name, spec in BENCH_CASES:
-            s = dict(spec, dtype=args.dtype)
-            if args.quick:
-                s = {
-                    k: (max(1, v // 4) if k in ("depth", "steps", "width", "hidden_size") else v)
-                    for k, v in s.items()
-                }
-                name = name + " (quick)"
-            model, x = build(s)
-            vgcore.gradient_flow(model, x, num_threads=threads)  # warm-up
-            times = []
-            for _ in range(args.repeat):
-                t = time.perf_counter()
-                vgcore.gradient_flow(model, x, num_threads=threads)
-                times.append(time.perf_counter() - t)
-            best, med = min(times), float(np.median(times))
-            rows.append([name, f"{best * 1e3:.2f}", f"{med * 1e3:.2f}"])
-            doc.append({"case": name, "best_ms": best * 1e3, "median_ms": med * 1e3})
-            bar.advance()
+    only = [o for o in (args.only or "").split(",") if o] or None
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    doc = run_suite(
+        quick=args.quick, only=only, repeat=args.repeat, sweep=not args.no_sweep,
+        memory=not args.no_memory, log=log,
+    )
     if args.json:
-        _emit_json({"threads": threads, "dtype": args.dtype, "cases": doc})
-    else:
-        print(f"gradient_flow, {args.dtype}, {threads} thread(s), best of {args.repeat}")
-        print(_table(["case", "best ms", "median ms"], rows))
+        with open(args.json, "w") as fh:
+            json.dump(doc, fh, indent=1, default=float)
+    print(format_table(doc))
     return 0
 
 
@@ -962,12 +923,15 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("bench", help="time gradient_flow on standard workloads")
-    p.add_argument("--quick", action="store_true", help="smaller workloads")
-    p.add_argument("--repeat", type=int, default=5, help="timed repetitions (default 5)")
-    p.add_argument("--threads", type=int, help="threads (default: vgcore.get_num_threads())")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    common(p)
+    p = sub.add_parser(
+        "bench", help="benchmark vgcore against PyTorch, JAX and NumPy on the canonical workloads"
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes (a smoke run, ~1 minute)")
+    p.add_argument("--repeat", type=int, default=5, help="timed runs per setting (default 5)")
+    p.add_argument("--only", metavar="NAMES", help="comma-separated workload name filters")
+    p.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
+    p.add_argument("--no-sweep", action="store_true", help="skip the N = 16, 64, 1024 size sweep")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.set_defaults(func=_cmd_bench)
     return parser
 
