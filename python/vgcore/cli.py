@@ -773,7 +773,7 @@ def _with_pd_options(fn: Any) -> None:
 # ------------------------------------------------------------------------------------------
 # bench
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from vgcore.bench import format_table, run_suite
+    from vgcore.bench import format_report, format_table, plot_ratios, run_suite
 
     only = [o for o in (args.only or "").split(",") if o] or None
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
@@ -784,6 +784,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(doc, fh, indent=1, default=float)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(format_report(doc) + "\n")
+    if args.plot:
+        plot_ratios(doc, args.plot)
     print(format_table(doc))
     return 0
 
@@ -930,6 +935,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=5, help="timed runs per setting (default 5)")
     p.add_argument("--only", metavar="NAMES", help="comma-separated workload name filters")
     p.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
+    p.add_argument("--markdown", metavar="FILE", help="also write a markdown report")
+    p.add_argument("--plot", metavar="FILE.png", help="also plot the ratios to each peer")
     p.add_argument("--no-sweep", action="store_true", help="skip the N = 16, 64, 1024 size sweep")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.set_defaults(func=_cmd_bench)

@@ -19,7 +19,7 @@ from vgcore.bench.machine import gemm_peak, machine_info, peak_rss_mb
 from vgcore.bench.peers import median
 from vgcore.bench.workloads import Workload, agreement, all_workloads, coverage
 
-__all__ = ["format_table", "run_suite"]
+__all__ = ["format_report", "format_table", "plot_ratios", "run_suite"]
 
 
 def _setting_label(s: dict[str, Any]) -> str:
@@ -158,3 +158,54 @@ def format_table(doc: dict[str, Any]) -> str:
                 + " |"
             )
     return "\n".join(lines)
+
+
+def format_report(doc: dict[str, Any]) -> str:
+    """The whole result as markdown: machine, GEMM limit, the table, memory."""
+    m = doc["machine"]
+    g = doc["gemm_gflops"]
+    g1, g2 = g.get(1, g.get("1")), g.get(2, g.get("2"))
+    libs = ", ".join(f"{k} {m[k]}" for k in ("vgcore", "numpy", "torch", "jax") if m.get(k))
+    out = [
+        f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}; {libs}.",
+        "",
+        f"GEMM through vgcore's BLAS (scipy-openblas32, 1024^3): float32 {g1['float32']:.0f} GFLOP/s on "
+        f"1 thread, {g2['float32']:.0f} on 2; float64 {g1['float64']:.0f} / {g2['float64']:.0f}.",
+        "",
+        format_table(doc),
+    ]
+    notes = [f"- {r['label']}: {r['note']}" for r in doc["rows"] if r.get("note")]
+    if notes:
+        out += ["", *notes]
+    if doc.get("memory"):
+        out += ["", "Peak resident memory of a fresh process (MB):", ""]
+        out += [
+            f"- {k}: {v['peak_rss_mb']:.0f}"
+            + (f" (input array {v['input_mb']:.0f})" if v.get("input_mb") else "")
+            for k, v in doc["memory"].items()
+        ]
+    return "\n".join(out)
+
+
+def plot_ratios(doc: dict[str, Any], path: str) -> None:
+    """Bar chart of peer time / vgcore time per workload (log scale), one bar per peer."""
+    from vgcore.plotting import require_matplotlib
+
+    plt = require_matplotlib()
+    rows = doc["rows"]
+    peers = sorted({p["peer"] for r in rows for p in r["peers"]})
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(rows) + 2), 4.2))
+    width = 0.8 / max(1, len(peers))
+    for j, name in enumerate(peers):
+        xs = [i + j * width for i, r in enumerate(rows) for p in r["peers"] if p["peer"] == name]
+        ys = [p["ratio"] for r in rows for p in r["peers"] if p["peer"] == name]
+        ax.bar(xs, ys, width, label=name)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
+    ax.set_xticklabels([r["workload"] for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("peer time / vgcore time")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
