@@ -20,6 +20,7 @@
 //    order), from the reflector tails kept in column-major Y.
 
 #define LK_INLINE inline __attribute__((always_inline))
+#define LK_ALWAYS __attribute__((always_inline))
 
 template <class T>
 struct LkVec {
@@ -458,46 +459,53 @@ void qr_form_dense(T* __restrict M, std::size_t m, std::size_t k, const T* __res
 // one pass per reflector backwards, and its two k x k blocks go out as the halves' tops in T.
 // rdiag: R's diagonal. work: 4 k KP + 4 KP doubles.
 
-// Rows i <= j of b: b[i] -= (s b[i][col]) w on vectors V0.. (w is 0 on lanes <= col); with
-// acc, g = sum_{i <= jn} y_i b'[i] where y_i = b'[i][col + 1] (factor) or vs_i (form).
-template <int KP, int V0>
-LK_INLINE void combine_pass(double* __restrict b, const double* __restrict vsrc, std::size_t col,
-                            std::size_t rows, double s, const double* __restrict w,
-                            double* __restrict g, const double* __restrict gsrc, double gs,
-                            std::size_t grows, bool factor) {
+// Rows i < rows of b: b[i] -= (s vsrc[i][col]) w on vectors V0.. (w is 0 on the lanes the
+// reflector must not touch); over rows i < grows, g = sum y_i b'[i] with y_i = b'[i][col + 1]
+// (Factor) or gs vsrc[i][col - 1] (forming Q).
+template <int KP, int V0, bool Factor>
+void combine_pass(double* __restrict b, const double* __restrict vsrc, std::size_t col,
+                  std::size_t rows, double s, const double* __restrict w, double* __restrict g,
+                  double gs, std::size_t grows) {
   using V = VecT<double>;
   constexpr int L = kLanes<double>, NV = KP / L;
-  V wv[NV], acc[2][NV];
+  V wv[NV], acc0[NV], acc1[NV];
   for (int v = V0; v < NV; ++v) {
     wv[v] = vload(w + v * L);
-    acc[0][v] = acc[1][v] = V{};
+    acc0[v] = acc1[v] = V{};
   }
-  const double wn = col + 1 < static_cast<std::size_t>(KP) ? w[col + 1] : 0.0;
-  for (std::size_t i = 0; i < rows; ++i) {
+  const double wn = Factor && col + 1 < static_cast<std::size_t>(KP) ? w[col + 1] : 0.0;
+  auto row = [&](std::size_t i, V* acc, bool gram) LK_ALWAYS {
     double* r = b + i * KP;
     const double cs = s * vsrc[i * KP + col];
     const V c = vbc(cs);
     double y = 0;
-    if (i < grows) y = factor ? r[col + 1] - cs * wn : gs * gsrc[i * KP + col - 1];
+    if (gram) y = Factor ? r[col + 1] - cs * wn : gs * vsrc[i * KP + col - 1];
     const V yv = vbc(y);
     for (int v = V0; v < NV; ++v) {
       const V a = vload(r + v * L) - c * wv[v];
       vstore(r + v * L, a);
-      acc[i & 1][v] += yv * a;
+      if (gram) acc[v] += yv * a;
     }
+  };
+  std::size_t i = 0;
+  for (; i + 1 < grows; i += 2) {
+    row(i, acc0, true);
+    row(i + 1, acc1, true);
   }
-  for (int v = V0; v < NV; ++v) vstore(g + v * L, acc[0][v] + acc[1][v]);
+  for (; i < grows; ++i) row(i, acc0, true);
+  for (; i < rows; ++i) row(i, acc0, false);
+  for (int v = V0; v < NV; ++v) vstore(g + v * L, acc0[v] + acc1[v]);
 }
 
-template <int KP, int V0 = 0>
+template <int KP, bool Factor, int V0 = 0>
 LK_INLINE void combine_pass_at(int v0, double* b, const double* vsrc, std::size_t col,
-                               std::size_t rows, double s, const double* w, double* g,
-                               const double* gsrc, double gs, std::size_t grows, bool factor) {
+                               std::size_t rows, double s, const double* w, double* g, double gs,
+                               std::size_t grows) {
   if constexpr (V0 + 1 < KP / kLanes<double>) {
     if (v0 > V0)
-      return combine_pass_at<KP, V0 + 1>(v0, b, vsrc, col, rows, s, w, g, gsrc, gs, grows, factor);
+      return combine_pass_at<KP, Factor, V0 + 1>(v0, b, vsrc, col, rows, s, w, g, gs, grows);
   }
-  combine_pass<KP, V0>(b, vsrc, col, rows, s, w, g, gsrc, gs, grows, factor);
+  combine_pass<KP, V0, Factor>(b, vsrc, col, rows, s, w, g, gs, grows);
 }
 
 template <class T, int NV>
@@ -526,8 +534,8 @@ void tsqr_combine(const T* __restrict A0, const T* __restrict A1, const double* 
     for (std::size_t i = 0; i < k; ++i) {
       double* r = S + i * KP;
       const T* a = A + i * KP;
-      for (int c = 0; c < KP; ++c)
-        r[c] = idx[c] > static_cast<double>(i) ? static_cast<double>(a[c]) * f[c] : 0.0;
+      for (int c = 0; c < KP; ++c) r[c] = static_cast<double>(a[c]) * f[c];  // vectorises
+      for (std::size_t c = 0; c < i; ++c) r[c] = 0.0;
       r[i] = rd[i] * f[i];
     }
   }
@@ -556,8 +564,8 @@ void tsqr_combine(const T* __restrict A0, const T* __restrict A1, const double* 
     }
     tj[j] = beta;
     if (j + 1 < k) {
-      combine_pass_at<KP>(static_cast<int>((j + 1) / L), bot, bot, j, j + 1, sc, w, g, nullptr,
-                          0.0, j + 1, true);
+      combine_pass_at<KP, true>(static_cast<int>((j + 1) / L), bot, bot, j, j + 1, sc, w, g, 0.0,
+                                j + 1);
       // Row j + 1 of the bottom is not touched by reflector j: add it to the Gram row.
       const double* bn = bot + (j + 1) * KP;
       const V y = vbc(bn[j + 1]);
@@ -578,8 +586,8 @@ void tsqr_combine(const T* __restrict A0, const T* __restrict A1, const double* 
     for (int c = 0; c < KP; ++c) qj[c] -= w[c];
     const bool prev = j > 0;
     // Update bottom rows 0..j; accumulate the sum for step j - 1 over rows 0..j-1.
-    combine_pass_at<KP>(static_cast<int>((prev ? j - 1 : 0) / L), qb, bot, j, j + 1, scs[j], w, g,
-                        bot, prev ? scs[j - 1] : 0.0, j, false);
+    combine_pass_at<KP, false>(static_cast<int>((prev ? j - 1 : 0) / L), qb, bot, j, j + 1, scs[j],
+                               w, g, prev ? scs[j - 1] : 0.0, j);
     if (prev) {
       const double tn = taus[j - 1];
       const double* qp = qt + (j - 1) * KP;  // top row j - 1: untouched so far
@@ -626,3 +634,4 @@ bool select_kernels(std::size_t k, LyapKernels<T>& out) {
 }
 
 #undef LK_INLINE
+#undef LK_ALWAYS
