@@ -58,7 +58,7 @@ constexpr int kLanes = LK_VB / static_cast<int>(sizeof(T));
 
 // Rows of W_hh per GEMM tile: MR * NV accumulators fill about 3/4 of the register file.
 template <int NV>
-constexpr int kTileRows = (LK_REGS * 3 / 4) / NV > 0 ? (LK_REGS * 3 / 4) / NV : 1;
+constexpr int kTileRows = NV == 1 ? LK_REGS / 2 : (LK_REGS * 3 / 4) / NV > 0 ? (LK_REGS * 3 / 4) / NV : 1;
 
 // ---- GEMM: U (packed rows, KP wide) = W X, and the state row us = W h ----------------------
 //
