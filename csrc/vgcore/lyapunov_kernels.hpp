@@ -197,8 +197,8 @@ void gram0(const T* __restrict A, std::size_t m, T* __restrict g) {
   for (int v = 0; v < NV; ++v) vstore(g + v * L, acc[0][v] + acc[1][v]);
 }
 
-// Rows i > j: A[i][c] -= (s A[i][j]) w[c] on vectors V0.. (w is 0 on lanes <= j), the tail
-// A[i][j] copied to y[i]; g = sum_{i > j + 1} A'[i][j + 1] A'[i][:] on the same vectors.
+// Rows i > j: A[i][c] -= v_i w[c] on vectors V0.. (w is 0 on lanes <= j), v_i = s A[i][j]
+// stored to y[i]; g = sum_{i > j + 1} A'[i][j + 1] A'[i][:] on the same vectors.
 template <class T, int NV, int V0>
 void factor_pass(T* __restrict A, std::size_t m, std::size_t j, T s, const T* __restrict w,
                  T* __restrict y, T* __restrict g) {
@@ -214,9 +214,9 @@ void factor_pass(T* __restrict A, std::size_t m, std::size_t j, T s, const T* __
   std::size_t i = j + 1;
   if (i < m) {  // the next pivot row: updated, not in the Gram row
     T* a = A + i * KP;
-    const T x = a[j];
-    y[i] = x;
-    const V c = vbc(s * x);
+    const T cs = s * a[j];
+    y[i] = cs;
+    const V c = vbc(cs);
     for (int v = V0; v < NV; ++v) vstore(a + v * L, vload(a + v * L) - c * wv[v]);
     ++i;
   }
@@ -225,9 +225,8 @@ void factor_pass(T* __restrict A, std::size_t m, std::size_t j, T s, const T* __
     const int nr = i + C <= m ? C : static_cast<int>(m - i);
     for (int r = 0; r < nr; ++r) {
       T* a = A + (i + r) * KP;
-      const T x = a[j];
-      y[i + r] = x;
-      const T cs = s * x;
+      const T cs = s * a[j];
+      y[i + r] = cs;  // v_i, pre-scaled: the Q passes broadcast it straight from memory
       const V c = vbc(cs);
       const V yj = vbc(next ? a[j + 1] - cs * wj1 : T(0));
       for (int v = V0; v < NV; ++v) {
@@ -254,9 +253,9 @@ LK_INLINE void factor_pass_at(int v0, T* A, std::size_t m, std::size_t j, T s, c
 }
 
 // Factor the m x k block A (k <= KP, m >= k) in place: R in the upper triangle of rows < k,
-// reflector j = I - tau_j v v^T with v = [0 (rows < j); 1; sc_j * Y[j][i] (rows i > j)]; Y is
-// column-major with leading dimension ldy. rdiag: beta_j (R's diagonal, float64). gw: 2 KP
-// scratch values.
+// reflector j = I - tau_j v v^T with v = [0 (rows < j); 1; Y[j][i] (rows i > j)]; Y is
+// column-major with leading dimension ldy; sc_j: the scale of column j's tail. rdiag: beta_j
+// (R's diagonal, float64). gw: 2 KP scratch values.
 template <class T, int NV>
 void qr_factor(T* __restrict A, std::size_t m, std::size_t k, T* __restrict Y, std::size_t ldy,
                T* __restrict tau, T* __restrict sc, double* __restrict rdiag, T* __restrict gw) {
@@ -297,7 +296,7 @@ void qr_factor(T* __restrict A, std::size_t m, std::size_t k, T* __restrict Y, s
     if (j + 1 < k) {
       factor_pass_at<T, NV>(static_cast<int>((j + 1) / L), A, m, j, s, w, yj, g);
     } else {
-      for (std::size_t i = j + 1; i < m; ++i) yj[i] = A[i * KP + j];
+      for (std::size_t i = j + 1; i < m; ++i) yj[i] = s * A[i * KP + j];
     }
   }
 }
@@ -307,8 +306,8 @@ void qr_factor(T* __restrict A, std::size_t m, std::size_t k, T* __restrict Y, s
 // M[i][j] = -tau_j v_i; the
 // sums for step j - 1 (wn, lanes > j; wnj, lane j) accumulate on the way (vp = v^{(j-1)}).
 template <class T, int NV, int V0>
-void form_pass(T* __restrict M, std::size_t m, std::size_t j, T tj, T sj, const T* __restrict yj,
-               T sp, const T* __restrict yp, const T* __restrict w, T* __restrict wn, T& wnj) {
+void form_pass(T* __restrict M, std::size_t m, std::size_t j, T tj, const T* __restrict yj,
+               const T* __restrict yp, const T* __restrict w, T* __restrict wn, T& wnj) {
   using V = VecT<T>;
   constexpr int L = kLanes<T>, KP = NV * L;
   constexpr int C = NV <= 2 ? 4 : 2;  // rows at a time: independent FMA chains
@@ -322,9 +321,9 @@ void form_pass(T* __restrict M, std::size_t m, std::size_t j, T tj, T sj, const 
     const int nr = i + C <= m ? C : static_cast<int>(m - i);
     for (int r = 0; r < nr; ++r) {
       T* a = M + (i + r) * KP;
-      const T vi = sj * yj[i + r];
+      const T vi = yj[i + r];
       const V c = vbc(vi);
-      const T vp = yp ? sp * yp[i + r] : T(0);
+      const T vp = yp ? yp[i + r] : T(0);
       const V b = vbc(vp);
       for (int v = V0; v < NV; ++v) {
         const V av = vload(a + v * L) - c * wv[v];
@@ -347,12 +346,12 @@ void form_pass(T* __restrict M, std::size_t m, std::size_t j, T tj, T sj, const 
 }
 
 template <class T, int NV, int V0 = 0>
-LK_INLINE void form_pass_at(int v0, T* M, std::size_t m, std::size_t j, T tj, T sj, const T* yj,
-                            T sp, const T* yp, const T* w, T* wn, T& wnj) {
+LK_INLINE void form_pass_at(int v0, T* M, std::size_t m, std::size_t j, T tj, const T* yj,
+                            const T* yp, const T* w, T* wn, T& wnj) {
   if constexpr (V0 + 1 < NV) {
-    if (v0 > V0) return form_pass_at<T, NV, V0 + 1>(v0, M, m, j, tj, sj, yj, sp, yp, w, wn, wnj);
+    if (v0 > V0) return form_pass_at<T, NV, V0 + 1>(v0, M, m, j, tj, yj, yp, w, wn, wnj);
   }
-  form_pass<T, NV, V0>(M, m, j, tj, sj, yj, sp, yp, w, wn, wnj);
+  form_pass<T, NV, V0>(M, m, j, tj, yj, yp, w, wn, wnj);
 }
 
 // Q = H_0 ... H_{k-1} [I; 0] into M (m x k tangent rows, padding lanes must already be 0),
@@ -371,16 +370,15 @@ void qr_form_e(T* __restrict M, std::size_t m, std::size_t k, const T* __restric
   for (std::size_t j = k; j-- > 0;) {
     const T tj = tau[j];
     const bool prev = j > 0;
-    const T sp = prev ? sc[j - 1] : T(0);
     const T* yp = prev ? Y + (j - 1) * ldy : nullptr;
     T wnj = 0;
     const int v0 = static_cast<int>((j + 1) / L);
     for (int v = 0; v < v0; ++v) vstore(wn + v * L, V{});
-    form_pass_at<T, NV>(v0, M, m, j, tj, sc[j], Y + j * ldy, sp, yp, w, wn, wnj);
+    form_pass_at<T, NV>(v0, M, m, j, tj, Y + j * ldy, yp, w, wn, wnj);
     // Row j: M[j][c] = -w[c] (c > j), M[j][j] = 1 - tau_j (lanes < j are set by later steps).
     // The sums for step j - 1 (lanes >= j): wn + v^{(j-1)}_j M[j], lane j from wnj.
     T* a = M + j * KP;
-    const T vpj = prev ? sp * Y[(j - 1) * ldy + j] : T(0);
+    const T vpj = prev ? Y[(j - 1) * ldy + j] : T(0);
     const V jv = vbc(static_cast<T>(j)), dj = vbc(T(1) - tj), bj = vbc(wnj + vpj * (T(1) - tj)),
             vb = vbc(vpj), tn = vbc(prev ? tau[j - 1] : T(0));
     for (int v = 0; v < NV; ++v) {
@@ -407,10 +405,9 @@ void qr_form_dense(T* __restrict M, std::size_t m, std::size_t k, const T* __res
   // w = sum_{i >= k-1} v_i M[i] = M[k-1] (rows >= k are zero).
   for (int c = 0; c < KP; ++c) w[c] = M[(k - 1) * KP + c];
   for (std::size_t j = k; j-- > 0;) {
-    const T tj = tau[j], sj = sc[j];
+    const T tj = tau[j];
     const T* yj = Y + j * ldy;
     const bool prev = j > 0;
-    const T sp = prev ? sc[j - 1] : T(0);
     const T* yp = prev ? Y + (j - 1) * ldy : nullptr;
     V wv[NV], acc[NV], acc2[2][NV];
     for (int v = 0; v < NV; ++v) {
@@ -423,7 +420,7 @@ void qr_form_dense(T* __restrict M, std::size_t m, std::size_t k, const T* __res
       for (int v = 0; v < NV; ++v) {
         const V av = vload(a + v * L) - wv[v];
         vstore(a + v * L, av);
-        if (prev) acc[v] += vbc(sp * yp[j]) * av;
+        if (prev) acc[v] += vbc(yp[j]) * av;
       }
     }
     // At j = k - 1 the rows below k are still zero: written, not updated.
@@ -432,8 +429,8 @@ void qr_form_dense(T* __restrict M, std::size_t m, std::size_t k, const T* __res
       const int nr = i + 1 < m ? 2 : 1;
       for (int r = 0; r < nr; ++r) {
         T* a = M + (i + r) * KP;
-        const V c = vbc(sj * yj[i + r]);  // v_i; wv carries tau_j
-        const V b = vbc(prev ? sp * yp[i + r] : T(0));
+        const V c = vbc(yj[i + r]);  // v_i; wv carries tau_j
+        const V b = vbc(prev ? yp[i + r] : T(0));
         for (int v = 0; v < NV; ++v) {
           const V av = (fresh ? V{} : vload(a + v * L)) - c * wv[v];
           vstore(a + v * L, av);
