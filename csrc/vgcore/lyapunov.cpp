@@ -95,10 +95,9 @@ struct LyapKernels {
                   T*) = nullptr;
   void (*scale)(T*, std::size_t, const T*) = nullptr;
   void (*factor)(T*, std::size_t, std::size_t, T*, std::size_t, T*, T*, double*, T*) = nullptr;
-  void (*form_e)(T*, std::size_t, std::size_t, const T*, std::size_t, const T*, const T*,
-                 T*) = nullptr;
+  void (*form_e)(T*, std::size_t, std::size_t, const T*, std::size_t, const T*, T*) = nullptr;
   void (*form_dense)(T*, std::size_t, std::size_t, const T*, std::size_t, const T*, const T*,
-                     const T*, T*) = nullptr;
+                     T*) = nullptr;
   void (*combine)(const T*, const T*, const double*, const double*, const double*, const double*,
                   std::size_t, double*, T*, T*, double*) = nullptr;
 };
@@ -690,7 +689,7 @@ struct LyapunovEngine<T>::Impl {
       ok = ok && std::isfinite(q.rdiag[j]);
     }
     c.qr_ok[b] = ok;
-    kr.form_e(c.va[b].data(), D, k, q.Y.data(), D, q.tau.data(), q.sc.data(), q.gw.data());
+    kr.form_e(c.va[b].data(), D, k, q.Y.data(), D, q.tau.data(), q.gw.data());
   }
 
   // TSQR: combine the two halves' triangles (float64), logs, and the halves' tops of Q.
@@ -714,7 +713,7 @@ struct LyapunovEngine<T>::Impl {
   void form_half(Chunk& c, std::size_t b, int t) {
     auto& q = c.ps[t];
     kr.form_dense(c.va[b].data() + half[t].r0 * KP, half[t].r1 - half[t].r0, k, q.Y.data(), D,
-                  q.tau.data(), q.sc.data(), q.top.data(), q.gw.data());
+                  q.tau.data(), q.top.data(), q.gw.data());
   }
 
   template <class F>

@@ -355,11 +355,10 @@ LK_INLINE void form_pass_at(int v0, T* M, std::size_t m, std::size_t j, T tj, co
 }
 
 // Q = H_0 ... H_{k-1} [I; 0] into M (m x k tangent rows, padding lanes must already be 0),
-// from qr_factor's Y, tau, sc. gw: 2 KP scratch values.
+// from qr_factor's Y and tau. gw: 2 KP scratch values.
 template <class T, int NV>
 void qr_form_e(T* __restrict M, std::size_t m, std::size_t k, const T* __restrict Y,
-               std::size_t ldy, const T* __restrict tau, const T* __restrict sc,
-               T* __restrict gw) {
+               std::size_t ldy, const T* __restrict tau, T* __restrict gw) {
   using V = VecT<T>;
   constexpr int L = kLanes<T>, KP = NV * L;
   T* w = gw;  // tau_j sum_{i > j} v_i M[i][c] on the lanes > j, 0 elsewhere
@@ -395,7 +394,7 @@ void qr_form_e(T* __restrict M, std::size_t m, std::size_t k, const T* __restric
 // wide, padding 0). TSQR: the local reflectors applied to the rows of the combined Q.
 template <class T, int NV>
 void qr_form_dense(T* __restrict M, std::size_t m, std::size_t k, const T* __restrict Y,
-                   std::size_t ldy, const T* __restrict tau, const T* __restrict sc,
+                   std::size_t ldy, const T* __restrict tau,
                    const T* __restrict top, T* __restrict gw) {
   using V = VecT<T>;
   constexpr int L = kLanes<T>, KP = NV * L;
