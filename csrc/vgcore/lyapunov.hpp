@@ -8,6 +8,12 @@
 // dense stack, where depth plays the role of time).
 //
 // The engine holds only O(B k D) state, so sequences of any length are fed chunk by chunk.
+//
+// Recurrent cells (RNN, LSTM, GRU) with k up to 8 vectors of tangent lanes (AVX-512 float: 128)
+// take a fast path (lyapunov.cpp): transposed tangent block, W_hh packed once, one pass over it
+// per step, row-wise Householder QR. Threads: B >= 2 splits the batch over workers; B = 1 on two
+// or more threads splits each step in two halves (TSQR) for a helper thread when that pays and
+// measures, step by step, whether it still does (the other core may be busy).
 // Running estimates and per-block growth rates are recorded at most max_records times: every
 // `stride` QR blocks, and when the record is full every other entry is dropped and the stride
 // doubles, so the kept records stay evenly spaced over a stream of unknown length.
@@ -27,7 +33,8 @@ struct LyapunovOptions {
   std::size_t burn_in = 0;      // steps before accumulation starts (tangents still aligned)
   std::size_t qr_every = 1;     // steps between re-orthonormalisations
   std::size_t max_records = 10000;
-  int num_threads = 0;          // batch-parallel workers; 0 = hardware concurrency
+  int num_threads = 0;          // workers (0 = hardware concurrency): batch chunks, or for
+                                // B = 1 a helper thread that takes half of each step
 };
 
 template <class T>
