@@ -256,3 +256,39 @@ def test_ctrl_c_interrupts_a_long_run():
 def test_result_type():
     res = vgcore.lyapunov(vgcore.RNN.from_sizes(1, 2), np.zeros((3, 1, 1)))
     assert isinstance(res, LyapunovSpectrum) and res.axis == "step"
+
+
+_PATH_SCRIPT = r"""
+import sys
+import numpy as np
+import vgcore
+out = []
+for cls in (vgcore.RNN, vgcore.LSTM, vgcore.GRU):
+    m = cls.from_sizes(3, 20, seed=1)
+    x = np.random.default_rng(0).standard_normal((40, 2, 3))
+    for th in (1, 2):
+        out.append(vgcore.lyapunov(m, x, k=9, num_threads=th).exponents)
+        out.append(vgcore.lyapunov(m, x[:, :1], k=9, qr_every=3, num_threads=th).exponents)
+np.save(sys.argv[1], np.concatenate([o.ravel() for o in out]))
+"""
+
+
+@pytest.mark.parametrize("kernels", ["off", "generic", "avx2"])
+def test_every_kernel_path_gives_the_same_exponents(tmp_path, kernels):
+    """The fast path is compiled per instruction set and picked at run time; each one (and the
+    general path, 'off') must give the default's exponents (float64, 1e-12 relative)."""
+    import os
+    import subprocess
+    import sys
+
+    def run(env_value):
+        env = dict(os.environ)
+        env.pop("VGCORE_LYAPUNOV_KERNELS", None)
+        if env_value:
+            env["VGCORE_LYAPUNOV_KERNELS"] = env_value
+        path = tmp_path / f"{env_value or 'default'}.npy"
+        subprocess.run([sys.executable, "-c", _PATH_SCRIPT, str(path)], env=env, check=True)
+        return np.load(path)
+
+    default, other = run(None), run(kernels)
+    np.testing.assert_allclose(other, default, rtol=1e-12, atol=1e-14)
