@@ -776,10 +776,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from vgcore.bench import format_report, format_table, plot_ratios, run_suite
 
     only = [o for o in (args.only or "").split(",") if o] or None
-    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    try:
+        threads = sorted({int(t) for t in args.thread_list.split(",") if t.strip()})
+    except ValueError:
+        msg = f"--threads takes a comma-separated list of counts, got {args.thread_list!r}"
+        raise UsageError(msg) from None
+    if not threads or min(threads) < 1:
+        raise UsageError(f"--threads takes counts >= 1, got {args.thread_list!r}")
+    if args.repeat < 1:
+        raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
     doc = run_suite(
-        quick=args.quick, only=only, repeat=args.repeat, sweep=not args.no_sweep,
-        memory=not args.no_memory, log=log,
+        quick=args.quick,
+        only=only,
+        repeat=args.repeat,
+        sweep=not args.no_sweep,
+        memory=not args.no_memory,
+        threads=threads,
+        budget_s=args.budget,
+        log=log,
     )
     if args.json:
         with open(args.json, "w") as fh:
@@ -933,7 +948,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run, ~1 minute)")
     p.add_argument("--repeat", type=int, default=5, help="timed runs per setting (default 5)")
-    p.add_argument("--only", metavar="NAMES", help="comma-separated workload name filters")
+    p.add_argument(
+        "--only", metavar="NAMES", help="comma-separated workload name filters (e.g. bptt,N1024)"
+    )
+    p.add_argument(
+        "--threads",
+        dest="thread_list",
+        default="1,2",
+        metavar="LIST",
+        help="thread counts tried for vgcore and every peer (default 1,2; the best counts)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="timed seconds per setting before fewer than --repeat runs (default 1 quick, 15)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
     p.add_argument("--markdown", metavar="FILE", help="also write a markdown report")
     p.add_argument("--plot", metavar="FILE.png", help="also plot the ratios to each peer")

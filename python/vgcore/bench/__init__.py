@@ -1,94 +1,157 @@
 """Benchmarks against the frameworks, as a product feature (``vgcore bench``).
 
 Every workload is computed by vgcore and, in the same run, by each installed peer (PyTorch
-eager and torch.func, JAX jit in a subprocess, NumPy) at each of its thread settings. A peer's
-result is checked against vgcore's before its time counts; times are medians, ratios are
+eager and torch.func, JAX jit in worker processes, NumPy) at each of its thread settings. A
+peer's result is checked against vgcore's before its time counts; times are medians, ratios are
 peer / vgcore at each one's best setting, and each workload's GFLOP/s is set against the
 machine's GEMM throughput through the same BLAS, measured in the same run.
+
+>>> from vgcore.bench import run_suite, format_report
+>>> doc = run_suite(quick=True, only=["bptt-lstm"])      # doctest: +SKIP
+>>> print(format_report(doc))                             # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from vgcore.bench.machine import gemm_peak, machine_info, peak_rss_mb
-from vgcore.bench.peers import median
-from vgcore.bench.workloads import Workload, agreement, all_workloads, coverage
+from vgcore.bench.machine import gemm_gflops, gemm_peak, machine_info, peak_rss_mb
+from vgcore.bench.peers import close_jax_pool, median, setting_label, timed
+from vgcore.bench.workloads import Workload, agreement, all_workloads, coverage, peer_coverage
 
-__all__ = ["format_report", "format_table", "plot_ratios", "run_suite"]
+__all__ = [
+    "Workload",
+    "all_workloads",
+    "format_report",
+    "format_table",
+    "memory_report",
+    "plot_ratios",
+    "run_suite",
+    "run_workload",
+]
 
 
-def _setting_label(s: dict[str, Any]) -> str:
-    label = f"{s['threads']}t" if s.get("threads") else "default"
-    return label + (" ftz" if s.get("flush_denormal") else "")
+def _select(settings: list[dict[str, Any]], threads: Sequence[int]) -> list[dict[str, Any]]:
+    return [s for s in settings if s.get("threads", 0) in (0, *threads)]
 
 
-def run_workload(w: Workload, repeat: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """Time vgcore (1 and 2 threads) and every peer setting; check each peer's result."""
+def run_workload(
+    w: Workload,
+    repeat: int = 5,
+    threads: Sequence[int] = (1, 2),
+    budget_s: float = 15.0,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Time vgcore and every peer at each thread setting; check each peer's answer.
+
+    Each setting gets one untimed warm-up run, then up to ``repeat`` timed runs (fewer once
+    ``budget_s`` seconds have been spent); the median counts."""
+    t_start = time.perf_counter()
     ours: dict[int, float] = {}
     result = None
-    heavy = w.flops > 2e11  # tens of seconds a run: one timed run per setting
-    for th in (1, 2):
-        w.vgcore(th)
-        times = []
-        for _ in range(1 if heavy else repeat):
-            t0 = time.perf_counter()
-            result = w.vgcore(th)
-            times.append(time.perf_counter() - t0)
+    for th in threads:
+        times, result = timed(lambda th=th: w.vgcore(th), repeat, budget_s)
         ours[th] = median(times)
     assert result is not None
+    result = np.asarray(result, np.float64)
     best_th = min(ours, key=lambda t: ours[t])
     row: dict[str, Any] = {
         "workload": w.name,
         "label": w.label,
+        "family": w.family,
+        "cell": w.cell,
+        "N": w.N,
+        "sweep": w.sweep,
         "flops": w.flops,
+        "steps": w.steps,
         "note": w.note,
+        "compare": w.compare,
+        "tol": w.tol,
         "vgcore_s": ours,
         "vgcore_best_threads": best_th,
+        "vgcore_best_s": ours[best_th],
         "gflops": w.flops / ours[best_th] / 1e9,
+        "gemm_shape": w.gemm_shape,
         "peers": [],
     }
     if w.compare == "curve":
-        row["vgcore_coverage"] = coverage(result)
-    scale = getattr(w, "peer_steps", None)
+        row["vgcore_coverage"] = coverage(result, logs=True)
+    refs: dict[int, np.ndarray] = {}
     for peer in w.peers:
+        steps = getattr(peer, "steps", None)
+        if steps and steps < w.steps:
+            if steps not in refs:
+                assert w.reference is not None
+                refs[steps] = np.asarray(w.reference(steps), np.float64)
+            ref, scale = refs[steps], w.steps / steps
+        else:
+            ref, scale = result, 1.0
         times_by: dict[str, float] = {}
-        agree, cov = None, None
-        for s in peer.settings:
+        t_peer = time.perf_counter()
+        agree: float | None = None
+        cov = None
+        for s in _select(peer.settings, threads):
             try:
-                times, out = peer.measure(s, 1 if heavy else repeat)
+                times, out = peer.measure(s, repeat, budget_s)
             except Exception as exc:  # a peer that fails is reported, not fatal
-                log(f"  {peer.name} [{_setting_label(s)}] failed: {type(exc).__name__}: {exc}")
+                log(f"  {peer.name} [{setting_label(s)}] failed: {type(exc).__name__}: {exc}")
                 continue
-            ref = result[: len(out)] if scale else result
-            agree = agreement(w.compare, np.asarray(ref, np.float64), out)
-            if w.compare == "curve":
-                cov = coverage(out)
-            t = median(times) * (result.shape[0] / scale if scale else 1.0)
-            times_by[_setting_label(s)] = t
-        if not times_by:
+            a = agreement(w.compare, ref, out)
+            agree = a if agree is None else max(agree, a)
+            cov = peer_coverage(w.compare, ref, out) or cov
+            times_by[setting_label(s)] = median(times) * scale
+        if not times_by or agree is None:
             continue
         best = min(times_by, key=lambda k: times_by[k])
-        row["peers"].append(
-            {
-                "peer": peer.name,
-                "times_s": times_by,
-                "best_setting": best,
-                "best_s": times_by[best],
-                "ratio": times_by[best] / ours[best_th],
-                "agreement": agree,
-                "coverage": cov,
-            }
-        )
+        ok = bool(agree <= w.tol)
+        entry = {
+            "peer": peer.name,
+            "times_s": times_by,
+            "best_setting": best,
+            "best_s": times_by[best],
+            "ratio": times_by[best] / ours[best_th],
+            "agreement": agree,
+            "ok": ok,
+            "steps": steps,
+            "coverage": cov,
+            "elapsed_s": time.perf_counter() - t_peer,
+        }
+        row["peers"].append(entry)
         log(
-            f"  {peer.name}: {times_by[best]:.3f} s ({best}), ratio {times_by[best] / ours[best_th]:.2f}x, "
-            f"agreement {agree:.1e}" + (f", coverage {cov:.0%}" if cov is not None else "")
+            f"  {peer.name}: {times_by[best]:.4g} s ({best}"
+            + (f", {steps} of {w.steps} steps, scaled" if steps and steps < w.steps else "")
+            + f"), ratio {entry['ratio']:.2f}x, agreement {agree:.1e}"
+            + ("" if ok else f" > {w.tol:g}: FAILS the check, time not counted")
+            + (f", curve covered {cov['peer']:.0%}" if cov and w.compare == "curve" else "")
+            + f" [{entry['elapsed_s']:.1f} s]"
         )
+    row["elapsed_s"] = time.perf_counter() - t_start
     return row
+
+
+def memory_report(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Peak resident memory of Lyapunov exponents (LSTM N=256, k=32, input streamed in chunks)
+    and of input-output singular values (tanh RNN N=64, whole input array) at T = 1e3 and
+    T = 1e5 (1e4 when quick), each in a fresh process."""
+    T_big = 10_000 if quick else 100_000
+    out: dict[str, Any] = {}
+    for T in (1_000, T_big):
+        out[f"lyapunov T={T}"] = peak_rss_mb("lyapunov", T, 256, kind="lstm", k=32)
+        log(f"  lyapunov LSTM N=256 k=32 T={T}: {_mem(out[f'lyapunov T={T}'])}")
+    for T in (1_000, T_big):
+        out[f"singular T={T}"] = peak_rss_mb("singular", T, 64, kind="rnn")
+        log(f"  jacobian_singular_values RNN N=64 T={T}: {_mem(out[f'singular T={T}'])}")
+    return out
+
+
+def _mem(m: dict[str, Any]) -> str:
+    s = f"peak {m['peak_rss_mb']:.0f} MB, {m['extra_mb']:.1f} MB above the {m['baseline_mb']:.0f} MB baseline"
+    return s + (f" (input array {m['input_mb']:.1f} MB)" if m.get("input_mb") else "")
 
 
 def run_suite(
@@ -97,93 +160,236 @@ def run_suite(
     repeat: int = 5,
     sweep: bool = True,
     memory: bool = True,
+    threads: Sequence[int] = (1, 2),
+    budget_s: float | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the suite; returns a JSON-able dict (machine, GEMM peaks, rows, memory)."""
-    doc: dict[str, Any] = {"machine": machine_info(), "quick": quick}
-    doc["gemm_gflops"] = {th: gemm_peak(th) for th in (1, 2)}
-    log(f"GEMM peak (vgcore's BLAS, 1024^3): {doc['gemm_gflops']}")
-    rows = []
-    for make in all_workloads(quick, sweep=sweep):
-        w = make()
-        if only and not any(o in w.name for o in only):
-            continue
-        log(f"{w.label} ...")
-        row = run_workload(w, repeat, log)
-        peak = doc["gemm_gflops"][row["vgcore_best_threads"]]["float32"]
-        row["gemm_fraction"] = row["gflops"] / peak
-        log(
-            f"  vgcore: {min(row['vgcore_s'].values()):.3f} s ({row['vgcore_best_threads']}t), "
-            f"{row['gflops']:.0f} GFLOP/s = {row['gemm_fraction']:.0%} of GEMM peak"
+    """Run the suite; returns a JSON-able dict (machine, GEMM peaks, rows, memory).
+
+    ``only``: substrings of workload names (``mlp-flow``, ``bptt-lstm-N256``, ``lyapunov``,
+    ``spectral-radius``, ``singular-values``, ``N1024`` ...). ``budget_s``: seconds of timed
+    runs per setting before fewer than ``repeat`` are taken (default 1 quick, 15 full)."""
+    t0 = time.perf_counter()
+    threads = tuple(sorted(set(threads)))
+    budget = budget_s if budget_s is not None else (1.0 if quick else 15.0)
+    doc: dict[str, Any] = {
+        "machine": machine_info(),
+        "quick": quick,
+        "threads": list(threads),
+        "repeat": repeat,
+    }
+    doc["gemm_gflops"] = {th: gemm_peak(th) for th in threads}
+    log(
+        "GEMM through vgcore's BLAS, 1024^3 (GFLOP/s): "
+        + ", ".join(
+            f"{th}t float32 {g['float32']:.0f} float64 {g['float64']:.0f}"
+            for th, g in doc["gemm_gflops"].items()
         )
-        rows.append(row)
+    )
+    rows = []
+    try:
+        for make in all_workloads(quick, sweep=sweep):
+            w = make()
+            if only and not any(o in w.name for o in only):
+                continue
+            log(f"{w.label} ...")
+            row = run_workload(w, repeat, threads, budget, log)
+            th = row["vgcore_best_threads"]
+            row["gemm_fraction"] = row["gflops"] / doc["gemm_gflops"][th]["float32"]
+            if w.gemm_shape:  # the best of the thread counts up to vgcore's
+                row["gemm_shape_gflops"] = max(
+                    gemm_gflops(*w.gemm_shape, threads=t) for t in threads if t <= th
+                )
+                row["shape_fraction"] = row["gflops"] / row["gemm_shape_gflops"]
+            log(
+                f"  vgcore: {row['vgcore_best_s']:.4g} s ({th}t), {row['gflops']:.0f} GFLOP/s = "
+                f"{row['gemm_fraction']:.0%} of GEMM peak"
+                + (
+                    f", {row['shape_fraction']:.0%} of a {'x'.join(map(str, w.gemm_shape))} GEMM"
+                    if w.gemm_shape
+                    else ""
+                )
+                + f" [{row['elapsed_s']:.0f} s]"
+            )
+            rows.append(row)
+            del w
+    finally:
+        close_jax_pool()
     doc["rows"] = rows
     if memory and not only:
-        T_big = 10_000 if quick else 100_000
-        doc["memory"] = {
-            f"lyapunov T={T}": peak_rss_mb("lyapunov", T, 256) for T in (1_000, T_big)
-        } | {f"singular T={T}": peak_rss_mb("singular", T, 64) for T in (1_000, T_big)}
-        log(f"peak RSS: {doc['memory']}")
+        log("peak memory ...")
+        doc["memory"] = memory_report(quick, log)
+    doc["elapsed_s"] = time.perf_counter() - t0
     return doc
 
 
-def format_table(doc: dict[str, Any]) -> str:
+# ---- formatting -----------------------------------------------------------------------------------
+
+
+def _t(s: float) -> str:
+    if s >= 10:
+        return f"{s:.1f} s"
+    if s >= 0.1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e6:.0f} us"
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None or not math.isfinite(x) else f"{x:.0%}"
+
+
+def _peer_cells(r: dict[str, Any], p: dict[str, Any]) -> list[str]:
+    cov = ""
+    if p["coverage"] is not None and r["compare"] == "curve":
+        cov = f"{p['coverage']['vgcore']:.0%} / {p['coverage']['peer']:.0%}"
+    elif p["coverage"] is not None:
+        cov = f"{p['coverage']['vgcore']:.0%} / {p['coverage']['peer']:.0%}"
+    ratio = f"**{p['ratio']:.2f}x**" if p["ok"] else "fails check"
+    when = p["best_setting"] + (f", {p['steps']} steps scaled" if p.get("steps") else "")
+    return [p["peer"], f"{_t(p['best_s'])} ({when})", ratio, f"{p['agreement']:.1e}", cov]
+
+
+def format_table(doc: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> str:
     """Markdown table: one line per (workload, peer)."""
-    head = "| workload | vgcore | GFLOP/s (% GEMM peak) | peer | peer time (best setting) | peer / vgcore | agreement | curve covered (vgcore / peer) |"
-    lines = [head, "|" + "---|" * 8]
-    for r in doc["rows"]:
-        v = f"{min(r['vgcore_s'].values()):.3f} s ({r['vgcore_best_threads']}t)"
-        g = f"{r['gflops']:.0f} ({r['gemm_fraction']:.0%})"
+    head = (
+        "| workload | vgcore (threads) | GFLOP/s | % GEMM peak | % same-shape GEMM | peer "
+        "| peer time (best setting) | peer / vgcore | agreement | covered (vgcore / peer) |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for r in doc["rows"] if rows is None else rows:
+        first = [
+            r["label"],
+            f"{_t(r['vgcore_best_s'])} ({r['vgcore_best_threads']}t)",
+            f"{r['gflops']:.0f}",
+            _pct(r.get("gemm_fraction")),
+            _pct(r.get("shape_fraction")),
+        ]
         peers = r["peers"] or [None]
         for i, p in enumerate(peers):
-            first = [r["label"], v, g] if i == 0 else ["", "", ""]
-            if p is None:
-                lines.append("| " + " | ".join(first + ["-"] * 5) + " |")
-                continue
-            cov = (
-                "" if p["coverage"] is None else f"{r['vgcore_coverage']:.0%} / {p['coverage']:.0%}"
-            )
-            lines.append(
-                "| "
-                + " | ".join(
-                    [
-                        *first,
-                        p["peer"],
-                        f"{p['best_s']:.3f} s ({p['best_setting']})",
-                        f"**{p['ratio']:.2f}x**",
-                        f"{p['agreement']:.1e}",
-                        cov,
-                    ]
-                )
-                + " |"
-            )
+            cells = first if i == 0 else [""] * 5
+            rest = ["-"] * 5 if p is None else _peer_cells(r, p)
+            lines.append("| " + " | ".join(cells + rest) + " |")
     return "\n".join(lines)
 
 
-def format_report(doc: dict[str, Any]) -> str:
-    """The whole result as markdown: machine, GEMM limit, the table, memory."""
-    m = doc["machine"]
-    g = doc["gemm_gflops"]
-    g1, g2 = g.get(1, g.get("1")), g.get(2, g.get("2"))
-    libs = ", ".join(f"{k} {m[k]}" for k in ("vgcore", "numpy", "torch", "jax") if m.get(k))
-    out = [
-        f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}; {libs}.",
-        "",
-        f"GEMM through vgcore's BLAS (scipy-openblas32, 1024^3): float32 {g1['float32']:.0f} GFLOP/s on "
-        f"1 thread, {g2['float32']:.0f} on 2; float64 {g1['float64']:.0f} / {g2['float64']:.0f}.",
-        "",
-        format_table(doc),
+def _settings_table(doc: dict[str, Any]) -> str:
+    """Every thread setting of every implementation (the winner in bold)."""
+    lines = ["| workload | implementation | times by setting |", "|---|---|---|"]
+    for r in doc["rows"]:
+        vt = r["vgcore_s"]
+        best = min(vt.values())
+        cells = [f"**{k}t {_t(v)}**" if v == best else f"{k}t {_t(v)}" for k, v in vt.items()]
+        lines.append(f"| {r['label']} | vgcore | {', '.join(cells)} |")
+        for p in r["peers"]:
+            cells = [
+                f"**{k} {_t(v)}**" if k == p["best_setting"] else f"{k} {_t(v)}"
+                for k, v in p["times_s"].items()
+            ]
+            lines.append(f"|  | {p['peer']} | {', '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def _sweep_table(doc: dict[str, Any]) -> str:
+    """Per-step time of workloads 2 and 3 over N: vgcore and the best of each peer."""
+    rows = [r for r in doc["rows"] if r["family"] in ("bptt", "lyapunov")]
+    if len({r["N"] for r in rows}) < 2:
+        return ""
+    peers = sorted({p["peer"] for r in rows for p in r["peers"]})
+    lines = [
+        "| workload | cell | N | vgcore per step | GFLOP/s | "
+        + " | ".join(f"{p} per step (ratio)" for p in peers)
+        + " |",
+        "|" + "---|" * (5 + len(peers)),
     ]
-    notes = [f"- {r['label']}: {r['note']}" for r in doc["rows"] if r.get("note")]
+    for fam in ("bptt", "lyapunov"):
+        for cell in ("lstm", "gru", "rnn"):
+            for r in sorted(
+                (r for r in rows if r["family"] == fam and r["cell"] == cell), key=lambda r: r["N"]
+            ):
+                cells = [fam, cell.upper(), str(r["N"]), _t(r["vgcore_best_s"] / r["steps"])]
+                cells.append(f"{r['gflops']:.0f}")
+                by = {p["peer"]: p for p in r["peers"]}
+                for name in peers:
+                    p = by.get(name)
+                    if p is None:
+                        cells.append("")
+                    elif not p["ok"]:
+                        cells.append("fails check")
+                    else:
+                        cells.append(f"{_t(p['best_s'] / r['steps'])} ({p['ratio']:.1f}x)")
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _range_table(doc: dict[str, Any]) -> str:
+    """How much of the BPTT curve (and of the singular values) each peer represents."""
+    lines = [
+        "| workload | peer | vgcore covers | peer nonzero | peer within 1% of vgcore |",
+        "|---|---|---|---|---|",
+    ]
+    n = 0
+    for r in doc["rows"]:
+        if r["compare"] not in ("curve", "logs") or r.get("sweep"):
+            continue
+        for p in r["peers"]:
+            c = p.get("coverage")
+            if not c:
+                continue
+            n += 1
+            lines.append(
+                f"| {r['label']} | {p['peer']} ({p['best_setting']}) | {c['vgcore']:.0%} | "
+                f"{c['peer']:.0%} | {c['peer_accurate']:.0%} |"
+            )
+    return "\n".join(lines) if n else ""
+
+
+def format_report(doc: dict[str, Any]) -> str:
+    """The whole result as markdown: machine, GEMM limit, the tables, range and memory."""
+    m = doc["machine"]
+    g = {int(k): v for k, v in doc["gemm_gflops"].items()}
+    libs = ", ".join(
+        f"{k} {m[k]}" for k in ("vgcore", "numpy", "torch", "jax", "jaxlib") if m.get(k)
+    )
+    peak = "; ".join(
+        f"{th} thread{'s' if th > 1 else ''}: float32 {v['float32']:.0f}, float64 {v['float64']:.0f}"
+        for th, v in sorted(g.items())
+    )
+    main = [r for r in doc["rows"] if not r.get("sweep")]
+    out = [
+        f"Machine: {m['cpu']} ({m.get('isa', '')}), {m['cores']} cores; Python {m['python']}; "
+        f"{libs}. vgcore's BLAS: {m.get('vgcore_blas', '?')}; numpy's: {m.get('numpy_blas', '?')}."
+        + (
+            f" Load average at start: {m['loadavg_at_start']:.2f}."
+            if "loadavg_at_start" in m
+            else ""
+        ),
+        "",
+        f"GEMM through vgcore's BLAS (1024^3, GFLOP/s): {peak}.",
+        "",
+        "Times are medians; each implementation at its best thread setting (`1t`/`2t`; "
+        "`pinned`: one core by sched_setaffinity and XLA's intra-op pool off; `ftz`: "
+        "torch.set_flush_denormal). Ratio = peer time / vgcore time; a peer whose answer "
+        "disagrees with vgcore's beyond the workload's tolerance is not timed against it.",
+        "",
+        format_table(doc, main),
+    ]
+    notes = [f"- {r['label']}: {r['note']}" for r in main if r.get("note")]
     if notes:
         out += ["", *notes]
+    sweep = _sweep_table(doc)
+    if sweep:
+        out += ["", "### Size sweep (workloads 2 and 3)", "", sweep]
+    rng = _range_table(doc)
+    if rng:
+        out += ["", "### Range (float32)", "", rng]
     if doc.get("memory"):
-        out += ["", "Peak resident memory of a fresh process (MB):", ""]
-        out += [
-            f"- {k}: {v['peak_rss_mb']:.0f}"
-            + (f" (input array {v['input_mb']:.0f})" if v.get("input_mb") else "")
-            for k, v in doc["memory"].items()
-        ]
+        out += ["", "### Peak memory (fresh process each)", ""]
+        out += [f"- {k}: {_mem(v)}" for k, v in doc["memory"].items()]
+    out += ["", "### Every thread setting", "", _settings_table(doc)]
+    if "elapsed_s" in doc:
+        out += ["", f"Whole run: {doc['elapsed_s'] / 60:.1f} min."]
     return "\n".join(out)
 
 
@@ -193,19 +399,26 @@ def plot_ratios(doc: dict[str, Any], path: str) -> None:
 
     plt = require_matplotlib()
     rows = doc["rows"]
-    peers = sorted({p["peer"] for r in rows for p in r["peers"]})
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(rows) + 2), 4.2))
+    peers = sorted({p["peer"] for r in rows for p in r["peers"] if p["ok"]})
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(rows) + 2.5), 4.0))
     width = 0.8 / max(1, len(peers))
+    cmap = plt.get_cmap("tab10")
     for j, name in enumerate(peers):
-        xs = [i + j * width for i, r in enumerate(rows) for p in r["peers"] if p["peer"] == name]
-        ys = [p["ratio"] for r in rows for p in r["peers"] if p["peer"] == name]
-        ax.bar(xs, ys, width, label=name)
+        pts = [
+            (i + j * width, p["ratio"])
+            for i, r in enumerate(rows)
+            for p in r["peers"]
+            if p["peer"] == name and p["ok"]
+        ]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.bar(xs, ys, width, label=name, color=cmap(j % 10))
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_yscale("log")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
     ax.set_xticklabels([r["workload"] for r in rows], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("peer time / vgcore time")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("peer time / vgcore time (>1: vgcore faster)")
+    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -1,14 +1,20 @@
-"""JAX peers, run in a subprocess: XLA reads its thread flags once, before ``import jax``.
+"""JAX peers, run in worker processes: XLA reads its thread flags once, before ``import jax``.
 
-Usage: ``python -m vgcore.bench.jax_worker IN.npz OUT.npz`` where IN holds ``task``,
-``threads``, ``repeat``, the weights and the inputs. OUT holds ``times`` (seconds per run,
-after one untimed compile-and-run) and ``result``. With ``threads == 1`` XLA's intra-op pool is
-disabled and the process pinned to one CPU (JAX otherwise ignores thread settings).
+``python -m vgcore.bench.jax_worker --serve THREADS`` reads lines ``IN.npz OUT.npz`` on stdin
+and answers ``ok`` (or ``error ...``) on stdout for each. IN holds ``task``, ``repeat``,
+``budget_s``, the weights and the inputs; OUT holds ``times`` (seconds per run, after one
+untimed compile-and-run) and ``result``. With ``THREADS == 1`` XLA's intra-op pool is disabled
+(``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``) and the process pinned to
+one CPU with ``sched_setaffinity``; otherwise XLA uses its default pool (every core).
 
-Tasks (float32 or float64, as the arrays come):
-- ``bptt``: per-step gradient norms ||dL/dh_t||, L = 0.5 ||h_T||^2 (jit, lax.scan, grad with
+Tasks (float32 or float64, as the arrays come), each ``jit``-compiled once:
+- ``mlp``: per-layer gradient norms ||dL/dh_l|| of a tanh MLP, L = 0.5 ||h_L||^2 (lax.scan over
+  the layers, grad with respect to zero perturbations of every h_l).
+- ``bptt``: per-step gradient norms ||dL/dh_t||, L = 0.5 ||h_T||^2 (lax.scan, grad with
   respect to zero perturbations of every h_t; an LSTM's c_t is a separate state coordinate).
-- ``lyapunov``: top-k exponents (jit, lax.scan, vmap(jvp) on the tangent block, QR per step).
+- ``lyapunov``: top-k exponents (lax.scan, vmap(jvp) on the tangent block, QR inside the scan).
+- ``spectrum``: per-step spectral radius and sigma_max (states by lax.scan, every step's Jacobian
+  by vmap(jacfwd), batched eigvals and singular values).
 - ``singular``: log singular values of d h_L / d h_0 of a tanh MLP (jit(jacrev), then SVD).
 """
 
@@ -25,7 +31,7 @@ def _setup(threads: int) -> None:
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "")
             + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        )
+        ).strip()
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
@@ -58,30 +64,53 @@ def _cell(jax: Any, jnp: Any, kind: str, wih: Any, whh: Any, bih: Any, bhh: Any,
     return f
 
 
-def _build(data: dict[str, Any]) -> Any:
+def build(data: dict[str, Any]) -> Any:
+    """A no-argument function running the task once (compiled on first call), returning a
+    numpy array."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     task = str(data["task"])
-    if task == "singular":
+    if any(getattr(v, "dtype", None) == np.float64 for v in data.values()):
+        jax.config.update("jax_enable_x64", True)
+
+    if task in ("singular", "mlp"):
         Ws, bs = jnp.asarray(data["weights"]), jnp.asarray(data["biases"])
-
-        def net(h: Any) -> Any:
-            def layer(h: Any, wb: Any) -> Any:
-                return jnp.tanh(wb[0] @ h + wb[1]), None
-
-            return jax.lax.scan(layer, h, (Ws, bs))[0]
-
-        jac = jax.jit(jax.jacrev(net))
         x0 = jnp.asarray(data["x"])
 
-        def run() -> Any:
-            J = jac(x0).block_until_ready()
-            import numpy as np
+        if task == "singular":
 
-            return np.log(np.linalg.svd(np.asarray(J, np.float64), compute_uv=False))
+            def net(h: Any) -> Any:
+                def layer(h: Any, wb: Any) -> Any:
+                    return jnp.tanh(wb[0] @ h + wb[1]), None
 
-        return run
+                return jax.lax.scan(layer, h, (Ws, bs))[0]
+
+            jac = jax.jit(jax.jacrev(net))
+
+            def run_sv() -> Any:
+                J = np.asarray(jac(x0).block_until_ready(), np.float64)
+                with np.errstate(divide="ignore"):
+                    return np.log(np.linalg.svd(J, compute_uv=False))
+
+            return run_sv
+
+        def mlp_loss(eps: Any) -> Any:
+            def layer(h: Any, inp: Any) -> Any:
+                (W, b), e = inp
+                return jnp.tanh(h @ W.T + b) + e, None
+
+            hL = jax.lax.scan(layer, x0 + eps[0], ((Ws, bs), eps[1:]))[0]
+            return 0.5 * jnp.sum(hL**2)
+
+        @jax.jit
+        def mlp_norms() -> Any:
+            eps = jnp.zeros((Ws.shape[0] + 1, *x0.shape), x0.dtype)
+            g = jax.grad(mlp_loss)(eps)
+            return jnp.sqrt(jnp.sum(g**2, axis=(1, 2)))
+
+        return lambda: np.asarray(mlp_norms().block_until_ready())
 
     kind = str(data["kind"])
     wih, whh = jnp.asarray(data["weight_ih"]), jnp.asarray(data["weight_hh"])
@@ -110,7 +139,22 @@ def _build(data: dict[str, Any]) -> Any:
             per = jnp.sqrt(jnp.sum(g**2, axis=(1, 2)))
             return jnp.concatenate([per, jnp.sqrt(jnp.sum(hT**2))[None]])
 
-        return lambda: norms().block_until_ready()
+        return lambda: np.asarray(norms().block_until_ready())
+
+    if task == "spectrum":
+
+        @jax.jit
+        def spectrum() -> Any:
+            def step(s: Any, x: Any) -> Any:
+                return f(s, x), s
+
+            states = jax.lax.scan(step, jnp.zeros(D, xs.dtype), xs[:, 0])[1]
+            J = jax.vmap(jax.jacfwd(f))(states, xs[:, 0])
+            rho = jnp.max(jnp.abs(jnp.linalg.eigvals(J)), axis=-1)
+            smax = jnp.linalg.svd(J, compute_uv=False)[:, 0]
+            return jnp.stack([rho, smax], axis=1)
+
+        return lambda: np.asarray(spectrum().block_until_ready())
 
     q0 = jnp.asarray(data["q0"])  # (D, k) orthonormal
 
@@ -124,28 +168,51 @@ def _build(data: dict[str, Any]) -> Any:
             Qn, R = jnp.linalg.qr(JQ)
             return (s2, Qn), jnp.log(jnp.abs(jnp.diag(R)))
 
-        logs = jax.lax.scan(step, (jnp.zeros(D, xs.dtype), q0), xs[:, 0])[1]
-        return logs.sum(0) / xs.shape[0]
+        return jax.lax.scan(step, (jnp.zeros(D, xs.dtype), q0), xs[:, 0])[1]
 
-    return lambda: lyap().block_until_ready()
+    def run_lyap() -> Any:  # the per-step logs summed in float64, as vgcore and torch do
+        logs = np.asarray(lyap().block_until_ready(), np.float64)
+        return np.sort(logs.sum(0) / logs.shape[0])[::-1]
+
+    return run_lyap
 
 
-def main(argv: list[str]) -> None:
+def _job(src: str, dst: str) -> None:
     import numpy as np
 
-    data = dict(np.load(argv[0], allow_pickle=False))
-    _setup(int(data["threads"]))
-    if data["x"].dtype == np.float64:
-        os.environ["JAX_ENABLE_X64"] = "1"
-    run = _build(data)
+    with np.load(src, allow_pickle=False) as fh:
+        data = dict(fh)
+    run = build(data)
     out = run()  # compile + first run, untimed
-    times = []
-    for _ in range(int(data["repeat"])):
+    times: list[float] = []
+    for _ in range(max(1, int(data["repeat"]))):
         t0 = time.perf_counter()
         out = run()
         times.append(time.perf_counter() - t0)
-    np.savez(argv[1], times=np.array(times), result=np.asarray(out, np.float64))
+        if sum(times) >= float(data["budget_s"]):
+            break
+    np.savez(dst, times=np.array(times), result=np.asarray(out, np.float64))
+
+
+def serve(threads: int) -> None:
+    _setup(threads)
+    import jax  # noqa: F401  (after the flags)
+
+    for line in sys.stdin:
+        parts = line.split()
+        if len(parts) != 2:
+            continue
+        try:
+            _job(*parts)
+            reply = "ok"
+        except Exception as exc:  # reported to the runner, which marks the peer failed
+            reply = "error " + f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+        sys.stdout.write(reply + "\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main(sys.argv[1:])
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve":
+        serve(int(sys.argv[2]))
+    else:
+        sys.exit("usage: python -m vgcore.bench.jax_worker --serve THREADS")

@@ -1,92 +1,231 @@
-"""The machine's own limits, measured in the same run as the workloads."""
+"""The machine and its own limits, measured in the same run as the workloads: CPU, library
+versions, GEMM throughput through vgcore's BLAS, NumPy's BLAS thread count, peak memory."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
 import subprocess
 import sys
+from functools import lru_cache
 from typing import Any
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores this process may use, library versions."""
-    import numpy as np
-
-    import vgcore
-
-    cpu = platform.processor() or platform.machine()
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def _isa() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((ln for ln in fh if ln.startswith("flags")), "").split()
+    except OSError:
+        return ""
+    for name in ("avx512f", "avx2", "sse4_2"):
+        if name in flags:
+            return name
+    return ""
+
+
+def _version(mod: str) -> str | None:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        return version(mod)
+    except PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores this process may use, library versions (without importing the peers)."""
+    import numpy as np
+
+    import vgcore
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info: dict[str, Any] = {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
+        "cpu": _cpu_model(),
+        "isa": _isa(),
+        "cores": cores,
         "python": platform.python_version(),
         "vgcore": vgcore.__version__,
         "numpy": np.__version__,
+        "numpy_blas": numpy_blas_name(),
+        "vgcore_blas": "scipy-openblas32 " + (_version("scipy-openblas32") or "?"),
     }
-    for mod in ("torch", "jax"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except ImportError:
-            info[mod] = None
+    for mod in ("torch", "jax", "jaxlib"):
+        info[mod] = _version(mod)
+    try:
+        with open("/proc/loadavg") as fh:
+            info["loadavg_at_start"] = float(fh.read().split()[0])
+    except OSError:
+        pass
     return info
 
 
-def gemm_peak(threads: int, size: int = 1024, repeat: int = 5) -> dict[str, float]:
-    """GFLOP/s of a square GEMM through vgcore's own BLAS (scipy-openblas32), float32 and
-    float64, at ``threads`` BLAS threads."""
+# ---- GEMM through vgcore's own BLAS ---------------------------------------------------------
+
+
+def gemm_gflops(m: int, n: int, k: int, threads: int, float64: bool = False) -> float:
+    """Best GFLOP/s of an ``m x k`` by ``k x n`` GEMM through vgcore's BLAS (the
+    scipy-openblas32 it is linked against, via ``_core.blas_gemm_gflops``) at ``threads`` BLAS
+    threads. Small shapes are repeated until ~50 ms of work, so the best run is meaningful."""
     from vgcore._loader import _core
 
+    repeat = int(min(2000, max(5, 0.05 * 50e9 / (2.0 * m * n * k))))
     saved = _core.blas_get_num_threads()
     _core.blas_set_num_threads(threads)
     try:
-        return {
-            "float32": _core.blas_gemm_gflops(size, size, size, False, repeat),
-            "float64": _core.blas_gemm_gflops(size, size, size, True, repeat),
-        }
+        return float(_core.blas_gemm_gflops(m, n, k, float64, repeat))
     finally:
         _core.blas_set_num_threads(saved)
 
+
+def gemm_peak(threads: int, size: int = 1024) -> dict[str, float]:
+    """GFLOP/s of a square ``size`` GEMM through vgcore's BLAS, float32 and float64."""
+    return {
+        "float32": gemm_gflops(size, size, size, threads),
+        "float64": gemm_gflops(size, size, size, threads, float64=True),
+    }
+
+
+# ---- NumPy's BLAS (a different OpenBLAS build: scipy-openblas64 inside numpy's wheel) -------
+
+
+@lru_cache(maxsize=1)
+def _numpy_blas() -> tuple[Any, Any, str] | None:
+    """(set_num_threads, get_num_threads, library path) of the OpenBLAS numpy loaded, found
+    among the process's mapped libraries (what threadpoolctl does), or None."""
+    import numpy  # noqa: F401  (loads its BLAS)
+
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {ln.split()[-1] for ln in fh if "openblas" in ln.lower() and ".so" in ln}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        if "scipy_openblas32" in path:  # vgcore's, not numpy's
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                if setter is not None and getter is not None:
+                    setter.argtypes, getter.restype = [ctypes.c_int], ctypes.c_int
+                    return setter, getter, path
+    return None
+
+
+def numpy_blas_name() -> str:
+    found = _numpy_blas()
+    return os.path.basename(found[2]) if found else "unknown"
+
+
+def set_numpy_threads(threads: int) -> bool:
+    """Set the thread count of numpy's OpenBLAS; False if it cannot be found."""
+    found = _numpy_blas()
+    if found is None:
+        return False
+    found[0](int(threads))
+    return True
+
+
+def numpy_threads() -> int | None:
+    found = _numpy_blas()
+    return int(found[1]()) if found else None
+
+
+# ---- peak memory ------------------------------------------------------------------------------
 
 _RSS_SCRIPT = r"""
 import json, resource, sys
 import numpy as np
 import vgcore
+
+def hwm_mb():
+    # VmHWM of this process (ru_maxrss after fork/exec can report the parent's size)
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def reset_hwm():
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
 spec = json.loads(sys.argv[1])
-T, N, chunk = spec["T"], spec["N"], 1000
+T, N, chunk, I = spec["T"], spec["N"], 1000, spec["input_size"]
+cls = {"lstm": vgcore.LSTM, "gru": vgcore.GRU, "rnn": vgcore.RNN}[spec["kind"]]
+model = cls.from_sizes(I, N, seed=0, dtype=np.float32)
 rng = np.random.default_rng(0)
-model = vgcore.LSTM.from_sizes(64, N, seed=0, dtype=np.float32)
+
 def chunks():
     for t0 in range(0, T, chunk):
-        yield rng.standard_normal((min(chunk, T - t0), 1, 64)).astype(np.float32)
+        yield rng.standard_normal((min(chunk, T - t0), 1, I)).astype(np.float32)
+
+# warm the library (thread pool, BLAS buffers) so the baseline holds them
+vgcore.lyapunov(model, rng.standard_normal((4, 1, I)).astype(np.float32), k=min(2, N))
 input_mb = 0.0
+x = None
+if spec["analysis"] == "singular":  # takes the whole input array: its size is reported apart
+    x = rng.standard_normal((T, 1, I)).astype(np.float32)
+    input_mb = x.nbytes / 2**20
+reset_hwm()
+base = hwm_mb()
 if spec["analysis"] == "lyapunov":
     vgcore.lyapunov(model, chunks(), k=spec["k"])
-else:  # takes the whole input array: its size is reported apart
-    x = rng.standard_normal((T, 1, 64)).astype(np.float32)
-    input_mb = x.nbytes / 2**20
+else:
     vgcore.jacobian_singular_values(model, x)
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"peak_rss_mb": rss, "input_mb": input_mb}))
+peak = hwm_mb()
+print(json.dumps({"baseline_mb": base, "peak_rss_mb": peak, "input_mb": input_mb}))
 """
 
 
-def peak_rss_mb(analysis: str, T: int, N: int, k: int = 32) -> dict[str, float]:
-    """Peak resident memory (MB) of a fresh process running one analysis of an LSTM over T
-    steps (lyapunov streams its input in chunks of 1000 steps; singular values take the whole
-    input array, whose size is reported as ``input_mb``)."""
-    spec = json.dumps({"analysis": analysis, "T": T, "N": N, "k": k})
+def peak_rss_mb(
+    analysis: str, T: int, N: int, kind: str = "lstm", k: int = 32, input_size: int = 64
+) -> dict[str, Any]:
+    """Peak resident memory (MB) of a fresh process during one analysis over T steps of a
+    recurrent model (float32, B = 1): ``lyapunov`` streams its input in chunks of 1000 steps;
+    ``singular`` (jacobian_singular_values) takes the whole input array, whose size is reported
+    as ``input_mb``. ``baseline_mb`` is the resident size just before the call (imports, model,
+    thread pool); the peak is the VmHWM reset at that point."""
+    spec = {"analysis": analysis, "T": T, "N": N, "kind": kind, "k": k, "input_size": input_size}
     out = subprocess.run(
-        [sys.executable, "-c", _RSS_SCRIPT, spec], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _RSS_SCRIPT, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    res: dict[str, Any] = dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    res.update(spec)
+    res["extra_mb"] = res["peak_rss_mb"] - res["baseline_mb"]
+    return res

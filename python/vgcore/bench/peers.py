@@ -1,11 +1,14 @@
-"""Peers: the same work in PyTorch (eager, torch.func), JAX (in a subprocess) and NumPy.
+"""Peers: the same work in PyTorch (eager, torch.func), JAX (in worker processes) and NumPy.
 
 Each peer is measured at every thread setting it offers; the runner keeps the best and says
-which. Results come back as float64 arrays comparable with vgcore's.
+which. Results come back as float64 arrays comparable with vgcore's. torch and jax are imported
+only when a peer is built (both are optional).
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import statistics
 import subprocess
 import sys
@@ -18,70 +21,198 @@ from typing import Any
 
 import numpy as np
 
+from vgcore.bench.machine import set_numpy_threads
 
-def timed(fn: Callable[[], Any], repeat: int) -> tuple[list[float], Any]:
-    """Times of ``repeat`` runs after one untimed warm-up, and the last result."""
+DEFAULT_SETTINGS: list[dict[str, Any]] = [{"threads": 1}, {"threads": 2}]
+
+
+def timed(
+    fn: Callable[[], Any], repeat: int, budget_s: float = float("inf")
+) -> tuple[list[float], Any]:
+    """One untimed warm-up run, then up to ``repeat`` timed runs, stopping early once
+    ``budget_s`` seconds have been spent timing (at least one timed run). Returns the times and
+    the last result."""
     out = fn()
-    times = []
-    for _ in range(repeat):
+    times: list[float] = []
+    spent = 0.0
+    for _ in range(max(1, repeat)):
         t0 = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t0)
+        spent += times[-1]
+        if spent >= budget_s:
+            break
     return times, out
+
+
+def median(times: list[float]) -> float:
+    return float(statistics.median(times))
+
+
+def setting_label(s: dict[str, Any]) -> str:
+    label = f"{s['threads']}t" if s.get("threads") else "default"
+    if s.get("pinned"):
+        label += " pinned"
+    return label + (" ftz" if s.get("flush_denormal") else "")
 
 
 @dataclass
 class Peer:
     """A peer implementation run in this process; ``settings`` are keyword dicts passed to
-    ``configure`` before timing (thread counts, denormal flushing)."""
+    ``configure`` before timing (thread counts, denormal flushing). ``steps``: the peer runs the
+    first ``steps`` steps only (its time is scaled to the whole workload, and its answer checked
+    against vgcore's over the same steps)."""
 
     name: str
     fn: Callable[[], np.ndarray]
-    settings: list[dict[str, Any]] = field(default_factory=lambda: [{"threads": 1}, {"threads": 2}])
+    settings: list[dict[str, Any]] = field(default_factory=lambda: list(DEFAULT_SETTINGS))
     configure: Callable[..., Any] | None = None
+    steps: int | None = None
+    in_process: bool = True
 
-    def measure(self, setting: dict[str, Any], repeat: int) -> tuple[list[float], np.ndarray]:
+    def measure(
+        self, setting: dict[str, Any], repeat: int, budget_s: float = float("inf")
+    ) -> tuple[list[float], np.ndarray]:
         if self.configure is not None:
             self.configure(**setting)
         try:
-            times, out = timed(self.fn, repeat)
+            times, out = timed(self.fn, repeat, budget_s)
         finally:
             if self.configure is not None:
                 self.configure(**self.settings[0])
         return times, np.asarray(out, np.float64)
 
 
+# ---- JAX: worker processes, one per thread setting -----------------------------------------
+
+
+class _JaxPool:
+    """Long-lived ``python -m vgcore.bench.jax_worker --serve THREADS`` processes: XLA reads
+    its thread flags once, before ``import jax``, so each setting gets its own process, started
+    on first use and reused for every workload."""
+
+    def __init__(self) -> None:
+        self.procs: dict[int, tuple[subprocess.Popen[str], Any]] = {}
+        self.tmp = tempfile.TemporaryDirectory(prefix="vgcore-bench-")
+        self.count = 0
+
+    def _proc(self, threads: int) -> subprocess.Popen[str]:
+        if threads in self.procs:
+            proc, err = self.procs.pop(threads)
+            if proc.poll() is None:
+                self.procs[threads] = (proc, err)
+                return proc
+            err.close()  # died: start a new one
+        err = open(Path(self.tmp.name) / f"worker-{threads}.log", "w+")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vgcore.bench.jax_worker", "--serve", str(threads)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            bufsize=1,
+        )
+        self.procs[threads] = (proc, err)
+        return proc
+
+    def run(
+        self, threads: int, data: dict[str, Any], repeat: int, budget_s: float
+    ) -> tuple[list[float], np.ndarray]:
+        proc = self._proc(threads)
+        self.count += 1
+        src = Path(self.tmp.name) / f"in-{self.count}.npz"
+        dst = Path(self.tmp.name) / f"out-{self.count}.npz"
+        np.savez(src, repeat=repeat, budget_s=min(budget_s, 1e9), **data)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(f"{src} {dst}\n")
+        proc.stdin.flush()
+        reply = proc.stdout.readline().strip()
+        src.unlink(missing_ok=True)
+        if not reply.startswith("ok"):
+            err = self.procs[threads][1]
+            err.seek(0)
+            tail = err.read()[-2000:]
+            raise RuntimeError(f"jax worker: {reply or 'died'} {tail}".strip())
+        with np.load(dst) as out:
+            times, result = list(out["times"]), np.asarray(out["result"], np.float64)
+        dst.unlink(missing_ok=True)
+        return times, result
+
+    def close(self) -> None:
+        for proc, err in self.procs.values():
+            if proc.stdin is not None:
+                proc.stdin.close()  # the worker's loop ends at end of input
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+            err.close()
+        self.procs.clear()
+        self.tmp.cleanup()
+
+
+_POOL: _JaxPool | None = None
+
+
+def jax_pool() -> _JaxPool:
+    global _POOL
+    if _POOL is None:
+        _POOL = _JaxPool()
+        atexit.register(close_jax_pool)
+    return _POOL
+
+
+def close_jax_pool() -> None:
+    global _POOL
+    if _POOL is not None:
+        _POOL.close()
+        _POOL = None
+
+
 @dataclass
 class JaxPeer:
-    """A JAX peer run in a fresh process per thread setting (see :mod:`jax_worker`)."""
+    """A JAX peer run in a worker process per thread setting (see :mod:`jax_worker`): ``1t
+    pinned`` disables XLA's intra-op pool and pins the worker to one CPU (XLA otherwise ignores
+    thread settings); ``2t`` is XLA's default pool over both cores."""
 
     name: str
-    data: Callable[[], dict[str, np.ndarray]]
-    settings: list[dict[str, Any]] = field(default_factory=lambda: [{"threads": 1}, {"threads": 2}])
+    data: Callable[[], dict[str, Any]]
+    settings: list[dict[str, Any]] = field(
+        default_factory=lambda: [{"threads": 1, "pinned": True}, {"threads": 2}]
+    )
+    steps: int | None = None
+    in_process: bool = False
 
-    def measure(self, setting: dict[str, Any], repeat: int) -> tuple[list[float], np.ndarray]:
-        with tempfile.TemporaryDirectory() as tmp:
-            src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
-            np.savez(src, threads=setting["threads"], repeat=repeat, **self.data())
-            subprocess.run(
-                [sys.executable, "-m", "vgcore.bench.jax_worker", str(src), str(dst)],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            out = np.load(dst)
-            return list(out["times"]), out["result"]
+    def measure(
+        self, setting: dict[str, Any], repeat: int, budget_s: float = float("inf")
+    ) -> tuple[list[float], np.ndarray]:
+        return jax_pool().run(int(setting["threads"]), self.data(), repeat, budget_s)
+
+    def in_process_fn(self) -> Callable[[], np.ndarray]:
+        """The same computation in this process (XLA at whatever threads it started with)."""
+        from vgcore.bench.jax_worker import build
+
+        run = build(self.data())
+        return lambda: np.asarray(run(), np.float64)
 
 
 def jax_available() -> bool:
-    try:
-        import jax  # noqa: F401
-    except ImportError:
+    if os.environ.get("VGCORE_BENCH_NO_JAX") == "1":
         return False
-    return True
+    try:
+        import importlib.util
+
+        return importlib.util.find_spec("jax") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def torch_or_none() -> Any:
+    if os.environ.get("VGCORE_BENCH_NO_TORCH") == "1":
+        return None
     try:
         import torch
     except ImportError:
@@ -90,15 +221,19 @@ def torch_or_none() -> Any:
 
 
 def torch_configure(torch: Any) -> Callable[..., None]:
-    def configure(threads: int, flush_denormal: bool = False) -> None:
+    def configure(threads: int, flush_denormal: bool = False, **_: Any) -> None:
         torch.set_num_threads(threads)
         torch.set_flush_denormal(flush_denormal)
 
     return configure
 
 
-def median(times: list[float]) -> float:
-    return float(statistics.median(times))
+def numpy_configure(threads: int, **_: Any) -> None:
+    set_numpy_threads(threads)
+
+
+def numpy_peer(name: str, fn: Callable[[], np.ndarray], **kw: Any) -> Peer:
+    return Peer(name, fn, configure=numpy_configure, **kw)
 
 
 # ---- PyTorch implementations ------------------------------------------------------------
@@ -109,7 +244,8 @@ def torch_cell(torch: Any, model: Any) -> Any:
     dt = torch.float32 if model.dtype == np.float32 else torch.float64
     N, I = model.hidden_size, model.input_size
     cls = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell, "rnn": torch.nn.RNNCell}[model.kind]
-    cell = cls(I, N, dtype=dt)
+    kw = {"nonlinearity": model.nonlinearity} if model.kind == "rnn" else {}
+    cell = cls(I, N, dtype=dt, **kw)
     with torch.no_grad():
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
             getattr(cell, name).copy_(torch.from_numpy(getattr(model, name)))
@@ -190,8 +326,8 @@ def torch_lyapunov(
     return run
 
 
-def torch_spectrum(torch: Any, model: Any, x: np.ndarray, steps: int) -> Callable[[], np.ndarray]:
-    """Per-step spectral radius and sigma_max via jacrev + eigvals + svdvals (first ``steps``)."""
+def torch_spectrum(torch: Any, model: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
+    """Per-step spectral radius and sigma_max: jacrev, then eigvals and svdvals."""
     from torch.func import jacrev
 
     f = torch_state_fn(torch, model)
@@ -200,7 +336,7 @@ def torch_spectrum(torch: Any, model: Any, x: np.ndarray, steps: int) -> Callabl
     def run() -> np.ndarray:
         s = torch.zeros(model.state_size, dtype=xt.dtype)
         out = []
-        for t in range(steps):
+        for t in range(xt.shape[0]):
             J = jacrev(lambda z, t=t: f(z, xt[t]))(s).detach()
             out.append(
                 [float(torch.linalg.eigvals(J).abs().max()), float(torch.linalg.svdvals(J)[0])]
@@ -225,13 +361,15 @@ def torch_singular(torch: Any, mlp: Any, x: np.ndarray) -> Callable[[], np.ndarr
         return h
 
     def run() -> np.ndarray:
-        J = jacrev(net)(torch.from_numpy(x[0])).detach().double()
-        return np.log(torch.linalg.svdvals(J).numpy())
+        J = jacrev(net)(torch.from_numpy(x[0])).detach()
+        with np.errstate(divide="ignore"):
+            return np.log(torch.linalg.svdvals(J).double().numpy())
 
     return run
 
 
 def torch_mlp_eager(torch: Any, mlp: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
+    """A layer loop with retain_grad on every h_l (the natural PyTorch code)."""
     net = mlp.to_torch()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -254,7 +392,13 @@ def torch_mlp_eager(torch: Any, mlp: Any, x: np.ndarray) -> Callable[[], np.ndar
 # ---- NumPy ------------------------------------------------------------------------------
 
 
+def _norm(a: np.ndarray) -> float:
+    return float(np.linalg.norm(a.astype(np.float64, copy=False)))
+
+
 def numpy_mlp(mlp: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
+    """Hand-written NumPy forward/backward over the layers."""
+
     def run() -> np.ndarray:
         hs, ds = [x], []
         for w, b in zip(mlp.weights, mlp.biases):
@@ -262,33 +406,114 @@ def numpy_mlp(mlp: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
             hs.append(y)
             ds.append(1 - y * y)
         g = hs[-1].copy()
-        norms = [np.linalg.norm(g)]
+        norms = [_norm(g)]
         for w, d in zip(reversed(mlp.weights), reversed(ds)):
             g = (g * d) @ w
-            norms.append(np.linalg.norm(g))
+            norms.append(_norm(g))
         return np.array(norms[::-1], dtype=np.float64)
 
     return run
 
 
-def numpy_bptt_rnn(model: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
-    """Hand-written NumPy BPTT for a tanh RNN (one GEMM per step each way)."""
+def _sig(v: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-v))
 
-    def run() -> np.ndarray:
-        T, B, _ = x.shape
-        pre = (x.reshape(T * B, -1) @ model.weight_ih.T + (model.bias_ih + model.bias_hh)).reshape(
-            T, B, -1
-        )
-        h = np.zeros((B, model.hidden_size), x.dtype)
+
+def numpy_bptt(model: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
+    """Hand-written NumPy BPTT (input projection in one GEMM, one GEMM per step each way,
+    gates stored), for tanh RNN, LSTM and GRU."""
+    kind, N = model.kind, model.hidden_size
+    Wih, Whh, bih, bhh = model.weight_ih, model.weight_hh, model.bias_ih, model.bias_hh
+    T, B, _ = x.shape
+
+    def rnn() -> np.ndarray:
+        pre = (x.reshape(T * B, -1) @ Wih.T + (bih + bhh)).reshape(T, B, -1)
+        h = np.zeros((B, N), x.dtype)
         hs = []
         for t in range(T):
-            h = np.tanh(pre[t] + h @ model.weight_hh.T)
+            h = np.tanh(pre[t] + h @ Whh.T)
             hs.append(h)
         g = h.copy()
-        norms = [np.linalg.norm(g)]
+        norms = [_norm(g)]
         for t in range(T - 1, -1, -1):
-            g = (g * (1 - hs[t] * hs[t])) @ model.weight_hh
-            norms.append(np.linalg.norm(g))
-        return np.array(norms[::-1], dtype=np.float64)
+            g = (g * (1 - hs[t] * hs[t])) @ Whh
+            norms.append(_norm(g))
+        return np.array(norms[::-1])
+
+    def lstm() -> np.ndarray:
+        pre = (x.reshape(T * B, -1) @ Wih.T + (bih + bhh)).reshape(T, B, 4 * N)
+        h = np.zeros((B, N), x.dtype)
+        c = np.zeros((B, N), x.dtype)
+        gates, cs, tcs = [], [c], []
+        for t in range(T):
+            a = pre[t] + h @ Whh.T
+            i, f = _sig(a[:, :N]), _sig(a[:, N : 2 * N])
+            g, o = np.tanh(a[:, 2 * N : 3 * N]), _sig(a[:, 3 * N :])
+            c = f * c + i * g
+            tc = np.tanh(c)
+            h = o * tc
+            gates.append((i, f, g, o))
+            cs.append(c)
+            tcs.append(tc)
+        dh, dc = h.copy(), np.zeros_like(c)
+        norms = [_norm(dh)]
+        for t in range(T - 1, -1, -1):
+            i, f, g, o = gates[t]
+            tc = tcs[t]
+            dct = dc + dh * o * (1 - tc * tc)
+            da = np.concatenate(
+                [
+                    dct * g * i * (1 - i),
+                    dct * cs[t] * f * (1 - f),
+                    dct * i * (1 - g * g),
+                    dh * tc * o * (1 - o),
+                ],
+                axis=1,
+            )
+            dc = dct * f
+            dh = da @ Whh
+            norms.append(_norm(dh))
+        return np.array(norms[::-1])
+
+    def gru() -> np.ndarray:
+        gi_all = (x.reshape(T * B, -1) @ Wih.T + bih).reshape(T, B, 3 * N)
+        h = np.zeros((B, N), x.dtype)
+        saved = []
+        for t in range(T):
+            gi, gh = gi_all[t], h @ Whh.T + bhh
+            r = _sig(gi[:, :N] + gh[:, :N])
+            z = _sig(gi[:, N : 2 * N] + gh[:, N : 2 * N])
+            n = np.tanh(gi[:, 2 * N :] + r * gh[:, 2 * N :])
+            saved.append((h, r, z, n, gh[:, 2 * N :]))
+            h = (1 - z) * n + z * h
+        g = h.copy()
+        norms = [_norm(g)]
+        for t in range(T - 1, -1, -1):
+            hp, r, z, n, ghn = saved[t]
+            dn = g * (1 - z) * (1 - n * n)
+            dgh = np.concatenate(
+                [dn * ghn * r * (1 - r), g * (hp - n) * z * (1 - z), dn * r], axis=1
+            )
+            g = g * z + dgh @ Whh
+            norms.append(_norm(g))
+        return np.array(norms[::-1])
+
+    return {"rnn": rnn, "lstm": lstm, "gru": gru}[kind]
+
+
+def numpy_spectrum(model: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
+    """Per-step spectral radius and sigma_max of a tanh RNN: J_t = diag(1 - h_{t+1}^2) W_hh
+    written out, then LAPACK eigvals and singular values (numpy.linalg)."""
+    assert model.kind == "rnn" and model.nonlinearity == "tanh"
+    Wih, Whh, b = model.weight_ih, model.weight_hh, model.bias_ih + model.bias_hh
+
+    def run() -> np.ndarray:
+        h = np.zeros(model.hidden_size, x.dtype)
+        out = []
+        for t in range(x.shape[0]):
+            h = np.tanh(Wih @ x[t, 0] + Whh @ h + b)
+            J = (1 - h * h)[:, None] * Whh
+            out.append([np.abs(np.linalg.eigvals(J)).max(), np.linalg.svd(J, compute_uv=False)[0]])
+        return np.array(out, dtype=np.float64)
 
     return run
