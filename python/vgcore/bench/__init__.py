@@ -27,8 +27,10 @@ from vgcore.bench.workloads import Workload, agreement, all_workloads, coverage,
 __all__ = [
     "Workload",
     "all_workloads",
+    "check_targets",
     "format_report",
     "format_table",
+    "format_targets",
     "memory_report",
     "plot_ratios",
     "run_suite",
@@ -94,7 +96,7 @@ def run_workload(
         times_by: dict[str, float] = {}
         t_peer = time.perf_counter()
         agree: float | None = None
-        cov = None
+        cov_by: dict[str, dict[str, float]] = {}
         for s in _select(peer.settings, threads):
             try:
                 times, out = peer.measure(s, repeat, budget_s)
@@ -103,11 +105,14 @@ def run_workload(
                 continue
             a = agreement(w.compare, ref, out)
             agree = a if agree is None else max(agree, a)
-            cov = peer_coverage(w.compare, ref, out) or cov
+            cov = peer_coverage(w.compare, ref, out)
+            if cov is not None:
+                cov_by[setting_label(s)] = cov
             times_by[setting_label(s)] = median(times) * scale
         if not times_by or agree is None:
             continue
         best = min(times_by, key=lambda k: times_by[k])
+        cov = cov_by.get(best)
         ok = bool(agree <= w.tol)
         entry = {
             "peer": peer.name,
@@ -118,7 +123,8 @@ def run_workload(
             "agreement": agree,
             "ok": ok,
             "steps": steps,
-            "coverage": cov,
+            "coverage": cov,  # at the best setting
+            "coverage_by_setting": cov_by,
             "elapsed_s": time.perf_counter() - t_peer,
         }
         row["peers"].append(entry)
@@ -135,17 +141,17 @@ def run_workload(
 
 
 def memory_report(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Peak resident memory of Lyapunov exponents (LSTM N=256, k=32, input streamed in chunks)
-    and of input-output singular values (tanh RNN N=64, whole input array) at T = 1e3 and
-    T = 1e5 (1e4 when quick), each in a fresh process."""
-    T_big = 10_000 if quick else 100_000
+    """Peak resident memory of Lyapunov exponents (LSTM N=256, k=32, input streamed in chunks
+    of 1000 steps) and of input-output singular values (tanh RNN N=64, whole input array) at
+    T = 1e3, 1e4 and 1e5 (1e5 left out when quick), each in a fresh process."""
+    Ts = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
     out: dict[str, Any] = {}
-    for T in (1_000, T_big):
-        out[f"lyapunov T={T}"] = peak_rss_mb("lyapunov", T, 256, kind="lstm", k=32)
-        log(f"  lyapunov LSTM N=256 k=32 T={T}: {_mem(out[f'lyapunov T={T}'])}")
-    for T in (1_000, T_big):
-        out[f"singular T={T}"] = peak_rss_mb("singular", T, 64, kind="rnn")
-        log(f"  jacobian_singular_values RNN N=64 T={T}: {_mem(out[f'singular T={T}'])}")
+    for T in Ts:
+        out[f"lyapunov T={T}"] = m = peak_rss_mb("lyapunov", T, 256, kind="lstm", k=32)
+        log(f"  lyapunov LSTM N=256 k=32 T={T}: {_mem(m)}")
+    for T in Ts:
+        out[f"singular T={T}"] = m = peak_rss_mb("singular", T, 64, kind="rnn")
+        log(f"  jacobian_singular_values RNN N=64 T={T}: {_mem(m)}")
     return out
 
 
@@ -324,9 +330,10 @@ def _sweep_table(doc: dict[str, Any]) -> str:
 
 
 def _range_table(doc: dict[str, Any]) -> str:
-    """How much of the BPTT curve (and of the singular values) each peer represents."""
+    """How much of the BPTT curve (and of the singular values) each peer represents, at each of
+    its settings (flushing denormals shortens a curve: it turns them into zeros)."""
     lines = [
-        "| workload | peer | vgcore covers | peer nonzero | peer within 1% of vgcore |",
+        "| workload | peer (setting) | vgcore covers | peer nonzero | peer within 1% of vgcore |",
         "|---|---|---|---|---|",
     ]
     n = 0
@@ -334,15 +341,88 @@ def _range_table(doc: dict[str, Any]) -> str:
         if r["compare"] not in ("curve", "logs") or r.get("sweep"):
             continue
         for p in r["peers"]:
-            c = p.get("coverage")
-            if not c:
-                continue
-            n += 1
-            lines.append(
-                f"| {r['label']} | {p['peer']} ({p['best_setting']}) | {c['vgcore']:.0%} | "
-                f"{c['peer']:.0%} | {c['peer_accurate']:.0%} |"
+            by = p.get("coverage_by_setting") or (
+                {p["best_setting"]: p["coverage"]} if p.get("coverage") else {}
             )
+            for setting, c in by.items():
+                n += 1
+                lines.append(
+                    f"| {r['label']} | {p['peer']} ({setting}) | {c['vgcore']:.0%} | "
+                    f"{c['peer']:.0%} | {c['peer_accurate']:.0%} |"
+                )
     return "\n".join(lines) if n else ""
+
+
+def _ok_peers(r: dict[str, Any], match: Callable[[str], bool] = lambda n: True) -> list:
+    return [p for p in r["peers"] if p["ok"] and match(p["peer"])]
+
+
+def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The speed targets of issue 6, each with the measured value and whether it is met
+    (``met`` is None where this run has nothing to judge it by)."""
+    out: list[dict[str, Any]] = []
+
+    def add(target: str, value: str, met: bool | None) -> None:
+        out.append({"target": target, "measured": value, "met": met})
+
+    def ratio_line(rows: list, need: float, match: Callable[[str], bool] = lambda n: True) -> None:
+        for r in rows:
+            peers = _ok_peers(r, match)
+            if not peers:
+                add(f"{r['label']}: >= {need:g}x", "no peer", None)
+                continue
+            best = min(peers, key=lambda p: p["ratio"])
+            add(
+                f"{r['label']}: >= {need:g}x faster than "
+                + ("the best peer" if len(peers) > 1 else peers[0]["peer"]),
+                f"{best['ratio']:.2f}x vs {best['peer']} ({best['best_setting']})",
+                best["ratio"] >= need,
+            )
+
+    main = [r for r in doc["rows"] if not r.get("sweep")]
+    fam = {f: [r for r in main if r["family"] == f] for f in ("mlp-flow", "bptt", "lyapunov")}
+    ratio_line(fam["bptt"], 2.0)
+    ratio_line(fam["lyapunov"], 10.0, lambda n: n.startswith("torch"))
+    ratio_line(fam["lyapunov"], 2.0, lambda n: n.startswith("jax"))
+    ratio_line(fam["mlp-flow"], 1.3)
+    for r in doc["rows"]:
+        if r["family"] in ("bptt", "lyapunov") and r["N"] >= 512:
+            add(
+                f"{r['label']}: >= 70% of the GEMM peak",
+                f"{r['gemm_fraction']:.0%} ({r['gflops']:.0f} GFLOP/s)",
+                r["gemm_fraction"] >= 0.7,
+            )
+    small = [r for r in doc["rows"] if r["family"] in ("bptt", "lyapunov") and r["N"] == 16]
+    ratio_line(small, 10.0, lambda n: n.startswith("jax"))
+    mem = doc.get("memory") or {}
+    for name in ("lyapunov", "singular"):
+        runs = sorted((v for k, v in mem.items() if k.startswith(name)), key=lambda v: v["T"])
+        if len(runs) >= 2:  # the last two: past the cap on recorded running estimates
+            lo, hi = runs[-2], runs[-1]
+            own_lo = lo["extra_mb"] - lo.get("input_mb", 0)
+            own_hi = hi["extra_mb"] - hi.get("input_mb", 0)
+            add(
+                f"{name}: memory independent of T (T={lo['T']:.0e} -> {hi['T']:.0e})",
+                f"{lo['extra_mb']:.1f} -> {hi['extra_mb']:.1f} MB above baseline"
+                + (f", of which input array {hi['input_mb']:.1f} MB" if hi.get("input_mb") else ""),
+                own_hi <= 1.1 * own_lo + 2.0,
+            )
+    for r in fam["bptt"]:
+        covs = [p["coverage"]["peer"] for p in r["peers"] if p.get("coverage")]
+        if covs and "vgcore_coverage" in r:
+            add(
+                f"{r['label']}: the whole curve in float32",
+                f"vgcore {r['vgcore_coverage']:.0%}, peers {min(covs):.0%}-{max(covs):.0%} nonzero",
+                r["vgcore_coverage"] == 1.0,
+            )
+    return out
+
+
+def format_targets(doc: dict[str, Any]) -> str:
+    mark = {True: "met", False: "**missed**", None: "n/a"}
+    lines = ["| target | measured | |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['measured']} | {mark[t['met']]} |" for t in check_targets(doc)]
+    return "\n".join(lines)
 
 
 def format_report(doc: dict[str, Any]) -> str:
@@ -378,6 +458,7 @@ def format_report(doc: dict[str, Any]) -> str:
     notes = [f"- {r['label']}: {r['note']}" for r in main if r.get("note")]
     if notes:
         out += ["", *notes]
+    out += ["", "### Targets (issue 6)", "", format_targets(doc)]
     sweep = _sweep_table(doc)
     if sweep:
         out += ["", "### Size sweep (workloads 2 and 3)", "", sweep]
@@ -394,19 +475,28 @@ def format_report(doc: dict[str, Any]) -> str:
 
 
 def plot_ratios(doc: dict[str, Any], path: str) -> None:
-    """Bar chart of peer time / vgcore time per workload (log scale), one bar per peer."""
+    """Left: peer time / vgcore time per workload (log scale), one bar per peer. Right (when the
+    size sweep ran): vgcore's speed-up over JAX jit against N for workloads 2 and 3."""
     from vgcore.plotting import require_matplotlib
 
     plt = require_matplotlib()
-    rows = doc["rows"]
-    peers = sorted({p["peer"] for r in rows for p in r["peers"] if p["ok"]})
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(rows) + 2.5), 4.0))
+    main = [r for r in doc["rows"] if not r.get("sweep")]
+    sweep = _sweep_series(doc)
+    fig, axes = plt.subplots(
+        1,
+        2 if sweep else 1,
+        figsize=(11 if sweep else 6.5, 4.0),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1.6, 1] if sweep else [1]},
+    )
+    ax = axes[0][0]
+    peers = sorted({p["peer"] for r in main for p in r["peers"] if p["ok"]})
     width = 0.8 / max(1, len(peers))
     cmap = plt.get_cmap("tab10")
     for j, name in enumerate(peers):
         pts = [
             (i + j * width, p["ratio"])
-            for i, r in enumerate(rows)
+            for i, r in enumerate(main)
             for p in r["peers"]
             if p["peer"] == name and p["ok"]
         ]
@@ -415,10 +505,33 @@ def plot_ratios(doc: dict[str, Any], path: str) -> None:
             ax.bar(xs, ys, width, label=name, color=cmap(j % 10))
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_yscale("log")
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
-    ax.set_xticklabels([r["workload"] for r in rows], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("peer time / vgcore time (>1: vgcore faster)")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(main))])
+    ax.set_xticklabels([r["workload"] for r in main], rotation=50, ha="right", fontsize=7)
+    ax.set_ylabel("peer time / vgcore time (>1: vgcore faster)", fontsize=8)
     ax.legend(fontsize=6, ncol=2)
+    if sweep:
+        ax = axes[0][1]
+        for (fam, cell), pts in sorted(sweep.items()):
+            ns, ys = zip(*pts)
+            ax.plot(ns, ys, "o-" if fam == "bptt" else "s--", label=f"{fam} {cell.upper()}", ms=3)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("N (hidden size)", fontsize=8)
+        ax.set_ylabel("JAX jit time / vgcore time", fontsize=8)
+        ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _sweep_series(doc: dict[str, Any]) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    series: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for r in doc["rows"]:
+        if r["family"] not in ("bptt", "lyapunov"):
+            continue
+        jax = [p for p in _ok_peers(r, lambda n: n.startswith("jax"))]
+        if jax:
+            series.setdefault((r["family"], r["cell"]), []).append((r["N"], jax[0]["ratio"]))
+    series = {k: sorted(v) for k, v in series.items() if len(v) >= 2}
+    return series

@@ -250,9 +250,11 @@ def lyapunov(
     # The initial tangents vgcore.lyapunov(seed=0) draws, so finite-time estimates agree.
     q0 = np.linalg.qr(np.random.default_rng(0).standard_normal((1, k, D))[0].T)[0].astype(F32)
     G = GATES[kind]
-    # Slow peers run a prefix (flat per-step cost), checked against vgcore on that prefix.
-    func_steps = None if quick or N <= 256 else 200
-    jax_steps = None if quick or N <= 256 else 500
+    # Slow peers run a prefix (flat per-step cost), checked against vgcore on that prefix:
+    # torch.func costs ~1.5 ms a step even at N = 16 (Python and dispatch), so the sweep rows
+    # give it 500 steps (200 at N = 1024).
+    func_steps = None if quick or N == 256 else (200 if N >= 1024 else 500)
+    jax_steps = None if quick or N < 1024 else 500
     jacrev_steps = None if quick else 400
 
     def ours(th: int, x: np.ndarray = x) -> np.ndarray:

@@ -1,0 +1,98 @@
+"""Smoke tests of `vgcore bench` and its machinery (timings are never asserted here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vgcore.bench import check_targets, format_report
+from vgcore.bench.machine import numpy_threads, peak_rss_mb, set_numpy_threads
+from vgcore.cli import main
+
+
+def test_bench_quick_report(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    js, md, png = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
+    args = ["bench", "--quick", "--repeat", "1", "--threads", "1", "--no-memory"]
+    args += ["--only", "bptt-gru", "--json", str(js), "--markdown", str(md), "--plot", str(png)]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    doc = json.loads(js.read_text())
+    assert doc["threads"] == [1] and list(doc["gemm_gflops"]) == ["1"]
+    (row,) = doc["rows"]
+    assert row["workload"] == "bptt-gru-N64" and row["vgcore_coverage"] == 1.0
+    assert {p["peer"] for p in row["peers"]} >= {"numpy"}
+    for p in row["peers"]:
+        assert p["ok"] and p["agreement"] < 1e-4
+        assert set(p["times_s"]) <= {"1t", "1t ftz", "1t pinned"}
+        assert 0 < p["coverage"]["peer"] <= 1 and p["coverage"]["vgcore"] == 1.0
+    assert 0 < row["shape_fraction"] and row["gemm_shape"] == [32, 192, 64]
+    assert "| BPTT GRU N=64 B=32 T=200 |" in table
+    report = md.read_text()
+    assert "### Targets (issue 6)" in report and "### Range (float32)" in report
+    assert png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("bad", ["0", "x", ","])
+def test_bench_bad_threads(bad, capsys):
+    assert main(["bench", "--quick", "--threads", bad]) == 2
+    assert "--threads" in capsys.readouterr().err
+
+
+def test_targets_on_a_made_up_run():
+    peer = {
+        "peer": "jax jit",
+        "ratio": 2.5,
+        "ok": True,
+        "best_setting": "1t pinned",
+        "best_s": 0.5,
+        "times_s": {"1t pinned": 0.5},
+        "agreement": 1e-7,
+        "steps": None,
+        "coverage": {"vgcore": 1.0, "peer": 0.1, "peer_accurate": 0.1},
+    }
+    row = {
+        "workload": "bptt-lstm-N256",
+        "label": "BPTT LSTM",
+        "family": "bptt",
+        "cell": "lstm",
+        "N": 256,
+        "sweep": False,
+        "compare": "curve",
+        "flops": 1e9,
+        "steps": 1000,
+        "vgcore_s": {"1": 0.2},
+        "vgcore_best_threads": 1,
+        "vgcore_best_s": 0.2,
+        "gflops": 5.0,
+        "gemm_fraction": 0.5,
+        "vgcore_coverage": 1.0,
+        "peers": [peer, dict(peer, peer="numpy", ratio=1.5, ok=False)],
+    }
+    doc = {
+        "machine": {"cpu": "x", "cores": 2, "python": "3"},
+        "gemm_gflops": {"1": {"float32": 10.0, "float64": 5.0}},
+        "rows": [row],
+    }
+    targets = check_targets(doc)
+    # the peer that failed its check does not count
+    assert targets[0]["met"] is True and "jax jit" in targets[0]["measured"]
+    assert targets[-1]["met"] is True  # the whole curve
+    text = format_report(doc)
+    assert "fails check" in text and "**2.50x**" in text
+
+
+def test_numpy_threads_round_trip():
+    before = numpy_threads()
+    if before is None:
+        pytest.skip("numpy's BLAS has no thread control here")
+    try:
+        assert set_numpy_threads(1) and numpy_threads() == 1
+    finally:
+        set_numpy_threads(before)
+
+
+def test_peak_rss_streamed_lyapunov():
+    m = peak_rss_mb("lyapunov", 500, 16, kind="gru", k=4, input_size=8)
+    assert m["peak_rss_mb"] >= m["baseline_mb"] > 0 and m["extra_mb"] < 64
