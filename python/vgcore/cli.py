@@ -962,7 +962,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget",
         type=float,
         metavar="SECONDS",
-        help="timed seconds per setting before fewer than --repeat runs (default 1 quick, 15)",
+        help="timed seconds per setting before fewer than --repeat runs (default 1 quick, 6)",
     )
     p.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
     p.add_argument("--markdown", metavar="FILE", help="also write a markdown report")

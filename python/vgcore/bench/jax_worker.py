@@ -5,7 +5,7 @@ and answers ``ok`` (or ``error ...``) on stdout for each. IN holds ``task``, ``r
 ``budget_s``, the weights and the inputs; OUT holds ``times`` (seconds per run, after one
 untimed compile-and-run) and ``result``. With ``THREADS == 1`` XLA's intra-op pool is disabled
 (``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``) and the process pinned to
-one CPU with ``sched_setaffinity``; otherwise XLA uses its default pool (every core).
+one CPU with ``sched_setaffinity``; otherwise XLA uses its default pool over ``THREADS`` CPUs.
 
 Tasks (float32 or float64, as the arrays come), each ``jit``-compiled once:
 - ``mlp``: per-layer gradient norms ||dL/dh_l|| of a tanh MLP, L = 0.5 ||h_L||^2 (lax.scan over
@@ -27,13 +27,18 @@ from typing import Any
 
 
 def _setup(threads: int) -> None:
+    """Before ``import jax``: one thread = XLA's intra-op pool off and pinned to one CPU;
+    more = XLA's default pool, sized by the CPUs the process may use (restricted to
+    ``threads`` of them when there are more)."""
     if threads == 1:
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "")
             + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         ).strip()
-        if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    if hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        if threads < len(cpus):
+            os.sched_setaffinity(0, set(cpus[:threads]))
 
 
 def _cell(jax: Any, jnp: Any, kind: str, wih: Any, whh: Any, bih: Any, bhh: Any, N: int) -> Any:
