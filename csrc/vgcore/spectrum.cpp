@@ -398,6 +398,8 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
       else ctl.poll();
     }
   });
+  // The last task may finish on a helper thread: report completion from the caller's thread.
+  ctl.tick(total_work, total_work);
   return res;
 }
 
