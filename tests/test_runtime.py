@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
 import threading
 import time
 
@@ -127,3 +131,30 @@ def test_workspace_reuse_gives_identical_results():
     assert vgcore.release_memory() == 0
     with pytest.raises(ValueError, match="non-negative integer"):
         vgcore.set_workspace_limit(-1)
+
+
+_CORE_SCRIPT = r"""
+import os, sys
+import vgcore
+from vgcore._loader import blas_corename
+print(blas_corename(), os.environ.get("OPENBLAS_CORETYPE", "<unset>"))
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 kernel names")
+@pytest.mark.parametrize("outer", [None, "Sandybridge"])
+def test_vgcore_blas_coretype_picks_our_kernels_and_leaves_the_environment(outer):
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    if outer:
+        env["OPENBLAS_CORETYPE"] = outer
+    env["VGCORE_BLAS_CORETYPE"] = "Haswell"
+    out = subprocess.run(
+        [sys.executable, "-c", _CORE_SCRIPT], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["Haswell", outer or "<unset>"]
+    env["VGCORE_BLAS_CORETYPE"] = "default"
+    env["OPENBLAS_CORETYPE"] = "Sandybridge"
+    out = subprocess.run(
+        [sys.executable, "-c", _CORE_SCRIPT], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["Sandybridge", "Sandybridge"]

@@ -447,7 +447,7 @@ def format_report(doc: dict[str, Any]) -> str:
     main = [r for r in doc["rows"] if not r.get("sweep")]
     out = [
         f"Machine: {m['cpu']} ({m.get('isa', '')}), {m['cores']} cores; Python {m['python']}; "
-        f"{libs}. vgcore's BLAS: {m.get('vgcore_blas', '?')}; numpy's: {m.get('numpy_blas', '?')}."
+        f"{libs}. vgcore's BLAS: {m.get('vgcore_blas', '?')}, {m.get('vgcore_blas_kernels', '?')} kernels; numpy's: {m.get('numpy_blas', '?')}."
         + (
             f" Load average at start: {m['loadavg_at_start']:.2f}."
             if "loadavg_at_start" in m

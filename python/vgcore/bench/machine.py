@@ -54,6 +54,19 @@ def _version(mod: str) -> str | None:
         return None
 
 
+def _blas_kernels() -> str:
+    """OpenBLAS's kernel family in vgcore's copy, and what chose it."""
+    from vgcore._loader import blas_corename, requested_coretype
+
+    if requested_coretype:
+        why = f"VGCORE_BLAS_CORETYPE={requested_coretype}"
+    elif os.environ.get("OPENBLAS_CORETYPE"):
+        why = f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} in the environment"
+    else:
+        why = "OpenBLAS's CPU detection"
+    return f"{blas_corename()} ({why})"
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, cores this process may use, library versions (without importing the peers)."""
     import numpy as np
@@ -70,6 +83,7 @@ def machine_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "numpy_blas": numpy_blas_name(),
         "vgcore_blas": "scipy-openblas32 " + (_version("scipy-openblas32") or "?"),
+        "vgcore_blas_kernels": _blas_kernels(),
     }
     for mod in ("torch", "jax", "jaxlib"):
         info[mod] = _version(mod)
