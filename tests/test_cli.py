@@ -115,6 +115,9 @@ def test_demo_default_folder_and_json(tmp_path, monkeypatch, capsys):
         ),
         (["spectrum", "--method", "nonsense"], "argument --method: invalid choice: 'nonsense'"),
         (["singular", "--plot"], "argument --plot: expected one argument"),
+        (["phase", "--activation", "nosuch"], "activation must be one of"),
+        (["phase", "--sigma-w2", "-1"], "sigma_w2 must be finite and >= 0, got -1.0"),
+        (["bench", "--quick", "--only", "nosuch"], "--only nosuch matches no workload"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message, capsys):

@@ -228,6 +228,20 @@ def test_phase_diagram_marks_critical_line_and_point():
     assert [ln.get_label() for ln in pts.get_lines()[1:]] == ["a", "b"]
 
 
+def test_mean_field_result_plots_its_phase_diagram():
+    ax = vgcore.mean_field("tanh", 1.5, 0.0).plot()
+    crit, star = ax.get_lines()[:2]
+    # the critical line meets sigma_b2 = 0 at sigma_w2 = 1 (tanh); the point is the model's
+    assert crit.get_xdata()[0] == pytest.approx(1.0, abs=1e-3) and crit.get_ydata()[0] == 0
+    assert (star.get_xdata()[0], star.get_ydata()[0]) == (1.5, 0.0)
+    many = vgcore.mean_field("leaky_relu", np.linspace(1, 9, 500), 0.2, negative_slope=0.1)
+    ax = plotting.plot(many, max_points=20)
+    marks = ax.get_lines()[1:]  # one marker per point
+    assert len(marks) == 20 and max(m.get_xdata()[0] for m in marks) == 9.0
+    assert ax.get_xlim()[1] >= 9
+    assert "leaky_relu" in ax.get_title()
+
+
 def test_theory_comparison_plot():
     res = SimpleNamespace(
         layers=np.arange(1, 11),

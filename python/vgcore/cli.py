@@ -607,7 +607,10 @@ def _cmd_singular(args: argparse.Namespace) -> int:
 def _cmd_phase(args: argparse.Namespace) -> int:
     from vgcore import _optional
 
-    res = _optional.run_phase(args.activation, args.sigma_w2, args.sigma_b2)
+    try:  # every input of the theory is a flag: its ValueErrors are bad arguments
+        res = _optional.run_phase(args.activation, args.sigma_w2, args.sigma_b2)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.json:
         _emit_json(res["json"])
     else:
@@ -786,6 +789,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
+    from vgcore.bench import select_workloads
+
+    try:
+        select_workloads(only, args.quick, sweep=not args.no_sweep)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     doc = run_suite(
         quick=args.quick,
         only=only,

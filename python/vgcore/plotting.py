@@ -718,6 +718,7 @@ def plot(result: Any, **kw: Any) -> Any:
 #: Result classes whose own ``plot`` method :func:`plot` calls.
 _RESULT_PLOTS = frozenset(
     {
+        "MeanField",
         "LyapunovSpectrum",
         "JacobianSpectrum",
         "JacobianSingularValues",

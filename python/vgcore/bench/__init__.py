@@ -22,7 +22,14 @@ import numpy as np
 
 from vgcore.bench.machine import gemm_gflops, gemm_peak, machine_info, peak_rss_mb
 from vgcore.bench.peers import close_jax_pool, median, setting_label, timed
-from vgcore.bench.workloads import Workload, agreement, all_workloads, coverage, peer_coverage
+from vgcore.bench.workloads import (
+    Workload,
+    agreement,
+    all_workloads,
+    coverage,
+    peer_coverage,
+    select_workloads,
+)
 
 __all__ = [
     "Workload",
@@ -35,6 +42,7 @@ __all__ = [
     "plot_ratios",
     "run_suite",
     "run_workload",
+    "select_workloads",
 ]
 
 
@@ -180,6 +188,7 @@ def run_suite(
     ``spectral-radius``, ``singular-values``, ``N1024`` ...). ``budget_s``: seconds of timed
     runs per setting before fewer than ``repeat`` are taken (default 1 quick, 6 full)."""
     t0 = time.perf_counter()
+    selected = select_workloads(only, quick, sweep=sweep)  # bad names fail before any work
     threads = tuple(sorted(set(threads)))
     budget = budget_s if budget_s is not None else (1.0 if quick else 6.0)
     doc: dict[str, Any] = {
@@ -198,10 +207,9 @@ def run_suite(
     )
     rows = []
     try:
-        for make in all_workloads(quick, sweep=sweep):
+        for name, make in selected:
             w = make()
-            if only and not any(o in w.name for o in only):
-                continue
+            assert w.name == name, (w.name, name)
             log(f"{w.label} ...")
             row = run_workload(w, repeat, threads, budget, log)
             th = row["vgcore_best_threads"]

@@ -21,7 +21,7 @@ FLOP counts (multiply-add = 2):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -380,22 +380,49 @@ def singular_values(quick: bool) -> Workload:
 SWEEP_N = (16, 64, 256, 1024)
 
 
-def all_workloads(quick: bool = False, sweep: bool = True) -> list[Callable[[], Workload]]:
-    """Factories (built lazily: some allocate hundreds of MB) in the issue's order; the size
-    sweep (workloads 2 and 3 at N = 16, 64, 1024; N = 256 is the main row) comes last."""
-    out: list[Callable[[], Workload]] = [lambda: mlp_flow(quick)]
+def all_workloads(quick: bool = False, sweep: bool = True) -> list[tuple[str, Callable[[], Workload]]]:
+    """``(name, factory)`` pairs (built lazily: some allocate hundreds of MB) in the issue's
+    order; the size sweep (workloads 2 and 3 at N = 16, 64, 1024; N = 256 is the main row)
+    comes last. Each name is the ``Workload.name`` its factory builds."""
+    n_main = 64 if quick else 256
+    out: list[tuple[str, Callable[[], Workload]]] = [("mlp-flow", lambda: mlp_flow(quick))]
     for kind in ("lstm", "gru", "rnn"):
-        out.append(lambda kind=kind: bptt(kind, quick))
+        out.append((f"bptt-{kind}-N{n_main}", lambda kind=kind: bptt(kind, quick)))
     for kind in ("lstm", "gru", "rnn"):
-        out.append(lambda kind=kind: lyapunov(kind, quick))
-    out += [lambda: spectral_radius(quick), lambda: singular_values(quick)]
+        out.append((f"lyapunov-{kind}-N{n_main}", lambda kind=kind: lyapunov(kind, quick)))
+    out += [
+        ("spectral-radius", lambda: spectral_radius(quick)),
+        ("singular-values", lambda: singular_values(quick)),
+    ]
     if sweep and not quick:
         for N in SWEEP_N:
             if N == 256:
                 continue
             for kind in ("lstm", "gru", "rnn"):
-                out.append(lambda kind=kind, N=N: bptt(kind, quick, N=N, sweep=True))
                 out.append(
-                    lambda kind=kind, N=N: lyapunov(kind, quick, N=N, jacrev=False, sweep=True)
+                    (f"bptt-{kind}-N{N}", lambda kind=kind, N=N: bptt(kind, quick, N=N, sweep=True))
+                )
+                out.append(
+                    (
+                        f"lyapunov-{kind}-N{N}",
+                        lambda kind=kind, N=N: lyapunov(
+                            kind, quick, N=N, jacrev=False, sweep=True
+                        ),
+                    )
                 )
     return out
+
+
+def select_workloads(
+    only: Sequence[str] | None, quick: bool = False, sweep: bool = True
+) -> list[tuple[str, Callable[[], Workload]]]:
+    """The workloads whose names contain one of ``only`` (all of them for None); a pattern
+    that matches nothing is a ValueError listing the names."""
+    every = all_workloads(quick, sweep=sweep)
+    if not only:
+        return every
+    missing = [o for o in only if not any(o in name for name, _ in every)]
+    if missing:
+        names = ", ".join(name for name, _ in every)
+        raise ValueError(f"--only {','.join(missing)} matches no workload; the names are: {names}")
+    return [(name, make) for name, make in every if any(o in name for o in only)]

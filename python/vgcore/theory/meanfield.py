@@ -118,6 +118,36 @@ class MeanField:
             "tol": self.tol,
         }
 
+    def plot(self, *, max_points: int = 200, **kw: Any) -> Any:
+        """The phase diagram of this activation (chi_1 over sigma_w2 x sigma_b2, the critical
+        line) with this result's point(s) marked; the grid covers the critical line at
+        ``sigma_b2 = 0`` and every point. At most ``max_points`` points are marked (evenly
+        picked). Keywords go to :func:`vgcore.plotting.plot_phase_diagram`; needs matplotlib."""
+        from vgcore.plotting import plot_phase_diagram
+        from vgcore.theory.critical import critical_sigma_w2
+        from vgcore.theory.phases import phase_diagram
+
+        name = self.activation.split("(", 1)[0]
+        sw, sb = np.broadcast_arrays(
+            np.asarray(self.sigma_w2, float), np.asarray(self.sigma_b2, float)
+        )
+        pts = np.stack([sw.ravel(), sb.ravel()], axis=1)
+        if len(pts) > max_points:
+            pts = pts[np.linspace(0, len(pts) - 1, max_points).astype(int)]
+        crit0 = float(critical_sigma_w2(name, 0.0, **self.act_params))
+        finite = pts[np.isfinite(pts).all(axis=1)]
+        sw_max = max(3.0 * crit0 if np.isfinite(crit0) else 4.0, 4.0, *(1.25 * finite[:, 0]))
+        sb_max = max(0.5, *(1.25 * finite[:, 1]))
+        diagram = phase_diagram(
+            name,
+            np.linspace(sw_max / 160, sw_max, 160),
+            np.linspace(0.0, sb_max, 80),
+            tol=self.tol,
+            **self.act_params,
+        )
+        point = [(float(w), float(b)) for w, b in pts]
+        return plot_phase_diagram(diagram, point=point, **kw)
+
     def __repr__(self) -> str:
         head = f"MeanField({self.activation}"
         if self.shape == ():
