@@ -69,7 +69,9 @@ def test_activation_float32(torch, name, params):
     ry, rdy = torch_reference(torch, act, z.astype(np.float64))
     for got, ref, what in ((y, ry, "phi"), (dy, rdy, "phi'")):
         bad = np.abs(got - ref) > 5e-6 * np.abs(ref) + 1e-7 * (1 + np.abs(z))
-        assert not bad.any(), f"{name} {what}: worst at z={z[bad][0]!r}: {got[bad][0]!r} vs {ref[bad][0]!r}"
+        assert not bad.any(), (
+            f"{name} {what}: worst at z={z[bad][0]!r}: {got[bad][0]!r} vs {ref[bad][0]!r}"
+        )
 
 
 @pytest.mark.parametrize("name,params", CASES, ids=IDS)

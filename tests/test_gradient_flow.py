@@ -87,14 +87,27 @@ def test_mlp_batch_sizes_and_threads(torch, batch):
 def test_mlp_from_torch_round_trip(torch):
     nn = torch.nn
     net = nn.Sequential(
-        nn.Linear(5, 6), nn.LeakyReLU(0.3), nn.Linear(6, 6), nn.Identity(), nn.Linear(6, 4),
-        nn.ELU(alpha=0.5), nn.Linear(4, 4), nn.GELU(approximate="tanh"), nn.Linear(4, 3),
-        nn.Softplus(beta=3.0, threshold=4.0), nn.Dropout(0.0), nn.Linear(3, 2),
+        nn.Linear(5, 6),
+        nn.LeakyReLU(0.3),
+        nn.Linear(6, 6),
+        nn.Identity(),
+        nn.Linear(6, 4),
+        nn.ELU(alpha=0.5),
+        nn.Linear(4, 4),
+        nn.GELU(approximate="tanh"),
+        nn.Linear(4, 3),
+        nn.Softplus(beta=3.0, threshold=4.0),
+        nn.Dropout(0.0),
+        nn.Linear(3, 2),
     ).double()
     model = MLP.from_torch(net)
     assert [str(a) for a in model.activations] == [
-        "leaky_relu(negative_slope=0.3)", "identity", "elu(alpha=0.5)", "gelu_tanh",
-        "softplus(beta=3, threshold=4)", "identity",
+        "leaky_relu(negative_slope=0.3)",
+        "identity",
+        "elu(alpha=0.5)",
+        "gelu_tanh",
+        "softplus(beta=3, threshold=4)",
+        "identity",
     ]
     assert model.dtype == np.float64
     x = np.random.default_rng(0).normal(size=(3, 5))

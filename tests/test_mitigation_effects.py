@@ -91,7 +91,9 @@ def test_gating_and_forget_bias_carry_gradients_over_long_lags():
 def test_identity_init_relu_rnn_keeps_the_gradient():
     T, N = 200, 64
     xs = np.random.default_rng(2).normal(size=(T, 4, 8)) * 0.1
-    irnn = RNN.from_sizes(8, N, nonlinearity="relu", init={"name": "identity", "bias": "zeros"}, seed=0)
+    irnn = RNN.from_sizes(
+        8, N, nonlinearity="relu", init={"name": "identity", "bias": "zeros"}, seed=0
+    )
     assert gain(vgcore.gradient_flow(irnn, xs)) > 1e-2
 
 

@@ -24,8 +24,16 @@ def torch_block_flow(torch, model, x, cotangent=None):
         W, b = t(model.weights[i]), t(model.biases[i])
         gam, bet = t(model.norm_weights[i]), t(model.norm_biases[i])
         GW, Gb = t(model.gate_weights[i]), t(model.gate_biases[i])
-        params.append({"weight": W, "bias": b, "norm_weight": gam, "norm_bias": bet,
-                       "gate_weight": GW, "gate_bias": Gb})
+        params.append(
+            {
+                "weight": W,
+                "bias": b,
+                "norm_weight": gam,
+                "norm_bias": bet,
+                "gate_weight": GW,
+                "gate_bias": Gb,
+            }
+        )
         z = F.linear(h, W, b)
         if model.norms[i] == "layernorm":
             z = F.layer_norm(z, (z.shape[1],), gam, bet, eps=model.eps)
@@ -46,8 +54,10 @@ def torch_block_flow(torch, model, x, cotangent=None):
     else:
         h.backward(torch.tensor(cotangent))
     grads = [v.grad.numpy() for v in hs]
-    pn = {k: np.array([p[k].grad.norm().item() if p[k] is not None else np.nan for p in params])
-          for k in params[0]}
+    pn = {
+        k: np.array([p[k].grad.norm().item() if p[k] is not None else np.nan for p in params])
+        for k in params[0]
+    }
     return grads, h.detach().numpy(), pn, params
 
 
@@ -114,8 +124,13 @@ def test_batchnorm_couples_the_batch(torch):
 def test_from_torch_with_norms(torch):
     nn = torch.nn
     net = nn.Sequential(
-        nn.Linear(4, 5), nn.LayerNorm(5), nn.Tanh(), nn.Linear(5, 5), nn.BatchNorm1d(5),
-        nn.PReLU(init=0.3), nn.Linear(5, 2),
+        nn.Linear(4, 5),
+        nn.LayerNorm(5),
+        nn.Tanh(),
+        nn.Linear(5, 5),
+        nn.BatchNorm1d(5),
+        nn.PReLU(init=0.3),
+        nn.Linear(5, 2),
     ).double()
     with torch.no_grad():
         net[1].weight.uniform_(0.5, 1.5)
@@ -137,7 +152,9 @@ def test_from_torch_with_norms(torch):
 
 def test_block_errors():
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match=r"needs a square layer, but weights\[0\] has shape \(3, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"needs a square layer, but weights\[0\] has shape \(3, 4\)"
+    ):
         MLP([rng.normal(size=(3, 4))], block="residual")
     with pytest.raises(ValueError, match=r"gate_weights\[0\] is None"):
         MLP([rng.normal(size=(3, 3))], block="highway")

@@ -10,11 +10,15 @@ import pytest
 import vgcore
 
 
-@pytest.mark.parametrize("sigma_w2,sigma_b2", [(0.7, 0.05), (2.0, 0.05)], ids=["ordered", "chaotic"])
+@pytest.mark.parametrize(
+    "sigma_w2,sigma_b2", [(0.7, 0.05), (2.0, 0.05)], ids=["ordered", "chaotic"]
+)
 def test_width_1000_tanh_mlp_gain_matches_chi1(sigma_w2, sigma_b2):
     width, depth = 1000, 30
     model = vgcore.MLP.from_sizes(
-        [width] * (depth + 1), "tanh", seed=0,
+        [width] * (depth + 1),
+        "tanh",
+        seed=0,
         init={"name": "gaussian", "sigma_w2": sigma_w2, "sigma_b2": sigma_b2},
     )
     mf = vgcore.mean_field("tanh", sigma_w2, sigma_b2)

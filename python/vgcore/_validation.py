@@ -62,7 +62,9 @@ def as_float_array(
     if not allow_empty and arr.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
     if not (arr.flags.c_contiguous and arr.dtype == dtype):
-        check_memory(arr.size * np.dtype(dtype).itemsize, f"converting {name} to {np.dtype(dtype).name}")
+        check_memory(
+            arr.size * np.dtype(dtype).itemsize, f"converting {name} to {np.dtype(dtype).name}"
+        )
     arr = np.ascontiguousarray(arr, dtype=dtype)
     if check_finite and arr.size and not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]

@@ -131,7 +131,9 @@ class MLP(Model):
         if len(biases) != L:
             raise ValueError(f"biases must have {L} entries (one per layer), got {len(biases)}")
         if isinstance(activations, (str, Activation)) or (
-            isinstance(activations, tuple) and len(activations) == 2 and isinstance(activations[1], dict)
+            isinstance(activations, tuple)
+            and len(activations) == 2
+            and isinstance(activations[1], dict)
         ):
             acts = [as_activation(activations)] * L
         else:
@@ -153,14 +155,25 @@ class MLP(Model):
             prev = w.shape[0]
             self.weights.append(w)
             self.biases.append(
-                None if b is None else as_float_array(b, f"biases[{i}]", self.dtype, shape=(w.shape[0],))
+                None
+                if b is None
+                else as_float_array(b, f"biases[{i}]", self.dtype, shape=(w.shape[0],))
             )
         self.activations: list[Activation] = acts
-        self._init_blocks(block, alpha, gate_weights, gate_biases, norm, norm_weights, norm_biases, eps)
+        self._init_blocks(
+            block, alpha, gate_weights, gate_biases, norm, norm_weights, norm_biases, eps
+        )
 
     def _init_blocks(
-        self, block: Any, alpha: Any, gate_weights: Any, gate_biases: Any, norm: Any,
-        norm_weights: Any, norm_biases: Any, eps: float,
+        self,
+        block: Any,
+        alpha: Any,
+        gate_weights: Any,
+        gate_biases: Any,
+        norm: Any,
+        norm_weights: Any,
+        norm_biases: Any,
+        eps: float,
     ) -> None:
         L = len(self.weights)
 
@@ -194,7 +207,9 @@ class MLP(Model):
             if len(vals) != L:
                 raise ValueError(f"{name} must have {L} entries (one per layer), got {len(vals)}")
             return [
-                None if v is None else as_float_array(v, f"{name}[{i}]", self.dtype, shape=shape_of(i))
+                None
+                if v is None
+                else as_float_array(v, f"{name}[{i}]", self.dtype, shape=shape_of(i))
                 for i, v in enumerate(vals)
             ]
 
@@ -262,8 +277,13 @@ class MLP(Model):
             a = acts[i]
             slope = a.params.get("negative_slope")
             w, b = initialize_dense(
-                init, sizes[i + 1], sizes[i], rng=rng, dtype=dt,
-                activation=a.name, activation_param=slope,
+                init,
+                sizes[i + 1],
+                sizes[i],
+                rng=rng,
+                dtype=dt,
+                activation=a.name,
+                activation_param=slope,
             )
             ws.append(w)
             bs.append(b if bias else None)
@@ -279,11 +299,20 @@ class MLP(Model):
                 blocks[i] = "residual"
             elif sq and highway:
                 blocks[i] = "highway"
-                gw, _ = initialize_dense(init, sizes[i + 1], sizes[i], rng=rng, dtype=dt, activation="sigmoid")
+                gw, _ = initialize_dense(
+                    init, sizes[i + 1], sizes[i], rng=rng, dtype=dt, activation="sigmoid"
+                )
                 gws[i], gbs[i] = gw, np.full(sizes[i + 1], highway_bias, dtype=dt)
         return cls(
-            ws, bs, acts, dtype=dt, block=blocks, alpha=alpha, gate_weights=gws,
-            gate_biases=gbs, norm=norm,
+            ws,
+            bs,
+            acts,
+            dtype=dt,
+            block=blocks,
+            alpha=alpha,
+            gate_weights=gws,
+            gate_biases=gbs,
+            norm=norm,
             norm_weights=None if norm is None else [np.ones(n, dt) for n in sizes[1:]],
             norm_biases=None if norm is None else [np.zeros(n, dt) for n in sizes[1:]],
         )
@@ -337,8 +366,12 @@ class MLP(Model):
                 continue
             if isinstance(sub, nn.PReLU):
                 if sub.weight.numel() != 1:
-                    raise NotImplementedError("nn.PReLU with one slope per channel is not supported")
-                act = Activation("leaky_relu", negative_slope=float(sub.weight.detach().reshape(())))
+                    raise NotImplementedError(
+                        "nn.PReLU with one slope per channel is not supported"
+                    )
+                act = Activation(
+                    "leaky_relu", negative_slope=float(sub.weight.detach().reshape(()))
+                )
             else:
                 act = from_torch_module(sub)
             if act is None:
@@ -363,7 +396,13 @@ class MLP(Model):
         if dtype is None:
             dtype = ws[0].dtype if ws[0].dtype in (np.float32, np.float64) else np.float32
         return cls(
-            ws, bs, acts, dtype=dtype, norm=norms, norm_weights=nws, norm_biases=nbs,
+            ws,
+            bs,
+            acts,
+            dtype=dtype,
+            norm=norms,
+            norm_weights=nws,
+            norm_biases=nbs,
             eps=1e-5 if eps is None else eps,
         )
 
@@ -399,8 +438,12 @@ class MLP(Model):
                 )
                 if affine:
                     with torch.no_grad():
-                        norm_mod.weight.copy_(torch.from_numpy(gamma if gamma is not None else np.ones(n, self.dtype)))
-                        norm_mod.bias.copy_(torch.from_numpy(beta if beta is not None else np.zeros(n, self.dtype)))
+                        norm_mod.weight.copy_(
+                            torch.from_numpy(gamma if gamma is not None else np.ones(n, self.dtype))
+                        )
+                        norm_mod.bias.copy_(
+                            torch.from_numpy(beta if beta is not None else np.zeros(n, self.dtype))
+                        )
                 mods.append(norm_mod)
             if not a.is_linear:
                 mods.append(to_torch_module(a))
@@ -427,9 +470,12 @@ class MLP(Model):
         out: dict[str, np.ndarray] = {}
         for i in range(self.depth):
             for key, arr in (
-                ("weight", self.weights[i]), ("bias", self.biases[i]),
-                ("norm.weight", self.norm_weights[i]), ("norm.bias", self.norm_biases[i]),
-                ("gate.weight", self.gate_weights[i]), ("gate.bias", self.gate_biases[i]),
+                ("weight", self.weights[i]),
+                ("bias", self.biases[i]),
+                ("norm.weight", self.norm_weights[i]),
+                ("norm.bias", self.norm_biases[i]),
+                ("gate.weight", self.gate_weights[i]),
+                ("gate.bias", self.gate_biases[i]),
             ):
                 if arr is not None:
                     out[f"layers.{i}.{key}"] = arr
@@ -442,21 +488,34 @@ class MLP(Model):
             return [None if a is None else a.astype(dt) for a in arrs]
 
         return MLP(
-            cast(self.weights), cast(self.biases), self.activations, dtype=dt,  # type: ignore[arg-type]
-            block=self.blocks, alpha=self.alphas, gate_weights=cast(self.gate_weights),
-            gate_biases=cast(self.gate_biases), norm=self.norms,
-            norm_weights=cast(self.norm_weights), norm_biases=cast(self.norm_biases), eps=self.eps,
+            cast(self.weights),
+            cast(self.biases),
+            self.activations,
+            dtype=dt,  # type: ignore[arg-type]
+            block=self.blocks,
+            alpha=self.alphas,
+            gate_weights=cast(self.gate_weights),
+            gate_biases=cast(self.gate_biases),
+            norm=self.norms,
+            norm_weights=cast(self.norm_weights),
+            norm_biases=cast(self.norm_biases),
+            eps=self.eps,
         )
 
     def layer_specs(self) -> list[dict[str, Any]]:
         """Per-layer dicts in the form the compiled core takes."""
         return [
             {
-                "weight": self.weights[i], "bias": self.biases[i],
-                "act": self.activations[i].core_args(), "block": self.blocks[i],
-                "alpha": self.alphas[i], "gate_weight": self.gate_weights[i],
-                "gate_bias": self.gate_biases[i], "norm": self.norms[i] or "none",
-                "norm_weight": self.norm_weights[i], "norm_bias": self.norm_biases[i],
+                "weight": self.weights[i],
+                "bias": self.biases[i],
+                "act": self.activations[i].core_args(),
+                "block": self.blocks[i],
+                "alpha": self.alphas[i],
+                "gate_weight": self.gate_weights[i],
+                "gate_bias": self.gate_biases[i],
+                "norm": self.norms[i] or "none",
+                "norm_weight": self.norm_weights[i],
+                "norm_bias": self.norm_biases[i],
                 "eps": self.eps,
             }
             for i in range(self.depth)
@@ -520,8 +579,16 @@ class RecurrentModel(Model):
         wih = as_float_array(weight_ih, "weight_ih", self.dtype, ndim=2, shape=(G * N, None))
         self.weight_ih = wih
         self.weight_hh = whh
-        self.bias_ih = None if bias_ih is None else as_float_array(bias_ih, "bias_ih", self.dtype, shape=(G * N,))
-        self.bias_hh = None if bias_hh is None else as_float_array(bias_hh, "bias_hh", self.dtype, shape=(G * N,))
+        self.bias_ih = (
+            None
+            if bias_ih is None
+            else as_float_array(bias_ih, "bias_ih", self.dtype, shape=(G * N,))
+        )
+        self.bias_hh = (
+            None
+            if bias_hh is None
+            else as_float_array(bias_hh, "bias_hh", self.dtype, shape=(G * N,))
+        )
         self.batch_first = bool(batch_first)
 
     @property
@@ -557,8 +624,13 @@ class RecurrentModel(Model):
         dt = resolve_dtype(dtype)
         cast = lambda a: None if a is None else a.astype(dt)  # noqa: E731
         return type(self)(
-            cast(self.weight_ih), cast(self.weight_hh), cast(self.bias_ih), cast(self.bias_hh),
-            dtype=dt, batch_first=self.batch_first, **self._extra_kwargs(),
+            cast(self.weight_ih),
+            cast(self.weight_hh),
+            cast(self.bias_ih),
+            cast(self.bias_hh),
+            dtype=dt,
+            batch_first=self.batch_first,
+            **self._extra_kwargs(),
         )
 
     def _own_params(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -567,8 +639,15 @@ class RecurrentModel(Model):
     # -- construction -----------------------------------------------------------------
     @classmethod
     def _from_sizes(
-        cls, input_size: int, hidden_size: int, *, init: Any, bias: bool,
-        seed: int | np.random.Generator | None, dtype: object, nonlinearity: str = "tanh",
+        cls,
+        input_size: int,
+        hidden_size: int,
+        *,
+        init: Any,
+        bias: bool,
+        seed: int | np.random.Generator | None,
+        dtype: object,
+        nonlinearity: str = "tanh",
         **extra: Any,
     ) -> Any:
         from vgcore.init import initialize_recurrent
@@ -577,15 +656,23 @@ class RecurrentModel(Model):
         hidden_size = check_positive_int(hidden_size, "hidden_size")
         dt = resolve_dtype(dtype)
         p = initialize_recurrent(
-            init, cls.kind, input_size, hidden_size, rng=_rng(seed), dtype=dt,
+            init,
+            cls.kind,
+            input_size,
+            hidden_size,
+            rng=_rng(seed),
+            dtype=dt,
             nonlinearity=nonlinearity,
         )
         if cls.kind == "rnn":  # the nonlinearity shapes the init and is part of the model
             extra["nonlinearity"] = nonlinearity
         return cls(
-            p["weight_ih"], p["weight_hh"],
-            p["bias_ih"] if bias else None, p["bias_hh"] if bias else None,
-            dtype=dt, **extra,
+            p["weight_ih"],
+            p["weight_hh"],
+            p["bias_ih"] if bias else None,
+            p["bias_hh"] if bias else None,
+            dtype=dt,
+            **extra,
         )
 
     @classmethod
@@ -594,7 +681,9 @@ class RecurrentModel(Model):
 
         expected = getattr(nn, cls.torch_class)
         if not isinstance(module, expected):
-            raise TypeError(f"module must be a torch.nn.{cls.torch_class}, got {type(module).__name__}")
+            raise TypeError(
+                f"module must be a torch.nn.{cls.torch_class}, got {type(module).__name__}"
+            )
         if module.num_layers != 1:
             raise NotImplementedError(
                 f"stacked {cls.torch_class} (num_layers={module.num_layers}) is not supported yet; "
@@ -604,7 +693,11 @@ class RecurrentModel(Model):
             raise NotImplementedError(f"bidirectional {cls.torch_class} is not supported yet")
         if getattr(module, "proj_size", 0):
             raise NotImplementedError("LSTM with proj_size > 0 is not supported yet")
-        get = lambda name: None if getattr(module, name, None) is None else _torch_to_numpy(getattr(module, name))  # noqa: E731
+
+        def get(name: str) -> Any:
+            value = getattr(module, name, None)
+            return None if value is None else _torch_to_numpy(value)
+
         return {
             "weight_ih": get("weight_ih_l0"),
             "weight_hh": get("weight_hh_l0"),
@@ -619,8 +712,12 @@ class RecurrentModel(Model):
 
         tdtype = torch.float32 if self.dtype == np.float32 else torch.float64
         mod = getattr(nn, cls_name)(
-            self.input_size, self.hidden_size, bias=self.bias_ih is not None,
-            batch_first=self.batch_first, dtype=tdtype, **kw,
+            self.input_size,
+            self.hidden_size,
+            bias=self.bias_ih is not None,
+            batch_first=self.batch_first,
+            dtype=tdtype,
+            **kw,
         )
         with torch.no_grad():
             mod.weight_ih_l0.copy_(torch.from_numpy(self.weight_ih))
@@ -646,13 +743,22 @@ class RNN(RecurrentModel):
     torch_class = "RNN"
 
     def __init__(
-        self, weight_ih: Any, weight_hh: Any, bias_ih: Any | None = None, bias_hh: Any | None = None,
-        *, nonlinearity: str = "tanh", dtype: object = None, batch_first: bool = False,
+        self,
+        weight_ih: Any,
+        weight_hh: Any,
+        bias_ih: Any | None = None,
+        bias_hh: Any | None = None,
+        *,
+        nonlinearity: str = "tanh",
+        dtype: object = None,
+        batch_first: bool = False,
     ) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
-        super().__init__(weight_ih, weight_hh, bias_ih, bias_hh, dtype=dtype, batch_first=batch_first)
+        super().__init__(
+            weight_ih, weight_hh, bias_ih, bias_hh, dtype=dtype, batch_first=batch_first
+        )
 
     @property
     def cell(self) -> str:
@@ -663,14 +769,26 @@ class RNN(RecurrentModel):
 
     @classmethod
     def from_sizes(
-        cls, input_size: int, hidden_size: int, *, nonlinearity: str = "tanh", init: Any = None,
-        bias: bool = True, seed: int | np.random.Generator | None = 0, dtype: object = np.float64,
+        cls,
+        input_size: int,
+        hidden_size: int,
+        *,
+        nonlinearity: str = "tanh",
+        init: Any = None,
+        bias: bool = True,
+        seed: int | np.random.Generator | None = 0,
+        dtype: object = np.float64,
     ) -> RNN:
         """A seeded RNN (PyTorch's default init unless ``init`` says otherwise)."""
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         return cls._from_sizes(
-            input_size, hidden_size, init=init, bias=bias, seed=seed, dtype=dtype,
+            input_size,
+            hidden_size,
+            init=init,
+            bias=bias,
+            seed=seed,
+            dtype=dtype,
             nonlinearity=nonlinearity,
         )
 
@@ -697,11 +815,19 @@ class LSTM(RecurrentModel):
 
     @classmethod
     def from_sizes(
-        cls, input_size: int, hidden_size: int, *, init: Any = None, bias: bool = True,
-        seed: int | np.random.Generator | None = 0, dtype: object = np.float64,
+        cls,
+        input_size: int,
+        hidden_size: int,
+        *,
+        init: Any = None,
+        bias: bool = True,
+        seed: int | np.random.Generator | None = 0,
+        dtype: object = np.float64,
     ) -> LSTM:
         """A seeded LSTM (PyTorch's default init unless ``init`` says otherwise)."""
-        return cls._from_sizes(input_size, hidden_size, init=init, bias=bias, seed=seed, dtype=dtype)
+        return cls._from_sizes(
+            input_size, hidden_size, init=init, bias=bias, seed=seed, dtype=dtype
+        )
 
     @classmethod
     def from_torch(cls, module: Any, *, dtype: object = None) -> LSTM:
@@ -721,11 +847,19 @@ class GRU(RecurrentModel):
 
     @classmethod
     def from_sizes(
-        cls, input_size: int, hidden_size: int, *, init: Any = None, bias: bool = True,
-        seed: int | np.random.Generator | None = 0, dtype: object = np.float64,
+        cls,
+        input_size: int,
+        hidden_size: int,
+        *,
+        init: Any = None,
+        bias: bool = True,
+        seed: int | np.random.Generator | None = 0,
+        dtype: object = np.float64,
     ) -> GRU:
         """A seeded GRU (PyTorch's default init unless ``init`` says otherwise)."""
-        return cls._from_sizes(input_size, hidden_size, init=init, bias=bias, seed=seed, dtype=dtype)
+        return cls._from_sizes(
+            input_size, hidden_size, init=init, bias=bias, seed=seed, dtype=dtype
+        )
 
     @classmethod
     def from_torch(cls, module: Any, *, dtype: object = None) -> GRU:

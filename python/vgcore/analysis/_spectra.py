@@ -59,7 +59,9 @@ def sequence(model: RecurrentModel, x: Any, dt: np.dtype, name: str = "x") -> np
     """A (T, B, input_size) array with a clear error for an empty sequence."""
     arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
     if arr.ndim == 3 and arr.shape[0] == 0:
-        raise ValueError(f"{name} is an empty sequence (T = 0, shape {arr.shape}); at least one step is needed")
+        raise ValueError(
+            f"{name} is an empty sequence (T = 0, shape {arr.shape}); at least one step is needed"
+        )
     return as_float_array(arr, name, dt, ndim=3, shape=(None, None, model.input_size))
 
 

@@ -76,7 +76,7 @@ class GradientFlow:
     # -- derived views ------------------------------------------------------------------
     @property
     def axis(self) -> str:
-        """"layer" for an MLP, "step" for a recurrent model."""
+        """ "layer" for an MLP, "step" for a recurrent model."""
         return "layer" if self.kind == "mlp" else "step"
 
     @property
@@ -98,7 +98,13 @@ class GradientFlow:
             return None
         with np.errstate(over="ignore", under="ignore"):
             return {
-                k: (np.exp(v) if isinstance(v, np.ndarray) else math.exp(v) if math.isfinite(v) else (0.0 if v < 0 else v))
+                k: (
+                    np.exp(v)
+                    if isinstance(v, np.ndarray)
+                    else math.exp(v)
+                    if math.isfinite(v)
+                    else (0.0 if v < 0 else v)
+                )
                 for k, v in self.log_param_grad_norms.items()
             }
 
@@ -180,7 +186,9 @@ class GradientFlow:
         ]
         vd = self.vanishing_depth()
         if vd is not None:
-            lines.append(f"  falls below 1e-6 of its output value {vd} {self.axis}s from the output")
+            lines.append(
+                f"  falls below 1e-6 of its output value {vd} {self.axis}s from the output"
+            )
         return "\n".join(lines)
 
 
@@ -277,19 +285,36 @@ def gradient_flow(
             cot = as_float_array(cotangent, "cotangent", dt, shape=(B, model.output_size))
         specs = model._params_as(dt)
         stats = _core.dense_gradient_flow(
-            specs, xa, cot, keep_grads, param_grads, float(saturation_threshold), threads, progress,
+            specs,
+            xa,
+            cot,
+            keep_grads,
+            param_grads,
+            float(saturation_threshold),
+            threads,
+            progress,
         )
         _check_nonfinite(stats, "layer")
         pg = None
         if param_grads:
             lp = stats["log_param_grad_norms"].reshape(model.depth, len(MLP_PARAM_KINDS))
             pg = {k: lp[:, j].copy() for j, k in enumerate(MLP_PARAM_KINDS)}
-        return _apply_clip(GradientFlow(
-            model=model, kind="mlp", dtype=dt, batch_size=B,
-            log_grad_norms=stats["log_grad_norms"], act_mean=stats["act_mean"],
-            act_std=stats["act_std"], saturation=stats["saturation"], output=stats["y"],
-            log_param_grad_norms=pg, grads=stats["grads"],
-        ), clip_norm)
+        return _apply_clip(
+            GradientFlow(
+                model=model,
+                kind="mlp",
+                dtype=dt,
+                batch_size=B,
+                log_grad_norms=stats["log_grad_norms"],
+                act_mean=stats["act_mean"],
+                act_std=stats["act_std"],
+                saturation=stats["saturation"],
+                output=stats["y"],
+                log_param_grad_norms=pg,
+                grads=stats["grads"],
+            ),
+            clip_norm,
+        )
 
     if not isinstance(model, RecurrentModel):
         raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
@@ -325,28 +350,55 @@ def gradient_flow(
             cot = as_float_array(c, "cotangent", dt, shape=shape)
     wih, whh, bih, bhh = model._params_as(dt)
     stats = _core.recurrent_gradient_flow(
-        model.cell, wih, whh, bih, bhh, xa, h0a, c0a, cot, ccot, keep_grads, keep_states,
-        param_grads, float(saturation_threshold), threads, progress,
+        model.cell,
+        wih,
+        whh,
+        bih,
+        bhh,
+        xa,
+        h0a,
+        c0a,
+        cot,
+        ccot,
+        keep_grads,
+        keep_states,
+        param_grads,
+        float(saturation_threshold),
+        threads,
+        progress,
     )
     _check_nonfinite(stats, "step")
     pg = None
     if param_grads:
         lp = stats["log_param_grad_norms"]
         pg = {
-            "weight_ih": float(lp[0]), "weight_hh": float(lp[1]),
+            "weight_ih": float(lp[0]),
+            "weight_hh": float(lp[1]),
             "bias_ih": float(lp[2]) if bih is not None else math.nan,
             "bias_hh": float(lp[3]) if bhh is not None else math.nan,
         }
     gate_sat = stats["gate_saturation"] if model.gates > 1 else None
-    return _apply_clip(GradientFlow(
-        model=model, kind=model.kind, dtype=dt, batch_size=B,
-        log_grad_norms=stats["log_grad_norms"], act_mean=stats["act_mean"],
-        act_std=stats["act_std"], saturation=stats["saturation"],
-        output=stats["h_last"],
-        log_cell_grad_norms=stats["log_cell_grad_norms"] if is_lstm else None,
-        gate_saturation=gate_sat, log_param_grad_norms=pg, grads=stats["grads"],
-        cell_grads=stats["cell_grads"], states=stats["states"], cell_states=stats["cell_states"],
-    ), clip_norm)
+    return _apply_clip(
+        GradientFlow(
+            model=model,
+            kind=model.kind,
+            dtype=dt,
+            batch_size=B,
+            log_grad_norms=stats["log_grad_norms"],
+            act_mean=stats["act_mean"],
+            act_std=stats["act_std"],
+            saturation=stats["saturation"],
+            output=stats["h_last"],
+            log_cell_grad_norms=stats["log_cell_grad_norms"] if is_lstm else None,
+            gate_saturation=gate_sat,
+            log_param_grad_norms=pg,
+            grads=stats["grads"],
+            cell_grads=stats["cell_grads"],
+            states=stats["states"],
+            cell_states=stats["cell_states"],
+        ),
+        clip_norm,
+    )
 
 
 def _apply_clip(flow: GradientFlow, clip_norm: float | None) -> GradientFlow:
@@ -373,9 +425,12 @@ def _apply_clip(flow: GradientFlow, clip_norm: float | None) -> GradientFlow:
             elif np.isfinite(arr[0]):
                 changed.append(k)
     flow.clip = {
-        "max_norm": float(clip_norm), "total_norm": total, "log_total_norm": float(log_total),
-        "clip_coef": coef, "clipped": coef < 1.0, "changed": changed,
+        "max_norm": float(clip_norm),
+        "total_norm": total,
+        "log_total_norm": float(log_total),
+        "clip_coef": coef,
+        "clipped": coef < 1.0,
+        "changed": changed,
     }
     flow.log_clipped_param_grad_norms = clipped
     return flow
-

@@ -171,6 +171,10 @@ def jacobian_singular_values(
         depth = xa.shape[0]
     out = _core.jacobian_log_singular_values(spec, xa, h0a, threads, report)
     return JacobianSingularValues(
-        model=model, kind=model.kind, dtype=dt, depth=depth,
-        log_singular_values=out["log_singular_values"], jacobi_sweeps=out["jacobi_sweeps"],
+        model=model,
+        kind=model.kind,
+        dtype=dt,
+        depth=depth,
+        log_singular_values=out["log_singular_values"],
+        jacobi_sweeps=out["jacobi_sweeps"],
     )

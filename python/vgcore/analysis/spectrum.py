@@ -74,7 +74,7 @@ class JacobianSpectrum:
 
     @property
     def axis(self) -> str:
-        """"layer" for an MLP, "step" for a recurrent model."""
+        """ "layer" for an MLP, "step" for a recurrent model."""
         return "layer" if self.kind == "mlp" else "step"
 
     @property
@@ -121,7 +121,8 @@ class JacobianSpectrum:
         lines = [
             f"JacobianSpectrum({self.kind}, {n} {self.axis}s x B={B}, {self.method}, {self.dtype.name})",
             f"  spectral radius: median {np.nanmedian(rho):.4g}, range [{np.nanmin(rho):.4g}, {np.nanmax(rho):.4g}]"
-            if np.isfinite(rho).any() else "  spectral radius: n/a (non-square layers)",
+            if np.isfinite(rho).any()
+            else "  spectral radius: n/a (non-square layers)",
             f"  sigma_max:       median {np.median(sig):.4g}, range [{np.min(sig):.4g}, {np.max(sig):.4g}]",
         ]
         if self.method != "exact":
@@ -142,10 +143,14 @@ def _select_steps(which: Any, n_steps: int, axis: str) -> np.ndarray:
     arr = np.asarray(which)
     if arr.dtype == bool:
         if arr.shape != (n_steps,):
-            raise ValueError(f"a boolean which must have shape ({n_steps},) (one per {axis}), got {arr.shape}")
+            raise ValueError(
+                f"a boolean which must have shape ({n_steps},) (one per {axis}), got {arr.shape}"
+            )
         return np.nonzero(arr)[0].astype(np.int64)
     if arr.dtype.kind not in "iu":
-        raise TypeError(f"which must be None, an int, a slice, integers or a boolean mask, got {which!r}")
+        raise TypeError(
+            f"which must be None, an int, a slice, integers or a boolean mask, got {which!r}"
+        )
     idx = np.atleast_1d(arr).astype(np.int64).ravel()
     bad = idx[(idx < -n_steps) | (idx >= n_steps)]
     if bad.size:
@@ -230,8 +235,18 @@ def jacobian_spectrum(
         sel_dims = dims if len(dims) == 1 else [dims[s] for s in steps]
         method = "exact" if max(sel_dims, default=0) <= AUTO_EXACT_MAX_DIM else "arnoldi"
     out = _core.jacobian_spectrum(
-        spec, xa, h0a, [int(s) for s in steps], method, float(tol), max_iter, ncv, 4,
-        int(seed), threads, report,
+        spec,
+        xa,
+        h0a,
+        [int(s) for s in steps],
+        method,
+        float(tol),
+        max_iter,
+        ncv,
+        4,
+        int(seed),
+        threads,
+        report,
     )
     conv = out["converged"].astype(bool)
     if method != "exact" and not conv.all():
@@ -242,10 +257,16 @@ def jacobian_spectrum(
             stacklevel=2,
         )
     return JacobianSpectrum(
-        model=model, kind=model.kind, dtype=dt, method=method, steps=steps,
-        spectral_radius=out["spectral_radius"], sigma_max=out["sigma_max"],
-        radius_iterations=out["radius_iterations"], sigma_iterations=out["sigma_iterations"],
-        radius_residuals=out["radius_residual"], sigma_residuals=out["sigma_residual"],
+        model=model,
+        kind=model.kind,
+        dtype=dt,
+        method=method,
+        steps=steps,
+        spectral_radius=out["spectral_radius"],
+        sigma_max=out["sigma_max"],
+        radius_iterations=out["radius_iterations"],
+        sigma_iterations=out["sigma_iterations"],
+        radius_residuals=out["radius_residual"],
+        sigma_residuals=out["sigma_residual"],
         converged=conv,
     )
-

@@ -380,7 +380,9 @@ def singular_values(quick: bool) -> Workload:
 SWEEP_N = (16, 64, 256, 1024)
 
 
-def all_workloads(quick: bool = False, sweep: bool = True) -> list[tuple[str, Callable[[], Workload]]]:
+def all_workloads(
+    quick: bool = False, sweep: bool = True
+) -> list[tuple[str, Callable[[], Workload]]]:
     """``(name, factory)`` pairs (built lazily: some allocate hundreds of MB) in the issue's
     order; the size sweep (workloads 2 and 3 at N = 16, 64, 1024; N = 256 is the main row)
     comes last. Each name is the ``Workload.name`` its factory builds."""
@@ -405,9 +407,7 @@ def all_workloads(quick: bool = False, sweep: bool = True) -> list[tuple[str, Ca
                 out.append(
                     (
                         f"lyapunov-{kind}-N{N}",
-                        lambda kind=kind, N=N: lyapunov(
-                            kind, quick, N=N, jacrev=False, sweep=True
-                        ),
+                        lambda kind=kind, N=N: lyapunov(kind, quick, N=N, jacrev=False, sweep=True),
                     )
                 )
     return out
