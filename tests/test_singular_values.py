@@ -155,3 +155,33 @@ def test_bad_input():
     x[2, 0, 0] = np.inf
     with pytest.raises(ValueError, match="Inf"):
         vgcore.jacobian_singular_values(rnn, x)
+
+
+_RSS_SCRIPT = r"""
+import resource, sys
+import numpy as np
+import vgcore
+T = int(sys.argv[1])
+m = vgcore.RNN.from_sizes(4, 64, seed=0)
+x = np.random.default_rng(0).standard_normal((T, 1, 4))
+vgcore.jacobian_singular_values(m, x[:10])  # load everything, warm the workspace
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+vgcore.jacobian_singular_values(m, x)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_memory_does_not_grow_with_the_sequence_length():
+    """Input projections are computed block by block: at T = 30,000 (N = 64, float64) one
+    projection of the whole sequence would take 15 MB, a block at most 2 MB."""
+    import subprocess
+    import sys
+
+    def growth_kb(T):
+        out = subprocess.run(
+            [sys.executable, "-c", _RSS_SCRIPT, str(T)], capture_output=True, text=True, check=True
+        )
+        return int(out.stdout.split()[-1])
+
+    small, large = growth_kb(2_000), growth_kb(30_000)
+    assert large - small < 6_000, (small, large)

@@ -23,6 +23,10 @@ void VGCORE_BLAS(cblas_sgemm)(int order, int ta, int tb, int m, int n, int k, fl
 void VGCORE_BLAS(cblas_dgemm)(int order, int ta, int tb, int m, int n, int k, double alpha,
                               const double* a, int lda, const double* b, int ldb, double beta,
                               double* c, int ldc);
+void VGCORE_BLAS(cblas_strmm)(int order, int side, int uplo, int ta, int diag, int m, int n,
+                              float alpha, const float* a, int lda, float* b, int ldb);
+void VGCORE_BLAS(cblas_dtrmm)(int order, int side, int uplo, int ta, int diag, int m, int n,
+                              double alpha, const double* a, int lda, double* b, int ldb);
 void VGCORE_BLAS(openblas_set_num_threads)(int n);
 int VGCORE_BLAS(openblas_get_num_threads)(void);
 }
@@ -59,6 +63,22 @@ inline void gemm(Op ta, Op tb, std::size_t m, std::size_t n, std::size_t k, doub
                            checked_int(n, "n"), checked_int(k, "k"), alpha, a,
                            checked_int(lda, "lda"), b, checked_int(ldb, "ldb"), beta, c,
                            checked_int(ldc, "ldc"));
+}
+
+// B (m x n, row-major, ldb) = A B with A upper triangular m x m (row-major, lda), in place.
+inline void trmm_upper_left(std::size_t m, std::size_t n, const float* a, std::size_t lda,
+                            float* b, std::size_t ldb) {
+  if (m == 0 || n == 0) return;
+  VGCORE_BLAS(cblas_strmm)(VgcoreRowMajor, 141 /* Left */, 121 /* Upper */, VgcoreNoTrans,
+                           131 /* NonUnit */, checked_int(m, "m"), checked_int(n, "n"), 1.0f, a,
+                           checked_int(lda, "lda"), b, checked_int(ldb, "ldb"));
+}
+inline void trmm_upper_left(std::size_t m, std::size_t n, const double* a, std::size_t lda,
+                            double* b, std::size_t ldb) {
+  if (m == 0 || n == 0) return;
+  VGCORE_BLAS(cblas_dtrmm)(VgcoreRowMajor, 141 /* Left */, 121 /* Upper */, VgcoreNoTrans,
+                           131 /* NonUnit */, checked_int(m, "m"), checked_int(n, "n"), 1.0, a,
+                           checked_int(lda, "lda"), b, checked_int(ldb, "ldb"));
 }
 
 // Global BLAS thread count (all threads that have not set a local count).

@@ -43,6 +43,7 @@
 #include "vgcore/fastmath.hpp"
 #include "vgcore/householder.hpp"
 #include "vgcore/packed_gemm.hpp"
+#include "vgcore/parallel_rows.hpp"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>  // _mm_pause
@@ -923,9 +924,9 @@ void LyapunovEngine<T>::feed(const T* x, std::size_t steps, std::size_t total_hi
   std::unique_ptr<blas::BlasThreadsScope> whole_call;
   if (!p.fast) whole_call = std::make_unique<blas::BlasThreadsScope>(budget);
   const std::size_t total = total_hint ? total_hint : std::numeric_limits<std::size_t>::max();
-  // Input projections for a sub-chunk of steps in one GEMM, bounded to ~4M values.
+  // Input projections for a sub-chunk of steps in one GEMM (projection_block_steps).
   const std::size_t per_step = std::max<std::size_t>(1, B * GN);
-  const std::size_t sub = dense ? steps : std::max<std::size_t>(1, std::min(steps, (std::size_t(1) << 22) / per_step));
+  const std::size_t sub = dense ? steps : projection_block_steps(steps, per_step);
   std::vector<T> P(dense ? 0 : sub * B * GN);
   std::unique_ptr<Team> team;
   if (p.split && p.helper_ok && n_chunks == 1 && budget >= 2 && steps > 1)

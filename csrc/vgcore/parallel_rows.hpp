@@ -28,4 +28,12 @@ void parallel_rows(int requested, std::size_t rows, std::size_t min_rows, Contro
   });
 }
 
+// Steps whose input projections are computed in one block: at most 2^18 values (1 MB in
+// float32), so the analyses that stream a sequence keep memory independent of its length,
+// while each block still has hundreds of rows for an efficient GEMM.
+inline std::size_t projection_block_steps(std::size_t steps, std::size_t values_per_step) {
+  const std::size_t per_step = std::max<std::size_t>(1, values_per_step);
+  return std::max<std::size_t>(1, std::min(steps, (std::size_t(1) << 18) / per_step));
+}
+
 }  // namespace vgcore

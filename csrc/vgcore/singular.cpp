@@ -51,7 +51,7 @@ struct Graded {
 template <class T>
 struct Work {
   std::vector<T> A, tau;
-  std::vector<double> ln, R, Rt, Tp;
+  std::vector<double> ln, Rt, Tp, e, dnew;
   std::vector<std::size_t> perm;
 };
 
@@ -77,17 +77,35 @@ std::size_t udt_update(const T* C, std::size_t m, std::size_t r, T* out, Graded&
   lapack::geqrf(static_cast<int>(m), static_cast<int>(r), w.A.data(), static_cast<int>(m), w.tau.data());
   // Rt = |diag R|^{-1} R scaled by e^{d_p(j) - d_p(i)}: graded, entries of modest size.
   w.Rt.assign(kk * r, 0.0);
-  std::vector<double> dnew(kk);
+  w.dnew.resize(kk);
+  // The scale factors from one exp per column where the scales span less than 600 (e-folds)
+  // and every one is finite: e^{d_j - d_i} = e_j / e_i with e_j = e^{d_j - max d}.
+  w.e.resize(r);
+  double dmax = kNegInf, dmin = -kNegInf;
+  for (std::size_t j = 0; j < r; ++j) {
+    w.e[j] = g.d[w.perm[j]];
+    dmax = std::max(dmax, w.e[j]);
+    dmin = std::min(dmin, w.e[j]);
+  }
+  const bool by_ratio = dmin != kNegInf && dmax - dmin < 600.0;
+  if (by_ratio)
+    for (std::size_t j = 0; j < r; ++j) w.e[j] = std::exp(w.e[j] - dmax);
   for (std::size_t i = 0; i < kk; ++i) {
     const double rii = static_cast<double>(w.A[i * m + i]);
     const double dpi = g.d[w.perm[i]];
     if (rii == 0.0 || dpi == kNegInf) {
-      dnew[i] = kNegInf;  // a zero singular direction: its row of T is 0
+      w.dnew[i] = kNegInf;  // a zero singular direction: its row of T is 0
       continue;
     }
     const double lr = std::log(std::fabs(rii));
-    dnew[i] = lr + dpi;
+    w.dnew[i] = lr + dpi;
     double* row = w.Rt.data() + i * r;
+    if (by_ratio) {
+      const double inv_r = 1.0 / std::fabs(rii), inv_e = 1.0 / w.e[i];  // inv_e <= e^600
+      for (std::size_t j = i; j < r; ++j)
+        row[j] = (static_cast<double>(w.A[j * m + i]) * inv_r) * (w.e[j] * inv_e);
+      continue;
+    }
     for (std::size_t j = i; j < r; ++j) {
       const double rij = static_cast<double>(w.A[j * m + i]);
       const double dpj = g.d[w.perm[j]];
@@ -104,14 +122,20 @@ std::size_t udt_update(const T* C, std::size_t m, std::size_t r, T* out, Graded&
   lapack::orgqr(static_cast<int>(m), static_cast<int>(kk), static_cast<int>(kk), w.A.data(),
                 static_cast<int>(m), w.tau.data());
   std::copy(w.A.data(), w.A.data() + m * kk, out);
-  // T <- Rt (P^T T).
+  // T <- Rt (P^T T): Rt is upper triangular (a triangular multiply, half a GEMM's work) unless
+  // the rank drops (kk < r: upper trapezoidal).
   w.Tp.resize(r * n0);
   for (std::size_t j = 0; j < r; ++j)
     std::copy(g.T.data() + w.perm[j] * n0, g.T.data() + (w.perm[j] + 1) * n0, w.Tp.data() + j * n0);
-  g.T.resize(kk * n0);
-  blas::gemm(blas::Op::N, blas::Op::N, kk, n0, r, 1.0, w.Rt.data(), r, w.Tp.data(), n0, 0.0,
-             g.T.data(), n0);
-  g.d.swap(dnew);
+  if (kk == r) {
+    blas::trmm_upper_left(r, n0, w.Rt.data(), r, w.Tp.data(), n0);
+    g.T.swap(w.Tp);
+  } else {
+    g.T.resize(kk * n0);
+    blas::gemm(blas::Op::N, blas::Op::N, kk, n0, r, 1.0, w.Rt.data(), r, w.Tp.data(), n0, 0.0,
+               g.T.data(), n0);
+  }
+  g.d.swap(w.dnew);
   return kk;
 }
 
@@ -215,7 +239,7 @@ SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x
   }
 
   const std::size_t per_step = std::max<std::size_t>(1, B * GN);
-  const std::size_t sub = dense ? steps : std::max<std::size_t>(1, std::min(steps, (std::size_t(1) << 22) / per_step));
+  const std::size_t sub = dense ? steps : projection_block_steps(steps, per_step);
   std::vector<T> P(dense ? 0 : sub * B * GN);
   for (std::size_t t0 = 0; t0 < steps; t0 += sub) {
     const std::size_t tn = std::min(sub, steps - t0);

@@ -283,7 +283,7 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
   const std::size_t total_work = last + n_sel * B;
   {
     const std::size_t per_step = std::max<std::size_t>(1, B * GN);
-    const std::size_t sub = dense ? last : std::max<std::size_t>(1, std::min(last, (std::size_t(1) << 22) / per_step));
+    const std::size_t sub = dense ? last : projection_block_steps(last, per_step);
     std::vector<T> P(dense ? 0 : sub * B * GN);
     for (std::size_t t0 = 0; t0 < last; t0 += sub) {
       const std::size_t tn = std::min(sub, last - t0);
