@@ -10,6 +10,7 @@
 
 #include "vgcore/blas.hpp"
 #include "vgcore/fastmath.hpp"
+#include "vgcore/packed_gemm.hpp"
 #include "vgcore/workspace.hpp"
 
 namespace vgcore {
@@ -192,9 +193,40 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
 
   {
   // Workers run single-threaded BLAS; a single chunk gets the whole budget for big products.
-  blas::BlasThreadsScope chunk_threads(
-      n_chunks > 1 ? 1 : blas::step_threads(B, max_width, max_width, budget));
+  const int chunk_blas = n_chunks > 1 ? 1 : blas::step_threads(B, max_width, max_width, budget);
+  blas::BlasThreadsScope chunk_threads(chunk_blas);
+  // Single-threaded products go through the packed kernels (packed_gemm.hpp): each worker packs
+  // a layer's weight (as BLAS would on every call) and streams it with AVX-512/AVX2 tiles.
+  const bool packed = chunk_blas == 1 && packed_gemm_available();
   run_chunks(n_chunks, ctl, [&](std::size_t c) {
+    PackedMatrix<T> pk;  // this worker's packed operand, storage reused from layer to layer
+    std::vector<T> ct;   // C^T of a forward product
+    // C (nb x n) = beta C + A (nb x k) W^T (W: n x k, row stride ldw), or + A W (W: k x n)
+    // when !trans. The forward form runs as C^T = W A^T: the weight streams from memory as it
+    // is and only the activations are packed (nb columns), then C takes the transpose.
+    auto product = [&](std::size_t nb, std::size_t n, std::size_t k, const T* a, const T* w,
+                       std::size_t ldw, bool trans, T beta, T* cmat) {
+      if (!packed) {
+        blas::gemm(blas::Op::N, trans ? blas::Op::T : blas::Op::N, nb, n, k, T(1), a, k, w, ldw,
+                   beta, cmat, n);
+        return;
+      }
+      if (!trans) {
+        pk.assign_rows(w, k, n, ldw);
+        gemm_packed(nb, a, k, pk, beta, cmat, n);
+        return;
+      }
+      pk.assign_transposed(a, nb, k, k);
+      ct.resize(n * nb);
+      gemm_packed(n, w, ldw, pk, T(0), ct.data(), nb);
+      for (std::size_t b = 0; b < nb; ++b) {
+        T* crow = cmat + b * n;
+        if (beta == T(0))
+          for (std::size_t j = 0; j < n; ++j) crow[j] = ct[j * nb + b];
+        else
+          for (std::size_t j = 0; j < n; ++j) crow[j] += ct[j * nb + b];
+      }
+    };
     const auto [b0, b1] = split_range(B, n_chunks, c);
     const std::size_t nb = b1 - b0;
     ChunkStats& st = cs[c];
@@ -219,8 +251,7 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
       T* dphi = lb.d.data() + off;
       if (ly.bias)
         for (std::size_t b = 0; b < nb; ++b) std::copy(ly.bias, ly.bias + n_out, z + b * n_out);
-      blas::gemm(blas::Op::N, blas::Op::T, nb, n_out, n_in, T(1), hin, n_in, ly.weight, ly.in,
-                 ly.bias ? T(1) : T(0), z, n_out);
+      product(nb, n_out, n_in, hin, ly.weight, ly.in, true, ly.bias ? T(1) : T(0), z);
       if (ly.norm == DenseNorm::layernorm)
         layernorm_forward(ly, z, lb.xhat.data() + off, lb.istd.data() + b0, nb, n_out);
       else if (ly.norm == DenseNorm::batchnorm)
@@ -237,8 +268,7 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
         activation_forward(ly.act, z, a, dphi, cnt);
         if (ly.gate_bias)
           for (std::size_t b = 0; b < nb; ++b) std::copy(ly.gate_bias, ly.gate_bias + n_out, t + b * n_out);
-        blas::gemm(blas::Op::N, blas::Op::T, nb, n_out, n_in, T(1), hin, n_in, ly.gate_weight,
-                   ly.in, ly.gate_bias ? T(1) : T(0), t, n_out);
+        product(nb, n_out, n_in, hin, ly.gate_weight, ly.in, true, ly.gate_bias ? T(1) : T(0), t);
         highway_mix(t, a, hin, z, cnt);
       }
       const T sat_level = static_cast<T>(opt.saturation_threshold * ly.act.max_derivative());
@@ -311,11 +341,9 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
         dz = dzn;
       }
       const T beta = ly.block == DenseBlock::plain ? T(0) : T(1);
-      blas::gemm(blas::Op::N, blas::Op::N, nb, n_in, n_out, T(1), dz, n_out, ly.weight, ly.in, beta,
-                 gnext, n_in);
+      product(nb, n_in, n_out, dz, ly.weight, ly.in, false, beta, gnext);
       if (ly.block == DenseBlock::highway)
-        blas::gemm(blas::Op::N, blas::Op::N, nb, n_in, n_out, T(1), lb.t.data() + off, n_out,
-                   ly.gate_weight, ly.in, T(1), gnext, n_in);
+        product(nb, n_in, n_out, lb.t.data() + off, ly.gate_weight, ly.in, false, T(1), gnext);
       std::swap(g, gnext);
       if (primary) ctl.tick(2 * L - l + 1, total_work);
       else ctl.poll();

@@ -149,8 +149,11 @@ void PackedMatrix<T>::assign_rows(const T* b, std::size_t k, std::size_t n, std:
   src_ = b;
   ld_ = ldb;
   trans_ = false;
-  data_.clear();
-  if (!packed_gemm_available()) return;
+  if (!packed_gemm_available()) {
+    data_.clear();
+    return;
+  }
+  // Every value is written below: resize without clearing (no zero fill of reused storage).
   const std::size_t np = (n + kPanel - 1) / kPanel;
   data_.resize(np * k * kPanel);
   for (std::size_t j = 0; j < np; ++j) {
@@ -170,8 +173,10 @@ void PackedMatrix<T>::assign_transposed(const T* w, std::size_t n, std::size_t k
   src_ = w;
   ld_ = ldw;
   trans_ = true;
-  data_.clear();
-  if (!packed_gemm_available()) return;
+  if (!packed_gemm_available()) {
+    data_.clear();
+    return;
+  }
   const std::size_t np = (n + kPanel - 1) / kPanel;
   data_.resize(np * k * kPanel);
   for (std::size_t j = 0; j < np; ++j) {

@@ -25,6 +25,18 @@ def resolve_dtype(dtype: object, name: str = "dtype") -> np.dtype:
     return dt
 
 
+_FINITE_BLOCK = 1 << 16
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    """np.isfinite(arr).all() in blocks, so the check of a long sequence needs no temporary
+    of its size (the analyses that stream it keep memory independent of its length)."""
+    flat = arr.reshape(-1)
+    return all(
+        np.isfinite(flat[i : i + _FINITE_BLOCK]).all() for i in range(0, flat.size, _FINITE_BLOCK)
+    )
+
+
 def as_float_array(
     value: object,
     name: str,
@@ -66,7 +78,7 @@ def as_float_array(
             arr.size * np.dtype(dtype).itemsize, f"converting {name} to {np.dtype(dtype).name}"
         )
     arr = np.ascontiguousarray(arr, dtype=dtype)
-    if check_finite and arr.size and not np.isfinite(arr).all():
+    if check_finite and arr.size and not _all_finite(arr):
         bad = np.argwhere(~np.isfinite(arr))[0]
         kind = "NaN" if np.isnan(arr[tuple(bad)]) else "Inf"
         raise ValueError(f"{name} contains {kind} (first at index {tuple(int(i) for i in bad)})")
