@@ -31,3 +31,17 @@ def torch():
         torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
     return torch
+
+
+@pytest.fixture
+def sigint_raises():
+    """Ctrl-C raises KeyboardInterrupt during the test, even where the runner was started with
+    SIGINT ignored (a background job of a non-interactive shell): interrupt_main() then does
+    nothing at all."""
+    import signal
+
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)

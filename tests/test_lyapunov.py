@@ -237,7 +237,7 @@ def test_non_finite_state_names_the_step():
         vgcore.lyapunov(m, np.ones((10, 1, 1), np.float32))
 
 
-def test_ctrl_c_interrupts_a_long_run():
+def test_ctrl_c_interrupts_a_long_run(sigint_raises):
     import _thread
 
     model = vgcore.LSTM.from_sizes(4, 64, seed=0)

@@ -86,7 +86,7 @@ def test_set_num_threads():
     assert vgcore.get_num_threads() == before
 
 
-def test_ctrl_c_interrupts_a_long_call():
+def test_ctrl_c_interrupts_a_long_call(sigint_raises):
     """_thread.interrupt_main() is what Ctrl-C does: the C++ loop notices within ~0.1 s."""
     import _thread
 
