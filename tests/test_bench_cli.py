@@ -20,6 +20,10 @@ def test_bench_quick_report(tmp_path, capsys):
     table = capsys.readouterr().out
     doc = json.loads(js.read_text())
     assert doc["threads"] == [1] and list(doc["gemm_gflops"]) == ["1"]
+    # % of peak is held to the faster of the configured and the CPU-detected kernels
+    assert doc["gemm_peak"]["1"]["float32"] >= doc["gemm_gflops"]["1"]["float32"] > 0
+    (row,) = doc["rows"]
+    assert row["gemm_fraction"] == pytest.approx(row["gflops"] / doc["gemm_peak"]["1"]["float32"])
     (row,) = doc["rows"]
     assert row["workload"] == "bptt-gru-N64" and row["vgcore_coverage"] == 1.0
     assert {p["peer"] for p in row["peers"]} >= {"numpy"}

@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -119,6 +120,41 @@ def gemm_peak(threads: int, size: int = 1024) -> dict[str, float]:
         "float32": gemm_gflops(size, size, size, threads),
         "float64": gemm_gflops(size, size, size, threads, float64=True),
     }
+
+
+_PEAK_SCRIPT = """
+import json, sys
+from vgcore._loader import blas_corename
+from vgcore.bench.machine import gemm_peak
+print(json.dumps({"kernels": blas_corename(),
+                  "peak": {th: gemm_peak(th) for th in map(int, sys.argv[1:])}}))
+"""
+
+
+def detected_kernels_peak(threads: Sequence[int]) -> dict[str, Any] | None:
+    """The GEMM peak with the kernels OpenBLAS's own CPU detection picks, measured in a child
+    process without ``OPENBLAS_CORETYPE`` / ``VGCORE_BLAS_CORETYPE`` (kernels are chosen once
+    per process): the machine's limit where the environment forces older kernels. None when
+    the child fails."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENBLAS_CORETYPE", "VGCORE_BLAS_CORETYPE")
+    }
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _PEAK_SCRIPT, *map(str, threads)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        ).stdout
+        doc = json.loads(out.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+    doc["peak"] = {int(k): v for k, v in doc["peak"].items()}
+    return doc
 
 
 # ---- NumPy's BLAS (a different OpenBLAS build: scipy-openblas64 inside numpy's wheel) -------
