@@ -44,7 +44,9 @@ exponents comparable over 2000 steps.
 
 FLOP counts are in `python/vgcore/bench/workloads.py`; "% GEMM peak" sets each workload's
 GFLOP/s against a 1024^3 float32 GEMM through vgcore's own BLAS (scipy-openblas32) at the same
-thread count, and "% same-shape GEMM" against a GEMM of the shape that dominates the workload
+thread count (where the environment forces older OpenBLAS kernels through `OPENBLAS_CORETYPE`,
+against the faster of that and the same GEMM with the kernels OpenBLAS's CPU detection picks,
+measured in a child process), and "% same-shape GEMM" against a GEMM of the shape that dominates the workload
 (e.g. 32x1024x256 for the LSTM BPTT), both measured in the same run. NumPy links a different
 OpenBLAS (scipy-openblas64), reported below.
 
