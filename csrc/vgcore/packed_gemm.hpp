@@ -13,6 +13,8 @@
 #include <cstddef>
 #include <vector>
 
+#include "vgcore/workspace.hpp"
+
 namespace vgcore {
 
 // B (k x n) in panels of kPanel columns: panel j holds B[0:k, j*kPanel : (j+1)*kPanel] row by
@@ -46,7 +48,7 @@ class PackedMatrix {
   std::size_t k_ = 0, n_ = 0, ld_ = 0;
   const T* src_ = nullptr;
   bool trans_ = false;
-  std::vector<T> data_;
+  std::vector<T, AlignedAllocator<T>> data_;  // 2 MiB pages when large (workspace.hpp)
 };
 
 // C (m x n, row stride ldc) = beta * C + A (m x k, row stride lda) * B, beta 0 or 1.

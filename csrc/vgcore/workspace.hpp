@@ -13,7 +13,44 @@
 #include <new>
 #include <utility>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace vgcore {
+
+// Large blocks (>= 4 MiB: packed weight matrices, per-step state arrays) come 2 MiB-aligned
+// and marked for transparent huge pages where the kernel only grants them on request
+// (transparent_hugepage = madvise): a step that streams a 16 MB packed W_hh otherwise walks
+// 4096 pages and misses the TLB on most of them. Smaller blocks are 64-byte aligned.
+inline void* allocate_aligned(std::size_t bytes, std::size_t* got = nullptr) {
+  constexpr std::size_t kHuge = std::size_t(2) << 20;
+  const bool huge = bytes >= 2 * kHuge;
+  const std::size_t align = huge ? kHuge : 64;
+  const std::size_t rounded = (bytes + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, rounded);
+  if (!p) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (huge) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure changes nothing
+#endif
+  if (got) *got = rounded;
+  return p;
+}
+
+// std::vector allocator over allocate_aligned (for buffers that are resized in place).
+template <class T>
+struct AlignedAllocator {
+  using value_type = T;
+  AlignedAllocator() = default;
+  template <class U>
+  AlignedAllocator(const AlignedAllocator<U>&) noexcept {}
+  T* allocate(std::size_t n) { return static_cast<T*>(allocate_aligned(n * sizeof(T))); }
+  void deallocate(T* p, std::size_t) noexcept { std::free(p); }
+  template <class U>
+  bool operator==(const AlignedAllocator<U>&) const noexcept { return true; }
+  template <class U>
+  bool operator!=(const AlignedAllocator<U>&) const noexcept { return false; }
+};
 
 class WorkspacePool {
  public:
@@ -36,9 +73,8 @@ class WorkspacePool {
         return p;
       }
     }
-    const std::size_t rounded = (bytes + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, rounded);
-    if (!p) throw std::bad_alloc();
+    std::size_t rounded = 0;
+    void* p = allocate_aligned(bytes, &rounded);
     std::lock_guard<std::mutex> lock(mutex_);
     sizes_[p] = rounded;
     return p;
