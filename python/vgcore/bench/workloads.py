@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -387,27 +388,25 @@ def all_workloads(
     order; the size sweep (workloads 2 and 3 at N = 16, 64, 1024; N = 256 is the main row)
     comes last. Each name is the ``Workload.name`` its factory builds."""
     n_main = 64 if quick else 256
-    out: list[tuple[str, Callable[[], Workload]]] = [("mlp-flow", lambda: mlp_flow(quick))]
+    out: list[tuple[str, Callable[[], Workload]]] = [("mlp-flow", partial(mlp_flow, quick))]
     for kind in ("lstm", "gru", "rnn"):
-        out.append((f"bptt-{kind}-N{n_main}", lambda kind=kind: bptt(kind, quick)))
+        out.append((f"bptt-{kind}-N{n_main}", partial(bptt, kind, quick)))
     for kind in ("lstm", "gru", "rnn"):
-        out.append((f"lyapunov-{kind}-N{n_main}", lambda kind=kind: lyapunov(kind, quick)))
+        out.append((f"lyapunov-{kind}-N{n_main}", partial(lyapunov, kind, quick)))
     out += [
-        ("spectral-radius", lambda: spectral_radius(quick)),
-        ("singular-values", lambda: singular_values(quick)),
+        ("spectral-radius", partial(spectral_radius, quick)),
+        ("singular-values", partial(singular_values, quick)),
     ]
     if sweep and not quick:
         for N in SWEEP_N:
             if N == 256:
                 continue
             for kind in ("lstm", "gru", "rnn"):
-                out.append(
-                    (f"bptt-{kind}-N{N}", lambda kind=kind, N=N: bptt(kind, quick, N=N, sweep=True))
-                )
+                out.append((f"bptt-{kind}-N{N}", partial(bptt, kind, quick, N=N, sweep=True)))
                 out.append(
                     (
                         f"lyapunov-{kind}-N{N}",
-                        lambda kind=kind, N=N: lyapunov(kind, quick, N=N, jacrev=False, sweep=True),
+                        partial(lyapunov, kind, quick, N=N, jacrev=False, sweep=True),
                     )
                 )
     return out

@@ -143,7 +143,7 @@ class MeanField:
             np.linspace(sw_max / 160, sw_max, 160),
             np.linspace(0.0, sb_max, 80),
             tol=self.tol,
-            **self.act_params,
+            **self.act_params,  # type: ignore[arg-type]  # floats, never a `method`
         )
         point = [(float(w), float(b)) for w, b in pts]
         return plot_phase_diagram(diagram, point=point, **kw)
