@@ -3,10 +3,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
+#include <exception>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "vgcore/blas.hpp"
@@ -47,11 +52,123 @@ struct Graded {
   std::vector<double> T;  // r x n0, row-major
 };
 
+// One pending update T <- Rt (P^T T) of a sample's triangular factor.
+struct TUpdate {
+  std::vector<double> Rt;         // kk x r, row-major, upper trapezoidal
+  std::vector<std::size_t> perm;  // r
+  std::size_t kk = 0, r = 0;
+};
+
+// T <- Rt (P^T T): Rt is upper triangular (a triangular multiply, half a GEMM's work) unless
+// the rank drops (kk < r: upper trapezoidal). Tp: scratch.
+void apply_t_update(const TUpdate& u, std::vector<double>& Tm, std::size_t n0,
+                    std::vector<double>& Tp) {
+  Tp.resize(u.r * n0);
+  for (std::size_t j = 0; j < u.r; ++j)
+    std::copy(Tm.data() + u.perm[j] * n0, Tm.data() + (u.perm[j] + 1) * n0, Tp.data() + j * n0);
+  if (u.kk == u.r) {
+    blas::trmm_upper_left(u.r, n0, u.Rt.data(), u.r, Tp.data(), n0);
+    Tm.swap(Tp);
+  } else {
+    Tm.resize(u.kk * n0);
+    blas::gemm(blas::Op::N, blas::Op::N, u.kk, n0, u.r, 1.0, u.Rt.data(), u.r, Tp.data(), n0,
+               0.0, Tm.data(), n0);
+  }
+}
+
+// Runs the T updates of one sample in order, each overlapping the next step's JVP and QR on a
+// helper thread. The caller takes a posted update back and runs it itself when the helper has
+// not started it by the time the next one is due (its core is busy: the thread trap), so a
+// busy machine costs at most the hand-off. The arithmetic is the same whoever runs it.
+class TUpdater {
+ public:
+  TUpdater(std::vector<double>& Tm, std::size_t n0, bool helper) : Tm_(Tm), n0_(n0) {
+    if (helper) thread_ = std::thread([this] { loop(); });
+  }
+  ~TUpdater() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  TUpdater(const TUpdater&) = delete;
+  TUpdater& operator=(const TUpdater&) = delete;
+
+  // Hand over u (swapped out: u comes back holding a spare buffer).
+  void post(TUpdate& u) {
+    finish();
+    if (!thread_.joinable()) {
+      apply_t_update(u, Tm_, n0_, Tp_main_);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      std::swap(task_, u);
+      state_ = State::posted;
+    }
+    cv_.notify_all();
+  }
+  // The pending update done (by the helper, or here when it has not started).
+  void finish() {
+    if (!thread_.joinable()) return;
+    std::unique_lock<std::mutex> lock(mu_);
+    if (state_ == State::posted) {
+      state_ = State::running;
+      lock.unlock();
+      apply_t_update(task_, Tm_, n0_, Tp_main_);
+      lock.lock();
+      state_ = State::idle;
+    }
+    cv_.wait(lock, [&] { return state_ == State::idle; });
+    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+  }
+
+ private:
+  enum class State { idle, posted, running };
+  void loop() {
+    blas::BlasThreadsScope one(1);
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      cv_.wait(lock, [&] { return stop_ || state_ == State::posted; });
+      if (state_ != State::posted) return;  // stop
+      state_ = State::running;
+      lock.unlock();
+      try {
+        apply_t_update(task_, Tm_, n0_, Tp_helper_);
+      } catch (...) {
+        lock.lock();
+        error_ = std::current_exception();
+        state_ = State::idle;
+        cv_.notify_all();
+        continue;
+      }
+      lock.lock();
+      state_ = State::idle;
+      cv_.notify_all();
+    }
+  }
+
+  std::vector<double>& Tm_;
+  const std::size_t n0_;
+  std::vector<double> Tp_main_, Tp_helper_;
+  TUpdate task_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  State state_ = State::idle;
+  bool stop_ = false;
+  std::exception_ptr error_;
+  std::thread thread_;
+};
+
 // Work buffers of one chunk.
 template <class T>
 struct Work {
   std::vector<T> A, tau;
-  std::vector<double> ln, Rt, Tp, e, dnew;
+  std::vector<double> ln, e, dnew;
+  TUpdate up;  // filled here, swapped into the TUpdater
   std::vector<std::size_t> perm;
 };
 
@@ -59,7 +176,7 @@ struct Work {
 // -> new U rows (kk = min(m, r) of them, written to out), d and T updated.
 template <class T>
 std::size_t udt_update(const T* C, std::size_t m, std::size_t r, T* out, Graded& g,
-                       std::size_t n0, Work<T>& w) {
+                       Work<T>& w, TUpdater& tu) {
   const std::size_t kk = std::min(m, r);
   // Pre-pivoting: descending scaled column norms log||c_j|| + d_j.
   w.ln.resize(r);
@@ -76,7 +193,7 @@ std::size_t udt_update(const T* C, std::size_t m, std::size_t r, T* out, Graded&
   w.tau.resize(kk);
   lapack::geqrf(static_cast<int>(m), static_cast<int>(r), w.A.data(), static_cast<int>(m), w.tau.data());
   // Rt = |diag R|^{-1} R scaled by e^{d_p(j) - d_p(i)}: graded, entries of modest size.
-  w.Rt.assign(kk * r, 0.0);
+  w.up.Rt.assign(kk * r, 0.0);
   w.dnew.resize(kk);
   // The scale factors from one exp per column where the scales span less than 600 (e-folds)
   // and every one is finite: e^{d_j - d_i} = e_j / e_i with e_j = e^{d_j - max d}.
@@ -99,7 +216,7 @@ std::size_t udt_update(const T* C, std::size_t m, std::size_t r, T* out, Graded&
     }
     const double lr = std::log(std::fabs(rii));
     w.dnew[i] = lr + dpi;
-    double* row = w.Rt.data() + i * r;
+    double* row = w.up.Rt.data() + i * r;
     if (by_ratio) {
       const double inv_r = 1.0 / std::fabs(rii), inv_e = 1.0 / w.e[i];  // inv_e <= e^600
       for (std::size_t j = i; j < r; ++j)
@@ -119,22 +236,14 @@ std::size_t udt_update(const T* C, std::size_t m, std::size_t r, T* out, Graded&
       }
     }
   }
+  // The T update goes first (it may run on the helper while Q is formed here).
+  w.up.perm.assign(w.perm.begin(), w.perm.end());
+  w.up.kk = kk;
+  w.up.r = r;
+  tu.post(w.up);
   lapack::orgqr(static_cast<int>(m), static_cast<int>(kk), static_cast<int>(kk), w.A.data(),
                 static_cast<int>(m), w.tau.data());
   std::copy(w.A.data(), w.A.data() + m * kk, out);
-  // T <- Rt (P^T T): Rt is upper triangular (a triangular multiply, half a GEMM's work) unless
-  // the rank drops (kk < r: upper trapezoidal).
-  w.Tp.resize(r * n0);
-  for (std::size_t j = 0; j < r; ++j)
-    std::copy(g.T.data() + w.perm[j] * n0, g.T.data() + (w.perm[j] + 1) * n0, w.Tp.data() + j * n0);
-  if (kk == r) {
-    blas::trmm_upper_left(r, n0, w.Rt.data(), r, w.Tp.data(), n0);
-    g.T.swap(w.Tp);
-  } else {
-    g.T.resize(kk * n0);
-    blas::gemm(blas::Op::N, blas::Op::N, kk, n0, r, 1.0, w.Rt.data(), r, w.Tp.data(), n0, 0.0,
-               g.T.data(), n0);
-  }
   g.d.swap(w.dnew);
   return kk;
 }
@@ -214,8 +323,13 @@ SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x
     std::vector<T> X, Y;
     StepScratch<T> ws;
     std::vector<Graded> g;
+    std::vector<std::unique_ptr<TUpdater>> tu;  // per sample: runs its T updates in order
     Work<T> w;
   };
+  const int chunk_blas = n_chunks > 1 ? 1 : blas::step_threads(B * (max_w + 1), max_w, max_w, budget);
+  // One sample on two or more threads: its T updates overlap the next steps on a helper
+  // (single-threaded BLAS on both sides, so the two never contend for OpenBLAS's pool).
+  const bool helper = n_chunks == 1 && B == 1 && budget >= 2 && chunk_blas == 1;
   std::vector<Chunk> chunks(n_chunks);
   for (std::size_t ci = 0; ci < n_chunks; ++ci) {
     auto& c = chunks[ci];
@@ -236,6 +350,8 @@ SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x
       c.g[b].T.assign(n0 * n0, 0.0);
       for (std::size_t j = 0; j < n0; ++j) c.g[b].T[j * n0 + j] = 1.0;
     }
+    for (std::size_t b = 0; b < c.nb; ++b)
+      c.tu.push_back(std::make_unique<TUpdater>(c.g[b].T, n0, helper));
   }
 
   const std::size_t per_step = std::max<std::size_t>(1, B * GN);
@@ -247,8 +363,7 @@ SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x
       parallel_rows(opt.num_threads, tn * B, 64, ctl, [&](std::size_t r0, std::size_t r1) {
         m.project_inputs(x + (t0 * B + r0) * I, r1 - r0, P.data() + r0 * GN);
       });
-    blas::BlasThreadsScope chunk_threads(
-        n_chunks > 1 ? 1 : blas::step_threads(B * (max_w + 1), max_w, max_w, budget));
+    blas::BlasThreadsScope chunk_threads(chunk_blas);
     run_chunks(n_chunks, ctl, [&](std::size_t ci) {
       auto& c = chunks[ci];
       for (std::size_t t = 0; t < tn; ++t) {
@@ -265,7 +380,7 @@ SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x
             throw NonFiniteError(gs + 1, "the Jacobian product became NaN/Inf at step " +
                                              std::to_string(gs + 1));
           T* out = c.Y.data() + (c.nb + b * std::min(dout, c.r)) * dout;
-          rn = udt_update(C, dout, c.r, out, c.g[b], n0, c.w);
+          rn = udt_update(C, dout, c.r, out, c.g[b], c.w, *c.tu[b]);
         }
         c.r = rn;
         std::swap(c.X, c.Y);
@@ -282,6 +397,7 @@ SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x
   res.jacobi_sweeps.resize(B);
   for (auto& c : chunks)
     for (std::size_t b = 0; b < c.nb; ++b) {
+      c.tu[b]->finish();
       Graded& g = c.g[b];
       res.jacobi_sweeps[c.b0 + b] = graded_jacobi(g.T.data(), n0, r, g.d.data());
       std::sort(g.d.begin(), g.d.end(), std::greater<double>());
