@@ -24,6 +24,13 @@ def _coretype() -> str:
     return "" if choice.lower() in ("", "default") else choice
 
 
+def _blas_path() -> str:
+    """The scipy-openblas32 library vgcore links (ImportError when the wheel is missing)."""
+    import scipy_openblas32
+
+    return os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(True))
+
+
 def _preload_blas() -> None:
     # _core links libscipy_openblas.so by soname; RPATH points at the wheel's lib folder, and
     # loading it here first makes the lookup independent of where site-packages lives.
@@ -36,30 +43,24 @@ def _preload_blas() -> None:
         # environment unchanged.
         os.environ["OPENBLAS_CORETYPE"] = core
     try:
-        import scipy_openblas32
-
-        path = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(True))
+        path = _blas_path()
         if os.path.exists(path):
             ctypes.CDLL(path)
     except ImportError:  # pragma: no cover - a broken install
         return
     finally:
-        if core and saved is None:
-            del os.environ["OPENBLAS_CORETYPE"]
-        elif core and saved is not None:
-            os.environ["OPENBLAS_CORETYPE"] = saved
+        if core:
+            if saved is None:
+                del os.environ["OPENBLAS_CORETYPE"]
+            else:
+                os.environ["OPENBLAS_CORETYPE"] = saved
     requested_coretype = core
 
 
 def blas_corename() -> str:
     """The kernel family OpenBLAS runs (e.g. ``"SkylakeX"``, ``"Haswell"``)."""
     try:
-        import scipy_openblas32
-
-        lib = ctypes.CDLL(
-            os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(True))
-        )
-        fn = lib.scipy_openblas_get_corename
+        fn = ctypes.CDLL(_blas_path()).scipy_openblas_get_corename
     except (ImportError, OSError, AttributeError):  # pragma: no cover - a broken install
         return "unknown"
     fn.restype = ctypes.c_char_p

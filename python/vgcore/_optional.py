@@ -31,6 +31,7 @@ FEATURES: dict[str, tuple[str, str]] = {
     "mean_field": ("vgcore.theory", "mean_field"),
     "critical_sigma_w2": ("vgcore.theory", "critical_sigma_w2"),
     "phase_diagram": ("vgcore.theory", "phase_diagram"),
+    "phase_diagram_around": ("vgcore.theory.phases", "phase_diagram_around"),
     "compare_to_theory": ("vgcore.theory", "compare_to_theory"),
 }
 
@@ -214,13 +215,7 @@ def singular_values_summary(res: Any) -> dict[str, Any]:
 
 def phase_grid(activation: Any, points: list[tuple[float, float]] | None = None) -> Any:
     """A phase diagram whose grid covers the critical line and the given points."""
-    crit0 = float(require("critical_sigma_w2")(activation, 0.0))
-    pts = points or []
-    sw_max = max([3.0 * crit0 if np.isfinite(crit0) else 4.0, 4.0] + [1.5 * w for w, _ in pts])
-    sb_max = max([0.5] + [1.5 * b for _, b in pts])
-    return require("phase_diagram")(
-        activation, np.linspace(sw_max / 160, sw_max, 160), np.linspace(0.0, sb_max, 80)
-    )
+    return require("phase_diagram_around")(activation, points or [])
 
 
 def run_phase(activation: str, sigma_w2: float | None, sigma_b2: float) -> dict[str, Any]:

@@ -777,6 +777,7 @@ def _with_pd_options(fn: Any) -> None:
 # bench
 def _cmd_bench(args: argparse.Namespace) -> int:
     from vgcore.bench import format_report, format_table, plot_ratios, run_suite
+    from vgcore.bench.workloads import UnknownWorkloadError
 
     only = [o for o in (args.only or "").split(",") if o] or None
     try:
@@ -789,22 +790,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
-    from vgcore.bench import select_workloads
-
-    try:
-        select_workloads(only, args.quick, sweep=not args.no_sweep)
-    except ValueError as exc:
+    try:  # run_suite selects the workloads before any work
+        doc = run_suite(
+            quick=args.quick,
+            only=only,
+            repeat=args.repeat,
+            sweep=not args.no_sweep,
+            memory=not args.no_memory,
+            threads=threads,
+            budget_s=args.budget,
+            log=log,
+        )
+    except UnknownWorkloadError as exc:
         raise UsageError(str(exc)) from None
-    doc = run_suite(
-        quick=args.quick,
-        only=only,
-        repeat=args.repeat,
-        sweep=not args.no_sweep,
-        memory=not args.no_memory,
-        threads=threads,
-        budget_s=args.budget,
-        log=log,
-    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(doc, fh, indent=1, default=float)

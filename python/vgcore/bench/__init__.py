@@ -458,15 +458,20 @@ def format_targets(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _format_peaks(peaks: dict[Any, dict[str, float]]) -> str:
+    """GEMM peaks by thread count (JSON keys are strings) as one line of text."""
+    g = {int(k): v for k, v in peaks.items()}
+    return "; ".join(
+        f"{th} thread{'s' if th > 1 else ''}: float32 {v['float32']:.0f}, float64 {v['float64']:.0f}"
+        for th, v in sorted(g.items())
+    )
+
+
 def _detected_peak_lines(doc: dict[str, Any]) -> list[str]:
     det = doc.get("gemm_gflops_detected")
     if not det:
         return []
-    g = {int(k): v for k, v in det.items() if k != "kernels"}
-    peak = "; ".join(
-        f"{th} thread{'s' if th > 1 else ''}: float32 {v['float32']:.0f}, float64 {v['float64']:.0f}"
-        for th, v in sorted(g.items())
-    )
+    peak = _format_peaks({k: v for k, v in det.items() if k != "kernels"})
     return [
         f"The same GEMM with the kernels OpenBLAS's CPU detection picks ({det['kernels']}, a "
         f'child process without OPENBLAS_CORETYPE): {peak}. "% GEMM peak" and the peak targets '
@@ -478,14 +483,10 @@ def _detected_peak_lines(doc: dict[str, Any]) -> list[str]:
 def format_report(doc: dict[str, Any]) -> str:
     """The whole result as markdown: machine, GEMM limit, the tables, range and memory."""
     m = doc["machine"]
-    g = {int(k): v for k, v in doc["gemm_gflops"].items()}
     libs = ", ".join(
         f"{k} {m[k]}" for k in ("vgcore", "numpy", "torch", "jax", "jaxlib") if m.get(k)
     )
-    peak = "; ".join(
-        f"{th} thread{'s' if th > 1 else ''}: float32 {v['float32']:.0f}, float64 {v['float64']:.0f}"
-        for th, v in sorted(g.items())
-    )
+    peak = _format_peaks(doc["gemm_gflops"])
     main = [r for r in doc["rows"] if not r.get("sweep")]
     out = [
         f"Machine: {m['cpu']} ({m.get('isa', '')}), {m['cores']} cores; Python {m['python']}; "

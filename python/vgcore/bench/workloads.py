@@ -412,16 +412,22 @@ def all_workloads(
     return out
 
 
+class UnknownWorkloadError(ValueError):
+    """A name pattern of ``only`` that matches no workload."""
+
+
 def select_workloads(
     only: Sequence[str] | None, quick: bool = False, sweep: bool = True
 ) -> list[tuple[str, Callable[[], Workload]]]:
     """The workloads whose names contain one of ``only`` (all of them for None); a pattern
-    that matches nothing is a ValueError listing the names."""
+    that matches nothing is an UnknownWorkloadError listing the names."""
     every = all_workloads(quick, sweep=sweep)
     if not only:
         return every
     missing = [o for o in only if not any(o in name for name, _ in every)]
     if missing:
         names = ", ".join(name for name, _ in every)
-        raise ValueError(f"--only {','.join(missing)} matches no workload; the names are: {names}")
+        raise UnknownWorkloadError(
+            f"--only {','.join(missing)} matches no workload; the names are: {names}"
+        )
     return [(name, make) for name, make in every if any(o in name for o in only)]

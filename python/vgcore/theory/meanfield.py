@@ -124,8 +124,7 @@ class MeanField:
         ``sigma_b2 = 0`` and every point. At most ``max_points`` points are marked (evenly
         picked). Keywords go to :func:`vgcore.plotting.plot_phase_diagram`; needs matplotlib."""
         from vgcore.plotting import plot_phase_diagram
-        from vgcore.theory.critical import critical_sigma_w2
-        from vgcore.theory.phases import phase_diagram
+        from vgcore.theory.phases import phase_diagram_around
 
         name = self.activation.split("(", 1)[0]
         sw, sb = np.broadcast_arrays(
@@ -134,17 +133,7 @@ class MeanField:
         pts = np.stack([sw.ravel(), sb.ravel()], axis=1)
         if len(pts) > max_points:
             pts = pts[np.linspace(0, len(pts) - 1, max_points).astype(int)]
-        crit0 = float(critical_sigma_w2(name, 0.0, **self.act_params))
-        finite = pts[np.isfinite(pts).all(axis=1)]
-        sw_max = max(3.0 * crit0 if np.isfinite(crit0) else 4.0, 4.0, *(1.25 * finite[:, 0]))
-        sb_max = max(0.5, *(1.25 * finite[:, 1]))
-        diagram = phase_diagram(
-            name,
-            np.linspace(sw_max / 160, sw_max, 160),
-            np.linspace(0.0, sb_max, 80),
-            tol=self.tol,
-            **self.act_params,  # type: ignore[arg-type]  # floats, never a `method`
-        )
+        diagram = phase_diagram_around(name, pts, tol=self.tol, **self.act_params)
         point = [(float(w), float(b)) for w, b in pts]
         return plot_phase_diagram(diagram, point=point, **kw)
 

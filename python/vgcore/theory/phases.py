@@ -16,7 +16,7 @@ from vgcore.theory._validation import as_grid_axis, check_tol
 from vgcore.theory.critical import critical_line
 from vgcore.theory.meanfield import DEFAULT_TOL
 
-__all__ = ["PhaseDiagram", "phase_diagram"]
+__all__ = ["PhaseDiagram", "phase_diagram", "phase_diagram_around"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -202,4 +202,30 @@ def phase_diagram(
         method=method,
         seconds=time.perf_counter() - t0,
         **{k: v.reshape(shape) for k, v in res.items()},
+    )
+
+
+def phase_diagram_around(
+    activation: Any,
+    points: Any = (),
+    *,
+    tol: float = DEFAULT_TOL,
+    **act_params: float,
+) -> PhaseDiagram:
+    """A 160 x 80 phase diagram whose grid covers the critical line at ``sigma_b2 = 0`` (three
+    times its ``sigma_w2``, at least 4) and every finite ``(sigma_w2, sigma_b2)`` point with a
+    margin of half its coordinates (``sigma_b2`` up to at least 0.5)."""
+    from vgcore.theory.critical import critical_sigma_w2
+
+    crit0 = float(critical_sigma_w2(activation, 0.0, **act_params))
+    pts = np.asarray(points, float).reshape(-1, 2)
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    sw_max = max(3.0 * crit0 if np.isfinite(crit0) else 4.0, 4.0, *(1.5 * pts[:, 0]))
+    sb_max = max(0.5, *(1.5 * pts[:, 1]))
+    return phase_diagram(
+        activation,
+        np.linspace(sw_max / 160, sw_max, 160),
+        np.linspace(0.0, sb_max, 80),
+        tol=tol,
+        **act_params,  # type: ignore[arg-type]  # floats, never a `method`
     )
