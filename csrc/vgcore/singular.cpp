@@ -129,7 +129,6 @@ class TUpdater {
  private:
   enum class State { idle, posted, running };
   void loop() {
-    blas::BlasThreadsScope one(1);
     std::unique_lock<std::mutex> lock(mu_);
     while (true) {
       cv_.wait(lock, [&] { return stop_ || state_ == State::posted; });
@@ -169,7 +168,6 @@ struct Work {
   std::vector<T> A, tau;
   std::vector<double> ln, e, dnew;
   TUpdate up;  // filled here, swapped into the TUpdater
-  std::vector<std::size_t> perm;
 };
 
 // C (r rows of length m = the new tangent rows of one sample, i.e. a column-major m x r matrix)
@@ -178,18 +176,20 @@ template <class T>
 std::size_t udt_update(const T* C, std::size_t m, std::size_t r, T* out, Graded& g,
                        Work<T>& w, TUpdater& tu) {
   const std::size_t kk = std::min(m, r);
-  // Pre-pivoting: descending scaled column norms log||c_j|| + d_j.
+  // Pre-pivoting: descending scaled column norms log||c_j|| + d_j. The order goes to the
+  // pending T update directly.
+  auto& perm = w.up.perm;
   w.ln.resize(r);
   for (std::size_t j = 0; j < r; ++j) {
     const double s2 = col_sumsq(C + j * m, m);
     w.ln[j] = (s2 > 0 && g.d[j] != kNegInf) ? 0.5 * std::log(s2) + g.d[j] : kNegInf;
   }
-  w.perm.resize(r);
-  std::iota(w.perm.begin(), w.perm.end(), std::size_t{0});
-  std::stable_sort(w.perm.begin(), w.perm.end(),
+  perm.resize(r);
+  std::iota(perm.begin(), perm.end(), std::size_t{0});
+  std::stable_sort(perm.begin(), perm.end(),
                    [&](std::size_t a, std::size_t b) { return w.ln[a] > w.ln[b]; });
   w.A.resize(m * r);
-  for (std::size_t j = 0; j < r; ++j) std::copy(C + w.perm[j] * m, C + (w.perm[j] + 1) * m, w.A.data() + j * m);
+  for (std::size_t j = 0; j < r; ++j) std::copy(C + perm[j] * m, C + (perm[j] + 1) * m, w.A.data() + j * m);
   w.tau.resize(kk);
   lapack::geqrf(static_cast<int>(m), static_cast<int>(r), w.A.data(), static_cast<int>(m), w.tau.data());
   // Rt = |diag R|^{-1} R scaled by e^{d_p(j) - d_p(i)}: graded, entries of modest size.
@@ -200,7 +200,7 @@ std::size_t udt_update(const T* C, std::size_t m, std::size_t r, T* out, Graded&
   w.e.resize(r);
   double dmax = kNegInf, dmin = -kNegInf;
   for (std::size_t j = 0; j < r; ++j) {
-    w.e[j] = g.d[w.perm[j]];
+    w.e[j] = g.d[perm[j]];
     dmax = std::max(dmax, w.e[j]);
     dmin = std::min(dmin, w.e[j]);
   }
@@ -209,7 +209,7 @@ std::size_t udt_update(const T* C, std::size_t m, std::size_t r, T* out, Graded&
     for (std::size_t j = 0; j < r; ++j) w.e[j] = std::exp(w.e[j] - dmax);
   for (std::size_t i = 0; i < kk; ++i) {
     const double rii = static_cast<double>(w.A[i * m + i]);
-    const double dpi = g.d[w.perm[i]];
+    const double dpi = g.d[perm[i]];
     if (rii == 0.0 || dpi == kNegInf) {
       w.dnew[i] = kNegInf;  // a zero singular direction: its row of T is 0
       continue;
@@ -225,7 +225,7 @@ std::size_t udt_update(const T* C, std::size_t m, std::size_t r, T* out, Graded&
     }
     for (std::size_t j = i; j < r; ++j) {
       const double rij = static_cast<double>(w.A[j * m + i]);
-      const double dpj = g.d[w.perm[j]];
+      const double dpj = g.d[perm[j]];
       if (rij == 0.0 || dpj == kNegInf) continue;
       const double delta = dpj - dpi;
       if (std::fabs(delta) < 600.0) {
@@ -237,7 +237,6 @@ std::size_t udt_update(const T* C, std::size_t m, std::size_t r, T* out, Graded&
     }
   }
   // The T update goes first (it may run on the helper while Q is formed here).
-  w.up.perm.assign(w.perm.begin(), w.perm.end());
   w.up.kk = kk;
   w.up.r = r;
   tu.post(w.up);
