@@ -22,9 +22,11 @@ py::dict stats_to_dict(const FlowStats& s) {
   return d;
 }
 
-FlowOptions make_options(bool param_grads, double saturation_threshold, int num_threads) {
+FlowOptions make_options(bool param_grads, double saturation_threshold, int num_threads,
+                         bool rescale) {
   FlowOptions o;
   o.param_grads = param_grads;
+  o.rescale = rescale;
   o.saturation_threshold = saturation_threshold;
   o.num_threads = num_threads;
   return o;
@@ -196,23 +198,24 @@ void bind_flow(py::module_& m) {
   m.def(
       "dense_gradient_flow",
       [](const py::list& layers, const py::array& x, const py::object& cotangent, bool keep_grads,
-         bool param_grads, double saturation_threshold, int num_threads, const py::object& progress) {
-        const FlowOptions opt = make_options(param_grads, saturation_threshold, num_threads);
+         bool param_grads, double saturation_threshold, int num_threads, const py::object& progress,
+         bool rescale) {
+        const FlowOptions opt = make_options(param_grads, saturation_threshold, num_threads, rescale);
         if (is_float32(x)) return dense_impl<float>(layers, x, cotangent, keep_grads, opt, progress);
         return dense_impl<double>(layers, x, cotangent, keep_grads, opt, progress);
       },
       py::arg("layers"), py::arg("x"), py::arg("cotangent"), py::arg("keep_grads"),
       py::arg("param_grads"), py::arg("saturation_threshold"), py::arg("num_threads"),
-      py::arg("progress"));
+      py::arg("progress"), py::arg("rescale") = true);
   m.def(
       "recurrent_gradient_flow",
       [](const std::string& cell, const py::array& weight_ih, const py::array& weight_hh,
          const py::object& bias_ih, const py::object& bias_hh, const py::array& x,
          const py::object& h0, const py::object& c0, const py::object& cotangent,
          const py::object& cell_cotangent, bool keep_grads, bool keep_states, bool param_grads,
-         double saturation_threshold, int num_threads, const py::object& progress) {
+         double saturation_threshold, int num_threads, const py::object& progress, bool rescale) {
         const CellKind kind = parse_cell(cell);
-        const FlowOptions opt = make_options(param_grads, saturation_threshold, num_threads);
+        const FlowOptions opt = make_options(param_grads, saturation_threshold, num_threads, rescale);
         if (is_float32(x))
           return recurrent_impl<float>(kind, weight_ih, weight_hh, bias_ih, bias_hh, x, h0, c0,
                                        cotangent, cell_cotangent, keep_grads, keep_states, opt, progress);
@@ -223,7 +226,7 @@ void bind_flow(py::module_& m) {
       py::arg("bias_hh"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("cotangent"),
       py::arg("cell_cotangent"), py::arg("keep_grads"), py::arg("keep_states"),
       py::arg("param_grads"), py::arg("saturation_threshold"), py::arg("num_threads"),
-      py::arg("progress"));
+      py::arg("progress"), py::arg("rescale") = true);
 }
 
 }  // namespace vgcore::bind

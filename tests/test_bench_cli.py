@@ -32,6 +32,10 @@ def test_bench_quick_report(tmp_path, capsys):
         assert set(p["times_s"]) <= {"1t", "1t ftz", "1t pinned"}
         assert 0 < p["coverage"]["peer"] <= 1 and p["coverage"]["vgcore"] == 1.0
     assert 0 < row["shape_fraction"] and row["gemm_shape"] == [32, 192, 64]
+    cost = row["rescale_cost"]  # vgcore with and without its power-of-two rescaling
+    assert cost["threads"] == 1 and cost["scaled_s"] > 0 and cost["unscaled_s"] > 0
+    assert 0 < cost["unscaled_coverage"] <= 1 and cost["agreement"] < 1e-4
+    assert "log-scale norms at <= 10% extra time" in md.read_text()
     assert "| BPTT GRU N=64 B=32 T=200 |" in table
     report = md.read_text()
     assert "### Targets (issue 6)" in report and "### Range (float32)" in report
@@ -73,6 +77,14 @@ def test_targets_on_a_made_up_run():
         "gemm_fraction": 0.5,
         "vgcore_coverage": 1.0,
         "peers": [peer, dict(peer, peer="numpy", ratio=1.5, ok=False)],
+        "rescale_cost": {
+            "threads": 1,
+            "scaled_s": 0.2,
+            "unscaled_s": 0.19,
+            "extra": 0.04,
+            "unscaled_coverage": 0.2,
+            "agreement": 1e-7,
+        },
     }
     doc = {
         "machine": {"cpu": "x", "cores": 2, "python": "3"},
@@ -82,7 +94,11 @@ def test_targets_on_a_made_up_run():
     targets = check_targets(doc)
     # the peer that failed its check does not count
     assert targets[0]["met"] is True and "jax jit" in targets[0]["measured"]
-    assert targets[-1]["met"] is True  # the whole curve
+    assert targets[-2]["met"] is True  # the whole curve
+    assert targets[-1]["met"] is True and "+4.0%" in targets[-1]["measured"]  # its cost
+    row["rescale_cost"]["extra"] = 0.15
+    assert check_targets(doc)[-1]["met"] is False
+    row["rescale_cost"]["extra"] = 0.04
     text = format_report(doc)
     assert "fails check" in text and "**2.50x**" in text
 

@@ -65,3 +65,35 @@ def test_float32_recurrent_norms_below_float32_range_match_float64():
     f64 = vgcore.gradient_flow(model, x, dtype=np.float64)
     assert f64.log_grad_norms[0] < math.log(1e-60)  # far below float32's 1e-38
     np.testing.assert_allclose(f32.log_grad_norms, f64.log_grad_norms, rtol=1e-4)
+
+
+def test_rescale_off_is_the_plain_product_that_underflows():
+    """rescale=False computes what a framework does: the same curve while it is in range,
+    exact zeros (log -inf) once float32 underflows; rescale=True covers all of it."""
+    model = vgcore.RNN.from_sizes(8, 32, seed=0, dtype=np.float32)  # contracting
+    x = np.random.default_rng(3).normal(size=(800, 4, 8)).astype(np.float32)
+    scaled = vgcore.gradient_flow(model, x).log_grad_norms
+    plain = vgcore.gradient_flow(model, x, rescale=False).log_grad_norms
+    assert np.all(np.isfinite(scaled)) and scaled[0] < math.log(1e-60)
+    assert np.isneginf(plain[0]) and np.isfinite(plain[-1])
+    # Until the first rescaling (a norm of 2^-40) both are the same computation, bit for bit.
+    inrange = scaled > -40 * math.log(2.0)
+    assert inrange.sum() > 20
+    np.testing.assert_array_equal(plain[inrange], scaled[inrange])
+    # Beyond it, down to where denormals set in, the plain product still agrees closely.
+    normal = np.isfinite(plain) & (plain > math.log(1e-30))
+    np.testing.assert_allclose(plain[normal], scaled[normal], rtol=1e-4)
+
+
+def test_rescale_off_changes_nothing_in_range():
+    model = MLP.from_sizes([16] * 11, "tanh", seed=1, init="orthogonal", dtype=np.float32)
+    x = np.random.default_rng(4).normal(size=(8, 16)).astype(np.float32)
+    a = vgcore.gradient_flow(model, x).log_grad_norms
+    b = vgcore.gradient_flow(model, x, rescale=False).log_grad_norms
+    np.testing.assert_array_equal(a, b)
+
+
+def test_rescale_must_be_a_bool():
+    model = MLP.from_sizes([4, 4], "tanh", seed=0)
+    with pytest.raises(TypeError, match="rescale"):
+        vgcore.gradient_flow(model, np.ones((2, 4)), rescale="no")

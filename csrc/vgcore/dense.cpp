@@ -290,7 +290,7 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
     if (io.cotangent) std::copy(io.cotangent + b0 * nL, io.cotangent + b1 * nL, g);
     else std::copy(yL, yL + nb * nL, g);
     int scale = 0;
-    int pending = rescale_exponent<T>(sum_squares(g, nb * nL));
+    int pending = opt.rescale ? rescale_exponent<T>(sum_squares(g, nb * nL)) : 0;
     auto keep = [&](std::size_t l, const T* gv) {
       if (io.grads.empty() || !io.grads[l]) return;
       const T inv = pow2<T>(-scale);
@@ -330,7 +330,7 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
       st.grad_scale[l] = scale;
       scale += pending;
       st.gz_scale[l - 1] = scale;
-      pending = rescale_exponent<T>(s2);
+      pending = opt.rescale ? rescale_exponent<T>(s2) : 0;
       const T* dz = dphi;
       if (ly.norm != DenseNorm::none) {
         T* dzn = lb.dz.data() + off;

@@ -12,6 +12,9 @@ struct FlowOptions {
   bool param_grads = false;            // compute parameter-gradient norms (extra GEMMs)
   double saturation_threshold = 1e-3;  // |phi'(z)| below this fraction of max|phi'| = saturated
   int num_threads = 0;                 // batch-parallel workers; 0 = hardware concurrency
+  // Power-of-two rescaling of the backpropagated vectors (below). Off: the plain product, as
+  // frameworks compute it (float32 norms underflow to 0 below ~1e-38); for measuring its cost.
+  bool rescale = true;
 };
 
 // Everything small that a gradient-flow call returns. "States" are h_0..h_L (or h_0..h_T);

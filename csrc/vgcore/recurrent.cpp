@@ -343,7 +343,9 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
     if (lstm && io.cell_cotangent)
       std::copy(io.cell_cotangent + b0 * N, io.cell_cotangent + b1 * N, dc.data());
     int scale = 0;
-    int pending = rescale_exponent<T>(sum_squares(dh, nb * N) + sum_squares(dc.data(), dc.size()));
+    int pending = opt.rescale
+        ? rescale_exponent<T>(sum_squares(dh, nb * N) + sum_squares(dc.data(), dc.size()))
+        : 0;
     for (std::size_t t = T_; t-- > 0;) {
       if (cot_seq) {  // sequence loss: add dL/dh_{t+1} from the loss on that step
         const T* cot = cot_seq + (t * B + b0) * N;
@@ -372,7 +374,7 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
       st.grad_scale[t + 1] = scale;
       scale += pending;
       st.dz_scale[t] = scale;
-      pending = rescale_exponent<T>(s2 + c2);
+      pending = opt.rescale ? rescale_exponent<T>(s2 + c2) : 0;
       std::swap(dh, dh_prev);
       step_done(2 * T_ - t);
     }

@@ -26,6 +26,7 @@ def dense_gradient_flow(
     saturation_threshold: float,
     num_threads: int,
     progress: Callable[[int, int], Any] | None,
+    rescale: bool = True,
 ) -> dict[str, Any]: ...
 def recurrent_gradient_flow(
     cell: str,
@@ -44,6 +45,7 @@ def recurrent_gradient_flow(
     saturation_threshold: float,
     num_threads: int,
     progress: Callable[[int, int], Any] | None,
+    rescale: bool = True,
 ) -> dict[str, Any]: ...
 def tangent_map(
     model: dict[str, Any],

@@ -222,6 +222,7 @@ def gradient_flow(
     num_threads: int | None = None,
     progress: ProgressCallback | None = None,
     clip_norm: float | None = None,
+    rescale: bool = True,
 ) -> GradientFlow:
     """Forward and backward pass in one compiled call; gradient norms per layer or step.
 
@@ -253,6 +254,13 @@ def gradient_flow(
         ``torch.nn.utils.clip_grad_norm_(params, clip_norm)`` (implies ``param_grads``);
         the result's ``clip`` and ``clipped_param_grad_norms`` report its effect. Clipping
         rescales parameter gradients only; ``dL/dh`` is unchanged.
+    rescale : bool
+        Keep the backpropagated vectors in floating-point range by exact power-of-two
+        rescaling, so norms far outside the dtype's range are still measured (the default;
+        in range it changes nothing, bit for bit). False computes the plain product as
+        frameworks do: in float32, gradients below about 1e-38 underflow (through slow
+        denormals) to exact zeros, whose log norms are -inf. It exists to measure what the
+        rescaling costs (``vgcore bench``).
 
     Returns
     -------
@@ -269,6 +277,8 @@ def gradient_flow(
             raise ValueError(f"clip_norm must be a positive finite number, got {clip_norm!r}")
         param_grads = True
     _check_progress(progress)
+    if not isinstance(rescale, (bool, np.bool_)):
+        raise TypeError(f"rescale must be True or False, got {rescale!r}")
     itemsize = dt.itemsize
 
     if isinstance(model, MLP):
@@ -293,6 +303,7 @@ def gradient_flow(
             float(saturation_threshold),
             threads,
             progress,
+            bool(rescale),
         )
         _check_nonfinite(stats, "layer")
         pg = None
@@ -366,6 +377,7 @@ def gradient_flow(
         float(saturation_threshold),
         threads,
         progress,
+        bool(rescale),
     )
     _check_nonfinite(stats, "step")
     pg = None

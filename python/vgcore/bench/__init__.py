@@ -28,9 +28,10 @@ from vgcore.bench.machine import (
     machine_info,
     peak_rss_mb,
 )
-from vgcore.bench.peers import close_jax_pool, median, setting_label, timed
+from vgcore.bench.peers import close_jax_pool, median, setting_label, timed, timed_pair
 from vgcore.bench.workloads import (
     Workload,
+    accurate_fraction,
     agreement,
     all_workloads,
     coverage,
@@ -98,6 +99,13 @@ def run_workload(
     }
     if w.compare == "curve":
         row["vgcore_coverage"] = coverage(result, logs=True)
+    if w.unscaled is not None:
+        row["rescale_cost"] = rescale_cost(w, best_th, repeat, budget_s, result)
+        c = row["rescale_cost"]
+        log(
+            f"  log scale: {c['extra']:+.1%} time against vgcore unscaled "
+            f"({c['unscaled_s']:.4g} s, {best_th}t, which covers {c['unscaled_coverage']:.0%})"
+        )
     refs: dict[int, np.ndarray] = {}
     for peer in w.peers:
         steps = getattr(peer, "steps", None)
@@ -153,6 +161,30 @@ def run_workload(
         )
     row["elapsed_s"] = time.perf_counter() - t_start
     return row
+
+
+def rescale_cost(
+    w: Workload, threads: int, repeat: int, budget_s: float, result: np.ndarray
+) -> dict[str, Any]:
+    """What vgcore's power-of-two rescaling (the log-scale norms) costs: vgcore with and without
+    it, run alternately at ``threads``; the paired median of the time ratios, minus 1."""
+    assert w.unscaled is not None
+    unscaled = w.unscaled
+    on, off, out = timed_pair(
+        lambda: w.vgcore(threads), lambda: unscaled(threads), max(repeat, 5), budget_s
+    )
+    out = np.asarray(out, np.float64)
+    finite = np.isfinite(out)
+    return {
+        "threads": threads,
+        "scaled_s": median(on),
+        "unscaled_s": median(off),
+        "extra": median([a / b for a, b in zip(on, off)]) - 1.0,
+        "unscaled_coverage": float(finite.mean()),
+        "unscaled_accurate": accurate_fraction(result, np.exp(out)),
+        # Where the unscaled curve is in range (above the peers' floor) it is the same answer.
+        "agreement": agreement(w.compare, result, np.exp(out)),
+    }
 
 
 def memory_report(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -382,6 +414,14 @@ def _range_table(doc: dict[str, Any]) -> str:
                 lines.append(
                     f"| {r['label']} | {p['peer']} ({', '.join(settings)}) | {v} | {q} | {a} |"
                 )
+        c = r.get("rescale_cost")
+        if c:  # the same kernel without its power-of-two rescaling: what the log scale buys
+            n += 1
+            lines.append(
+                f"| {r['label']} | vgcore, rescale=False ({c['threads']}t; the rescaling costs "
+                f"{c['extra']:+.1%} time) | {r.get('vgcore_coverage', 1.0):.0%} | "
+                f"{c['unscaled_coverage']:.0%} | {c.get('unscaled_accurate', 0.0):.0%} |"
+            )
     return "\n".join(lines) if n else ""
 
 
@@ -447,6 +487,14 @@ def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{r['label']}: the whole curve in float32",
                 f"vgcore {r['vgcore_coverage']:.0%}, peers {min(covs):.0%}-{max(covs):.0%} nonzero",
                 r["vgcore_coverage"] == 1.0,
+            )
+        c = r.get("rescale_cost")
+        if c:
+            add(
+                f"{r['label']}: log-scale norms at <= 10% extra time",
+                f"{c['extra']:+.1%} against vgcore unscaled ({c['threads']}t; unscaled covers "
+                f"{c['unscaled_coverage']:.0%}, agreement {c['agreement']:.1e} there)",
+                c["extra"] <= 0.10,
             )
     return out
 

@@ -45,6 +45,30 @@ def timed(
     return times, out
 
 
+def timed_pair(
+    fa: Callable[[], Any], fb: Callable[[], Any], repeat: int, budget_s: float = float("inf")
+) -> tuple[list[float], list[float], Any]:
+    """Like :func:`timed` for two functions run alternately (a, b, a, b, ...), so that a slow
+    patch of a shared machine hits both. Returns both lists of times and b's last result."""
+    fa()
+    out = fb()
+    ta: list[float] = []
+    tb: list[float] = []
+    spent = 0.0
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        fa()
+        t1 = time.perf_counter()
+        out = fb()
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+        spent += t2 - t0
+        if spent >= budget_s:
+            break
+    return ta, tb, out
+
+
 def median(times: list[float]) -> float:
     return float(statistics.median(times))
 

@@ -58,6 +58,8 @@ class Workload:
     cell: str = ""
     N: int = 0
     sweep: bool = False
+    # vgcore's answer without the power-of-two rescaling (the log-scale cost): threads -> curve.
+    unscaled: Callable[[int], np.ndarray] | None = None
 
 
 # ---- comparing answers --------------------------------------------------------------------------
@@ -207,6 +209,9 @@ def bptt(kind: str, quick: bool, N: int | None = None, sweep: bool = False) -> W
     def ours(th: int, x: np.ndarray = x) -> np.ndarray:
         return vgcore.gradient_flow(model, x, num_threads=th).log_grad_norms
 
+    def unscaled(th: int) -> np.ndarray:
+        return vgcore.gradient_flow(model, x, num_threads=th, rescale=False).log_grad_norms
+
     w = Workload(
         f"bptt-{kind}-N{N}",
         f"BPTT {kind.upper()} N={N} B={B} T={T}",
@@ -219,6 +224,7 @@ def bptt(kind: str, quick: bool, N: int | None = None, sweep: bool = False) -> W
         cell=kind,
         N=N,
         sweep=sweep,
+        unscaled=None if sweep else unscaled,
     )
     _add(
         w,
