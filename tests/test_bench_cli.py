@@ -22,6 +22,10 @@ def test_bench_quick_report(tmp_path, capsys):
     assert doc["threads"] == [1] and list(doc["gemm_gflops"]) == ["1"]
     # % of peak is held to the faster of the configured and the CPU-detected kernels
     assert doc["gemm_peak"]["1"]["float32"] >= doc["gemm_gflops"]["1"]["float32"] > 0
+    # the peak is the best of the measurements at the start and end (one workload: two)
+    samples = doc["gemm_gflops_samples"]
+    assert len(samples) == 2
+    assert doc["gemm_gflops"]["1"]["float32"] == max(s["1"]["float32"] for s in samples)
     (row,) = doc["rows"]
     assert row["gemm_fraction"] == pytest.approx(row["gflops"] / doc["gemm_peak"]["1"]["float32"])
     (row,) = doc["rows"]
