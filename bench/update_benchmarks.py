@@ -44,10 +44,13 @@ exponents comparable over 2000 steps.
 
 FLOP counts are in `python/vgcore/bench/workloads.py`; "% GEMM peak" sets each workload's
 GFLOP/s against a 1024^3 float32 GEMM through vgcore's own BLAS (scipy-openblas32) at the same
-thread count (where the environment forces older OpenBLAS kernels through `OPENBLAS_CORETYPE`,
-against the faster of that and the same GEMM with the kernels OpenBLAS's CPU detection picks,
-measured in a child process), and "% same-shape GEMM" against a GEMM of the shape that dominates the workload
-(e.g. 32x1024x256 for the LSTM BPTT), both measured in the same run. NumPy links a different
+thread count, the best of that GEMM measured just before and just after the workload (a shared
+VM's GEMM throughput moves by up to 2x over minutes; the targets table also gives the fraction
+of the best GEMM of the whole run). Where the environment forces older OpenBLAS kernels through
+`OPENBLAS_CORETYPE`, the peak is the faster of that and the same GEMM with the kernels
+OpenBLAS's CPU detection picks, measured in a child process. "% same-shape GEMM" sets it
+against a GEMM of the shape that dominates the workload (e.g. 32x1024x256 for the LSTM BPTT),
+measured right after it. NumPy links a different
 OpenBLAS (scipy-openblas64), reported below.
 
 ## How to reproduce
@@ -78,10 +81,11 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
 
-    from vgcore.bench import format_report, plot_ratios, run_suite
+    from vgcore.bench import assign_gemm_fractions, format_report, plot_ratios, run_suite
 
     if args.from_json:
         doc = json.loads(Path(args.from_json).read_text())
+        assign_gemm_fractions(doc)  # as the current code defines them
     else:
         doc = run_suite(quick=args.quick, repeat=args.repeat, log=lambda m: print(m, flush=True))
         Path(args.json).write_text(json.dumps(doc, indent=1, default=float) + "\n")

@@ -27,7 +27,10 @@ def test_bench_quick_report(tmp_path, capsys):
     assert len(samples) == 2
     assert doc["gemm_gflops"]["1"]["float32"] == max(s["1"]["float32"] for s in samples)
     (row,) = doc["rows"]
-    assert row["gemm_fraction"] == pytest.approx(row["gflops"] / doc["gemm_peak"]["1"]["float32"])
+    # "% GEMM peak": against the best GEMM just before and after the workload (here: all of them)
+    assert row["gemm_local_peak"] == doc["gemm_peak"]["1"]["float32"]
+    assert row["gemm_fraction"] == pytest.approx(row["gflops"] / row["gemm_local_peak"])
+    assert row["gemm_fraction_run"] == pytest.approx(row["gemm_fraction"])
     (row,) = doc["rows"]
     assert row["workload"] == "bptt-gru-N64" and row["vgcore_coverage"] == 1.0
     assert {p["peer"] for p in row["peers"]} >= {"numpy"}
@@ -120,3 +123,21 @@ def test_numpy_threads_round_trip():
 def test_peak_rss_streamed_lyapunov():
     m = peak_rss_mb("lyapunov", 500, 16, kind="gru", k=4, input_size=8)
     assert m["peak_rss_mb"] >= m["baseline_mb"] > 0 and m["extra_mb"] < 64
+
+
+def test_gemm_fraction_is_held_to_the_gemm_around_each_workload():
+    from vgcore.bench import assign_gemm_fractions
+
+    def g(v):
+        return {"1": {"float32": v, "float64": v / 2}}
+
+    rows = [{"vgcore_best_threads": 1, "gflops": 80.0} for _ in range(2)]
+    # a slow patch around the second workload; the run's best came before the first
+    doc = {"rows": rows, "gemm_peak": g(200.0), "gemm_gflops_samples": [g(200.0), g(90), g(100)]}
+    assign_gemm_fractions(doc)
+    assert rows[0]["gemm_local_peak"] == 200.0 and rows[0]["gemm_fraction"] == 0.4
+    assert rows[1]["gemm_local_peak"] == 100.0 and rows[1]["gemm_fraction"] == 0.8
+    assert rows[1]["gemm_fraction_run"] == 0.4
+    row = dict(rows[1], family="bptt", N=1024, label="x", peers=[])
+    (peak,) = [t for t in check_targets(dict(doc, rows=[row])) if "GEMM peak" in t["target"]]
+    assert peak["met"] is True and "40% of the run's best GEMM" in peak["measured"]
