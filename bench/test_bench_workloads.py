@@ -48,6 +48,8 @@ def _cases() -> list[tuple[str, str, dict]]:
     out = []
     for name in FACTORIES:
         out += [(name, "vgcore", {"threads": t}) for t in (1, 2)]
+        if workload(name, True).unscaled is not None:  # the log scale's cost, beside it
+            out += [(name, "vgcore unscaled", {"threads": t}) for t in (1, 2)]
         for peer in workload(name, True).peers:
             if peer.in_process:
                 out += [(name, peer.name, s) for s in peer.settings]
@@ -99,6 +101,17 @@ def test_bench(benchmark, case, restore_threads):
         assert out.shape == ref.shape
         # the thread count changes the work split, not the answer
         assert W.agreement(w.compare, ref, out if w.compare != "curve" else np.exp(out)) < 1e-5
+        return
+    if impl == "vgcore unscaled":  # rescale=False: the plain product, as the peers compute it
+        assert w.unscaled is not None
+        th = setting["threads"]
+        out = np.asarray(
+            benchmark.pedantic(w.unscaled, args=(th,), rounds=ROUNDS, warmup_rounds=1), np.float64
+        )
+        ref = _reference(name, None)
+        # where it is in range it is the same answer; below float32's range it underflows
+        assert W.agreement(w.compare, ref, np.exp(out)) < 1e-5
+        benchmark.extra_info["coverage"] = W.coverage(out, logs=True)
         return
     peer = next(p for p in w.peers if p.name == impl)
     if peer.in_process:
