@@ -13,6 +13,7 @@ machine's GEMM throughput through the same BLAS, measured in the same run.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -74,7 +75,7 @@ def run_workload(
     ours: dict[int, float] = {}
     result = None
     for th in threads:
-        times, result = timed(lambda th=th: w.vgcore(th), repeat, budget_s)
+        times, result = timed(functools.partial(w.vgcore, th), repeat, budget_s)
         ours[th] = median(times)
     assert result is not None
     result = np.asarray(result, np.float64)
@@ -295,7 +296,7 @@ def run_suite(
             for th, g in doc["gemm_gflops"].items()
         )
     )
-    rows = []
+    rows: list[dict[str, Any]] = []
     try:
         for name, make in selected:
             if rows:
