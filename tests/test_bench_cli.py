@@ -141,3 +141,37 @@ def test_gemm_fraction_is_held_to_the_gemm_around_each_workload():
     row = dict(rows[1], family="bptt", N=1024, label="x", peers=[])
     (peak,) = [t for t in check_targets(dict(doc, rows=[row])) if "GEMM peak" in t["target"]]
     assert peak["met"] is True and "40% of the run's best GEMM" in peak["measured"]
+
+
+def test_thread_trap_report_runs_with_a_busy_core():
+    from vgcore.bench import thread_trap_report
+
+    (entry,) = thread_trap_report(quick=True, repeat=2, budget_s=0.5, names=["bptt-rnn"])
+    assert entry["workload"] == "bptt-rnn-N64"
+    assert entry["vgcore_s"][1] > 0 and entry["vgcore_s"][2] > 0 and entry["vgcore_ratio"] > 0
+    assert entry["numpy_s"][2] > 0 and entry["numpy_ratio"] > 0  # the peer shows the trap
+
+
+def test_thread_trap_targets_and_table():
+    entry = {
+        "workload": "lyapunov-rnn-N256",
+        "label": "Lyapunov RNN",
+        "vgcore_s": {"1": 0.2, "2": 0.22},
+        "vgcore_ratio": 1.1,
+    }
+    numpy_entry = dict(
+        entry, label="BPTT", vgcore_ratio=1.6, numpy_s={"1": 1.0, "2": 2.6}, numpy_ratio=2.6
+    )
+    doc = {
+        "machine": {"cpu": "x", "cores": 2, "python": "3"},
+        "gemm_gflops": {"1": {"float32": 10.0, "float64": 5.0}},
+        "rows": [],
+        "thread_trap": [entry, numpy_entry],
+    }
+    ok, bad = check_targets(doc)
+    assert ok["met"] is True and "1.10" in ok["measured"]
+    assert bad["met"] is False and "numpy's: 2.60" in bad["measured"]
+    text = format_report(doc)
+    assert "### Thread trap (the other core busy)" in text
+    assert "| BPTT | 0.20 s | 0.22 s | 1.60 | 1.00 s | 2.60 s | 2.60 |" in text
+    assert "| Lyapunov RNN | 0.20 s | 0.22 s | 1.10 | - | - | - |" in text

@@ -800,6 +800,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             threads=threads,
             budget_s=args.budget,
             log=log,
+            trap=not args.no_trap,
         )
     except UnknownWorkloadError as exc:
         raise UsageError(str(exc)) from None
@@ -976,6 +977,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="also plot the ratios to each peer")
     p.add_argument("--no-sweep", action="store_true", help="skip the N = 16, 64, 1024 size sweep")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    p.add_argument("--no-trap", action="store_true", help="skip the runs with the other core busy")
     p.set_defaults(func=_cmd_bench)
     return parser
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from vgcore.bench.machine import (
+    busy_core,
     detected_kernels_peak,
     gemm_gflops,
     gemm_peak,
@@ -53,6 +54,7 @@ __all__ = [
     "run_suite",
     "run_workload",
     "select_workloads",
+    "thread_trap_report",
 ]
 
 
@@ -216,6 +218,50 @@ def assign_gemm_fractions(doc: dict[str, Any]) -> None:
         row["gemm_fraction_run"] = row["gflops"] / run_peak
 
 
+# Workloads timed with the other core busy: the batch-parallel kernels (MLP, BPTT), the
+# Lyapunov helper thread and the singular-value helper; NumPy's BPTT shows the trap itself.
+TRAP_WORKLOADS = ("mlp-flow", "bptt-lstm", "lyapunov-rnn", "singular-values")
+
+
+def thread_trap_report(
+    quick: bool = False,
+    repeat: int = 5,
+    budget_s: float = 6.0,
+    log: Callable[[str], None] = print,
+    names: Sequence[str] = TRAP_WORKLOADS,
+) -> list[dict[str, Any]]:
+    """The thread trap: with another process spinning on one of the cores, vgcore at 2 threads
+    (its default on a 2-core machine) against 1 thread, run alternately; NumPy's peer likewise
+    where the workload has one (two-thread BLAS on small matrices is where the trap bites)."""
+    out: list[dict[str, Any]] = []
+    for _, make in select_workloads(list(names), quick, sweep=False):
+        w = make()
+        with busy_core():
+            one, two = functools.partial(w.vgcore, 1), functools.partial(w.vgcore, 2)
+            t1, t2, _ = timed_pair(one, two, repeat, budget_s)
+            entry: dict[str, Any] = {
+                "workload": w.name,
+                "label": w.label,
+                "vgcore_s": {1: median(t1), 2: median(t2)},
+                "vgcore_ratio": median([b / a for a, b in zip(t1, t2)]),
+            }
+            numpy_peer = next((p for p in w.peers if p.name == "numpy"), None)
+            if numpy_peer is not None:
+                times = {
+                    th: median(numpy_peer.measure({"threads": th}, repeat, budget_s)[0])
+                    for th in (1, 2)
+                }
+                entry["numpy_s"] = times
+                entry["numpy_ratio"] = times[2] / times[1]
+        log(
+            f"  {w.label}, other core busy: vgcore 2t / 1t = {entry['vgcore_ratio']:.2f}"
+            + (f"; numpy 2t / 1t = {entry['numpy_ratio']:.2f}" if "numpy_ratio" in entry else "")
+        )
+        out.append(entry)
+        del w
+    return out
+
+
 def memory_report(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Peak resident memory of Lyapunov exponents (LSTM N=256, k=32, input streamed in chunks
     of 1000 steps) and of input-output singular values (tanh RNN N=64, whole input array) at
@@ -249,8 +295,10 @@ def run_suite(
     threads: Sequence[int] = (1, 2),
     budget_s: float | None = None,
     log: Callable[[str], None] = print,
+    trap: bool = True,
 ) -> dict[str, Any]:
-    """Run the suite; returns a JSON-able dict (machine, GEMM peaks, rows, memory).
+    """Run the suite; returns a JSON-able dict (machine, GEMM peaks, rows, memory, and the
+    thread trap: vgcore on 2 threads with the other core busy, where the run has 2 threads).
 
     ``only``: substrings of workload names (``mlp-flow``, ``bptt-lstm-N256``, ``lyapunov``,
     ``spectral-radius``, ``singular-values``, ``N1024`` ...). ``budget_s``: seconds of timed
@@ -333,6 +381,9 @@ def run_suite(
     if memory and not only:
         log("peak memory ...")
         doc["memory"] = memory_report(quick, log)
+    if trap and not only and 2 in threads and (os.cpu_count() or 1) >= 2:
+        log("thread trap: the other core busy ...")
+        doc["thread_trap"] = thread_trap_report(quick, repeat, budget, log)
     doc["elapsed_s"] = time.perf_counter() - t0
     return doc
 
@@ -434,6 +485,30 @@ def _sweep_table(doc: dict[str, Any]) -> str:
                     else:
                         cells.append(f"{_t(p['best_s'] / r['steps'])} ({p['ratio']:.1f}x)")
                 lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _trap_table(doc: dict[str, Any]) -> str:
+    """vgcore (and NumPy) at 1 and 2 threads while another process spins on one core."""
+    entries = doc.get("thread_trap") or []
+    if not entries:
+        return ""
+    lines = [
+        "A child process spins on one of the two cores (placed by the scheduler) while each "
+        "implementation runs at 1 and 2 threads, alternately; medians.",
+        "",
+        "| workload | vgcore 1t | vgcore 2t | 2t / 1t | numpy 1t | numpy 2t | 2t / 1t |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        v = e["vgcore_s"]
+        cells = [e["label"], _t(_at(v, 1)), _t(_at(v, 2)), f"{e['vgcore_ratio']:.2f}"]
+        if "numpy_s" in e:
+            n = e["numpy_s"]
+            cells += [_t(_at(n, 1)), _t(_at(n, 2)), f"{e['numpy_ratio']:.2f}"]
+        else:
+            cells += ["-", "-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -548,6 +623,14 @@ def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{c['unscaled_coverage']:.0%}, agreement {c['agreement']:.1e} there)",
                 c["extra"] <= 0.10,
             )
+    for e in doc.get("thread_trap") or []:
+        add(
+            f"{e['label']}, the other core busy: 2 threads (the default) at most 1.5x the time "
+            "of 1 (no thread trap)",
+            f"2t / 1t = {e['vgcore_ratio']:.2f}"
+            + (f" (numpy's: {e['numpy_ratio']:.2f})" if "numpy_ratio" in e else ""),
+            e["vgcore_ratio"] <= 1.5,
+        )
     return out
 
 
@@ -629,6 +712,9 @@ def format_report(doc: dict[str, Any]) -> str:
     sweep = _sweep_table(doc)
     if sweep:
         out += ["", "### Size sweep (workloads 2 and 3)", "", sweep]
+    trap = _trap_table(doc)
+    if trap:
+        out += ["", "### Thread trap (the other core busy)", "", trap]
     rng = _range_table(doc)
     if rng:
         out += ["", "### Range (float32)", "", rng]

@@ -3,13 +3,15 @@ versions, GEMM throughput through vgcore's BLAS, NumPy's BLAS thread count, peak
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import platform
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -279,3 +281,19 @@ def peak_rss_mb(
     res.update(spec)
     res["extra_mb"] = res["peak_rss_mb"] - res["baseline_mb"]
     return res
+
+
+# ---- the thread trap: another process busy on the machine ---------------------------------
+
+
+@contextlib.contextmanager
+def busy_core(warmup_s: float = 0.3) -> Iterator[None]:
+    """A child process spinning on one core for the duration (what a second job on a shared
+    2-core machine does); the scheduler places it. Terminated on exit."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(warmup_s)
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
