@@ -196,6 +196,21 @@ def _at(d: dict[Any, Any], th: int) -> Any:
     return d[th] if th in d else d[str(th)]
 
 
+def _best_gemm(
+    samples: Sequence[dict[Any, dict[str, float]]], detected: dict[Any, Any] | None = None
+) -> dict[Any, dict[str, float]]:
+    """Per thread count and precision, the best of the GEMM samples (and of the detected
+    kernels' peak, where it was measured)."""
+    best = {th: dict(g) for th, g in samples[0].items()}
+    for th, g in best.items():
+        for prec in g:
+            vals = [_at(s, th)[prec] for s in samples]
+            if detected:
+                vals.append(_at(detected, th)[prec])
+            g[prec] = max(vals)
+    return best
+
+
 def assign_gemm_fractions(doc: dict[str, Any]) -> None:
     """Each row's "% GEMM peak" (``gemm_fraction``): its GFLOP/s against the best 1024^3 GEMM
     measured just before and just after it, the machine's limit in the conditions the workload
@@ -210,9 +225,7 @@ def assign_gemm_fractions(doc: dict[str, Any]) -> None:
         run_peak = _at(doc["gemm_peak"], th)["float32"]
         local = run_peak
         if len(samples) == len(rows) + 1:
-            local = max(_at(samples[i], th)["float32"], _at(samples[i + 1], th)["float32"])
-            if detected:
-                local = max(local, _at(detected, th)["float32"])
+            local = _at(_best_gemm(samples[i : i + 2], detected), th)["float32"]
         row["gemm_local_peak"] = local
         row["gemm_fraction"] = row["gflops"] / local
         row["gemm_fraction_run"] = row["gflops"] / run_peak
@@ -318,17 +331,9 @@ def run_suite(
     # can land in one and push "% GEMM peak" above 100%).
     samples: list[dict[int, dict[str, float]]] = []
 
-    def sample_peak() -> None:
+    def sample_peak() -> dict[int, dict[str, float]]:
         samples.append({th: gemm_peak(th) for th in threads})
-        doc["gemm_gflops"] = {
-            th: {p: max(s[th][p] for s in samples) for p in ("float32", "float64")}
-            for th in threads
-        }
-        doc["gemm_peak"] = {th: dict(g) for th, g in doc["gemm_gflops"].items()}
-        for th, g in doc.get("gemm_gflops_detected", {}).items():
-            if th != "kernels":
-                for prec, v in g.items():
-                    doc["gemm_peak"][th][prec] = max(doc["gemm_peak"][th][prec], v)
+        return samples[-1]
 
     # Where the environment forces older kernels (OPENBLAS_CORETYPE), also measure the ones
     # OpenBLAS would pick, and hold every workload to the larger peak.
@@ -336,25 +341,26 @@ def run_suite(
         best = detected_kernels_peak(threads)
         if best is not None:
             doc["gemm_gflops_detected"] = {"kernels": best["kernels"], **best["peak"]}
-    sample_peak()
+    detected = doc.get("gemm_gflops_detected")
+    before = sample_peak()
     log(
         "GEMM through vgcore's BLAS, 1024^3 (GFLOP/s): "
         + ", ".join(
             f"{th}t float32 {g['float32']:.0f} float64 {g['float64']:.0f}"
-            for th, g in doc["gemm_gflops"].items()
+            for th, g in before.items()
         )
     )
     rows: list[dict[str, Any]] = []
     try:
         for name, make in selected:
             if rows:
-                sample_peak()
+                before = sample_peak()
             w = make()
             assert w.name == name, (w.name, name)
             log(f"{w.label} ...")
             row = run_workload(w, repeat, threads, budget, log)
             th = row["vgcore_best_threads"]
-            row["gemm_fraction"] = row["gflops"] / doc["gemm_peak"][th]["float32"]
+            peak_before = _best_gemm([before], detected)[th]["float32"]
             if w.gemm_shape:  # the best of the thread counts up to vgcore's
                 row["gemm_shape_gflops"] = max(
                     gemm_gflops(*w.gemm_shape, threads=t) for t in threads if t <= th
@@ -362,7 +368,7 @@ def run_suite(
                 row["shape_fraction"] = row["gflops"] / row["gemm_shape_gflops"]
             log(
                 f"  vgcore: {row['vgcore_best_s']:.4g} s ({th}t), {row['gflops']:.0f} GFLOP/s = "
-                f"{row['gemm_fraction']:.0%} of the GEMM peak so far"
+                f"{row['gflops'] / peak_before:.0%} of the GEMM peak just before it"
                 + (
                     f", {row['shape_fraction']:.0%} of a {'x'.join(map(str, w.gemm_shape))} GEMM"
                     if w.gemm_shape
@@ -376,6 +382,8 @@ def run_suite(
         close_jax_pool()
     sample_peak()
     doc["gemm_gflops_samples"] = samples
+    doc["gemm_gflops"] = _best_gemm(samples)
+    doc["gemm_peak"] = _best_gemm(samples, detected)
     doc["rows"] = rows
     assign_gemm_fractions(doc)
     if memory and not only:
