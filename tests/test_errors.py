@@ -68,8 +68,10 @@ def test_integer_and_noncontiguous_inputs_are_converted(mlp):
 def test_empty_inputs(mlp, lstm):
     with pytest.raises(ValueError, match="x must not be empty"):
         vgcore.gradient_flow(mlp, np.zeros((0, 3)))
-    with pytest.raises(ValueError, match="x must not be empty"):
+    with pytest.raises(ValueError, match=r"x is an empty sequence \(T = 0"):
         vgcore.gradient_flow(lstm, np.zeros((0, 2, 2)))
+    with pytest.raises(ValueError, match="x must not be empty"):
+        vgcore.gradient_flow(lstm, np.zeros((3, 0, 2)))
 
 
 def test_recurrent_shape_errors(lstm):

@@ -256,10 +256,14 @@ def test_recurrent_from_torch(torch, cls, batch_first):
     mod = getattr(torch.nn, cls.__name__)(4, 6, batch_first=batch_first).double()
     model = cls.from_torch(mod)
     assert model.batch_first is batch_first and model.dtype == np.float64
-    x = np.random.default_rng(0).normal(size=(5, 2, 4))  # always (T, B, in)
-    flow = vgcore.gradient_flow(model, x)
-    xt = torch.tensor(x.transpose(1, 0, 2) if batch_first else x)
+    # the module's own batch: (B, T, in) when batch_first, else (T, B, in); T = 5, B = 2
+    x = np.random.default_rng(0).normal(size=(2, 5, 4) if batch_first else (5, 2, 4))
+    flow = vgcore.gradient_flow(model, x, keep_states=True)
+    assert len(flow.log_grad_norms) == 6 and flow.batch_size == 2
+    xt = torch.tensor(x)
     out, _ = mod(xt)
+    states = flow.states[:, 1:] if batch_first else flow.states[1:]
+    assert_rel_close(states, out.detach().numpy(), 1e-12)
     last = out[:, -1] if batch_first else out[-1]
     assert_rel_close(flow.output, last.detach().numpy(), 1e-12)
     back = model.to_torch()

@@ -53,7 +53,10 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     for k, v in obj.items():
         if not hasattr(v, "detach"):
             raise CheckpointError(f"state_dict entry {k!r} is not a tensor")
-        out[str(k)] = v.detach().cpu().numpy()
+        t = v.detach().cpu()
+        if str(t.dtype) in ("torch.float16", "torch.bfloat16"):
+            t = t.float()  # exact; numpy has no bfloat16 (one rule for every model kind)
+        out[str(k)] = t.numpy()
     return out
 
 
@@ -79,7 +82,7 @@ def model_from_state_dict(
         if f"{pre}weight_hh_l1" in sd:
             raise CheckpointError("stacked recurrent layers (num_layers > 1) are not supported")
         whh = sd[f"{pre}weight_hh_l0"]
-        if whh.ndim != 2 or whh.shape[0] % whh.shape[1]:
+        if whh.ndim != 2 or whh.size == 0 or whh.shape[0] % whh.shape[1]:
             raise CheckpointError(f"weight_hh_l0 has shape {whh.shape}, not (G*N, N)")
         gates = whh.shape[0] // whh.shape[1]
         cls = {1: RNN, 3: GRU, 4: LSTM}.get(gates)
@@ -143,5 +146,5 @@ def model_from_state_dict(
     if not ws:
         raise CheckpointError("the state_dict holds no Linear layer")
     acts = [activation] * (len(ws) - 1) + ["identity"]
-    dtype = np.float32 if ws[0].dtype == np.float32 else np.float64
+    dtype = np.float64 if ws[0].dtype == np.float64 else np.float32
     return MLP(ws, bs, acts, dtype=dtype, norm=norms, norm_weights=nws, norm_biases=nbs)

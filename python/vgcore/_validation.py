@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 
@@ -26,6 +28,38 @@ def resolve_dtype(dtype: object, name: str = "dtype") -> np.dtype:
 
 
 _FINITE_BLOCK = 1 << 16
+
+# Re-validating a model before an analysis may defer its finiteness scan to the failure path
+# (a non-finite parameter always shows up as a non-finite result): see Model._checked.
+_skip_finite_check: ContextVar[bool] = ContextVar("_skip_finite_check", default=False)
+
+
+@contextmanager
+def deferred_finite_check() -> Iterator[None]:
+    """Within this block, :func:`as_float_array` skips its NaN/Inf scan."""
+    token = _skip_finite_check.set(True)
+    try:
+        yield
+    finally:
+        _skip_finite_check.reset(token)
+
+
+#: Half-precision dtypes vgcore reads exactly into float32 (one rule for every model kind).
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+def _from_torch_tensor(value: object, name: str) -> np.ndarray | None:
+    """A torch tensor as a numpy array (half precision widened to float32); None otherwise."""
+    mod = type(value).__module__
+    if not (mod == "torch" or mod.startswith("torch.")) or not hasattr(value, "detach"):
+        return None
+    t = value.detach()  # type: ignore[attr-defined]
+    dtype = str(t.dtype).removeprefix("torch.")
+    if t.is_complex():
+        raise TypeError(f"{name} must be a real numeric array, got torch dtype {dtype}")
+    if dtype in HALF_DTYPES:
+        t = t.float()  # exact: every float16 / bfloat16 value is a float32
+    return np.asarray(t.cpu().numpy())
 
 
 def _all_finite(arr: np.ndarray) -> bool:
@@ -54,7 +88,14 @@ def as_float_array(
     """
     if value is None:
         raise TypeError(f"{name} must be an array, got None")
-    arr = np.asarray(value)
+    arr = _from_torch_tensor(value, name)
+    if arr is None:
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"{name} must be a real numeric array, got {type(value).__name__} ({exc})"
+            ) from None
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
     if ndim is not None:
@@ -78,11 +119,45 @@ def as_float_array(
             arr.size * np.dtype(dtype).itemsize, f"converting {name} to {np.dtype(dtype).name}"
         )
     arr = np.ascontiguousarray(arr, dtype=dtype)
-    if check_finite and arr.size and not _all_finite(arr):
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        kind = "NaN" if np.isnan(arr[tuple(bad)]) else "Inf"
-        raise ValueError(f"{name} contains {kind} (first at index {tuple(int(i) for i in bad)})")
+    if check_finite and not _skip_finite_check.get():
+        check_finite_array(arr, name)
     return arr
+
+
+def first_nonfinite(arr: np.ndarray) -> str | None:
+    """``"NaN (first at index (i, j))"`` for the first non-finite entry, or None."""
+    if not arr.size or _all_finite(arr):
+        return None
+    bad = np.argwhere(~np.isfinite(arr))[0]
+    kind = "NaN" if np.isnan(arr[tuple(bad)]) else "Inf"
+    return f"{kind} (first at index {tuple(int(i) for i in bad)})"
+
+
+def check_finite_array(arr: np.ndarray, name: str) -> None:
+    """ValueError naming ``name`` and the first NaN/Inf entry of ``arr``."""
+    bad = first_nonfinite(arr)
+    if bad is not None:
+        raise ValueError(f"{name} contains {bad}")
+
+
+def check_seed(value: object, name: str = "seed", *, allow_generator: bool = False) -> object:
+    """A seed for ``numpy.random.default_rng``: an integer in [0, 2**63), or None.
+
+    Floats (even integral ones: ``1.5`` must not become 1 silently), bools, negative and
+    oversized integers are refused with a message naming ``name``; a numpy Generator is
+    passed through where ``allow_generator``.
+    """
+    if allow_generator and isinstance(value, np.random.Generator):
+        return value
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        what = "an integer >= 0, None" + (" or a numpy Generator" if allow_generator else "")
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+    v = int(value)
+    if not 0 <= v < 2**63:
+        raise ValueError(f"{name} must be an integer in [0, 2**63), got {v}")
+    return v
 
 
 def check_positive_int(value: object, name: str, *, minimum: int = 1) -> int:
@@ -105,12 +180,13 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def check_memory(n_bytes: float, what: str) -> None:
+def check_memory(
+    n_bytes: float, what: str, hint: str = "reduce the batch, sequence length or width"
+) -> None:
     """Raise InsufficientMemoryError when ``n_bytes`` would not fit in available memory."""
     avail = available_memory_bytes()
     if avail is not None and n_bytes > 0.9 * avail:
         raise InsufficientMemoryError(
             f"{what} needs about {n_bytes / 2**30:.2f} GiB of working memory, "
-            f"but only {avail / 2**30:.2f} GiB is available; reduce the batch, "
-            "sequence length or width"
+            f"but only {avail / 2**30:.2f} GiB is available; {hint}"
         )

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from vgcore import _fixes
+from vgcore._validation import check_positive_int, check_seed
 from vgcore.activations import Activation
 from vgcore.analysis.gradient_flow import GradientFlow, gradient_flow
 from vgcore.models import GRU, LSTM, MLP, RNN, Model, RecurrentModel
@@ -986,7 +987,9 @@ def _default_input(model: Model, steps: int, batch: int | None, seed: int) -> np
     if isinstance(model, MLP):
         return rng.standard_normal((batch or 64, model.input_size)).astype(model.dtype)
     assert isinstance(model, RecurrentModel)
-    return rng.standard_normal((steps, batch or 16, model.input_size)).astype(model.dtype)
+    B = batch or 16
+    shape = (B, steps, model.input_size) if model.batch_first else (steps, B, model.input_size)
+    return rng.standard_normal(shape).astype(model.dtype)
 
 
 def _default_name(model: Model) -> str:
@@ -1059,13 +1062,20 @@ def diagnose(
         raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
     if not (isinstance(ratio, (int, float)) and 0 < ratio < 1):
         raise ValueError(f"ratio must be in (0, 1), got {ratio!r}")
+    steps = check_positive_int(steps, "steps")
+    if batch is not None:
+        batch = check_positive_int(batch, "batch")
+    if check_seed(seed) is None:
+        raise TypeError("seed must be an integer >= 0, got None")
+    if not isinstance(check, (bool, np.bool_)):
+        raise TypeError(f"check must be True or False, got {check!r}")
     xa = _default_input(model, steps, batch, seed) if x is None else x
     flow = gradient_flow(
         model, xa, param_grads=True, keep_grads=keep_grads, num_threads=num_threads
     )
     verdict = _verdict(flow, ratio)
     ev = _evidence(flow, ratio)
-    notes: list[str] = []
+    notes: list[str] = list(model.notes)
     lyap = _lyapunov(model, np.asarray(xa), ev, notes, num_threads)
     _mean_field(model, flow, ev, notes, init)
     ctx = _Ctx(model, np.asarray(xa), flow, verdict, ev, ratio, seed, num_threads, check)

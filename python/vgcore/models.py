@@ -11,40 +11,99 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import math
+
 import numpy as np
 
-from vgcore._validation import as_float_array, check_positive_int, resolve_dtype
+from vgcore._validation import (
+    HALF_DTYPES,
+    as_float_array,
+    available_memory_bytes,
+    check_memory,
+    check_positive_int,
+    check_seed,
+    deferred_finite_check,
+    first_nonfinite,
+    resolve_dtype,
+)
 from vgcore.activations import Activation, ActivationLike, as_activation, from_torch_module
 
 __all__ = ["GRU", "LSTM", "MLP", "RNN", "Model", "RecurrentModel"]
 
 
 def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
-    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    checked = check_seed(seed, allow_generator=True)
+    if isinstance(checked, np.random.Generator):
+        return checked
+    return np.random.default_rng(checked)  # type: ignore[arg-type]
 
 
 def _infer_dtype(arrays: Sequence[Any], dtype: object) -> np.dtype:
+    """The model dtype: ``dtype`` if given, else float32 when any parameter is float32 or
+    narrower (float16 / bfloat16 are read exactly as float32), else float64."""
     if dtype is not None:
         return resolve_dtype(dtype)
     for a in arrays:
         dt = getattr(a, "dtype", None)
-        if dt is not None and np.dtype(dt) == np.float32:
+        if dt is None:
+            continue
+        name = str(dt).removeprefix("torch.")
+        if name in HALF_DTYPES or name == "float32":
             return np.dtype(np.float32)
     return np.dtype(np.float64)
 
 
-def _torch_to_numpy(t: Any) -> np.ndarray:
-    return t.detach().cpu().numpy().copy()
+def _torch_to_numpy(t: Any, name: str = "parameter") -> np.ndarray:
+    """A parameter tensor as numpy (half precision widened exactly to float32)."""
+    dtype = str(t.dtype).removeprefix("torch.")
+    if t.is_complex() or not t.is_floating_point():
+        raise TypeError(f"{name} must be a real floating-point tensor, got torch dtype {dtype}")
+    t = t.detach()
+    if dtype in HALF_DTYPES:
+        t = t.float()
+    return np.array(t.cpu().numpy(), copy=True)
+
+
+def _check_param_memory(shapes: Sequence[tuple[int, ...]], dtype: np.dtype, what: str) -> None:
+    n = sum(math.prod(s) for s in shapes)
+    check_memory(float(n) * np.dtype(dtype).itemsize, what, "reduce the sizes")
+
+
+def _checked_sizes(sizes: Sequence[int], dtype: np.dtype, matrices: int) -> list[int]:
+    """Validated layer sizes; refuses (InsufficientMemoryError) as soon as the running total
+    of parameter memory exceeds what is available, so a huge depth fails fast."""
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+        raise TypeError(f"sizes must be a sequence of int, got {type(sizes).__name__}")
+    avail = available_memory_bytes()
+    budget = None if avail is None else 0.9 * avail
+    item = np.dtype(dtype).itemsize
+    out: list[int] = []
+    total = 0.0
+    for i, s in enumerate(sizes):
+        out.append(check_positive_int(s, f"sizes[{i}]"))
+        if i:
+            total += item * matrices * (out[i] * out[i - 1] + out[i])
+            if budget is not None and total > budget:
+                check_memory(
+                    total,
+                    f"MLP.from_sizes (its first {i} of {len(sizes) - 1} layers)",
+                    "reduce the depth or width",
+                )
+    return out
 
 
 class Model:
-    """Base class: a dtype and per-dtype cached copies of the parameters."""
+    """Base class: a dtype and the parameters, re-validated before every analysis.
+
+    Parameters are plain numpy arrays that users may update in place (as in a training
+    loop) or replace; every analysis re-reads and re-checks them (:meth:`validate`), so no
+    analysis ever uses a stale copy.
+    """
 
     kind: ClassVar[str] = "model"
     dtype: np.dtype
-
-    def __init__(self) -> None:
-        self._cast_cache: dict[np.dtype, Any] = {}
+    #: Notes on how an imported module was mapped (e.g. dropout skipped), shown in results.
+    notes: tuple[str, ...] = ()
 
     def parameters(self) -> dict[str, np.ndarray]:
         """Parameters by PyTorch name (state_dict style)."""
@@ -52,16 +111,56 @@ class Model:
 
     def astype(self, dtype: object) -> Model:
         """A copy of the model in another float dtype."""
+        return self._checked(check_finite=False)._rebuild(resolve_dtype(dtype), copy=True)
+
+    def validate(self) -> None:
+        """Re-check every parameter (shapes, dtypes, finiteness, list lengths).
+
+        Raises
+        ------
+        TypeError, ValueError
+            Naming the parameter, when the model was changed after construction into one
+            the constructor would refuse.
+        """
+        self._checked(check_finite=True)
+
+    def _checked(self, *, check_finite: bool = True) -> Model:
+        """A model rebuilt from the current attributes through the constructor (arrays that
+        are already right are shared, not copied). ``check_finite=False`` defers the NaN/Inf
+        scan to the caller (see :meth:`_nonfinite_parameter`)."""
+        try:
+            if check_finite:
+                return self._rebuild(self.dtype, copy=False)
+            with deferred_finite_check():
+                return self._rebuild(self.dtype, copy=False)
+        except (TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise type(exc)(
+                f"this {type(self).__name__} was changed after construction and is no longer "
+                f"valid: {exc}"
+            ) from None
+
+    def _rebuild(self, dtype: np.dtype, *, copy: bool) -> Model:
         raise NotImplementedError
 
-    def _params_as(self, dtype: np.dtype) -> Any:
-        if dtype == self.dtype:
-            return self._own_params()
-        if dtype not in self._cast_cache:
-            self._cast_cache[dtype] = self.astype(dtype)._own_params()
-        return self._cast_cache[dtype]
+    def _params_as(self, dtype: np.dtype, *, check_finite: bool = True) -> Any:
+        """The parameters in the form the compiled core takes, in ``dtype``, read afresh."""
+        m = self._checked(check_finite=check_finite)
+        if dtype != m.dtype:
+            m = m._rebuild(dtype, copy=True)
+        return m._own_params()
 
     def _own_params(self) -> Any:
+        raise NotImplementedError
+
+    def _nonfinite_parameter(self) -> str | None:
+        """``"weights[3] contains NaN (first at index (0, 1))"`` or None."""
+        for name, arr in self._named_arrays():
+            bad = first_nonfinite(np.asarray(arr))
+            if bad is not None:
+                return f"{name} contains {bad}"
+        return None
+
+    def _named_arrays(self) -> list[tuple[str, np.ndarray]]:
         raise NotImplementedError
 
     @property
@@ -117,7 +216,6 @@ class MLP(Model):
         norm_biases: Sequence[Any | None] | None = None,
         eps: float = 1e-5,
     ) -> None:
-        super().__init__()
         if isinstance(weights, np.ndarray) and weights.ndim == 2:
             weights = [weights]
         weights = list(weights)
@@ -263,10 +361,10 @@ class MLP(Model):
         """
         from vgcore.init import initialize_dense
 
-        sizes = [check_positive_int(s, f"sizes[{i}]") for i, s in enumerate(sizes)]
+        dt = resolve_dtype(dtype)
+        sizes = _checked_sizes(sizes, dt, 2 if highway else 1)
         if len(sizes) < 2:
             raise ValueError(f"sizes must have at least 2 entries (input, output), got {sizes}")
-        dt = resolve_dtype(dtype)
         act = as_activation(activation)
         acts = [act] * (len(sizes) - 1)
         if output_activation is not None:
@@ -339,16 +437,26 @@ class MLP(Model):
         nws: list[np.ndarray | None] = []
         nbs: list[np.ndarray | None] = []
         eps = None
+        notes: list[str] = []
         for idx, sub in enumerate(module):
             if isinstance(sub, nn.Linear):
-                ws.append(_torch_to_numpy(sub.weight))
-                bs.append(None if sub.bias is None else _torch_to_numpy(sub.bias))
+                ws.append(_torch_to_numpy(sub.weight, f"module[{idx}].weight"))
+                bs.append(
+                    None if sub.bias is None else _torch_to_numpy(sub.bias, f"module[{idx}].bias")
+                )
                 acts.append(Activation("identity"))
                 norms.append(None)
                 nws.append(None)
                 nbs.append(None)
                 continue
-            if isinstance(sub, (nn.Dropout, nn.Flatten)):
+            if isinstance(sub, nn.Dropout):
+                if sub.p > 0 and sub.training:
+                    notes.append(
+                        f"module[{idx}] (Dropout p={sub.p:g}) is in train() mode; analysed with "
+                        "evaluation semantics (identity): call .eval() to silence this note"
+                    )
+                continue
+            if isinstance(sub, nn.Flatten):
                 continue
             if isinstance(sub, (nn.LayerNorm, nn.BatchNorm1d)):
                 kind = "layernorm" if isinstance(sub, nn.LayerNorm) else "batchnorm"
@@ -361,8 +469,12 @@ class MLP(Model):
                     raise NotImplementedError("normalisation layers with different eps values")
                 eps = float(sub.eps)
                 norms[-1] = kind
-                nws[-1] = None if sub.weight is None else _torch_to_numpy(sub.weight)
-                nbs[-1] = None if sub.bias is None else _torch_to_numpy(sub.bias)
+                nws[-1] = (
+                    None if sub.weight is None else _torch_to_numpy(sub.weight, f"module[{idx}].weight")
+                )
+                nbs[-1] = (
+                    None if sub.bias is None else _torch_to_numpy(sub.bias, f"module[{idx}].bias")
+                )
                 continue
             if isinstance(sub, nn.PReLU):
                 if sub.weight.numel() != 1:
@@ -394,8 +506,8 @@ class MLP(Model):
         if not ws:
             raise ValueError("module contains no nn.Linear layer")
         if dtype is None:
-            dtype = ws[0].dtype if ws[0].dtype in (np.float32, np.float64) else np.float32
-        return cls(
+            dtype = ws[0].dtype  # float32 for float16 / bfloat16 modules (_torch_to_numpy)
+        out = cls(
             ws,
             bs,
             acts,
@@ -405,6 +517,8 @@ class MLP(Model):
             norm_biases=nbs,
             eps=1e-5 if eps is None else eps,
         )
+        out.notes = tuple(notes)
+        return out
 
     def to_torch(self) -> Any:
         """An equivalent ``nn.Sequential`` (same dtype, copied parameters)."""
@@ -481,17 +595,17 @@ class MLP(Model):
                     out[f"layers.{i}.{key}"] = arr
         return out
 
-    def astype(self, dtype: object) -> MLP:
-        dt = resolve_dtype(dtype)
-
+    def _rebuild(self, dtype: np.dtype, *, copy: bool) -> MLP:
         def cast(arrs: list[np.ndarray | None]) -> list[np.ndarray | None]:
-            return [None if a is None else a.astype(dt) for a in arrs]
+            if not copy:
+                return list(arrs)
+            return [None if a is None else np.asarray(a).astype(dtype) for a in arrs]
 
-        return MLP(
+        out = MLP(
             cast(self.weights),
             cast(self.biases),
             self.activations,
-            dtype=dt,  # type: ignore[arg-type]
+            dtype=dtype,
             block=self.blocks,
             alpha=self.alphas,
             gate_weights=cast(self.gate_weights),
@@ -501,6 +615,14 @@ class MLP(Model):
             norm_biases=cast(self.norm_biases),
             eps=self.eps,
         )
+        out.notes = self.notes
+        return out
+
+    def _named_arrays(self) -> list[tuple[str, np.ndarray]]:
+        out = []
+        for attr in ("weights", "biases", "gate_weights", "gate_biases", "norm_weights", "norm_biases"):
+            out += [(f"{attr}[{i}]", a) for i, a in enumerate(getattr(self, attr)) if a is not None]
+        return out
 
     def layer_specs(self) -> list[dict[str, Any]]:
         """Per-layer dicts in the form the compiled core takes."""
@@ -566,7 +688,6 @@ class RecurrentModel(Model):
         dtype: object = None,
         batch_first: bool = False,
     ) -> None:
-        super().__init__()
         self.dtype = _infer_dtype([weight_ih, weight_hh], dtype)
         G = self.gates
         whh = as_float_array(weight_hh, "weight_hh", self.dtype, ndim=2)
@@ -620,18 +741,24 @@ class RecurrentModel(Model):
     def _extra_kwargs(self) -> dict[str, Any]:
         return {}
 
-    def astype(self, dtype: object) -> RecurrentModel:
-        dt = resolve_dtype(dtype)
-        cast = lambda a: None if a is None else a.astype(dt)  # noqa: E731
-        return type(self)(
+    def _rebuild(self, dtype: np.dtype, *, copy: bool) -> RecurrentModel:
+        def cast(a: Any) -> Any:
+            return a if (a is None or not copy) else np.asarray(a).astype(dtype)
+
+        out = type(self)(
             cast(self.weight_ih),
             cast(self.weight_hh),
             cast(self.bias_ih),
             cast(self.bias_hh),
-            dtype=dt,
+            dtype=dtype,
             batch_first=self.batch_first,
             **self._extra_kwargs(),
         )
+        out.notes = self.notes
+        return out
+
+    def _named_arrays(self) -> list[tuple[str, np.ndarray]]:
+        return list(self.parameters().items())
 
     def _own_params(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
         return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
@@ -655,6 +782,10 @@ class RecurrentModel(Model):
         input_size = check_positive_int(input_size, "input_size")
         hidden_size = check_positive_int(hidden_size, "hidden_size")
         dt = resolve_dtype(dtype)
+        GN = cls.gates * hidden_size
+        _check_param_memory(
+            [(GN, input_size), (GN, hidden_size), (2 * GN,)], dt, f"{cls.__name__}.from_sizes"
+        )
         p = initialize_recurrent(
             init,
             cls.kind,
@@ -696,7 +827,7 @@ class RecurrentModel(Model):
 
         def get(name: str) -> Any:
             value = getattr(module, name, None)
-            return None if value is None else _torch_to_numpy(value)
+            return None if value is None else _torch_to_numpy(value, f"module.{name}")
 
         return {
             "weight_ih": get("weight_ih_l0"),
@@ -729,6 +860,8 @@ class RecurrentModel(Model):
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self._extra_kwargs().items())
+        if self.batch_first:
+            extra += ", batch_first=True"
         return (
             f"{type(self).__name__}(input_size={self.input_size}, hidden_size={self.hidden_size}"
             f"{extra}, bias={self.bias_ih is not None}, dtype={self.dtype.name})"

@@ -12,6 +12,7 @@ import numpy as np
 from vgcore._loader import _core
 from vgcore._runtime import resolve_threads
 from vgcore._validation import as_float_array, check_memory, resolve_dtype
+from vgcore.analysis._layout import time_major
 from vgcore.models import LSTM, MLP, Model, RecurrentModel
 
 __all__ = ["GradientFlow", "gradient_flow"]
@@ -189,6 +190,7 @@ class GradientFlow:
             lines.append(
                 f"  falls below 1e-6 of its output value {vd} {self.axis}s from the output"
             )
+        lines += [f"  note: {n}" for n in m.notes]
         return "\n".join(lines)
 
 
@@ -280,20 +282,33 @@ def gradient_flow(
     if not isinstance(rescale, (bool, np.bool_)):
         raise TypeError(f"rescale must be True or False, got {rescale!r}")
     itemsize = dt.itemsize
+    # Re-read and re-check the parameters (they may have been changed in place since the
+    # last call). An MLP's NaN/Inf scan is deferred: a non-finite parameter always makes the
+    # result non-finite, and the scan would cost a sixth of a large stack's analysis.
+    deferred = isinstance(model, MLP)
+    m = model._checked(check_finite=not deferred)
 
-    if isinstance(model, MLP):
+    def check_result(stats: dict[str, Any], axis: str) -> None:
+        try:
+            _check_nonfinite(stats, axis)
+        except FloatingPointError:
+            if deferred:
+                model._checked(check_finite=True)  # names the parameter, if one is to blame
+            raise
+
+    if isinstance(m, MLP):
         if h0 is not None:
             raise ValueError("h0 is only meaningful for recurrent models; an MLP takes x alone")
-        xa = as_float_array(x, "x", dt, ndim=2, shape=(None, model.input_size))
+        xa = as_float_array(x, "x", dt, ndim=2, shape=(None, m.input_size))
         B = xa.shape[0]
         check_memory(
-            itemsize * B * (2 * sum(model.sizes[1:]) + (sum(model.sizes) if keep_grads else 0)),
+            itemsize * B * (2 * sum(m.sizes[1:]) + (sum(m.sizes) if keep_grads else 0)),
             "gradient_flow",
         )
         cot = None
         if cotangent is not None:
-            cot = as_float_array(cotangent, "cotangent", dt, shape=(B, model.output_size))
-        specs = model._params_as(dt)
+            cot = as_float_array(cotangent, "cotangent", dt, shape=(B, m.output_size))
+        specs = m._params_as(dt, check_finite=False)
         stats = _core.dense_gradient_flow(
             specs,
             xa,
@@ -305,10 +320,10 @@ def gradient_flow(
             progress,
             bool(rescale),
         )
-        _check_nonfinite(stats, "layer")
+        check_result(stats, "layer")
         pg = None
         if param_grads:
-            lp = stats["log_param_grad_norms"].reshape(model.depth, len(MLP_PARAM_KINDS))
+            lp = stats["log_param_grad_norms"].reshape(m.depth, len(MLP_PARAM_KINDS))
             pg = {k: lp[:, j].copy() for j, k in enumerate(MLP_PARAM_KINDS)}
         return _apply_clip(
             GradientFlow(
@@ -327,17 +342,17 @@ def gradient_flow(
             clip_norm,
         )
 
-    if not isinstance(model, RecurrentModel):
+    if not isinstance(m, RecurrentModel):
         raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
-    N = model.hidden_size
-    is_lstm = isinstance(model, LSTM)
+    N = m.hidden_size
+    is_lstm = isinstance(m, LSTM)
     xshape = np.shape(x) if x is not None else ()
     if len(xshape) == 3:  # the working-memory check comes before any conversion
-        T, B = xshape[0], xshape[1]
-        per_step = (model.gates + 3) * N * T * B  # A, H, and LSTM C / tanh(C) or GRU HN
+        T, B = (xshape[1], xshape[0]) if m.batch_first else (xshape[0], xshape[1])
+        per_step = (m.gates + 3) * N * T * B  # A, H, and LSTM C / tanh(C) or GRU HN
         kept = (T + 1) * B * N * ((2 if is_lstm else 1) * (int(keep_grads) + int(keep_states)))
         check_memory(itemsize * (per_step + kept), "gradient_flow")
-    xa = as_float_array(x, "x", dt, ndim=3, shape=(None, None, model.input_size))
+    xa = time_major(m, x, "x", dt, m.input_size)
     T, B, _ = xa.shape
     h0a = c0a = None
     if h0 is not None:
@@ -357,11 +372,13 @@ def gradient_flow(
             ccot = as_float_array(cotangent[1], "cotangent[1]", dt, shape=(B, N))
         else:
             c = np.asarray(cotangent)
-            shape = (T, B, N) if c.ndim == 3 else (B, N)
-            cot = as_float_array(c, "cotangent", dt, shape=shape)
-    wih, whh, bih, bhh = model._params_as(dt)
+            if c.ndim == 3:
+                cot = time_major(m, c, "cotangent", dt, N, steps=T, batch=B)
+            else:
+                cot = as_float_array(c, "cotangent", dt, shape=(B, N))
+    wih, whh, bih, bhh = m._params_as(dt, check_finite=False)
     stats = _core.recurrent_gradient_flow(
-        model.cell,
+        m.cell,
         wih,
         whh,
         bih,
@@ -379,7 +396,11 @@ def gradient_flow(
         progress,
         bool(rescale),
     )
-    _check_nonfinite(stats, "step")
+    check_result(stats, "step")
+    if m.batch_first:  # per-sample sequences follow the model's layout, as its input does
+        for key in ("grads", "cell_grads", "states", "cell_states"):
+            if stats[key] is not None:
+                stats[key] = np.swapaxes(stats[key], 0, 1)
     pg = None
     if param_grads:
         lp = stats["log_param_grad_norms"]
@@ -389,7 +410,7 @@ def gradient_flow(
             "bias_ih": float(lp[2]) if bih is not None else math.nan,
             "bias_hh": float(lp[3]) if bhh is not None else math.nan,
         }
-    gate_sat = stats["gate_saturation"] if model.gates > 1 else None
+    gate_sat = stats["gate_saturation"] if m.gates > 1 else None
     return _apply_clip(
         GradientFlow(
             model=model,
