@@ -105,10 +105,13 @@ def as_activation(value: Any, name: str = "activation") -> Activation:
     """Accept ``"tanh"``, ``Activation(...)``, or ``("leaky_relu", {"negative_slope": 0.2})``."""
     if isinstance(value, Activation):
         return value
-    if isinstance(value, str):
-        return Activation(value)
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict):
-        return Activation(value[0], **value[1])
+    try:
+        if isinstance(value, str):
+            return Activation(value)
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict):
+            return Activation(value[0], **value[1])
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name}: {exc}") from None
     raise TypeError(
         f"{name} must be a name, an Activation or a (name, params) tuple, got {value!r}"
     )

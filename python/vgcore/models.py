@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import math
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -146,7 +147,16 @@ class Model:
         """The parameters in the form the compiled core takes, in ``dtype``, read afresh."""
         m = self._checked(check_finite=check_finite)
         if dtype != m.dtype:
-            m = m._rebuild(dtype, copy=True)
+            try:
+                with np.errstate(over="ignore"), (
+                    nullcontext() if check_finite else deferred_finite_check()
+                ):
+                    m = m._rebuild(dtype, copy=True)
+            except ValueError as exc:  # finite values beyond the range of the narrower dtype
+                raise ValueError(
+                    f"the parameters of this {type(self).__name__} do not fit {dtype.name}: "
+                    f"{exc} after conversion; analyse in {self.dtype.name}"
+                ) from None
         return m._own_params()
 
     def _own_params(self) -> Any:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from vgcore._validation import as_float_array, resolve_dtype
+from vgcore.analysis._layout import time_major
 from vgcore.models import LSTM, MLP, Model, RecurrentModel
 
 ProgressCallback = Callable[[int, int], Any]
@@ -18,6 +19,7 @@ _UNKNOWN_TOTAL = 2**63
 def check_model(model: Any) -> Model:
     if not isinstance(model, (MLP, RecurrentModel)):
         raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
+    model._checked()  # parameters may have been changed in place since construction
     return model
 
 
@@ -56,13 +58,9 @@ def mlp_input(model: MLP, x: Any, h0: Any, dt: np.dtype) -> np.ndarray:
 
 
 def sequence(model: RecurrentModel, x: Any, dt: np.dtype, name: str = "x") -> np.ndarray:
-    """A (T, B, input_size) array with a clear error for an empty sequence."""
-    arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
-    if arr.ndim == 3 and arr.shape[0] == 0:
-        raise ValueError(
-            f"{name} is an empty sequence (T = 0, shape {arr.shape}); at least one step is needed"
-        )
-    return as_float_array(arr, name, dt, ndim=3, shape=(None, None, model.input_size))
+    """A (T, B, input_size) array with a clear error for an empty sequence; a batch-first
+    model takes (B, T, input_size), as its module does."""
+    return time_major(model, x, name, dt, model.input_size)
 
 
 def initial_state(model: RecurrentModel, h0: Any, batch: int, dt: np.dtype) -> np.ndarray | None:

@@ -292,8 +292,8 @@ def gradient_flow(
         try:
             _check_nonfinite(stats, axis)
         except FloatingPointError:
-            if deferred:
-                model._checked(check_finite=True)  # names the parameter, if one is to blame
+            if deferred:  # names the parameter, if one is to blame
+                model._params_as(dt, check_finite=True)
             raise
 
     if isinstance(m, MLP):
