@@ -190,3 +190,10 @@ def check_memory(
             f"{what} needs about {n_bytes / 2**30:.2f} GiB of working memory, "
             f"but only {avail / 2**30:.2f} GiB is available; {hint}"
         )
+
+
+def check_int_seed(value: object, name: str = "seed") -> int:
+    """An integer seed in [0, 2**63) (None refused: the analysis needs a definite seed)."""
+    if value is None:
+        raise TypeError(f"{name} must be an integer >= 0, got None")
+    return int(check_seed(value, name))  # type: ignore[arg-type]

@@ -243,7 +243,7 @@ class MLP(Model):
             and len(activations) == 2
             and isinstance(activations[1], dict)
         ):
-            acts = [as_activation(activations)] * L
+            acts = [as_activation(activations, "activations")] * L
         else:
             acts = [as_activation(a, f"activations[{i}]") for i, a in enumerate(activations)]
             if len(acts) != L:

@@ -303,7 +303,7 @@ def gradient_flow(
         B = xa.shape[0]
         check_memory(
             itemsize * B * (2 * sum(m.sizes[1:]) + (sum(m.sizes) if keep_grads else 0)),
-            "gradient_flow",
+            f"gradient_flow on x of shape {xa.shape}",
         )
         cot = None
         if cotangent is not None:
@@ -346,12 +346,12 @@ def gradient_flow(
         raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
     N = m.hidden_size
     is_lstm = isinstance(m, LSTM)
-    xshape = np.shape(x) if x is not None else ()
+    xshape = tuple(getattr(x, "shape", ()))  # arrays (not nested lists) before converting
     if len(xshape) == 3:  # the working-memory check comes before any conversion
         T, B = (xshape[1], xshape[0]) if m.batch_first else (xshape[0], xshape[1])
         per_step = (m.gates + 3) * N * T * B  # A, H, and LSTM C / tanh(C) or GRU HN
         kept = (T + 1) * B * N * ((2 if is_lstm else 1) * (int(keep_grads) + int(keep_states)))
-        check_memory(itemsize * (per_step + kept), "gradient_flow")
+        check_memory(itemsize * (per_step + kept), f"gradient_flow on x of shape {xshape}")
     xa = time_major(m, x, "x", dt, m.input_size)
     T, B, _ = xa.shape
     h0a = c0a = None

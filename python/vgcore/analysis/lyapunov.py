@@ -11,7 +11,8 @@ import numpy as np
 
 from vgcore._loader import _core
 from vgcore._runtime import resolve_threads
-from vgcore._validation import as_float_array, check_positive_int
+from vgcore._validation import as_float_array, check_int_seed, check_positive_int
+from vgcore.analysis._layout import time_major
 from vgcore.analysis._spectra import (
     ProgressCallback,
     check_model,
@@ -146,7 +147,9 @@ def _chunks(model: RecurrentModel, x: Any, dt: np.dtype) -> tuple[Iterable[Any],
     if isinstance(x, np.ndarray) or (
         isinstance(x, (list, tuple)) and len(x) > 0 and not isinstance(x[0], np.ndarray)
     ):
-        arr = np.asarray(x)
+        arr = as_float_array(x, "x", dt, allow_empty=True)
+        if arr.ndim == 3:
+            arr = time_major(model, arr, "x", dt, model.input_size, allow_empty=True)
         if arr.ndim != 3:
             raise ValueError(
                 f"x must have shape (T, B, input_size) or be an iterable of such chunks, got shape {arr.shape}"
@@ -230,7 +233,7 @@ def lyapunov(
     threads = resolve_threads(num_threads)
     report = check_progress(progress)
     spec = core_model(model, dt)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_int_seed(seed))
 
     def make_engine(h0a: np.ndarray) -> Any:
         v0 = rng.standard_normal((h0a.shape[0], k, D)).astype(dt)
@@ -247,8 +250,10 @@ def lyapunov(
         fed = 0
         for i, chunk in enumerate(chunks):
             name = "x" if total else f"x chunk {i}"
-            c = as_float_array(
-                chunk, name, dt, ndim=3, shape=(None, None, model.input_size), allow_empty=True
+            c = (
+                chunk
+                if total  # the whole array, already converted by _chunks
+                else time_major(model, chunk, name, dt, model.input_size, allow_empty=True)
             )
             if engine is None:
                 batch = c.shape[1]

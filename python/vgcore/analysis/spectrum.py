@@ -10,7 +10,7 @@ import numpy as np
 
 from vgcore._loader import _core
 from vgcore._runtime import resolve_threads
-from vgcore._validation import check_positive_int
+from vgcore._validation import check_int_seed, check_positive_int
 from vgcore.analysis._spectra import (
     ProgressCallback,
     check_model,
@@ -244,7 +244,7 @@ def jacobian_spectrum(
         max_iter,
         ncv,
         4,
-        int(seed),
+        check_int_seed(seed),
         threads,
         report,
     )
