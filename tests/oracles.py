@@ -224,3 +224,102 @@ def torch_trajectory_jacobians(torch, model, x, h0=None):
         out.append(vmap(jacrev(f))(s, xt).numpy())
         s = f(s, xt)
     return out
+
+
+# -- accurate-derivative oracle (for extreme inputs) ---------------------------------------
+# torch differentiates tanh and sigmoid through their outputs (1 - y^2, y (1 - y)), which
+# cancels to exactly 0 once y rounds to +-1: far into saturation autograd reports a zero
+# gradient where the true one is, say, 1e-70. These functions take the derivative from the
+# pre-activation instead, so the oracle stays right wherever float64 can hold the values.
+def _accurate_activations(torch):
+    class Tanh(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, z):
+            ctx.save_for_backward(z)
+            return torch.tanh(z)
+
+        @staticmethod
+        def backward(ctx, g):
+            (z,) = ctx.saved_tensors
+            return g / torch.cosh(z) ** 2
+
+    class Sigmoid(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, z):
+            ctx.save_for_backward(z)
+            return torch.sigmoid(z)
+
+        @staticmethod
+        def backward(ctx, g):
+            (z,) = ctx.saved_tensors
+            return g * torch.sigmoid(z) * torch.sigmoid(-z)
+
+    return {
+        "tanh": Tanh.apply,
+        "sigmoid": Sigmoid.apply,
+        "relu": torch.relu,
+        "identity": lambda z: z,
+        "silu": torch.nn.functional.silu,
+        "gelu": torch.nn.functional.gelu,
+    }
+
+
+def _log_norms(grads):
+    """log ||g|| without under/overflow in the sum of squares (scaled by max |g|)."""
+    out = []
+    for g in grads:
+        top = float(np.max(np.abs(g)))
+        out.append(np.log(top) + np.log(np.linalg.norm(g / top)) if top > 0 else -np.inf)
+    return np.array(out)
+
+
+def accurate_mlp_log_grad_norms(torch, model, x):
+    """``log ||dL/dh_l||`` (l = 0..L) of a plain MLP, L = 0.5 ||y||^2, float64."""
+    acts = _accurate_activations(torch)
+    m = model.astype(np.float64)
+    h = torch.tensor(np.asarray(x, dtype=np.float64), requires_grad=True)
+    hs = [h]
+    for w, b, a in zip(m.weights, m.biases, m.activations):
+        z = h @ torch.from_numpy(w).T
+        if b is not None:
+            z = z + torch.from_numpy(b)
+        h = acts[a.name](z)
+        h.retain_grad()
+        hs.append(h)
+    (0.5 * (h**2).sum()).backward()
+    return _log_norms([t.grad.numpy() for t in hs])
+
+
+def accurate_recurrent_log_grad_norms(torch, model, x):
+    """``log ||dL/dh_t||`` (t = 0..T) of an RNN / LSTM / GRU, L = 0.5 ||h_T||^2, float64."""
+    acts = _accurate_activations(torch)
+    sig, tanh = acts["sigmoid"], acts["tanh"]
+    m = model.astype(np.float64)
+    wih, whh = torch.from_numpy(m.weight_ih), torch.from_numpy(m.weight_hh)
+    zero = torch.zeros(whh.shape[0], dtype=torch.float64)
+    bih = zero if m.bias_ih is None else torch.from_numpy(m.bias_ih)
+    bhh = zero if m.bias_hh is None else torch.from_numpy(m.bias_hh)
+    xt = torch.tensor(np.asarray(x, dtype=np.float64))
+    T, B, _ = xt.shape
+    N = m.hidden_size
+    h = torch.zeros(B, N, dtype=torch.float64, requires_grad=True)
+    c = torch.zeros(B, N, dtype=torch.float64)
+    hs = [h]
+    for t in range(T):
+        gx, gh = xt[t] @ wih.T + bih, h @ whh.T + bhh
+        if m.kind == "rnn":
+            h = (tanh if m.nonlinearity == "tanh" else torch.relu)(gx + gh)
+        elif m.kind == "lstm":
+            i, f, g, o = (gx + gh).chunk(4, 1)
+            c = sig(f) * c + sig(i) * tanh(g)
+            h = sig(o) * tanh(c)
+        else:
+            xr, xz, xn = gx.chunk(3, 1)
+            hr, hz, hn = gh.chunk(3, 1)
+            r, zz = sig(xr + hr), sig(xz + hz)
+            n = tanh(xn + r * hn)
+            h = (1 - zz) * n + zz * h
+        h.retain_grad()
+        hs.append(h)
+    (0.5 * (h**2).sum()).backward()
+    return _log_norms([t.grad.numpy() if t.grad is not None else np.zeros(1) for t in hs])

@@ -44,7 +44,7 @@ def _numbers(result: Any) -> list[np.ndarray]:
     if isinstance(result, vgcore.Diagnosis):
         result = result.flow
     out = []
-    for key, value in sorted(vars(result).items()):
+    for _key, value in sorted(vars(result).items()):
         if isinstance(value, np.ndarray) and value.dtype.kind == "f":
             out.append(value)
     return out

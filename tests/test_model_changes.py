@@ -84,9 +84,9 @@ def test_float32_results_follow_in_place_updates(kind: str, analysis: str) -> No
         assert len(got) == len(fresh)
         for g, f in zip(got, fresh):
             np.testing.assert_array_equal(g, f, err_msg=f"{kind} {analysis} after changing {name}")
-        assert any(
-            not np.array_equal(b, g, equal_nan=True) for b, g in zip(before, got)
-        ), f"{name} had no effect on {analysis}"
+        assert any(not np.array_equal(b, g, equal_nan=True) for b, g in zip(before, got)), (
+            f"{name} had no effect on {analysis}"
+        )
         arr[...] = saved
 
 
@@ -214,7 +214,7 @@ def test_complex_and_integer_tensors_are_refused(torch) -> None:
 def test_from_sizes_refuses_beyond_memory_before_allocating() -> None:
     with pytest.raises(vgcore.InsufficientMemoryError, match="reduce the depth or width"):
         MLP.from_sizes([4096] * 100_000)
-    with pytest.raises(vgcore.InsufficientMemoryError, match="LSTM.from_sizes"):
+    with pytest.raises(vgcore.InsufficientMemoryError, match=r"LSTM\.from_sizes"):
         LSTM.from_sizes(10, 10**6)
 
 

@@ -8,11 +8,10 @@ two without transposes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, ClassVar
-
 import math
+from collections.abc import Sequence
 from contextlib import nullcontext
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -148,8 +147,9 @@ class Model:
         m = self._checked(check_finite=check_finite)
         if dtype != m.dtype:
             try:
-                with np.errstate(over="ignore"), (
-                    nullcontext() if check_finite else deferred_finite_check()
+                with (
+                    np.errstate(over="ignore"),
+                    nullcontext() if check_finite else deferred_finite_check(),
                 ):
                     m = m._rebuild(dtype, copy=True)
             except ValueError as exc:  # finite values beyond the range of the narrower dtype
@@ -480,7 +480,9 @@ class MLP(Model):
                 eps = float(sub.eps)
                 norms[-1] = kind
                 nws[-1] = (
-                    None if sub.weight is None else _torch_to_numpy(sub.weight, f"module[{idx}].weight")
+                    None
+                    if sub.weight is None
+                    else _torch_to_numpy(sub.weight, f"module[{idx}].weight")
                 )
                 nbs[-1] = (
                     None if sub.bias is None else _torch_to_numpy(sub.bias, f"module[{idx}].bias")
@@ -630,7 +632,14 @@ class MLP(Model):
 
     def _named_arrays(self) -> list[tuple[str, np.ndarray]]:
         out = []
-        for attr in ("weights", "biases", "gate_weights", "gate_biases", "norm_weights", "norm_biases"):
+        for attr in (
+            "weights",
+            "biases",
+            "gate_weights",
+            "gate_biases",
+            "norm_weights",
+            "norm_biases",
+        ):
             out += [(f"{attr}[{i}]", a) for i, a in enumerate(getattr(self, attr)) if a is not None]
         return out
 
