@@ -196,4 +196,6 @@ def check_int_seed(value: object, name: str = "seed") -> int:
     """An integer seed in [0, 2**63) (None refused: the analysis needs a definite seed)."""
     if value is None:
         raise TypeError(f"{name} must be an integer >= 0, got None")
-    return int(check_seed(value, name))  # type: ignore[arg-type]
+    seed = check_seed(value, name)
+    assert isinstance(seed, int)
+    return seed

@@ -608,7 +608,7 @@ class MLP(Model):
         return out
 
     def _rebuild(self, dtype: np.dtype, *, copy: bool) -> MLP:
-        def cast(arrs: list[np.ndarray | None]) -> list[np.ndarray | None]:
+        def cast(arrs: Sequence[np.ndarray | None]) -> list[np.ndarray | None]:
             if not copy:
                 return list(arrs)
             return [None if a is None else np.asarray(a).astype(dtype) for a in arrs]
