@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import vgcore
-from vgcore.sweep import ANALYSES, grid_points, load_sweep
+from vgcore.sweep import ANALYSES, SweepWarning, grid_points, load_sweep
 
 pd = pytest.importorskip("pandas")
 pytest.importorskip("pyarrow")
@@ -145,9 +145,10 @@ def test_failures_are_recorded_and_do_not_stop_the_sweep(tmp_path, monkeypatch):
     assert df.loc[1, "error"] == "RuntimeError: point 2 is broken"
     assert np.isnan(df.loc[1, "square"]) and df.loc[2, "square"] == 9
     assert len(list(out.glob("error-*.parquet"))) == 1
-    # resuming does not run anything again, failures included
+    # resuming does not run anything again, failures included (and says so)
     log.write_text("")
-    again = vgcore.sweep(sometimes_fails, {"i": [1, 2, 3]}, out=out, executor="serial")
+    with pytest.warns(SweepWarning, match="1 point"):
+        again = vgcore.sweep(sometimes_fails, {"i": [1, 2, 3]}, out=out, executor="serial")
     assert log.read_text() == ""
     pd.testing.assert_frame_equal(again, df)
 

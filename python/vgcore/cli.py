@@ -699,12 +699,69 @@ def _parse_seeds(text: str) -> int | list[int]:
     return [int(v) for v in vals]
 
 
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    from vgcore.sweep import ANALYSES, sweep
+_SWEEP_KEYS = ("analysis", "seeds", "grid", "fixed")
 
-    cfg = _read_toml(args.config).get("sweep", {}) if args.config else {}
-    if args.config and not cfg:
-        raise UsageError(f"{args.config} has no [sweep] table")
+
+def _toml_type(v: Any) -> str:
+    for t, name in ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string")):
+        if isinstance(v, t):
+            return name
+    return "array" if isinstance(v, list) else "table" if isinstance(v, dict) else type(v).__name__
+
+
+def _sweep_table(path: str) -> dict[str, Any]:
+    """The [sweep] table of a TOML file, its keys checked: analysis (a string), seeds (a count
+    or an array of integers), grid (setting -> value or array), fixed (setting -> value)."""
+    doc = _read_toml(path)
+    if "sweep" not in doc:
+        raise UsageError(f"{path} has no [sweep] table")
+    cfg = doc["sweep"]
+    if not isinstance(cfg, dict):
+        raise UsageError(f"[sweep] must be a table in {path}, got {_toml_type(cfg)} {cfg!r}")
+    unknown = [k for k in cfg if k not in _SWEEP_KEYS]
+    if unknown:
+        raise UsageError(
+            f"[sweep] in {path} has unknown key {unknown[0]!r}; allowed: {', '.join(_SWEEP_KEYS)}"
+        )
+    if "analysis" in cfg and not isinstance(cfg["analysis"], str):
+        a = cfg["analysis"]
+        raise UsageError(f"[sweep] analysis in {path} must be a string, got {_toml_type(a)} {a!r}")
+    if "seeds" in cfg:
+        s = cfg["seeds"]
+        count = isinstance(s, int) and not isinstance(s, bool)
+        listed = isinstance(s, list) and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in s
+        )
+        if not (count or listed):
+            raise UsageError(
+                f"[sweep] seeds in {path} must be a count (an integer) or an array of integers, "
+                f"got {_toml_type(s)} {s!r}"
+            )
+    for part in ("grid", "fixed"):
+        table = cfg.get(part, {})
+        if not isinstance(table, dict):
+            raise UsageError(
+                f"[sweep] {part} in {path} must be a table of setting = value"
+                f"{' or array of values' if part == 'grid' else ''} ([sweep.{part}]), "
+                f"got {_toml_type(table)} {table!r}"
+            )
+        for k, v in table.items():
+            if part == "grid" and isinstance(v, list) and not v:
+                raise UsageError(f"[sweep.grid] {k} in {path} is an empty array")
+            if part == "fixed" and isinstance(v, list):
+                raise UsageError(
+                    f"[sweep.fixed] {k} in {path} must be one value, got an array {v!r} "
+                    "(put it under [sweep.grid] to sweep it)"
+                )
+    return cfg
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import warnings
+
+    from vgcore.sweep import ANALYSES, SweepError, SweepWarning, sweep
+
+    cfg = _sweep_table(args.config) if args.config else {}
     analysis = args.analysis or cfg.get("analysis", "gradient_flow")
     if analysis not in ANALYSES:
         raise UsageError(f"unknown analysis {analysis!r}; choose from {', '.join(ANALYSES)}")
@@ -727,17 +784,26 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         executor = "serial"
     out = args.out or DEFAULT_SWEEP_DIR
     t0 = time.perf_counter()
+
+    def show_warning(message: Any, *_: Any, **__: Any) -> None:
+        print(f"vgcore: warning: {message}", file=sys.stderr)
+
     try:
-        df = sweep(
-            analysis,
-            grid,
-            seeds=seeds,
-            executor=executor,
-            out=out,
-            max_workers=args.workers,
-            retry_failed=args.retry_failed,
-            progress=not args.json,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", SweepWarning)
+            warnings.showwarning = show_warning
+            df = sweep(
+                analysis,
+                grid,
+                seeds=seeds,
+                executor=executor,
+                out=out,
+                max_workers=args.workers,
+                retry_failed=args.retry_failed,
+                progress=not args.json,
+            )
+    except SweepError as exc:
+        raise Failure(str(exc)) from None
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
     n_err = int((df["status"] == "error").sum())

@@ -10,21 +10,54 @@ local processes or a Dask cluster, streamed to a Parquet dataset and resumable.
 Storage: ``out`` is a folder holding one Parquet file per finished point
 (``point-<id>.parquet``; failed points ``error-<id>.parquet``), each written to a temporary name
 and renamed into place, so a killed sweep leaves only whole files behind. Running the same sweep
-again skips every point already on disk (failed ones too, unless ``retry_failed``) and never
-duplicates one; a larger grid over the same folder extends it. ``<id>`` is a hash of the
-analysis, the point's settings and the seed.
+again skips every point already on disk (failed ones too, unless ``retry_failed``, with a
+:class:`SweepWarning` saying how many) and never duplicates one; a larger grid over the same
+folder extends it. ``<id>`` is a hash of the analysis, the point's settings and the seed; each
+file also records that identity (analysis, settings, seed, id) in its Parquet metadata. On
+resume a file that cannot be read (truncated, empty) or that holds another point (copied over)
+is set aside as ``<name>.corrupt`` and its point computed again, with a :class:`SweepWarning`
+naming it. ``_sweep.json`` records the folder's analysis; when it is garbled it is rewritten if
+the point files all say they belong to this analysis, and is otherwise an error naming it.
+
+Only a point's own outcome is stored. The analysis raising is the point's result (an error
+row). The machinery failing (a worker process that died, a broken pool, a cancelled future, a
+lost Dask worker) is not: nothing is written for those points, the points in flight are still
+collected, and :class:`SweepError` says how many are missing; running the same sweep again
+computes exactly them.
+
+Local processes use the ``spawn`` start method in every Python version. Workers receive only
+the function that runs a point (``vgcore.sweep._run_point``), so for a built-in analysis or a
+function from an importable module they do not import the caller's ``__main__`` at all: the
+README's one-line call works from a plain script without an ``if __name__ == "__main__":``
+guard (plain ``spawn`` and ``forkserver`` would run that script again in every worker or in the
+fork server, whose own sweep call then breaks the pool). ``fork`` would avoid that too, but
+forking a process that already runs BLAS, OpenMP or PyTorch threads can deadlock the child
+(Python 3.12 warns about it), so it is not used. An analysis defined in the ``__main__`` script
+itself needs that script in the workers: the call must then sit under the guard, which is
+checked up front. Workers die with the sweep: each asks Linux to send it SIGTERM when its parent
+dies (``prctl(PR_SET_PDEATHSIG)``) and, everywhere, a watchdog thread ends it once its parent
+process is gone, so a killed driver leaves neither workers nor the resource tracker behind.
 """
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures as cf
+import functools
 import hashlib
 import itertools
 import json
 import math
+import multiprocessing as mp
+import multiprocessing.context
 import os
+import pickle
+import signal
+import sys
+import threading
 import time
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
@@ -34,9 +67,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ANALYSES", "grid_points", "load_sweep", "sweep"]
+__all__ = ["ANALYSES", "SweepError", "SweepWarning", "grid_points", "load_sweep", "sweep"]
 
 _META = "_sweep.json"
+_IDENTITY = b"vgcore.sweep"  # Parquet metadata key: the identity of the point a file holds
 _THREAD_VARS = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -44,6 +78,16 @@ _THREAD_VARS = (
     "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS",
 )
+
+
+class SweepError(RuntimeError):
+    """The sweep machinery failed (a worker died, the pool broke, a future was cancelled):
+    the points it names were not computed and nothing was stored for them."""
+
+
+class SweepWarning(UserWarning):
+    """Something about stored results the caller should know: a damaged file set aside and
+    recomputed, error rows of an earlier run skipped."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -134,6 +178,7 @@ def grid_points(grid: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[d
     """
     if isinstance(grid, Mapping):
         keys = list(grid)
+        _check_setting_names(keys, "grid keys")
         values = []
         for k in keys:
             v = grid[k]
@@ -144,21 +189,43 @@ def grid_points(grid: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[d
                 raise ValueError(f"grid[{k!r}] is empty")
             values.append(v)
         return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
-    points = [dict(p) for p in grid]
-    for i, p in enumerate(points):
-        if not isinstance(p, dict):
+    if isinstance(grid, (str, bytes)) or not isinstance(grid, Iterable):
+        raise TypeError(
+            "grid must be a mapping of setting -> values or a list of mappings (one per point), "
+            f"got {type(grid).__name__}"
+        )
+    points = []
+    for i, p in enumerate(grid):
+        if not isinstance(p, Mapping):
             raise TypeError(f"grid[{i}] must be a mapping of settings, got {type(p).__name__}")
+        _check_setting_names(list(p), f"grid[{i}] keys")
+        points.append(dict(p))
     return points
 
 
+def _check_setting_names(keys: list[Any], what: str) -> None:
+    for k in keys:
+        if not isinstance(k, str):
+            raise TypeError(f"{what} must be setting names (strings), got {k!r}")
+
+
 def _seeds(seeds: int | Iterable[int]) -> list[int]:
-    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+    def bad(what: Any) -> TypeError:
+        return TypeError(
+            f"seeds must be a count (an int >= 1) or a list of non-negative int seeds, got {what}"
+        )
+
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, (bool, np.bool_)):
         if seeds < 1:
             raise ValueError(f"seeds must be >= 1 (a count) or a list of seeds, got {seeds}")
         return list(range(int(seeds)))
+    if isinstance(seeds, (str, bytes, Mapping)) or not isinstance(seeds, Iterable):
+        raise bad(f"{type(seeds).__name__} {seeds!r}")
     out = []
-    for s in seeds:  # type: ignore[union-attr]
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+    for s in seeds:
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)):
+            raise bad(f"the element {s!r} ({type(s).__name__})")
+        if s < 0:
             raise ValueError(f"seeds must be non-negative integers, got {s!r}")
         out.append(int(s))
     if not out or len(set(out)) != len(out):
@@ -237,16 +304,45 @@ def _pin_threads() -> None:
         threadpool_limits(1)
 
 
+def _watch_parent(parent_pid: int, interval: float = 0.5) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker when the process that started it dies (even by SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        with suppress(Exception):
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # died before the line above took effect
+        os._exit(1)
+    # everywhere (and should the signal be caught): poll for the parent
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid,), daemon=True, name="vgcore-parent-watch"
+    ).start()
+
+
+def _worker_init(parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
+    _pin_threads()
+
+
 def _run_point(
     analysis: str | Callable[..., Any], params: dict[str, Any], seed: int
 ) -> dict[str, Any]:
-    """Run one point; never raises (a failure is returned as an error result)."""
+    """Run one point; never raises (a failure is returned as an error result). The rows are
+    plain values, so the result always travels back from a worker."""
     t0 = time.perf_counter()
     try:
         if isinstance(analysis, str):
             rows = ANALYSES[analysis](params, seed)
         else:
             rows = _as_rows(analysis(**params, seed=seed))
+        rows = [{str(k): _plain(v) for k, v in r.items()} for r in rows]
         status, error = "ok", None
     except Exception as exc:
         rows, status, error = [{}], "error", f"{type(exc).__name__}: {exc}"
@@ -271,6 +367,69 @@ def _rows_of(task: _Task, result: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------
 # storage
+class _Damaged(Exception):
+    """A stored file that cannot be trusted; the message says why."""
+
+
+def _identity(name: str, task: _Task, status: str) -> dict[str, Any]:
+    params = {k: _plain(v) for k, v in task.params.items()}
+    return {
+        "key": task.key,
+        "analysis": name,
+        "params": params,
+        "seed": task.seed,
+        "status": status,
+    }
+
+
+def _read_point(path: Path, key: str, status: str) -> list[dict[str, Any]]:
+    """The rows of one point file, checked to hold point ``key`` with ``status``."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path).read()
+    except Exception as exc:  # ArrowInvalid, OSError, ...: whatever the damage
+        raise _Damaged(f"it cannot be read ({type(exc).__name__}: {exc})") from None
+    raw = (table.schema.metadata or {}).get(_IDENTITY)
+    if raw is not None:  # files of older versions have none: their rows' point_id decides
+        try:
+            ident = json.loads(raw)
+            held = ident["key"]
+        except (ValueError, TypeError, KeyError):
+            raise _Damaged("its identity record is garbled") from None
+        if held != key:
+            raise _Damaged(
+                f"it holds another point (id {held}: settings {ident.get('params')}, "
+                f"seed {ident.get('seed')})"
+            )
+    rows: list[dict[str, Any]] = table.to_pylist()
+    if not rows:
+        raise _Damaged("it holds no rows")
+    ids = {r.get("point_id") for r in rows}
+    if ids != {key}:
+        raise _Damaged(f"its rows belong to point {', '.join(sorted(map(str, ids)))}")
+    if {r.get("status") for r in rows} != {status}:
+        raise _Damaged(f"its rows do not all have status {status!r}")
+    return rows
+
+
+def _damage_warning(items: list[tuple[Path, str]], what: str, stacklevel: int) -> None:
+    shown = "; ".join(f"{p.name}: {why}" for p, why in items[:5])
+    more = f"; and {len(items) - 5} more" if len(items) > 5 else ""
+    warnings.warn(
+        f"{len(items)} damaged sweep file(s) in {items[0][0].parent}: {shown}{more}. {what}",
+        SweepWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def _is_infrastructure_row(rows: list[dict[str, Any]]) -> bool:
+    """An error row an older vgcore stored for a dead worker or a broken pool: such rows have
+    no running time (a point's own failure always has one)."""
+    el = rows[0].get("elapsed_s")
+    return el is None or (isinstance(el, float) and math.isnan(el))
+
+
 class _Store:
     """One Parquet file per finished point, written atomically."""
 
@@ -282,66 +441,147 @@ class _Store:
                 "writing a sweep to disk needs pyarrow: pip install 'vgcore[dask]' (or pyarrow)"
             ) from exc
         self.root = root
+        self.name = name
         if root.exists() and not root.is_dir():
             raise ValueError(f"out must be a folder (a Parquet dataset), but {root} is a file")
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"out: cannot create the folder {root}: {exc}") from None
         for tmp in root.glob(".tmp-*"):  # left by a sweep killed mid-write
             with suppress(OSError):
                 tmp.unlink()
-        meta = root / _META
-        if meta.exists():
-            old = json.loads(meta.read_text()).get("analysis")
-            if old != name:
-                raise ValueError(
-                    f"{root} holds a sweep of analysis {old!r}, not {name!r}; use another folder"
-                )
-        else:
-            import vgcore
+        self._check_meta()
 
-            meta.write_text(json.dumps({"analysis": name, "vgcore": vgcore.__version__}) + "\n")
+    def _write_meta(self) -> None:
+        import vgcore
+
+        tmp = self.root / f".tmp-meta-{uuid.uuid4().hex[:8]}"
+        tmp.write_text(json.dumps({"analysis": self.name, "vgcore": vgcore.__version__}) + "\n")
+        os.replace(tmp, self.root / _META)
+
+    def _check_meta(self) -> None:
+        meta = self.root / _META
+        if not meta.exists():
+            self._write_meta()
+            return
+        try:
+            old = json.loads(meta.read_text(encoding="utf-8"))["analysis"]
+            if not isinstance(old, str):
+                raise TypeError(f"'analysis' is {type(old).__name__}, not a string")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            recorded = self._analyses_in_files()
+            if recorded <= {self.name}:  # every point file says it belongs to this analysis
+                self._write_meta()
+                warnings.warn(
+                    f"{meta} was unreadable ({why}); rewrote it from the point files "
+                    f"({'none yet' if not recorded else 'all of analysis ' + repr(self.name)})",
+                    SweepWarning,
+                    stacklevel=5,
+                )
+                return
+            raise ValueError(
+                f"{meta} is unreadable ({why}). It records which analysis {self.root} holds, "
+                f"and its point files do not all say {self.name!r}: use another folder for "
+                f"this sweep, or delete {meta} if you are sure the folder holds a sweep of "
+                f"{self.name!r}"
+            ) from None
+        if old != self.name:
+            raise ValueError(
+                f"{self.root} holds a sweep of analysis {old!r}, not {self.name!r}; "
+                "use another folder"
+            )
+
+    def _analyses_in_files(self) -> set[str | None]:
+        """The analyses the stored files say they belong to (None: a file that does not say)."""
+        import pyarrow.parquet as pq
+
+        out: set[str | None] = set()
+        for f in itertools.chain(self.root.glob("point-*"), self.root.glob("error-*")):
+            try:
+                out.add(json.loads(pq.read_schema(f).metadata[_IDENTITY])["analysis"])
+            except Exception:
+                out.add(None)
+        return out
 
     def _path(self, key: str, ok: bool) -> Path:
         return self.root / f"{'point' if ok else 'error'}-{key}.parquet"
 
-    def status(self) -> dict[str, str]:
-        """point id -> "ok" / "error" for every point on disk."""
-        out: dict[str, str] = {}
-        for p in self.root.glob("error-*.parquet"):
-            out[p.stem[len("error-") :]] = "error"
-        for p in self.root.glob("point-*.parquet"):
-            out[p.stem[len("point-") :]] = "ok"
+    def stored(self, tasks: list[_Task]) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+        """point id -> (status, rows) for each task whose stored file can be trusted. Damaged
+        files are set aside (``<name>.corrupt``) with a warning, so their points run again."""
+        out: dict[str, tuple[str, list[dict[str, Any]]]] = {}
+        damaged: list[tuple[Path, str]] = []
+        infra: list[str] = []
+        for t in tasks:
+            for status in ("ok", "error"):
+                path = self._path(t.key, status == "ok")
+                if not path.exists():
+                    continue
+                try:
+                    rows = _read_point(path, t.key, status)
+                except _Damaged as exc:
+                    damaged.append((path, str(exc)))
+                    with suppress(OSError):
+                        os.replace(path, path.with_name(path.name + ".corrupt"))
+                    continue
+                if status == "error" and _is_infrastructure_row(rows):
+                    infra.append(str(rows[0].get("error")))
+                    continue
+                out[t.key] = (status, rows)
+                break
+        if damaged:
+            _damage_warning(
+                damaged, "Set aside as <name>.corrupt; recomputing their points.", stacklevel=4
+            )
+        if infra:
+            warnings.warn(
+                f"{len(infra)} stored error row(s) in {self.root} record a failure of the sweep "
+                f"machinery in an older vgcore ({infra[0]}), not of the point: recomputing them",
+                SweepWarning,
+                stacklevel=3,
+            )
         return out
 
-    def write(self, key: str, rows: list[dict[str, Any]], ok: bool) -> None:
+    def write(self, task: _Task, rows: list[dict[str, Any]], ok: bool) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        tmp = self.root / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-        os.replace(tmp, self._path(key, ok))
+        ident = json.dumps(_identity(self.name, task, "ok" if ok else "error"), default=str)
+        table = pa.Table.from_pylist(rows).replace_schema_metadata({_IDENTITY: ident})
+        tmp = self.root / f".tmp-{task.key}-{uuid.uuid4().hex[:8]}"
+        pq.write_table(table, tmp)
+        os.replace(tmp, self._path(task.key, ok))
         if ok:
             with suppress(FileNotFoundError):
-                self._path(key, False).unlink()
-
-    def read(self, key: str) -> list[dict[str, Any]]:
-        import pyarrow.parquet as pq
-
-        path = self._path(key, True)
-        if not path.exists():
-            path = self._path(key, False)
-        return pq.read_table(path).to_pylist()  # type: ignore[no-any-return]
+                self._path(task.key, False).unlink()
 
 
 def load_sweep(out: str | Path) -> Any:
-    """Every point stored in a sweep folder, as a DataFrame (ordered by point id)."""
+    """Every point stored in a sweep folder, as a DataFrame (ordered by point id).
+
+    A file that cannot be read or that holds another point than its name says is left out,
+    with a :class:`SweepWarning` naming it (running the sweep again recomputes it).
+    """
     import pandas as pd
-    import pyarrow.parquet as pq
 
     root = Path(out)
     if not (root / _META).exists():
         raise FileNotFoundError(f"{root} is not a vgcore sweep folder (no {_META})")
     files = sorted(root.glob("point-*.parquet")) + sorted(root.glob("error-*.parquet"))
-    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+    rows: list[dict[str, Any]] = []
+    damaged: list[tuple[Path, str]] = []
+    for f in files:
+        status, key = f.stem.split("-", 1)
+        try:
+            rows += _read_point(f, key, "ok" if status == "point" else "error")
+        except _Damaged as exc:
+            damaged.append((f, str(exc)))
+    if damaged:
+        _damage_warning(
+            damaged, "Left out; running the sweep again recomputes their points.", stacklevel=3
+        )
     return pd.DataFrame(rows)
 
 
@@ -366,32 +606,169 @@ def _is_dask(executor: Any) -> bool:
     return type(executor).__module__.split(".")[0] == "distributed" and hasattr(executor, "submit")
 
 
+def _executor_kind(executor: Any) -> str:
+    """The kind of executor (local, serial, address, dask, futures); clear errors otherwise."""
+    if executor is None:
+        return "local"
+    if isinstance(executor, (bool, np.bool_)):
+        raise TypeError(f"executor must not be a bool, got {executor!r}")
+    if isinstance(executor, (int, np.integer)):
+        if executor < 1:
+            raise ValueError(f"executor as a worker count must be >= 1, got {executor}")
+        return "local"
+    if isinstance(executor, str):
+        if executor == "serial":
+            return "serial"
+        if "://" in executor:
+            return "address"
+        raise ValueError(
+            "executor as a string must be 'serial' or a Dask scheduler address such as "
+            f"'tcp://host:8786', got {executor!r}"
+        )
+    if _is_dask(executor):
+        return "dask"
+    if isinstance(executor, cf.Executor):
+        return "futures"
+    raise TypeError(
+        "executor must be None (local processes), 'serial', a worker count, a "
+        "concurrent.futures.Executor, a dask.distributed.Client or a scheduler address "
+        f"('tcp://host:port'); got {executor!r} ({type(executor).__name__})"
+    )
+
+
+# Workers whose process name starts with this do not import the caller's __main__.
+_NO_MAIN = "vgcore-sweep-worker-"
+
+
+def _skip_main_for_sweep_workers() -> None:
+    """Wrap multiprocessing's spawn preparation so that sweep workers (and nothing else) are
+    not told to import ``__main__``; idempotent, and a pass-through for other processes."""
+    from multiprocessing import spawn
+
+    current = spawn.get_preparation_data
+    if getattr(current, "_vgcore_skip_main", False):
+        return
+
+    @functools.wraps(current)
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        d: dict[str, Any] = current(name)
+        if name.startswith(_NO_MAIN):
+            d.pop("init_main_from_path", None)
+            d.pop("init_main_from_name", None)
+        return d
+
+    get_preparation_data._vgcore_skip_main = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = get_preparation_data
+
+
+class _WorkerProcess(multiprocessing.context.SpawnProcess):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = _NO_MAIN + self.name
+
+
+class _WorkerContext(multiprocessing.context.SpawnContext):
+    """spawn, with workers that do not import ``__main__``."""
+
+    Process = _WorkerProcess  # type: ignore[assignment]
+
+
+def _main_script_unguarded() -> str | None:
+    """The ``__main__`` script's path when the running sweep() call sits at its top level
+    outside ``if __name__ == "__main__":`` (a worker importing the script would call it
+    again), else None."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path:
+        return None
+    frame = sys._getframe(1)
+    line = None
+    while frame is not None:
+        if frame.f_globals is vars(main) and frame.f_code.co_name == "<module>":
+            line = frame.f_lineno
+        frame = frame.f_back  # type: ignore[assignment]
+    if line is None:
+        return None
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+    def is_guard(node: ast.stmt) -> bool:
+        if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
+            return False
+        sides = [node.test.left, *node.test.comparators]
+        names = any(isinstance(x, ast.Name) and x.id == "__name__" for x in sides)
+        main_ = any(isinstance(x, ast.Constant) and x.value == "__main__" for x in sides)
+        return names and main_
+
+    for node in tree.body:
+        end = getattr(node, "end_lineno", None) or node.lineno
+        if node.lineno <= line <= end:
+            return None if is_guard(node) else str(path)
+    return str(path)
+
+
+def _check_picklable(analysis: Any) -> None:
+    try:
+        pickle.dumps(analysis)
+    except Exception as exc:
+        raise TypeError(
+            f"analysis {analysis!r} cannot be sent to worker processes ({type(exc).__name__}: "
+            f"{exc}): define it at module level (not a lambda or a nested function), or pass "
+            "executor='serial'"
+        ) from None
+
+
+def _check_process_analysis(analysis: Any) -> None:
+    """A callable analysis can reach local worker processes; said up front, not as dead
+    workers."""
+    if isinstance(analysis, str):
+        return
+    _check_picklable(analysis)
+    if getattr(analysis, "__module__", None) != "__main__":
+        return
+    main = sys.modules.get("__main__")
+    if not getattr(main, "__file__", None):
+        raise TypeError(
+            f"analysis {analysis!r} is defined interactively (in __main__ without a file), "
+            "which worker processes cannot import: define it in a module, or pass "
+            "executor='serial'"
+        )
+    script = _main_script_unguarded()
+    if script is not None:
+        raise RuntimeError(
+            f"analysis {analysis!r} is defined in the script {script}, which calls sweep() at "
+            'its top level without an `if __name__ == "__main__":` guard: worker processes '
+            "import that script to find the analysis and would start the sweep again. Put the "
+            'sweep call under `if __name__ == "__main__":`, move the analysis into a module, '
+            "or pass executor='serial'"
+        )
+
+
 class _Runner:
     """Submit / wait / result over the supported executors."""
 
-    def __init__(self, executor: Any, max_workers: int | None) -> None:
-        self.owned = None
+    def __init__(self, kind: str, executor: Any, max_workers: int | None, skip_main: bool) -> None:
+        self.owned: Any = None
         self.kind = "futures"
-        if executor is None or isinstance(executor, int):
-            import multiprocessing as mp
-
-            n = executor if isinstance(executor, int) else max_workers
+        if kind == "local":
+            n = int(executor) if executor is not None else max_workers
             if n is None:
                 from vgcore._runtime import get_num_threads
 
                 n = get_num_threads()
-            if n < 1:
-                raise ValueError(f"the number of workers must be >= 1, got {n}")
             self.workers = int(n)
-            self.pool = cf.ProcessPoolExecutor(
-                self.workers,
-                mp_context=mp.get_context("spawn"),
-                initializer=_pin_threads,
+            if skip_main:
+                _skip_main_for_sweep_workers()
+                ctx: Any = _WorkerContext()
+            else:
+                ctx = mp.get_context("spawn")
+            self.pool: Any = cf.ProcessPoolExecutor(
+                self.workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),)
             )
             self.owned = self.pool
-        elif isinstance(executor, str) and executor == "serial":
-            self.kind, self.workers, self.pool = "serial", 1, None
-        elif isinstance(executor, str) and "://" in executor:
+        elif kind == "address":
             try:
                 from distributed import Client
             except ImportError as exc:
@@ -401,17 +778,12 @@ class _Runner:
             self.pool = Client(executor)
             self.owned = self.pool
             self.kind = "dask"
-        elif _is_dask(executor):
+        elif kind == "dask":
             self.pool, self.kind = executor, "dask"
-        elif isinstance(executor, cf.Executor):
-            self.pool = executor
-            self.workers = max_workers or getattr(executor, "_max_workers", 2)
         else:
-            raise TypeError(
-                "executor must be None (local processes), 'serial', a worker count, a "
-                "concurrent.futures.Executor, a dask.distributed.Client or a scheduler address "
-                f"('tcp://host:port'); got {executor!r}"
-            )
+            self.pool = executor
+            n_pool: int = getattr(executor, "_max_workers", None) or 2
+            self.workers = max_workers or n_pool
         if self.kind == "dask":
             threads = sum(self.pool.nthreads().values()) if hasattr(self.pool, "nthreads") else 2
             self.workers = max(1, int(threads))
@@ -432,17 +804,6 @@ class _Runner:
             return set(wait(list(futures), return_when="FIRST_COMPLETED").done)
         done, _ = cf.wait(list(futures), return_when=cf.FIRST_COMPLETED)
         return done
-
-    def result(self, fut: Any) -> dict[str, Any]:
-        try:
-            return fut.result()  # type: ignore[no-any-return]
-        except Exception as exc:
-            return {
-                "rows": [{}],
-                "status": "error",
-                "error": f"{type(exc).__name__}: {exc}",
-                "elapsed_s": math.nan,
-            }
 
     def cancel(self, futures: Iterable[Any]) -> None:
         futs = list(futures)
@@ -469,7 +830,7 @@ def sweep(
     *,
     seeds: int | Iterable[int] = 1,
     executor: Any = None,
-    out: str | Path | None = None,
+    out: str | os.PathLike[str] | None = None,
     max_workers: int | None = None,
     retry_failed: bool = False,
     progress: bool | Callable[[int, int], Any] = False,
@@ -485,7 +846,8 @@ def sweep(
         ``activation``, ``init``, ``sigma_w2``, ``hidden_size``, ``steps``, ... ; see
         ``vgcore._modelspec``), or a function ``f(**settings, seed=seed)`` returning a mapping of
         metrics, a list of them (several rows), a DataFrame or a number. For process or Dask
-        executors it must be importable (defined at module level).
+        executors it must be importable (defined at module level); one defined in the script
+        being run needs the sweep call under ``if __name__ == "__main__":``.
     grid : mapping of setting -> values, or sequence of mappings
         The cartesian product of the values (see :func:`grid_points`) or explicit points.
     seeds : int or iterable of int
@@ -497,11 +859,13 @@ def sweep(
         runs the same points on a Dask cluster.
     out : path, optional
         A folder to stream results to (a Parquet dataset, one file per point). Points already
-        there are not run again: an interrupted sweep resumes where it stopped.
+        there are not run again: an interrupted sweep resumes where it stopped. Damaged files
+        are set aside and their points run again (with a :class:`SweepWarning`).
     max_workers : int, optional
-        Local process count (and the in-flight window for other executors).
+        Local process count (and the in-flight window for other executors); >= 1.
     retry_failed : bool
-        Run again the points that failed in an earlier run into ``out``.
+        Run again the points that failed in an earlier run into ``out`` (otherwise their error
+        rows are returned, with a :class:`SweepWarning` saying how many).
     progress : bool or callable(done, total)
         A progress bar on stderr (``True``) or a callback.
 
@@ -509,8 +873,15 @@ def sweep(
     -------
     pandas.DataFrame
         Tidy: one row per point and seed (or per row an analysis returns), in grid order, with
-        the settings, ``seed``, the metrics, ``status`` ("ok" / "error"), ``error``,
-        ``elapsed_s`` and ``point_id``.
+        the settings, ``seed``, the metrics, ``status`` ("ok" / "error": the analysis raised),
+        ``error``, ``elapsed_s`` and ``point_id``.
+
+    Raises
+    ------
+    SweepError
+        The machinery failed for some points (a worker process died, the pool broke, a
+        future was cancelled): nothing is stored for them, finished points are; running the
+        same sweep again computes the missing ones.
     """
     try:
         import pandas as pd
@@ -524,11 +895,29 @@ def sweep(
 
             require(_NEEDS[analysis])  # ImportError, saying what is missing
     elif not callable(analysis):
-        raise TypeError(f"analysis must be a name or a callable, got {analysis!r}")
+        raise TypeError(
+            f"analysis must be a built-in analysis name or a callable, got {analysis!r} "
+            f"({type(analysis).__name__})"
+        )
     points = grid_points(grid)
     if not points:
         raise ValueError("the grid has no points")
     seed_list = _seeds(seeds)
+    kind = _executor_kind(executor)
+    if max_workers is not None:
+        if isinstance(max_workers, (bool, np.bool_)) or not isinstance(
+            max_workers, (int, np.integer)
+        ):
+            raise TypeError(f"max_workers must be an int >= 1 or None, got {max_workers!r}")
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        max_workers = int(max_workers)
+    if not isinstance(retry_failed, (bool, np.bool_)):
+        raise TypeError(f"retry_failed must be True or False, got {retry_failed!r}")
+    if not (isinstance(progress, bool) or callable(progress)):
+        raise TypeError(f"progress must be a bool or a callable(done, total), got {progress!r}")
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be a path to a folder, got {type(out).__name__} {out!r}")
     for p in points:
         if "seed" in p:
             raise ValueError("'seed' cannot be a grid setting; pass seeds= instead")
@@ -537,6 +926,10 @@ def sweep(
             _spec(p, seed_list[0])
             if analysis == "mean_field" and p.get("sigma_w2") is None:
                 raise ValueError("the mean_field analysis needs sigma_w2 in every grid point")
+    if kind == "local":
+        _check_process_analysis(analysis)
+    elif isinstance(executor, cf.ProcessPoolExecutor):
+        _check_picklable(analysis)
     name = _analysis_name(analysis)
     tasks = [
         _Task(i * len(seed_list) + j, p, s, _key(name, p, s))
@@ -547,10 +940,18 @@ def sweep(
     if len(set(keys)) != len(keys):
         raise ValueError("the grid lists the same point twice")
     store = None if out is None else _Store(Path(out), name)
-    on_disk = store.status() if store is not None else {}
-    skip = {k for k, st in on_disk.items() if st == "ok" or not retry_failed}
-    todo = [t for t in tasks if t.key not in skip]
-    results: dict[str, list[dict[str, Any]]] = {}
+    stored = store.stored(tasks) if store is not None else {}
+    n_err = sum(st == "error" for st, _ in stored.values())
+    if n_err and not retry_failed:
+        warnings.warn(
+            f"{n_err} point(s) failed in an earlier run into {out} and are not run again (their "
+            "error rows are returned); pass retry_failed=True (CLI: --retry-failed) to run them "
+            "again",
+            SweepWarning,
+            stacklevel=2,
+        )
+    results = {k: rows for k, (st, rows) in stored.items() if st == "ok" or not retry_failed}
+    todo = [t for t in tasks if t.key not in results]
 
     callback = progress if callable(progress) else None
     from vgcore._progress import progress_bar
@@ -565,7 +966,7 @@ def sweep(
             nonlocal done
             rows = _rows_of(task, result)
             if store is not None:
-                store.write(task.key, rows, result["status"] == "ok")
+                store.write(task, rows, result["status"] == "ok")
             results[task.key] = rows
             done += 1
             bar.update(done, len(tasks))
@@ -573,42 +974,84 @@ def sweep(
                 callback(done, len(tasks))
 
         if todo:
-            _execute(todo, analysis, executor, max_workers, finish)
+            missing, cause = _execute(todo, analysis, kind, executor, max_workers, finish)
+            if cause is not None:
+                raise _sweep_error(missing, cause, len(tasks), analysis, out) from cause
 
     rows: list[dict[str, Any]] = []
     for t in tasks:
-        rows += results[t.key] if t.key in results else store.read(t.key)  # type: ignore[union-attr]
+        rows += results[t.key]
     return _frame(pd, rows, points)
+
+
+def _sweep_error(
+    missing: list[_Task], cause: BaseException, total: int, analysis: Any, out: Any
+) -> SweepError:
+    why = f"{type(cause).__name__}: {cause}".rstrip(": ")
+    if isinstance(cause, cf.process.BrokenProcessPool):
+        why += " (a worker process died: killed, out of memory, or a crash in native code)"
+    kept = (
+        f"the points that finished are stored in {out}: run the same sweep again to compute "
+        "the missing ones"
+        if out is not None
+        else "pass out=FOLDER to keep finished points across runs, and run the sweep again"
+    )
+    return SweepError(
+        f"{len(missing)} of {total} point(s) were not computed because the sweep machinery "
+        f"failed ({why}); nothing is stored for them, and {kept}"
+    )
 
 
 def _execute(
     todo: list[_Task],
     analysis: Any,
+    kind: str,
     executor: Any,
     max_workers: int | None,
     finish: Callable[[_Task, Mapping[str, Any]], None],
-) -> None:
-    if executor == "serial":
+) -> tuple[list[_Task], BaseException | None]:
+    """Run the points; returns the points not computed and why (None: all were). After a
+    failure of the machinery no new point starts, but the ones in flight are collected."""
+    if kind == "serial":
         for t in todo:
             finish(t, _run_point(analysis, t.params, t.seed))
-        return
-    local = executor is None or isinstance(executor, int)
+        return [], None
+    local = kind == "local"
+    skip_main = isinstance(analysis, str) or getattr(analysis, "__module__", None) != "__main__"
+    missing: list[_Task] = []
+    cause: BaseException | None = None
     with _single_thread_env() if local else nullcontext():
-        runner = _Runner(executor, max_workers)
+        runner = _Runner(kind, executor, max_workers, skip_main)
         queue = deque(todo)
         inflight: dict[Any, _Task] = {}
         try:
-            while queue or inflight:
-                while queue and len(inflight) < runner.window:
+            while inflight or (queue and cause is None):
+                while queue and cause is None and len(inflight) < runner.window:
                     t = queue.popleft()
-                    inflight[runner.submit(_run_point, analysis, t.params, t.seed)] = t
+                    try:
+                        fut = runner.submit(_run_point, analysis, t.params, t.seed)
+                    except Exception as exc:  # a broken or shut-down executor refuses work
+                        cause = exc
+                        missing.append(t)
+                        break
+                    inflight[fut] = t
+                if not inflight:
+                    break
                 for fut in runner.wait_first(inflight):
-                    finish(inflight.pop(fut), runner.result(fut))
+                    task = inflight.pop(fut)
+                    try:
+                        result = fut.result()  # _run_point never raises: this is the machinery
+                    except BaseException as exc:
+                        cause = cause or exc
+                        missing.append(task)
+                        continue
+                    finish(task, result)
         except BaseException:
             runner.cancel(inflight)
             raise
         finally:
             runner.close()
+    return [*missing, *queue], cause
 
 
 def _frame(pd: Any, rows: list[dict[str, Any]], points: list[dict[str, Any]]) -> Any:
