@@ -51,7 +51,7 @@ def require_matplotlib() -> Any:
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - exercised without matplotlib only
         raise ImportError(
-            "plotting needs matplotlib; install it with: pip install 'vgcore[plot]'"
+            "plotting needs matplotlib, a dependency of vgcore: pip install 'vgcore[plot]'"
         ) from exc
     return plt
 

@@ -112,7 +112,7 @@ def write_table(rows: list[dict[str, Any]], path: Path, fmt: str) -> Path:
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise ImportError(
-            "Parquet output needs pyarrow: pip install pyarrow (or use the CSV format)"
+            "Parquet output needs pyarrow, a dependency of vgcore: pip install 'vgcore[report]' (or use the CSV format)"
         ) from exc
     table = pa.Table.from_pylist([{k: r.get(k) for k in cols} for r in rows])
     pq.write_table(table, target)
