@@ -24,9 +24,32 @@ from vgcore.diagnose import Diagnosis, Recommendation, diagnose
 from vgcore.models import GRU, LSTM, MLP, RNN
 from vgcore.report import write_report
 from vgcore.sweep import sweep
-from vgcore.theory import compare_to_theory, critical_sigma_w2, mean_field, phase_diagram
 
 __version__: str = _core.__version__
+
+#: Imported on first use: mean-field theory pulls in scipy.special / scipy.optimize, which a
+#: command-line call that does not need them should not pay for at start-up.
+_LAZY = {
+    "compare_to_theory": "vgcore.theory",
+    "critical_sigma_w2": "vgcore.theory",
+    "mean_field": "vgcore.theory",
+    "phase_diagram": "vgcore.theory",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vgcore' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "ACTIVATIONS",
