@@ -196,10 +196,12 @@ def test_garbled_metadata_is_rebuilt_from_the_point_files(tmp_path, monkeypatch)
     out, log = tmp_path / "sw", tmp_path / "calls.log"
     vgcore.sweep(square, {"i": [1, 2]}, out=out, executor="serial")
     (out / "_sweep.json").write_text('{"analysis": "test_sw')  # cut short
+    _point_file(out, 2).write_bytes(b"")  # a damaged file does not block the rebuild
     monkeypatch.setenv("VGCORE_SWEEP_LOG", str(log))
-    with pytest.warns(SweepWarning, match="_sweep.json"):
+    with pytest.warns(SweepWarning) as rec:
         df = vgcore.sweep(square, {"i": [1, 2]}, out=out, executor="serial")
-    assert _calls(log) == [] and df["square"].tolist() == [1, 4]
+    assert "_sweep.json" in str(rec[0].message) and "damaged" in str(rec[1].message)
+    assert _calls(log) == [2] and df["square"].tolist() == [1, 4]
     vgcore.sweep(square, {"i": [1, 2]}, out=out, executor="serial")  # healed: no warning
 
 
@@ -319,9 +321,9 @@ def test_readme_call_works_from_a_script_without_main_guard(tmp_path):
     assert len(list((tmp_path / "sweep-out").glob("point-*.parquet"))) == 8
 
 
-def test_script_analysis_without_main_guard_is_a_clear_error(tmp_path):
-    res = _run_script(
-        tmp_path,
+@pytest.mark.parametrize(
+    "body",
+    [
         """
         import vgcore
 
@@ -330,7 +332,20 @@ def test_script_analysis_without_main_guard_is_a_clear_error(tmp_path):
 
         vgcore.sweep(f, {"i": [1, 2]}, out="sweep-out", max_workers=2)
         """,
-    )
+        """
+        import vgcore, test_sweep_robust
+
+        class Setting:  # a grid value of a class the script defines
+            pass
+
+        vgcore.sweep(test_sweep_robust.square, [{"i": 1, "s": Setting()}], out="sweep-out",
+                     max_workers=2)
+        """,
+    ],
+    ids=["analysis", "grid-value"],
+)
+def test_script_definitions_without_main_guard_are_a_clear_error(tmp_path, body):
+    res = _run_script(tmp_path, body)
     assert res.returncode == 1
     assert 'if __name__ == "__main__":' in res.stderr and "run_sweep.py" in res.stderr
     assert not list((tmp_path / "sweep-out").glob("*.parquet"))
@@ -408,7 +423,7 @@ def test_bad_executor_is_caught_even_when_nothing_is_left_to_run(tmp_path):
 
 
 def test_unpicklable_analysis_for_processes_is_named():
-    with pytest.raises(TypeError, match=r"analysis.*pickl"):
+    with pytest.raises(TypeError, match=r"analysis .* cannot be sent to worker processes"):
         vgcore.sweep(lambda i, seed: {"v": i}, {"i": [1]}, max_workers=1)
     df = vgcore.sweep(lambda i, seed: {"v": i}, {"i": [1]}, executor="serial")
     assert df["v"].tolist() == [1]

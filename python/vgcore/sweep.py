@@ -500,8 +500,12 @@ class _Store:
         out: set[str | None] = set()
         for f in itertools.chain(self.root.glob("point-*"), self.root.glob("error-*")):
             try:
-                out.add(json.loads(pq.read_schema(f).metadata[_IDENTITY])["analysis"])
-            except Exception:
+                meta = pq.read_schema(f).metadata or {}
+            except Exception:  # damaged: set aside and recomputed later, whatever it held
+                continue
+            try:
+                out.add(json.loads(meta[_IDENTITY])["analysis"])
+            except Exception:  # written before files carried their identity
                 out.add(None)
         return out
 
@@ -709,41 +713,41 @@ def _main_script_unguarded() -> str | None:
     return str(path)
 
 
-def _check_picklable(analysis: Any) -> None:
+def _pickled(what: str, value: Any) -> bytes:
     try:
-        pickle.dumps(analysis)
+        return pickle.dumps(value)
     except Exception as exc:
         raise TypeError(
-            f"analysis {analysis!r} cannot be sent to worker processes ({type(exc).__name__}: "
-            f"{exc}): define it at module level (not a lambda or a nested function), or pass "
-            "executor='serial'"
+            f"{what} cannot be sent to worker processes ({type(exc).__name__}: {exc}): "
+            "use values and functions defined at module level (not lambdas or nested "
+            "functions), or pass executor='serial'"
         ) from None
 
 
-def _check_process_analysis(analysis: Any) -> None:
-    """A callable analysis can reach local worker processes; said up front, not as dead
-    workers."""
-    if isinstance(analysis, str):
-        return
-    _check_picklable(analysis)
-    if getattr(analysis, "__module__", None) != "__main__":
-        return
+def _check_process_payload(analysis: Any, points: list[dict[str, Any]], local: bool) -> bool:
+    """What the workers receive can reach them; returns whether it needs ``__main__``
+    (something defined in the running script). Said up front, not as dead workers."""
+    blob = _pickled(f"analysis {analysis!r}", analysis) + _pickled("a grid value", points)
+    needs_main = b"__main__" in blob  # a false alarm only costs importing the script
+    if not (needs_main and local):
+        return needs_main
     main = sys.modules.get("__main__")
     if not getattr(main, "__file__", None):
         raise TypeError(
-            f"analysis {analysis!r} is defined interactively (in __main__ without a file), "
-            "which worker processes cannot import: define it in a module, or pass "
-            "executor='serial'"
+            f"analysis {analysis!r} or a grid value is defined interactively (in __main__ "
+            "without a file), which worker processes cannot import: define it in a module, "
+            "or pass executor='serial'"
         )
     script = _main_script_unguarded()
     if script is not None:
         raise RuntimeError(
-            f"analysis {analysis!r} is defined in the script {script}, which calls sweep() at "
-            'its top level without an `if __name__ == "__main__":` guard: worker processes '
-            "import that script to find the analysis and would start the sweep again. Put the "
-            'sweep call under `if __name__ == "__main__":`, move the analysis into a module, '
-            "or pass executor='serial'"
+            f"analysis {analysis!r} or a grid value is defined in the script {script}, which "
+            'calls sweep() at its top level without an `if __name__ == "__main__":` guard: '
+            "worker processes import that script to find it and would start the sweep again. "
+            'Put the sweep call under `if __name__ == "__main__":`, move the definition into '
+            "a module, or pass executor='serial'"
         )
+    return needs_main
 
 
 class _Runner:
@@ -926,10 +930,9 @@ def sweep(
             _spec(p, seed_list[0])
             if analysis == "mean_field" and p.get("sigma_w2") is None:
                 raise ValueError("the mean_field analysis needs sigma_w2 in every grid point")
-    if kind == "local":
-        _check_process_analysis(analysis)
-    elif isinstance(executor, cf.ProcessPoolExecutor):
-        _check_picklable(analysis)
+    needs_main = False
+    if kind == "local" or isinstance(executor, cf.ProcessPoolExecutor):
+        needs_main = _check_process_payload(analysis, points, local=kind == "local")
     name = _analysis_name(analysis)
     tasks = [
         _Task(i * len(seed_list) + j, p, s, _key(name, p, s))
@@ -974,7 +977,9 @@ def sweep(
                 callback(done, len(tasks))
 
         if todo:
-            missing, cause = _execute(todo, analysis, kind, executor, max_workers, finish)
+            missing, cause = _execute(
+                todo, analysis, kind, executor, max_workers, not needs_main, finish
+            )
             if cause is not None:
                 raise _sweep_error(missing, cause, len(tasks), analysis, out) from cause
 
@@ -988,7 +993,7 @@ def _sweep_error(
     missing: list[_Task], cause: BaseException, total: int, analysis: Any, out: Any
 ) -> SweepError:
     why = f"{type(cause).__name__}: {cause}".rstrip(": ")
-    if isinstance(cause, cf.process.BrokenProcessPool):
+    if type(cause).__name__ == "BrokenProcessPool":
         why += " (a worker process died: killed, out of memory, or a crash in native code)"
     kept = (
         f"the points that finished are stored in {out}: run the same sweep again to compute "
@@ -1008,6 +1013,7 @@ def _execute(
     kind: str,
     executor: Any,
     max_workers: int | None,
+    skip_main: bool,
     finish: Callable[[_Task, Mapping[str, Any]], None],
 ) -> tuple[list[_Task], BaseException | None]:
     """Run the points; returns the points not computed and why (None: all were). After a
@@ -1017,7 +1023,6 @@ def _execute(
             finish(t, _run_point(analysis, t.params, t.seed))
         return [], None
     local = kind == "local"
-    skip_main = isinstance(analysis, str) or getattr(analysis, "__module__", None) != "__main__"
     missing: list[_Task] = []
     cause: BaseException | None = None
     with _single_thread_env() if local else nullcontext():
