@@ -11,6 +11,17 @@ import pytest
 RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """tools/sanitize.sh sets VGCORE_SANITIZED=1: tests marked no_sanitizer are skipped there."""
+    if os.environ.get("VGCORE_SANITIZED") != "1":
+        return
+    for item in items:
+        mark = item.get_closest_marker("no_sanitizer")
+        if mark is not None:
+            why = mark.kwargs.get("reason") or (mark.args[0] if mark.args else "")
+            item.add_marker(pytest.mark.skip(reason=f"under ASan/UBSan: {why}".rstrip(": ")))
+
+
 @pytest.fixture(params=[np.float64, np.float32], ids=["f64", "f32"])
 def dtype(request: pytest.FixtureRequest) -> np.dtype:
     return np.dtype(request.param)
