@@ -1,9 +1,12 @@
 #include <algorithm>
 #include <chrono>
+#include <new>
+#include <string>
 #include <vector>
 
 #include "pybind11.hpp"
 #include "vgcore/blas.hpp"
+#include "vgcore/control.hpp"
 #include "vgcore/packed_gemm.hpp"
 #include "vgcore/workspace.hpp"
 
@@ -49,8 +52,27 @@ double gemm_gflops(std::size_t m, std::size_t n, std::size_t k, int repeat) {
 }  // namespace
 
 void bind_runtime(py::module_& m) {
-  m.def("blas_set_num_threads", &blas::set_num_threads, py::arg("n"),
-        "Set the number of threads of the BLAS that vgcore links (scipy-openblas32).");
+  // A failed allocation inside the core (or one of its worker threads) is a MemoryError that
+  // says what to change, rather than pybind11's bare "std::bad_alloc".
+  py::register_local_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const std::bad_alloc&) {
+      PyErr_SetString(PyExc_MemoryError,
+                      "vgcore could not allocate its working memory (std::bad_alloc): reduce the "
+                      "batch, the sequence length or the width");
+    }
+  });
+  m.attr("MAX_THREADS") = kMaxThreads;
+  m.def(
+      "blas_set_num_threads",
+      [](long n) {
+        if (n < 1 || n > kMaxThreads)
+          throw py::value_error("n must be between 1 and " + std::to_string(kMaxThreads) + ", got " +
+                                std::to_string(n));
+        blas::set_num_threads(static_cast<int>(n));
+      },
+      py::arg("n"), "Set the number of threads of the BLAS that vgcore links (scipy-openblas32).");
   m.def("blas_get_num_threads", &blas::get_num_threads);
   m.def("workspace_release", [] { return WorkspacePool::instance().clear(); },
         "Free the cached scratch memory; returns the number of bytes released.");

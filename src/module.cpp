@@ -6,6 +6,7 @@ void bind_runtime(py::module_& m);
 void bind_activations(py::module_& m);
 void bind_flow(py::module_& m);
 void bind_spectra(py::module_& m);
+void bind_testing(py::module_& m);
 }  // namespace vgcore::bind
 
 PYBIND11_MODULE(_core, m) {
@@ -14,4 +15,5 @@ PYBIND11_MODULE(_core, m) {
   vgcore::bind::bind_activations(m);
   vgcore::bind::bind_flow(m);
   vgcore::bind::bind_spectra(m);
+  vgcore::bind::bind_testing(m);
 }

@@ -13,6 +13,8 @@
 #include <exception>
 #include <functional>
 #include <stdexcept>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -63,16 +65,57 @@ class Control {
   std::atomic<bool> cancelled_{false};
 };
 
+// Most threads one call uses: larger requests are clamped (the Python layer refuses them). Far
+// above any useful count for CPU-bound work, low enough that a typo cannot ask for millions.
+constexpr int kMaxThreads = 1024;
+
 // Resolve a requested worker count (0 = hardware concurrency) against the work size.
 inline std::size_t resolve_threads(int requested, std::size_t max_useful) {
   std::size_t n = requested > 0 ? static_cast<std::size_t>(requested)
                                 : std::max(1u, std::thread::hardware_concurrency());
+  n = std::min<std::size_t>(n, kMaxThreads);
   return std::max<std::size_t>(1, std::min(n, max_useful));
+}
+
+// The system refused a thread (std::thread threw): reported instead of std::terminate.
+struct ThreadStartError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Test hook (vgcore._core.testing): after `allow` more starts, the next `refuse` thread starts
+// fail as if the system refused them; `attempts` counts the starts tried.
+struct ThreadStartHook {
+  std::atomic<long> allow{0}, refuse{0}, attempts{0};
+  static ThreadStartHook& instance() {
+    static ThreadStartHook h;
+    return h;
+  }
+  // Whether this start is to be refused (consumes one allowed or refused start).
+  bool take() {
+    attempts.fetch_add(1, std::memory_order_relaxed);
+    if (refuse.load(std::memory_order_relaxed) <= 0) return false;
+    for (long a = allow.load(); a > 0;)
+      if (allow.compare_exchange_weak(a, a - 1)) return false;
+    for (long r = refuse.load(); r > 0;)
+      if (refuse.compare_exchange_weak(r, r - 1)) return true;
+    return false;
+  }
+};
+
+// std::thread(f), through the test hook: throws std::system_error when refused.
+template <class F>
+std::thread start_thread(F&& f) {
+  if (ThreadStartHook::instance().take())
+    throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again),
+                            "thread start refused by the test hook");
+  return std::thread(std::forward<F>(f));
 }
 
 // Run fn(chunk) for chunk in [0, n_chunks) on n_chunks threads; chunk 0 runs on the
 // calling thread (the only one allowed to call Control::tick). The first exception
-// other than Cancelled is rethrown after every thread has joined.
+// other than Cancelled is rethrown after every thread has joined. When a worker cannot be
+// started, the ones already running are cancelled and joined, and ThreadStartError (or
+// std::bad_alloc) is thrown.
 template <class Fn>
 void run_chunks(std::size_t n_chunks, Control& ctl, Fn&& fn) {
   if (n_chunks <= 1) {
@@ -90,7 +133,22 @@ void run_chunks(std::size_t n_chunks, Control& ctl, Fn&& fn) {
       ctl.cancel();
     }
   };
-  for (std::size_t c = 1; c < n_chunks; ++c) workers.emplace_back(guarded, c);
+  for (std::size_t c = 1; c < n_chunks; ++c) {
+    try {
+      workers.push_back(start_thread([&guarded, c] { guarded(c); }));
+    } catch (...) {
+      ctl.cancel();  // workers poll it: they stop at their next check
+      for (auto& w : workers) w.join();
+      try {
+        throw;
+      } catch (const std::system_error& e) {
+        throw ThreadStartError("vgcore could not start thread " + std::to_string(c + 1) + " of " +
+                               std::to_string(n_chunks) + " (" + e.what() +
+                               "): the system allows no more threads; use fewer threads "
+                               "(num_threads = " + std::to_string(c) + " or less)");
+      }
+    }
+  }
   guarded(0);
   for (auto& w : workers) w.join();
   std::exception_ptr first_cancel;

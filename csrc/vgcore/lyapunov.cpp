@@ -35,6 +35,7 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -280,7 +281,7 @@ inline void cpu_relax() {
 // after a sleep only wakes it: no judgement).
 class Team {
  public:
-  Team() : helper_([this] { loop(); }) {
+  Team() : helper_(start_thread([this] { loop(); })) {
     std::lock_guard<std::mutex> lock(policy_mutex());
     const Policy& g = policy();
     if (now_ns() - g.stamp < 2000000000) {
@@ -952,8 +953,13 @@ void LyapunovEngine<T>::feed(const T* x, std::size_t steps, std::size_t total_hi
   const std::size_t sub = dense ? steps : projection_block_steps(steps, per_step);
   std::vector<T> P(dense ? 0 : sub * B * GN);
   std::unique_ptr<Team> team;
-  if (p.split && p.helper_ok && n_chunks == 1 && budget >= 2 && steps > 1)
-    team = std::make_unique<Team>();
+  if (p.split && p.helper_ok && n_chunks == 1 && budget >= 2 && steps > 1) {
+    try {
+      team = std::make_unique<Team>();
+    } catch (const std::system_error&) {
+      // No helper thread to be had: the caller runs both halves (the same arithmetic).
+    }
+  }
   for (std::size_t t0 = 0; t0 < steps; t0 += sub) {
     const std::size_t tn = std::min(sub, steps - t0);
     if (p.fast) {

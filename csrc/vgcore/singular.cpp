@@ -11,6 +11,7 @@
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 
@@ -83,7 +84,12 @@ void apply_t_update(const TUpdate& u, std::vector<double>& Tm, std::size_t n0,
 class TUpdater {
  public:
   TUpdater(std::vector<double>& Tm, std::size_t n0, bool helper) : Tm_(Tm), n0_(n0) {
-    if (helper) thread_ = std::thread([this] { loop(); });
+    if (!helper) return;
+    try {
+      thread_ = start_thread([this] { loop(); });
+    } catch (const std::system_error&) {
+      // No helper thread to be had: post() runs the updates here (the same arithmetic).
+    }
   }
   ~TUpdater() {
     if (!thread_.joinable()) return;
