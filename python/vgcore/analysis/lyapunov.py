@@ -11,7 +11,7 @@ import numpy as np
 
 from vgcore._loader import _core
 from vgcore._runtime import resolve_threads
-from vgcore._validation import as_float_array, check_int_seed, check_positive_int
+from vgcore._validation import as_float_array, check_int_seed, check_memory, check_positive_int
 from vgcore.analysis._layout import time_major
 from vgcore.analysis._spectra import (
     ProgressCallback,
@@ -23,6 +23,7 @@ from vgcore.analysis._spectra import (
     mlp_input,
     state_dim,
 )
+from vgcore.analysis.singular_values import step_dims
 from vgcore.models import MLP, Model, RecurrentModel
 
 __all__ = ["LyapunovSpectrum", "lyapunov"]
@@ -142,6 +143,31 @@ def _check_nonneg_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def _engine_bytes(spec: dict[str, Any], batch: int, k: int, itemsize: int, threads: int) -> int:
+    """Memory a LyapunovEngine allocates (lyapunov.cpp) with its initial tangents and a feed's
+    buffers, slightly generously; the records come on top (_record_bytes)."""
+    D, _, gc, cache, GN = step_dims(spec)
+    chunks = min(threads, batch)
+    kp = k + 16  # tangent lanes padded to whole vectors (fast path)
+    v0 = batch * k * D * (8 + itemsize)  # standard normal draws in float64, then cast
+    # [states; tangents] twice (general path), or both tangent blocks (fast path)
+    state = 2 * batch * D * kp * itemsize
+    scratch = (batch * ((k + 1) * gc + cache) + chunks * (GN + 2 * D) * kp) * itemsize
+    proj = max(2**18, batch * GN) * itemsize
+    return int(1.1 * (v0 + state + scratch + proj + 16 * batch * k))
+
+
+def _records(steps: int, burn_in: int, qr_every: int, max_records: int) -> int:
+    """Upper bound on the records kept after ``steps`` steps (one per QR block at most)."""
+    return 0 if steps <= burn_in else min(max_records, (steps - burn_in) // qr_every + 1)
+
+
+def _record_bytes(n_records: int, batch: int, k: int) -> int:
+    """Running estimates and block rates (float64, n x B x k each): the engine's (with room to
+    grow) and the result's arrays."""
+    return 5 * 8 * n_records * batch * k
+
+
 def _chunks(model: RecurrentModel, x: Any, dt: np.dtype) -> tuple[Iterable[Any], int, int]:
     """(chunks, batch, total steps or 0): an array is one chunk, anything else is iterated."""
     if isinstance(x, np.ndarray) or (
@@ -218,6 +244,14 @@ def lyapunov(
     Returns
     -------
     LyapunovSpectrum
+
+    Raises
+    ------
+    InsufficientMemoryError
+        Before anything is allocated, when the engine (about ``2 B D (k + 16)`` values of
+        tangents plus the step's buffers) and its records (``5 n B k`` float64, ``n`` at most
+        ``max_records``) would not fit in the memory available; for a stream, before a chunk
+        whose records would not fit.
     """
     check_model(model)
     dt = compute_dtype(model, dtype)
@@ -235,13 +269,19 @@ def lyapunov(
     spec = core_model(model, dt)
     rng = np.random.default_rng(check_int_seed(seed))
 
-    def make_engine(h0a: np.ndarray) -> Any:
-        v0 = rng.standard_normal((h0a.shape[0], k, D)).astype(dt)
+    def records(steps: int) -> int:
+        return _records(steps, burn_in, qr_every, max_records)
+
+    def make_engine(h0a: np.ndarray, total: int) -> Any:
+        B = h0a.shape[0]
+        need = _engine_bytes(spec, B, k, dt.itemsize, threads)
+        check_memory(need + _record_bytes(records(total), B, k), "lyapunov")
+        v0 = rng.standard_normal((B, k, D)).astype(dt)
         return _core.LyapunovEngine(spec, h0a, v0, burn_in, qr_every, max_records, threads)
 
     if isinstance(model, MLP):
         xa = mlp_input(model, x, h0, dt)
-        engine = make_engine(xa)
+        engine = make_engine(xa, model.depth)
         engine.feed(None, model.depth, report)
     else:
         assert isinstance(model, RecurrentModel)
@@ -262,13 +302,17 @@ def lyapunov(
                 h0a = initial_state(model, h0, batch, dt)
                 if h0a is None:
                     h0a = np.zeros((batch, D), dt)
-                engine = make_engine(h0a)
+                engine = make_engine(h0a, total)
             elif c.shape[1] != batch:
                 raise ValueError(
                     f"{name} has batch size {c.shape[1]}, but earlier chunks had {batch}"
                 )
             if c.shape[0] == 0:
                 continue
+            if not total:  # a stream: its records grow chunk by chunk
+                grow = records(fed + c.shape[0]) - records(fed)
+                if grow > 0:
+                    check_memory(_record_bytes(grow, batch, k), "lyapunov")
             engine.feed(c, total, report)
             fed += c.shape[0]
         if engine is None or fed == 0:

@@ -9,6 +9,7 @@ import numpy as np
 
 from vgcore._loader import _core
 from vgcore._runtime import resolve_threads
+from vgcore._validation import check_memory
 from vgcore.analysis._spectra import (
     ProgressCallback,
     check_model,
@@ -125,6 +126,41 @@ class JacobianSingularValues:
         )
 
 
+def step_dims(spec: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    """Sizes behind the core's per-step buffers (tangent.cpp) for a model spec: the initial
+    state width, the widest state, the step GEMM's columns, cached values per sample and
+    input-projection columns (0 for an MLP)."""
+    if spec["kind"] == "mlp":
+        n0 = int(spec["layers"][0]["weight"].shape[1])
+        max_w, gc, cache = n0, 0, 0
+        for ly in spec["layers"]:
+            out = int(ly["weight"].shape[0])
+            highway = ly["block"] == "highway"
+            max_w = max(max_w, out)
+            gc = max(gc, out * (2 if highway else 1))
+            cache = max(
+                cache, out * (3 if highway else 1) + (out + 1 if ly["norm"] != "none" else 0)
+            )
+        return n0, max_w, gc, cache, 0
+    GN, N = (int(d) for d in spec["weight_hh"].shape)
+    D = 2 * N if spec["kind"] == "lstm" else N
+    cache = {"lstm": 6 * N, "gru": 5 * N}.get(spec["kind"], N)
+    return D, D, GN, cache, GN
+
+
+def _working_bytes(spec: dict[str, Any], batch: int, itemsize: int, threads: int) -> int:
+    """Memory jacobian_log_singular_values allocates (singular.cpp), slightly generously."""
+    n0, max_w, gc, cache, GN = step_dims(spec)
+    chunks = min(threads, batch)
+    # States and tangent rows (X, Y: B (n0 + 1) max_w each), the step GEMM's output and cache.
+    steps = (batch * (n0 + 1) * (2 * max_w + gc) + batch * cache) * itemsize
+    # float64 triangular factor T and its update scratch per sample; R^T per chunk (and helper).
+    factors = 8 * (2 * batch + 2 * chunks + 1) * n0 * n0
+    qr = chunks * max_w * n0 * itemsize
+    proj = max(2**18, batch * GN) * itemsize
+    return int(1.1 * (steps + factors + qr + proj))
+
+
 def jacobian_singular_values(
     model: Model,
     x: Any,
@@ -154,6 +190,13 @@ def jacobian_singular_values(
     Returns
     -------
     JacobianSingularValues
+
+    Raises
+    ------
+    InsufficientMemoryError
+        Before anything is allocated, when the working memory (per sample, about three
+        ``(n0 + 1) x width`` blocks of tangent rows and two float64 ``n0 x n0`` factors, for
+        input width ``n0``) would not fit in the memory available.
     """
     check_model(model)
     dt = compute_dtype(model, dtype)
@@ -169,6 +212,8 @@ def jacobian_singular_values(
         xa = sequence(model, x, dt)
         h0a = initial_state(model, h0, xa.shape[1], dt)
         depth = xa.shape[0]
+    batch = xa.shape[0] if isinstance(model, MLP) else xa.shape[1]
+    check_memory(_working_bytes(spec, batch, dt.itemsize, threads), "jacobian_singular_values")
     out = _core.jacobian_log_singular_values(spec, xa, h0a, threads, report)
     return JacobianSingularValues(
         model=model,
