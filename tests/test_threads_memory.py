@@ -309,8 +309,12 @@ else:
     est = _engine_bytes(spec, 256, 96, 8, 2) + _record_bytes(_records(2, 0, 1, 10_000), 256, 96)
     call = lambda: vgcore.lyapunov(m, x, k=96, num_threads=2)
 vgcore.release_memory()
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # the peak (VmHWM) starts again from the current resident size
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak (VmHWM) starts again from the current resident size
+except OSError:
+    print("null")
+    raise SystemExit
 base = status("VmRSS")
 call()
 print(json.dumps([status("VmHWM") - base, est]))
@@ -323,7 +327,10 @@ def test_memory_estimates_cover_the_measured_peak(kind):
     """The estimate is above what the call really uses, but not wildly (about 100 MB here)."""
     res = _run(_PEAK.format(kind=kind))
     assert res.returncode == 0, res.stderr[-2000:]
-    used, est = json.loads(res.stdout.strip().splitlines()[-1])
+    measured = json.loads(res.stdout.strip().splitlines()[-1])
+    if measured is None:
+        pytest.skip("cannot reset the peak resident size (/proc/self/clear_refs)")
+    used, est = measured
     assert used < est < 2.5 * used, (used, est)
 
 
