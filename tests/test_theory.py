@@ -88,8 +88,8 @@ def test_relu_chi1_is_sigma_w2_over_2(sw: float, sb: float) -> None:
         assert mf.phase == "ordered" and mf.c_star == 1.0
     elif sb > 0 or sw > 2:
         assert math.isinf(mf.q_star)
-    else:  # He initialisation: every length is preserved
-        assert math.isnan(mf.q_star) and mf.phase == "critical" and math.isinf(mf.xi_c)
+    else:  # He initialisation: every length is preserved, so the iteration stays at q = 1
+        assert mf.q_star == 1.0 and mf.phase == "critical" and math.isinf(mf.xi_c)
 
 
 def test_homogeneous_critical_points() -> None:
@@ -316,7 +316,10 @@ def test_xi_c_is_infinite_at_criticality() -> None:
 def test_unbounded_length_map_reports_inf() -> None:
     mf = mean_field("elu", 3.0, 0.1)
     assert math.isinf(mf.q_star) and mf.chi_1 == pytest.approx(1.5)
-    assert math.isnan(mf.c_star) and math.isnan(mf.xi_c) and mf.phase == "chaotic"
+    # correlations then follow the map of the linear asymptote: c -> 1 with slope 1
+    assert mf.c_star == 1.0 and mf.chi_c == 1.0 and math.isinf(mf.xi_c)
+    assert mf.chi_q == pytest.approx(1.5) and mf.xi_q == pytest.approx(-1 / math.log(1.5))
+    assert mf.phase == "chaotic"
     mf = mean_field("softplus", 2.0, 0.3)  # sigma_w2 kappa = 1 exactly: grows like sqrt(l)
     assert math.isinf(mf.q_star) and mf.phase == "critical"
 

@@ -6,7 +6,8 @@ of ``Softplus``, above which PyTorch returns ``x`` and a derivative of exactly 1
 
 Besides the three functions, each :class:`ActivationFns` records what the quadrature needs:
 the points where phi or phi' is not smooth (``breaks``), the width of the non-linear region
-(``scale``), the slopes of the linear asymptotes (``slopes``, giving the large-``q`` limits
+(``scale``), the asymptotes ``phi(u) ~ offsets[i] + slopes[i] u`` for ``u -> -inf`` (i = 0)
+and ``+inf`` (i = 1), which phi approaches exponentially fast (giving the large-``q`` limits
 ``lim E[phi(u)^2] / q = lim E[phi'(u)^2] = kappa_inf``) and, for the positively homogeneous
 ones (identity, relu, leaky_relu), the constant ``E[phi(u)^2] / q = E[phi'(u)^2]`` that makes
 every 1-D integral closed-form.
@@ -77,12 +78,20 @@ class ActivationFns:
     slopes : tuple of float
         ``(m_minus, m_plus)``: ``phi(u) ~ m_minus u`` as ``u -> -inf`` and ``~ m_plus u`` as
         ``u -> +inf`` (0 for bounded activations).
+    offsets : tuple of float
+        ``(a_minus, a_plus)``: ``phi(u) - (a + m u)`` decays exponentially on each side
+        (tanh: -1, 1; sigmoid: 0, 1; elu: -alpha, 0). On every side either the offset or the
+        slope is 0, so ``E[(a + m u)^2]`` has no ``sqrt(q)`` term.
     kappa_inf : float
         ``(m_minus^2 + m_plus^2) / 2 = lim_{q -> inf} E[phi(sqrt(q) z)^2] / q``, which also
         equals ``lim E[phi'(sqrt(q) z)^2]``.
     homogeneous : float or None
         For positively homogeneous activations, the constant ``E[phi(u)^2] / q =
         E[phi'(u)^2]`` (``q``-independent); None otherwise.
+    taylor : pair of tuples or None
+        One-sided Taylor coefficients ``c_0 .. c_6`` of phi at 0 (``u < 0`` side, then
+        ``u > 0``), valid for ``|u| <= 1e-3 * scale``; None where a break lies that close to 0
+        (softplus with a tiny threshold) or for the homogeneous activations (not needed).
     """
 
     name: str
@@ -93,17 +102,37 @@ class ActivationFns:
     breaks: tuple[float, ...] = ()
     scale: float = 1.0
     slopes: tuple[float, float] = (0.0, 1.0)
+    offsets: tuple[float, float] = (0.0, 0.0)
     homogeneous: float | None = None
     phi_dphi: Callable[[Array], tuple[Array, Array]] | None = field(default=None, repr=False)
+    taylor: tuple[tuple[float, ...], tuple[float, ...]] | None = field(default=None, repr=False)
 
     @property
     def kappa_inf(self) -> float:
         """``lim E[phi(u)^2] / q = lim E[phi'(u)^2]`` as ``q -> inf``."""
         return 0.5 * (self.slopes[0] ** 2 + self.slopes[1] ** 2)
 
+    @property
+    def key(self) -> tuple[str, tuple[tuple[str, float], ...]]:
+        """Hashable identity (name and parameters), for caches."""
+        return self.name, tuple(sorted(self.params.items()))
+
+    @property
+    def bounded(self) -> bool:
+        """True for tanh and sigmoid: phi tends to constants (``kappa_inf = 0``)."""
+        return self.slopes == (0.0, 0.0)
+
     def asymptote(self, u: Array) -> Array:
         """The piecewise-linear asymptote ``psi(u) = m_minus u`` (u < 0), ``m_plus u`` (u > 0)."""
         return u * np.where(u > 0.0, self.slopes[1], self.slopes[0])
+
+    def asymptote_full(self, u: Array) -> Array:
+        """``a_minus + m_minus u`` (u < 0), ``a_plus + m_plus u`` (u > 0): phi minus a remainder
+        that decays exponentially in both directions."""
+        pos = u > 0.0
+        return np.where(pos, self.offsets[1], self.offsets[0]) + u * np.where(
+            pos, self.slopes[1], self.slopes[0]
+        )
 
     def both(self, u: Array) -> tuple[Array, Array]:
         """``(phi(u), phi'(u))``, sharing work where the activation allows it."""
@@ -180,22 +209,32 @@ def _gelu(u: Array) -> Array:
     return u * ndtr(u)
 
 
+def _saturated(u: Array) -> Array:
+    """``u`` clipped to +-1e3: where a factor such as ``exp(-u^2 / 2)`` or ``1 - tanh^2`` is
+    already exactly 0, so the clip changes nothing but keeps ``u^2`` and ``u^3`` finite."""
+    return np.clip(u, -1e3, 1e3)
+
+
 def _gelu_d1(u: Array) -> Array:
-    return ndtr(u) + u * _INV_SQRT_2PI * np.exp(-0.5 * u * u)
+    uc = _saturated(u)
+    return ndtr(u) + uc * _INV_SQRT_2PI * np.exp(-0.5 * uc * uc)
 
 
 def _gelu_both(u: Array) -> tuple[Array, Array]:
     cdf = ndtr(u)
-    return u * cdf, cdf + u * _INV_SQRT_2PI * np.exp(-0.5 * u * u)
+    uc = _saturated(u)
+    return u * cdf, cdf + uc * _INV_SQRT_2PI * np.exp(-0.5 * uc * uc)
 
 
 def _gelu_d2(u: Array) -> Array:
-    return _INV_SQRT_2PI * np.exp(-0.5 * u * u) * (2.0 - u * u)
+    uc = _saturated(u)
+    return _INV_SQRT_2PI * np.exp(-0.5 * uc * uc) * (2.0 - uc * uc)
 
 
 def _gelu_tanh_parts(u: Array) -> tuple[Array, Array, Array]:
-    t = np.tanh(_SQRT_2_OVER_PI * (u + _GELU_KAPPA * u * u * u))
-    g1 = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_KAPPA * u * u)
+    uc = _saturated(u)
+    t = np.tanh(_SQRT_2_OVER_PI * (uc + _GELU_KAPPA * uc * uc * uc))
+    g1 = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_KAPPA * uc * uc)
     return t, 1.0 - t * t, g1
 
 
@@ -206,18 +245,19 @@ def _gelu_tanh(u: Array) -> Array:
 
 def _gelu_tanh_d1(u: Array) -> Array:
     t, sech2, g1 = _gelu_tanh_parts(u)
-    return 0.5 * (1.0 + t) + 0.5 * u * sech2 * g1
+    return 0.5 * (1.0 + t) + 0.5 * _saturated(u) * sech2 * g1
 
 
 def _gelu_tanh_both(u: Array) -> tuple[Array, Array]:
     t, sech2, g1 = _gelu_tanh_parts(u)
-    return 0.5 * u * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * u * sech2 * g1
+    return 0.5 * u * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * _saturated(u) * sech2 * g1
 
 
 def _gelu_tanh_d2(u: Array) -> Array:
     t, sech2, g1 = _gelu_tanh_parts(u)
-    g2 = 6.0 * _SQRT_2_OVER_PI * _GELU_KAPPA * u
-    return sech2 * g1 + 0.5 * u * sech2 * (g2 - 2.0 * t * g1 * g1)
+    uc = _saturated(u)
+    g2 = 6.0 * _SQRT_2_OVER_PI * _GELU_KAPPA * uc
+    return sech2 * g1 + 0.5 * uc * sech2 * (g2 - 2.0 * t * g1 * g1)
 
 
 def _relu(u: Array) -> Array:
@@ -252,16 +292,20 @@ def _elu(alpha: float, scale: float) -> tuple[Fn, Fn, Fn]:
 
 
 def _softplus(beta: float, threshold: float) -> tuple[Fn, Fn, Fn]:
+    # beta * u may overflow to +-inf; every branch below is exact there
     def phi(u: Array) -> Array:
-        bu = beta * u
+        with np.errstate(over="ignore"):
+            bu = beta * u
         return np.where(bu > threshold, u, np.logaddexp(0.0, bu) / beta)
 
     def dphi(u: Array) -> Array:
-        bu = beta * u
+        with np.errstate(over="ignore"):
+            bu = beta * u
         return np.where(bu > threshold, 1.0, expit(bu))
 
     def d2phi(u: Array) -> Array:
-        bu = beta * u
+        with np.errstate(over="ignore"):
+            bu = beta * u
         s = expit(bu)
         return np.where(bu > threshold, 0.0, beta * s * (1.0 - s))
 
@@ -269,6 +313,53 @@ def _softplus(beta: float, threshold: float) -> tuple[Fn, Fn, Fn]:
 
 
 # ------------------------------------------------------------------------------------------
+# Taylor coefficients c_0 .. c_6 at u = 0 (one side each where phi has a kink there)
+_S2PI = math.sqrt(2.0 * math.pi)
+_K = _SQRT_2_OVER_PI
+_TAYLOR: dict[str, tuple[float, ...]] = {
+    "tanh": (0.0, 1.0, 0.0, -1.0 / 3.0, 0.0, 2.0 / 15.0, 0.0),
+    "sigmoid": (0.5, 0.25, 0.0, -1.0 / 48.0, 0.0, 1.0 / 480.0, 0.0),
+    "silu": (0.0, 0.5, 0.25, 0.0, -1.0 / 48.0, 0.0, 1.0 / 480.0),
+    "gelu": (0.0, 0.5, 1.0 / _S2PI, 0.0, -1.0 / (6.0 * _S2PI), 0.0, 1.0 / (40.0 * _S2PI)),
+    "gelu_tanh": (
+        0.0,
+        0.5,
+        0.5 * _K,
+        0.0,
+        0.5 * (_K * _GELU_KAPPA - _K**3 / 3.0),
+        0.0,
+        0.5 * (2.0 * _K**5 / 15.0 - _K**3 * _GELU_KAPPA),
+    ),
+}
+_LINEAR = (0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def _elu_taylor(alpha: float, scale: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    minus = tuple(scale * alpha / math.factorial(k) if k else 0.0 for k in range(7))
+    return minus, tuple(scale * c for c in _LINEAR)
+
+
+def _softplus_taylor(
+    beta: float, threshold: float
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    # log(1 + e^x) = ln 2 + x / 2 + x^2 / 8 - x^4 / 192 + x^6 / 2880 + ...
+    smooth = (
+        math.log(2.0) / beta,
+        0.5,
+        beta / 8.0,
+        0.0,
+        -(beta**3) / 192.0,
+        0.0,
+        beta**5 / 2880.0,
+    )
+    brk = threshold / beta
+    if threshold == 0.0:
+        return smooth, _LINEAR  # u > 0 is past the threshold: phi = u
+    if abs(brk) < 1e-2 / beta:
+        return None  # the threshold is too close to 0 for a series
+    return (smooth, smooth) if brk > 0.0 else (_LINEAR, _LINEAR)
+
+
 def _build(name: str, p: dict[str, float]) -> ActivationFns:
     if name == "identity":
         return ActivationFns(
@@ -289,7 +380,9 @@ def _build(name: str, p: dict[str, float]) -> ActivationFns:
             lambda u: _tanh_both(u)[1],
             _tanh_d2,
             slopes=(0.0, 0.0),
+            offsets=(-1.0, 1.0),
             phi_dphi=_tanh_both,
+            taylor=(_TAYLOR["tanh"], _TAYLOR["tanh"]),
         )
     if name == "sigmoid":
         return ActivationFns(
@@ -299,23 +392,50 @@ def _build(name: str, p: dict[str, float]) -> ActivationFns:
             lambda u: _sigmoid_both(u)[1],
             _sigmoid_d2,
             slopes=(0.0, 0.0),
+            offsets=(0.0, 1.0),
             phi_dphi=_sigmoid_both,
+            taylor=(_TAYLOR["sigmoid"], _TAYLOR["sigmoid"]),
         )
     if name in ("elu", "selu"):
         alpha, scale = (p["alpha"], 1.0) if name == "elu" else (SELU_ALPHA, SELU_SCALE)
         phi, dphi, d2phi = _elu(alpha, scale)
-        return ActivationFns(name, p, phi, dphi, d2phi, slopes=(0.0, scale))
+        return ActivationFns(
+            name,
+            p,
+            phi,
+            dphi,
+            d2phi,
+            slopes=(0.0, scale),
+            offsets=(-alpha * scale, 0.0),
+            taylor=_elu_taylor(alpha, scale),
+        )
     if name == "softplus":
         beta, thr = p["beta"], p["threshold"]
         phi, dphi, d2phi = _softplus(beta, thr)
-        return ActivationFns(name, p, phi, dphi, d2phi, breaks=(thr / beta,), scale=1.0 / beta)
+        return ActivationFns(
+            name,
+            p,
+            phi,
+            dphi,
+            d2phi,
+            breaks=(thr / beta,),
+            scale=1.0 / beta,
+            taylor=_softplus_taylor(beta, thr),
+        )
+    smooth = (_TAYLOR.get(name, _LINEAR), _TAYLOR.get(name, _LINEAR))
     if name == "silu":
-        return ActivationFns(name, p, _silu, _silu_d1, _silu_d2, phi_dphi=_silu_both)
+        return ActivationFns(name, p, _silu, _silu_d1, _silu_d2, phi_dphi=_silu_both, taylor=smooth)
     if name == "gelu":
-        return ActivationFns(name, p, _gelu, _gelu_d1, _gelu_d2, phi_dphi=_gelu_both)
+        return ActivationFns(name, p, _gelu, _gelu_d1, _gelu_d2, phi_dphi=_gelu_both, taylor=smooth)
     if name == "gelu_tanh":
         return ActivationFns(
-            name, p, _gelu_tanh, _gelu_tanh_d1, _gelu_tanh_d2, phi_dphi=_gelu_tanh_both
+            name,
+            p,
+            _gelu_tanh,
+            _gelu_tanh_d1,
+            _gelu_tanh_d2,
+            phi_dphi=_gelu_tanh_both,
+            taylor=smooth,
         )
     raise AssertionError(name)  # pragma: no cover - names are validated before
 

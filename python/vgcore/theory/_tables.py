@@ -14,6 +14,10 @@ would take minutes, so :func:`vgcore.theory.phase_diagram` interpolates instead:
   variable (see :func:`theta_of`), refined until the trailing coefficients are below 1e-10.
   Only the segments holding chaotic points are built, each once per activation (cached),
   with 8-node panels (entries accurate to ~1e-10) spread over a few threads.
+
+Variances outside the tables (``q < e^-36``, ``q > e^70``) fall back to the exact moments
+(:class:`~vgcore.theory._fixed_points.ExactMoments`, whose large-q expansions are closed
+forms) and to 2-D quadrature.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from vgcore.theory._activations import ActivationFns, resolve_activation
-from vgcore.theory._fixed_points import limits_at_zero
+from vgcore.theory._fixed_points import Corr, ExactMoments, exact_corr
 from vgcore.theory._quadrature import expect_1d, expect_2d
 
 __all__ = ["S_HI", "S_LO", "TableMoments", "table_corr_factory"]
@@ -101,15 +105,21 @@ def _table_1d(key: ActKey) -> Array:
     return np.ascontiguousarray(np.swapaxes(vals @ _cheb_matrix(N_S).T, 1, 2))
 
 
+Q_LO = math.exp(S_LO)
+Q_HI = math.exp(S_HI)
+
+
+def _inside(q: Array) -> Array:
+    return (q >= Q_LO) & (q <= Q_HI)
+
+
 class TableMoments:
     """The :class:`~vgcore.theory._fixed_points.Moments` interface by interpolation."""
 
     def __init__(self, act: ActivationFns) -> None:
         self.act = act
         self._coef = _table_1d(_act_key(act))
-        self._zero = limits_at_zero(act)
-        phi0 = float(act.phi(np.zeros(1))[0])
-        self._vx0 = phi0 * phi0
+        self._exact = ExactMoments(act)
 
     def _eval(self, which: int, q: Array) -> Array:
         k, x = _segment(np.log(q))
@@ -117,25 +127,30 @@ class TableMoments:
 
     def Vx(self, q: Array) -> Array:
         q = np.asarray(q, dtype=np.float64)
-        out = np.full(q.shape, self._vx0)
-        pos = q > 0.0
-        out[pos] = q[pos] * self._eval(0, q[pos])
+        ins = _inside(q)
+        out = np.empty(q.shape)
+        out[~ins] = self._exact.Vx(q[~ins])
+        out[ins] = q[ins] * self._eval(0, q[ins])
         return out
 
     def DW(self, q: Array) -> tuple[Array, Array]:
         q = np.asarray(q, dtype=np.float64)
-        d_m = np.full(q.shape, self._zero[0])
-        w_m = np.full(q.shape, self._zero[1])
-        pos = q > 0.0
-        d_m[pos] = np.exp(self._eval(1, q[pos]))
-        w_m[pos] = self._eval(2, q[pos])
+        ins = _inside(q)
+        d_m, w_m = np.empty(q.shape), np.empty(q.shape)
+        d_m[~ins], w_m[~ins] = self._exact.DW(q[~ins])
+        d_m[ins] = np.exp(self._eval(1, q[ins]))
+        w_m[ins] = self._eval(2, q[ins])
         return d_m, w_m
 
     def VxW(self, q: Array) -> tuple[Array, Array]:
         q = np.asarray(q, dtype=np.float64)
-        k, x = _segment(np.log(q))
-        vx = q * _clenshaw_segments(self._coef[0], k, x)
-        return vx, _clenshaw_segments(self._coef[2], k, x)
+        ins = _inside(q)
+        vx, w = np.empty(q.shape), np.empty(q.shape)
+        vx[~ins], w[~ins] = self._exact.VxW(q[~ins])
+        k, x = _segment(np.log(q[ins]))
+        vx[ins] = q[ins] * _clenshaw_segments(self._coef[0], k, x)
+        w[ins] = _clenshaw_segments(self._coef[2], k, x)
+        return vx, w
 
 
 #: Resolutions tried in turn (nested Chebyshev extreme points, 2^k + 1): s, then theta.
@@ -231,41 +246,56 @@ def _table_2d(key: ActKey, seg: int) -> Array:
         i_t += 0 if t_ok else 1
 
 
-Corr = Callable[[Array, Array, Array], tuple[Array, Array]]
-
-
 def table_corr_factory(act: ActivationFns, moments: TableMoments) -> Callable[[Array, Array], Corr]:
-    """``factory(q, sw) -> corr`` for :func:`~vgcore.theory._solve.solve` from the 2-D tables.
+    """``factory(sw, x) -> corr`` for :func:`~vgcore.theory._solve.solve` from the 2-D tables.
 
     The factory contracts the ``s`` direction of the tables once per chaotic point; ``corr``
-    then only evaluates a Chebyshev series in ``theta`` per Newton step.
+    then only evaluates a Chebyshev series in ``theta`` per Newton step. Points with ``q* =
+    x^2`` outside the tables use 2-D quadrature.
     """
     key = _act_key(act)
 
-    def factory(q: Array, sw: Array) -> Corr:  # sw: part of the factory interface, unused
-        k, x = _segment(np.log(q), SEG_2D, N_SEG_2D)
-        d_q, _ = moments.DW(q)
+    def factory(sw: Array, root: Array) -> Corr:
+        with np.errstate(over="ignore"):
+            q = root * root  # inf where q* exceeds the float range: outside the tables
+        ins = np.flatnonzero(_inside(q))
+        out = np.flatnonzero(~_inside(q))
+        pos = np.empty(q.size, dtype=int)  # index among the table points
+        pos[ins] = np.arange(ins.size)
+        exact = exact_corr(act, sw[out], root[out]) if out.size else None
+        pos_out = np.empty(q.size, dtype=int)
+        pos_out[out] = np.arange(out.size)
+        qi = q[ins]
+        k, x = _segment(np.log(qi), SEG_2D, N_SEG_2D)
+        d_q, _ = moments.DW(qi)
         blocks = []
-        stretch = np.empty(q.size)
+        stretch = np.empty(qi.size)
         for seg in np.unique(k):
             idx = np.flatnonzero(k == seg)
             stretch[idx] = _stretch(int(seg))
             coef = _table_2d(key, int(seg))  # (2, n_s, n_theta)
             ts = np.polynomial.chebyshev.chebvander(x[idx], coef.shape[1] - 1)  # (P, n_s)
             blocks.append((idx, [ts @ coef[0], ts @ coef[1]]))
-        n_max = max(b[1][0].shape[1] for b in blocks)
+        n_max = max((b[1][0].shape[1] for b in blocks), default=1)
         # theta-coefficients per point, laid out (table, coefficient, point) for fast gathers
-        theta_coef = np.zeros((2, n_max, q.size))
+        theta_coef = np.zeros((2, n_max, qi.size))
         for idx, (c_gam, c_p) in blocks:
             theta_coef[0][: c_gam.shape[1], idx] = c_gam.T
             theta_coef[1][: c_p.shape[1], idx] = c_p.T
+        sw_d = sw[ins] * d_q
 
-        def corr(qq: Array, d: Array, idx: Array) -> tuple[Array, Array]:
-            theta = 2.0 * np.arcsin(np.sqrt(0.5 * d))  # d = 1 - cos(theta)
-            t = t_of(theta, stretch[idx])
-            gam = _clenshaw_segments(theta_coef[0], idx, t) * d_q[idx]
-            p = _clenshaw_segments(theta_coef[1], idx, t) * d_q[idx]
-            return gam, p
+        def corr(d: Array, idx: Array) -> tuple[Array, Array]:
+            s_gam, s_p = np.empty(idx.size), np.empty(idx.size)
+            tab = _inside(q[idx])
+            if tab.any():
+                j = pos[idx[tab]]
+                theta = 2.0 * np.arcsin(np.sqrt(0.5 * d[tab]))  # d = 1 - cos(theta)
+                t = t_of(theta, stretch[j])
+                s_gam[tab] = _clenshaw_segments(theta_coef[0], j, t) * sw_d[j]
+                s_p[tab] = _clenshaw_segments(theta_coef[1], j, t) * sw_d[j]
+            if exact is not None and not tab.all():
+                s_gam[~tab], s_p[~tab] = exact(d[~tab], pos_out[idx[~tab]])
+            return s_gam, s_p
 
         return corr
 

@@ -14,9 +14,17 @@ normals, ``u = sqrt(q) z`` and ``u1 = sqrt(q) z1``, ``u2 = sqrt(q) (c z1 + sqrt(
 * correlation map ``c -> (sigma_w2 E[phi(u1) phi(u2)] + sigma_b2) / q*``, fixed point ``c*``
   (1 in the ordered phase ``chi_1 < 1``, below 1 in the chaotic phase ``chi_1 > 1``), slope
   ``chi_c = sigma_w2 E[phi'(u1) phi'(u2)]`` at ``c*`` (``= chi_1`` when ``c* = 1``);
-* depth scales (Schoenholz et al., Sec. 3): ``xi_q = -1 / log(chi_q)`` with
+* depth scales (Schoenholz et al., Sec. 3): ``xi_q = -1 / log|chi_q|`` with
   ``chi_q = chi_1 + sigma_w2 E[phi''(u) phi(u)]`` the slope of the length map at ``q*``, and
-  ``xi_c = -1 / log(chi_c)``; ``xi_c`` diverges at criticality (``chi_1 = 1``).
+  ``xi_c = -1 / log|chi_c|``; ``xi_c`` diverges at criticality (``chi_1 = 1``).
+
+Every input from 0 to the largest float is supported and every result is a number or a
+documented ``inf``, never NaN. Extreme variances use expansions rather than quadrature: the
+Taylor series of phi at 0 for ``q* < 2^-30`` and the large-``q`` expansions in
+``1 / sqrt(q)`` for ``q* > 2^100`` (where tanh, for instance, has ``q* ~ sigma_w2 +
+sigma_b2`` and ``chi_1 ~ sigma_w2 (4/3) / sqrt(2 pi q*)``: deeply chaotic for huge
+``sigma_w2``). Near the bifurcation of ``q* = 0`` (``sigma_b2 -> 0`` at the critical
+``sigma_w2``) ``q*`` is ill-conditioned: its relative error is about ``1e-16 / |1 - chi_q|``.
 """
 
 from __future__ import annotations
@@ -55,25 +63,35 @@ class MeanField:
         The weight and bias variances (weights ``N(0, sigma_w2 / fan_in)``).
     q_star : float or ndarray
         Fixed point of the length map ``q -> sigma_w2 E[phi(sqrt(q) z)^2] + sigma_b2``,
-        reached from ``q = 1``. ``inf``: the pre-activation variance grows without bound with
-        depth (e.g. relu with ``sigma_w2 > 2``, or ``= 2`` with ``sigma_b2 > 0``). ``nan``:
-        every ``q`` is a fixed point (identity / relu / leaky_relu exactly at criticality with
-        ``sigma_b2 = 0``: the length is preserved whatever it is).
+        reached from ``q = 1``. ``inf`` when the pre-activation variance grows without bound
+        with depth (e.g. relu with ``sigma_w2 > 2``, or ``= 2`` with ``sigma_b2 > 0``), and
+        also when the fixed point is finite but above the largest float (tanh with
+        ``sigma_w2 + sigma_b2 > 1.8e308``): then ``chi_1 < inf`` and every other field is
+        that of the finite fixed point. Identity / relu / leaky_relu exactly at criticality
+        with ``sigma_b2 = 0`` preserve every length: ``q* = 1``, where the iteration starts.
     chi_1 : float or ndarray
         ``sigma_w2 E[phi'(sqrt(q*) z)^2]``, the per-layer growth factor of squared gradient
-        norms in the backward pass; its limit ``sigma_w2 lim_{q->inf} E[phi'^2]`` when
-        ``q* = inf``.
+        norms in the backward pass; its limit ``sigma_w2 lim_{q->inf} E[phi'^2]`` when the
+        variance diverges. ``inf`` only if that product exceeds the largest float.
     chi_q : float or ndarray
-        Slope of the length map at ``q*``: ``chi_1 + sigma_w2 E[phi''(u) phi(u)]`` (NaN when
-        ``q* = inf``).
+        Slope of the length map at ``q*``: ``chi_1 + sigma_w2 E[phi''(u) phi(u)]``; where the
+        variance diverges, the limit of its per-layer growth factor ``q^{l+1} / q^l`` (``=
+        chi_1``).
     c_star : float or ndarray
-        Fixed point of the correlation map: 1 unless the phase is chaotic (NaN when
-        ``q* = inf``).
+        Fixed point of the correlation map: 1 unless the phase is chaotic. Where the variance
+        diverges the biases become negligible and the map tends to that of the activation's
+        linear asymptote, which has ``c = 1`` as a fixed point of slope 1 (approached
+        polynomially, not exponentially): ``c* = 1``.
     chi_c : float or ndarray
         Slope of the correlation map at ``c*``: ``sigma_w2 E[phi'(u1) phi'(u2)]``; equals
-        ``chi_1`` when ``c* = 1``.
+        ``chi_1`` when ``c* = 1`` at a finite ``q*``, and 1 where the variance diverges.
     xi_q, xi_c : float or ndarray
-        Depth scales ``-1 / log(chi_q)`` and ``-1 / log(chi_c)`` (inf where the slope is 1).
+        Depth scales ``-1 / log|chi_q|`` and ``-1 / log|chi_c|``: ``inf`` exactly where the
+        slope is 1 in float64 (at criticality, or within rounding of it, i.e. beyond ~1e16
+        layers), 0 where it is 0, negative where it exceeds 1 (only when the variance
+        diverges: ``q`` then grows by ``chi_q`` per layer, e-folding over ``|xi_q|``
+        layers). Computed from ``log(sigma_w2) + log(moment)`` where the slope itself under-
+        or overflows, so they stay exact there.
     phase : str or ndarray of str
         ``"ordered"`` (``chi_1 < 1 - tol``), ``"critical"`` (``|chi_1 - 1| <= tol``) or
         ``"chaotic"`` (``chi_1 > 1 + tol``: exploding gradients).
@@ -227,7 +245,9 @@ def mean_field(
         ) from exc
     shape = sw_b.shape
     scalar = shape == ()
-    res = solve(ExactMoments(act), lambda q, s: exact_corr(act), sw_b.ravel(), sb_b.ravel(), tol)
+    res = solve(
+        ExactMoments(act), lambda s, x: exact_corr(act, s, x), sw_b.ravel(), sb_b.ravel(), tol
+    )
     values = {k: _unwrap(v.reshape(shape), scalar) for k, v in res.items()}
     return MeanField(
         activation=act.label,

@@ -184,7 +184,7 @@ def phase_diagram(
         corr_rtol = 1e-10
     elif method in ("table", "quadrature"):
         moments = ExactMoments(act)
-        factory = lambda q, s: exact_corr(act)  # noqa: E731
+        factory = lambda s, x: exact_corr(act, s, x)  # noqa: E731
         corr_rtol = 1e-13
     else:
         raise ValueError(f"method must be 'table' or 'quadrature', got {method!r}")
@@ -214,14 +214,36 @@ def phase_diagram_around(
 ) -> PhaseDiagram:
     """A 160 x 80 phase diagram whose grid covers the critical line at ``sigma_b2 = 0`` (three
     times its ``sigma_w2``, at least 4) and every finite ``(sigma_w2, sigma_b2)`` point with a
-    margin of half its coordinates (``sigma_b2`` up to at least 0.5)."""
+    margin of half its coordinates (``sigma_b2`` up to at least 0.5); with no points, just the
+    critical region. The grid stops at the largest float.
+
+    Parameters
+    ----------
+    activation : str
+        Activation name (see :func:`mean_field`).
+    points : sequence of (sigma_w2, sigma_b2), optional
+        Points the grid must cover (non-finite ones are ignored).
+    tol : float
+        Half-width of the critical band.
+    **act_params
+        Activation parameters.
+
+    Returns
+    -------
+    PhaseDiagram
+    """
     from vgcore.theory.critical import critical_sigma_w2
 
     crit0 = float(critical_sigma_w2(activation, 0.0, **act_params))
     pts = np.asarray(points, float).reshape(-1, 2)
     pts = pts[np.isfinite(pts).all(axis=1)]
-    sw_max = max(3.0 * crit0 if np.isfinite(crit0) else 4.0, 4.0, *(1.5 * pts[:, 0]))
-    sb_max = max(0.5, *(1.5 * pts[:, 1]))
+    big = np.finfo(np.float64).max
+    with np.errstate(over="ignore"):
+        reach = np.minimum(1.5 * pts, big)  # margin, capped at the largest float
+    sw_max = max(
+        3.0 * crit0 if np.isfinite(crit0) else 4.0, 4.0, float(np.max(reach[:, 0], initial=0.0))
+    )
+    sb_max = max(0.5, float(np.max(reach[:, 1], initial=0.0)))
     return phase_diagram(
         activation,
         np.linspace(sw_max / 160, sw_max, 160),
