@@ -604,13 +604,25 @@ def _cmd_singular(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The theory's argument names and the 'phase' flags that set them (for error messages).
+_PHASE_FLAGS = (
+    ("sigma_w2", "--sigma-w2"),
+    ("sigma_b2", "--sigma-b2"),
+    ("activation", "--activation"),
+)
+
+
 def _cmd_phase(args: argparse.Namespace) -> int:
     from vgcore import _optional
 
     try:  # every input of the theory is a flag: its ValueErrors are bad arguments
         res = _optional.run_phase(args.activation, args.sigma_w2, args.sigma_b2)
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        msg = str(exc)
+        for name, flag in _PHASE_FLAGS:
+            if msg.startswith(name + " "):
+                msg = flag + msg[len(name) :]
+        raise UsageError(msg) from None
     if args.json:
         _emit_json(res["json"])
     else:
@@ -620,7 +632,12 @@ def _cmd_phase(args: argparse.Namespace) -> int:
 
         point = None if args.sigma_w2 is None else (args.sigma_w2, args.sigma_b2)
         ax = plotting.plot_phase_diagram(res["diagram"], point=point)
-        ax.figure.savefig(args.plot, dpi=110)
+        try:
+            ax.figure.savefig(args.plot, dpi=110)
+        except OSError as exc:
+            raise Failure(f"cannot write {args.plot}: {exc}") from None
+        finally:
+            plotting.require_matplotlib().close(ax.figure)
         _info(args, f"figure: {args.plot}")
     return 0
 
