@@ -305,18 +305,21 @@ def test_small_q_series_match_quadrature(name: str, params: dict[str, float]) ->
     from vgcore.theory._fixed_points import q_tiny, small_q_d_series, small_q_series
 
     act = resolve_activation(name, params)
+    v, e = small_q_series(act), small_q_d_series(act)
+    assert act.taylor is not None and v is not None and e is not None
     # Taylor coefficients: remainder O(u^7)
     for side, sign in ((0, -1.0), (1, 1.0)):
         u = sign * 0.02 * act.scale
-        series = sum(c * u**k for k, c in enumerate(act.taylor[side]))
+        series = math.fsum(c * u**k for k, c in enumerate(act.taylor[side]))
         assert abs(float(act.phi(np.array([u]))[0]) - series) <= 1e-10 * act.scale
     # the moments at the switch point, against the quadrature
     q = np.array([q_tiny(act) * 0.999])
-    v, e = small_q_series(act), small_q_d_series(act)
     ref = expect_1d(act, q, ("V", "D"))
     r = math.sqrt(q[0])
-    assert sum(c * r**n for n, c in enumerate(v)) == pytest.approx(ref["V"][0], abs=0.0, rel=1e-14)
-    assert sum(c * r**n for n, c in enumerate(e)) == pytest.approx(ref["D"][0], abs=0.0, rel=1e-14)
+    v_series = math.fsum(c * r**n for n, c in enumerate(v))
+    d_series = math.fsum(c * r**n for n, c in enumerate(e))
+    assert v_series == pytest.approx(ref["V"][0], abs=0.0, rel=1e-14)
+    assert d_series == pytest.approx(ref["D"][0], abs=0.0, rel=1e-14)
 
 
 def test_softplus_threshold_zero_slope_of_length_map() -> None:

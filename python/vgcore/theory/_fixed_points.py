@@ -284,6 +284,8 @@ _SCAN_CACHE: dict[tuple[str, object], dict[int, float]] = {}
 
 def _scan_vx(m: Moments, ks: range) -> Array:
     """``Vx(2^k)`` for the ``k`` in ``ks`` (computed once per provider kind and activation)."""
+    if len(_SCAN_CACHE) > 64:  # many parameter variants: start afresh
+        _SCAN_CACHE.clear()
     cache = _SCAN_CACHE.setdefault((type(m).__name__, m.act.key), {})
     missing = [k for k in ks if k not in cache]
     if missing:

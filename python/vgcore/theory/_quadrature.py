@@ -10,7 +10,7 @@ step, ``relu`` has a kink there), and 300 Hermite nodes still leave an error of 
 
 * fixed Gaussian-scale points ``0, +-1, +-2, +-3.25, +-4.75, +-6.5, +-9``,
 * the centre of the activation's non-linearity (``u = 0``) and panels growing geometrically
-  from the activation's width ``a`` (``a, 2a, 4a, ...``, at most ``2^16 a`` and up to 1) on
+  from the activation's width ``a`` (``a, 2a, 4a, ...`` up to 8, at most ``2^15 a``) on
   both sides of it,
 * every kink or jump of phi or phi' (``ActivationFns.breaks``),
 
@@ -64,7 +64,7 @@ def _legendre(nodes: int) -> tuple[Array, Array]:
 
 
 def levels_for(width: Array) -> Array:
-    """Geometric panel levels ``a, 2a, ...`` below 1 for a width ``a`` (at most ``_MAX_LEVELS``)."""
+    """Geometric panel levels ``a, 2a, ...`` up to 8 for a width ``a`` (at most ``_MAX_LEVELS``)."""
     with np.errstate(divide="ignore"):
         lev = np.ceil(-np.log2(np.asarray(width, dtype=np.float64))) + _EXTRA_LEVELS
     return np.clip(np.nan_to_num(lev, nan=0.0, posinf=_MAX_LEVELS), 0, _MAX_LEVELS).astype(int)
@@ -182,7 +182,6 @@ def expect_1d(
     kappa = act.kappa_inf
     n_lev = _MAX_LEVELS + 1
     key = _reachable(all_brk, root) * n_lev + levels_for(act.scale / root)
-    need_phi = any(k in which for k in ("V", "Vx", "Vg", "M", "W"))
     need_d1 = any(k in which for k in ("D", "Dx", "Mp", "W"))
     for idx in _groups(key, lambda k: _rule_size(k % n_lev, all_brk.size, nodes)):
         r = root[idx]
@@ -191,18 +190,16 @@ def expect_1d(
         lev = int(key[idx[0]]) % n_lev
         z, w = graded_rule(np.zeros(idx.size), [(act.scale / r, 0, lev)], extra, nodes=nodes)
         u = r[:, None] * z
-        if need_phi and need_d1:
+        if need_d1:
             f, d1 = act.both(u)
-        elif need_phi:
-            f, d1 = act.phi(u), None
         else:
-            f, d1 = None, act.dphi(u)
+            f = d1 = act.phi(u)  # d1 unused
         if "V" in which:
             flat["V"][idx] = np.einsum("ij,ij->i", w, f * f)
         if "Vx" in which:
             lin = act.asymptote(u)
             flat["Vx"][idx] = np.einsum("ij,ij->i", w, (f - lin) * (f + lin))
-        g = None
+        g = u  # placeholder: only read under "Vg" / "W"
         if "Vg" in which or "W" in which:
             full = act.asymptote_full(u)
             g = (f - full) * (f + full)

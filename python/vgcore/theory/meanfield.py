@@ -203,7 +203,10 @@ def mean_field(
     sigma_b2 : float or array_like
         Bias variance, >= 0; broadcast against ``sigma_w2``.
     tol : float
-        ``|chi_1 - 1| <= tol`` is reported as ``"critical"`` (and then ``c* = 1``).
+        ``|chi_1 - 1| <= tol`` is reported as ``"critical"`` (and then ``c* = 1``). Below
+        ~1e-12, the chaotic ``c*`` and ``chi_c`` next to the critical line are limited by the
+        accuracy of the correlation moments (~1e-13 relative): ``1 - c*`` then carries an
+        error of order ``1e-13 / (chi_1 - 1)`` relative.
     **act_params
         ``negative_slope`` (leaky_relu), ``alpha`` (elu), ``beta``, ``threshold`` (softplus).
 

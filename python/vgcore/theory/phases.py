@@ -171,7 +171,11 @@ def phase_diagram(
     -----
     With ``"table"``, ``q*``, ``chi_1``, ``chi_q`` agree with :func:`mean_field` to ~1e-12
     relative and ``c*``, ``chi_c`` to ~1e-9 (the depth scales inherit these errors divided by
-    ``|log chi|``, so they loosen next to the critical line where they diverge).
+    ``|log chi|``, so they loosen next to the critical line where they diverge). Variances
+    outside the tables (``q* < 2e-16`` or ``> 2.5e30``) use :func:`mean_field`'s methods:
+    closed-form expansions, and for tanh / sigmoid at ``q* > 2^100`` 1-D Fourier integrals,
+    so grids far out (``sigma_w2 ~ 1e50``) take about a second; 2-D quadrature remains only
+    for chaotic points with ``q* < 2e-16`` (near the bifurcation of ``q* = 0``).
     """
     t0 = time.perf_counter()
     act = resolve_activation(activation, act_params)
