@@ -462,11 +462,11 @@ def test_phase_command_json_and_plot(tmp_path, capsys) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--sigma-w2", "-1"], "--sigma-w2 must be finite and >= 0, got -1.0"),
-        (["--sigma-w2", "nan"], "--sigma-w2 must be finite and >= 0, got NaN"),
-        (["--sigma-b2", "inf"], "--sigma-b2 must be finite and >= 0, got inf"),
-        (["--sigma-b2", "-0.5"], "--sigma-b2 must be finite and >= 0, got -0.5"),
-        (["--activation", "tanhh"], "--activation must be one of"),
+        (["--sigma-w2", "-1"], "--sigma-w2: sigma_w2 must be finite and >= 0, got -1.0"),
+        (["--sigma-w2", "nan"], "--sigma-w2: sigma_w2 must be finite and >= 0, got NaN"),
+        (["--sigma-b2", "inf"], "--sigma-b2: sigma_b2 must be finite and >= 0, got inf"),
+        (["--sigma-b2", "-0.5"], "--sigma-b2: sigma_b2 must be finite and >= 0, got -0.5"),
+        (["--activation", "tanhh"], "--activation: activation must be one of"),
         (["--sigma-w2", "abc"], "argument --sigma-w2: invalid float value"),
     ],
 )

@@ -621,7 +621,7 @@ def _cmd_phase(args: argparse.Namespace) -> int:
         msg = str(exc)
         for name, flag in _PHASE_FLAGS:
             if msg.startswith(name + " "):
-                msg = flag + msg[len(name) :]
+                msg = f"{flag}: {msg}"
         raise UsageError(msg) from None
     if args.json:
         _emit_json(res["json"])
