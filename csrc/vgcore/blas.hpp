@@ -3,8 +3,10 @@
 // compile definition so another BLAS can be dropped in.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <stdexcept>
+#include <thread>
 #include <string>
 
 #ifndef VGCORE_BLAS_PREFIX
@@ -93,6 +95,8 @@ inline int get_num_threads() { return VGCORE_BLAS(openblas_get_num_threads)(); }
 class BlasThreadsScope {
  public:
   explicit BlasThreadsScope(int n) : saved_(get_num_threads()) {
+    // OpenBLAS grows its pool to n and aborts the process if that fails: never above the CPUs.
+    if (n > 0) n = std::min(n, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
     if (n > 0 && n != saved_) set_num_threads(n);
   }
   ~BlasThreadsScope() {

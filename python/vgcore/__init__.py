@@ -7,7 +7,13 @@ activation saturation, parameter-gradient norms, from one compiled call per anal
 from __future__ import annotations
 
 from vgcore._loader import _core
-from vgcore._runtime import get_num_threads, release_memory, set_num_threads, set_workspace_limit
+from vgcore._runtime import (
+    MAX_THREADS,
+    get_num_threads,
+    release_memory,
+    set_num_threads,
+    set_workspace_limit,
+)
 from vgcore._validation import InsufficientMemoryError
 from vgcore.activations import ACTIVATIONS, Activation
 from vgcore.analysis import (
@@ -55,6 +61,7 @@ __all__ = [
     "ACTIVATIONS",
     "GRU",
     "LSTM",
+    "MAX_THREADS",
     "MLP",
     "RNN",
     "Activation",

@@ -169,13 +169,35 @@ def check_positive_int(value: object, name: str, *, minimum: int = 1) -> int:
 
 
 def available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux), else None."""
+    """MemAvailable from /proc/meminfo (Linux), capped by what an address-space limit
+    (``ulimit -v``) still allows this process; None when unknown."""
+    avail = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    avail = int(line.split()[1]) * 1024
+                    break
     except OSError:
+        return None
+    left = _address_space_left()
+    if left is not None:
+        avail = left if avail is None else min(avail, left)
+    return avail
+
+
+def _address_space_left() -> int | None:
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return max(0, limit - int(line.split()[1]) * 1024)
+    except (ImportError, OSError, ValueError):
         return None
     return None
 
