@@ -218,8 +218,10 @@ def phase_grid(activation: Any, points: list[tuple[float, float]] | None = None)
     return require("phase_diagram_around")(activation, points or [])
 
 
-def run_phase(activation: str, sigma_w2: float | None, sigma_b2: float) -> dict[str, Any]:
-    """Critical line, the phase at a point and the diagram, as text and JSON."""
+def run_phase(
+    activation: str, sigma_w2: float | None, sigma_b2: float, *, diagram: bool = True
+) -> dict[str, Any]:
+    """Critical line, the phase at a point and (``diagram``) the diagram, as text and JSON."""
     crit = float(require("critical_sigma_w2")(activation, sigma_b2))
     doc: dict[str, Any] = {
         "activation": activation,
@@ -247,7 +249,10 @@ def run_phase(activation: str, sigma_w2: float | None, sigma_b2: float) -> dict[
             f"factor {chi1**0.5:.4g} per layer; correlation depth scale xi_c = {float(mf.xi_c):.4g})"
         )
     point = [] if sigma_w2 is None else [(sigma_w2, sigma_b2)]
-    return {"json": doc, "text": "\n".join(lines), "diagram": phase_grid(activation, point)}
+    out: dict[str, Any] = {"json": doc, "text": "\n".join(lines)}
+    if diagram:  # only a figure needs it (seconds of quadrature)
+        out["diagram"] = phase_grid(activation, point)
+    return out
 
 
 def demo_extras(diagnoses: list[Any]) -> dict[str, Any]:

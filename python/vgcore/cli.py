@@ -616,7 +616,9 @@ def _cmd_phase(args: argparse.Namespace) -> int:
     from vgcore import _optional
 
     try:  # every input of the theory is a flag: its ValueErrors are bad arguments
-        res = _optional.run_phase(args.activation, args.sigma_w2, args.sigma_b2)
+        res = _optional.run_phase(
+            args.activation, args.sigma_w2, args.sigma_b2, diagram=bool(args.plot)
+        )
     except ValueError as exc:
         msg = str(exc)
         for name, flag in _PHASE_FLAGS:
