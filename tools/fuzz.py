@@ -42,6 +42,7 @@ import re
 import sys
 import time
 import traceback
+import warnings
 from collections import Counter
 from typing import Any, Callable
 
@@ -482,6 +483,7 @@ def oracle(p: dict[str, Any], perturb: float = 0.0) -> dict[str, np.ndarray] | N
 
 STATS: Counter[str] = Counter()
 MESSAGES: Counter[str] = Counter()  # exceptions raised, numbers masked
+WARNINGS: Counter[str] = Counter()  # warnings emitted by vgcore calls
 
 
 def _numeric_fields(res: Any) -> list[tuple[str, np.ndarray]]:
@@ -528,7 +530,15 @@ def check(p: dict[str, Any], verbose: bool = False) -> None:
     faulthandler_arm()
     t0 = time.perf_counter()
     try:
-        res = run_vgcore(p, model, x)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                res = run_vgcore(p, model, x)
+            finally:
+                for w in caught:
+                    where = f"{os.path.basename(w.filename)}:{w.lineno}"
+                    text = re.sub(r"\b\d+\b", "#", str(w.message))[:150]
+                    WARNINGS[f"{a}: {w.category.__name__} at {where}: {text}"] += 1
     except ALLOWED as exc:
         msg = str(exc)
         STATS[f"{a}: raised {type(exc).__name__}"] += 1
@@ -748,6 +758,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== exceptions raised (the most frequent messages)")
     for k, v in MESSAGES.most_common(12):
         print(f"  {k[:200]} ({v}x)")
+    print("\n== warnings emitted (the most frequent)")
+    for k, v in WARNINGS.most_common(12):
+        print(f"  {k[:220]} ({v}x)")
     print(f"\n== {len(failures)} failure classes")
     for key, msg, params in failures:
         print(f"\n-- {key}")
