@@ -125,6 +125,8 @@ def model_from_state_dict(
     norms: list[str | None] = []
     nws: list[np.ndarray | None] = []
     nbs: list[np.ndarray | None] = []
+    rms: list[np.ndarray | None] = []
+    rvs: list[np.ndarray | None] = []
     for idx in sorted(layers):
         p = layers[idx]
         w = p.get("weight")
@@ -134,6 +136,8 @@ def model_from_state_dict(
             norms.append(None)
             nws.append(None)
             nbs.append(None)
+            rms.append(None)
+            rvs.append(None)
         elif (w is not None and w.ndim == 1) or "running_mean" in p:
             if not ws or norms[-1] is not None:
                 raise CheckpointError(
@@ -141,10 +145,22 @@ def model_from_state_dict(
                 )
             norms[-1] = "batchnorm" if "running_mean" in p else "layernorm"
             nws[-1], nbs[-1] = p.get("weight"), p.get("bias")
+            # a saved model is analysed as it is used after training: BatchNorm in eval mode
+            rms[-1], rvs[-1] = p.get("running_mean"), p.get("running_var")
         else:
             raise CheckpointError(f"layer {idx} is neither a Linear nor a normalisation layer")
     if not ws:
         raise CheckpointError("the state_dict holds no Linear layer")
     acts = [activation] * (len(ws) - 1) + ["identity"]
     dtype = np.float64 if ws[0].dtype == np.float64 else np.float32
-    return MLP(ws, bs, acts, dtype=dtype, norm=norms, norm_weights=nws, norm_biases=nbs)
+    return MLP(
+        ws,
+        bs,
+        acts,
+        dtype=dtype,
+        norm=norms,
+        norm_weights=nws,
+        norm_biases=nbs,
+        running_means=rms,
+        running_vars=rvs,
+    )

@@ -105,6 +105,8 @@ def mlp_with(
         norm_weights=nw_,
         norm_biases=nb_,
         eps=model.eps,
+        running_means=[_copy(r) for r in model.running_means] if norm == "keep" else None,
+        running_vars=[_copy(r) for r in model.running_vars] if norm == "keep" else None,
     )
 
 

@@ -204,6 +204,11 @@ class MLP(Model):
         training-mode batch statistics, differentiated through the batch mean and variance).
     norm_weights, norm_biases : sequences of arrays of shape (out,), optional
         The affine ``gamma`` / ``beta`` (``None``: 1 / 0).
+    running_means, running_vars : sequences of (array of shape (out,) or None), optional
+        BatchNorm layers given both use these statistics, as ``nn.BatchNorm1d`` does in
+        ``eval()`` mode: ``gamma * (z - mean) / sqrt(var + eps) + beta``, a per-sample
+        affine map (so the Jacobian analyses accept it). BatchNorm layers without them use
+        the batch's statistics, as in ``train()`` mode, and couple the samples of a batch.
     eps : float
         Normalisation epsilon (PyTorch default 1e-5).
     """
@@ -225,6 +230,8 @@ class MLP(Model):
         norm_weights: Sequence[Any | None] | None = None,
         norm_biases: Sequence[Any | None] | None = None,
         eps: float = 1e-5,
+        running_means: Sequence[Any | None] | None = None,
+        running_vars: Sequence[Any | None] | None = None,
     ) -> None:
         if isinstance(weights, np.ndarray) and weights.ndim == 2:
             weights = [weights]
@@ -271,6 +278,7 @@ class MLP(Model):
         self._init_blocks(
             block, alpha, gate_weights, gate_biases, norm, norm_weights, norm_biases, eps
         )
+        self._init_running_stats(running_means, running_vars)
 
     def _init_blocks(
         self,
@@ -329,6 +337,45 @@ class MLP(Model):
         for i, b in enumerate(self.blocks):
             if b == "highway" and self.gate_weights[i] is None:
                 raise ValueError(f"block[{i}] is 'highway' but gate_weights[{i}] is None")
+
+    def _init_running_stats(self, means: Any, variances: Any) -> None:
+        L = len(self.weights)
+        out: dict[str, list[np.ndarray | None]] = {}
+        for name, values in (("running_means", means), ("running_vars", variances)):
+            vals = [None] * L if values is None else list(values)
+            if len(vals) != L:
+                raise ValueError(f"{name} must have {L} entries (one per layer), got {len(vals)}")
+            out[name] = [
+                None
+                if v is None
+                else as_float_array(
+                    v, f"{name}[{i}]", self.dtype, shape=(self.weights[i].shape[0],)
+                )
+                for i, v in enumerate(vals)
+            ]
+        for i, (mu, var) in enumerate(zip(out["running_means"], out["running_vars"])):
+            if (mu is None) != (var is None):
+                raise ValueError(
+                    f"running_means[{i}] and running_vars[{i}] must be given together (eval-mode "
+                    "BatchNorm) or both be None"
+                )
+            if mu is not None and self.norms[i] != "batchnorm":
+                raise ValueError(
+                    f"running_means[{i}] is given, but layer {i} has norm={self.norms[i]!r}; "
+                    "running statistics belong to BatchNorm layers"
+                )
+            if var is not None and (var < 0).any():
+                raise ValueError(f"running_vars[{i}] must be >= 0, got min {var.min():g}")
+        self.running_means = out["running_means"]
+        self.running_vars = out["running_vars"]
+
+    def norm_mode(self, i: int) -> str | None:
+        """Layer ``i``'s normalisation as analysed: None, ``"layernorm"``, ``"batchnorm"``
+        (batch statistics, train mode) or ``"batchnorm_eval"`` (running statistics)."""
+        n = self.norms[i]
+        if n == "batchnorm" and self.running_means[i] is not None:
+            return "batchnorm_eval"
+        return n
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -430,7 +477,10 @@ class MLP(Model):
         """Import an ``nn.Sequential`` of ``nn.Linear`` and activation modules.
 
         A Linear followed by ``nn.Identity`` or by another Linear is linear; ``nn.Dropout``
-        is skipped (evaluation semantics). Other modules raise NotImplementedError.
+        is skipped (evaluation semantics; a note says so when the module is in ``train()``
+        mode). ``nn.BatchNorm1d`` follows the module's mode: in ``eval()`` it uses its running
+        statistics (a per-sample affine map), in ``train()`` the batch's statistics (noted).
+        Other modules raise NotImplementedError.
         """
         from torch import nn
 
@@ -446,6 +496,8 @@ class MLP(Model):
         norms: list[str | None] = []
         nws: list[np.ndarray | None] = []
         nbs: list[np.ndarray | None] = []
+        rms: list[np.ndarray | None] = []
+        rvs: list[np.ndarray | None] = []
         eps = None
         notes: list[str] = []
         for idx, sub in enumerate(module):
@@ -458,6 +510,8 @@ class MLP(Model):
                 norms.append(None)
                 nws.append(None)
                 nbs.append(None)
+                rms.append(None)
+                rvs.append(None)
                 continue
             if isinstance(sub, nn.Dropout):
                 if sub.p > 0 and sub.training:
@@ -487,6 +541,16 @@ class MLP(Model):
                 nbs[-1] = (
                     None if sub.bias is None else _torch_to_numpy(sub.bias, f"module[{idx}].bias")
                 )
+                if kind == "batchnorm":
+                    has_stats = sub.running_mean is not None and sub.running_var is not None
+                    if not sub.training and has_stats:
+                        rms[-1] = _torch_to_numpy(sub.running_mean, f"module[{idx}].running_mean")
+                        rvs[-1] = _torch_to_numpy(sub.running_var, f"module[{idx}].running_var")
+                    elif has_stats:
+                        notes.append(
+                            f"module[{idx}] (BatchNorm1d) is in train() mode: analysed with the "
+                            "batch's statistics; call .eval() to use its running statistics"
+                        )
                 continue
             if isinstance(sub, nn.PReLU):
                 if sub.weight.numel() != 1:
@@ -528,6 +592,8 @@ class MLP(Model):
             norm_weights=nws,
             norm_biases=nbs,
             eps=1e-5 if eps is None else eps,
+            running_means=rms,
+            running_vars=rvs,
         )
         out.notes = tuple(notes)
         return out
@@ -570,6 +636,11 @@ class MLP(Model):
                         norm_mod.bias.copy_(
                             torch.from_numpy(beta if beta is not None else np.zeros(n, self.dtype))
                         )
+                if self.norm_mode(i) == "batchnorm_eval":  # running statistics: eval mode
+                    with torch.no_grad():
+                        norm_mod.running_mean.copy_(torch.from_numpy(self.running_means[i]))
+                        norm_mod.running_var.copy_(torch.from_numpy(self.running_vars[i]))
+                    norm_mod.eval()
                 mods.append(norm_mod)
             if not a.is_linear:
                 mods.append(to_torch_module(a))
@@ -626,6 +697,8 @@ class MLP(Model):
             norm_weights=cast(self.norm_weights),
             norm_biases=cast(self.norm_biases),
             eps=self.eps,
+            running_means=cast(self.running_means),
+            running_vars=cast(self.running_vars),
         )
         out.notes = self.notes
         return out
@@ -639,6 +712,8 @@ class MLP(Model):
             "gate_biases",
             "norm_weights",
             "norm_biases",
+            "running_means",
+            "running_vars",
         ):
             out += [(f"{attr}[{i}]", a) for i, a in enumerate(getattr(self, attr)) if a is not None]
         return out
@@ -654,7 +729,9 @@ class MLP(Model):
                 "alpha": self.alphas[i],
                 "gate_weight": self.gate_weights[i],
                 "gate_bias": self.gate_biases[i],
-                "norm": self.norms[i] or "none",
+                "norm": self.norm_mode(i) or "none",
+                "running_mean": self.running_means[i],
+                "running_var": self.running_vars[i],
                 "norm_weight": self.norm_weights[i],
                 "norm_bias": self.norm_biases[i],
                 "eps": self.eps,

@@ -34,8 +34,10 @@ def core_model(model: Model, dt: np.dtype) -> dict[str, Any]:
         bad = [i for i, s in enumerate(specs) if s["norm"] == "batchnorm"]
         if bad:
             raise ValueError(
-                f"layer {bad[0]} uses BatchNorm, which couples the samples of a batch: the "
-                "per-sample Jacobian d h_l / d h_(l-1) is not defined (LayerNorm is supported)"
+                f"layer {bad[0]} uses BatchNorm with batch statistics (train mode), which "
+                "couples the samples of a batch: the per-sample Jacobian d h_l / d h_(l-1) is "
+                "not defined. Eval-mode BatchNorm (running_means / running_vars given, or an "
+                "imported module in eval()) and LayerNorm are supported"
             )
         return {"kind": "mlp", "layers": specs}
     assert isinstance(model, RecurrentModel)
