@@ -124,7 +124,7 @@ def test_top_lyapunov_exponent_of_width_keeping_mlps_and_the_fallback(sigmoid_di
 # ------------------------------------------------------------------------------------------
 # recommendations: mapped from causes, checked, ranked
 def _by_fix(d: Diagnosis) -> dict[str, Recommendation]:
-    return {r.fix: r for r in d.recommendations}
+    return {r.fix: r for r in d.fixes}
 
 
 def test_sigmoid_recommendations_are_checked_and_ranked(sigmoid_diag):
@@ -178,6 +178,28 @@ def test_exploding_recommends_clipping_with_threshold(exploding_rnn_diag):
     assert clip.improvement > 6
     flow = vgcore.gradient_flow(d.model, seq(T=200), clip_norm=tau)
     assert flow.clip["clipped"]
+
+
+def test_only_fixes_that_help_are_recommended(exploding_rnn_diag):
+    """A fix measured to make things worse (e.g. an orthogonal recurrent init on an exploding
+    RNN) is shown apart, never recommended; clipping is a bound on the update norm."""
+    worse = RNN.from_sizes(32, N, init={"name": "gaussian", "sigma_w2": 3.0}, seed=0)
+    for d in (exploding_rnn_diag, vgcore.diagnose(worse, seq(T=200))):
+        assert d.recommendations, d.summary()
+        for r in d.recommendations:
+            assert r.helps, f"{r.fix} recommended with {r.measured()}"
+        assert all(r.checked and not r.helps for r in d.not_helpful)
+        text = d.summary()
+        for r in d.not_helpful:
+            assert f"- {r.fix} [" in text.split("measured not to help")[1]
+        df = d.to_pandas()
+        assert list(df["recommended"]) == [True] * len(d.recommendations) + [False] * len(
+            d.not_helpful
+        )
+        assert d.best is None or not d.best.bounds_update
+    clip = _by_fix(exploding_rnn_diag)["gradient clipping"]
+    assert "bounds the update norm" in clip.measured() and "decades" not in clip.measured()
+    assert clip in exploding_rnn_diag.recommendations
 
 
 def test_vanilla_rnn_recommends_gated_cells():

@@ -93,8 +93,18 @@ class Recommendation:
 
     @property
     def helps(self) -> bool:
-        """Measured to improve the metric by at least half a decade."""
-        return bool(self.checked and self.improvement is not None and self.improvement >= 0.5)
+        """Measured to help: the spread shrinks by at least half a decade, or (clipping) the
+        update norm is actually bounded."""
+        if not (self.checked and self.improvement is not None):
+            return False
+        if self.metric == "update norm":
+            return self.improvement > 0
+        return self.improvement >= 0.5
+
+    @property
+    def bounds_update(self) -> bool:
+        """A bound on the update norm (gradient clipping), not a change of the gradient flow."""
+        return self.metric == "update norm"
 
     def measured(self) -> str:
         """One line: the measured effect (or why there is none)."""
@@ -102,8 +112,8 @@ class Recommendation:
             return f"not checked: {self.note}" if self.note else "not checked"
         if self.metric == "update norm":
             return (
-                f"update norm 10^{self.before:.1f} -> 10^{self.after:.1f} "
-                f"({self.improvement:+.1f} decades); the dL/dh profile is unchanged"
+                f"bounds the update norm: 10^{self.before:.1f} -> 10^{self.after:.1f} "
+                "(clipping rescales the update; the dL/dh profile is unchanged)"
             )
         return (
             f"spread {self.before:.1f} -> {self.after:.1f} decades "
@@ -166,7 +176,11 @@ class Diagnosis:
     causes : list of str
         The causes found, in the order checked.
     recommendations : list of Recommendation
-        Ranked: helpful fixes by measured improvement first, then the rest.
+        The fixes recommended: those measured to help, ranked by measured improvement (a
+        bound on the update norm, i.e. clipping, after the fixes of the gradient flow), then
+        any that could not be measured.
+    not_helpful : list of Recommendation
+        Fixes that were applied and measured not to help (shown apart, never recommended).
     notes : list of str
         What could not be measured and why (e.g. an optional analysis missing).
     lyapunov : LyapunovSpectrum or None
@@ -184,6 +198,12 @@ class Diagnosis:
     recommendations: list[Recommendation]
     notes: list[str] = field(default_factory=list)
     lyapunov: Any = None
+    not_helpful: list[Recommendation] = field(default_factory=list)
+
+    @property
+    def fixes(self) -> list[Recommendation]:
+        """Every fix considered: the recommended ones, then those measured not to help."""
+        return [*self.recommendations, *self.not_helpful]
 
     @property
     def axis(self) -> str:
@@ -196,9 +216,10 @@ class Diagnosis:
 
     @property
     def best(self) -> Recommendation | None:
-        """The top-ranked recommendation that measurably helps, if any."""
+        """The top-ranked fix of the gradient flow that measurably helps, if any (clipping,
+        a bound on the update norm, is never the best fix of a flow)."""
         for r in self.recommendations:
-            if r.helps:
+            if r.helps and not r.bounds_update:
                 return r
         return None
 
@@ -244,9 +265,15 @@ class Diagnosis:
             )
         if self.causes:
             lines.append("  causes: " + "; ".join(self.causes))
+        if self.recommendations:
+            lines.append("  recommended fixes:")
         for i, r in enumerate(self.recommendations, 1):
             lines.append(f"  {i}. {r.fix} [{r.cause}]: {r.action}")
             lines.append(f"     measured: {r.measured()}")
+        if self.not_helpful:
+            lines.append("  measured not to help (not recommended):")
+        for r in self.not_helpful:
+            lines.append(f"  - {r.fix} [{r.cause}]: {r.measured()}")
         for n in self.notes:
             lines.append(f"  note: {n}")
         return "\n".join(lines)
@@ -267,16 +294,23 @@ class Diagnosis:
             "evidence": _jsonable(self.evidence),
             "causes": list(self.causes),
             "recommendations": [r.to_dict() for r in self.recommendations],
+            "not_helpful": [r.to_dict() for r in self.not_helpful],
             "notes": list(self.notes),
         }
 
     def to_pandas(self) -> Any:
-        """The recommendations as a DataFrame (one row each, ranked)."""
+        """Every fix considered as a DataFrame, one row each: the recommended ones ranked
+        (``rank`` 1, 2, ...), then those measured not to help (``recommended`` False, no rank)."""
         import pandas as pd
 
-        rows = [{"rank": i, **r.to_dict()} for i, r in enumerate(self.recommendations, 1)]
+        rows = [
+            {"rank": i, "recommended": True, **r.to_dict()}
+            for i, r in enumerate(self.recommendations, 1)
+        ]
+        rows += [{"rank": None, "recommended": False, **r.to_dict()} for r in self.not_helpful]
         cols = [
             "rank",
+            "recommended",
             "cause",
             "fix",
             "action",
@@ -444,13 +478,13 @@ def lyapunov_regime(value: float) -> str:
 
 def _lyapunov_applies(model: Model) -> bool:
     """Whether :func:`vgcore.lyapunov` takes this model: recurrent, or an MLP whose layers keep
-    the width (depth plays the role of time) without BatchNorm."""
+    the width (depth plays the role of time) without train-mode BatchNorm."""
     if isinstance(model, RecurrentModel):
         return True
     return (
         isinstance(model, MLP)
         and len(set(model.sizes)) == 1
-        and "batchnorm" not in [n for n in model.norms if n]
+        and "batchnorm" not in [model.norm_mode(i) for i in range(model.depth)]
     )
 
 
@@ -974,11 +1008,18 @@ def _recurrent_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Reco
     return recs
 
 
-def _rank(recs: list[Recommendation]) -> list[Recommendation]:
-    def key(r: Recommendation) -> tuple[int, float]:
-        return (0 if r.helps else 1 if r.checked else 2, -(r.improvement or 0.0))
+def _rank(recs: list[Recommendation]) -> tuple[list[Recommendation], list[Recommendation]]:
+    """(recommended, measured not to help): fixes of the flow that help by measured
+    improvement, then update-norm bounds that help, then unmeasured fixes."""
 
-    return sorted(recs, key=key)
+    def key(r: Recommendation) -> tuple[int, float]:
+        group = (1 if r.bounds_update else 0) if r.helps else (2 if not r.checked else 3)
+        return (group, -(r.improvement or 0.0))
+
+    ranked = sorted(recs, key=key)
+    return [r for r in ranked if r.helps or not r.checked], [
+        r for r in ranked if r.checked and not r.helps
+    ]
 
 
 # ------------------------------------------------------------------------------------------
@@ -1084,6 +1125,7 @@ def diagnose(
         recs = _mlp_recs(ctx, causes, notes)
     else:
         recs = _recurrent_recs(ctx, causes, notes)
+    recommended, not_helpful = _rank(recs)
     return Diagnosis(
         name=name or _default_name(model),
         model=model,
@@ -1092,7 +1134,8 @@ def diagnose(
         ratio=ratio,
         evidence=ev,
         causes=causes,
-        recommendations=_rank(recs),
+        recommendations=recommended,
         notes=notes,
         lyapunov=lyap,
+        not_helpful=not_helpful,
     )

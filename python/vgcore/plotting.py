@@ -230,6 +230,8 @@ def plot_diagnosis(diagnosis: Any, *, ax: Any = None, title: str | None = None) 
     """The measured gradient flow next to the flow with each checked fix applied.
 
     Curves are relative to the output gradient, with the 1e-6 vanishing threshold marked.
+    Fixes measured not to help are labelled so; clipping, which bounds the update norm and
+    leaves the flow unchanged, is drawn dashed over the measured curve.
 
     Returns
     -------
@@ -237,11 +239,28 @@ def plot_diagnosis(diagnosis: Any, *, ax: Any = None, title: str | None = None) 
     """
     items = [diagnosis.flow]
     labels = [f"as given ({diagnosis.verdict})"]
-    for rec in diagnosis.recommendations:
-        if rec.flow_after is not None and rec.flow_after is not diagnosis.flow:
+    clip_lines = []
+    for rec in getattr(diagnosis, "fixes", diagnosis.recommendations):
+        if rec.bounds_update and rec.checked:
+            clip_lines.append(
+                f"{rec.fix}: update norm 10^{rec.before:.1f} -> 10^{rec.after:.1f}, flow unchanged"
+            )
+        elif rec.flow_after is not None and rec.flow_after is not diagnosis.flow:
             items.append(rec.flow_after)
-            labels.append(f"{rec.fix} ({rec.verdict_after})")
+            tag = rec.verdict_after if rec.helps else "measured not to help"
+            labels.append(f"{rec.fix} ({tag})")
     ax = plot_gradient_flow(items, labels, ax=ax, relative=True, threshold=diagnosis.ratio)
+    if clip_lines:
+        line = ax.get_lines()[0]
+        ax.plot(
+            line.get_xdata(),
+            line.get_ydata(),
+            linestyle="--",
+            color="black",
+            linewidth=1,
+            label="; ".join(clip_lines),
+        )
+        ax.legend(fontsize="small")
     ax.set_title(title if title is not None else diagnosis.name)
     return ax
 

@@ -169,9 +169,19 @@ def _build_document(
                 [i, r.fix, r.cause, r.action, r.measured()]
                 for i, r in enumerate(d.recommendations, 1)
             ]
+            doc.add("p", "Recommended fixes:")
             doc.add("table", (["rank", "fix", "cause", "what to do", "measured"], rows))
         elif d.verdict == "healthy":
             doc.add("p", "No fix needed.")
+        if d.not_helpful:
+            doc.add("p", "Measured not to help (not recommended):")
+            doc.add(
+                "table",
+                (
+                    ["fix", "cause", "measured"],
+                    [[r.fix, r.cause, r.measured()] for r in d.not_helpful],
+                ),
+            )
         for f in figs:
             if f.section == d.name:
                 doc.add("img", (f.path, f.caption))

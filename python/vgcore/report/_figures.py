@@ -91,7 +91,8 @@ def make_figures(
         figs.append(
             Figure(
                 _save(fig, root, f"figures/{s}.png", dpi),
-                f"{d.name}: measured gradient flow and the flow with each checked fix",
+                f"{d.name}: measured gradient flow"
+                + (" and the flow with each checked fix" if d.fixes else ""),
                 d.name,
             )
         )

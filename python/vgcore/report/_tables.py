@@ -85,10 +85,18 @@ def report_tables(diagnoses: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
                     "act_std": None if i == 0 else _num(f.act_std[i - 1]),
                 }
             )
-        for rank, r in enumerate(d.recommendations, 1):
+        ranked = [(rank, r) for rank, r in enumerate(d.recommendations, 1)]
+        for rank, r in [*ranked, *((None, r) for r in d.not_helpful)]:
             row = r.to_dict()
             row["params"] = json.dumps(row["params"], sort_keys=True)
-            recs.append({"model": d.name, "rank": rank, **{k: _num(v) for k, v in row.items()}})
+            recs.append(
+                {
+                    "model": d.name,
+                    "rank": rank,
+                    "recommended": rank is not None,
+                    **{k: _num(v) for k, v in row.items()},
+                }
+            )
     return {"summary": summary, "gradient_norms": norms, "recommendations": recs}
 
 
