@@ -101,7 +101,7 @@ def test_eval_batchnorm_per_sample_jacobian(torch) -> None:
 
 def test_train_mode_batchnorm_is_refused_by_jacobian_analyses() -> None:
     m = MLP.from_sizes([4] * 3, "tanh", norm="batchnorm")
-    with pytest.raises(ValueError, match="batch statistics.*Eval-mode BatchNorm"):
+    with pytest.raises(ValueError, match=r"batch statistics.*Eval-mode BatchNorm"):
         vgcore.jacobian_singular_values(m, np.ones((2, 4)))
 
 
