@@ -306,10 +306,15 @@ def _step_fns(torch: Any, model: Any, x: np.ndarray) -> tuple[list[Callable[[Any
 
         def f(h: Any, rows: Any = None) -> Any:
             z = F.linear(h, W, b)
-            if norm == "layernorm":
-                z = F.layer_norm(z, (z.shape[-1],), gam, bet, eps=eps)
-            elif norm == "batchnorm":
-                z = F.batch_norm(z, None, None, gam, bet, training=True, eps=eps)
+            if norm in ("layernorm", "batchnorm"):
+                # By hand, not F.layer_norm / F.batch_norm: their fused backward leaves
+                # rounding noise where the exact derivative is 0 (one unit or one sample).
+                dim = -1 if norm == "layernorm" else 0
+                if norm == "batchnorm" and z.shape[0] < 2:
+                    raise ValueError("BatchNorm statistics need two samples")
+                d = z - z.mean(dim, keepdim=True)
+                z = d / torch.sqrt((d * d).mean(dim, keepdim=True) + eps)
+                z = z * (1.0 if gam is None else gam) + (0.0 if bet is None else bet)
             a = act(z)
             if block == "residual":
                 return h + al * a
@@ -507,10 +512,19 @@ def _numeric_fields(res: Any) -> list[tuple[str, np.ndarray]]:
 def _documented_nan(p: dict[str, Any], res: Any, name: str, v: np.ndarray) -> np.ndarray:
     """Mask of the NaNs the documentation promises."""
     ok = np.zeros(v.shape, dtype=bool)
-    if name == "spectral_radius" and p["kind"] == "mlp":
+    if "radius" in name and p["kind"] == "mlp":  # a width-changing layer has no radius
         sizes = p["sizes"]
         rows = np.array([sizes[s] != sizes[s + 1] for s in np.asarray(res.steps)])
         ok |= rows.reshape(-1, *([1] * (v.ndim - 1)))
+    if name in ("radius_errors", "sigma_errors", "radius_condition"):
+        # NaN where the value came from LAPACK ("exact", or a matrix-free value recomputed
+        # exactly: the fallback masks).
+        exact = np.full(v.shape, getattr(res, "method", "") == "exact")
+        which = "sigma" if name.startswith("sigma") else "radius"
+        fallback = getattr(res, f"{which}_fallback", None)
+        if fallback is not None:
+            exact |= np.asarray(fallback, dtype=bool)
+        ok |= exact
     m = re.match(r"log_param_grad_norms\['(\w+)'\]", name)
     if m:  # NaN for a parameter the layer (or cell) does not have
         kind = m.group(1)
@@ -587,8 +601,8 @@ def check(p: dict[str, Any], verbose: bool = False) -> None:
         big = LOG_RANGE if logs else math.exp(LOG_RANGE)
         small = -LOG_RANGE if logs else math.exp(-LOG_RANGE)
         comparable = np.isfinite(want) & np.isfinite(spread) & (want < big) & (want > small)
-        if name in ("spectral_radius", "sigma_max"):
-            comparable &= np.asarray(res.converged, dtype=bool)
+        if name in ("spectral_radius", "sigma_max"):  # values the result vouches for
+            comparable &= np.asarray(getattr(res, "reliable", res.converged), dtype=bool)
         tol = rtol * np.maximum(1.0 if logs else 0.0, np.abs(want)) + 10 * spread + bound
         # Not resolved by the oracle: a log uncertain by more than 1, a value by half itself.
         comparable &= tol < (1.0 if logs else 0.5 * np.abs(want))
