@@ -19,6 +19,14 @@ py::dict stats_to_dict(const FlowStats& s) {
                      static_cast<py::ssize_t>(s.n_gates)});
   d["gate_saturation"] = gs;
   d["log_param_grad_norms"] = to_numpy(s.log_param_grad_norms);
+  // Which log_param_grad_norms entries belong to an existing parameter, and the steps whose
+  // pre-activation overflowed (inf/NaN) although the activation output may be finite.
+  py::array_t<bool> present(static_cast<py::ssize_t>(s.param_present.size()));
+  for (std::size_t i = 0; i < s.param_present.size(); ++i) present.mutable_data()[i] = s.param_present[i] != 0;
+  d["param_grad_present"] = present;
+  py::array_t<bool> bad(static_cast<py::ssize_t>(s.preact_nonfinite.size()));
+  for (std::size_t i = 0; i < s.preact_nonfinite.size(); ++i) bad.mutable_data()[i] = s.preact_nonfinite[i] != 0;
+  d["preact_nonfinite"] = bad;
   return d;
 }
 

@@ -42,6 +42,7 @@ struct ChunkStats {
   std::vector<double> grad_sumsq;             // per state
   std::vector<int> grad_scale;                // per state: stored = true * 2^scale
   std::vector<int> gz_scale;                  // per layer: scale of the stored dL/dz
+  std::vector<unsigned char> preact_bad;      // per layer: a pre-activation is inf/NaN
 };
 
 // Buffers of one layer, each (B x out) unless noted; chunks own disjoint rows.
@@ -241,8 +242,11 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
       return l == 1 ? io.x + b0 * width[0] : buf[l - 1].h.data() + b0 * width[l - 1];
     };
 
-    // Forward.
-    for (std::size_t l = 1; l <= L; ++l) {
+    st.preact_bad.assign(L, 0);
+
+    // Forward through layer l (rows of this chunk): h_l, phi', norm and gate buffers, stats.
+    // Run again by the backward pass when it has to redo a layer (see below).
+    auto forward_layer = [&](std::size_t l) {
       const DenseLayer<T>& ly = layers[l - 1];
       LayerBuffers<T>& lb = buf[l];
       const std::size_t n_in = width[l - 1], n_out = width[l], off = b0 * n_out, cnt = nb * n_out;
@@ -256,6 +260,8 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
         layernorm_forward(ly, z, lb.xhat.data() + off, lb.istd.data() + b0, nb, n_out);
       else if (ly.norm == DenseNorm::batchnorm)
         batchnorm_forward(ly, z, lb.xhat.data() + off, lb.istd.data(), nb, n_out);
+      // An overflowed pre-activation can hide behind a saturating activation (tanh(inf) = 1).
+      bool bad = any_nonfinite(z, cnt);
       if (ly.block == DenseBlock::plain) {
         activation_forward(ly.act, z, z, dphi, cnt);
       } else if (ly.block == DenseBlock::residual) {
@@ -269,43 +275,32 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
         if (ly.gate_bias)
           for (std::size_t b = 0; b < nb; ++b) std::copy(ly.gate_bias, ly.gate_bias + n_out, t + b * n_out);
         product(nb, n_out, n_in, hin, ly.gate_weight, ly.in, true, ly.gate_bias ? T(1) : T(0), t);
+        bad = bad || any_nonfinite(t, cnt);
         highway_mix(t, a, hin, z, cnt);
       }
+      st.preact_bad[l - 1] = bad ? 1 : 0;
       const T sat_level = static_cast<T>(opt.saturation_threshold * ly.act.max_derivative());
       double s = 0, s2 = 0;
       moments(z, cnt, s, s2);
       st.sum[l - 1] = s;
       st.sumsq[l - 1] = s2;
       st.saturated[l - 1] = static_cast<double>(count_below(dphi, cnt, sat_level));
+    };
+    for (std::size_t l = 1; l <= L; ++l) {
+      forward_layer(l);
       if (primary) ctl.tick(l, total_work);
       else ctl.poll();
     }
 
-    // Backward. g holds dL/dh_l (stored = true * 2^scale); two ping-pong buffers.
-    std::vector<T> ga(nb * max_width), gb(nb * max_width);
-    T* g = ga.data();
-    T* gnext = gb.data();
-    const std::size_t nL = width[L];
-    const T* yL = buf[L].h.data() + b0 * nL;
-    if (io.cotangent) std::copy(io.cotangent + b0 * nL, io.cotangent + b1 * nL, g);
-    else std::copy(yL, yL + nb * nL, g);
-    int scale = 0;
-    int pending = opt.rescale ? rescale_exponent<T>(sum_squares(g, nb * nL)) : 0;
-    auto keep = [&](std::size_t l, const T* gv) {
-      if (io.grads.empty() || !io.grads[l]) return;
-      const T inv = pow2<T>(-scale);
-      T* out = io.grads[l] + b0 * width[l];
-      for (std::size_t i = 0; i < nb * width[l]; ++i) out[i] = gv[i] * inv;
-    };
-    for (std::size_t l = L; l >= 1; --l) {
+    // Backward through layer l: from g = dL/dh_l (stored; times f) to gnext = dL/dh_{l-1}
+    // (stored, at the scale of g times f). Overwrites phi' with dL/dz' (and the gate buffer
+    // with dL/d(gate pre-activation)), which the parameter gradients use.
+    auto backward_layer = [&](std::size_t l, const T* g, T f, T* gnext) {
       const DenseLayer<T>& ly = layers[l - 1];
       LayerBuffers<T>& lb = buf[l];
       const std::size_t n_in = width[l - 1], n_out = width[l], off = b0 * n_out, cnt = nb * n_out;
       const T* hin = hin_of(l);
       T* dphi = lb.d.data() + off;  // becomes dL/dz'
-      const T f = pow2<T>(pending);
-      keep(l, g);
-      const double s2 = sum_squares(g, cnt);
       // gnext first receives the direct (skip / carry) path, then the GEMMs accumulate.
       if (ly.block == DenseBlock::plain) {
         for (std::size_t i = 0; i < cnt; ++i) dphi[i] = g[i] * f * dphi[i];
@@ -326,11 +321,6 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
           t[i] = gs * (a[i] - hin[i]) * tv * (1 - tv);
         }
       }
-      st.grad_sumsq[l] = s2;
-      st.grad_scale[l] = scale;
-      scale += pending;
-      st.gz_scale[l - 1] = scale;
-      pending = opt.rescale ? rescale_exponent<T>(s2) : 0;
       const T* dz = dphi;
       if (ly.norm != DenseNorm::none) {
         T* dzn = lb.dz.data() + off;
@@ -344,13 +334,76 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
       product(nb, n_in, n_out, dz, ly.weight, ly.in, false, beta, gnext);
       if (ly.block == DenseBlock::highway)
         product(nb, n_in, n_out, lb.t.data() + off, ly.gate_weight, ly.in, false, T(1), gnext);
+    };
+
+    // Backward. g holds dL/dh_l, stored = true * 2^scale; two ping-pong buffers. `pending`
+    // is the power of two applied with the next layer's products, chosen from the previous
+    // norm (so that it costs no extra pass), unless that is not enough (see RescaleLimits).
+    using RL = RescaleLimits<T>;
+    std::vector<T> ga(nb * max_width), gb(nb * max_width);
+    T* g = ga.data();
+    T* gnext = gb.data();
+    const std::size_t nL = width[L];
+    const T* yL = buf[L].h.data() + b0 * nL;
+    if (io.cotangent) std::copy(io.cotangent + b0 * nL, io.cotangent + b1 * nL, g);
+    else std::copy(yL, yL + nb * nL, g);
+    int scale = 0, k = 0;
+    double s2 = sum_squares_scaled(g, nb * nL, k);
+    int pending = opt.rescale ? rescale_exponent<T>(s2, k) : 0;
+    int prev_e = 0, prev_pending = 0;  // of the layer above, for a redo
+    bool prev_finite = false;
+    auto keep = [&](std::size_t l, const T* gv) {
+      if (io.grads.empty() || !io.grads[l]) return;
+      store_scaled(io.grads[l] + b0 * width[l], gv, nb * width[l], -scale);
+    };
+    for (std::size_t l = L;; --l) {
+      const std::size_t cnt = nb * width[l];
+      if (l < L) {
+        s2 = sum_squares_scaled(g, cnt, k);
+        if (opt.rescale && prev_finite && !std::isfinite(s2)) {
+          // The products of layer l + 1 overflowed (a gain beyond the type's range in one
+          // layer): redo that layer with its input made smaller, first to 2^-(emax/2), then
+          // to the bottom of the normal range. Its forward buffers were overwritten: rebuilt.
+          const std::size_t cnt_up = nb * width[l + 1];
+          for (const int target : {-RL::emax / 4, RL::emin + 2 * RL::digits}) {
+            const int d = prev_e + prev_pending - target;
+            if (d <= 0) continue;
+            scale_pow2_wide(gnext, cnt_up, -d);
+            prev_e -= d;
+            scale -= d;
+            st.gz_scale[l] -= d;
+            forward_layer(l + 1);
+            backward_layer(l + 1, gnext, pow2<T>(prev_pending), g);
+            s2 = sum_squares_scaled(g, cnt, k);
+            if (std::isfinite(s2)) break;
+          }
+        }
+      }
+      int e = norm_exponent(s2, k);
+      if (opt.rescale && (pending > RL::pow2max || pending < -RL::pow2max ||
+                          e + pending > RL::window || e + pending < -RL::window)) {
+        // The factor from the previous norm does not fit this vector: bring it near 1 now.
+        scale_pow2_wide(g, cnt, -e);
+        scale -= e;
+        pending = 0;
+        s2 = sum_squares_scaled(g, cnt, k);
+        e = norm_exponent(s2, k);
+      }
+      keep(l, g);
+      st.grad_sumsq[l] = s2;
+      st.grad_scale[l] = scale + k;
+      if (l == 0) break;
+      backward_layer(l, g, pow2<T>(pending), gnext);
+      scale += pending;
+      st.gz_scale[l - 1] = scale;
+      prev_e = e;
+      prev_pending = pending;
+      prev_finite = std::isfinite(s2);
+      pending = opt.rescale ? next_pending<T>(s2, e, pending) : 0;
       std::swap(g, gnext);
       if (primary) ctl.tick(2 * L - l + 1, total_work);
       else ctl.poll();
     }
-    st.grad_sumsq[0] = sum_squares(g, nb * width[0]);
-    st.grad_scale[0] = scale;
-    keep(0, g);
     if (io.y) std::copy(yL, yL + nb * nL, io.y + b0 * nL);
   });
   }
@@ -366,12 +419,14 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
   out.act_mean.resize(L);
   out.act_std.resize(L);
   out.saturation.resize(L);
+  out.preact_nonfinite.assign(L, 0);
   for (std::size_t l = 0; l < L; ++l) {
     double s = 0, s2 = 0, ns = 0;
     for (auto& st : cs) {
       s += st.sum[l];
       s2 += st.sumsq[l];
       ns += st.saturated[l];
+      out.preact_nonfinite[l] |= st.preact_bad[l];
     }
     const double n = static_cast<double>(B * width[l + 1]);
     const double mean = s / n;
@@ -385,7 +440,8 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
     // (least amplified) one, then one GEMM over the whole batch per weight matrix.
     const double nan = std::numeric_limits<double>::quiet_NaN();
     out.log_param_grad_norms.assign(kDenseParamsPerLayer * L, nan);
-    std::vector<T> dw;
+    out.param_present.assign(kDenseParamsPerLayer * L, 0);
+    std::vector<T> dw, hs;
     std::vector<double> colsum;
     for (std::size_t l = 1; l <= L; ++l) {
       ctl.tick(2 * L, total_work);
@@ -401,31 +457,61 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
           if (!v->empty()) scale_pow2(v->data() + b0 * n_out, (b1 - b0) * n_out, k);
       }
       const T* hin = (l == 1) ? io.x : buf[l - 1].h.data();
-      const T* dz = ly.norm != DenseNorm::none ? lb.dz.data() : lb.d.data();
+      T* dz = ly.norm != DenseNorm::none ? lb.dz.data() : lb.d.data();
       double* o = out.log_param_grad_norms.data() + kDenseParamsPerLayer * (l - 1);
-      dw.resize(n_out * n_in);
-      blas::gemm(blas::Op::T, blas::Op::N, n_out, n_in, B, T(1), dz, n_out, hin, n_in, T(0), dw.data(), n_in);
-      o[0] = log_norm(sum_squares(dw.data(), dw.size()), ref);
+      unsigned char* present = out.param_present.data() + kDenseParamsPerLayer * (l - 1);
+      auto norm_of = [&](const auto* v, std::size_t n, int at) {
+        int k = 0;
+        const double s = sum_squares_scaled(v, n, k);
+        return log_norm(s, at + k);
+      };
+      // dW = dz^T h_in in T: both operands are shifted by powers of two where the terms could
+      // overflow or lose digits (huge or tiny inputs and activations, far-rescaled gradients).
+      const double hmax = max_abs(hin, B * n_in);
+      auto weight_grad = [&](T* d, int at) {
+        int sa = 0, sb = 0;
+        product_shifts<T>(max_abs(d, B * n_out), hmax, B, sa, sb);
+        const T* h = hin;
+        if (sb != 0) {
+          hs.assign(hin, hin + B * n_in);
+          scale_pow2_wide(hs.data(), hs.size(), sb);
+          h = hs.data();
+        }
+        scale_pow2_wide(d, B * n_out, sa);
+        dw.resize(n_out * n_in);
+        blas::gemm(blas::Op::T, blas::Op::N, n_out, n_in, B, T(1), d, n_out, h, n_in, T(0), dw.data(), n_in);
+        return norm_of(dw.data(), dw.size(), at + sa + sb);
+      };
       if (ly.bias) {
         col_sums(dz, B, n_out, colsum);
-        o[1] = log_norm(sum_squares(colsum.data(), n_out), ref);
+        o[1] = norm_of(colsum.data(), n_out, ref);
+        present[1] = 1;
       }
       if (ly.norm != DenseNorm::none) {
         // dgamma = colsum(dL/dz' * xhat), dbeta = colsum(dL/dz')
         std::vector<double> dg(n_out, 0.0);
         for (std::size_t b = 0; b < B; ++b)
           for (std::size_t j = 0; j < n_out; ++j) dg[j] += static_cast<double>(lb.d[b * n_out + j]) * lb.xhat[b * n_out + j];
-        if (ly.norm_weight) o[2] = log_norm(sum_squares(dg.data(), n_out), ref);
+        if (ly.norm_weight) {
+          o[2] = norm_of(dg.data(), n_out, ref);
+          present[2] = 1;
+        }
         col_sums(lb.d.data(), B, n_out, colsum);
-        if (ly.norm_bias) o[3] = log_norm(sum_squares(colsum.data(), n_out), ref);
+        if (ly.norm_bias) {
+          o[3] = norm_of(colsum.data(), n_out, ref);
+          present[3] = 1;
+        }
       }
+      o[0] = weight_grad(dz, ref);
+      present[0] = 1;
       if (ly.block == DenseBlock::highway) {
-        blas::gemm(blas::Op::T, blas::Op::N, n_out, n_in, B, T(1), lb.t.data(), n_out, hin, n_in, T(0), dw.data(), n_in);
-        o[4] = log_norm(sum_squares(dw.data(), dw.size()), ref);
         if (ly.gate_bias) {
           col_sums(lb.t.data(), B, n_out, colsum);
-          o[5] = log_norm(sum_squares(colsum.data(), n_out), ref);
+          o[5] = norm_of(colsum.data(), n_out, ref);
+          present[5] = 1;
         }
+        o[4] = weight_grad(lb.t.data(), ref);
+        present[4] = 1;
       }
     }
   }

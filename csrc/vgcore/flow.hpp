@@ -27,31 +27,64 @@ struct FlowStats {
   std::vector<double> saturation;           // n_steps: fraction of saturated units
   std::vector<double> gate_saturation;      // n_steps x n_gates (gated cells), row-major
   std::vector<double> log_param_grad_norms; // see each kernel for the layout
+  std::vector<unsigned char> param_present; // per log_param_grad_norms entry: 0 = no such parameter
+  std::vector<unsigned char> preact_nonfinite;  // n_steps: a pre-activation overflowed (inf/NaN)
   std::size_t n_gates = 0;
 };
 
 // Backpropagated vectors are kept near unit norm by exact power-of-two rescaling: the
 // stored value is true * 2^scale. In range, no rescaling happens and results are
 // bit-identical to an unscaled computation.
+//   lo, hi:  a stored norm outside [2^lo, 2^hi] is brought back near 1 at the next step.
+//   window:  the stored norm that enters a step's products, after its factor, must lie within
+//            [2^-window, 2^window]; otherwise the vector is brought near 1 before the step
+//            (a step that changes the norm by more than the type's range in one go).
+//   pow2max: largest |k| for which 2^k is a normal number of the type.
+//   emax:    the largest finite value is below 2^(emax + 1).
 template <class T>
 struct RescaleLimits;
 template <>
 struct RescaleLimits<float> {
-  static constexpr int lo = -40, hi = 40;
+  static constexpr int lo = -40, hi = 40, window = 64, pow2max = 126, emax = 127, emin = -126,
+                       digits = 24;
 };
 template <>
 struct RescaleLimits<double> {
-  static constexpr int lo = -200, hi = 200;
+  static constexpr int lo = -200, hi = 200, window = 512, pow2max = 1022, emax = 1023,
+                       emin = -1022, digits = 53;
 };
 
-// Exponent k such that multiplying a vector of squared norm `sumsq` by 2^k brings its
-// norm near 1, or 0 when it is comfortably in range (or not finite / zero).
-template <class T>
-inline int rescale_exponent(double sumsq) {
+// floor(log2 |v|) of a finite nonzero v (std::ilogb, also for subnormals).
+inline int exponent_of(double v) { return std::ilogb(v); }
+
+// log2 of the norm, roughly, of a vector whose (scaled) sum of squares is sumsq * 2^(-2k):
+// the quantity the rescaling works with. 0 when sumsq is zero or not finite.
+inline int norm_exponent(double sumsq, int k) {
   if (!(sumsq > 0.0) || !std::isfinite(sumsq)) return 0;
-  const int e = std::ilogb(sumsq) / 2;  // log2 of the norm, roughly
+  return std::ilogb(sumsq) / 2 - k;
+}
+
+// Exponent p such that multiplying a vector with norm exponent e by 2^p brings its norm near
+// 1, or 0 when it is comfortably in range.
+template <class T>
+inline int rescale_from_exponent(int e) {
   if (e < RescaleLimits<T>::lo || e > RescaleLimits<T>::hi) return -e;
   return 0;
+}
+
+// The same from a scaled sum of squares (see sum_squares_scaled).
+template <class T>
+inline int rescale_exponent(double sumsq, int k = 0) {
+  if (!(sumsq > 0.0) || !std::isfinite(sumsq)) return 0;
+  return rescale_from_exponent<T>(norm_exponent(sumsq, k));
+}
+
+// The factor for the next step: from the norm exponent e of the vector this step starts from
+// and the factor p it applies (the next vector is about 2^(e + p) times this step's gain).
+template <class T>
+inline int next_pending(double sumsq, int e, int p) {
+  if (!(sumsq > 0.0) || !std::isfinite(sumsq)) return 0;
+  return rescale_from_exponent<T>(e + p);
 }
 
 inline double log_norm(double sumsq, int scale) {
@@ -86,6 +119,43 @@ inline void scale_pow2(T* x, std::size_t n, int k) {
   for (std::size_t i = 0; i < n; ++i) x[i] *= f;
 }
 
+// The same for any k, where 2^k itself may not be a number of the type: in steps of normal
+// powers of two (each exact while the values stay normal; upscaling never rounds).
+template <class T>
+inline void scale_pow2_wide(T* x, std::size_t n, int k) {
+  constexpr int m = RescaleLimits<T>::pow2max;
+  while (k != 0) {
+    const int s = k > m ? m : (k < -m ? -m : k);
+    scale_pow2(x, n, s);
+    k -= s;
+    if (s < 0 && k < -2 * m) k = -2 * m;  // everything is 0 by then
+    if (s > 0 && k > 2 * m) k = 2 * m;    // or +-inf
+  }
+}
+
+// out = x * 2^k, correctly rounded: out of the type's range the values overflow to +-inf or
+// round to (subnormal or) zero, as a conversion of the true value would; zeros stay zero.
+template <class T>
+inline void store_scaled(T* out, const T* x, std::size_t n, int k) {
+  if (k >= -RescaleLimits<T>::pow2max && k <= RescaleLimits<T>::pow2max) {
+    const T f = pow2<T>(k);
+    for (std::size_t i = 0; i < n; ++i) out[i] = x[i] * f;
+  } else {
+    for (std::size_t i = 0; i < n; ++i) out[i] = std::ldexp(x[i], k);
+  }
+}
+
+// y += x * 2^k (x * 2^k rounded as in store_scaled).
+template <class T>
+inline void add_scaled(T* y, const T* x, std::size_t n, int k) {
+  if (k >= -RescaleLimits<T>::pow2max && k <= RescaleLimits<T>::pow2max) {
+    const T f = pow2<T>(k);
+    for (std::size_t i = 0; i < n; ++i) y[i] += x[i] * f;
+  } else {
+    for (std::size_t i = 0; i < n; ++i) y[i] += std::ldexp(x[i], k);
+  }
+}
+
 // Reductions with 8 independent float64 lanes: strict IEEE semantics forbid the compiler to
 // reorder a single running sum, so without lanes these loops would not vectorise.
 template <class T>
@@ -98,6 +168,92 @@ inline double sum_squares(const T* x, std::size_t n) {
   for (; i < n; ++i) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
   for (int j = 0; j < 8; ++j) s += acc[j];
   return s;
+}
+
+// Largest |x_i| (NaNs are skipped; +inf if any is infinite).
+template <class T>
+inline double max_abs(const T* x, std::size_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) {
+      const double v = std::fabs(static_cast<double>(x[i + j]));
+      acc[j] = v > acc[j] ? v : acc[j];
+    }
+  double m = 0;
+  for (; i < n; ++i) {
+    const double v = std::fabs(static_cast<double>(x[i]));
+    m = v > m ? v : m;
+  }
+  for (int j = 0; j < 8; ++j) m = acc[j] > m ? acc[j] : m;
+  return m;
+}
+
+// Whether any x_i is infinite or NaN (x - x is NaN exactly for those).
+template <class T>
+inline bool any_nonfinite(const T* x, std::size_t n) {
+  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += x[i + j] - x[i + j];
+  T s = 0;
+  for (; i < n; ++i) s += x[i] - x[i];
+  for (int j = 0; j < 8; ++j) s += acc[j];
+  return s != s;
+}
+
+// Sum of squares of x * 2^k, in double, with k = 0 (and the value of sum_squares) whenever
+// that plain sum is exact to rounding; otherwise, for entries whose squares over- or
+// underflow (float64 beyond about 1e+-154), k puts the largest |x_i| in [1, 2), so the
+// result neither overflows nor loses digits. NaN if x holds a NaN, +inf if an infinity.
+// float squares always fit in a double: only a zero sum (all entries zero) is special.
+template <class T>
+inline double sum_squares_scaled(const T* x, std::size_t n, int& k) {
+  k = 0;
+  const double s = sum_squares(x, n);
+  constexpr double safe_lo = 0x1p-900;  // the largest square is >= s/n, far above DBL_MIN
+  if ((s >= safe_lo || (sizeof(T) < sizeof(double) && s != 0.0)) &&
+      s <= std::numeric_limits<double>::max())
+    return s;
+  if (s != s || sizeof(T) < sizeof(double)) return s;  // NaN, or a float zero vector
+  const double m = max_abs(x, n);
+  if (m == 0.0 || !(m <= std::numeric_limits<double>::max())) return m * m;  // 0, +inf
+  k = -exponent_of(m);
+  // x * 2^k in two exact-while-normal factors: 2^k itself may leave the double range.
+  const double f1 = std::ldexp(1.0, k / 2), f2 = std::ldexp(1.0, k - k / 2);
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) {
+      const double v = static_cast<double>(x[i + j]) * f1 * f2;
+      acc[j] += v * v;
+    }
+  double r = 0;
+  for (; i < n; ++i) {
+    const double v = static_cast<double>(x[i]) * f1 * f2;
+    r += v * v;
+  }
+  for (int j = 0; j < 8; ++j) r += acc[j];
+  return r;
+}
+
+// Powers of two sa, sb by which to scale the two operands of sums sum_r a_r b_r over `rows`
+// terms (a parameter-gradient GEMM in T), given the largest |a| and |b|, so that no sum can
+// overflow and the largest terms are normal numbers with all their digits. Both 0 when that
+// holds already; else each operand's largest entry is brought to [1, 2).
+template <class T>
+inline void product_shifts(double amax, double bmax, std::size_t rows, int& sa, int& sb) {
+  using RL = RescaleLimits<T>;
+  constexpr double big = std::numeric_limits<double>::max();
+  sa = sb = 0;
+  if (!(amax > 0.0) || !(bmax > 0.0) || !(amax <= big) || !(bmax <= big)) return;
+  const int ea = exponent_of(amax), eb = exponent_of(bmax);  // terms are below 2^(ea + eb + 2)
+  int lr = 0;
+  while (lr < 63 && (std::size_t(1) << lr) < rows) ++lr;
+  const bool normal = ea >= RL::emin && eb >= RL::emin;
+  if (normal && ea + eb + 2 + lr <= RL::emax - 1 && ea + eb >= RL::emin + 2 * RL::digits) return;
+  sa = -ea;
+  sb = -eb;
 }
 
 // Sum and sum of squares of x.

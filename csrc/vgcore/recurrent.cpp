@@ -28,8 +28,9 @@ struct ChunkStats {
   std::vector<double> sum, sumsq, saturated;  // per step: of h_{t+1}; saturated gate units
   std::vector<double> gate_saturated;         // per step x gate
   std::vector<double> grad_sumsq, cell_sumsq;  // per state t = 0..T
-  std::vector<int> grad_scale;                 // per state
+  std::vector<int> grad_scale, cell_scale;     // per state: stored = true * 2^scale
   std::vector<int> dz_scale;                   // per step: scale of stored dL/d(pre-activation)
+  std::vector<unsigned char> preact_bad;       // per step: a pre-activation is inf/NaN
 };
 
 template <class T>
@@ -62,6 +63,8 @@ void forward_rnn(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, c
   const std::size_t N = p.N;
   T* at = p.a(t, b0);
   gemm_packed(nb, p.h(t, b0), N, p.fwd, T(1), at, N);
+  // An overflowed pre-activation can hide behind a saturating activation (tanh(inf) = 1).
+  st.preact_bad[t] = any_nonfinite(at, nb * N) ? 1 : 0;
   T* hn = p.h(t + 1, b0);
   activation_forward(act, at, hn, at, nb * N);
   double s = 0, s2 = 0;
@@ -109,6 +112,7 @@ void forward_lstm(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, 
   const std::size_t N = p.N, GN = p.GN;
   T* at = p.a(t, b0);
   gemm_packed(nb, p.h(t, b0), N, p.fwd, T(1), at, GN);
+  st.preact_bad[t] = any_nonfinite(at, nb * GN) ? 1 : 0;
   const T sat_sig = static_cast<T>(0.25 * thr), sat_tanh = static_cast<T>(thr);
   double s = 0, s2 = 0;
   std::size_t n_gate[4] = {0, 0, 0, 0};
@@ -152,6 +156,8 @@ void forward_gru(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, C
     for (std::size_t b = 0; b < nb; ++b) std::copy(p.w.bias_hh, p.w.bias_hh + GN, q.data() + b * GN);
   }
   gemm_packed(nb, p.h(t, b0), N, p.fwd, p.w.bias_hh ? T(1) : T(0), q.data(), GN);
+  // r * (W_hn h + b_hn) with an infinite second factor and r = 0 would be NaN in the backward.
+  st.preact_bad[t] = (any_nonfinite(at, nb * GN) || any_nonfinite(q.data(), nb * GN)) ? 1 : 0;
   const T sat_sig = static_cast<T>(0.25 * thr), sat_tanh = static_cast<T>(thr);
   double s = 0, s2 = 0;
   std::size_t n_gate[3] = {0, 0, 0};
@@ -303,6 +309,39 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
   std::vector<ChunkStats> cs(n_chunks);
   const std::size_t total_work = 2 * T_;
 
+  // Rescaling bounds. One backward step maps the stored (dL/dh, dL/dc) of norm r to entries
+  // below G r, with G = ||W_hh||_F K + (GRU: 1) and K bounding the gate derivatives (LSTM:
+  // |c_t| <= |c_0| + t; GRU: |W_hn h + b_hn| with |h_t| <= max(|h_0|, 1)). The norm entering
+  // a step is kept below 2^hi_w with G 2^(hi_w + 1) < 2^(emax - 1), so no product overflows;
+  // it is brought to 2^target when out of its window.
+  using RL = RescaleLimits<T>;
+  int hi_w = RL::window;
+  if (opt.rescale) {
+    int kw = 0;
+    const double sw = sum_squares_scaled(w.weight_hh, GN * N, kw);
+    if (sw > 0.0 && std::isfinite(sw)) {
+      double kcell = 1.0;
+      if (lstm) {
+        kcell = std::sqrt(2.0) * (1.5 + 0.25 * ((io.c0 ? max_abs(io.c0, B * N) : 0.0) + T_));
+      } else if (gru) {
+        const double hmax = std::max(1.0, io.h0 ? max_abs(io.h0, B * N) : 0.0);
+        double qmax = 0.0;
+        for (std::size_t r = 2 * N; r < GN; ++r) {
+          double a = 0.0;
+          for (std::size_t j = 0; j < N; ++j) a += std::fabs(static_cast<double>(w.weight_hh[r * N + j]));
+          a = a * hmax + (w.bias_hh ? std::fabs(static_cast<double>(w.bias_hh[r])) : 0.0);
+          qmax = std::max(qmax, a);
+        }
+        kcell = 0.25 * qmax + 0.25 * (hmax + 1.0) + 1.0;
+      }
+      double lg = 0.5 * std::log2(sw) - kw + std::log2(kcell);
+      if (gru) lg = 1.0 + std::max(lg, 0.0);  // + 1: G <= 2 max(||W_hh||_F K, 1)
+      const double cap = RL::emax - 3 - lg;
+      if (!(cap >= hi_w)) hi_w = cap > -2.0 * RL::window ? static_cast<int>(std::floor(cap)) : -2 * RL::window;
+    }
+  }
+  const int target = std::max(std::min(0, hi_w - 2), -RL::window);
+
   // (2) Forward and backward through time, batch-parallel.
   {
   // Workers run single-threaded BLAS (a fallback for the packed products, see packed_gemm.hpp).
@@ -323,7 +362,9 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
     st.grad_sumsq.assign(T_ + 1, 0.0);
     st.cell_sumsq.assign(T_ + 1, 0.0);
     st.grad_scale.assign(T_ + 1, 0);
+    st.cell_scale.assign(T_ + 1, 0);
     st.dz_scale.assign(T_, 0);
+    st.preact_bad.assign(T_, 0);
     std::vector<T> q(gru ? nb * GN : 0);
     for (std::size_t t = 0; t < T_; ++t) {
       if (lstm) forward_lstm(p, t, b0, nb, st, opt.saturation_threshold);
@@ -342,50 +383,80 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
     else std::copy(p.h(T_, b0), p.h(T_, b0) + nb * N, dh);
     if (lstm && io.cell_cotangent)
       std::copy(io.cell_cotangent + b0 * N, io.cell_cotangent + b1 * N, dc.data());
-    int scale = 0;
-    int pending = opt.rescale
-        ? rescale_exponent<T>(sum_squares(dh, nb * N) + sum_squares(dc.data(), dc.size()))
-        : 0;
-    for (std::size_t t = T_; t-- > 0;) {
-      if (cot_seq) {  // sequence loss: add dL/dh_{t+1} from the loss on that step
+    // Sequence losses: the largest |dL/dh_t| exponent of each step (INT_MIN: all zero), so
+    // that adding it at the current scale is checked for overflow in O(1) per step.
+    std::vector<int> cot_exp;
+    if (cot_seq) {
+      cot_exp.assign(T_, std::numeric_limits<int>::min());
+      for (std::size_t t = 0; t < T_; ++t) {
+        const double m = max_abs(cot_seq + (t * B + b0) * N, nb * N);
+        if (m > 0.0 && m <= std::numeric_limits<double>::max()) cot_exp[t] = exponent_of(m);
+      }
+    }
+    const std::size_t n = nb * N;
+    int scale = 0, k = 0, kc = 0;
+    double s2 = 0, c2 = 0;
+    // Norms of (dh, dc) at the stored scale; e: their joint norm exponent.
+    auto measure = [&]() {
+      s2 = sum_squares_scaled(dh, n, k);
+      c2 = lstm ? sum_squares_scaled(dc.data(), n, kc) : 0.0;
+      if (lstm) kc = c2 == 0.0 ? k : kc;
+      if (!lstm || k == kc) return norm_exponent(s2 + c2, k);
+      const bool hs = s2 > 0.0 && std::isfinite(s2), cs_ = c2 > 0.0 && std::isfinite(c2);
+      if (hs && cs_) return std::max(norm_exponent(s2, k), norm_exponent(c2, kc));
+      return hs ? norm_exponent(s2, k) : norm_exponent(c2, kc);
+    };
+    auto scale_state = [&](int d) {
+      scale_pow2_wide(dh, n, d);
+      if (lstm) scale_pow2_wide(dc.data(), n, d);
+      scale += d;
+    };
+    int e = measure();
+    int pending = opt.rescale ? next_pending<T>(s2 + c2, e, 0) : 0;
+    bool zero = !(s2 + c2 != 0.0);
+    // State s = T..0: dh = dL/dh_s (before the loss term at s), dc = dL/dc_s; then step s-1.
+    for (std::size_t st_i = T_;; --st_i) {
+      if (cot_seq && st_i > 0) {  // sequence loss: add dL/dh_s from the loss on that step
+        const std::size_t t = st_i - 1;
         const T* cot = cot_seq + (t * B + b0) * N;
-        const T cot_scale = pow2<T>(scale);
-        for (std::size_t i = 0; i < nb * N; ++i) dh[i] += cot[i] * cot_scale;
-      }
-      if (io.grads || io.cell_grads) {
-        const T inv = pow2<T>(-scale);
-        if (io.grads) {
-          T* out = io.grads + ((t + 1) * B + b0) * N;
-          for (std::size_t i = 0; i < nb * N; ++i) out[i] = dh[i] * inv;
+        if (zero && scale != 0) {  // a zero vector has every scale: start afresh
+          scale = 0;
+          pending = 0;
         }
-        if (io.cell_grads) {
-          T* out = io.cell_grads + ((t + 1) * B + b0) * N;
-          for (std::size_t i = 0; i < nb * N; ++i) out[i] = dc[i] * inv;
+        if (cot_exp[t] != std::numeric_limits<int>::min() && cot_exp[t] + scale > RL::emax - 4) {
+          // dL/dh so far is far smaller than this loss term: move to the term's scale
+          scale_state(-cot_exp[t] - scale);
+          pending = 0;
         }
+        add_scaled(dh, cot, n, scale);
       }
+      e = measure();
+      if (opt.rescale && (pending > RL::pow2max || pending < -RL::pow2max ||
+                          e + pending > hi_w || e + pending < -RL::window)) {
+        // The factor from the previous norm does not fit this vector: rescale it now.
+        scale_state(target - e);
+        pending = 0;
+        e = measure();
+      }
+      if (io.grads) store_scaled(io.grads + (st_i * B + b0) * N, dh, n, -scale);
+      if (io.cell_grads) store_scaled(io.cell_grads + (st_i * B + b0) * N, dc.data(), n, -scale);
+      st.grad_sumsq[st_i] = s2;
+      st.cell_sumsq[st_i] = c2;
+      st.grad_scale[st_i] = scale + k;
+      st.cell_scale[st_i] = scale + kc;
+      if (st_i == 0) break;
+      const std::size_t t = st_i - 1;
       const T f = pow2<T>(pending);
-      const double s2 = sum_squares(dh, nb * N);
-      const double c2 = lstm ? sum_squares(dc.data(), nb * N) : 0.0;
       if (lstm) backward_lstm(p, t, b0, nb, dh, f, dh_prev, dc.data());
       else if (gru) backward_gru(p, t, b0, nb, dh, f, dh_prev);
       else backward_rnn(p, t, b0, nb, dh, f, dh_prev);
-      st.grad_sumsq[t + 1] = s2;
-      st.cell_sumsq[t + 1] = c2;
-      st.grad_scale[t + 1] = scale;
       scale += pending;
       st.dz_scale[t] = scale;
-      pending = opt.rescale ? rescale_exponent<T>(s2 + c2) : 0;
+      zero = !(s2 + c2 != 0.0);
+      pending = opt.rescale ? next_pending<T>(s2 + c2, e, pending) : 0;
       std::swap(dh, dh_prev);
       step_done(2 * T_ - t);
     }
-    st.grad_sumsq[0] = sum_squares(dh, nb * N);
-    st.cell_sumsq[0] = sum_squares(dc.data(), dc.size());
-    st.grad_scale[0] = scale;
-    const T inv = pow2<T>(-scale);
-    if (io.grads)
-      for (std::size_t i = 0; i < nb * N; ++i) io.grads[b0 * N + i] = dh[i] * inv;
-    if (io.cell_grads)
-      for (std::size_t i = 0; i < nb * N; ++i) io.cell_grads[b0 * N + i] = dc[i] * inv;
   });
   }
 
@@ -400,7 +471,7 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
     out.log_grad_norms[t] = combine_log_norms(per_chunk.data(), n_chunks, 1);
     if (lstm) {
       for (std::size_t c = 0; c < n_chunks; ++c)
-        per_chunk[c] = log_norm(cs[c].cell_sumsq[t], cs[c].grad_scale[t]);
+        per_chunk[c] = log_norm(cs[c].cell_sumsq[t], cs[c].cell_scale[t]);
       out.log_cell_grad_norms[t] = combine_log_norms(per_chunk.data(), n_chunks, 1);
     }
   }
@@ -408,10 +479,12 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
   out.act_std.resize(T_);
   out.saturation.resize(T_);
   out.gate_saturation.resize(T_ * G);
+  out.preact_nonfinite.assign(T_, 0);
   const double n_units = static_cast<double>(B * N);
   for (std::size_t t = 0; t < T_; ++t) {
     double s = 0, s2 = 0, ns = 0;
     for (auto& st : cs) {
+      out.preact_nonfinite[t] |= st.preact_bad[t];
       s += st.sum[t];
       s2 += st.sumsq[t];
       ns += st.saturated[t];
@@ -443,20 +516,12 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
       }
     }
     const std::size_t rows = T_ * B;
-    std::vector<T> dw(GN * std::max(I, N));
-    double wih2 = 0;
-    if (gru) {
-      // rows r,z of dW_ih come from A's first 2N columns, rows n from HN.
-      blas::gemm(blas::Op::T, blas::Op::N, 2 * N, I, rows, T(1), p.A.data(), GN, io.x, I, T(0), dw.data(), I);
-      wih2 = sum_squares(dw.data(), 2 * N * I);
-      blas::gemm(blas::Op::T, blas::Op::N, N, I, rows, T(1), p.HN.data(), N, io.x, I, T(0), dw.data(), I);
-      wih2 += sum_squares(dw.data(), N * I);
-    } else {
-      blas::gemm(blas::Op::T, blas::Op::N, GN, I, rows, T(1), p.A.data(), GN, io.x, I, T(0), dw.data(), I);
-      wih2 = sum_squares(dw.data(), GN * I);
-    }
-    blas::gemm(blas::Op::T, blas::Op::N, GN, N, rows, T(1), p.A.data(), GN, p.H.data(), N, T(0), dw.data(), N);
-    const double whh2 = sum_squares(dw.data(), GN * N);
+    auto norm_of = [](const auto* v, std::size_t n, int at) {
+      int k = 0;
+      const double s = sum_squares_scaled(v, n, k);
+      return log_norm(s, at + k);
+    };
+    // Bias gradients: column sums of dL/d(pre-activation), in double, at the common scale.
     std::vector<double> dbh(GN, 0.0), dbi(GN, 0.0);
     for (std::size_t r = 0; r < rows; ++r) {
       const T* ar = p.A.data() + r * GN;
@@ -470,11 +535,55 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
         for (std::size_t j = 0; j < N; ++j) dbi[2 * N + j] += hr[j];
       }
     }
+    // Weight gradients as GEMMs in T: the operands are shifted by powers of two first where
+    // the terms could overflow or lose digits (huge or tiny inputs, far-rescaled gradients):
+    // A (and HN) and H in place (ours), x in a copy.
+    double amax = max_abs(p.A.data(), p.A.size());
+    if (gru) amax = std::max(amax, max_abs(p.HN.data(), p.HN.size()));
+    int sa = 0, sx = 0;
+    product_shifts<T>(amax, max_abs(io.x, rows * I), rows, sa, sx);
+    scale_pow2_wide(p.A.data(), p.A.size(), sa);
+    if (gru) scale_pow2_wide(p.HN.data(), p.HN.size(), sa);
+    std::vector<T> xs;
+    const T* xp = io.x;
+    if (sx != 0) {
+      xs.assign(io.x, io.x + rows * I);
+      scale_pow2_wide(xs.data(), xs.size(), sx);
+      xp = xs.data();
+    }
+    const int at_ih = ref + sa + sx;
+    std::vector<T> dw(GN * std::max(I, N));
+    double wih;
+    if (gru) {
+      // rows r,z of dW_ih come from A's first 2N columns, rows n from HN.
+      blas::gemm(blas::Op::T, blas::Op::N, 2 * N, I, rows, T(1), p.A.data(), GN, xp, I, T(0), dw.data(), I);
+      int ka = 0, kb = 0;
+      const double sa2 = sum_squares_scaled(dw.data(), 2 * N * I, ka);
+      blas::gemm(blas::Op::T, blas::Op::N, N, I, rows, T(1), p.HN.data(), N, xp, I, T(0), dw.data(), I);
+      const double sb2 = sum_squares_scaled(dw.data(), N * I, kb);
+      if (ka == kb) {
+        wih = log_norm(sa2 + sb2, at_ih + ka);
+      } else {
+        const double parts[2] = {log_norm(sa2, at_ih + ka), log_norm(sb2, at_ih + kb)};
+        wih = combine_log_norms(parts, 2, 1);
+      }
+    } else {
+      blas::gemm(blas::Op::T, blas::Op::N, GN, I, rows, T(1), p.A.data(), GN, xp, I, T(0), dw.data(), I);
+      wih = norm_of(dw.data(), GN * I, at_ih);
+    }
+    T* hs = p.H.data();  // h_0..h_{T-1} (h_T is not a factor)
+    int sa_hh = 0, sh = 0;
+    product_shifts<T>(std::ldexp(amax, sa), max_abs(hs, rows * N), rows, sa_hh, sh);
+    scale_pow2_wide(p.A.data(), p.A.size(), sa_hh);
+    scale_pow2_wide(hs, rows * N, sh);
+    blas::gemm(blas::Op::T, blas::Op::N, GN, N, rows, T(1), p.A.data(), GN, hs, N, T(0), dw.data(), N);
+    const double whh = norm_of(dw.data(), GN * N, ref + sa + sa_hh + sh);
     const double ninf = -std::numeric_limits<double>::infinity();
-    out.log_param_grad_norms = {
-        log_norm(wih2, ref), log_norm(whh2, ref),
-        w.bias_ih ? log_norm(sum_squares(dbi.data(), GN), ref) : ninf,
-        w.bias_hh ? log_norm(sum_squares(dbh.data(), GN), ref) : ninf};
+    out.log_param_grad_norms = {wih, whh,
+                                w.bias_ih ? norm_of(dbi.data(), GN, ref) : ninf,
+                                w.bias_hh ? norm_of(dbh.data(), GN, ref) : ninf};
+    out.param_present = {1, 1, static_cast<unsigned char>(w.bias_ih ? 1 : 0),
+                         static_cast<unsigned char>(w.bias_hh ? 1 : 0)};
   }
   return out;
 }

@@ -201,13 +201,80 @@ def _check_progress(progress: Any) -> Any:
 
 
 def _check_nonfinite(stats: dict[str, Any], axis: str) -> None:
+    """Raise FloatingPointError naming the first layer or step where a result is not finite.
+
+    Forward: an activation statistic, or a pre-activation (which a saturating activation can
+    hide: tanh(inf) = 1). Backward, in the order it runs: a gradient norm that is NaN or
+    +inf, a parameter-gradient norm, a kept gradient holding NaN. ``-inf`` (an exactly zero
+    gradient, e.g. behind dead ReLUs) is a legitimate result; NaN never leaves gradient_flow.
+    """
     mean = stats["act_mean"]
+    n = mean.size
     bad = np.nonzero(~np.isfinite(mean))[0]
-    if bad.size:
+    pre = np.asarray(stats.get("preact_nonfinite", np.zeros(0, bool)), bool)
+    pbad = np.nonzero(pre)[0]
+    if bad.size and (not pbad.size or bad[0] <= pbad[0]):
         raise FloatingPointError(
             f"the forward pass produced NaN/Inf at {axis} {int(bad[0]) + 1} "
-            f"(of {mean.size}); the weights or inputs are too large for the dtype"
+            f"(of {n}); the weights or inputs are too large for the dtype"
         )
+    if pbad.size:
+        raise FloatingPointError(
+            f"the forward pass overflowed at {axis} {int(pbad[0]) + 1} (of {n}): a "
+            "pre-activation is Inf/NaN although the activation output may be finite "
+            "(tanh(inf) = 1); the weights or inputs are too large for the dtype"
+        )
+
+    def last_bad(a: Any) -> int:
+        a = np.asarray(a, dtype=np.float64)
+        idx = np.nonzero(np.isnan(a) | (a == np.inf))[0]
+        return int(idx[-1]) if idx.size else -1
+
+    # Backward: states are numbered 0..n (h_0 the input); it runs from n down to 0.
+    where = {}
+    for key in ("log_grad_norms", "log_cell_grad_norms"):
+        v = stats.get(key)
+        if v is not None and np.size(v):
+            i = last_bad(v)
+            if i >= 0:
+                where[key] = i
+    if where:
+        key = max(where, key=lambda k: where[k])
+        i = where[key]
+        raise FloatingPointError(
+            f"the backward pass produced a non-finite gradient norm at {axis} {i} "
+            f"({key}[{i}] = {float(np.asarray(stats[key])[i])}, the first one going backwards "
+            f"from {axis} {n}); the weights or inputs are too large for the dtype"
+        )
+    for key in ("grads", "cell_grads"):
+        g = stats.get(key)
+        if g is None:
+            continue
+        per_state = list(g) if isinstance(g, list) else [g[t] for t in range(len(g))]
+        i = max((t for t, gt in enumerate(per_state) if np.isnan(gt).any()), default=-1)
+        if i >= 0:
+            raise FloatingPointError(
+                f"the backward pass produced NaN in the kept gradient at {axis} {i} "
+                f"({key}[{i}]); the weights or inputs are too large for the dtype"
+            )
+    lp = np.asarray(stats.get("log_param_grad_norms", np.zeros(0)), dtype=np.float64)
+    if lp.size:
+        present = np.asarray(stats.get("param_grad_present", np.ones(lp.size, bool)), bool)
+        wrong = present & (np.isnan(lp) | (lp == np.inf))
+        idx = np.nonzero(wrong)[0]
+        if idx.size:
+            if axis == "layer":
+                kinds = MLP_PARAM_KINDS
+                layer, j = divmod(int(idx[-1]), len(kinds))
+                what = f"the {kinds[j]} gradient of {axis} {layer + 1}"
+            else:
+                names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                what = f"the {names[int(idx[0])]} gradient (summed over every {axis})"
+            raise FloatingPointError(
+                f"the backward pass produced a non-finite norm for {what} "
+                f"({float(lp[idx[-1] if axis == 'layer' else idx[0]])}); the weights or "
+                "inputs are too large for the dtype"
+            )
 
 
 def gradient_flow(
