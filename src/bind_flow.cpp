@@ -51,7 +51,8 @@ DenseNorm parse_norm(const std::string& s) {
   if (s == "none") return DenseNorm::none;
   if (s == "layernorm") return DenseNorm::layernorm;
   if (s == "batchnorm") return DenseNorm::batchnorm;
-  throw py::value_error("norm must be 'none', 'layernorm' or 'batchnorm', got '" + s + "'");
+  if (s == "batchnorm_eval") return DenseNorm::batchnorm_eval;
+  throw py::value_error("norm must be 'none', 'layernorm', 'batchnorm' or 'batchnorm_eval', got '" + s + "'");
 }
 
 // layers: list of dicts with keys weight, bias, act=(name, alpha, beta), block, alpha,
@@ -85,6 +86,10 @@ py::dict dense_impl(const py::list& specs, const py::array& x, const py::object&
     ly.norm = parse_norm(spec["norm"].cast<std::string>());
     ly.norm_weight = optional_array<T>(spec["norm_weight"], name("norm_weight").c_str(), {out});
     ly.norm_bias = optional_array<T>(spec["norm_bias"], name("norm_bias").c_str(), {out});
+    if (ly.norm == DenseNorm::batchnorm_eval) {
+      ly.running_mean = require<T>(spec["running_mean"].cast<py::array>(), name("running_mean").c_str(), {out});
+      ly.running_var = require<T>(spec["running_var"].cast<py::array>(), name("running_var").c_str(), {out});
+    }
     ly.eps = spec["eps"].cast<double>();
     width = out;
     widths.push_back(width);

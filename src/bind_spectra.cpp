@@ -28,7 +28,8 @@ DenseNorm norm_of(const std::string& s) {
   if (s == "none") return DenseNorm::none;
   if (s == "layernorm") return DenseNorm::layernorm;
   if (s == "batchnorm") return DenseNorm::batchnorm;
-  throw py::value_error("norm must be 'none', 'layernorm' or 'batchnorm', got '" + s + "'");
+  if (s == "batchnorm_eval") return DenseNorm::batchnorm_eval;
+  throw py::value_error("norm must be 'none', 'layernorm', 'batchnorm' or 'batchnorm_eval', got '" + s + "'");
 }
 
 CellKind cell_of(const std::string& cell) {
@@ -73,6 +74,10 @@ TangentModel<T> make_model(const py::dict& model) {
       ly.norm = norm_of(spec["norm"].cast<std::string>());
       ly.norm_weight = optional_array<T>(spec["norm_weight"], (p + "norm_weight").c_str(), {out});
       ly.norm_bias = optional_array<T>(spec["norm_bias"], (p + "norm_bias").c_str(), {out});
+      if (ly.norm == DenseNorm::batchnorm_eval) {
+        ly.running_mean = require<T>(spec["running_mean"].cast<py::array>(), (p + "running_mean").c_str(), {out});
+        ly.running_var = require<T>(spec["running_var"].cast<py::array>(), (p + "running_var").c_str(), {out});
+      }
       ly.eps = spec["eps"].cast<double>();
       width = out;
     }

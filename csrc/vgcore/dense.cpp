@@ -33,6 +33,8 @@ void check_layers(const std::vector<DenseLayer<T>>& layers) {
       throw std::invalid_argument(name + ": highway block without gate weight");
     if (ly.norm != DenseNorm::none && !(ly.eps >= 0))
       throw std::invalid_argument(name + ": normalisation eps must be >= 0");
+    if (ly.norm == DenseNorm::batchnorm_eval && !(ly.running_mean && ly.running_var))
+      throw std::invalid_argument(name + ": eval-mode BatchNorm needs running_mean and running_var");
   }
 }
 
@@ -92,6 +94,18 @@ void batchnorm_forward(const DenseLayer<T>& ly, T* z, T* xhat, T* istd, std::siz
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t j = 0; j < n; ++j) {
       const T xv = static_cast<T>(z[r * n + j] - m[j]) * istd[j];
+      xhat[r * n + j] = xv;
+      z[r * n + j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xv + (ly.norm_bias ? ly.norm_bias[j] : T(0));
+    }
+}
+
+// Eval-mode BatchNorm: z' = gamma * (z - running_mean) * istd + beta, istd per column.
+template <class T>
+void batchnorm_eval_forward(const DenseLayer<T>& ly, T* z, T* xhat, const T* istd,
+                            std::size_t rows, std::size_t n) {
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t j = 0; j < n; ++j) {
+      const T xv = (z[r * n + j] - ly.running_mean[j]) * istd[j];
       xhat[r * n + j] = xv;
       z[r * n + j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xv + (ly.norm_bias ? ly.norm_bias[j] : T(0));
     }
@@ -180,6 +194,8 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
       buf[l].xhat.resize(n);
       buf[l].dz.resize(n);
       buf[l].istd.resize(ly.norm == DenseNorm::layernorm ? B : width[l]);
+      if (ly.norm == DenseNorm::batchnorm_eval)  // fixed: computed once, read by every chunk
+        for (std::size_t j = 0; j < width[l]; ++j) buf[l].istd[j] = running_istd(ly, j);
       coupled = coupled || ly.norm == DenseNorm::batchnorm;
     }
     if (ly.block == DenseBlock::highway) {
@@ -260,6 +276,8 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
         layernorm_forward(ly, z, lb.xhat.data() + off, lb.istd.data() + b0, nb, n_out);
       else if (ly.norm == DenseNorm::batchnorm)
         batchnorm_forward(ly, z, lb.xhat.data() + off, lb.istd.data(), nb, n_out);
+      else if (ly.norm == DenseNorm::batchnorm_eval)
+        batchnorm_eval_forward(ly, z, lb.xhat.data() + off, lb.istd.data(), nb, n_out);
       // An overflowed pre-activation can hide behind a saturating activation (tanh(inf) = 1).
       bool bad = any_nonfinite(z, cnt);
       if (ly.block == DenseBlock::plain) {
@@ -326,8 +344,13 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
         T* dzn = lb.dz.data() + off;
         if (ly.norm == DenseNorm::layernorm)
           layernorm_backward(ly, dphi, lb.xhat.data() + off, lb.istd.data() + b0, dzn, nb, n_out);
-        else
+        else if (ly.norm == DenseNorm::batchnorm)
           batchnorm_backward(ly, dphi, lb.xhat.data() + off, lb.istd.data(), dzn, nb, n_out);
+        else  // eval-mode BatchNorm: dz = dz' * gamma * istd
+          for (std::size_t r = 0; r < nb; ++r)
+            for (std::size_t j = 0; j < n_out; ++j)
+              dzn[r * n_out + j] = dphi[r * n_out + j] * (ly.norm_weight ? ly.norm_weight[j] : T(1)) *
+                                   lb.istd[j];
         dz = dzn;
       }
       const T beta = ly.block == DenseBlock::plain ? T(0) : T(1);

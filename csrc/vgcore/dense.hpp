@@ -10,6 +10,7 @@
 //   highway:  h_l = t * a + (1 - t) * h_{l-1},  t = sigmoid(W_t h_{l-1} + b_t)   (in == out)
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <vector>
 
@@ -20,7 +21,9 @@
 namespace vgcore {
 
 enum class DenseBlock : int { plain = 0, residual, highway };
-enum class DenseNorm : int { none = 0, layernorm, batchnorm };
+// batchnorm: training-mode batch statistics (couples the batch); batchnorm_eval: running
+// statistics, as nn.BatchNorm1d in eval() mode (a per-unit affine map).
+enum class DenseNorm : int { none = 0, layernorm, batchnorm, batchnorm_eval };
 
 template <class T>
 struct DenseLayer {
@@ -35,8 +38,16 @@ struct DenseLayer {
   DenseNorm norm = DenseNorm::none;
   const T* norm_weight = nullptr;  // gamma (out) or null (= 1)
   const T* norm_bias = nullptr;    // beta (out) or null (= 0)
+  const T* running_mean = nullptr;  // batchnorm_eval: (out)
+  const T* running_var = nullptr;   // batchnorm_eval: (out)
   double eps = 1e-5;
 };
+
+// batchnorm_eval: 1 / sqrt(running_var + eps) of unit j (as PyTorch's invstd).
+template <class T>
+inline T running_istd(const DenseLayer<T>& ly, std::size_t j) {
+  return static_cast<T>(1.0 / std::sqrt(static_cast<double>(ly.running_var[j]) + ly.eps));
+}
 
 template <class T>
 struct DenseFlowIO {

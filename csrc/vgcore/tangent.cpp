@@ -232,8 +232,11 @@ TangentModel<T> TangentModel<T>::dense(std::vector<DenseLayer<T>> layers) {
                                   std::to_string(l - 1) + " has " + std::to_string(layers[l - 1].out) +
                                   " outputs");
     if (ly.norm == DenseNorm::batchnorm)
-      throw std::invalid_argument(name + " uses BatchNorm, which couples the samples of a batch: "
-                                  "the per-sample Jacobian d h_l / d h_{l-1} is not defined");
+      throw std::invalid_argument(name + " uses BatchNorm with batch statistics, which couples the "
+                                  "samples of a batch: the per-sample Jacobian d h_l / d h_{l-1} "
+                                  "is not defined (eval-mode BatchNorm is supported)");
+    if (ly.norm == DenseNorm::batchnorm_eval && !(ly.running_mean && ly.running_var))
+      throw std::invalid_argument(name + ": eval-mode BatchNorm needs running_mean and running_var");
     if (ly.block != DenseBlock::plain && ly.in != ly.out)
       throw std::invalid_argument(name + ": residual and highway blocks need in == out");
     if (ly.block == DenseBlock::highway && !ly.gate_weight)
@@ -362,6 +365,10 @@ void TangentModel<T>::state_update(std::size_t s, const T* proj, const T* U, std
         xh[j] = static_cast<T>(z[j] - m) * is;
         z[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xh[j] + (ly.norm_bias ? ly.norm_bias[j] : T(0));
       }
+    } else if (ly.norm == DenseNorm::batchnorm_eval) {
+      for (std::size_t j = 0; j < n; ++j)
+        z[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * ((z[j] - ly.running_mean[j]) * running_istd(ly, j)) +
+               (ly.norm_bias ? ly.norm_bias[j] : T(0));
     }
     activation_forward(ly.act, z, y, z, n);  // y = a = phi(z'), z <- phi'(z')
     if (ly.block == DenseBlock::residual) {
@@ -411,6 +418,10 @@ void TangentModel<T>::tangent_update(std::size_t s, const T* cache, const T* U, 
     const T* base = u;
     if (ly.norm == DenseNorm::layernorm) {
       layernorm_jvp(ly, cache + off.xhat, cache[off.istd], u, o, n);
+      base = o;
+    } else if (ly.norm == DenseNorm::batchnorm_eval) {
+      for (std::size_t j = 0; j < n; ++j)
+        o[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * running_istd(ly, j) * u[j];
       base = o;
     }
     if (ly.block == DenseBlock::plain) {
@@ -483,6 +494,9 @@ void TangentModel<T>::vjp(std::size_t s, const T* cache, const T* Win, T* Wout, 
       }
     }
     if (ly.norm == DenseNorm::layernorm) layernorm_vjp(ly, cache + off.xhat, cache[off.istd], g, n);
+    if (ly.norm == DenseNorm::batchnorm_eval)
+      for (std::size_t j = 0; j < n; ++j)
+        g[j] *= (ly.norm_weight ? ly.norm_weight[j] : T(1)) * running_istd(ly, j);
   }
   const T beta = ly.block == DenseBlock::plain ? T(0) : T(1);
   blas::gemm(Op::N, Op::N, k, ly.in, n, T(1), G, gc, ly.weight, ly.in, beta, Wout, din);
