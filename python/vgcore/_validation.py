@@ -118,7 +118,8 @@ def as_float_array(
         check_memory(
             arr.size * np.dtype(dtype).itemsize, f"converting {name} to {np.dtype(dtype).name}"
         )
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):  # values beyond float32's range: reported just below
+        arr = np.ascontiguousarray(arr, dtype=dtype)
     if check_finite and not _skip_finite_check.get():
         check_finite_array(arr, name)
     return arr
