@@ -184,19 +184,32 @@ py::dict spectrum_impl(const py::dict& model, const py::array& x, const py::obje
   const Inputs<T> in = inputs(m, x, h0);
   Control ctl = make_control(progress);
   SpectrumResult r;
-  {
+  try {
     py::gil_scoped_release release;
     r = jacobian_spectrum(m, in.x, in.steps, in.batch, in.h0, which, opt, ctl);
+  } catch (const std::bad_alloc&) {  // the GIL is held again here: a MemoryError that says where
+    PyErr_SetString(PyExc_MemoryError,
+                    "jacobian_spectrum ran out of memory (std::bad_alloc); reduce the batch, the "
+                    "selected steps (which) or the width");
+    throw py::error_already_set();
   }
   const std::vector<py::ssize_t> shape{static_cast<py::ssize_t>(which.size()), static_cast<py::ssize_t>(in.batch)};
   py::dict d;
   d["spectral_radius"] = copy_out(r.radius, shape);
   d["sigma_max"] = copy_out(r.sigma, shape);
+  d["log_spectral_radius"] = copy_out(r.log_radius, shape);
+  d["log_sigma_max"] = copy_out(r.log_sigma, shape);
   d["radius_residual"] = copy_out(r.radius_residual, shape);
   d["sigma_residual"] = copy_out(r.sigma_residual, shape);
+  d["radius_condition"] = copy_out(r.radius_condition, shape);
+  d["radius_error"] = copy_out(r.radius_error, shape);
+  d["sigma_error"] = copy_out(r.sigma_error, shape);
   d["radius_iterations"] = copy_out(r.radius_iterations, shape);
   d["sigma_iterations"] = copy_out(r.sigma_iterations, shape);
   d["converged"] = copy_out(r.converged, shape);
+  d["reliable"] = copy_out(r.reliable, shape);
+  d["radius_fallback"] = copy_out(r.radius_fallback, shape);
+  d["sigma_fallback"] = copy_out(r.sigma_fallback, shape);
   return d;
 }
 
@@ -324,8 +337,9 @@ void bind_spectra(py::module_& m) {
       [](const py::dict& model, const py::array& x, const py::object& h0,
          const std::vector<std::size_t>& which, const std::string& method, double tol,
          std::size_t max_iter, std::size_t ncv, std::size_t block, std::uint64_t seed,
-         int num_threads, const py::object& progress) {
+         int num_threads, const py::object& progress, std::size_t fallback_max_dim) {
         SpectrumOptions o;
+        o.fallback_max_dim = fallback_max_dim;
         o.method = method_of(method);
         o.tol = tol;
         o.max_iter = max_iter;
@@ -338,7 +352,7 @@ void bind_spectra(py::module_& m) {
       },
       py::arg("model"), py::arg("x"), py::arg("h0"), py::arg("which"), py::arg("method"),
       py::arg("tol"), py::arg("max_iter"), py::arg("ncv"), py::arg("block"), py::arg("seed"),
-      py::arg("num_threads"), py::arg("progress"));
+      py::arg("num_threads"), py::arg("progress"), py::arg("fallback_max_dim") = 0);
   m.def(
       "jacobian_log_singular_values",
       [](const py::dict& model, const py::array& x, const py::object& h0, int num_threads,

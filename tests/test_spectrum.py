@@ -80,7 +80,9 @@ def test_matrix_free_agrees_with_exact(case, method):
     assert mf.method == method
     assert_rel_close(mf.spectral_radius, exact.spectral_radius, 1e-6, "spectral radius")
     assert_rel_close(mf.sigma_max, exact.sigma_max, 1e-6, "sigma_max")
-    assert mf.converged.all()
+    assert mf.converged.all() and mf.reliable.all()
+    # the matrix-free values themselves, not an exact fallback
+    assert not (mf.radius_fallback.any() or mf.sigma_fallback.any())
     assert (mf.radius_iterations > 0).all() and (mf.sigma_iterations > 0).all()
     assert (mf.radius_residuals <= 1e-10).all() and (mf.sigma_residuals <= 1e-10).all()
 
@@ -124,9 +126,10 @@ def test_hard_spectra_closed_form(case, method):
     sig = np.linalg.norm(W, 2)
     assert_rel_close(res.spectral_radius, np.full((1, 2), rho), 1e-6, "spectral radius")
     assert_rel_close(res.sigma_max, np.full((1, 2), sig), 1e-6, "sigma_max")
+    assert res.reliable.all() and not (res.radius_fallback.any() or res.sigma_fallback.any())
     if method == "arnoldi":  # a small Krylov space forces restarts
         small = vgcore.jacobian_spectrum(_linear(W), x, method=method, ncv=12)
-        assert (small.radius_iterations > 12).all()
+        assert (small.radius_iterations > 12).all() and not small.radius_fallback.any()
         assert_rel_close(small.spectral_radius, np.full((1, 2), rho), 1e-6, "radius, ncv=12")
         assert_rel_close(small.sigma_max, np.full((1, 2), sig), 1e-6, "sigma_max, ncv=12")
 
@@ -136,6 +139,7 @@ def test_float32_exact_and_matrix_free(torch):
     ref = vgcore.jacobian_spectrum(model, x, method="exact")
     for method in ("exact", "arnoldi", "power"):
         res = vgcore.jacobian_spectrum(model, x, method=method, dtype=np.float32)
+        assert res.reliable.all() and not res.radius_fallback.any(), method
         assert_rel_close(res.spectral_radius, ref.spectral_radius, 2e-4, method)
         assert_rel_close(res.sigma_max, ref.sigma_max, 2e-4, method)
 

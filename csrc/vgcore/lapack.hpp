@@ -133,6 +133,20 @@ inline void geev_right(int n, double* a, int lda, double* wr, double* wi, double
   check_info(info, "geev");
 }
 
+// Eigenvalues with left and right eigenvectors (LAPACK packing of complex pairs) of a
+// (destroyed), for eigenvalue condition numbers.
+inline void geev_left_right(int n, double* a, int lda, double* wr, double* wi, double* vl,
+                            int ldvl, double* vr, int ldvr) {
+  int info = 0, lwork = -1;
+  double q = 0;
+  const char yes = 'V';
+  VGCORE_BLAS(dgeev_)(&yes, &yes, &n, a, &lda, wr, wi, vl, &ldvl, vr, &ldvr, &q, &lwork, &info, 1, 1);
+  lwork = std::max(1, static_cast<int>(q));
+  auto& w = work_buffer<double>(static_cast<std::size_t>(lwork));
+  VGCORE_BLAS(dgeev_)(&yes, &yes, &n, a, &lda, wr, wi, vl, &ldvl, vr, &ldvr, w.data(), &lwork, &info, 1, 1);
+  check_info(info, "geev");
+}
+
 // Singular values (descending, min(m, n) of them) of the m x n matrix a (destroyed).
 template <class T>
 void gesdd_values(int m, int n, T* a, int lda, T* s) {

@@ -10,7 +10,7 @@ import numpy as np
 
 from vgcore._loader import _core
 from vgcore._runtime import resolve_threads
-from vgcore._validation import check_int_seed, check_positive_int
+from vgcore._validation import check_int_seed, check_memory, check_positive_int
 from vgcore.analysis._spectra import (
     ProgressCallback,
     check_model,
@@ -47,6 +47,10 @@ class JacobianSpectrum:
         ``max |eigenvalue(J)|``; NaN for a non-square (width-changing) layer.
     sigma_max : ndarray of shape (n, B)
         Largest singular value of ``J``.
+    log_spectral_radius, log_sigma_max : ndarray of shape (n, B)
+        Their natural logs (the sum of ``log_spectral_radius`` over steps is the log-growth
+        bound; ``log_sigma_max`` bounds the log gain of any vector per step), computed in
+        scaled form: right where a value overflows float64 (the value itself is then inf).
     method : str
         "exact", "arnoldi" or "power" (what "auto" resolved to).
     radius_iterations, sigma_iterations : ndarray of int, shape (n, B)
@@ -55,8 +59,33 @@ class JacobianSpectrum:
     radius_residuals, sigma_residuals : ndarray of shape (n, B)
         Matrix-free methods: relative residual ``||A y - lambda y|| / (|lambda| ||y||)`` of the
         final Ritz pair (``A = J``, or ``J^T J`` with ``lambda = sigma_max^2``). 0 for "exact".
+        For a non-normal ``J`` a small residual does not mean a small error: see
+        ``radius_errors``.
     converged : ndarray of bool, shape (n, B)
-        Whether every matrix-free solve reached the tolerance.
+        Whether every matrix-free solve reached ``tol`` in its residual (a backward error).
+    reliable : ndarray of bool, shape (n, B)
+        Whether both values can be trusted to about ``tol`` (relative). True for LAPACK
+        results ("exact" and fallbacks: backward stable, not condition-checked, so the
+        radius of a Jacobian whose eigenvalues are ill-conditioned is as sensitive to rounding
+        as any dense eigensolver's). A matrix-free value is reliable when its solve converged,
+        its estimated error (``radius_errors`` / ``sigma_errors``) is at most ``tol`` and
+        ``spectral_radius <= sigma_max`` holds. False means the value may be wrong in every
+        digit (for example a Ritz value of a Jordan-like Jacobian: a point of its
+        pseudospectrum, far from any eigenvalue, with a tiny residual).
+    radius_errors, sigma_errors : ndarray of shape (n, B)
+        Matrix-free methods: estimated relative error of each value,
+        ``cond * max(residual, eps ||J||) / |lambda|`` (first order, as the LAPACK error
+        bounds), with ``cond`` the eigenvalue condition number of the Ritz value in the
+        projected matrix (a lower bound of the true one) and ``eps`` the unit roundoff of the
+        dtype; ``sigma_max`` has ``cond = 1`` (``J^T J`` is symmetric). NaN where the value
+        came from LAPACK.
+    radius_condition : ndarray of shape (n, B)
+        Matrix-free methods: that condition number estimate (1 for a normal ``J``); NaN for
+        "exact" and non-square layers.
+    radius_fallback, sigma_fallback : ndarray of bool, shape (n, B)
+        Where a matrix-free value was not reliable and was recomputed by the exact method (a
+        state dimension of at most ``fallback_max_dim``). The other matrix-free arrays keep
+        the failed attempt's numbers there.
     """
 
     model: Model
@@ -71,23 +100,19 @@ class JacobianSpectrum:
     radius_residuals: np.ndarray
     sigma_residuals: np.ndarray
     converged: np.ndarray
+    reliable: np.ndarray
+    radius_errors: np.ndarray
+    sigma_errors: np.ndarray
+    radius_condition: np.ndarray
+    radius_fallback: np.ndarray
+    sigma_fallback: np.ndarray
+    log_spectral_radius: np.ndarray
+    log_sigma_max: np.ndarray
 
     @property
     def axis(self) -> str:
         """ "layer" for an MLP, "step" for a recurrent model."""
         return "layer" if self.kind == "mlp" else "step"
-
-    @property
-    def log_spectral_radius(self) -> np.ndarray:
-        """Natural log of :attr:`spectral_radius` (its sum over steps is the log-growth bound)."""
-        with np.errstate(divide="ignore"):
-            return np.log(self.spectral_radius)
-
-    @property
-    def log_sigma_max(self) -> np.ndarray:
-        """Natural log of :attr:`sigma_max`: per-step upper bound on the log gain of any vector."""
-        with np.errstate(divide="ignore"):
-            return np.log(self.sigma_max)
 
     def to_pandas(self) -> Any:
         """Long-format DataFrame: one row per (step, batch element)."""
@@ -104,6 +129,11 @@ class JacobianSpectrum:
                 "sigma_iterations": self.sigma_iterations.ravel(),
                 "radius_residual": self.radius_residuals.ravel(),
                 "sigma_residual": self.sigma_residuals.ravel(),
+                "log_spectral_radius": self.log_spectral_radius.ravel(),
+                "log_sigma_max": self.log_sigma_max.ravel(),
+                "reliable": self.reliable.ravel(),
+                "radius_fallback": self.radius_fallback.ravel(),
+                "sigma_fallback": self.sigma_fallback.ravel(),
             }
         )
 
@@ -131,6 +161,12 @@ class JacobianSpectrum:
                 f"operator applications, max residual "
                 f"{max(float(self.radius_residuals.max()), float(self.sigma_residuals.max())):.2e}"
             )
+            n_fb = int(np.count_nonzero(self.radius_fallback | self.sigma_fallback))
+            if n_fb:
+                lines.append(f"  exact fallback: {n_fb} of {self.reliable.size} entries")
+        n_bad = int(self.reliable.size - np.count_nonzero(self.reliable))
+        if n_bad:
+            lines.append(f"  UNRELIABLE: {n_bad} of {self.reliable.size} entries (see reliable)")
         return "\n".join(lines)
 
 
@@ -172,6 +208,7 @@ def jacobian_spectrum(
     seed: int = 0,
     num_threads: int | None = None,
     progress: ProgressCallback | None = None,
+    fallback_max_dim: int = AUTO_EXACT_MAX_DIM,
 ) -> JacobianSpectrum:
     """Spectral radius and largest singular value of each per-step state Jacobian.
 
@@ -190,7 +227,11 @@ def jacobian_spectrum(
     dtype : float32 or float64, optional
         Computation dtype; the model's when None.
     tol : float, optional
-        Matrix-free: relative residual to reach (default 1e-10 in float64, 1e-5 in float32).
+        Matrix-free: relative accuracy to reach (default 1e-10 in float64, 1e-5 in float32).
+        A solve stops once its residual is below ``tol`` and its error estimate (condition
+        number of the Ritz value times the residual, see :class:`JacobianSpectrum`) is too,
+        or can no longer improve; values whose estimate stays above ``tol`` are not
+        ``reliable``.
     max_iter : int
         Matrix-free: operator applications allowed per quantity and step.
     ncv : int
@@ -201,10 +242,28 @@ def jacobian_spectrum(
         Matrix-free: seed of the start vectors.
     num_threads : int, optional
     progress : callable(done, total), optional
+    fallback_max_dim : int
+        Matrix-free: a value that is not reliable is recomputed by the exact method when the
+        Jacobian's larger dimension is at most this (default :data:`AUTO_EXACT_MAX_DIM`);
+        0 never falls back (unreliable values are then only flagged and warned about).
 
     Returns
     -------
     JacobianSpectrum
+
+    Raises
+    ------
+    FloatingPointError
+        A state became NaN/Inf, or a Jacobian has NaN/Inf entries (its products stay
+        non-finite even on inputs scaled down): the message names the step (layer) and sample.
+    InsufficientMemoryError
+        The saved states and results would not fit in the available memory.
+
+    Notes
+    -----
+    Values are computed in scaled form: ``sigma_max`` up to the largest float of the dtype
+    (and ``sigma_max^2`` far beyond it) is measured, and :attr:`JacobianSpectrum.log_sigma_max`
+    is right even where ``sigma_max`` overflows float64.
     """
     check_model(model)
     if method not in METHODS:
@@ -230,10 +289,28 @@ def jacobian_spectrum(
         n_steps, axis = xa.shape[0], "step"
         h0a = initial_state(model, h0, xa.shape[1], dt)
         dims = [model.state_size]
+    if isinstance(fallback_max_dim, bool) or not isinstance(fallback_max_dim, (int, np.integer)):
+        raise TypeError(f"fallback_max_dim must be an integer, got {fallback_max_dim!r}")
+    if fallback_max_dim < 0:
+        raise ValueError(f"fallback_max_dim must be >= 0, got {fallback_max_dim}")
     steps = _select_steps(which, n_steps, axis)
+    sel_dims = dims if len(dims) == 1 else [dims[s] for s in steps]
     if method == "auto":
-        sel_dims = dims if len(dims) == 1 else [dims[s] for s in steps]
         method = "exact" if max(sel_dims, default=0) <= AUTO_EXACT_MAX_DIM else "arnoldi"
+    check_memory(
+        _working_memory(
+            model,
+            xa.shape[-2],
+            len(steps),
+            max(sel_dims, default=0),
+            method,
+            ncv,
+            threads,
+            dt,
+            int(fallback_max_dim),
+        ),
+        "jacobian_spectrum",
+    )
     out = _core.jacobian_spectrum(
         spec,
         xa,
@@ -247,12 +324,19 @@ def jacobian_spectrum(
         check_int_seed(seed),
         threads,
         report,
+        int(fallback_max_dim),
     )
     conv = out["converged"].astype(bool)
-    if method != "exact" and not conv.all():
+    reliable = out["reliable"].astype(bool)
+    if not reliable.all():
+        n_conv = int((~conv & ~reliable).sum())
         warnings.warn(
-            f"{int((~conv).sum())} of {conv.size} matrix-free solves did not reach tol={tol:g} "
-            f"within max_iter={max_iter}; see radius_residuals / sigma_residuals",
+            f"{int((~reliable).sum())} of {reliable.size} matrix-free results are not reliable "
+            f"to tol={tol:g}: their error estimate (eigenvalue condition number x residual) "
+            f"stays above it, as for a strongly non-normal Jacobian ({n_conv} also did not "
+            f"reach tol in their residual within max_iter={max_iter}), and their dimension "
+            f"exceeds fallback_max_dim={fallback_max_dim}, so they were not recomputed exactly; "
+            "see reliable, radius_errors and sigma_errors",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -269,4 +353,47 @@ def jacobian_spectrum(
         radius_residuals=out["radius_residual"],
         sigma_residuals=out["sigma_residual"],
         converged=conv,
+        reliable=reliable,
+        radius_errors=out["radius_error"],
+        sigma_errors=out["sigma_error"],
+        radius_condition=out["radius_condition"],
+        radius_fallback=out["radius_fallback"].astype(bool),
+        sigma_fallback=out["sigma_fallback"].astype(bool),
+        log_spectral_radius=out["log_spectral_radius"],
+        log_sigma_max=out["log_sigma_max"],
     )
+
+
+def _working_memory(
+    model: Model,
+    batch: int,
+    n_sel: int,
+    dim: int,
+    method: str,
+    ncv: int,
+    threads: int,
+    dt: np.dtype,
+    fallback_max_dim: int,
+) -> float:
+    """Bytes the core allocates: the states (and input projections) kept at the selected
+    steps, the result arrays (twice: the core's and NumPy's), the forward buffers and each
+    worker's Jacobian or Krylov basis."""
+    item = dt.itemsize
+    entries = n_sel * batch
+    if isinstance(model, MLP):
+        kept = batch * sum(model.sizes[:-1]) if n_sel else 0
+        width = max(model.sizes)
+    else:
+        assert isinstance(model, RecurrentModel)
+        kept = entries * (model.state_size + model.gates * model.hidden_size)
+        width = max(model.state_size, model.gates * model.hidden_size)
+    results = 2 * entries * (9 * 8 + 2 * 8 + 4)
+    forward = 2 * batch * width * item + (1 << 18) * item
+    workers = max(1, min(threads, entries))
+    if method == "exact" or dim <= fallback_max_dim:
+        per_worker = 3 * dim * dim * max(item, 8)
+    else:
+        per_worker = 0
+    if method != "exact":
+        per_worker += (ncv + 8) * dim * item + 8 * (ncv + 1) ** 2 * 8
+    return float(kept * item + results + forward + workers * per_worker)
