@@ -353,3 +353,44 @@ def test_dead_relu_gives_minus_inf_not_an_error():
     flow = vgcore.gradient_flow(model, np.ones((2, 3)), cotangent=np.ones((2, 3)), param_grads=True)
     assert np.isneginf(flow.log_grad_norms[:3]).all() and np.isfinite(flow.log_grad_norms[3])
     assert np.isneginf(flow.log_param_grad_norms["weight"]).all()
+
+
+def test_check_nonfinite_reads_every_returned_array():
+    """The check behind gradient_flow, on hand-made results: NaN / +inf anywhere is named;
+    -inf (a zero gradient) and NaN for an absent parameter are not errors."""
+    from vgcore.analysis.gradient_flow import _check_nonfinite
+
+    def stats(**kw):
+        base = {
+            "act_mean": np.zeros(3),
+            "preact_nonfinite": np.zeros(3, bool),
+            "log_grad_norms": np.array([-np.inf, 1.0, 2.0, 3.0]),
+            "log_cell_grad_norms": np.zeros(0),
+            "grads": None,
+            "log_param_grad_norms": np.full(18, np.nan),
+            "param_grad_present": np.zeros(18, bool),
+        }
+        base["log_param_grad_norms"][[0, 6, 12]] = [-np.inf, 1.0, 2.0]
+        base["param_grad_present"][[0, 6, 12]] = True
+        base.update(kw)
+        return base
+
+    _check_nonfinite(stats(), "layer")  # -inf and absent parameters are fine
+    with pytest.raises(FloatingPointError, match="forward pass overflowed at layer 2"):
+        _check_nonfinite(stats(preact_nonfinite=np.array([False, True, True])), "layer")
+    with pytest.raises(FloatingPointError, match=r"at layer 2 \(log_grad_norms\[2\] = nan"):
+        _check_nonfinite(stats(log_grad_norms=np.array([np.nan, np.nan, np.nan, 1.0])), "layer")
+    with pytest.raises(FloatingPointError, match=r"log_cell_grad_norms\[1\] = inf"):
+        _check_nonfinite(stats(log_cell_grad_norms=np.array([0.0, np.inf, 0.0, 0.0])), "step")
+    grads = [np.zeros((2, 2)), np.full((2, 2), np.inf), np.array([[np.nan, 0], [0, 0]])]
+    with pytest.raises(FloatingPointError, match=r"kept gradient at layer 2 \(grads\[2\]\)"):
+        _check_nonfinite(stats(grads=grads), "layer")
+    lp = stats()["log_param_grad_norms"]
+    lp[6] = np.nan
+    with pytest.raises(FloatingPointError, match="weight gradient of layer 2"):
+        _check_nonfinite(stats(log_param_grad_norms=lp), "layer")
+    rec = np.array([1.0, np.inf, -np.inf, 0.0])
+    with pytest.raises(FloatingPointError, match="weight_hh gradient"):
+        _check_nonfinite(
+            stats(log_param_grad_norms=rec, param_grad_present=np.ones(4, bool)), "step"
+        )

@@ -43,6 +43,8 @@ struct RecurrentFlowIO {
   T* last_cell = nullptr;             // optional LSTM (B, N): c_T
   T* states = nullptr;                // optional (T+1, B, N): h_0..h_T
   T* cell_states = nullptr;           // optional LSTM (T+1, B, N): c_0..c_T
+  // Kept gradients are the true values rounded to T: +-inf where beyond its range, 0 (or
+  // subnormal) below it; the log norms are exact either way.
   T* grads = nullptr;                 // optional (T+1, B, N): dL/dh_t
   T* cell_grads = nullptr;            // optional LSTM (T+1, B, N): dL/dc_t
 };

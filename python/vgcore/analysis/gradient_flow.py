@@ -205,7 +205,8 @@ def _check_nonfinite(stats: dict[str, Any], axis: str) -> None:
 
     Forward: an activation statistic, or a pre-activation (which a saturating activation can
     hide: tanh(inf) = 1). Backward, in the order it runs: a gradient norm that is NaN or
-    +inf, a parameter-gradient norm, a kept gradient holding NaN. ``-inf`` (an exactly zero
+    +inf, a kept gradient holding NaN (+-inf there is a true value beyond the dtype's range),
+    a parameter-gradient norm (NaN marks an absent parameter). ``-inf`` (an exactly zero
     gradient, e.g. behind dead ReLUs) is a legitimate result; NaN never leaves gradient_flow.
     """
     mean = stats["act_mean"]
@@ -250,13 +251,16 @@ def _check_nonfinite(stats: dict[str, Any], axis: str) -> None:
         g = stats.get(key)
         if g is None:
             continue
-        per_state = list(g) if isinstance(g, list) else [g[t] for t in range(len(g))]
-        i = max((t for t, gt in enumerate(per_state) if np.isnan(gt).any()), default=-1)
-        if i >= 0:
-            raise FloatingPointError(
-                f"the backward pass produced NaN in the kept gradient at {axis} {i} "
-                f"({key}[{i}]); the weights or inputs are too large for the dtype"
-            )
+        per_state = list(g) if isinstance(g, list) else [g]
+        if not any(np.isnan(gt).any() for gt in per_state):
+            continue
+        if not isinstance(g, list):
+            per_state = list(g)
+        i = max(t for t, gt in enumerate(per_state) if np.isnan(gt).any())
+        raise FloatingPointError(
+            f"the backward pass produced NaN in the kept gradient at {axis} {i} "
+            f"({key}[{i}]); the weights or inputs are too large for the dtype"
+        )
     lp = np.asarray(stats.get("log_param_grad_norms", np.zeros(0)), dtype=np.float64)
     if lp.size:
         present = np.asarray(stats.get("param_grad_present", np.ones(lp.size, bool)), bool)
