@@ -159,6 +159,9 @@ def test_spectra_of_mlps_never_nan(case, dtype) -> None:
         except FloatingPointError as exc:
             assert "step" in str(exc) or "layer" in str(exc)
             continue
-        for value in vars(res).values():
-            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-                assert not np.isnan(value).any(), f"{run.__name__}: NaN"
+        # the measured values (error estimates and condition numbers are NaN where a method
+        # has none, as documented)
+        for key in ("log_spectral_radius", "log_sigma_max", "log_singular_values"):
+            value = getattr(res, key, None)
+            if value is not None:
+                assert not np.isnan(np.asarray(value)).any(), f"{run.__name__}.{key}: NaN"
