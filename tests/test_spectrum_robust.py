@@ -51,6 +51,8 @@ cases = [
     (np.full((2, 2), 1.0e308), "identity", 0.0),
     (np.diag([1e-30, 2e-30]).astype(np.float32), "identity", 0.0),
     (np.diag([1e-300, 2e-300]), "identity", 0.0),
+    (np.diag([6e-42, 1.2e-41]).astype(np.float32), "identity", 0.0),
+    (np.diag([1e-310, 2e-310]), "identity", 0.0),
     (np.full((2, 2), 3.3e38, np.float32), "selu", 0.0),
     (W_shift, "identity", 1.0),
 ]
@@ -140,17 +142,24 @@ def test_unreliable_radius_is_flagged_without_fallback(method, no_crash):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize(
     ("dt", "scale"),
-    [(np.float32, 3.0e38), (np.float64, 1.0e308), (np.float32, 1e-30), (np.float64, 1e-300)],
-    ids=["f32-max", "f64-max", "f32-tiny", "f64-tiny"],
+    [
+        (np.float32, 3.0e38),
+        (np.float64, 1.0e308),
+        (np.float32, 1e-30),
+        (np.float64, 1e-300),
+        (np.float32, 6e-42),
+        (np.float64, 1e-310),
+    ],
+    ids=["f32-max", "f64-max", "f32-tiny", "f64-tiny", "f32-subnormal", "f64-subnormal"],
 )
 def test_values_at_the_ends_of_the_range(dt, scale, method, no_crash):
     # scale * [[1, 1], [1, 1]] (rho = sigma_max = 2 scale, beyond the dtype's largest value for
     # the large ones) and scale * diag(1, 2) (sigma_max^2 underflows the dtype for the tiny
-    # ones): the logs are right and nothing is flushed to 0 or Inf silently.
+    # ones; subnormal entries): the logs are right, nothing is flushed to 0 or Inf silently.
     W = (np.ones((2, 2)) if scale > 1 else np.diag([1.0, 2.0])) * scale
     W = W.astype(dt)
     W64 = W.astype(np.float64)
-    want = math.log(2.0) + math.log(float(W64.max()) if scale > 1 else float(W64[0, 0]))
+    want = math.log(float(W64.max())) + (math.log(2.0) if scale > 1 else 0.0)
     res = vgcore.jacobian_spectrum(_linear(W), np.zeros((1, 2)), method=method)
     tol = LOG_TOL[np.dtype(dt)]
     assert abs(res.log_sigma_max[0, 0] - want) <= tol

@@ -71,6 +71,15 @@ void scale_exp2(T* v, std::size_t n, int e) {
   }
 }
 
+// Binary exponent of the largest magnitude in v (finite values), 0 for a zero vector. (Not of
+// the norm: that can overflow double where every entry is finite.)
+template <class T>
+int max_exponent_of(const T* v, std::size_t n) {
+  double amax = 0;
+  for (std::size_t q = 0; q < n; ++q) amax = std::max(amax, std::abs(static_cast<double>(v[q])));
+  return amax > 0 ? std::ilogb(amax) : 0;
+}
+
 // Condition number ||x|| ||y|| / |x^H y| of the eigenvalue of the k x k matrix A (column-major,
 // leading dimension ld) nearest lambda, from its left (x) and right (y) eigenvectors; infinite
 // when LAPACK fails or the eigenvalue is (numerically) defective.
@@ -372,7 +381,12 @@ KrylovResult block_power(std::size_t n, ApplyBlock&& apply, const SpectrumOption
                       : rule.hopeless(res.residual, res.condition, an, res.value, eps, o.tol))
       return res;
     V.swap(W);
-    if (!householder::qr_replace_by_q(V.data(), n, s, n, rd.data(), tau.data())) {
+    // Columns of very different magnitudes (the dominant direction against ones that have
+    // underflowed): bring each to a largest entry in [1, 2) first (the span is unchanged), so
+    // the reflectors never divide by a subnormal.
+    for (std::size_t j = 0; j < s; ++j) scale_exp2(V.data() + j * n, n, -max_exponent_of(V.data() + j * n, n));
+    if (!householder::qr_replace_by_q(V.data(), n, s, n, rd.data(), tau.data()) ||
+        !all_finite(V.data(), s * n)) {
       if (!res.converged) res.error = inf;  // the block collapsed before any estimate
       return res;
     }
@@ -380,19 +394,14 @@ KrylovResult block_power(std::size_t n, ApplyBlock&& apply, const SpectrumOption
 }
 
 // An operator application came out with a non-finite squared norm (in double).
+// Or, with up > 0, it came out so small (subnormal range: few significant bits) that its input
+// should be scaled up by 2^up.
 struct ApplyOverflow : std::runtime_error {
-  explicit ApplyOverflow(int stage_) : std::runtime_error("overflow"), stage(stage_) {}
+  explicit ApplyOverflow(int stage_, int up_ = 0)
+      : std::runtime_error("overflow"), stage(stage_), up(up_) {}
   int stage;  // 0: the first product (of J or J^T), 1: after its scaling, 2: after the second
+  int up;
 };
-
-// Binary exponent of the largest magnitude in v (finite values), 0 for a zero vector. (Not of
-// the norm: that can overflow double where every entry is finite.)
-template <class T>
-int max_exponent_of(const T* v, std::size_t n) {
-  double amax = 0;
-  for (std::size_t q = 0; q < n; ++q) amax = std::max(amax, std::abs(static_cast<double>(v[q])));
-  return amax > 0 ? std::ilogb(amax) : 0;
-}
 
 // Natural logs of the spectral radius and largest singular value of J_s (column-major,
 // dout x din), from LAPACK on a copy scaled to a largest entry in [1, 2). J's entries may lie
@@ -553,6 +562,8 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
   // Overflow retries shift the inputs of an operator by this many binary orders each.
   constexpr int kShift = std::numeric_limits<T>::max_exponent / 4;
   constexpr int kMaxShift = std::numeric_limits<T>::max_exponent - 8;
+  // Outputs whose largest entry is below 2^kMinExp may have lost digits to the subnormal range.
+  constexpr int kMinExp = std::numeric_limits<T>::min_exponent + std::numeric_limits<T>::digits;
   run_chunks(n_workers, ctl, [&](std::size_t wi) {
     std::vector<T> cache, U, ybuf, J, J2, tmp, vin;
     while (true) {
@@ -586,7 +597,7 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
         // the vectors the solvers see are of order one: J^T J v never overflows (sigma_max^2
         // beyond the range of T or of double) nor underflows.
         struct Scale {
-          int ei = 0, em = 0, eo = 0;
+          int ei = 0, em = 0, eo = 0, ups = 0;
           bool em_set = false, eo_set = false;
           int total() const { return ei + em + eo; }
         };
@@ -598,10 +609,15 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
         };
         // Scales k rows of length n by 2^-e, e set at the first call (largest entry then in
         // [1, 2)); stage: what to adjust when a row comes out non-finite.
-        auto scale_out = [&](T* v, std::size_t k, std::size_t n, int& e, bool& set, int stage) {
+        auto scale_out = [&](T* v, std::size_t k, std::size_t n, int& e, bool& set, int stage,
+                             int ups) {
           if (!all_finite(v, k * n)) throw ApplyOverflow(stage);
           if (!set) {
             e = max_exponent_of(v, k * n);
+            bool zero = true;
+            for (std::size_t q = 0; q < k * n && zero; ++q) zero = v[q] == T(0);
+            if (!zero && e < kMinExp && ups < 4)  // inputs are of order one: room to scale up
+              throw ApplyOverflow(stage, std::min(-e, kMaxShift));
             set = true;
           }
           scale_exp2(v, k * n, -e);
@@ -615,14 +631,14 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
           const T* in = scaled_in(v, k * ng, sg.ei);
           if (gram_in) m.jvp(s, c, in, tmp.data(), k, U.data());
           else m.vjp(s, c, in, tmp.data(), k, U.data());
-          scale_out(tmp.data(), k, nmid, sg.em, sg.em_set, 0);
+          scale_out(tmp.data(), k, nmid, sg.em, sg.em_set, 0, sg.ups);
           if (gram_in) m.vjp(s, c, tmp.data(), out, k, U.data());
           else m.jvp(s, c, tmp.data(), out, k, U.data());
-          scale_out(out, k, ng, sg.eo, sg.eo_set, 1);
+          scale_out(out, k, ng, sg.eo, sg.eo_set, 1, sg.ups);
         };
         auto jop = [&](const T* v, T* out, std::size_t k) {
           m.jvp(s, c, scaled_in(v, k * din, sr.ei), out, k, U.data());
-          scale_out(out, k, dout, sr.eo, sr.eo_set, 0);
+          scale_out(out, k, dout, sr.eo, sr.eo_set, 0, sr.ups);
         };
         // Runs a solve, redoing it with more scaling while an application overflows: stage 0
         // (the first product) scales the input down, stage 1 the middle, stage 2 the output.
@@ -632,6 +648,13 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
               return run();
             } catch (const ApplyOverflow& ov) {
               int& e = ov.stage == 0 ? sc.ei : (ov.stage == 1 && two_stage ? sc.em : sc.eo);
+              if (ov.up > 0) {  // an underflowing first measurement: scale that input up
+                e = std::max(-kMaxShift, e - ov.up);
+                ++sc.ups;
+                if (ov.stage == 0) sc.em_set = sc.eo_set = false;
+                else sc.eo_set = false;
+                continue;
+              }
               if (attempt >= 12 || (ov.stage == 0 && sc.ei + kShift > kMaxShift))
                 throw NonFiniteError(which[i] + 1, "the Jacobian of " + where +
                                                        " gives NaN/Inf products even on inputs "
