@@ -592,7 +592,8 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
         vin.resize(tmp.size());
         const T* c = cache.data();
         // Operators scaled by powers of two (exact). An input is scaled down (2^-ei) only if a
-        // product overflowed T; every output is scaled (2^-eo, and 2^-em between the two
+        // product overflowed T (up if the first product fell into the subnormal range); every
+        // output is scaled (2^-eo, and 2^-em between the two
         // halves of a Gram operator) by an exponent fixed at the first application, so that
         // the vectors the solvers see are of order one: J^T J v never overflows (sigma_max^2
         // beyond the range of T or of double) nor underflows.
