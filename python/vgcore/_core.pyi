@@ -77,6 +77,7 @@ def jacobian_spectrum(
     seed: int,
     num_threads: int,
     progress: Callable[[int, int], Any] | None,
+    fallback_max_dim: int = ...,
 ) -> dict[str, np.ndarray]: ...
 def jacobian_log_singular_values(
     model: dict[str, Any],

@@ -168,7 +168,7 @@ def spectrum_summary(res: Any) -> dict[str, Any]:
             else None
         )
     with np.errstate(divide="ignore"):
-        log_sig = np.log(np.asarray(res.sigma_max, dtype=float))
+        log_sig = np.asarray(res.log_sigma_max, dtype=float)
     out["mean_log_sigma_max"] = float(np.mean(log_sig))
     if res.method != "exact":
         out["matrix_free"] = {
