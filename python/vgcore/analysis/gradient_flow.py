@@ -315,7 +315,9 @@ def gradient_flow(
     param_grads : bool
         Also compute parameter-gradient norms (costs extra GEMMs).
     keep_grads, keep_states : bool
-        Return the full ``dL/dh`` tensors / hidden states.
+        Return the full ``dL/dh`` tensors / hidden states. Kept gradients are the true values
+        rounded to the dtype: +-inf where a gradient exceeds its range, 0 (or subnormal)
+        below it; never NaN. The log norms stay exact either way.
     saturation_threshold : float
         A unit is saturated when ``|phi'(z)| < saturation_threshold * max|phi'|``.
     num_threads : int, optional
@@ -338,6 +340,13 @@ def gradient_flow(
     Returns
     -------
     GradientFlow
+
+    Raises
+    ------
+    FloatingPointError
+        Naming the layer or step, if the forward pass overflows (including a pre-activation
+        hidden by a saturating activation) or a backward result is NaN or +inf; ``-inf`` in
+        the logs marks an exactly zero gradient.
     """
     if not isinstance(model, Model):
         raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
