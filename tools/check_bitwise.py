@@ -43,8 +43,11 @@ def _models() -> Iterator[tuple[str, Any, np.ndarray]]:
 
 
 def _analyses(model: Any) -> Iterator[tuple[str, Callable[..., Any]]]:
-    yield "flow", lambda x, dt: vgcore.gradient_flow(
-        model, x, dtype=dt, param_grads=True, keep_grads=True, keep_states=True
+    yield (
+        "flow",
+        lambda x, dt: vgcore.gradient_flow(
+            model, x, dtype=dt, param_grads=True, keep_grads=True, keep_states=True
+        ),
     )
     if "batchnorm" in str(getattr(model, "norms", "")):
         return  # train-mode BatchNorm couples the batch: no per-sample Jacobian
