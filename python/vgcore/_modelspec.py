@@ -210,7 +210,7 @@ def build_model(spec: ModelSpec | Mapping[str, Any]) -> Any:
             highway=v["block"] == "highway",
             norm=v["norm"],
         )
-    cls = {"rnn": RNN, "lstm": LSTM, "gru": GRU}[s.kind]
+    cls: Any = {"rnn": RNN, "lstm": LSTM, "gru": GRU}[s.kind]
     kw: dict[str, Any] = {"nonlinearity": v["nonlinearity"]} if s.kind == "rnn" else {}
     return cls.from_sizes(
         v["input_size"],

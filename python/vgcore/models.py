@@ -552,6 +552,7 @@ class MLP(Model):
                             "batch's statistics; call .eval() to use its running statistics"
                         )
                 continue
+            act: Activation | None
             if isinstance(sub, nn.PReLU):
                 if sub.weight.numel() != 1:
                     raise NotImplementedError(
@@ -623,7 +624,7 @@ class MLP(Model):
                 gamma, beta = self.norm_weights[i], self.norm_biases[i]
                 affine = gamma is not None or beta is not None
                 n = w.shape[0]
-                norm_mod = (
+                norm_mod: Any = (
                     nn.LayerNorm(n, eps=self.eps, elementwise_affine=affine, dtype=tdtype)
                     if self.norms[i] == "layernorm"
                     else nn.BatchNorm1d(n, eps=self.eps, affine=affine, dtype=tdtype)

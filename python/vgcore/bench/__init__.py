@@ -778,8 +778,8 @@ def plot_ratios(doc: dict[str, Any], path: str) -> None:
     ax.legend(fontsize=6, ncol=2)
     if sweep:
         ax = axes[0][1]
-        for (fam, cell), pts in sorted(sweep.items()):
-            ns, ys = zip(*pts)
+        for (fam, cell), npts in sorted(sweep.items()):
+            ns, ys = zip(*npts)
             ax.plot(ns, ys, "o-" if fam == "bptt" else "s--", label=f"{fam} {cell.upper()}", ms=3)
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xscale("log", base=2)

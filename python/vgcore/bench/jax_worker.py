@@ -54,17 +54,17 @@ def _cell(jax: Any, jnp: Any, kind: str, wih: Any, whh: Any, bih: Any, bhh: Any,
 
     elif kind == "gru":
 
-        def f(h: Any, x: Any) -> Any:
-            gi, gh = x @ wih.T + bih, h @ whh.T + bhh
+        def f(s: Any, x: Any) -> Any:
+            gi, gh = x @ wih.T + bih, s @ whh.T + bhh
             r = sig(gi[..., :N] + gh[..., :N])
             z = sig(gi[..., N : 2 * N] + gh[..., N : 2 * N])
             n = jnp.tanh(gi[..., 2 * N :] + r * gh[..., 2 * N :])
-            return (1 - z) * n + z * h
+            return (1 - z) * n + z * s
 
     else:
 
-        def f(h: Any, x: Any) -> Any:
-            return jnp.tanh(x @ wih.T + bih + h @ whh.T + bhh)
+        def f(s: Any, x: Any) -> Any:
+            return jnp.tanh(x @ wih.T + bih + s @ whh.T + bhh)
 
     return f
 

@@ -334,10 +334,11 @@ def torch_lyapunov(
             for t in range(xt.shape[0]):
                 xs = xt[t]
                 if mode == "vmap_jvp":
-                    s2, JQ = vmap(
+                    # out_dims=(None, 1): the state once, the tangents along columns
+                    s2, JQ = vmap(  # type: ignore[misc]
                         lambda v, xs=xs, s=s: jvp(lambda z: f(z, xs), (s,), (v,)),
                         in_dims=1,
-                        out_dims=(None, 1),
+                        out_dims=(None, 1),  # type: ignore[arg-type]
                     )(Q)
                 else:
                     JQ = jacrev(lambda z, xs=xs: f(z, xs))(s) @ Q

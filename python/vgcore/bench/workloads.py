@@ -146,8 +146,14 @@ def peer_coverage(kind: str, ours: np.ndarray, theirs: np.ndarray) -> dict[str, 
 # ---- models and data ----------------------------------------------------------------------------
 
 
+def _biases(mlp: Any) -> list[np.ndarray]:
+    """The bench's MLPs have every bias (the peers' stacked layouts need them)."""
+    assert all(b is not None for b in mlp.biases)
+    return list(mlp.biases)
+
+
 def _recurrent(kind: str, N: int, seed: int = 0) -> Any:
-    cls = {"lstm": vgcore.LSTM, "gru": vgcore.GRU, "rnn": vgcore.RNN}[kind]
+    cls: Any = {"lstm": vgcore.LSTM, "gru": vgcore.GRU, "rnn": vgcore.RNN}[kind]
     return cls.from_sizes(INPUT, N, seed=seed, dtype=F32)  # PyTorch's init: contracting
 
 
@@ -187,7 +193,7 @@ def mlp_flow(quick: bool) -> Workload:
     )
     _add(w, _torch_peer("torch eager", lambda t: P.torch_mlp_eager(t, mlp, x)))
     if P.jax_available():
-        data = {"task": "mlp", "x": x, "weights": np.stack(ws), "biases": np.stack(mlp.biases)}
+        data = {"task": "mlp", "x": x, "weights": np.stack(ws), "biases": np.stack(_biases(mlp))}
         _add(w, P.JaxPeer("jax jit", lambda: data))
     _add(w, P.numpy_peer("numpy", P.numpy_mlp(mlp, x)))
     return w
@@ -376,7 +382,7 @@ def singular_values(quick: bool) -> Workload:
             "task": "singular",
             "x": x[0],
             "weights": np.stack(mlp.weights),
-            "biases": np.stack(mlp.biases),
+            "biases": np.stack(_biases(mlp)),
         }
         _add(w, P.JaxPeer("jax jit(jacrev)+svd", lambda: data))
     return w
