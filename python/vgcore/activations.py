@@ -22,6 +22,26 @@ ACTIVATIONS: dict[str, dict[str, float]] = {
 }
 ALIASES = {"linear": "identity", "swish": "silu", "gelu_erf": "gelu", "none": "identity"}
 
+#: What each activation is, for the questions analyses ask: its ``family`` ("linear";
+#: "saturating": bounded, flattens at both ends; "rectifier": ReLU-like, unbounded above) and
+#: what a unit whose derivative (nearly) vanishes is called, ``low_derivative``: "saturated"
+#: where the output flattens against a bound (tanh, sigmoid; elu/selu towards -alpha), or
+#: "inactive" where a rectifier switches the unit off (output and derivative ~0: relu, its
+#: smooth variants); None where the derivative never vanishes.
+ACTIVATION_CLASSES: dict[str, tuple[str, str | None]] = {
+    "identity": ("linear", None),
+    "sigmoid": ("saturating", "saturated"),
+    "tanh": ("saturating", "saturated"),
+    "relu": ("rectifier", "inactive"),
+    "leaky_relu": ("rectifier", "inactive"),
+    "elu": ("rectifier", "saturated"),
+    "selu": ("rectifier", "saturated"),
+    "softplus": ("rectifier", "inactive"),
+    "silu": ("rectifier", "inactive"),
+    "gelu": ("rectifier", "inactive"),
+    "gelu_tanh": ("rectifier", "inactive"),
+}
+
 
 @dataclass(frozen=True)
 class Activation:
@@ -74,6 +94,21 @@ class Activation:
     @property
     def is_linear(self) -> bool:
         return self.name == "identity"
+
+    @property
+    def family(self) -> str:
+        """ "linear", "saturating" (tanh, sigmoid) or "rectifier" (the ReLU family)."""
+        return ACTIVATION_CLASSES[self.name][0]
+
+    @property
+    def low_derivative(self) -> str | None:
+        """What a unit with a vanishing derivative is: "saturated" (tanh, sigmoid, elu, selu),
+        "inactive" (relu and its smooth variants: switched off), or None (identity).
+
+        A leaky ReLU's derivative is ``negative_slope`` when off: its units only count as
+        inactive when that slope is below the saturation threshold of the analysis.
+        """
+        return ACTIVATION_CLASSES[self.name][1]
 
     def __str__(self) -> str:
         if not self.params or self.params == ACTIVATIONS[self.name]:

@@ -12,14 +12,28 @@ import numpy as np
 from vgcore._loader import _core
 from vgcore._runtime import resolve_threads
 from vgcore._validation import as_float_array, check_memory, resolve_dtype
+from vgcore.activations import Activation
 from vgcore.analysis._layout import time_major
 from vgcore.models import LSTM, MLP, Model, RecurrentModel
 
 __all__ = ["GradientFlow", "gradient_flow"]
 
 ProgressCallback = Callable[[int, int], Any]
-#: Parameter kinds reported per MLP layer (NaN where a layer has none), in the core's order.
+#: Parameter kinds the core reports per MLP layer, in its order; a result keeps the kinds the
+#: model has (NaN for the layers of a mixed stack that lack one).
 MLP_PARAM_KINDS = ("weight", "bias", "norm_weight", "norm_bias", "gate_weight", "gate_bias")
+RECURRENT_PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_LN10 = math.log(10.0)
+
+
+def param_kinds(model: Model) -> tuple[str, ...]:
+    """The parameter kinds ``model`` has, as keys of ``param_grad_norms`` (asks
+    ``model.parameters()``: an MLP's ``layers.{i}.norm.weight`` is the kind ``norm_weight``)."""
+    names = model.parameters()
+    if isinstance(model, MLP):
+        have = {k.split(".", 2)[2].replace(".", "_") for k in names}
+        return tuple(k for k in MLP_PARAM_KINDS if k in have)
+    return tuple(k for k in RECURRENT_PARAM_KINDS if k in names)
 
 
 @dataclass(repr=False)
@@ -30,24 +44,38 @@ class GradientFlow:
     output; for a recurrent model ``h_0`` the initial state and ``h_T`` the last one. Step
     arrays (activation statistics) have one entry per layer / time step, for ``h_1..``.
 
+    Units: every ``log_*`` name is a natural log; every ``log10_*`` name is in decades (the
+    unit of the printouts, reports and tables: ``10^x``).
+
     Attributes
     ----------
     log_grad_norms : ndarray of shape (L+1,) or (T+1,)
         ``log ||dL/dh_i||`` (natural log, Frobenius norm over the batch); finite even when
-        the norm itself under- or overflows.
+        the norm itself under- or overflows. ``log10_grad_norms``: the same in decades.
     log_cell_grad_norms : ndarray of shape (T+1,) or None
-        LSTM only: ``log ||dL/dc_t||``.
+        LSTM only: ``log ||dL/dc_t||`` (natural log; ``log10_cell_grad_norms`` in decades).
     act_mean, act_std : ndarray of shape (L,) or (T,)
         Mean and standard deviation of each layer's / step's output ``h``.
     saturation : ndarray of shape (L,) or (T,)
         Fraction of units with ``|phi'(z)|`` below ``saturation_threshold`` times its
-        maximum (for gated cells: over all gate units).
+        maximum (for gated cells: over all gate units), whatever the activation. Split by
+        what such a unit is (see ``low_derivative``): ``saturated`` (tanh, sigmoid, gates)
+        and ``inactive`` (a ReLU-family unit switched off).
+    low_derivative : list of (str or None)
+        Per layer / step: "saturated", "inactive" or None (identity), from the activation
+        registry (:attr:`vgcore.Activation.low_derivative`); gates are "saturated".
+    dead : ndarray of shape (L,) or (T,), or None
+        With ``dead_units=True``: fraction of units inactive for every sample in the batch
+        (ReLU-family layers; 0 elsewhere).
     gate_saturation : ndarray of shape (T, G) or None
         Gated cells: the same fraction per gate (LSTM i, f, g, o; GRU r, z, n).
     param_grad_norms : dict or None
-        With ``param_grads=True``: MLP ``{"weight": (L,), "bias": (L,), "norm_weight",
-        "norm_bias", "gate_weight", "gate_bias"}`` (arrays of shape (L,)); recurrent
-        ``{"weight_ih", "weight_hh", "bias_ih", "bias_hh"}`` (floats). NaN for absent biases.
+        With ``param_grads=True``, one entry per parameter kind the model has (see
+        :func:`param_kinds`): MLP ``"weight"``, ``"bias"``, ``"norm_weight"``, ``"norm_bias"``,
+        ``"gate_weight"``, ``"gate_bias"`` (arrays of shape (L,), NaN for the layers of a mixed
+        stack that lack the kind); recurrent ``"weight_ih"``, ``"weight_hh"``, ``"bias_ih"``,
+        ``"bias_hh"`` (floats). ``log_param_grad_norms`` (natural log) and
+        ``log10_param_grad_norms`` (decades) hold their logs.
     grads : list of ndarray / ndarray or None
         With ``keep_grads=True``: ``dL/dh_i`` (MLP: a list of (B, width_i) arrays;
         recurrent: one (T+1, B, N) array). ``cell_grads`` likewise for LSTM.
@@ -73,6 +101,8 @@ class GradientFlow:
     cell_states: np.ndarray | None = None
     clip: dict[str, Any] | None = field(default=None)
     log_clipped_param_grad_norms: dict[str, Any] | None = field(default=None)
+    low_derivative: list[str | None] = field(default_factory=list)
+    dead: np.ndarray | None = None
 
     # -- derived views ------------------------------------------------------------------
     @property
@@ -119,7 +149,45 @@ class GradientFlow:
 
     @property
     def log10_grad_norms(self) -> np.ndarray:
-        return self.log_grad_norms / math.log(10.0)
+        """``log10 ||dL/dh_i||``: ``log_grad_norms`` in decades."""
+        return self.log_grad_norms / _LN10
+
+    @property
+    def log10_cell_grad_norms(self) -> np.ndarray | None:
+        """``log10 ||dL/dc_t||`` (LSTM): ``log_cell_grad_norms`` in decades."""
+        return None if self.log_cell_grad_norms is None else self.log_cell_grad_norms / _LN10
+
+    @property
+    def log10_param_grad_norms(self) -> dict[str, Any] | None:
+        """``log_param_grad_norms`` in decades."""
+        if self.log_param_grad_norms is None:
+            return None
+        return {
+            k: (v / _LN10 if isinstance(v, np.ndarray) else float(v) / _LN10)
+            for k, v in self.log_param_grad_norms.items()
+        }
+
+    def _split(self, kind: str) -> np.ndarray:
+        mask = np.array([c == kind for c in self._classes()], dtype=bool)
+        return np.where(mask, self.saturation, 0.0)
+
+    def _classes(self) -> list[str | None]:
+        n = len(self.saturation)
+        if len(self.low_derivative) == n:
+            return list(self.low_derivative)
+        return ["saturated"] * n  # a result built by hand: the old reading
+
+    @property
+    def saturated(self) -> np.ndarray:
+        """Per layer / step: fraction of saturated units (tanh, sigmoid, elu/selu, gates):
+        ``saturation`` where the activation saturates, 0 elsewhere."""
+        return self._split("saturated")
+
+    @property
+    def inactive(self) -> np.ndarray:
+        """Per layer / step: fraction of inactive units (ReLU family switched off, derivative
+        ~0): ``saturation`` where the activation is a rectifier, 0 elsewhere."""
+        return self._split("inactive")
 
     @property
     def log_gain(self) -> float:
@@ -135,15 +203,22 @@ class GradientFlow:
 
     # -- export ---------------------------------------------------------------------------
     def to_pandas(self) -> Any:
-        """A DataFrame indexed by layer / step (0..L or 0..T) with every per-index quantity."""
+        """A DataFrame indexed by layer / step (0..L or 0..T) with every per-index quantity.
+
+        Log columns name their base: ``log10_*`` in decades (as printed), ``log_*`` natural
+        log. ``saturated`` and ``inactive`` split ``saturation`` by what the units are;
+        ``dead`` is there when it was measured.
+        """
         import pandas as pd
 
         n = len(self.log_grad_norms)
         data: dict[str, Any] = {
+            "log10_grad_norm": self.log10_grad_norms,
             "log_grad_norm": self.log_grad_norms,
             "grad_norm": self.grad_norms,
         }
         if self.log_cell_grad_norms is not None:
+            data["log10_cell_grad_norm"] = self.log10_cell_grad_norms
             data["log_cell_grad_norm"] = self.log_cell_grad_norms
             data["cell_grad_norm"] = self.cell_grad_norms
 
@@ -153,16 +228,36 @@ class GradientFlow:
         data["act_mean"] = pad(self.act_mean)
         data["act_std"] = pad(self.act_std)
         data["saturation"] = pad(self.saturation)
+        data["saturated"] = pad(self.saturated)
+        data["inactive"] = pad(self.inactive)
+        if self.dead is not None:
+            data["dead"] = pad(self.dead)
         if self.gate_saturation is not None and self.kind in ("lstm", "gru"):
             names = "ifgo" if self.kind == "lstm" else "rzn"
             for j, g in enumerate(names):
                 data[f"saturation_{g}"] = pad(self.gate_saturation[:, j])
         pg = self.log_param_grad_norms
         if pg is not None and self.kind == "mlp":
-            data["log_weight_grad_norm"] = pad(pg["weight"])
-            data["log_bias_grad_norm"] = pad(pg["bias"])
+            for k, v in pg.items():
+                data[f"log10_{k}_grad_norm"] = pad(v / _LN10)
+                data[f"log_{k}_grad_norm"] = pad(v)
         df = pd.DataFrame(data, index=pd.RangeIndex(n, name=self.axis))
         return df
+
+    def _unit_lines(self) -> list[str]:
+        """Saturated and inactive (and dead) units, each only where the model can have them."""
+        classes = set(self._classes())
+        lines = []
+        for kind, what in (("saturated", "saturated units"), ("inactive", "inactive units")):
+            if kind in classes:
+                v = self._split(kind)
+                lines.append(f"  {what}: mean {np.mean(v):.1%}, max {np.max(v):.1%}")
+        if self.dead is not None and "inactive" in classes:
+            lines.append(
+                f"  dead units (inactive for every sample): mean {np.mean(self.dead):.1%}, "
+                f"max {np.max(self.dead):.1%}"
+            )
+        return lines or ["  saturation: none possible (linear units)"]
 
     def plot(self, ax: Any = None, **kw: Any) -> Any:
         """Gradient norm per layer / step (log10); see :func:`vgcore.plotting.plot_gradient_flow`."""
@@ -182,8 +277,9 @@ class GradientFlow:
         lines = [
             f"GradientFlow({desc}, B={self.batch_size}, {self.dtype.name})",
             f"  ||dL/dh_{last}|| = 10^{lg[-1]:.2f}  ->  ||dL/dh_0|| = 10^{lg[0]:.2f}"
-            f"  (gain 10^{lg[0] - lg[-1]:.2f} over {len(lg) - 1} {self.axis}s)",
-            f"  saturation: mean {np.mean(self.saturation):.1%}, max {np.max(self.saturation):.1%}",
+            f"  (gain 10^{lg[0] - lg[-1]:.2f} over {len(lg) - 1} {self.axis}s; "
+            "log_* attributes are natural logs)",
+            *self._unit_lines(),
         ]
         vd = self.vanishing_depth()
         if vd is not None:
@@ -296,6 +392,7 @@ def gradient_flow(
     progress: ProgressCallback | None = None,
     clip_norm: float | None = None,
     rescale: bool = True,
+    dead_units: bool = False,
 ) -> GradientFlow:
     """Forward and backward pass in one compiled call; gradient norms per layer or step.
 
@@ -336,6 +433,10 @@ def gradient_flow(
         frameworks do: in float32, gradients below about 1e-38 underflow (through slow
         denormals) to exact zeros, whose log norms are -inf. It exists to measure what the
         rescaling costs (``vgcore bench``).
+    dead_units : bool
+        Also count dead units: per layer / step, the fraction of ReLU-family units inactive
+        (``|phi'(z)|`` below the threshold) for every sample in the batch (``dead`` in the
+        result). Costs one extra forward pass in float64 (numpy).
 
     Returns
     -------
@@ -361,6 +462,8 @@ def gradient_flow(
     _check_progress(progress)
     if not isinstance(rescale, (bool, np.bool_)):
         raise TypeError(f"rescale must be True or False, got {rescale!r}")
+    if not isinstance(dead_units, (bool, np.bool_)):
+        raise TypeError(f"dead_units must be True or False, got {dead_units!r}")
     itemsize = dt.itemsize
     # Re-read and re-check the parameters (they may have been changed in place since the
     # last call). An MLP's NaN/Inf scan is deferred: a non-finite parameter always makes the
@@ -404,7 +507,8 @@ def gradient_flow(
         pg = None
         if param_grads:
             lp = stats["log_param_grad_norms"].reshape(m.depth, len(MLP_PARAM_KINDS))
-            pg = {k: lp[:, j].copy() for j, k in enumerate(MLP_PARAM_KINDS)}
+            have = param_kinds(m)
+            pg = {k: lp[:, j].copy() for j, k in enumerate(MLP_PARAM_KINDS) if k in have}
         return _apply_clip(
             GradientFlow(
                 model=model,
@@ -418,6 +522,10 @@ def gradient_flow(
                 output=stats["y"],
                 log_param_grad_norms=pg,
                 grads=stats["grads"],
+                low_derivative=[a.low_derivative for a in m.activations],
+                dead=_dead_fractions(m, xa, None, float(saturation_threshold))
+                if dead_units
+                else None,
             ),
             clip_norm,
         )
@@ -484,12 +592,8 @@ def gradient_flow(
     pg = None
     if param_grads:
         lp = stats["log_param_grad_norms"]
-        pg = {
-            "weight_ih": float(lp[0]),
-            "weight_hh": float(lp[1]),
-            "bias_ih": float(lp[2]) if bih is not None else math.nan,
-            "bias_hh": float(lp[3]) if bhh is not None else math.nan,
-        }
+        have = param_kinds(m)
+        pg = {k: float(lp[j]) for j, k in enumerate(RECURRENT_PARAM_KINDS) if k in have}
     gate_sat = stats["gate_saturation"] if m.gates > 1 else None
     return _apply_clip(
         GradientFlow(
@@ -509,9 +613,81 @@ def gradient_flow(
             cell_grads=stats["cell_grads"],
             states=stats["states"],
             cell_states=stats["cell_states"],
+            low_derivative=[
+                "saturated" if m.gates > 1 else Activation(m.nonlinearity).low_derivative
+            ]
+            * T,
+            dead=_dead_fractions(m, xa, h0a, float(saturation_threshold)) if dead_units else None,
         ),
         clip_norm,
     )
+
+
+def _dead_fractions(
+    m: Model, xa: np.ndarray, h0: np.ndarray | None, threshold: float
+) -> np.ndarray:
+    """Per layer / step, the fraction of units whose ``|phi'(z)|`` is below ``threshold`` times
+    its maximum for every sample (0 for activations that cannot be inactive). A float64
+    forward pass in numpy, the core's activations for ``phi'``."""
+
+    def off(act: Activation, z: np.ndarray) -> np.ndarray:
+        name, a, b = act.core_args()
+        _, d = _core.activation(name, a, b, np.ascontiguousarray(z))
+        top = _core.activation_info(name, a, b)["max_derivative"]
+        return np.abs(d) < threshold * top
+
+    if isinstance(m, MLP):
+        h = np.asarray(xa, dtype=np.float64)
+        out = np.zeros(m.depth)
+        for i in range(m.depth):
+            act = m.activations[i]
+            z = h @ np.asarray(m.weights[i], np.float64).T
+            if m.biases[i] is not None:
+                z = z + np.asarray(m.biases[i], np.float64)
+            mode = m.norm_mode(i)
+            if mode:
+                if mode == "batchnorm_eval":
+                    mu = np.asarray(m.running_means[i], np.float64)
+                    var = np.asarray(m.running_vars[i], np.float64)
+                else:
+                    axis = 1 if mode == "layernorm" else 0
+                    mu = z.mean(axis=axis, keepdims=True)
+                    var = z.var(axis=axis, keepdims=True)
+                z = (z - mu) / np.sqrt(var + m.eps)
+                if m.norm_weights[i] is not None:
+                    z = z * np.asarray(m.norm_weights[i], np.float64)
+                if m.norm_biases[i] is not None:
+                    z = z + np.asarray(m.norm_biases[i], np.float64)
+            name, a, b = act.core_args()
+            phi = _core.activation(name, a, b, np.ascontiguousarray(z))[0]
+            if act.low_derivative == "inactive":
+                out[i] = float(np.mean(off(act, z).all(axis=0)))
+            if m.blocks[i] == "residual":
+                h = h + m.alphas[i] * phi
+            elif m.blocks[i] == "highway":
+                g = h @ np.asarray(m.gate_weights[i], np.float64).T
+                if m.gate_biases[i] is not None:
+                    g = g + np.asarray(m.gate_biases[i], np.float64)
+                t = 1.0 / (1.0 + np.exp(-g))
+                h = t * phi + (1.0 - t) * h
+            else:
+                h = phi
+        return out
+    assert isinstance(m, RecurrentModel)
+    T, B, _ = xa.shape
+    out = np.zeros(T)
+    if m.gates > 1 or Activation(m.nonlinearity).low_derivative != "inactive":
+        return out  # gated cells and tanh RNNs saturate; they have no inactive units
+    act = Activation(m.nonlinearity)
+    wih, whh = (np.asarray(w, np.float64) for w in (m.weight_ih, m.weight_hh))
+    bias = sum(np.asarray(b, np.float64) for b in (m.bias_ih, m.bias_hh) if b is not None)
+    h = np.zeros((B, m.hidden_size)) if h0 is None else np.asarray(h0, np.float64)
+    for t in range(T):
+        z = np.asarray(xa[t], np.float64) @ wih.T + h @ whh.T + bias
+        out[t] = float(np.mean(off(act, z).all(axis=0)))
+        name, a, b = act.core_args()
+        h = _core.activation(name, a, b, np.ascontiguousarray(z))[0]
+    return out
 
 
 def _apply_clip(flow: GradientFlow, clip_norm: float | None) -> GradientFlow:
