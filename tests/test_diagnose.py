@@ -58,7 +58,9 @@ def test_relu_he_is_healthy():
     assert d.verdict == "healthy"
     assert d.spread < 6 and d.evidence["vanishing_depth"] is None
     assert d.recommendations == [] and d.causes == []
-    assert 0.3 < d.evidence["saturation_mean"] < 0.7  # half the ReLUs are off
+    # half the ReLUs are off: inactive, not saturated
+    assert 0.3 < d.evidence["inactive_mean"] < 0.7
+    assert d.evidence["saturation_mean"] == 0.0
 
 
 def test_tanh_rnn_with_large_gain_explodes_and_is_chaotic(exploding_rnn_diag):

@@ -9,7 +9,16 @@ is reported next to the recommendation. Recommendations are ranked by that impro
 
 The health measure is ``spread``: the largest distance, in decades, between the gradient norm
 at any layer / step and its value at the output, ``max_i |log10 ||dL/dh_i|| / ||dL/dh_out|| |``.
-A healthy network keeps it well below ``-log10(ratio)`` (6 decades by default).
+
+Verdict thresholds (:func:`verdict_thresholds` states them; every summary prints them): the
+gradient vanishes (explodes) when it falls below ``ratio`` (rises above ``1 / ratio``) times its
+output value at some layer / step, 6 decades by default, **or** when at the input side it has
+fallen (risen) by at least :data:`RATE_MIN_DECADES` decades at an average of at least
+:data:`RATE_DECADES` decades per layer / step (10^-4.8 over 20 layers is vanishing: 0.24 per
+layer). Healthy otherwise.
+
+Units: decades (``log10``) throughout the evidence and the text, except the Lyapunov exponent
+(natural log per layer / step, as is conventional); keys say so (``log10_*``).
 """
 
 from __future__ import annotations
@@ -28,20 +37,26 @@ from vgcore.analysis.gradient_flow import GradientFlow, gradient_flow
 from vgcore.models import GRU, LSTM, MLP, RNN, Model, RecurrentModel
 
 __all__ = [
+    "RATE_DECADES",
+    "RATE_MIN_DECADES",
     "VERDICTS",
     "Diagnosis",
     "Recommendation",
     "diagnose",
     "lyapunov_regime",
     "summarize_flow",
+    "verdict_thresholds",
 ]
 
 VERDICTS = ("vanishing", "exploding", "healthy")
 
+#: Average decades per layer / step at or beyond which a total change of at least
+#: RATE_MIN_DECADES decades is vanishing / exploding (10x every 10 layers).
+RATE_DECADES = 0.1
+#: Smallest total change (decades, input side against output) the rate rule applies to (100x).
+RATE_MIN_DECADES = 2.0
+
 _LOG10 = math.log(10.0)
-#: Activations whose derivative is bounded well below 1 or vanishes on a half-line.
-_SATURATING = ("sigmoid", "tanh", "softplus")
-_RELU_FAMILY = ("relu", "leaky_relu", "elu", "selu", "gelu", "gelu_tanh", "silu")
 #: Critical sigma_w2 at sigma_b2 = 0 where it has a closed form (used without vgcore.theory).
 _CRITICAL_SW2 = {"identity": 1.0, "tanh": 1.0, "relu": 2.0, "selu": 1.0}
 
@@ -162,8 +177,12 @@ class Diagnosis:
         ``log10_rate``: fitted decades per layer / step; ``spread``, ``max_growth``,
         ``max_decay`` (decades); ``vanishing_depth`` / ``exploding_depth``: distance from the
         output where the gradient first falls below ``ratio`` / rises above ``1 / ratio`` of its
-        output value (None if never); ``saturation_mean``, ``saturation_max`` and, for gated
-        cells, ``gate_saturation``; ``act_std_first``, ``act_std_last``, ``act_mean_last``;
+        output value (None if never); ``saturation_mean``, ``saturation_max``: saturated units
+        (tanh, sigmoid, elu/selu, gates: a small derivative at a bound); ``inactive_mean``,
+        ``inactive_max``: inactive units (ReLU family switched off; not saturated);
+        ``dead_mean``, ``dead_max``: units inactive for every sample of the batch (None where
+        the activation cannot be inactive); for gated cells, ``gate_saturation``;
+        ``thresholds``: the verdict thresholds in words; ``act_std_first``, ``act_std_last``, ``act_mean_last``;
         ``lyapunov``: top Lyapunov exponent per layer / step (natural log): the batch mean of
         ``vgcore.lyapunov(model, x, k=1).exponents[:, 0]`` for recurrent models and MLPs whose
         layers keep the width, else the backward growth rate of the gradient; with
@@ -172,7 +191,11 @@ class Diagnosis:
         "ordered" below -0.05, else "near-critical"); ``sigma_w2``, ``sigma_b2`` (estimated from the weights),
         ``gaussian_init``, ``critical_sigma_w2``; for Gaussian plain MLPs the mean-field
         ``phase``, ``chi1``, ``xi_c``, ``theory_log10_rate`` and ``theory_gain_ratio``
-        (measured over predicted per-layer gain).
+        (measured over predicted per-layer gain); for a vanilla RNN ``mean_field``: the
+        mean-field phase of its recurrent weight scale without inputs and with the inputs'
+        drive counted as bias variance, against the measured exponent (see
+        :func:`vgcore.theory.scope.recurrent_mean_field`); ``mean_field_scope``: why theory
+        and measurement differ, where they do (None otherwise).
     causes : list of str
         The causes found, in the order checked.
     recommendations : list of Recommendation
@@ -240,9 +263,7 @@ class Diagnosis:
             lines.append(
                 f"  exceeds {1 / self.ratio:g} x its output value {e['exploding_depth']} {n_name} from the output"
             )
-        lines.append(
-            f"  saturated units: mean {e['saturation_mean']:.1%}, max {e['saturation_max']:.1%}"
-        )
+        lines += [f"  {t}" for t in unit_lines(e)]
         if e.get("lyapunov") is not None:
             sd = e.get("lyapunov_std")
             lines.append(
@@ -263,6 +284,10 @@ class Diagnosis:
                     else f", measured/predicted gain {e['theory_gain_ratio']:.3f}"
                 )
             )
+        if e.get("mean_field_text"):
+            lines.append(f"  {e['mean_field_text']}")
+        if e.get("mean_field_scope"):
+            lines.append(f"  why theory and measurement differ: {e['mean_field_scope']}")
         if self.causes:
             lines.append("  causes: " + "; ".join(self.causes))
         if self.recommendations:
@@ -274,6 +299,7 @@ class Diagnosis:
             lines.append("  measured not to help (not recommended):")
         for r in self.not_helpful:
             lines.append(f"  - {r.fix} [{r.cause}]: {r.measured()}")
+        lines.append(f"  thresholds: {e['thresholds']}")
         for n in self.notes:
             lines.append(f"  note: {n}")
         return "\n".join(lines)
@@ -381,6 +407,17 @@ def _crossing(rel: np.ndarray, threshold: float, above: bool) -> int | None:
     return int(hit[0]) if hit.size else None
 
 
+def verdict_thresholds(ratio: float = 1e-6, axis: str = "layer") -> str:
+    """The verdict thresholds in words (printed with every diagnosis)."""
+    dec = -math.log10(ratio)
+    return (
+        f"vanishing (exploding) when the gradient falls below 10^-{dec:g} (rises above "
+        f"10^+{dec:g}) x its output value at some {axis}, or ends at least "
+        f"{RATE_MIN_DECADES:g} decades below (above) it at the input side at an average of "
+        f"{RATE_DECADES:g} decades per {axis} or more; healthy otherwise"
+    )
+
+
 def _verdict(flow: GradientFlow, ratio: float) -> str:
     rel = _rel_log10(flow)
     dec = -math.log10(ratio)
@@ -388,7 +425,31 @@ def _verdict(flow: GradientFlow, ratio: float) -> str:
         return "exploding"
     if _crossing(rel, -dec, above=False) is not None:
         return "vanishing"
+    n = rel.size - 1
+    gain = float(rel[0])
+    if n > 0 and abs(gain) >= RATE_MIN_DECADES and abs(gain) / n >= RATE_DECADES:
+        return "exploding" if gain > 0 else "vanishing"
     return "healthy"
+
+
+def unit_lines(e: dict[str, Any]) -> list[str]:
+    """Saturated, inactive and dead units from the evidence, each where the model has them."""
+    out = []
+    if e.get("saturation_possible", True):
+        out.append(
+            f"saturated units: mean {e['saturation_mean']:.1%}, max {e['saturation_max']:.1%}"
+        )
+    if e.get("inactive_possible"):
+        out.append(
+            f"inactive units (switched off, not saturated): mean {e['inactive_mean']:.1%}, "
+            f"max {e['inactive_max']:.1%}"
+        )
+        if e.get("dead_max") is not None:
+            out.append(
+                f"dead units (inactive for every sample): mean {e['dead_mean']:.1%}, "
+                f"max {e['dead_max']:.1%}"
+            )
+    return out
 
 
 def _slope(rel: np.ndarray) -> float:
@@ -429,8 +490,15 @@ def _evidence(flow: GradientFlow, ratio: float) -> dict[str, Any]:
         "max_decay": float(-np.min(rel)) if rel.size else 0.0,
         "vanishing_depth": _crossing(rel, -dec, above=False),
         "exploding_depth": _crossing(rel, dec, above=True),
-        "saturation_mean": float(np.mean(flow.saturation)),
-        "saturation_max": float(np.max(flow.saturation)),
+        "saturation_mean": float(np.mean(flow.saturated)),
+        "saturation_max": float(np.max(flow.saturated)),
+        "saturation_possible": "saturated" in flow.low_derivative,
+        "inactive_mean": float(np.mean(flow.inactive)),
+        "inactive_max": float(np.max(flow.inactive)),
+        "inactive_possible": "inactive" in flow.low_derivative,
+        "dead_mean": None if flow.dead is None else float(np.mean(flow.dead)),
+        "dead_max": None if flow.dead is None else float(np.max(flow.dead)),
+        "thresholds": verdict_thresholds(ratio, flow.axis),
         "act_std_first": float(flow.act_std[0]),
         "act_std_last": float(flow.act_std[-1]),
         "act_mean_last": float(flow.act_mean[-1]),
@@ -451,7 +519,8 @@ def summarize_flow(flow: GradientFlow, ratio: float = 1e-6) -> dict[str, Any]:
     dict
         ``verdict``, ``length``, ``log10_gain``, ``log10_rate``, ``spread``, ``max_growth``,
         ``max_decay``, ``vanishing_depth``, ``exploding_depth``, ``saturation_mean``,
-        ``saturation_max`` (see :class:`Diagnosis`).
+        ``saturation_max`` (saturated units), ``inactive_mean``, ``inactive_max`` (inactive
+        units) (see :class:`Diagnosis`); decades throughout.
     """
     ev = _evidence(flow, ratio)
     keys = (
@@ -465,6 +534,8 @@ def summarize_flow(flow: GradientFlow, ratio: float = 1e-6) -> dict[str, Any]:
         "exploding_depth",
         "saturation_mean",
         "saturation_max",
+        "inactive_mean",
+        "inactive_max",
     )
     return {"verdict": _verdict(flow, ratio), **{k: ev[k] for k in keys}}
 
@@ -562,8 +633,60 @@ def _critical_sigma_w2(act: Activation | None, sigma_b2: float, notes: list[str]
     return crit if math.isfinite(crit) else None
 
 
+def _drive_var(model: RNN, x: np.ndarray) -> float:
+    """Mean square of the per-step drive ``W_ih x_t + b_ih + b_hh`` (at most 64 steps)."""
+    xs = np.asarray(x, dtype=np.float64)
+    if model.batch_first:
+        xs = np.swapaxes(xs, 0, 1)
+    steps = np.unique(np.linspace(0, xs.shape[0] - 1, min(64, xs.shape[0])).astype(int))
+    wih = np.asarray(model.weight_ih, np.float64)
+    bias = sum(np.asarray(b, np.float64) for b in (model.bias_ih, model.bias_hh) if b is not None)
+    return float(np.mean([np.mean((xs[t] @ wih.T + bias) ** 2) for t in steps]))
+
+
+def _recurrent_mean_field(
+    model: RNN, x: np.ndarray, act: Activation, ev: dict[str, Any], notes: list[str]
+) -> None:
+    """The mean-field phase of a vanilla RNN's weight scale, without and with its inputs."""
+    try:
+        from vgcore.theory.scope import recurrent_mean_field
+    except ImportError:
+        notes.append("vgcore.theory is not available; the mean-field phase is not reported")
+        return
+    try:
+        rmf = recurrent_mean_field(act, ev["sigma_w2"], ev["sigma_b2"], _drive_var(model, x))
+    except Exception as exc:
+        notes.append(f"mean_field() failed: {type(exc).__name__}: {exc}")
+        return
+    ev["mean_field"] = rmf.to_dict()
+    ev["mean_field_text"] = rmf.summary()
+    ev["mean_field_scope"] = rmf.explain(ev.get("lyapunov"), ev.get("regime"), model.hidden_size)
+
+
+def _mlp_scope(model: MLP, ev: dict[str, Any]) -> str | None:
+    """Why an MLP's mean-field phase and its measured regime disagree (None if they agree)."""
+    phase, regime = ev.get("phase"), ev.get("regime")
+    if {phase, regime} != {"chaotic", "ordered"}:
+        return None
+    try:
+        from vgcore.theory.scope import ASSUMPTIONS
+    except ImportError:
+        return None
+    return (
+        f"the mean-field phase '{phase}' is for {ASSUMPTIONS}; this network has width "
+        f"{min(model.sizes)} and depth {model.depth}, so the measured exponent "
+        f"({ev['lyapunov']:+.3f} per layer, {regime}) carries finite-width fluctuations and the "
+        "approach to q* from the input"
+    )
+
+
 def _mean_field(
-    model: Model, flow: GradientFlow, ev: dict[str, Any], notes: list[str], init: Any
+    model: Model,
+    flow: GradientFlow,
+    ev: dict[str, Any],
+    notes: list[str],
+    init: Any,
+    x: np.ndarray,
 ) -> None:
     """Weight scale, critical line and (Gaussian plain MLPs) the mean-field phase."""
     scale = _fixes.estimate_weight_scale(model)
@@ -579,6 +702,10 @@ def _mean_field(
     ev["critical_sigma_w2"] = _critical_sigma_w2(act, scale["sigma_b2"], notes)
     ev["phase"] = ev["chi1"] = ev["xi_c"] = ev["theory_log10_rate"] = None
     ev["theory_gain_ratio"] = None
+    ev["mean_field"] = ev["mean_field_text"] = ev["mean_field_scope"] = None
+    if isinstance(model, RNN) and gaussian and act is not None:
+        _recurrent_mean_field(model, x, act, ev, notes)
+        return
     plain = isinstance(model, MLP) and set(model.blocks) == {"plain"} and not any(model.norms)
     if not (gaussian and plain and act is not None):
         return
@@ -607,6 +734,8 @@ def _mean_field(
         ev["theory_gain_ratio"] = float(cmp.mean_gain_ratio)
     except Exception as exc:
         notes.append(f"compare_to_theory() is not available here ({type(exc).__name__}: {exc})")
+    assert isinstance(model, MLP)
+    ev["mean_field_scope"] = _mlp_scope(model, ev)
 
 
 # ------------------------------------------------------------------------------------------
@@ -711,11 +840,12 @@ def _mlp_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommenda
     act_obj = _single_act(m)
     act = None if act_obj is None else act_obj.name
     acts = {a.name for a in m.activations}
+    saturating = any(a.family == "saturating" for a in m.activations)
     sw2, crit = ev["sigma_w2"], ev["critical_sigma_w2"]
 
     # saturating activations -> ReLU family
     if ctx.verdict == "vanishing" and (
-        "sigmoid" in acts or (acts & set(_SATURATING) and ev["saturation_mean"] > 0.05)
+        "sigmoid" in acts or (saturating and ev["saturation_mean"] > 0.05)
     ):
         why = (
             "sigmoid's derivative is at most 1/4, so each layer shrinks the gradient"
@@ -736,10 +866,13 @@ def _mlp_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommenda
             )
         )
 
-    # dead units (a layer whose every unit has phi' = 0) -> leaky ReLU
-    if ctx.verdict == "vanishing" and acts & {"relu"} and ev["saturation_max"] > 0.9:
-        worst = int(np.argmax(ctx.flow.saturation)) + 1
-        causes.append(f"dead units ({ev['saturation_max']:.0%} of layer {worst}'s ReLUs are off)")
+    # dead units (inactive for every sample) -> leaky ReLU
+    dead = ctx.flow.dead
+    if ctx.verdict == "vanishing" and "relu" in acts and dead is not None and np.max(dead) > 0.5:
+        worst = int(np.argmax(dead)) + 1
+        causes.append(
+            f"dead units ({np.max(dead):.0%} of layer {worst}'s ReLUs are inactive for every sample)"
+        )
         recs.append(
             _measure(
                 ctx,
@@ -755,7 +888,8 @@ def _mlp_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommenda
 
     # bad init scale -> Xavier/He or the critical sigma_w2
     if ctx.verdict != "healthy" and act is not None:
-        target = crit if crit is not None else (2.0 if act in _RELU_FAMILY else 1.0)
+        assert act_obj is not None
+        target = crit if crit is not None else (2.0 if act_obj.family == "rectifier" else 1.0)
         off = sw2 / target
         if act == "sigmoid" or not (0.6 < off < 1.7):
             direction = "small" if off < 1 else "large"
@@ -1023,6 +1157,13 @@ def _rank(recs: list[Recommendation]) -> tuple[list[Recommendation], list[Recomm
 
 
 # ------------------------------------------------------------------------------------------
+def _can_be_inactive(model: Model) -> bool:
+    """Whether some unit of the model can be inactive (a ReLU-family activation)."""
+    if isinstance(model, MLP):
+        return any(a.low_derivative == "inactive" for a in model.activations)
+    return isinstance(model, RNN) and Activation(model.nonlinearity).low_derivative == "inactive"
+
+
 def _default_input(model: Model, steps: int, batch: int | None, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed + 1)
     if isinstance(model, MLP):
@@ -1112,13 +1253,18 @@ def diagnose(
         raise TypeError(f"check must be True or False, got {check!r}")
     xa = _default_input(model, steps, batch, seed) if x is None else x
     flow = gradient_flow(
-        model, xa, param_grads=True, keep_grads=keep_grads, num_threads=num_threads
+        model,
+        xa,
+        param_grads=True,
+        keep_grads=keep_grads,
+        num_threads=num_threads,
+        dead_units=_can_be_inactive(model),
     )
     verdict = _verdict(flow, ratio)
     ev = _evidence(flow, ratio)
     notes: list[str] = list(model.notes)
     lyap = _lyapunov(model, np.asarray(xa), ev, notes, num_threads)
-    _mean_field(model, flow, ev, notes, init)
+    _mean_field(model, flow, ev, notes, init, np.asarray(xa))
     ctx = _Ctx(model, np.asarray(xa), flow, verdict, ev, ratio, seed, num_threads, check)
     causes: list[str] = []
     if isinstance(model, MLP):
