@@ -625,10 +625,12 @@ def _cmd_phase(args: argparse.Namespace) -> int:
             if msg.startswith(name + " "):
                 msg = f"{flag}: {msg}"
         raise UsageError(msg) from None
+    from vgcore.theory.scope import phase_scope_note  # what the phase is about
+
     if args.json:
-        _emit_json(res["json"])
+        _emit_json({**res["json"], "scope": phase_scope_note()})
     else:
-        print(res["text"])
+        print(res["text"] + "\n" + phase_scope_note())
     if args.plot:
         from vgcore import plotting
 
