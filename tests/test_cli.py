@@ -279,7 +279,8 @@ def test_analyze_torch_checkpoint(tmp_path, capsys, torch):
     assert m.norms == ["layernorm", None]
 
     assert main(["analyze", "--torch", str(ckpt)]) == 2  # activations are not in a state_dict
-    assert "does not record activations" in capsys.readouterr().err
+    err = capsys.readouterr().err  # names the flag that supplies what the file lacks
+    assert "does not record its activations" in err and "--activation relu" in err
     torch.save(nn.LSTM(4, 4, num_layers=2).state_dict(), tmp_path / "stacked.pt")
     assert main(["analyze", "--torch", str(tmp_path / "stacked.pt")]) == 2
     assert "num_layers > 1" in capsys.readouterr().err

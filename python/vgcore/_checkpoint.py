@@ -6,8 +6,8 @@ the cell told apart by the gate count of ``weight_hh_l0``), and an ``nn.Sequenti
 ``0.weight``, ``0.bias``, ``1.weight``, ..., with any common prefix). A state_dict records no
 activations: the caller names the hidden layers' activation; the last Linear is linear.
 Checkpoints that wrap the state_dict under ``"state_dict"``, ``"model_state_dict"`` or
-``"model"`` are unwrapped. BatchNorm layers are analysed with batch statistics (training
-mode), as vgcore's MLP defines them; their running statistics are not used.
+``"model"`` are unwrapped. BatchNorm layers are analysed as a trained model is used: in eval
+mode, with their running statistics.
 """
 
 from __future__ import annotations
@@ -19,11 +19,54 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CheckpointError", "load_state_dict", "model_from_state_dict"]
+__all__ = [
+    "CheckpointError",
+    "MissingActivationError",
+    "load_state_dict",
+    "model_from_state_dict",
+]
 
 
 class CheckpointError(ValueError):
     """The file is not a state_dict of a supported architecture."""
+
+
+class MissingActivationError(CheckpointError):
+    """An MLP state_dict was given without the activation it does not record."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _load_failure(path: Path, exc: BaseException) -> str:
+    """One clean line saying why ``torch.load(weights_only=True)`` refused ``path``."""
+    text = " ".join(_ANSI.sub("", str(exc)).split())
+    m = _GLOBAL.search(text)
+    if m is None:
+        # not a pickling refusal: torch's own words, whole (they are short for damaged files)
+        why = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return (
+            f"cannot read {str(path)!r} as a PyTorch checkpoint ({why}); expected a file "
+            "written by torch.save(module.state_dict(), path)"
+        )
+    glob = m.group(1)
+    cls = glob.rsplit(".", 1)[-1]
+    if glob.startswith("torch.nn.modules."):
+        vg = cls if cls in ("RNN", "LSTM", "GRU") else "MLP"
+        return (
+            f"{str(path)!r} holds a whole pickled module ({glob}), saved with "
+            "torch.save(module), not a state_dict; vgcore reads checkpoints with "
+            "torch.load(weights_only=True), which refuses to run the code such a file needs. "
+            f"Save the weights instead: torch.save(module.state_dict(), {str(path)!r}), "
+            f"or pass the module from Python: vgcore.{vg}.from_torch(module)"
+        )
+    return (
+        f"{str(path)!r} holds a pickled Python object ({glob}): a whole module saved with "
+        "torch.save(module), or objects other than tensors; vgcore reads checkpoints with "
+        "torch.load(weights_only=True), which refuses to run the code such objects need. "
+        "Save the weights only: torch.save(module.state_dict(), path)"
+    )
 
 
 def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
@@ -40,10 +83,7 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(
-            f"cannot read {str(p)!r} as a PyTorch state_dict ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); save model.state_dict(), not the module"
-        ) from exc
+        raise CheckpointError(_load_failure(p, exc)) from exc
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -117,8 +157,9 @@ def model_from_state_dict(
             f"state_dict mixes several modules ({sorted(prefixes)}); save one model"
         )
     if activation is None:
-        raise CheckpointError(
-            "a state_dict does not record activations; name the hidden layers' activation"
+        raise MissingActivationError(
+            "a state_dict does not record activations: pass activation= (the hidden layers' "
+            "activation, e.g. 'relu'; the last Linear layer is taken as linear)"
         )
     ws: list[np.ndarray] = []
     bs: list[np.ndarray | None] = []

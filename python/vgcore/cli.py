@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -89,37 +90,50 @@ _DIAG_HEADER = [
 
 # ------------------------------------------------------------------------------------------
 # model arguments
-_MODEL_FLAGS: dict[str, tuple[Any, str]] = {
-    "model": (str, f"architecture: {', '.join(MODEL_KINDS)} (default mlp)"),
-    "depth": (int, "MLP: number of layers (default 20)"),
-    "width": (int, "MLP width, or hidden size of a recurrent cell (default 64)"),
-    "activation": (str, "MLP activation, e.g. tanh, relu, sigmoid, gelu (default tanh)"),
-    "block": (str, "MLP block: plain, residual or highway"),
-    "alpha": (float, "residual branch scale"),
-    "norm": (str, "MLP normalisation: none, layernorm or batchnorm"),
-    "hidden_size": (int, "recurrent hidden size"),
-    "input_size": (int, "input width (default: width for MLP, 32 for recurrent)"),
-    "steps": (int, "sequence length T (default 100)"),
-    "nonlinearity": (str, "RNN nonlinearity: tanh or relu"),
-    "forget_bias": (float, "LSTM forget-gate bias"),
+_MODEL_FLAGS: dict[str, tuple[Any, str, str]] = {
+    "model": (str, "KIND", f"architecture: {', '.join(MODEL_KINDS)} (default mlp)"),
+    "depth": (int, "N", "number of layers (default 20)"),
+    "width": (int, "N", "layer width of an MLP, hidden size of a recurrent cell (default 64)"),
+    "activation": (str, "NAME", "hidden activation, e.g. tanh, relu, sigmoid, gelu (default tanh)"),
+    "block": (str, "KIND", "plain, residual or highway (default plain)"),
+    "alpha": (float, "X", "residual branch scale, with --block residual (default 1)"),
+    "norm": (str, "KIND", "normalisation: none, layernorm or batchnorm (default none)"),
+    "hidden_size": (int, "N", "hidden size (default: --width)"),
+    "input_size": (int, "N", "input width (default: --width for an MLP, 32 for recurrent)"),
+    "steps": (int, "T", "sequence length (default 100)"),
+    "nonlinearity": (str, "NAME", "tanh or relu (default tanh)"),
+    "forget_bias": (float, "X", "forget-gate bias (default: the init's)"),
     "init": (
         str,
-        "init scheme (vgcore.init), a name or JSON, e.g. he_normal or "
-        '\'{"name": "gaussian", "sigma_w2": 2}\'',
+        "SPEC",
+        "init scheme (vgcore.init), a name or JSON, e.g. kaiming_normal or "
+        '\'{"name": "gaussian", "sigma_w2": 2}\' (default: PyTorch\'s)',
     ),
-    "sigma_w2": (float, "weight variance x fan_in (implies gaussian init)"),
-    "sigma_b2": (float, "bias variance (implies gaussian init)"),
-    "batch": (int, "batch size of the random inputs"),
-    "seed": (int, "seed of weights (inputs use seed+1)"),
-    "dtype": (str, "float32 or float64 (default float64)"),
-    "input_scale": (float, "standard deviation of the random inputs (default 1)"),
+    "sigma_w2": (float, "X", "weight variance x fan_in (implies gaussian init)"),
+    "sigma_b2": (float, "X", "bias variance (implies gaussian init)"),
+    "batch": (int, "N", "batch size of the random inputs (default 64 for an MLP, 16 recurrent)"),
+    "seed": (int, "N", "seed of the weights; the inputs use seed+1 (default 0)"),
+    "dtype": (str, "TYPE", "float32 or float64 (default float64)"),
+    "input_scale": (float, "X", "standard deviation of the random inputs (default 1)"),
 }
 
 
 def _add_model_args(p: argparse.ArgumentParser, *, sources: bool = True) -> None:
-    g = p.add_argument_group("model (flags override values from --config)")
-    for key, (typ, help_) in _MODEL_FLAGS.items():
-        g.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, default=None, help=help_)
+    g = p.add_argument_group(
+        "model",
+        "Flags marked [mlp], [rnn], ... apply to those model kinds only; others are refused."
+        + (" Flags override values from --config." if sources else ""),
+    )
+    for key, (typ, metavar, help_) in _MODEL_FLAGS.items():
+        kinds = _SETTING_KINDS.get(key)
+        g.add_argument(
+            _flag(key),
+            dest=key,
+            type=typ,
+            default=None,
+            metavar=metavar,
+            help=f"[{'/'.join(kinds)}] {help_}" if kinds else help_,
+        )
     g.add_argument(
         "--no-bias", dest="bias", action="store_false", default=None, help="layers without biases"
     )
@@ -128,9 +142,15 @@ def _add_model_args(p: argparse.ArgumentParser, *, sources: bool = True) -> None
         g.add_argument(
             "--config",
             metavar="FILE.toml",
-            help="model(s) from a TOML file ([model] or [[models]])",
+            help="model(s) from a TOML file ([model] or [[models]] tables of the settings above)",
         )
-        g.add_argument("--torch", metavar="FILE", help="model from a PyTorch state_dict checkpoint")
+        g.add_argument(
+            "--torch",
+            metavar="FILE",
+            help="a trained model: a PyTorch state_dict file, torch.save(module.state_dict(), "
+            "FILE), of an nn.Sequential of Linear (LayerNorm, BatchNorm1d) layers or one "
+            "nn.RNN / LSTM / GRU",
+        )
 
 
 def _flag_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -184,44 +204,130 @@ def _config_models(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return [top] if top else []
 
 
+# ------------------------------------------------------------------------------------------
+# which settings apply to which model kinds (checked before any work)
+_RECURRENT = ("rnn", "lstm", "gru")
+
+#: Model settings that apply to some model kinds only; the others apply to every kind.
+_SETTING_KINDS: dict[str, tuple[str, ...]] = {
+    "depth": ("mlp",),
+    "activation": ("mlp",),
+    "block": ("mlp",),
+    "alpha": ("mlp",),
+    "norm": ("mlp",),
+    "hidden_size": _RECURRENT,
+    "steps": _RECURRENT,
+    "nonlinearity": ("rnn",),
+    "forget_bias": ("lstm",),
+}
+
+#: (setting, kind group) -> the counterpart to use instead, for the error message.
+_INSTEAD: dict[tuple[str, str], str] = {
+    ("depth", "recurrent"): "a recurrent model's length is {steps}",
+    ("activation", "recurrent"): "an RNN's is {nonlinearity}; LSTM and GRU gates are fixed",
+    ("steps", "mlp"): "an MLP's length is {depth}",
+    ("hidden_size", "mlp"): "an MLP's width is {width}",
+    ("nonlinearity", "mlp"): "an MLP's is {activation}",
+}
+
+#: Flags that still apply to a model read from a checkpoint (--torch): the rest describe
+#: the architecture or weights, which the checkpoint fixes.
+_TORCH_SETTINGS = ("activation", "nonlinearity", "steps", "batch", "seed", "input_scale", "name")
+
+
+def _flag(key: str) -> str:
+    return "--no-bias" if key == "bias" else "--" + key.replace("_", "-")
+
+
+def _given_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """Model settings given on the command line (their defaults are None), as given."""
+    keys = (*_MODEL_FLAGS, "bias", "name")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def _kind_of(spec: dict[str, Any]) -> str:
+    return str(spec.get("model") or "mlp").lower()
+
+
+def _misapplied(
+    key: str, spec: dict[str, Any], *, flags: bool = True, hint: bool = True
+) -> str | None:
+    """Why setting ``key`` does not apply to the model ``spec`` describes; None if it does.
+
+    Settings are named as flags (``--steps``) or, for config files, as keys (``steps``).
+    """
+    name = _flag if flags else (lambda k: k)
+    kind = _kind_of(spec)
+    kinds = _SETTING_KINDS.get(key)
+    if kinds is not None and kind not in kinds:
+        other = _INSTEAD.get((key, "recurrent" if kind in _RECURRENT else "mlp"), "")
+        other = other.format(**{k: name(k) for k in _MODEL_FLAGS}) if hint else ""
+        return f"applies to {'/'.join(kinds)} models only, not to {kind}" + (
+            f" ({other})" if other else ""
+        )
+    block = spec.get("block") or "plain"
+    if key == "alpha" and block != "residual":
+        where = "--block residual" if flags else "block = 'residual'"
+        return f"(the residual branch scale) applies to {where} only, not to {block} blocks"
+    if key == "width" and kind in _RECURRENT and spec.get("hidden_size") not in (None, spec[key]):
+        return f"and {name('hidden_size')} both set a recurrent model's hidden size: give one"
+    return None
+
+
+def _check_settings(
+    raw: dict[str, Any], tables: list[dict[str, Any]], config: str | None = None
+) -> None:
+    """Refuse settings that do not apply to the model(s) they would describe: a config
+    model's own key that does not fit that model, or a flag that fits none of the models."""
+    for i, table in enumerate(tables):
+        own = {k: v for k, v in table.items() if k not in raw}
+        merged = {**own, **raw}
+        for key in own:
+            spec = {**own, "model": _kind_of(merged)} if key == "width" else merged
+            why = _misapplied(key, spec, flags=False)
+            if why:
+                label = f", model {i + 1}" if len(tables) > 1 else ""
+                raise UsageError(f"{config}{label}: {key} {why}")
+    where = ""
+    if config is not None:
+        kinds = sorted({_kind_of({**t, **raw}) for t in tables})
+        where = f"; {config} describes {' and '.join(kinds)} models"
+    for key in raw:
+        # a flag overrides the file: the width conflict is between flags only
+        reasons = [
+            _misapplied(
+                key, {**raw, "model": _kind_of({**t, **raw})} if key == "width" else {**t, **raw}
+            )
+            for t in tables
+        ]
+        if all(reasons):
+            raise UsageError(f"{_flag(key)} {reasons[0]}{where}")
+
+
 def _models(args: argparse.Namespace) -> list[tuple[str, Any, np.ndarray]]:
-    """``(name, model, x)`` for every model the arguments describe."""
-    from vgcore._modelspec import ModelSpec, build, build_input, describe
+    """``(name, model, x)`` for every model the arguments describe (settings checked first)."""
+    from vgcore._modelspec import ModelSpec, build, describe
 
     flags = _flag_spec(args)
     if getattr(args, "torch", None):
         if getattr(args, "config", None):
             raise UsageError("give --torch or --config, not both")
-        from vgcore._checkpoint import CheckpointError, load_state_dict, model_from_state_dict
-
-        try:
-            sd = load_state_dict(args.torch)
-            model = model_from_state_dict(
-                sd,
-                activation=flags.get("activation"),
-                nonlinearity=flags.get("nonlinearity", "tanh"),
-            )
-        except CheckpointError as exc:
-            raise UsageError(str(exc)) from None
-        except ImportError as exc:
-            raise Failure(str(exc)) from None
-        from vgcore._modelspec import spec_from_model
-
-        shape = spec_from_model(model)
-        spec = {k: v for k, v in flags.items() if k in ("batch", "seed", "steps", "input_scale")}
-        spec.update(
-            model=shape["model"], input_size=shape["input_size"], dtype=np.dtype(model.dtype).name
-        )
-        x = build_input(ModelSpec(spec))
-        return [
-            (flags.get("name") or f"{Path(args.torch).name} ({type(model).__name__})", model, x)
-        ]
+        return [_torch_model(args, flags)]
+    raw = _given_flags(args)
     specs = [flags]
     if getattr(args, "config", None):
-        cfg_models = _config_models(_read_toml(args.config))
-        if not cfg_models:
+        tables = _config_models(_read_toml(args.config))
+        if not tables:
             raise UsageError(f"{args.config} describes no model ([model] or [[models]])")
-        specs = [{**m, **flags} for m in cfg_models]
+        if "name" in raw and len(tables) > 1:
+            raise UsageError(
+                f"--name labels one model; {args.config} describes {len(tables)} "
+                "(set name in each [[models]] table)"
+            )
+        _check_settings(raw, tables, args.config)
+        specs = [{**m, **flags} for m in tables]
+    else:
+        _check_settings(raw, [{}])
     out = []
     for s in specs:
         try:
@@ -231,6 +337,58 @@ def _models(args: argparse.Namespace) -> list[tuple[str, Any, np.ndarray]]:
             raise UsageError(str(exc)) from None
         out.append((describe(spec), model, x))
     return out
+
+
+def _torch_model(args: argparse.Namespace, flags: dict[str, Any]) -> tuple[str, Any, np.ndarray]:
+    """The model of a --torch checkpoint and its random inputs."""
+    from vgcore._checkpoint import (
+        CheckpointError,
+        MissingActivationError,
+        load_state_dict,
+        model_from_state_dict,
+    )
+    from vgcore._modelspec import ModelSpec, build_input, spec_from_model
+
+    given = _given_flags(args)
+    fixed = [k for k in given if k not in _TORCH_SETTINGS]
+    if fixed:
+        raise UsageError(
+            f"{_flag(fixed[0])} does not apply to --torch: the checkpoint fixes the model's "
+            f"architecture and weights (flags that apply: {', '.join(map(_flag, _TORCH_SETTINGS))})"
+        )
+    try:
+        sd = load_state_dict(args.torch)
+        model = model_from_state_dict(
+            sd,
+            activation=flags.get("activation"),
+            nonlinearity=flags.get("nonlinearity", "tanh"),
+        )
+    except MissingActivationError:
+        raise UsageError(
+            f"{args.torch} holds an MLP (nn.Sequential) state_dict, which does not record its "
+            "activations: give the hidden layers' one, e.g. --activation relu (the last Linear "
+            "layer is taken as linear)"
+        ) from None
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    except ImportError as exc:
+        raise Failure(str(exc)) from None
+    shape = spec_from_model(model)
+    kind = shape["model"]
+    for key in given:
+        why = _misapplied(key, shape, hint=False)
+        if why:
+            raise UsageError(f"{_flag(key)} {why}: {args.torch} holds {kind.upper()} weights")
+    if kind == "rnn" and "nonlinearity" not in given:
+        print(
+            "vgcore: note: a state_dict does not record an RNN's nonlinearity; assuming tanh "
+            "(nn.RNN's default; give --nonlinearity relu otherwise)",
+            file=sys.stderr,
+        )
+    spec = {k: v for k, v in flags.items() if k in ("batch", "seed", "steps", "input_scale")}
+    spec.update(model=kind, input_size=shape["input_size"], dtype=np.dtype(model.dtype).name)
+    x = build_input(ModelSpec(spec))
+    return flags.get("name") or f"{Path(args.torch).name} ({type(model).__name__})", model, x
 
 
 def _diagnose_all(
@@ -267,11 +425,162 @@ def _write_report(
     from vgcore._progress import progress_bar
     from vgcore.report import write_report
 
+    removed = _clear_report_dir(Path(out))
     with progress_bar(None, f"writing report to {out}", enabled=None if not args.json else False):
-        rep = write_report(diags, out, title=title, data_format=args.format, extras=extras or {})
+        rep = write_report(
+            diags, out, title=title, data_format=args.format or "csv", extras=extras or {}
+        )
+    if removed:
+        print(
+            f"vgcore: note: replaced the earlier report in {out} (removed its {removed})",
+            file=sys.stderr,
+        )
     for n in rep.notes:
         print(f"vgcore: note: {n}", file=sys.stderr)
     return rep
+
+
+# ------------------------------------------------------------------------------------------
+# output paths, checked before any work
+_REPORT_FILES = ("report.md", "report.html")
+_REPORT_PARTS = {"figures": (".png",), "data": (".csv", ".parquet")}
+
+
+def _report_contents(out: Path) -> tuple[list[Path], list[str]]:
+    """The files of a vgcore report in folder ``out`` and the names of any other entries."""
+    mine: list[Path] = []
+    other: list[str] = []
+    for entry in sorted(out.iterdir()):
+        if entry.name in _REPORT_FILES and entry.is_file():
+            mine.append(entry)
+        elif entry.name in _REPORT_PARTS and entry.is_dir():
+            for f in sorted(entry.iterdir()):
+                if f.is_file() and f.suffix in _REPORT_PARTS[entry.name]:
+                    mine.append(f)
+                else:
+                    other.append(f"{entry.name}/{f.name}")
+        else:
+            other.append(entry.name + ("/" if entry.is_dir() else ""))
+    return mine, other
+
+
+def _check_report_dir(path: str, flag: str, force: bool) -> None:
+    """A report goes to a new or empty folder, over an earlier vgcore report (replaced), or,
+    with --force, into any folder (its report files replaced, other files kept)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag} {path} is a file, not a folder")
+    if out.is_dir():
+        mine, other = _report_contents(out)
+        is_report = any(p.parent == out for p in mine)
+        if not is_report:  # figures/ or data/ without a report page are someone else's
+            other += [str(p.relative_to(out)) for p in mine]
+        if other and not force:
+            what = "holds a vgcore report and" if is_report else "is not a vgcore report: it holds"
+            names = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
+            raise UsageError(
+                f"{flag} {path} {what} other files ({names}); choose a new or empty folder, "
+                "or add --force to write the report there (report.md, report.html, "
+                "figures/*.png and data/ tables are replaced, other files are kept)"
+            )
+    _check_writable(out, flag, path)
+
+
+def _clear_report_dir(out: Path) -> str:
+    """Remove an earlier report's files from ``out`` (no stale figures); says what went."""
+    if not out.is_dir():
+        return ""
+    mine, _ = _report_contents(out)
+    for f in mine:
+        f.unlink()
+    figs = sum(f.parent.name == "figures" for f in mine)
+    data = sum(f.parent.name == "data" for f in mine)
+    if not mine:
+        return ""
+    return f"{len(mine) - figs - data} pages, {figs} figures and {data} data files"
+
+
+def _check_writable(path: Path, flag: str, given: str) -> None:
+    """The nearest existing folder at or above ``path`` must be a writable folder."""
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {given}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {given}: cannot write in {parent} (permission denied)")
+
+
+def _check_file(path: str, flag: str) -> None:
+    """An output file: its folder must exist and be writable, and it must not be a folder."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
+    folder = p.parent
+    if not folder.exists():
+        raise UsageError(f"{flag} {path}: folder {folder} does not exist (create it first)")
+    _check_writable(folder, flag, path)
+
+
+def _check_plot(path: str, flag: str = "--plot") -> None:
+    """A figure file: matplotlib installed, a format it writes, a writable folder."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise Failure(
+            f"{flag} needs matplotlib, a dependency of vgcore: pip install 'vgcore[plot]'"
+        )
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    ext = Path(path).suffix.lower().lstrip(".")
+    if ext not in formats and not Path(path).is_dir():
+        raise UsageError(
+            f"{flag} {path}: the file name must end in a format matplotlib writes "
+            f"({', '.join('.' + f for f in sorted(formats))}), e.g. .png"
+        )
+    _check_file(path, flag)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every file or folder the command will write, checked before any work."""
+    cmd = args.command
+    if getattr(args, "plot", None):
+        _check_plot(args.plot)
+    if cmd == "bench":
+        for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
+            if path:
+                _check_file(path, flag)
+    force = bool(getattr(args, "force", False))
+    if cmd in ("demo", "report") and not getattr(args, "no_report", False):
+        _check_report_dir(args.out or DEFAULT_REPORT_DIR, "--out", force)
+    if cmd == "analyze" and args.report:
+        _check_report_dir(args.report, "--report", force)
+
+
+#: (command, option) -> (whether it applies to the parsed arguments, when it applies).
+_OPTION_NEEDS: dict[tuple[str, str], tuple[Any, str]] = {
+    ("demo", "out"): (lambda a: not a.no_report, "when a report is written (drop --no-report)"),
+    ("demo", "format"): (lambda a: not a.no_report, "when a report is written (drop --no-report)"),
+    ("demo", "force"): (lambda a: not a.no_report, "when a report is written (drop --no-report)"),
+    ("analyze", "format"): (lambda a: bool(a.report), "with --report DIR"),
+    ("analyze", "force"): (lambda a: bool(a.report), "with --report DIR"),
+    ("sweep", "workers"): (
+        lambda a: not (a.serial or a.scheduler),
+        "to local worker processes (not with --serial or --scheduler)",
+    ),
+    ("sweep", "serial"): (lambda a: not a.scheduler, "without --scheduler: give one of them"),
+}
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse an option given where it has no effect (defaults are None or False)."""
+    for (cmd, key), (applies, when) in _OPTION_NEEDS.items():
+        if args.command == cmd and getattr(args, key, None) not in (None, False):
+            if not applies(args):
+                raise UsageError(f"--{key.replace('_', '-')} applies only {when}")
+    if args.command == "sweep" and args.seed is not None:
+        raise UsageError("--seed does not apply to sweep: give the seeds to run with --seeds")
 
 
 # ------------------------------------------------------------------------------------------
@@ -777,6 +1086,34 @@ def _sweep_table(path: str) -> dict[str, Any]:
     return cfg
 
 
+#: The settings the theory-only mean_field analysis reads; any other would be ignored.
+_MEAN_FIELD_SETTINGS = ("activation", "sigma_w2", "sigma_b2")
+
+
+def _check_sweep_settings(grid: dict[str, Any], analysis: str) -> None:
+    """Refuse a sweep setting that applies to none of the swept models."""
+    if "seed" in grid:
+        raise UsageError("seed cannot be a sweep setting: give the seeds to run with --seeds")
+    if analysis == "mean_field":
+        extra = [k for k in grid if k not in _MEAN_FIELD_SETTINGS]
+        if extra:
+            raise UsageError(
+                f"the mean_field analysis (theory, no model is built) reads "
+                f"{', '.join(_MEAN_FIELD_SETTINGS)} only; {extra[0]} would be ignored"
+            )
+        return
+    from vgcore.sweep import grid_points
+
+    try:
+        points = grid_points(grid)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    for key in grid:
+        why = [_misapplied(key, p, flags=False) for p in points]
+        if points and all(why):
+            raise UsageError(f"sweep setting {key} {why[0]}")
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     import warnings
 
@@ -793,6 +1130,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     grid.update(flags)
     if not grid:
         raise UsageError("nothing to sweep: give --grid KEY=V1,V2 (or a [sweep] table in --config)")
+    _check_sweep_settings(grid, analysis)
     seeds: Any = _parse_seeds(args.seeds) if args.seeds else cfg.get("seeds", 1)
     executor: Any = None
     if args.scheduler:
@@ -904,6 +1242,36 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------
+#: The description line(s) of each command's --help.
+_DESCRIPTIONS = {
+    "demo": "Diagnose nine canonical networks (deep MLPs with sigmoid, tanh, ReLU, residual "
+    "and LayerNorm blocks; RNN, LSTM, GRU over long sequences), apply and measure every "
+    "recommended fix, and write an HTML and Markdown report with figures and data. "
+    "Needs no input.",
+    "analyze": "Diagnose a model given by flags, the models of a TOML file (--config) or a "
+    "trained one (--torch state_dict.pt): where gradients vanish or explode, why, and which "
+    "fixes help (each applied and measured unless --no-check). Model flags that do not apply "
+    "to the model kind are refused.",
+    "report": "Diagnose model(s) as 'analyze' does and write a report folder (report.html, "
+    "report.md, figures/, data/). An earlier vgcore report in that folder is replaced.",
+    "lyapunov": "Top-k Lyapunov exponents of the step-to-step (layer-to-layer) Jacobians by "
+    "the QR method, per sample of the batch: their mean, spread and range. Positive: small "
+    "perturbations grow (chaotic); negative: they shrink (ordered).",
+    "spectrum": "Spectral radius and largest singular value of every step's (layer's) "
+    "Jacobian, per sample, summarised as batch medians and ranges.",
+    "singular": "Singular values of the whole input-output Jacobian d h_L / d h_0 per sample: "
+    "how far the network is from dynamical isometry (all singular values near 1).",
+    "phase": "Mean-field theory of wide random MLPs (no model is built): the critical weight "
+    "variance sigma_w^2 where gradients neither vanish nor explode, and the phase (ordered or "
+    "chaotic) at your sigma_w^2 and sigma_b^2.",
+    "sweep": "Run an analysis over a grid of model settings x seeds on local processes, in "
+    "this process (--serial) or on a Dask scheduler. Results go to a Parquet dataset; "
+    "running the same command again resumes.",
+    "bench": "Time vgcore against PyTorch (eager and torch.func), JAX and NumPy on the "
+    "canonical workloads and print the ratios.",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vgcore`` argument parser (sub-commands)."""
     parser = _Parser(
@@ -911,8 +1279,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure how gradients propagate through neural "
         "networks: where they vanish, where they explode, and why.",
     )
+    parser.epilog = (
+        "Run 'vgcore COMMAND --help' for a command's options. "
+        "Exit status: 0 done, 1 failed, 2 bad arguments."
+    )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command",
+        parser_class=_Parser,
+        metavar="COMMAND",
+        title="commands",
+        help="one of the following ('vgcore demo' needs no input)",
+    )
 
     def common(p: argparse.ArgumentParser, *, report: bool = False) -> None:
         p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
@@ -920,8 +1298,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--format",
                 choices=("csv", "parquet"),
-                default="csv",
-                help="format of the raw numbers in the report (default csv)",
+                default=None,
+                help="format of the raw numbers in the report's data/ folder (default csv)",
+            )
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="write the report into a folder that holds other files (its report.md, "
+                "report.html, figures/*.png and data/ tables are replaced, other files kept)",
             )
 
     p = sub.add_parser(
@@ -945,7 +1329,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="diagnose model(s) and write a report folder")
     _add_model_args(p)
     p.add_argument("--out", metavar="DIR", help=f"report folder (default ./{DEFAULT_REPORT_DIR})")
-    p.add_argument("--title", default="vgcore gradient-flow report")
+    p.add_argument(
+        "--title",
+        default="vgcore gradient-flow report",
+        help="title of the report (default 'vgcore gradient-flow report')",
+    )
     p.add_argument("--no-check", action="store_true", help="list fixes without measuring them")
     common(p, report=True)
     p.set_defaults(func=_cmd_report)
@@ -999,8 +1387,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_singular)
 
     p = sub.add_parser("phase", help="mean-field phase (ordered / chaotic) and the critical line")
-    p.add_argument("--activation", default="tanh", help="activation (default tanh)")
-    p.add_argument("--sigma-w2", type=float, default=None, help="your weight variance x fan_in")
+    p.add_argument(
+        "--activation", default="tanh", help="activation, e.g. tanh, relu, gelu (default tanh)"
+    )
+    p.add_argument(
+        "--sigma-w2",
+        type=float,
+        default=None,
+        help="your weight variance x fan_in, e.g. 1 (LeCun), 2 (He); without it, only the "
+        "critical line is computed",
+    )
     p.add_argument("--sigma-b2", type=float, default=0.0, help="your bias variance (default 0)")
     p.add_argument("--plot", metavar="FILE.png", help="save the phase diagram (your point marked)")
     common(p)
@@ -1066,6 +1462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--no-trap", action="store_true", help="skip the runs with the other core busy")
     p.set_defaults(func=_cmd_bench)
+    for name, p in sub.choices.items():
+        p.description = _DESCRIPTIONS[name]
     return parser
 
 
@@ -1108,6 +1506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             raise UsageError("a command is required (see 'vgcore --help')")
         _validate(args)
+        _check_options(args)
+        _check_outputs(args)
         return int(args.func(args))
     except UsageError as exc:
         print(f"vgcore: error: {exc}", file=sys.stderr)
