@@ -22,12 +22,26 @@ from vgcore.analysis._spectra import (
 )
 from vgcore.models import MLP, Model, RecurrentModel
 
-__all__ = ["JacobianSingularValues", "jacobian_singular_values"]
+__all__ = [
+    "ISOMETRY_MAX_MEAN_DECADES",
+    "ISOMETRY_MAX_SPREAD_DECADES",
+    "JacobianSingularValues",
+    "jacobian_singular_values",
+]
+
+#: "near isometry" needs the singular values' spread, the standard deviation of log10 sigma,
+#: at most this many decades (sigma within a factor ~3 of its typical value) ...
+ISOMETRY_MAX_SPREAD_DECADES = 0.5
+#: ... and the mean of sigma^2 within this many decades of 1 (a factor 10 either way).
+ISOMETRY_MAX_MEAN_DECADES = 1.0
+_LN10 = float(np.log(10.0))
 
 
 @dataclass(repr=False)
 class JacobianSingularValues:
     """Result of :func:`jacobian_singular_values`.
+
+    Units: ``log_*`` names are natural logs, ``log10_*`` names decades (the printed unit).
 
     Attributes
     ----------
@@ -56,7 +70,13 @@ class JacobianSingularValues:
 
     @property
     def log10_singular_values(self) -> np.ndarray:
-        return self.log_singular_values / np.log(10.0)
+        """``log_singular_values`` in decades."""
+        return self.log_singular_values / _LN10
+
+    @property
+    def log10_mean_squared(self) -> np.ndarray:
+        """``log_mean_squared`` in decades, (B,)."""
+        return self.log_mean_squared / _LN10
 
     @property
     def log_condition_number(self) -> np.ndarray:
@@ -92,19 +112,52 @@ class JacobianSingularValues:
         with np.errstate(over="ignore", under="ignore"):
             return np.exp(self.log_std_squared)
 
-    def isometry(self) -> dict[str, float]:
-        """Dynamical-isometry summary over the batch: mean and spread of ``sigma^2`` (in
-        logs too), and the mean / std of ``log sigma``."""
+    def isometry(self) -> dict[str, Any]:
+        """Dynamical-isometry summary over the batch.
+
+        Returns
+        -------
+        dict
+            ``mean_squared``, ``std_squared``: mean and spread of ``sigma^2``;
+            ``log_mean_squared``, ``log_std_squared``, ``mean_log_singular``,
+            ``std_log_singular``: natural logs (the last two over the finite values); ``log10_mean_squared``,
+            ``mean_log10_singular``, ``std_log10_singular``: the same in decades;
+            ``verdict``: "near isometry" when ``std_log10_singular`` is at most
+            :data:`ISOMETRY_MAX_SPREAD_DECADES` and ``|log10_mean_squared|`` at most
+            :data:`ISOMETRY_MAX_MEAN_DECADES`, else "far from isometry".
+        """
         ls = self.log_singular_values
         finite = ls[np.isfinite(ls)]
+        mean_log = float(np.mean(finite)) if finite.size else float("-inf")
+        std_log = float(np.std(finite)) if finite.size else float("nan")
+        lms = float(np.mean(self.log_mean_squared))
+        near = (  # an exact zero (or inf) singular value is never near isometry
+            finite.size == ls.size
+            and std_log / _LN10 <= ISOMETRY_MAX_SPREAD_DECADES
+            and abs(lms / _LN10) <= ISOMETRY_MAX_MEAN_DECADES
+        )
         return {
             "mean_squared": float(np.mean(self.mean_squared)),
             "std_squared": float(np.mean(self.std_squared)),
-            "log_mean_squared": float(np.mean(self.log_mean_squared)),
+            "log_mean_squared": lms,
             "log_std_squared": float(np.mean(self.log_std_squared)),
-            "mean_log_singular": float(np.mean(finite)) if finite.size else float("-inf"),
-            "std_log_singular": float(np.std(finite)) if finite.size else float("nan"),
+            "mean_log_singular": mean_log,
+            "std_log_singular": std_log,
+            "log10_mean_squared": lms / _LN10,
+            "mean_log10_singular": mean_log / _LN10,
+            "std_log10_singular": std_log / _LN10,
+            "verdict": "near isometry" if near else "far from isometry",
         }
+
+    def isometry_summary(self) -> str:
+        """One line: the verdict, the numbers behind it (decades) and the thresholds."""
+        iso = self.isometry()
+        return (
+            f"{iso['verdict']}: spread (std of log10 sigma) {iso['std_log10_singular']:.3g} "
+            f"decades, mean sigma^2 = 10^{iso['log10_mean_squared']:+.2f} "
+            f"(near isometry: spread <= {ISOMETRY_MAX_SPREAD_DECADES:g} and |log10 mean "
+            f"sigma^2| <= {ISOMETRY_MAX_MEAN_DECADES:g} decades)"
+        )
 
     def plot(self, ax: Any = None, **kw: Any) -> Any:
         """Histogram of ``log10`` singular values over the batch, annotated with
@@ -117,12 +170,10 @@ class JacobianSingularValues:
     def __repr__(self) -> str:
         B, r = self.log_singular_values.shape
         l10 = self.log10_singular_values
-        iso = self.isometry()
         return (
             f"JacobianSingularValues({self.kind}, depth {self.depth}, {r} values x B={B}, {self.dtype.name})\n"
-            f"  sigma in [10^{np.min(l10):.2f}, 10^{np.max(l10):.2f}]; "
-            f"mean sigma^2 = 10^{iso['log_mean_squared'] / np.log(10):.2f}, "
-            f"std log sigma = {iso['std_log_singular']:.3g}"
+            f"  sigma in [10^{np.min(l10):.2f}, 10^{np.max(l10):.2f}]\n"
+            f"  {self.isometry_summary()}"
         )
 
 
