@@ -591,7 +591,12 @@ def test_singular_command(tmp_path, capsys):
     assert main(["singular", *spec]) == 0
     out = capsys.readouterr().out
     assert "singular values of the input-output Jacobian over 20 layers" in out
-    assert "isometry: mean sigma^2 = 10^" in out
+    assert "mean sigma^2 = 10^" in out and "(1 under dynamical isometry)" in out
+    assert "  far from isometry: spread (std of log10 sigma)" in out  # the verdict, stated
+    # a critical orthogonal network (no bias, small inputs) is called isometric
+    iso = ["--init", "orthogonal", "--no-bias", "--input-scale", "0.03"]
+    assert main(["singular", "--depth", "50", "--width", "16", "--batch", "2", *iso]) == 0
+    assert "  near isometry: spread" in capsys.readouterr().out
 
 
 def test_progress_bar_helpers():

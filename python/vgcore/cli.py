@@ -904,11 +904,12 @@ def _cmd_singular(args: argparse.Namespace) -> int:
         )
         iso = s["isometry"]
         print(
-            f"  isometry: mean sigma^2 = 10^{s['log10_mean_squared']:+.3f} (1 under dynamical "
+            f"  mean sigma^2 = 10^{s['log10_mean_squared']:+.3f} (1 under dynamical "
             f"isometry), std sigma^2 = 10^{s['log10_std_squared']:+.3f}; log10 sigma has mean "
             f"{iso['mean_log_singular'] / math.log(10):+.3f} and std "
             f"{s['std_log10_singular']:.3f} decades (0 under isometry)"
         )
+        print(f"  {res.isometry_summary()}")  # the verdict and its thresholds
     _save_plot(args, res)
     return 0
 
@@ -1404,7 +1405,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="a grid of settings x seeds, on local processes or Dask")
     p.add_argument(
-        "--analysis", help="gradient_flow (default), profile, diagnose or mean_field (theory)"
+        "--analysis",
+        metavar="NAME",
+        help="gradient_flow (default), profile, diagnose or mean_field (theory)",
     )
     p.add_argument(
         "--grid",
@@ -1413,16 +1416,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="a swept setting (repeatable), e.g. --grid depth=10,20,40",
     )
     p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="a fixed setting (repeatable)"
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a fixed setting (repeatable), e.g. --set width=32; the model flags below do the same",
     )
-    p.add_argument("--seeds", help="a count (default 1) or a list, e.g. 3 or 0,1,5")
+    p.add_argument(
+        "--seeds", metavar="N|LIST", help="a count (default 1) or a list, e.g. 3 or 0,1,5"
+    )
     p.add_argument(
         "--out",
         metavar="DIR",
         help=f"Parquet dataset folder (default ./{DEFAULT_SWEEP_DIR}); re-running resumes",
     )
-    p.add_argument("--workers", type=int, help="local worker processes (default: usable CPUs)")
-    p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on this Dask scheduler")
+    p.add_argument(
+        "--workers", type=int, metavar="N", help="local worker processes (default: usable CPUs)"
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:PORT",
+        help="run on this Dask scheduler (needs pip install 'vgcore[dask]')",
+    )
     p.add_argument("--serial", action="store_true", help="run in this process")
     p.add_argument("--retry-failed", action="store_true", help="run failed points again")
     p.add_argument(
@@ -1438,7 +1452,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="benchmark vgcore against PyTorch, JAX and NumPy on the canonical workloads"
     )
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run, ~1 minute)")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs per setting (default 5)")
+    p.add_argument(
+        "--repeat", type=int, default=5, metavar="N", help="timed runs per setting (default 5)"
+    )
     p.add_argument(
         "--only", metavar="NAMES", help="comma-separated workload name filters (e.g. bptt,N1024)"
     )
@@ -1447,13 +1463,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="thread_list",
         default="1,2",
         metavar="LIST",
-        help="thread counts tried for vgcore and every peer (default 1,2; the best counts)",
+        help="thread counts tried for vgcore and every peer; each is timed at its best "
+        "(default 1,2)",
     )
     p.add_argument(
         "--budget",
         type=float,
         metavar="SECONDS",
-        help="timed seconds per setting before fewer than --repeat runs (default 1 quick, 6)",
+        help="timed seconds per setting, after which fewer than --repeat runs are made "
+        "(default 1 with --quick, else 6)",
     )
     p.add_argument("--json", metavar="FILE", help="also write the full results as JSON")
     p.add_argument("--markdown", metavar="FILE", help="also write a markdown report")
