@@ -120,7 +120,8 @@ def _an_profile(params: Mapping[str, Any], seed: int) -> list[dict[str, Any]]:
             "index": i,
             "log10_grad_norm": float(lg[i]),
             "log10_relative": float(lg[i] - lg[-1]),
-            "saturation": float(flow.saturation[i - 1]) if i else math.nan,
+            "saturated": float(flow.saturated[i - 1]) if i else math.nan,
+            "inactive": float(flow.inactive[i - 1]) if i else math.nan,
         }
         for i in range(lg.size)
     ]

@@ -33,6 +33,10 @@ __all__ = ["LyapunovSpectrum", "lyapunov"]
 class LyapunovSpectrum:
     """Result of :func:`lyapunov`.
 
+    Units: exponents, running estimates and block rates are natural logs of the growth per
+    step (layer); ``log10_exponents`` and the ``log10_*`` columns of :meth:`to_pandas` give
+    them in decades per step, the unit of the gradient-flow printouts.
+
     Attributes
     ----------
     exponents : ndarray of shape (B, k)
@@ -73,6 +77,11 @@ class LyapunovSpectrum:
         return "layer" if self.kind == "mlp" else "step"
 
     @property
+    def log10_exponents(self) -> np.ndarray:
+        """``exponents`` in decades per step / layer, shape (B, k)."""
+        return self.exponents / np.log(10.0)
+
+    @property
     def mean_exponents(self) -> np.ndarray:
         """Exponents averaged over the batch, shape (k,)."""
         return self.exponents.mean(axis=0)
@@ -99,17 +108,22 @@ class LyapunovSpectrum:
         return out
 
     def to_pandas(self) -> Any:
-        """Running estimates in long format: columns step, sample, index, estimate."""
+        """Running estimates in long format: columns step, sample, index, ``log_estimate``
+        and ``log_block_rate`` (natural log per step), ``log10_estimate`` and
+        ``log10_block_rate`` (decades per step)."""
         import pandas as pd
 
         n, B, k = self.running.shape
+        ln10 = np.log(10.0)
         return pd.DataFrame(
             {
                 "step": np.repeat(self.record_steps, B * k),
                 "sample": np.tile(np.repeat(np.arange(B), k), n),
                 "index": np.tile(np.arange(k), n * B),
-                "estimate": self.running.ravel(),
-                "block_rate": self.block_rates.ravel(),
+                "log_estimate": self.running.ravel(),
+                "log10_estimate": self.running.ravel() / ln10,
+                "log_block_rate": self.block_rates.ravel(),
+                "log10_block_rate": self.block_rates.ravel() / ln10,
             }
         )
 
@@ -129,7 +143,7 @@ class LyapunovSpectrum:
         more = ", ..." if k > 4 else ""
         return (
             f"LyapunovSpectrum({self.kind}, top {k} of D={self.state_dim}, B={B}, {self.dtype.name})\n"
-            f"  exponents per {self.axis} (batch mean): [{top}{more}]\n"
+            f"  exponents (natural log per {self.axis}, batch mean): [{top}{more}]\n"
             f"  over {self.accumulated_steps} {self.axis}s after a burn-in of {self.burn_in}, "
             f"QR every {self.qr_every}"
         )

@@ -48,7 +48,7 @@ class JacobianSpectrum:
     sigma_max : ndarray of shape (n, B)
         Largest singular value of ``J``.
     log_spectral_radius, log_sigma_max : ndarray of shape (n, B)
-        Their natural logs (the sum of ``log_spectral_radius`` over steps is the log-growth
+        Their natural logs (``log10_spectral_radius``, ``log10_sigma_max``: in decades; the sum of ``log_spectral_radius`` over steps is the log-growth
         bound; ``log_sigma_max`` bounds the log gain of any vector per step), computed in
         scaled form: right where a value overflows float64 (the value itself is then inf).
     method : str
@@ -114,8 +114,19 @@ class JacobianSpectrum:
         """ "layer" for an MLP, "step" for a recurrent model."""
         return "layer" if self.kind == "mlp" else "step"
 
+    @property
+    def log10_spectral_radius(self) -> np.ndarray:
+        """``log_spectral_radius`` in decades."""
+        return self.log_spectral_radius / np.log(10.0)
+
+    @property
+    def log10_sigma_max(self) -> np.ndarray:
+        """``log_sigma_max`` in decades."""
+        return self.log_sigma_max / np.log(10.0)
+
     def to_pandas(self) -> Any:
-        """Long-format DataFrame: one row per (step, batch element)."""
+        """Long-format DataFrame: one row per (step, batch element); ``log_*`` columns are
+        natural logs, ``log10_*`` columns decades."""
         import pandas as pd
 
         n, B = self.spectral_radius.shape
@@ -131,6 +142,8 @@ class JacobianSpectrum:
                 "sigma_residual": self.sigma_residuals.ravel(),
                 "log_spectral_radius": self.log_spectral_radius.ravel(),
                 "log_sigma_max": self.log_sigma_max.ravel(),
+                "log10_spectral_radius": self.log10_spectral_radius.ravel(),
+                "log10_sigma_max": self.log10_sigma_max.ravel(),
                 "reliable": self.reliable.ravel(),
                 "radius_fallback": self.radius_fallback.ravel(),
                 "sigma_fallback": self.sigma_fallback.ravel(),

@@ -1,4 +1,9 @@
-"""The raw numbers behind a report, as tidy tables written to CSV or Parquet."""
+"""The raw numbers behind a report, as tidy tables written to CSV or Parquet.
+
+Units: ``log10_*`` columns are decades, as are ``spread``, ``best_improvement`` and the
+recommendations' ``before`` / ``after`` / ``improvement`` (their ``unit`` column says so);
+``lyapunov_ln`` is a natural log per layer / step (``lyapunov_log10`` the same in decades).
+"""
 
 from __future__ import annotations
 
@@ -44,10 +49,17 @@ def summary_row(d: Any) -> dict[str, Any]:
         "spread": _num(e["spread"]),
         "vanishing_depth": _num(e["vanishing_depth"]),
         "exploding_depth": _num(e["exploding_depth"]),
-        "saturation_mean": _num(e["saturation_mean"]),
-        "saturation_max": _num(e["saturation_max"]),
-        "lyapunov": _num(e.get("lyapunov")),
-        "lyapunov_std": _num(e.get("lyapunov_std")),
+        "saturated_mean": _num(e["saturation_mean"]),
+        "saturated_max": _num(e["saturation_max"]),
+        "inactive_mean": _num(e.get("inactive_mean")),
+        "inactive_max": _num(e.get("inactive_max")),
+        "dead_mean": _num(e.get("dead_mean")),
+        "dead_max": _num(e.get("dead_max")),
+        "lyapunov_ln": _num(e.get("lyapunov")),
+        "lyapunov_ln_std": _num(e.get("lyapunov_std")),
+        "lyapunov_log10": None
+        if e.get("lyapunov") is None
+        else _num(e["lyapunov"] / math.log(10.0)),
         "regime": e.get("regime"),
         "sigma_w2": _num(e.get("sigma_w2")),
         "sigma_b2": _num(e.get("sigma_b2")),
@@ -56,6 +68,7 @@ def summary_row(d: Any) -> dict[str, Any]:
         "chi1": _num(e.get("chi1")),
         "best_fix": best.fix if best else None,
         "best_improvement": _num(best.improvement) if best else None,
+        "thresholds": e.get("thresholds"),
     }
 
 
@@ -80,7 +93,9 @@ def report_tables(diagnoses: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
                     "index": i,
                     "log10_grad_norm": _num(lg[i]),
                     "log10_cell_grad_norm": None if lc is None else _num(lc[i]),
-                    "saturation": None if i == 0 else _num(f.saturation[i - 1]),
+                    "saturated": None if i == 0 else _num(f.saturated[i - 1]),
+                    "inactive": None if i == 0 else _num(f.inactive[i - 1]),
+                    "dead": None if i == 0 or f.dead is None else _num(f.dead[i - 1]),
                     "act_mean": None if i == 0 else _num(f.act_mean[i - 1]),
                     "act_std": None if i == 0 else _num(f.act_std[i - 1]),
                 }
@@ -95,6 +110,7 @@ def report_tables(diagnoses: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
                     "rank": rank,
                     "recommended": rank is not None,
                     **{k: _num(v) for k, v in row.items()},
+                    "unit": "decades",
                 }
             )
     return {"summary": summary, "gradient_norms": norms, "recommendations": recs}

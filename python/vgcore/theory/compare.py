@@ -66,12 +66,23 @@ class TheoryComparison:
         return float(self.theory.chi_1)
 
     @property
+    def log10_measured_gain(self) -> np.ndarray:
+        """``measured_log_gain`` in decades (of the squared norm) per layer."""
+        return self.measured_log_gain / math.log(10.0)
+
+    @property
+    def log10_theory_gain(self) -> float:
+        """``theory_log_gain`` (``log chi_1``) in decades."""
+        return self.theory_log_gain / math.log(10.0)
+
+    @property
     def measured_gain(self) -> float:
         """``exp(mean_log_gain)``: the measured mean per-layer gain."""
         return math.exp(self.mean_log_gain)
 
     def to_pandas(self) -> Any:
-        """One row per layer: ``layer, measured_log_gain, theory_log_gain, gain_ratio, burn_in``.
+        """One row per layer: ``layer, measured_log_gain, theory_log_gain`` (natural logs),
+        ``log10_measured_gain, log10_theory_gain`` (decades), ``gain_ratio, burn_in``.
 
         Needs pandas (imported here, not at module import).
         """
@@ -82,6 +93,8 @@ class TheoryComparison:
                 "layer": self.layers,
                 "measured_log_gain": self.measured_log_gain,
                 "theory_log_gain": np.full(self.layers.size, self.theory_log_gain),
+                "log10_measured_gain": self.log10_measured_gain,
+                "log10_theory_gain": np.full(self.layers.size, self.log10_theory_gain),
                 "gain_ratio": self.gain_ratio,
                 "burn_in": self.layers <= self.burn_in,
             }
