@@ -279,6 +279,123 @@ def test_other_pickled_objects_and_damaged_files(tmp_path, torch, capsys):
     assert msg.endswith("expected a file written by torch.save(module.state_dict(), path)")
 
 
+def _state_dicts(torch) -> dict:
+    nn = torch.nn
+    torch.manual_seed(0)
+    big = torch.randn(4, 5)
+    return {
+        "mlp": nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.Tanh(), nn.Linear(5, 2)),
+        "bn": nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 2)),
+        "lstm": nn.LSTM(3, 4),
+        "f64": nn.GRU(3, 4).double(),
+        "f16": nn.Linear(3, 4).half(),
+        "bf16": nn.Linear(3, 4).bfloat16(),
+        # shared storage, offsets, strides, a scalar and an empty tensor
+        "views": {"a": big[1:3], "b": big, "c": big.t(), "d": big[:, 1], "s": big[0, 0]},
+        "empty": {"e": torch.zeros(0, 3), "i": torch.arange(5), "m": torch.ones(2) > 0},
+        "wrapped": {
+            "model_state_dict": nn.Linear(3, 4).state_dict(),
+            "epoch": 3,
+            "opt": {"lr": 0.1, "betas": (0.9, 0.99), "amsgrad": False, "name": "adam"},
+        },
+        "param": {"w": nn.Parameter(torch.randn(2, 2))},
+    }
+
+
+def _same(ref, got, torch, where: str) -> None:
+    if isinstance(ref, torch.Tensor):
+        r = ref.detach()
+        r = (r.float() if r.dtype == torch.bfloat16 else r).numpy()
+        assert isinstance(got, np.ndarray) and got.dtype == r.dtype, where
+        assert got.shape == r.shape and np.array_equal(got, r), where
+    elif isinstance(ref, dict):
+        assert list(ref) == list(got), where
+        for k in ref:
+            _same(ref[k], got[k], torch, f"{where}/{k}")
+    else:
+        assert ref == got and type(ref) is type(got), where
+
+
+def test_checkpoints_read_without_torch_match_torch_load(tmp_path, torch):
+    import zipfile
+
+    from vgcore._checkpoint import _read_without_torch, load_state_dict
+
+    for name, obj in _state_dicts(torch).items():
+        obj = obj.state_dict() if isinstance(obj, torch.nn.Module) else obj
+        path = tmp_path / f"{name}.pt"
+        torch.save(obj, path)
+        _same(torch.load(path, weights_only=True), _read_without_torch(path), torch, name)
+    # what torch's own reader is still needed for: the legacy format
+    legacy = tmp_path / "legacy.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(zipfile.BadZipFile):
+        _read_without_torch(legacy)
+    _same(dict(torch.load(legacy, weights_only=True)), load_state_dict(legacy), torch, "legacy")
+
+
+def test_reading_a_state_dict_does_not_import_torch(tmp_path, torch):
+    import subprocess
+    import sys
+
+    path = tmp_path / "lstm.pt"
+    torch.save(torch.nn.LSTM(3, 4).state_dict(), path)
+    code = (
+        "import sys; from vgcore.cli import main; "
+        f"assert main(['analyze', '--torch', {str(path)!r}, '--steps', '3', '--batch', '2', "
+        "'--no-check', '--json']) == 0; print('torch' in sys.modules, file=sys.stderr)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(r.stdout)["diagnoses"][0]["name"] == "lstm.pt (LSTM)"
+    assert r.stderr.strip().splitlines()[-1] == "False"
+
+
+def test_state_dict_without_torch_installed(tmp_path, torch, monkeypatch, capsys):
+    sd, legacy = tmp_path / "sd.pt", tmp_path / "legacy.pt"
+    torch.save(torch.nn.GRU(3, 4).state_dict(), sd)
+    torch.save(torch.nn.GRU(3, 4).state_dict(), legacy, _use_new_zipfile_serialization=False)
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # import torch fails
+    args = ["--steps", "3", "--batch", "2", "--no-check", "--json"]
+    assert main(["analyze", "--torch", str(sd), *args]) == 0
+    assert json.loads(capsys.readouterr().out)["diagnoses"][0]["name"] == "sd.pt (GRU)"
+    assert main(["analyze", "--torch", str(legacy), *args]) == 1
+    err = capsys.readouterr().err
+    assert f"reading {str(legacy)!r} needs torch" in err and "pip install 'vgcore[torch]'" in err
+
+
+def test_torch_free_reader_runs_no_pickled_code(tmp_path, torch, capsys):
+    import pickle
+    import zipfile
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("evil/data.pkl", pickle.dumps({"w": Evil()}, protocol=2))
+        zf.writestr("evil/byteorder", "little")
+        zf.writestr("evil/version", "3\n")
+    assert main(["analyze", "--torch", str(path)]) == 2
+    assert "pickled Python object (posix.system)" in _error(capsys)
+    assert not marker.exists()
+
+
+def test_broken_pipe_exits_quietly(monkeypatch, capsys):
+    class Gone:
+        def write(self, _text):
+            raise BrokenPipeError
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr("sys.stdout", Gone())
+    assert main(["phase"]) == 141
+    assert capsys.readouterr().err == ""
+
+
 # ------------------------------------------------------------------------------------------
 # output paths are checked before any work
 PLOT_COMMANDS = [

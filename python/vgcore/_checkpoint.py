@@ -36,7 +36,7 @@ class MissingActivationError(CheckpointError):
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_GLOBAL = re.compile(r"unsupported (?:global: )?GLOBAL ([\w.]+)", re.IGNORECASE)
 
 
 def _load_failure(path: Path, exc: BaseException) -> str:
@@ -70,20 +70,21 @@ def _load_failure(path: Path, exc: BaseException) -> str:
 
 
 def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a checkpoint with ``torch.load(weights_only=True)`` into numpy arrays."""
-    try:
-        import torch
-    except ImportError as exc:
-        raise ImportError(
-            "reading a PyTorch checkpoint needs torch: pip install 'vgcore[torch]'"
-        ) from exc
+    """Read a checkpoint's state_dict into numpy arrays.
+
+    A file in PyTorch's zip format that holds only tensors and plain Python values is read
+    without importing torch (seconds of start-up), by an unpickler that admits the same
+    objects as ``torch.load(weights_only=True)`` for such files: tensors, ordered dicts and
+    plain values. Anything else (legacy or big-endian files, other objects) goes to
+    ``torch.load(weights_only=True)``, which reads it or says why not.
+    """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(_load_failure(p, exc)) from exc
+        obj = _read_without_torch(p)
+    except Exception:  # not a file this reader knows: torch decides
+        obj = _read_with_torch(p)
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -91,13 +92,130 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{str(p)!r} does not hold a state_dict (a mapping of tensors)")
     out = {}
     for k, v in obj.items():
-        if not hasattr(v, "detach"):
+        if isinstance(v, np.ndarray):
+            arr = v
+        elif hasattr(v, "detach"):
+            t = v.detach().cpu()
+            if str(t.dtype) == "torch.bfloat16":
+                t = t.float()  # exact; numpy has no bfloat16
+            arr = t.numpy()
+        else:
             raise CheckpointError(f"state_dict entry {k!r} is not a tensor")
-        t = v.detach().cpu()
-        if str(t.dtype) in ("torch.float16", "torch.bfloat16"):
-            t = t.float()  # exact; numpy has no bfloat16 (one rule for every model kind)
-        out[str(k)] = t.numpy()
+        if arr.dtype == np.float16:
+            arr = arr.astype(np.float32)  # exact (one rule for every model kind)
+        out[str(k)] = arr
     return out
+
+
+def _read_with_torch(p: Path) -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError(
+            f"reading {str(p)!r} needs torch (it is not a plain state_dict in PyTorch's zip "
+            "format): pip install 'vgcore[torch]'"
+        ) from exc
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(_load_failure(p, exc)) from exc
+
+
+class _Unsupported(Exception):
+    """Something the torch-free reader does not handle (torch.load then decides)."""
+
+
+class _StorageType:
+    """Stands for ``torch.FloatStorage`` etc. in the unpickled data: the element type."""
+
+    def __init__(self, dtype: str, bfloat16: bool = False) -> None:
+        self.dtype = np.dtype(dtype)
+        self.bfloat16 = bfloat16
+
+
+_STORAGES = {
+    "DoubleStorage": _StorageType("<f8"),
+    "FloatStorage": _StorageType("<f4"),
+    "HalfStorage": _StorageType("<f2"),
+    "BFloat16Storage": _StorageType("<u2", bfloat16=True),
+    "LongStorage": _StorageType("<i8"),
+    "IntStorage": _StorageType("<i4"),
+    "ShortStorage": _StorageType("<i2"),
+    "CharStorage": _StorageType("i1"),
+    "ByteStorage": _StorageType("u1"),
+    "BoolStorage": _StorageType("?"),
+}
+
+
+def _rebuild_tensor(
+    storage: tuple[_StorageType, np.ndarray], offset: int, size: Any, stride: Any, *_: Any
+) -> np.ndarray:
+    """``torch._utils._rebuild_tensor_v2`` for numpy: a strided copy out of the storage."""
+    st, flat = storage
+    size, stride = tuple(size), tuple(stride)
+    ints = (offset, *size, *stride)
+    if len(size) != len(stride) or not all(type(i) is int and i >= 0 for i in ints):
+        raise _Unsupported("unexpected tensor layout")
+    if 0 in size:
+        out = np.empty(size, dtype=flat.dtype)
+    else:
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= flat.size:
+            raise _Unsupported("tensor beyond its storage")
+        out = np.lib.stride_tricks.as_strided(
+            flat[offset:], shape=size, strides=[s * flat.itemsize for s in stride]
+        ).copy()
+    if st.bfloat16:  # the top half of a float32
+        out = (out.astype(np.uint32) << 16).view(np.float32)
+    return out
+
+
+def _read_without_torch(p: Path) -> Any:
+    """The object in a PyTorch zip checkpoint of tensors and plain values (else _Unsupported)."""
+    import collections
+    import io
+    import pickle
+    import zipfile
+
+    def rebuild_parameter(data: Any, *_: Any) -> Any:
+        return data
+
+    allowed: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
+        **{("torch", name): st for name, st in _STORAGES.items()},
+    }
+    with zipfile.ZipFile(p) as zf:
+        names = zf.namelist()
+        pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pkl) != 1:
+            raise _Unsupported("no single data.pkl")
+        prefix = pkl[0][: -len("data.pkl")]
+        if prefix + "byteorder" in names and zf.read(prefix + "byteorder").strip() != b"little":
+            raise _Unsupported("big-endian")
+        storages: dict[str, tuple[_StorageType, np.ndarray]] = {}
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> Any:
+                try:
+                    return allowed[module, name]
+                except KeyError:
+                    raise _Unsupported(f"{module}.{name}") from None
+
+            def persistent_load(self, pid: Any) -> Any:
+                ok = isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                if not ok or not isinstance(pid[1], _StorageType):
+                    raise _Unsupported("unknown persistent id")
+                _, st, key, _location, numel = pid
+                if key not in storages:
+                    flat = np.frombuffer(zf.read(f"{prefix}data/{key}"), dtype=st.dtype)
+                    if flat.size < numel:
+                        raise _Unsupported("short storage")
+                    storages[key] = (st, flat)
+                return storages[key]
+
+        return Unpickler(io.BytesIO(zf.read(pkl[0]))).load()
 
 
 def _strip_prefix(keys: list[str], marker: str) -> str:

@@ -1535,6 +1535,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vgcore: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. 'vgcore ... | head': the reader left, nothing to say
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout is not a real file
+            pass
+        return 141
     except (Failure, ImportError) as exc:
         print(f"vgcore: failed: {exc}", file=sys.stderr)
         return 1
