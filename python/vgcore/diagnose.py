@@ -709,6 +709,7 @@ def _mean_field(
     plain = isinstance(model, MLP) and set(model.blocks) == {"plain"} and not any(model.norms)
     if not (gaussian and plain and act is not None):
         return
+    assert isinstance(model, MLP)
     try:
         from vgcore.theory import mean_field
     except ImportError:
@@ -734,7 +735,6 @@ def _mean_field(
         ev["theory_gain_ratio"] = float(cmp.mean_gain_ratio)
     except Exception as exc:
         notes.append(f"compare_to_theory() is not available here ({type(exc).__name__}: {exc})")
-    assert isinstance(model, MLP)
     ev["mean_field_scope"] = _mlp_scope(model, ev)
 
 

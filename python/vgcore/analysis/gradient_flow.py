@@ -14,7 +14,7 @@ from vgcore._runtime import resolve_threads
 from vgcore._validation import as_float_array, check_memory, resolve_dtype
 from vgcore.activations import Activation
 from vgcore.analysis._layout import time_major
-from vgcore.models import LSTM, MLP, Model, RecurrentModel
+from vgcore.models import LSTM, MLP, RNN, Model, RecurrentModel
 
 __all__ = ["GradientFlow", "gradient_flow"]
 
@@ -613,14 +613,22 @@ def gradient_flow(
             cell_grads=stats["cell_grads"],
             states=stats["states"],
             cell_states=stats["cell_states"],
-            low_derivative=[
-                "saturated" if m.gates > 1 else Activation(m.nonlinearity).low_derivative
-            ]
-            * T,
+            low_derivative=[_cell_low_derivative(m)] * T,
             dead=_dead_fractions(m, xa, h0a, float(saturation_threshold)) if dead_units else None,
         ),
         clip_norm,
     )
+
+
+def _cell_low_derivative(m: RecurrentModel) -> str | None:
+    """What a recurrent cell's low-derivative units are: gates saturate."""
+    act = _cell_activation(m)
+    return "saturated" if act is None else act.low_derivative
+
+
+def _cell_activation(m: RecurrentModel) -> Activation | None:
+    """A vanilla RNN's nonlinearity (None for gated cells)."""
+    return Activation(m.nonlinearity) if isinstance(m, RNN) else None
 
 
 def _dead_fractions(
@@ -676,17 +684,20 @@ def _dead_fractions(
     assert isinstance(m, RecurrentModel)
     T, B, _ = xa.shape
     out = np.zeros(T)
-    if m.gates > 1 or Activation(m.nonlinearity).low_derivative != "inactive":
+    cell_act = _cell_activation(m)
+    if cell_act is None or cell_act.low_derivative != "inactive":
         return out  # gated cells and tanh RNNs saturate; they have no inactive units
-    act = Activation(m.nonlinearity)
     wih, whh = (np.asarray(w, np.float64) for w in (m.weight_ih, m.weight_hh))
-    bias = sum(np.asarray(b, np.float64) for b in (m.bias_ih, m.bias_hh) if b is not None)
-    h = np.zeros((B, m.hidden_size)) if h0 is None else np.asarray(h0, np.float64)
-    for t in range(T):
-        z = np.asarray(xa[t], np.float64) @ wih.T + h @ whh.T + bias
-        out[t] = float(np.mean(off(act, z).all(axis=0)))
-        name, a, b = act.core_args()
-        h = _core.activation(name, a, b, np.ascontiguousarray(z))[0]
+    bias = np.zeros(m.hidden_size)
+    for vec in (m.bias_ih, m.bias_hh):
+        if vec is not None:
+            bias = bias + np.asarray(vec, np.float64)
+    args = cell_act.core_args()
+    state = np.zeros((B, m.hidden_size)) if h0 is None else np.asarray(h0, np.float64)
+    for step in range(T):
+        z = np.asarray(xa[step], np.float64) @ wih.T + state @ whh.T + bias
+        out[step] = float(np.mean(off(cell_act, z).all(axis=0)))
+        state = _core.activation(*args, np.ascontiguousarray(z))[0]
     return out
 
 
