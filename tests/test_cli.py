@@ -315,6 +315,8 @@ def test_sweep_command(tmp_path, capsys):
     assert main(args) == 0  # resumes: nothing to run, same table
     text = capsys.readouterr().out
     assert "12 points (0 failed)" in text and str(out) in text
+    assert f"resumed: points already stored in {out}/ were read, not recomputed" in text
+    assert "NaN" not in text  # a depth never reached reads '-'
 
 
 def test_sweep_command_local_processes(tmp_path):

@@ -557,3 +557,8 @@ def test_command_help_prints_its_description(command, capsys):
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
     assert cli._DESCRIPTIONS[command].split()[0] in out.split("\n\n")[1]
+
+
+def test_tables_have_no_trailing_blanks():
+    text = cli._table(["model", "best fix"], [["a", "-"], ["a much longer name", "x"]])
+    assert all(line == line.rstrip() for line in text.splitlines())

@@ -55,9 +55,9 @@ def _info(args: argparse.Namespace, text: str) -> None:
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()
     out = [line, "-" * len(line)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     return "\n".join(out)
 
 
@@ -1143,6 +1143,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     elif args.serial:
         executor = "serial"
     out = args.out or DEFAULT_SWEEP_DIR
+    resumed = Path(out).is_dir() and any(Path(out).iterdir())
     t0 = time.perf_counter()
 
     def show_warning(message: Any, *_: Any, **__: Any) -> None:
@@ -1184,11 +1185,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if c in df.columns
     ]
     show = df[[*varying, "seed", *metric, "status"]] if varying else df
-    _with_pd_options(lambda: print(show.to_string(index=False, max_rows=40)))
+    _with_pd_options(lambda: print(show.to_string(index=False, max_rows=40, na_rep="-")))
     print(
         f"\n{df['point_id'].nunique()} points ({n_err} failed) in {time.perf_counter() - t0:.1f} s; "
         f"results in {out}/ (Parquet, one file per point)"
     )
+    if resumed:
+        print(
+            f"resumed: points already stored in {out}/ were read, not recomputed "
+            "(another --out starts afresh)"
+        )
     return 0
 
 
