@@ -149,11 +149,13 @@ def test_lyapunov_plot_spectrum_and_convergence():
     (dots,) = spec.collections  # every sample's exponents
     assert np.allclose(np.sort(dots.get_offsets()[:, 1]), np.sort(ly.exponents.ravel()))
     lines = conv.get_lines()
-    assert len(lines) == 4 + 1  # the top 4 running estimates and the zero line
+    assert len(lines) == 5 + 1  # every running estimate and the zero line
     assert np.array_equal(lines[0].get_xdata(), ly.record_steps)
     assert np.allclose(lines[0].get_ydata(), ly.running[:, :, 0].mean(axis=1))
-    assert [ln.get_label() for ln in lines[:4]] == [f"lambda_{j}" for j in range(1, 5)]
-    assert len(conv.collections) == 4  # min-max band over the batch per estimate
+    assert [ln.get_label() for ln in lines[:5]] == [f"lambda_{j}" for j in range(1, 6)]
+    legend = [t.get_text() for t in conv.get_legend().get_texts()]
+    assert legend == [f"lambda_{j}" for j in range(1, 6)]  # all of them in the legend
+    assert len(conv.collections) == 5  # min-max band over the batch per estimate
     # one Axes: the spectrum only; top=
     _, ax = plt.subplots()
     assert plotting.plot_lyapunov(ly, ax=ax) is ax and len(ax.get_lines()) == 2

@@ -13,6 +13,7 @@ import numpy as np
 __all__ = [
     "available",
     "demo_extras",
+    "demo_lyapunov",
     "lyapunov_summary",
     "require",
     "run_lyapunov",
@@ -213,9 +214,15 @@ def singular_values_summary(res: Any) -> dict[str, Any]:
     }
 
 
-def phase_grid(activation: Any, points: list[tuple[float, float]] | None = None) -> Any:
-    """A phase diagram whose grid covers the critical line and the given points."""
-    return require("phase_diagram_around")(activation, points or [])
+def phase_grid(
+    activation: Any, points: list[tuple[float, float]] | None = None, *, correlation: bool = False
+) -> Any:
+    """A phase diagram whose grid covers the critical line and the given points.
+
+    For a figure of ``chi_1``: the correlation map (``c*``, ``chi_c``, ``xi_c``; seconds of 2-D
+    quadrature per activation) is solved only with ``correlation=True``.
+    """
+    return require("phase_diagram_around")(activation, points or [], correlation=correlation)
 
 
 def run_phase(
@@ -250,18 +257,84 @@ def run_phase(
         )
     point = [] if sigma_w2 is None else [(sigma_w2, sigma_b2)]
     out: dict[str, Any] = {"json": doc, "text": "\n".join(lines)}
-    if diagram:  # only a figure needs it (seconds of quadrature)
+    if diagram:  # only a figure needs it
         out["diagram"] = phase_grid(activation, point)
     return out
 
 
-def demo_extras(diagnoses: list[Any]) -> dict[str, Any]:
+#: Lyapunov exponents drawn per model in the demo report, and the samples they are run on.
+DEMO_LYAPUNOV_K = 8
+DEMO_LYAPUNOV_BATCH = 8
+
+
+def _demo_inputs(diagnoses: list[Any]) -> dict[str, np.ndarray]:
+    """The inputs of the diagnoses that are ``vgcore demo``'s canonical cases (rebuilt from
+    their specs, which are seeded; a case counts only if its model is rebuilt identically)."""
+    from vgcore._modelspec import build
+    from vgcore.cli import DEMO_CASES
+
+    specs = dict(DEMO_CASES)
+    out: dict[str, np.ndarray] = {}
+    for d in diagnoses:
+        spec = specs.get(d.name)
+        if spec is None:
+            continue
+        model, x = build(spec)
+        if repr(model) == repr(d.model) and all(
+            np.array_equal(a, b) for a, b in zip(_weights(model), _weights(d.model))
+        ):
+            out[d.name] = x
+    return out
+
+
+def _weights(model: Any) -> list[np.ndarray]:
+    out: list[np.ndarray] = []
+    for n in ("weights", "weight_ih", "weight_hh"):
+        v = getattr(model, n, None)
+        if v is not None:
+            out += [np.asarray(w) for w in v] if isinstance(v, (list, tuple)) else [np.asarray(v)]
+    return out
+
+
+def demo_lyapunov(diagnoses: list[Any], inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Lyapunov spectra of ``DEMO_LYAPUNOV_K`` exponents (on the first
+    ``DEMO_LYAPUNOV_BATCH`` samples) for the diagnoses that computed only the top exponent,
+    each to be drawn in its model's section in place of the one-exponent figure."""
+    out: dict[str, Any] = {}
+    if not available("lyapunov"):
+        return out
+    for d in diagnoses:
+        lyap, x = getattr(d, "lyapunov", None), inputs.get(d.name)
+        if lyap is None or x is None or np.shape(lyap.exponents)[-1] > 1:
+            continue
+        k = min(DEMO_LYAPUNOV_K, int(lyap.state_dim))
+        batch_first = d.axis == "layer" or getattr(d.model, "batch_first", False)
+        xb = x[:DEMO_LYAPUNOV_BATCH] if batch_first else x[:, :DEMO_LYAPUNOV_BATCH]
+        try:
+            res = run_lyapunov(d.model, xb, k=k)
+        except (ValueError, MemoryError, RuntimeError):
+            continue  # the figure then shows the diagnosis's top exponent
+        caption = (
+            f"{d.name}: Lyapunov spectrum (top {k} exponents per {d.axis}, natural log; "
+            f"{np.shape(res.exponents)[0]} samples), and the convergence of the running estimates"
+        )
+        out[caption] = _ForModel(res, d.name, "lyapunov")
+    return out
+
+
+def demo_extras(
+    diagnoses: list[Any], inputs: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
     """Figures for the demo report from whichever optional analyses are present.
 
-    Mean-field phase diagrams (one per activation of the plain MLPs, their points marked) and,
-    for Gaussian-initialised plain MLPs, the measured per-layer gain against theory.
+    Lyapunov spectra of several exponents for each model (drawn in its section; ``inputs``
+    maps a diagnosis name to its input, by default rebuilt for ``vgcore demo``'s cases),
+    mean-field phase diagrams (one per activation of the plain MLPs, their points marked)
+    and, for Gaussian-initialised plain MLPs, the measured per-layer gain against theory.
     """
-    extras: dict[str, Any] = {}
+    extras: dict[str, Any] = demo_lyapunov(
+        diagnoses, _demo_inputs(diagnoses) if inputs is None else inputs
+    )
     if available("phase_diagram"):
         by_act: dict[str, list[Any]] = {}
         for d in diagnoses:
@@ -298,3 +371,14 @@ class _Marked:
         from vgcore.plotting import plot_phase_diagram
 
         return plot_phase_diagram(self.result, point=self.points, labels=self.labels, **kw)
+
+
+class _ForModel:
+    """A result drawn in one model's section of a report (``section``: its diagnosis name),
+    in place of that model's default figure of kind ``replaces`` (or as an extra one)."""
+
+    def __init__(self, result: Any, section: str, replaces: str | None = None) -> None:
+        self.result, self.section, self.replaces = result, section, replaces
+
+    def plot(self, **kw: Any) -> Any:
+        return self.result.plot(**kw)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "model_label",
     "plot",
     "plot_diagnosis",
     "plot_grad_histograms",
@@ -75,6 +76,48 @@ def _label_of(obj: Any, i: int) -> str:
 def _flow_of(obj: Any) -> Any:
     """A GradientFlow from a GradientFlow or a Diagnosis."""
     return getattr(obj, "flow", obj)
+
+
+def model_label(result: Any) -> str | None:
+    """A short description of the model behind a result, for figure titles.
+
+    ``"MLP tanh, 50 layers of width 128"``, ``"MLP tanh residual, 50 layers of width 128"``,
+    ``"RNN tanh, hidden size 128, 200 steps"``; None when the result holds no model.
+    """
+    m = getattr(result, "model", None)
+    if m is None:
+        return None
+    kind = getattr(m, "kind", None)
+    if kind == "mlp":
+        acts = {str(a) for a in getattr(m, "activations", [])}
+        act = acts.pop() if len(acts) == 1 else "mixed activations"
+        extras = sorted(set(getattr(m, "blocks", [])) - {"plain"})
+        extras += sorted({n for n in getattr(m, "norms", []) if n})
+        sizes = list(getattr(m, "sizes", []))
+        shape = (
+            f"width {sizes[0]}"
+            if len(set(sizes)) == 1
+            else "widths "
+            + ", ".join(str(v) for v in sizes[:4])
+            + (", ..." if len(sizes) > 4 else "")
+        )
+        head = " ".join(["MLP", act, *extras])
+        return f"{head}, {m.depth} layers of {shape}"
+    name = type(m).__name__
+    nl = getattr(m, "nonlinearity", None)
+    head = f"{name} {nl}" if nl else name
+    out = f"{head}, hidden size {getattr(m, 'hidden_size', '?')}"
+    steps = getattr(result, "steps", None)
+    if isinstance(steps, (int, np.integer)) and getattr(result, "axis", "step") == "step":
+        out += f", {int(steps)} steps"
+    elif getattr(result, "depth", None) is not None and kind != "mlp":
+        out += f", {int(result.depth)} steps"
+    return out
+
+
+def _titled(what: str, result: Any, extra: str = "") -> str:
+    label = model_label(result)
+    return f"{what}{extra}: {label}" if label else f"{what}{extra}"
 
 
 # ------------------------------------------------------------------------------------------
@@ -181,26 +224,40 @@ def plot_grad_histograms(
     ax = _axes(ax)
     plt = require_matplotlib()
     cmap = plt.get_cmap("viridis")
-    for j, i in enumerate(layers):
+    for i in layers:
         if not 0 <= i < n:
             raise ValueError(f"layer index {i} is outside 0..{n - 1}")
+    logs = {}
+    for i in layers:
         g = np.abs(np.asarray(grads[i], dtype=float)).ravel()
         g = g[g > 0]
+        logs[i] = np.log10(g) if g.size else None
+    n_finite = sum(v is not None for v in logs.values())
+    # The output side's gradient is often one spike (e.g. the loss gradient itself); the
+    # y-axis is set by the other layers so their shapes stay readable.
+    inner_peak, clipped = 0.0, []
+    dens, edges = {}, {}
+    for i, v in logs.items():
+        if v is None:
+            continue
+        dens[i], edges[i] = np.histogram(v, bins=bins, density=True)
+        if i != n - 1 or n_finite == 1:
+            inner_peak = max(inner_peak, float(dens[i].max()))
+    for j, i in enumerate(layers):
         color = cmap(j / max(1, len(layers) - 1))
-        if g.size == 0:
+        if i not in dens:
             ax.plot([], [], color=color, label=f"{flow.axis} {i}: all zero (underflow)")
             continue
-        ax.hist(
-            np.log10(g),
-            bins=bins,
-            histtype="step",
-            density=True,
-            color=color,
-            lw=1.4,
-            label=f"{flow.axis} {i}",
-        )
+        label = f"{flow.axis} {i}"
+        peak = float(dens[i].max())
+        if inner_peak > 0 and peak > 1.15 * inner_peak:
+            label += f" (peak {peak:.3g}, off the axis)"
+            clipped.append(i)
+        ax.stairs(dens[i], edges[i], color=color, lw=1.4, label=label)
+    if clipped and inner_peak > 0:
+        ax.set_ylim(0.0, 1.15 * inner_peak)
     ax.set_xlabel("log10 |dL/dh| (per unit and sample)")
-    ax.set_ylabel("density")
+    ax.set_ylabel("density (per unit of log10)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     if title:
@@ -384,20 +441,27 @@ def plot_spectral_radius(
     ax.axhline(1.0, color="0.3", ls=":", lw=1, label="1 (neutral)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_yscale("log")
-    ax.set_ylabel("|eigenvalue| / singular value")
+    ax.set_ylabel("|eigenvalue|, singular value (log10 scale)")
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize="small")
     method = getattr(result, "method", None)
-    ax.set_title(title or ("Jacobian spectrum" + (f" ({method})" if method else "")))
+    ax.set_title(
+        title or _titled("Jacobian spectrum", result, f" ({method})" if method else ""),
+        fontsize="medium",
+    )
     return ax
 
 
-def plot_lyapunov(result: Any, *, ax: Any = None, top: int = 4, title: str | None = None) -> Any:
+def plot_lyapunov(
+    result: Any, *, ax: Any = None, top: int | None = None, title: str | None = None
+) -> Any:
     """Lyapunov spectrum (left) and the convergence of the running estimates (right).
 
-    Left: the batch-mean exponent against its index, each sample's exponents as faint dots and
-    a zero line (above it: chaos). Right: the batch-mean running estimate of the top ``top``
-    exponents against the steps taken, with their min-max band over the batch.
+    Left: with several exponents, the batch-mean exponent against its index, each sample's
+    exponents as faint dots and a zero line (above it: chaos); with one exponent (``k = 1``),
+    each sample's exponent against the sample index, with the batch mean and its spread.
+    Right: the batch-mean running estimate of each exponent against the steps taken, with
+    its min-max band over the batch, every exponent in the legend.
 
     Parameters
     ----------
@@ -406,10 +470,10 @@ def plot_lyapunov(result: Any, *, ax: Any = None, top: int = 4, title: str | Non
         ``running`` (n_records, B, k) with ``record_steps`` (n_records,). (Any object with
         those attributes; a 1-D ``exponents`` is one sample.)
     ax : a pair of Axes, or one Axes (the spectrum only), optional
-    top : int
-        How many running estimates to draw.
+    top : int, optional
+        How many running estimates to draw (default: all ``k``).
     title : str, optional
-        Title of the spectrum panel.
+        Title of the spectrum panel (default: names the model).
 
     Returns
     -------
@@ -423,31 +487,49 @@ def plot_lyapunov(result: Any, *, ax: Any = None, top: int = 4, title: str | Non
     if ax is None:
         plt = require_matplotlib()
         ncols = 2 if running is not None else 1
-        _, axs = plt.subplots(1, ncols, figsize=(5.2 * ncols, 3.8), layout="constrained")
+        _, axs = plt.subplots(1, ncols, figsize=(5.4 * ncols, 3.9), layout="constrained")
         ax = np.atleast_1d(axs)
     single = not isinstance(ax, (list, tuple, np.ndarray))
     axs = [ax] if single else list(ax)
     per = getattr(result, "axis", "step")
-    idx = np.arange(1, k + 1)
+    unit = f"ln growth per {per}"
     ax0 = axs[0]
-    if B > 1:
-        ax0.scatter(
-            np.broadcast_to(idx, exps.shape).ravel(),
-            _finite_or_nan(exps).ravel(),
-            s=9,
-            color="0.55",
-            alpha=0.35,
-            lw=0,
-            label=f"each of {B} samples",
-        )
-    ax0.plot(idx, exps.mean(axis=0), "o-", ms=4, lw=1.4, label="batch mean" if B > 1 else None)
+    if k > 1:
+        idx = np.arange(1, k + 1)
+        if B > 1:
+            ax0.scatter(
+                np.broadcast_to(idx, exps.shape).ravel(),
+                _finite_or_nan(exps).ravel(),
+                s=9,
+                color="0.55",
+                alpha=0.35,
+                lw=0,
+                label=f"each of {B} samples",
+            )
+        ax0.plot(idx, exps.mean(axis=0), "o-", ms=4, lw=1.4, label="batch mean" if B > 1 else None)
+        ax0.set_xlabel("index i")
+        ax0.set_xticks(idx)
+        ax0.set_ylabel(f"lambda_i ({unit})")
+        default = f"Lyapunov spectrum ({k} exponents)"
+    else:
+        # one exponent: its spread over the batch is what there is to see
+        top1 = _finite_or_nan(exps[:, 0])
+        samples = np.arange(1, B + 1)
+        ax0.plot(samples, top1, "o", ms=4, color="C0", label="each sample")
+        mean = float(np.nanmean(top1)) if np.isfinite(top1).any() else math.nan
+        if np.isfinite(mean):
+            sd = float(np.nanstd(top1))
+            ax0.axhline(mean, color="C0", lw=1.4, label=f"batch mean {mean:+.3g}")
+            if B > 1 and sd > 0:
+                ax0.axhspan(mean - sd, mean + sd, color="C0", alpha=0.15, lw=0, label="+-1 std")
+        ax0.set_xlabel("sample")
+        ax0.xaxis.get_major_locator().set_params(integer=True)
+        ax0.set_ylabel(f"lambda_1 ({unit})")
+        default = "top Lyapunov exponent per sample"
     ax0.axhline(0.0, color="0.3", ls=":", lw=1)
-    ax0.set_xlabel("index i")
-    ax0.xaxis.get_major_locator().set_params(integer=True)
-    ax0.set_ylabel(f"lambda_i (natural log per {per})")
     ax0.grid(True, alpha=0.3)
-    ax0.set_title(title or "Lyapunov spectrum")
-    if B > 1:
+    ax0.set_title(title or _titled(default, result), fontsize="medium")
+    if B > 1 or k == 1:
         ax0.legend(fontsize="small")
     if running is not None and len(axs) > 1:
         run = np.asarray(running, float)
@@ -456,7 +538,8 @@ def plot_lyapunov(result: Any, *, ax: Any = None, top: int = 4, title: str | Non
         rs = getattr(result, "record_steps", None)
         xs = np.arange(1, run.shape[0] + 1) if rs is None else np.asarray(rs)
         ax1 = axs[1]
-        for j in range(min(top, run.shape[2])):
+        n_draw = run.shape[2] if top is None else min(int(top), run.shape[2])
+        for j in range(n_draw):
             r = _finite_or_nan(run[:, :, j])
             (line,) = ax1.plot(xs, _rows_stat(r, np.nanmean), lw=1.3, label=f"lambda_{j + 1}")
             if run.shape[1] > 1:
@@ -465,15 +548,15 @@ def plot_lyapunov(result: Any, *, ax: Any = None, top: int = 4, title: str | Non
                     _rows_stat(r, np.nanmin),
                     _rows_stat(r, np.nanmax),
                     color=line.get_color(),
-                    alpha=0.15,
+                    alpha=0.15 if n_draw <= 4 else 0.07,
                     lw=0,
                 )
         ax1.axhline(0.0, color="0.3", ls=":", lw=1)
         ax1.set_xlabel(f"{per}s taken")
-        ax1.set_ylabel("running estimate (batch mean, range)")
-        ax1.set_title("convergence")
+        ax1.set_ylabel(f"running estimate ({unit})")
+        ax1.set_title("convergence (batch mean, min-max band)", fontsize="medium")
         ax1.grid(True, alpha=0.3)
-        ax1.legend(fontsize="x-small")
+        ax1.legend(fontsize="x-small", ncol=2 if n_draw > 4 else 1)
     return ax if single else np.asarray(axs, dtype=object)
 
 
@@ -560,11 +643,13 @@ def plot_singular_values(
             else f" ({depth} {'layers' if getattr(result, 'kind', '') == 'mlp' else 'steps'})"
         )
     )
-    ax.set_ylabel("density")
+    ax.set_ylabel("density (per unit of log10 sigma)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="upper right")
-    if title:
-        ax.set_title(title)
+    ax.set_title(
+        title or _titled("singular values of the input-output Jacobian", result),
+        fontsize="medium",
+    )
     return ax
 
 
@@ -578,6 +663,10 @@ def plot_phase_diagram(
 ) -> Any:
     """Mean-field phase diagram: chi_1 over (sigma_w^2, sigma_b^2), the critical line, points.
 
+    The colour scale is centred on ``chi_1 = 1`` (white) and stretched separately on each
+    side, so the ordered (blue) and chaotic (red) sides both reach full colour however
+    unequal their ranges of ``log10 chi_1``. Marked points are always inside the axes.
+
     Parameters
     ----------
     result : a :func:`vgcore.theory.phase_diagram` result
@@ -585,29 +674,48 @@ def plot_phase_diagram(
         critical line ``critical_sigma_w2`` (nb,).
     point : (sigma_w2, sigma_b2) or a sequence of them, optional
         The user's model(s), marked on the diagram.
+    labels : sequence of str, optional
+        Legend entries of the points.
+    ax : matplotlib Axes, optional
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib Axes
     """
+    from matplotlib.colors import TwoSlopeNorm
+
     ax = _axes(ax)
     sw = np.asarray(_first_attr(result, ("sigma_w2", "sigma_w2_grid")), float)
     sb = np.asarray(_first_attr(result, ("sigma_b2", "sigma_b2_grid")), float)
     chi = np.asarray(_first_attr(result, ("chi1", "chi_1", "chi")), float)
     if chi.shape == (sw.size, sb.size) and chi.shape != (sb.size, sw.size):
         chi = chi.T
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         lchi = np.log10(np.clip(chi, 1e-12, None))
-    lim = min(1.0, max(0.25, float(np.nanmax(np.abs(lchi)))))
-    mesh = ax.pcolormesh(sw, sb, lchi, cmap="RdBu_r", vmin=-lim, vmax=lim, shading="auto")
-    cbar = ax.figure.colorbar(mesh, ax=ax)
-    cbar.set_label("log10 chi_1")
-    style = {"transform": ax.transAxes, "fontsize": "small", "va": "top"}
-    ax.text(0.02, 0.55, "ordered:\nvanishing", color="navy", ha="left", **style)
-    ax.text(0.98, 0.55, "chaotic:\nexploding", color="darkred", ha="right", **style)
+    finite = lchi[np.isfinite(lchi)]
+    # each side of chi_1 = 1 gets the full half of the colour map (capped at 10x either way)
+    lo = min(-0.05, max(-1.0, float(finite.min(initial=0.0))))
+    hi = max(0.05, min(1.0, float(finite.max(initial=0.0))))
+    norm = TwoSlopeNorm(vmin=lo, vcenter=0.0, vmax=hi)
+    mesh = ax.pcolormesh(sw, sb, lchi, cmap="RdBu_r", norm=norm, shading="auto")
+    cbar = ax.figure.colorbar(mesh, ax=ax, extend="both")
+    # ticks on both halves (one locator over the whole range would leave the shorter bare)
+    from matplotlib.ticker import MaxNLocator
+
+    loc = MaxNLocator(nbins=4)
+    ticks = [t for t in loc.tick_values(lo, 0.0) if lo <= t < 0.0]
+    ticks += [t for t in loc.tick_values(0.0, hi) if 0.0 <= t <= hi]
+    cbar.set_ticks(ticks)
+    cbar.set_label("log10 chi_1 (per-layer gradient gain, squared)")
     crit = getattr(result, "critical_sigma_w2", None)
     if crit is not None:
         ax.plot(np.asarray(crit, float), sb, "k-", lw=2, label="critical line chi_1 = 1")
     else:
         ax.contour(sw, sb, lchi, levels=[0.0], colors="k", linewidths=2)
+    pts: list[tuple[float, float]] = []
     if point is not None:
-        pts = [point] if np.ndim(point) == 1 else list(point)  # type: ignore[arg-type]
+        pts = [point] if np.ndim(point) == 1 else list(point)  # type: ignore[list-item,arg-type]
         markers = "*oDsv^<>"
         for i, (w, b) in enumerate(pts):
             lab = labels[i] if labels is not None and i < len(labels) else "your model"
@@ -615,14 +723,28 @@ def plot_phase_diagram(
                 [w],
                 [b],
                 markers[i % len(markers)],
-                ms=12 if i == 0 else 8,
+                ms=14 if i == 0 else 9,
                 mec="k",
                 mfc="gold",
                 label=lab,
+                zorder=5,
+                clip_on=False,
             )
+    # limits with a margin, so markers on an edge (sigma_b^2 = 0 is common) stay whole
+    xs = [sw.min(), sw.max(), *(float(p[0]) for p in pts if np.isfinite(p[0]))]
+    ys = [sb.min(), sb.max(), *(float(p[1]) for p in pts if np.isfinite(p[1]))]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    mx, my = 0.04 * (x1 - x0 or 1.0), 0.05 * (y1 - y0 or 1.0)
+    ax.set_xlim(x0 - mx, x1 + mx)
+    ax.set_ylim(y0 - my, y1 + my)
+    ax.set_facecolor("0.85")  # outside the computed grid (e.g. sigma_b^2 < 0)
+    box = {"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.6", "alpha": 0.85}
+    style = {"transform": ax.transAxes, "fontsize": "small", "va": "center", "bbox": box}
+    ax.text(0.03, 0.5, "ordered:\ngradients vanish", color="navy", ha="left", **style)
+    ax.text(0.97, 0.5, "chaotic:\ngradients explode", color="darkred", ha="right", **style)
     act = getattr(result, "activation", None)
-    ax.set_xlabel("sigma_w^2")
-    ax.set_ylabel("sigma_b^2")
+    ax.set_xlabel("sigma_w^2 (weight variance x fan-in)")
+    ax.set_ylabel("sigma_b^2 (bias variance)")
     ax.set_title(
         title or (f"mean-field phase diagram ({act})" if act else "mean-field phase diagram")
     )
@@ -646,13 +768,13 @@ def plot_theory_comparison(result: Any, *, ax: Any = None, title: str | None = N
     measured = np.asarray(result.measured_log_gain, float)
     ax.plot(layers, measured, "o-", ms=3, lw=1.2, label="measured")
     ax.axhline(
-        float(result.theory_log_gain), color="k", ls="--", lw=1.5, label="mean field: log chi_1"
+        float(result.theory_log_gain), color="k", ls="--", lw=1.5, label="mean field: ln chi_1"
     )
     burn = int(getattr(result, "burn_in", 0))
     if burn > 0:
         ax.axvspan(layers[0] - 0.5, burn + 0.5, color="0.85", alpha=0.6, label="burn-in")
     ax.set_xlabel("layer l")
-    ax.set_ylabel("log (||dL/dh_{l-1}||^2 / ||dL/dh_l||^2)")
+    ax.set_ylabel("ln (||dL/dh_{l-1}||^2 / ||dL/dh_l||^2)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     act = getattr(result, "activation", "")
@@ -691,7 +813,7 @@ def plot_sweep(
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    ax.set_ylabel(f"{y} (log10 scale)" if logy else y)
     ax.grid(True, alpha=0.3)
     if hue is not None:
         ax.legend(fontsize="small")

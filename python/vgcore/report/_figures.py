@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,9 +23,18 @@ class Figure:
     section: str
 
 
+#: Longest file stem kept whole; longer texts keep their start and get a digest (unique).
+_MAX_STEM = 120
+
+
 def slug(text: str, taken: set[str] | None = None) -> str:
-    """A file-name-safe, unique version of ``text``."""
-    base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "figure"
+    """A file-name-safe, unique version of ``text``: every word kept (up to ``_MAX_STEM``
+    characters; a longer text keeps its first words and a digest of the whole)."""
+    base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "figure"
+    if len(base) > _MAX_STEM:
+        digest = hashlib.sha1(base.encode()).hexdigest()[:8]
+        head = base[: _MAX_STEM - 9].rsplit("-", 1)[0]
+        base = f"{head}-{digest}"
     name, i = base, 2
     while taken is not None and name in taken:
         name, i = f"{base}-{i}", i + 1
@@ -46,6 +56,28 @@ def _fig_of(ret: Any) -> Any:
     return ax.figure
 
 
+def _claim(stem: str, taken: set[str]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``, ... if a figure of the report already has it."""
+    name, i = stem, 2
+    while name in taken:
+        name, i = f"{stem}-{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def _lyapunov_caption(name: str, res: Any, axis: str) -> str:
+    k = int(np.shape(getattr(res, "exponents", np.zeros((1, 1))))[-1])
+    if k > 1:
+        return (
+            f"{name}: Lyapunov spectrum (top {k} exponents per {axis}, natural log) over the "
+            "batch, and the convergence of the running estimates"
+        )
+    return (
+        f"{name}: top Lyapunov exponent per {axis} over the batch (natural log, one point per "
+        "sample), and the convergence of its running estimate"
+    )
+
+
 def make_figures(
     diagnoses: Sequence[Any],
     extras: Mapping[str, Any],
@@ -55,6 +87,12 @@ def make_figures(
 ) -> list[Figure]:
     """Overview, per-model and extra figures under ``root / "figures"``.
 
+    An extra whose value has a ``section`` attribute naming one of the diagnoses is placed
+    in that model's section; with ``replaces = "lyapunov"`` it is drawn instead of that
+    model's default Lyapunov figure (e.g. a spectrum of several exponents where the
+    diagnosis computed only the top one). File names are the whole slug of the model name or
+    caption, unique within the report.
+
     Raises ImportError (with the install hint) when matplotlib is missing.
     """
     from vgcore import plotting
@@ -63,11 +101,22 @@ def make_figures(
     (root / "figures").mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
     figs: list[Figure] = []
+    names = {d.name for d in diagnoses}
+    placed = {
+        caption: r
+        for caption, r in extras.items()
+        if isinstance(getattr(r, "section", None), str) and r.section in names
+    }
+    replaced = {(r.section, getattr(r, "replaces", None)): c for c, r in placed.items()}
     groups = [
-        ("layer", "Gradient norm per layer (MLPs), relative to the output"),
-        ("step", "Gradient norm per time step (recurrent models), relative to the output"),
+        ("layer", "mlp", "Gradient norm per layer (MLPs), relative to the output"),
+        (
+            "step",
+            "recurrent",
+            "Gradient norm per time step (recurrent models), relative to the output",
+        ),
     ]
-    for axis, caption in groups:
+    for axis, stem, caption in groups:
         ds = [d for d in diagnoses if d.flow.axis == axis]
         if not ds:
             continue
@@ -80,12 +129,10 @@ def make_figures(
             threshold=ds[0].ratio,
             cell=False,
         )
-        rel = _save(
-            fig, root, f"figures/overview-{'mlp' if axis == 'layer' else 'recurrent'}.png", dpi
-        )
+        rel = _save(fig, root, f"figures/{_claim(f'overview-{stem}', taken)}.png", dpi)
         figs.append(Figure(rel, caption, "overview"))
     for d in diagnoses:
-        s = slug(d.name, taken)
+        s = _claim(slug(d.name), taken)
         fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
         plotting.plot_diagnosis(d, ax=ax)
         figs.append(
@@ -97,13 +144,15 @@ def make_figures(
             )
         )
         lyap = getattr(d, "lyapunov", None)
+        alt = replaced.get((d.name, "lyapunov"))
+        if alt is not None:
+            lyap = getattr(placed[alt], "result", placed[alt])
         if lyap is not None:
-            ret = plotting.plot_lyapunov(lyap)
+            ret = plotting.plot_lyapunov(lyap, title=f"Lyapunov exponents: {d.name}")
             figs.append(
                 Figure(
-                    _save(_fig_of(ret), root, f"figures/{s}-lyapunov.png", dpi),
-                    f"{d.name}: top Lyapunov exponent per {d.axis} over the batch, and the "
-                    f"convergence of its running estimate",
+                    _save(_fig_of(ret), root, f"figures/{_claim(f'{s}-lyapunov', taken)}.png", dpi),
+                    alt or _lyapunov_caption(d.name, lyap, d.axis),
                     d.name,
                 )
             )
@@ -112,13 +161,20 @@ def make_figures(
             plotting.plot_grad_histograms(d.flow, ax=ax, title=f"{d.name}: gradient magnitudes")
             figs.append(
                 Figure(
-                    _save(fig, root, f"figures/{s}-histograms.png", dpi),
+                    _save(fig, root, f"figures/{_claim(f'{s}-histograms', taken)}.png", dpi),
                     f"{d.name}: distribution of per-unit gradient magnitudes by {d.axis}",
                     d.name,
                 )
             )
+        for caption, r in placed.items():
+            if r.section == d.name and getattr(r, "replaces", None) is None:
+                ret = plotting.plot(r)
+                rel = f"figures/{_claim(slug(caption), taken)}.png"
+                figs.append(Figure(_save(_fig_of(ret), root, rel, dpi), caption, d.name))
     for caption, result in extras.items():
+        if caption in placed:
+            continue
         ret = plotting.plot(result)
-        s = slug(caption, taken)
-        figs.append(Figure(_save(_fig_of(ret), root, f"figures/{s}.png", dpi), caption, "extra"))
+        rel = f"figures/{_claim(slug(caption), taken)}.png"
+        figs.append(Figure(_save(_fig_of(ret), root, rel, dpi), caption, "extra"))
     return figs

@@ -94,11 +94,14 @@ def solve(
     tol: float,
     *,
     corr_rtol: float = 1e-13,
+    correlation: bool = True,
 ) -> dict[str, Array]:
     """``q_star, chi_1, chi_q, c_star, chi_c, xi_q, xi_c, phase`` as flat arrays.
 
     ``corr_rtol`` is the relative accuracy of the correlation moments (the Newton iteration
-    for ``c*`` stops once its steps fall below it). Conventions (see :class:`MeanField`):
+    for ``c*`` stops once its steps fall below it). ``correlation=False`` skips the
+    correlation map (its 2-D moments are most of the cost): ``c_star``, ``chi_c`` and
+    ``xi_c`` are then NaN at the chaotic points that need it. Conventions (see :class:`MeanField`):
     where the length diverges, ``c* = 1`` and ``chi_c = 1`` (the correlation map tends to that
     of the activation's linear asymptote, whose slope at ``c = 1`` is 1).
     """
@@ -121,7 +124,9 @@ def solve(
         log_c[marginal] = np.log(chi_c[marginal])
         chaotic &= ~marginal
     idx = np.flatnonzero(chaotic)
-    if idx.size:
+    if idx.size and not correlation:
+        c_star[idx] = chi_c[idx] = log_c[idx] = np.nan
+    elif idx.size:
         corr = corr_factory(sw[idx], x[idx])
         d_star, sp_star = correlation_fixed_point(corr, idx.size, rtol=corr_rtol)
         c_star[idx] = 1.0 - d_star

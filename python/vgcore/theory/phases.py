@@ -45,6 +45,9 @@ class PhaseDiagram:
         ``"table"`` (interpolated moments) or ``"quadrature"``.
     seconds : float
         Wall time of the computation.
+    correlation : bool
+        Whether the correlation map was solved; when False, ``c_star``, ``chi_c`` and
+        ``xi_c`` are NaN at the chaotic points (see :func:`phase_diagram`).
     """
 
     activation: str
@@ -63,6 +66,7 @@ class PhaseDiagram:
     tol: float = DEFAULT_TOL
     method: str = "table"
     seconds: float = 0.0
+    correlation: bool = True
 
     @property
     def chi1(self) -> np.ndarray:
@@ -140,6 +144,7 @@ def phase_diagram(
     *,
     tol: float = DEFAULT_TOL,
     method: str = "table",
+    correlation: bool = True,
     **act_params: float,
 ) -> PhaseDiagram:
     """Mean-field quantities on the grid ``sigma_w2 x sigma_b2`` and the critical line.
@@ -159,6 +164,11 @@ def phase_diagram(
         once per activation (and per range of ``q*`` in the chaotic phase) and cached: a
         400 x 400 grid takes well under a second. ``"quadrature"`` runs :func:`mean_field`'s
         integrals at every point (reference; milliseconds per point).
+    correlation : bool
+        Solve the correlation map (``c_star``, ``chi_c``, ``xi_c`` in the chaotic phase). Its
+        2-D Gaussian moments take most of the time (seconds per activation for the first
+        diagram); ``False`` leaves those three NaN at the chaotic points and keeps every
+        other quantity, the phases and the critical line (what a figure of ``chi_1`` needs).
     **act_params
         Activation parameters.
 
@@ -193,7 +203,15 @@ def phase_diagram(
     else:
         raise ValueError(f"method must be 'table' or 'quadrature', got {method!r}")
     sw_grid, sb_grid = np.meshgrid(sw, sb)
-    res = solve(moments, factory, sw_grid.ravel(), sb_grid.ravel(), tol, corr_rtol=corr_rtol)
+    res = solve(
+        moments,
+        factory,
+        sw_grid.ravel(),
+        sb_grid.ravel(),
+        tol,
+        corr_rtol=corr_rtol,
+        correlation=bool(correlation),
+    )
     line = critical_line(moments, act, sb)
     shape = sw_grid.shape
     return PhaseDiagram(
@@ -205,6 +223,7 @@ def phase_diagram(
         tol=tol,
         method=method,
         seconds=time.perf_counter() - t0,
+        correlation=bool(correlation),
         **{k: v.reshape(shape) for k, v in res.items()},
     )
 
@@ -214,12 +233,19 @@ def phase_diagram_around(
     points: Any = (),
     *,
     tol: float = DEFAULT_TOL,
+    correlation: bool = True,
     **act_params: float,
 ) -> PhaseDiagram:
     """A 160 x 80 phase diagram whose grid covers the critical line at ``sigma_b2 = 0`` (three
     times its ``sigma_w2``, at least 4) and every finite ``(sigma_w2, sigma_b2)`` point with a
-    margin of half its coordinates (``sigma_b2`` up to at least 0.5); with no points, just the
-    critical region. The grid stops at the largest float.
+    margin of half its coordinates (``sigma_b2`` up to at least 0.5, ``sigma_w2`` from at most
+    half the smallest positive one); with no points, just the critical region. The grid stops
+    at the largest float.
+
+    ``sigma_w2`` is evenly spaced; ``sigma_b2`` is spaced quadratically (``sb_max t^2``, ``t``
+    evenly spaced), dense near 0 where the critical line of an activation with ``phi(0) = 0``
+    leaves its bifurcation point like a square root (tanh: ``sigma_w2 - 1 ~ sqrt(sigma_b2)``):
+    the line, solved at every row, is then smooth when drawn through the rows.
 
     Parameters
     ----------
@@ -229,6 +255,9 @@ def phase_diagram_around(
         Points the grid must cover (non-finite ones are ignored).
     tol : float
         Half-width of the critical band.
+    correlation : bool
+        Solve the correlation map too (see :func:`phase_diagram`; ``False`` for a figure of
+        ``chi_1``, which then takes a fraction of the time).
     **act_params
         Activation parameters.
 
@@ -248,10 +277,14 @@ def phase_diagram_around(
         3.0 * crit0 if np.isfinite(crit0) else 4.0, 4.0, float(np.max(reach[:, 0], initial=0.0))
     )
     sb_max = max(0.5, float(np.max(reach[:, 1], initial=0.0)))
+    # start below the smallest positive point too (a point left of the grid reads as outside)
+    pos = pts[:, 0][pts[:, 0] > 0.0]
+    sw_min = min(sw_max / 160, 0.5 * float(pos.min())) if pos.size else sw_max / 160
     return phase_diagram(
         activation,
-        np.linspace(sw_max / 160, sw_max, 160),
-        np.linspace(0.0, sb_max, 80),
+        np.linspace(sw_min, sw_max, 160),
+        sb_max * np.linspace(0.0, 1.0, 80) ** 2,
         tol=tol,
+        correlation=correlation,
         **act_params,  # type: ignore[arg-type]  # floats, never a `method`
     )
