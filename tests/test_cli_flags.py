@@ -138,6 +138,10 @@ def test_config_settings_are_checked_per_model(tmp_path, capsys):
     two.write_text('[[models]]\nmodel = "gru"\n\n[[models]]\nmodel = "lstm"\n')
     assert main(["analyze", "--config", str(two), "--depth", "4"]) == 2
     assert f"; {two} describes gru and lstm models" in _error(capsys)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[model]\nmodel = "cnn"\ndepth = 3\n')
+    assert main(["analyze", "--config", str(bad)]) == 2
+    assert "model must be one of mlp, rnn, lstm, gru, got 'cnn'" in _error(capsys)
     assert main(["analyze", "--config", str(two), "--name", "x"]) == 2
     assert "--name labels one model" in _error(capsys)
     # a flag that applies to one of the models is used for that one
@@ -228,7 +232,8 @@ def test_torch_flags_the_checkpoint_fixes_are_refused(tmp_path, torch, capsys):
     assert "--model does not apply to --torch" in _error(capsys)
     assert main(["analyze", "--torch", str(lstm), "--activation", "relu"]) == 2
     msg = _error(capsys)
-    assert f"--activation applies to mlp models only, not to lstm: {lstm} holds LSTM" in msg
+    assert "--activation applies to mlp models only, not to lstm (an RNN's is --nonlinearity" in msg
+    assert msg.endswith(f": {lstm} holds LSTM weights")
     assert main(["analyze", "--torch", str(mlp), "--activation", "tanh", "--steps", "4"]) == 2
     assert "--steps applies to rnn/lstm/gru models only, not to mlp" in _error(capsys)
     # an RNN's nonlinearity is not in its state_dict: the assumption is stated

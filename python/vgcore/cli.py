@@ -258,6 +258,8 @@ def _misapplied(
     """
     name = _flag if flags else (lambda k: k)
     kind = _kind_of(spec)
+    if kind not in MODEL_KINDS:  # the model layer names the bad kind
+        return None
     kinds = _SETTING_KINDS.get(key)
     if kinds is not None and kind not in kinds:
         other = _INSTEAD.get((key, "recurrent" if kind in _RECURRENT else "mlp"), "")
@@ -376,7 +378,7 @@ def _torch_model(args: argparse.Namespace, flags: dict[str, Any]) -> tuple[str, 
     shape = spec_from_model(model)
     kind = shape["model"]
     for key in given:
-        why = _misapplied(key, shape, hint=False)
+        why = _misapplied(key, shape, hint=key != "steps")  # the checkpoint fixes the depth
         if why:
             raise UsageError(f"{_flag(key)} {why}: {args.torch} holds {kind.upper()} weights")
     if kind == "rnn" and "nonlinearity" not in given:
