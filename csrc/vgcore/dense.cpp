@@ -10,6 +10,7 @@
 
 #include "vgcore/blas.hpp"
 #include "vgcore/fastmath.hpp"
+#include "vgcore/gates.hpp"
 #include "vgcore/packed_gemm.hpp"
 #include "vgcore/workspace.hpp"
 
@@ -152,14 +153,14 @@ void batchnorm_backward(const DenseLayer<T>& ly, const T* dzp, const T* xhat, co
     }
 }
 
-// Highway output: t <- sigmoid(t), h = t * a + (1 - t) * h_in.
+// Highway output: t <- sigmoid(t) (encoded, gates.hpp), h = t * a + (1 - t) * h_in.
 template <class T>
 VGCORE_TARGET_CLONES void highway_mix(T* __restrict t, const T* __restrict a,
                                       const T* __restrict hin, T* __restrict h, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) {
-    const T tv = fastmath::sigmoid(t[i]);
-    t[i] = tv;
-    h[i] = tv * a[i] + (1 - tv) * hin[i];
+    T tv, tc;
+    t[i] = gates::sigmoid_store(t[i], tv, tc);
+    h[i] = tv * a[i] + tc * hin[i];
   }
 }
 
@@ -333,10 +334,12 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
         const T* a = lb.a.data() + off;
         T* t = lb.t.data() + off;  // becomes dL/d(gate pre-activation)
         for (std::size_t i = 0; i < cnt; ++i) {
-          const T gs = g[i] * f, tv = t[i];
+          const T gs = g[i] * f;
+          T tv, tc;
+          gates::sigmoid_load(t[i], tv, tc);
           dphi[i] = gs * tv * dphi[i];
-          gnext[i] = gs * (1 - tv);
-          t[i] = gs * (a[i] - hin[i]) * tv * (1 - tv);
+          gnext[i] = gs * tc;
+          t[i] = gs * (a[i] - hin[i]) * (tv * tc);
         }
       }
       const T* dz = dphi;

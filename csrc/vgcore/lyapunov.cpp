@@ -42,6 +42,7 @@
 #include "vgcore/activations.hpp"
 #include "vgcore/blas.hpp"
 #include "vgcore/fastmath.hpp"
+#include "vgcore/gates.hpp"
 #include "vgcore/householder.hpp"
 #include "vgcore/packed_gemm.hpp"
 #include "vgcore/parallel_rows.hpp"
@@ -192,21 +193,22 @@ VGCORE_TARGET_CLONES void lstm_state_units(
     T* __restrict c1, T* __restrict c2, T* __restrict c3, T* __restrict c4, T* __restrict c5,
     std::size_t j0, std::size_t j1) {
   for (std::size_t j = j0; j < j1; ++j) {
-    const T i = fm::sigmoid(pi[j] + ui[j]);
-    const T f = fm::sigmoid(pf[j] + uf[j]);
-    const T g = fm::tanh(pg[j] + ug[j]);
-    const T o = fm::sigmoid(po[j] + uo[j]);
+    T i, ic, f, fc, g, gd, o, oc, tc, tcd;
+    gates::sigmoid_store(pi[j] + ui[j], i, ic);
+    gates::sigmoid_store(pf[j] + uf[j], f, fc);
+    gates::tanh_store(pg[j] + ug[j], g, gd);
+    gates::sigmoid_store(po[j] + uo[j], o, oc);
     const T cp = cprev[j];
     const T c = f * cp + i * g;
-    const T tc = fm::tanh(c);
+    gates::tanh_store(c, tc, tcd);
     cn[j] = c;
     hn[j] = o * tc;
     c0[j] = f;
-    c1[j] = cp * (f * (1 - f));
-    c2[j] = g * (i * (1 - i));
-    c3[j] = i * (1 - g * g);
-    c4[j] = o * (1 - tc * tc);
-    c5[j] = tc * (o * (1 - o));
+    c1[j] = cp * (f * fc);
+    c2[j] = g * (i * ic);
+    c3[j] = i * gd;
+    c4[j] = o * tcd;
+    c5[j] = tc * (o * oc);
   }
 }
 
@@ -218,15 +220,16 @@ VGCORE_TARGET_CLONES void gru_state_units(
     T* __restrict c1, T* __restrict c2, T* __restrict c3, std::size_t j0, std::size_t j1) {
   for (std::size_t j = j0; j < j1; ++j) {
     const T qn = un[j] + bn[j];
-    const T r = fm::sigmoid(pr[j] + (ur[j] + br[j]));
-    const T z = fm::sigmoid(pz[j] + (uz[j] + bz[j]));
-    const T n = fm::tanh(pn[j] + r * qn);
+    T r, rc, z, zc, n, nd;
+    gates::sigmoid_store(pr[j] + (ur[j] + br[j]), r, rc);
+    gates::sigmoid_store(pz[j] + (uz[j] + bz[j]), z, zc);
+    gates::tanh_store(pn[j] + r * qn, n, nd);
     const T hp = hprev[j];
-    hn[j] = (1 - z) * n + z * hp;
-    const T a = (1 - z) * (1 - n * n);
+    hn[j] = zc * n + z * hp;
+    const T a = zc * nd;
     c0[j] = z;
-    c1[j] = a * qn * (r * (1 - r));
-    c2[j] = (hp - n) * (z * (1 - z));
+    c1[j] = a * qn * (r * rc);
+    c2[j] = (hp - n) * (z * zc);
     c3[j] = a * r;
   }
 }

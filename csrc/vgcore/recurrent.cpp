@@ -17,6 +17,7 @@
 #include "vgcore/packed_gemm.hpp"
 #include "vgcore/parallel_rows.hpp"
 #include "vgcore/fastmath.hpp"
+#include "vgcore/gates.hpp"
 #include "vgcore/workspace.hpp"
 
 namespace vgcore {
@@ -39,9 +40,9 @@ struct Problem {
   const RecurrentFlowIO<T>& io;
   const FlowOptions& opt;
   std::size_t T_, B, N, I, G, GN;
-  // A: (T, B, GN) input projections -> activated gates -> dL/d(pre-activation).
+  // A: (T, B, GN) input projections -> gates (encoded, gates.hpp) -> dL/d(pre-activation).
   Buffer<T> A;
-  // H: (T+1, B, N) hidden states; C, TC: LSTM cell states and tanh(c_t); HN: GRU W_hn h + b_hn
+  // H: (T+1, B, N) hidden states; C, TC: LSTM cell states and tanh(c_t) (encoded); HN: GRU W_hn h + b_hn
   // during the forward pass, dL/d(n pre-activation) after the backward pass.
   Buffer<T> H, C, TC, HN;
   // W_hh packed once for the per-step products: h W_hh^T (forward) and g W_hh (backward).
@@ -77,32 +78,36 @@ void forward_rnn(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, c
 }
 
 // Gate nonlinearities, cell and hidden update of one row (vectorised: no reductions here).
+// Gates and tanh(c) are stored encoded (gates.hpp): accurate derivatives in saturation.
 template <class T>
 VGCORE_TARGET_CLONES void lstm_row(T* __restrict ai, T* __restrict af, T* __restrict ag, T* __restrict ao, const T* __restrict cprev, T* __restrict cnext, T* __restrict tcn,
                                    T* __restrict hnext, std::size_t N) {
   for (std::size_t j = 0; j < N; ++j) {
-    const T i = fm::sigmoid(ai[j]), f = fm::sigmoid(af[j]), g = fm::tanh(ag[j]),
-            o = fm::sigmoid(ao[j]);
+    T i, f, g, o, tcv, unused;
+    const T vi = gates::sigmoid_store(ai[j], i, unused);
+    const T vf = gates::sigmoid_store(af[j], f, unused);
+    const T vg = gates::tanh_store(ag[j], g, unused);
+    const T vo = gates::sigmoid_store(ao[j], o, unused);
     const T cn = f * cprev[j] + i * g;
-    const T tcv = fm::tanh(cn);
-    ai[j] = i;
-    af[j] = f;
-    ag[j] = g;
-    ao[j] = o;
+    const T vt = gates::tanh_store(cn, tcv, unused);
+    ai[j] = vi;
+    af[j] = vf;
+    ag[j] = vg;
+    ao[j] = vo;
     cnext[j] = cn;
-    tcn[j] = tcv;
+    tcn[j] = vt;
     hnext[j] = o * tcv;
   }
 }
 
-// Saturated units of a gate block: sigmoid' = s(1-s) or tanh' = 1 - g^2 below level.
+// Saturated units of an encoded gate block: sigmoid' = s(1-s) or tanh' = 1 - g^2 below level.
 template <class T>
 VGCORE_TARGET_CLONES std::size_t count_saturated(const T* v, std::size_t n, bool is_tanh, T level) {
   std::size_t c = 0;
   if (is_tanh)
-    for (std::size_t j = 0; j < n; ++j) c += (1 - v[j] * v[j] < level) ? 1 : 0;
+    for (std::size_t j = 0; j < n; ++j) c += (gates::tanh_deriv(v[j]) < level) ? 1 : 0;
   else
-    for (std::size_t j = 0; j < n; ++j) c += (v[j] * (1 - v[j]) < level) ? 1 : 0;
+    for (std::size_t j = 0; j < n; ++j) c += (gates::sigmoid_deriv(v[j]) < level) ? 1 : 0;
   return c;
 }
 
@@ -135,14 +140,15 @@ template <class T>
 VGCORE_TARGET_CLONES void gru_row(T* __restrict ar, T* __restrict az, T* __restrict an, const T* __restrict qr, const T* __restrict qz, const T* __restrict qn,
                                   const T* __restrict hprev, T* __restrict hnext, T* __restrict hnb, std::size_t N) {
   for (std::size_t j = 0; j < N; ++j) {
-    const T r = fm::sigmoid(ar[j] + qr[j]);
-    const T z = fm::sigmoid(az[j] + qz[j]);
-    const T n = fm::tanh(an[j] + r * qn[j]);
-    ar[j] = r;
-    az[j] = z;
-    an[j] = n;
+    T r, z, zc, n, unused;
+    const T vr = gates::sigmoid_store(ar[j] + qr[j], r, unused);
+    const T vz = gates::sigmoid_store(az[j] + qz[j], z, zc);
+    const T vn = gates::tanh_store(an[j] + r * qn[j], n, unused);
+    ar[j] = vr;
+    az[j] = vz;
+    an[j] = vn;
     hnb[j] = qn[j];
-    hnext[j] = (1 - z) * n + z * hprev[j];
+    hnext[j] = zc * n + z * hprev[j];
   }
 }
 
@@ -201,12 +207,17 @@ VGCORE_TARGET_CLONES void lstm_back_row(T* __restrict ai, T* __restrict af, T* _
                                         const T* __restrict dh, T* __restrict dc, T f, std::size_t N) {
   for (std::size_t j = 0; j < N; ++j) {
     const T gh = dh[j] * f, gc = dc[j] * f;
-    const T i = ai[j], fg = af[j], g = ag[j], o = ao[j], tc = tcv[j];
-    const T dct = gc + gh * o * (1 - tc * tc);
-    ai[j] = dct * g * i * (1 - i);
-    af[j] = dct * cprev[j] * fg * (1 - fg);
-    ag[j] = dct * i * (1 - g * g);
-    ao[j] = gh * tc * o * (1 - o);
+    T i, ic, fg, fc, g, gd, o, oc, tc, tcd;
+    gates::sigmoid_load(ai[j], i, ic);
+    gates::sigmoid_load(af[j], fg, fc);
+    gates::tanh_load(ag[j], g, gd);
+    gates::sigmoid_load(ao[j], o, oc);
+    gates::tanh_load(tcv[j], tc, tcd);
+    const T dct = gc + gh * o * tcd;
+    ai[j] = dct * g * (i * ic);
+    af[j] = dct * cprev[j] * (fg * fc);
+    ag[j] = dct * i * gd;
+    ao[j] = gh * tc * (o * oc);
     dc[j] = dct * fg;
   }
 }
@@ -229,10 +240,14 @@ VGCORE_TARGET_CLONES void gru_back_row(T* __restrict ar, T* __restrict az, T* __
                                        T* __restrict dpb, T f, std::size_t N) {
   for (std::size_t j = 0; j < N; ++j) {
     const T g = dh[j] * f;
-    const T r = ar[j], z = az[j], n = an[j], qn = hnb[j];
-    const T dan = g * (1 - z) * (1 - n * n);  // dL/d(n pre-activation)
-    ar[j] = dan * qn * r * (1 - r);
-    az[j] = g * (hprev[j] - n) * z * (1 - z);
+    T r, rc, z, zc, n, nd;
+    gates::sigmoid_load(ar[j], r, rc);
+    gates::sigmoid_load(az[j], z, zc);
+    gates::tanh_load(an[j], n, nd);
+    const T qn = hnb[j];
+    const T dan = g * zc * nd;  // dL/d(n pre-activation)
+    ar[j] = dan * qn * (r * rc);
+    az[j] = g * (hprev[j] - n) * (z * zc);
     an[j] = dan * r;  // dL/d(W_hn h + b_hn)
     hnb[j] = dan;
     dpb[j] = g * z;

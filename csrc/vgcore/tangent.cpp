@@ -4,7 +4,8 @@
 //   RNN   [phi'(z)]                                   N
 //   LSTM  [i, f, g, o, c_prev, tanh(c')]               6N
 //   GRU   [r, z, n, q_n = W_hn h + b_hn, h_prev]        5N
-//   dense [phi'(z')] + highway [t, a - h] + LayerNorm [xhat, 1/std]
+//   (gates and tanh values encoded, gates.hpp: accurate derivatives in saturation)
+//   dense [phi'(z')] + highway [t (encoded), a - h] + LayerNorm [xhat, 1/std]
 #include "vgcore/tangent.hpp"
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 
 #include "vgcore/blas.hpp"
 #include "vgcore/fastmath.hpp"
+#include "vgcore/gates.hpp"
 
 namespace vgcore {
 namespace {
@@ -33,18 +35,14 @@ VGCORE_TARGET_CLONES void lstm_state_row(const T* __restrict p, const T* __restr
   T* cc = cache + 4 * N;
   T* ct = cache + 5 * N;
   for (std::size_t j = 0; j < N; ++j) {
-    const T i = fm::sigmoid(p[j] + u[j]);
-    const T f = fm::sigmoid(p[N + j] + u[N + j]);
-    const T g = fm::tanh(p[2 * N + j] + u[2 * N + j]);
-    const T o = fm::sigmoid(p[3 * N + j] + u[3 * N + j]);
+    T i, f, g, o, tc, unused;
+    ci[j] = gates::sigmoid_store(p[j] + u[j], i, unused);
+    cf[j] = gates::sigmoid_store(p[N + j] + u[N + j], f, unused);
+    cg[j] = gates::tanh_store(p[2 * N + j] + u[2 * N + j], g, unused);
+    co[j] = gates::sigmoid_store(p[3 * N + j] + u[3 * N + j], o, unused);
     const T c = f * cprev[j] + i * g;
-    const T tc = fm::tanh(c);
-    ci[j] = i;
-    cf[j] = f;
-    cg[j] = g;
-    co[j] = o;
+    ct[j] = gates::tanh_store(c, tc, unused);
     cc[j] = cprev[j];
-    ct[j] = tc;
     cn[j] = c;
     hn[j] = o * tc;
   }
@@ -62,14 +60,19 @@ VGCORE_TARGET_CLONES void lstm_tangent_row(const T* __restrict cache, const T* _
   const T* cc = cache + 4 * N;
   const T* ct = cache + 5 * N;
   for (std::size_t j = 0; j < N; ++j) {
-    const T i = ci[j], f = cf[j], g = cg[j], o = co[j], tc = ct[j];
-    const T di = i * (1 - i) * u[j];
-    const T df = f * (1 - f) * u[N + j];
-    const T dg = (1 - g * g) * u[2 * N + j];
-    const T dout = o * (1 - o) * u[3 * N + j];
+    T i, ic, f, fc, g, gd, o, oc, tc, tcd;
+    gates::sigmoid_load(ci[j], i, ic);
+    gates::sigmoid_load(cf[j], f, fc);
+    gates::tanh_load(cg[j], g, gd);
+    gates::sigmoid_load(co[j], o, oc);
+    gates::tanh_load(ct[j], tc, tcd);
+    const T di = (i * ic) * u[j];
+    const T df = (f * fc) * u[N + j];
+    const T dg = gd * u[2 * N + j];
+    const T dout = (o * oc) * u[3 * N + j];
     const T dcn = f * dc[j] + cc[j] * df + g * di + i * dg;
     dco[j] = dcn;
-    dho[j] = o * (1 - tc * tc) * dcn + tc * dout;
+    dho[j] = o * tcd * dcn + tc * dout;
   }
 }
 
@@ -85,12 +88,17 @@ VGCORE_TARGET_CLONES void lstm_vjp_row(const T* __restrict cache, const T* __res
   const T* cc = cache + 4 * N;
   const T* ct = cache + 5 * N;
   for (std::size_t j = 0; j < N; ++j) {
-    const T i = ci[j], f = cf[j], g = cg[j], o = co[j], tc = ct[j];
-    const T dct = wc[j] + wh[j] * o * (1 - tc * tc);
-    G[j] = dct * g * i * (1 - i);
-    G[N + j] = dct * cc[j] * f * (1 - f);
-    G[2 * N + j] = dct * i * (1 - g * g);
-    G[3 * N + j] = wh[j] * tc * o * (1 - o);
+    T i, ic, f, fc, g, gd, o, oc, tc, tcd;
+    gates::sigmoid_load(ci[j], i, ic);
+    gates::sigmoid_load(cf[j], f, fc);
+    gates::tanh_load(cg[j], g, gd);
+    gates::sigmoid_load(co[j], o, oc);
+    gates::tanh_load(ct[j], tc, tcd);
+    const T dct = wc[j] + wh[j] * o * tcd;
+    G[j] = dct * g * (i * ic);
+    G[N + j] = dct * cc[j] * (f * fc);
+    G[2 * N + j] = dct * i * gd;
+    G[3 * N + j] = wh[j] * tc * (o * oc);
     dcprev[j] = dct * f;
   }
 }
@@ -108,15 +116,13 @@ VGCORE_TARGET_CLONES void gru_state_row(const T* __restrict p, const T* __restri
     const T qr = u[j] + (bhh ? bhh[j] : T(0));
     const T qz = u[N + j] + (bhh ? bhh[N + j] : T(0));
     const T qn = u[2 * N + j] + (bhh ? bhh[2 * N + j] : T(0));
-    const T r = fm::sigmoid(p[j] + qr);
-    const T z = fm::sigmoid(p[N + j] + qz);
-    const T n = fm::tanh(p[2 * N + j] + r * qn);
-    cr[j] = r;
-    cz[j] = z;
-    cn[j] = n;
+    T r, z, zc, n, unused;
+    cr[j] = gates::sigmoid_store(p[j] + qr, r, unused);
+    cz[j] = gates::sigmoid_store(p[N + j] + qz, z, zc);
+    cn[j] = gates::tanh_store(p[2 * N + j] + r * qn, n, unused);
     cq[j] = qn;
     ch[j] = hprev[j];
-    hn[j] = (1 - z) * n + z * hprev[j];
+    hn[j] = zc * n + z * hprev[j];
   }
 }
 
@@ -131,11 +137,14 @@ VGCORE_TARGET_CLONES void gru_tangent_row(const T* __restrict cache, const T* __
   const T* cq = cache + 3 * N;
   const T* ch = cache + 4 * N;
   for (std::size_t j = 0; j < N; ++j) {
-    const T r = cr[j], z = cz[j], n = cn[j];
-    const T dr = r * (1 - r) * u[j];
-    const T dz = z * (1 - z) * u[N + j];
-    const T dn = (1 - n * n) * (r * u[2 * N + j] + cq[j] * dr);
-    dho[j] = (1 - z) * dn + (ch[j] - n) * dz + z * dh[j];
+    T r, rc, z, zc, n, nd;
+    gates::sigmoid_load(cr[j], r, rc);
+    gates::sigmoid_load(cz[j], z, zc);
+    gates::tanh_load(cn[j], n, nd);
+    const T dr = (r * rc) * u[j];
+    const T dz = (z * zc) * u[N + j];
+    const T dn = nd * (r * u[2 * N + j] + cq[j] * dr);
+    dho[j] = zc * dn + (ch[j] - n) * dz + z * dh[j];
   }
 }
 
@@ -148,10 +157,13 @@ VGCORE_TARGET_CLONES void gru_vjp_row(const T* __restrict cache, const T* __rest
   const T* cq = cache + 3 * N;
   const T* ch = cache + 4 * N;
   for (std::size_t j = 0; j < N; ++j) {
-    const T r = cr[j], z = cz[j], n = cn[j];
-    const T dan = w[j] * (1 - z) * (1 - n * n);
-    G[j] = dan * cq[j] * r * (1 - r);
-    G[N + j] = w[j] * (ch[j] - n) * z * (1 - z);
+    T r, rc, z, zc, n, nd;
+    gates::sigmoid_load(cr[j], r, rc);
+    gates::sigmoid_load(cz[j], z, zc);
+    gates::tanh_load(cn[j], n, nd);
+    const T dan = w[j] * zc * nd;
+    G[j] = dan * cq[j] * (r * rc);
+    G[N + j] = w[j] * (ch[j] - n) * (z * zc);
     G[2 * N + j] = dan * r;
     direct[j] = w[j] * z;
   }
@@ -378,10 +390,10 @@ void TangentModel<T>::state_update(std::size_t s, const T* proj, const T* U, std
       T* t = c + off.t;
       T* amh = c + off.amh;
       for (std::size_t j = 0; j < n; ++j) {
-        const T tv = fm::sigmoid(u[n + j] + (ly.gate_bias ? ly.gate_bias[j] : T(0)));
-        t[j] = tv;
+        T tv, tc;
+        t[j] = gates::sigmoid_store(u[n + j] + (ly.gate_bias ? ly.gate_bias[j] : T(0)), tv, tc);
         amh[j] = y[j] - h[j];
-        y[j] = tv * y[j] + (1 - tv) * h[j];
+        y[j] = tv * y[j] + tc * h[j];
       }
     }
   }
@@ -432,8 +444,11 @@ void TangentModel<T>::tangent_update(std::size_t s, const T* cache, const T* U, 
     } else {
       const T* t = cache + off.t;
       const T* amh = cache + off.amh;
-      for (std::size_t j = 0; j < n; ++j)
-        o[j] = t[j] * dphi[j] * base[j] + (1 - t[j]) * v[j] + amh[j] * t[j] * (1 - t[j]) * u[n + j];
+      for (std::size_t j = 0; j < n; ++j) {
+        T tv, tc;
+        gates::sigmoid_load(t[j], tv, tc);
+        o[j] = tv * dphi[j] * base[j] + tc * v[j] + amh[j] * (tv * tc) * u[n + j];
+      }
     }
   }
 }
@@ -488,9 +503,11 @@ void TangentModel<T>::vjp(std::size_t s, const T* cache, const T* Win, T* Wout, 
       const T* t = cache + off.t;
       const T* amh = cache + off.amh;
       for (std::size_t j = 0; j < n; ++j) {
-        g[j] = t[j] * dphi[j] * w[j];
-        g[n + j] = amh[j] * t[j] * (1 - t[j]) * w[j];
-        o[j] = (1 - t[j]) * w[j];
+        T tv, tc;
+        gates::sigmoid_load(t[j], tv, tc);
+        g[j] = tv * dphi[j] * w[j];
+        g[n + j] = amh[j] * (tv * tc) * w[j];
+        o[j] = tc * w[j];
       }
     }
     if (ly.norm == DenseNorm::layernorm) layernorm_vjp(ly, cache + off.xhat, cache[off.istd], g, n);
