@@ -1,14 +1,18 @@
-"""Independent reference implementations in PyTorch (float64 autograd)."""
+"""Gradient-flow oracles: PyTorch autograd (float64) through modules, cells and the layer
+definition, and accurate-derivative variants for inputs far into saturation."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from oracles.jacobians import torch_cell_module
 
-def torch_mlp_flow(torch, model, x, cotangent=None, dtype=None):
-    """Per-layer dL/dh (list, l = 0..L), output y, and parameter-gradient norms."""
+
+def torch_sequential_flow(torch, net, x, cotangent=None, dtype=None):
+    """Run an ``nn.Sequential`` of Linear / norm / activation modules on ``x`` and backpropagate
+    ``L = 0.5 ||y||^2`` (or the given ``dL/dy``): the layer outputs ``h_l`` (l = 0..L, a new
+    ``h`` after each Linear and its following modules) and their gradients (float64 arrays)."""
     dtype = dtype or torch.float64
-    net = model.astype(np.float64).to_torch().to(dtype)
     h = torch.tensor(np.asarray(x, dtype=np.float64), dtype=dtype, requires_grad=True)
     hs = [h]
     cur = h
@@ -24,13 +28,76 @@ def torch_mlp_flow(torch, model, x, cotangent=None, dtype=None):
         (0.5 * (y**2).sum()).backward()
     else:
         y.backward(torch.tensor(np.asarray(cotangent, dtype=np.float64), dtype=dtype))
-    grads = [t.grad.detach().double().numpy() for t in hs]
+    return hs, [t.grad.detach().double().numpy() for t in hs]
+
+
+def torch_mlp_flow(torch, model, x, cotangent=None, dtype=None):
+    """Per-layer dL/dh (list, l = 0..L), output y, and parameter-gradient norms."""
+    dtype = dtype or torch.float64
+    net = model.astype(np.float64).to_torch().to(dtype)
+    hs, grads = torch_sequential_flow(torch, net, x, cotangent, dtype)
+    y = hs[-1]
     lin = [m for m in net if isinstance(m, torch.nn.Linear)]
     wn = np.array([m.weight.grad.double().norm().item() for m in lin])
     bn = np.array(
         [m.bias.grad.double().norm().item() if m.bias is not None else np.nan for m in lin]
     )
     return grads, y.detach().double().numpy(), {"weight": wn, "bias": bn}
+
+
+def torch_block_flow(torch, model, x, cotangent=None):
+    """Independent functional implementation of the MLP layer definition in PyTorch (float64):
+    per-layer dL/dh (l = 0..L), the output, parameter-gradient norms per kind (NaN where a
+    layer lacks the parameter) and the parameter tensors with their ``.grad``. BatchNorm
+    layers use batch statistics (train mode)."""
+    from vgcore.activations import to_torch_module
+
+    F = torch.nn.functional
+    t = lambda a: None if a is None else torch.tensor(np.asarray(a, np.float64), requires_grad=True)  # noqa: E731
+    t0 = lambda a: None if a is None else torch.tensor(np.asarray(a, np.float64))  # noqa: E731
+    params = []
+    h = torch.tensor(np.asarray(x, np.float64), requires_grad=True)
+    hs = [h]
+    for i in range(model.depth):
+        W, b = t(model.weights[i]), t(model.biases[i])
+        gam, bet = t(model.norm_weights[i]), t(model.norm_biases[i])
+        GW, Gb = t(model.gate_weights[i]), t(model.gate_biases[i])
+        params.append(
+            {
+                "weight": W,
+                "bias": b,
+                "norm_weight": gam,
+                "norm_bias": bet,
+                "gate_weight": GW,
+                "gate_bias": Gb,
+            }
+        )
+        z = F.linear(h, W, b)
+        if model.norms[i] == "layernorm":
+            z = F.layer_norm(z, (z.shape[1],), gam, bet, eps=model.eps)
+        elif model.norms[i] == "batchnorm":  # running statistics given: eval mode
+            mu, var = t0(model.running_means[i]), t0(model.running_vars[i])
+            z = F.batch_norm(z, mu, var, gam, bet, training=mu is None, eps=model.eps)
+        a = to_torch_module(model.activations[i]).double()(z)
+        if model.blocks[i] == "residual":
+            h = h + model.alphas[i] * a
+        elif model.blocks[i] == "highway":
+            g = torch.sigmoid(F.linear(h, GW, Gb))
+            h = g * a + (1 - g) * h
+        else:
+            h = a
+        h.retain_grad()
+        hs.append(h)
+    if cotangent is None:
+        (0.5 * (h**2).sum()).backward()
+    else:
+        h.backward(torch.tensor(cotangent))
+    grads = [v.grad.numpy() for v in hs]
+    pn = {
+        k: np.array([p[k].grad.norm().item() if p[k] is not None else np.nan for p in params])
+        for k in params[0]
+    }
+    return grads, h.detach().numpy(), pn, params
 
 
 def torch_recurrent_flow(torch, model, x, h0=None, cotangent=None, dtype=None):
@@ -40,21 +107,9 @@ def torch_recurrent_flow(torch, model, x, h0=None, cotangent=None, dtype=None):
     """
     dtype = dtype or torch.float64
     kind = model.kind
-    m64 = model.astype(np.float64)
-    N, I = m64.hidden_size, m64.input_size
-    bias = m64.bias_ih is not None
-    if kind == "rnn":
-        cell = torch.nn.RNNCell(I, N, bias=bias, nonlinearity=m64.nonlinearity, dtype=dtype)
-    elif kind == "lstm":
-        cell = torch.nn.LSTMCell(I, N, bias=bias, dtype=dtype)
-    else:
-        cell = torch.nn.GRUCell(I, N, bias=bias, dtype=dtype)
-    with torch.no_grad():
-        cell.weight_ih.copy_(torch.from_numpy(m64.weight_ih))
-        cell.weight_hh.copy_(torch.from_numpy(m64.weight_hh))
-        if bias:
-            cell.bias_ih.copy_(torch.from_numpy(m64.bias_ih))
-            cell.bias_hh.copy_(torch.from_numpy(m64.bias_hh))
+    N = model.hidden_size
+    bias = model.bias_ih is not None
+    cell = torch_cell_module(torch, model, dtype)
     xt = torch.tensor(np.asarray(x, dtype=np.float64), dtype=dtype)
     T, B, _ = xt.shape
     if kind == "lstm":
@@ -128,102 +183,6 @@ def _lstm_state_partials(torch, cell, xt, hs, cs, cotangent, dtype):
         gh, gc = torch.autograd.grad((h_out, c_out), (h_in, c_in), (gh, gc))
         out.append(gc.detach().double().numpy())
     return np.stack(out[::-1])
-
-
-def torch_layer_fn(torch, model, i):
-    """Layer ``i`` of a vgcore MLP as a float64 PyTorch function of h (a vector or a batch of
-    rows), written from the layer definition independently of vgcore."""
-    F = torch.nn.functional
-
-    def t(a):
-        return None if a is None else torch.tensor(np.asarray(a, np.float64))
-
-    import vgcore
-
-    W, b = t(model.weights[i]), t(model.biases[i])
-    gam, bet = t(model.norm_weights[i]), t(model.norm_biases[i])
-    GW, Gb = t(model.gate_weights[i]), t(model.gate_biases[i])
-    act = vgcore.activations.to_torch_module(model.activations[i]).double()
-    block, alpha, norm, eps = model.blocks[i], model.alphas[i], model.norms[i], model.eps
-    if norm == "batchnorm":
-        raise ValueError("BatchNorm has no per-sample map")
-
-    def f(h):
-        z = F.linear(h, W, b)
-        if norm == "layernorm":
-            z = F.layer_norm(z, (z.shape[-1],), gam, bet, eps=eps)
-        a = act(z)
-        if block == "residual":
-            return h + alpha * a
-        if block == "highway":
-            g = torch.sigmoid(F.linear(h, GW, Gb))
-            return g * a + (1 - g) * h
-        return a
-
-    return f
-
-
-def torch_cell_fn(torch, model):
-    """The recurrent cell of a vgcore RNN/LSTM/GRU as a float64 PyTorch function
-    ``f(state, x_t) -> next state`` built on torch.nn's cell modules; an LSTM's state is
-    ``[h, c]`` concatenated along the last axis."""
-    m64 = model.astype(np.float64)
-    N, I = m64.hidden_size, m64.input_size
-    bias = m64.bias_ih is not None
-    dt = torch.float64
-    if model.kind == "rnn":
-        cell = torch.nn.RNNCell(I, N, bias=bias, nonlinearity=m64.nonlinearity, dtype=dt)
-    elif model.kind == "lstm":
-        cell = torch.nn.LSTMCell(I, N, bias=bias, dtype=dt)
-    else:
-        cell = torch.nn.GRUCell(I, N, bias=bias, dtype=dt)
-    with torch.no_grad():
-        cell.weight_ih.copy_(torch.from_numpy(m64.weight_ih))
-        cell.weight_hh.copy_(torch.from_numpy(m64.weight_hh))
-        if bias:
-            cell.bias_ih.copy_(torch.from_numpy(m64.bias_ih))
-            cell.bias_hh.copy_(torch.from_numpy(m64.bias_hh))
-    for p in cell.parameters():
-        p.requires_grad_(False)
-
-    if model.kind == "lstm":
-
-        def f(s, x):
-            h, c = cell(x, (s[..., :N], s[..., N:]))
-            return torch.cat([h, c], dim=-1)
-
-        return f
-    return lambda s, x: cell(x, s)
-
-
-def torch_trajectory_jacobians(torch, model, x, h0=None):
-    """Per-step state Jacobians along each sample's trajectory, by torch.func.jacrev:
-    a list over steps of arrays (B, D_out, D_in). MLP: x is (B, in); recurrent: (T, B, I),
-    h0 (B, D) state rows (LSTM: [h, c]) or None for zeros."""
-    from torch.func import jacrev, vmap
-
-    x = np.asarray(x, np.float64)
-    if model.kind == "mlp":
-        h = torch.from_numpy(x)
-        out = []
-        for i in range(model.depth):
-            f = torch_layer_fn(torch, model, i)
-            out.append(vmap(jacrev(f))(h).numpy())
-            h = f(h)
-        return out
-    f = torch_cell_fn(torch, model)
-    T, B, _ = x.shape
-    s = (
-        torch.zeros(B, model.state_size, dtype=torch.float64)
-        if h0 is None
-        else torch.from_numpy(np.asarray(h0, np.float64))
-    )
-    out = []
-    for t in range(T):
-        xt = torch.from_numpy(x[t])
-        out.append(vmap(jacrev(f))(s, xt).numpy())
-        s = f(s, xt)
-    return out
 
 
 # -- accurate-derivative oracle (for extreme inputs) ---------------------------------------
