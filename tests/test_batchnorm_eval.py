@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import vgcore
+from oracles import module_jacobians, torch_sequential_flow
 from tolerances import assert_rel_close
 from vgcore import MLP
 
@@ -33,20 +34,6 @@ def _trained_bn_net(torch, *, train: bool):
     return net.train(train)
 
 
-def _torch_flow(torch, net, x):
-    h = torch.tensor(x, requires_grad=True)
-    hs, cur = [h], h
-    for m in net:
-        cur = m(cur)
-        if isinstance(m, torch.nn.Linear):
-            hs.append(cur)
-        else:
-            hs[-1] = cur
-        cur.retain_grad()
-    (0.5 * (hs[-1] ** 2).sum()).backward()
-    return hs, [t.grad.numpy() for t in hs]
-
-
 @pytest.mark.parametrize("train", [False, True])
 def test_gradient_flow_follows_the_module_mode(torch, train: bool) -> None:
     net = _trained_bn_net(torch, train=train)
@@ -57,7 +44,7 @@ def test_gradient_flow_follows_the_module_mode(torch, train: bool) -> None:
     )
     assert any("train()" in n for n in model.notes) is train
     flow = vgcore.gradient_flow(model, x, keep_grads=True, param_grads=True)
-    hs, grads = _torch_flow(torch, net, x)
+    hs, grads = torch_sequential_flow(torch, net, x)
     assert_rel_close(flow.output, hs[-1].detach().numpy(), 1e-12, "output")
     for g, want in zip(flow.grads, grads):
         assert_rel_close(g, want, 1e-10, "dL/dh")
@@ -91,8 +78,7 @@ def test_eval_batchnorm_per_sample_jacobian(torch) -> None:
     model = MLP.from_torch(net)
     x = np.random.default_rng(2).normal(size=(2, 4))
     sv = vgcore.jacobian_singular_values(model, x)
-    for b in range(2):
-        J = torch.func.jacrev(net)(torch.tensor(x[b : b + 1]))[0, :, 0, :].detach().numpy()
+    for b, J in enumerate(module_jacobians(torch, net, x)):
         want = np.sort(np.linalg.svd(J, compute_uv=False))[::-1]
         assert_rel_close(np.exp(sv.log_singular_values[b]), want, 1e-10, "singular values")
     vgcore.lyapunov(model, x, k=2)

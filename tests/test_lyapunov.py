@@ -14,27 +14,8 @@ import numpy as np
 import pytest
 
 import vgcore
-from oracles import torch_trajectory_jacobians
+from oracles import qr_lyapunov
 from vgcore.analysis.lyapunov import LyapunovSpectrum
-
-
-def _qr_oracle(torch, model, x, k, *, h0=None, burn_in=0, qr_every=1, seed=0):
-    """Accumulated log|diag R| / steps per sample, descending: the textbook QR method."""
-    Js = torch_trajectory_jacobians(torch, model, x, h0)
-    B, D = Js[0].shape[0], Js[0].shape[2]
-    v0 = np.random.default_rng(seed).standard_normal((B, k, D))
-    out = np.zeros((B, k))
-    for b in range(B):
-        Q = np.linalg.qr(v0[b].T)[0]
-        acc = np.zeros(k)
-        for t, J in enumerate(Js):
-            Q = J[b] @ Q
-            if (t + 1) % qr_every == 0 or t + 1 == len(Js):
-                Q, R = np.linalg.qr(Q)
-                if t >= burn_in:
-                    acc += np.log(np.abs(np.diag(R)))
-        out[b] = np.sort(acc / (len(Js) - burn_in))[::-1]
-    return out
 
 
 def _cases():
@@ -69,7 +50,7 @@ CASES = list(_cases())
 def test_matches_numpy_qr_on_jacrev(torch, case):
     _, model, x, k = case
     res = vgcore.lyapunov(model, x, k=k)
-    ref = _qr_oracle(torch, model, x, k)
+    ref = qr_lyapunov(torch, model, x, k)
     assert res.exponents.shape == (x.shape[-2], k)
     np.testing.assert_allclose(res.exponents, ref, rtol=0, atol=1e-12)
 
@@ -80,7 +61,7 @@ def test_qr_every_and_burn_in_match_the_oracle(torch, qr_every):
     # k = 4: the 5th exponent is 3 per step below the 1st, so 7 steps without QR leave it
     # ~e^-21 of the block and both computations only resolve it to ~1e-6.
     res = vgcore.lyapunov(model, x, k=4, qr_every=qr_every, burn_in=qr_every * 2)
-    ref = _qr_oracle(torch, model, x, 4, qr_every=qr_every, burn_in=qr_every * 2)
+    ref = qr_lyapunov(torch, model, x, 4, qr_every=qr_every, burn_in=qr_every * 2)
     np.testing.assert_allclose(res.exponents, ref, rtol=0, atol=1e-12)
     assert res.accumulated_steps == 25 - qr_every * 2 and res.steps == 25
 

@@ -11,27 +11,13 @@ import numpy as np
 import pytest
 
 import vgcore
-from oracles import torch_cell_fn, torch_layer_fn
+from oracles import torch_cell_fn, torch_layer_fn, torch_step_maps
 from tolerances import assert_rel_close
 from vgcore._loader import _core
 from vgcore.activations import ACTIVATIONS
 from vgcore.analysis._spectra import core_model
 
 B, K = 3, 4
-
-
-def _torch_step_maps(torch, f, states, tangents, cotangents):
-    """Per-sample f(s), J V (rows) and J^T W (rows) by torch.func.jvp / vjp."""
-    from torch.func import jvp, vjp, vmap
-
-    ys, jv, jtw = [], [], []
-    for b in range(states.shape[0]):
-        s = torch.from_numpy(states[b])
-        y, pull = vjp(f, s)
-        ys.append(y.numpy())
-        jv.append(vmap(lambda v, s=s: jvp(f, (s,), (v,))[1])(torch.from_numpy(tangents[b])).numpy())
-        jtw.append(vmap(lambda w, pull=pull: pull(w)[0])(torch.from_numpy(cotangents[b])).numpy())
-    return np.stack(ys), np.stack(jv), np.stack(jtw)
 
 
 def _core_step_maps(model, step, x_t, states, tangents, cotangents, dt):
@@ -56,7 +42,7 @@ def _check(torch, model, step, x_t, states, f, dtype):
     dout = f(torch.from_numpy(states[:1])).shape[1]
     V = rng.standard_normal((states.shape[0], K, din))
     W = rng.standard_normal((states.shape[0], K, dout))
-    ref = _torch_step_maps(torch, lambda s: f(s[None])[0], states, V, W)
+    ref = torch_step_maps(torch, lambda s: f(s[None])[0], states, V, W)
     got = _core_step_maps(model, step, x_t, states, V, W, dtype)
     rtol = RTOL_MAP[np.dtype(dtype)]
     for name, g, r in zip(("state", "J V", "J^T W"), got, ref):
