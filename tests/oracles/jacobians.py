@@ -161,7 +161,8 @@ def qr_lyapunov(torch, model, x, k, *, h0=None, burn_in=0, qr_every=1, seed=0):
             if (t + 1) % qr_every == 0 or t + 1 == len(Js):
                 Q, R = np.linalg.qr(Q)
                 if t >= burn_in:
-                    acc += np.log(np.abs(np.diag(R)))
+                    with np.errstate(divide="ignore"):  # a switched-off direction: -inf
+                        acc += np.log(np.abs(np.diag(R)))
         out[b] = np.sort(acc / (len(Js) - burn_in))[::-1]
     return out
 
@@ -192,4 +193,5 @@ def product_log_singular_values(torch, model, x, h0=None):
         for J in Js[1:]:
             M = J[b] @ M
         out.append(np.linalg.svd(M, compute_uv=False))
-    return np.log(np.array(out)), Js
+    with np.errstate(divide="ignore"):  # rank-deficient products have exact zeros: -inf
+        return np.log(np.array(out)), Js
