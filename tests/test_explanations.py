@@ -249,3 +249,14 @@ def test_dead_relus_are_a_cause_named_from_the_dead_fraction():
     assert d.verdict == "vanishing"
     assert d.evidence["dead_max"] == 1.0
     assert any("inactive for every sample" in c for c in d.causes)
+
+
+def test_small_gaussian_rnn_gets_the_mean_field_reading():
+    """A 32 x 32 Gaussian weight_hh has a sample kurtosis 0.35 from 3 (seed 0): it used to be
+    judged non-Gaussian (fixed tolerance 0.3), so the phase went unexplained."""
+    rnn = vgcore.RNN.from_sizes(8, 32, init={"name": "gaussian", "sigma_w2": 3.0}, seed=0)
+    d = vgcore.diagnose(rnn, steps=50, batch=4, check=False)
+    assert d.evidence["gaussian_init"]
+    assert d.evidence["mean_field"]["phase_no_inputs"] == "chaotic"
+    uniform = vgcore.RNN.from_sizes(8, 32, seed=0)  # PyTorch's uniform init: not Gaussian
+    assert not vgcore.diagnose(uniform, steps=20, batch=2, check=False).evidence["gaussian_init"]

@@ -7,6 +7,7 @@ biases) keep the weights as they are, so the measured difference is the fix alon
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -203,7 +204,8 @@ def estimate_weight_scale(model: Any) -> dict[str, Any]:
 
     For an MLP the average over layers (all of them); for a recurrent cell, ``weight_hh``.
     ``gaussian`` says whether the weights look normally distributed (pooled kurtosis of the
-    per-layer standardised weights within 0.3 of 3; a uniform law has 1.8).
+    per-layer standardised weights within 0.3 of 3, or 4 standard errors ``sqrt(24 / n)`` for
+    fewer than 4,267 weights; a uniform law has 1.8).
     """
     if isinstance(model, MLP):
         ws = model.weights
@@ -222,9 +224,12 @@ def estimate_weight_scale(model: Any) -> dict[str, Any]:
     z = np.concatenate([((w - w.mean()) / (w.std() or 1.0)).ravel() for w in ws]).astype(np.float64)
     kurt = float(np.mean(z**4)) if z.size else float("nan")
     mean_ratio = float(np.mean([abs(w.mean()) / (w.std() or 1.0) for w in ws]))
+    # 4 standard errors of the sample kurtosis (sqrt(24 / n)), at least 0.3: a 32 x 32 Gaussian
+    # matrix is not called uniform by chance (1.8), nor uniform weights Gaussian
+    tol = max(0.3, 4.0 * math.sqrt(24.0 / max(z.size, 1)))
     return {
         "sigma_w2": sw2,
         "sigma_b2": sb2,
         "kurtosis": kurt,
-        "gaussian": bool(z.size >= 1000 and abs(kurt - 3.0) < 0.3 and mean_ratio < 0.1),
+        "gaussian": bool(z.size >= 1000 and abs(kurt - 3.0) < tol and mean_ratio < 0.1),
     }
