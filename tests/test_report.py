@@ -78,8 +78,9 @@ def test_report_data_tables(tmp_path, diagnoses):
         summary = list(csv.DictReader(fh))
     assert [r["model"] for r in summary] == ["sigmoid | deep", "rnn"]
     assert summary[0]["verdict"] == "vanishing"
-    assert float(summary[1]["lyapunov"]) == pytest.approx(diagnoses[1].evidence["lyapunov"])
-    assert float(summary[1]["lyapunov_std"]) == pytest.approx(diagnoses[1].evidence["lyapunov_std"])
+    ev = diagnoses[1].evidence
+    assert float(summary[1]["lyapunov_ln"]) == pytest.approx(ev["lyapunov"])
+    assert float(summary[1]["lyapunov_ln_std"]) == pytest.approx(ev["lyapunov_std"])
     assert float(summary[0]["log10_gain"]) == pytest.approx(diagnoses[0].evidence["log10_gain"])
     with files["gradient_norms.csv"].open() as fh:
         norms = list(csv.DictReader(fh))
