@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from vgcore.models import GRU, LSTM, MLP, RNN, RecurrentModel
+from vgcore.models import MLP, RNN, RecurrentModel, model_kind
 
 __all__ = [
     "estimate_weight_scale",
@@ -115,7 +115,7 @@ def recurrent_as(
     model: RecurrentModel, kind: str, *, init: Any = None, seed: int = 0
 ) -> RecurrentModel:
     """A fresh ``kind`` cell ("rnn", "lstm", "gru") with the same input and hidden sizes."""
-    cls = {"rnn": RNN, "lstm": LSTM, "gru": GRU}[kind]
+    cls: Any = model_kind(kind).cls
     return cls.from_sizes(  # type: ignore[no-any-return]
         model.input_size,
         model.hidden_size,

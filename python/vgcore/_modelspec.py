@@ -189,7 +189,7 @@ def _as_spec(spec: ModelSpec | Mapping[str, Any]) -> ModelSpec:
 
 def build_model(spec: ModelSpec | Mapping[str, Any]) -> Any:
     """The vgcore model a spec describes (weights seeded by ``seed``)."""
-    from vgcore.models import GRU, LSTM, MLP, RNN
+    from vgcore.models import MLP, model_kind
 
     s = _as_spec(spec)
     v = s.values
@@ -210,7 +210,7 @@ def build_model(spec: ModelSpec | Mapping[str, Any]) -> Any:
             highway=v["block"] == "highway",
             norm=v["norm"],
         )
-    cls: Any = {"rnn": RNN, "lstm": LSTM, "gru": GRU}[s.kind]
+    cls: Any = model_kind(s.kind).cls
     kw: dict[str, Any] = {"nonlinearity": v["nonlinearity"]} if s.kind == "rnn" else {}
     return cls.from_sizes(
         v["input_size"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,7 +29,18 @@ from vgcore._validation import (
 )
 from vgcore.activations import Activation, ActivationLike, as_activation, from_torch_module
 
-__all__ = ["GRU", "LSTM", "MLP", "RNN", "Model", "RecurrentModel"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "MLP",
+    "RNN",
+    "Model",
+    "ModelKind",
+    "RecurrentModel",
+    "model_kind",
+    "model_kinds",
+    "register_model_kind",
+]
 
 
 def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
@@ -101,9 +113,69 @@ class Model:
     """
 
     kind: ClassVar[str] = "model"
+    #: The axis the analyses step along: ``"depth"`` (one step per layer, ``h_0 = x``) or
+    #: ``"time"`` (one step per time step, driven by ``x_t``).
+    axis: ClassVar[str] = "depth"
+    #: The parts of the state a step maps, concatenated in that order (LSTM: ``("h", "c")``).
+    state_names: ClassVar[tuple[str, ...]] = ("h",)
+    #: Gate blocks of a gated cell in PyTorch's order (LSTM ``i, f, g, o``; GRU ``r, z, n``).
+    gate_names: ClassVar[tuple[str, ...]] = ()
     dtype: np.dtype
     #: Notes on how an imported module was mapped (e.g. dropout skipped), shown in results.
     notes: tuple[str, ...] = ()
+
+    @property
+    def step_name(self) -> str:
+        """What one step is called in results and messages: ``"layer"`` or ``"step"``."""
+        return "layer" if self.axis == "depth" else "step"
+
+    @property
+    def state_dim(self) -> int:
+        """Dimension of the state the first step maps (a dense stack: its input width)."""
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        """Layers: a dense stack's depth (its steps), a recurrent model's stacked layers."""
+        raise NotImplementedError
+
+    @property
+    def input_size(self) -> int:
+        """Features of one input sample (a dense stack's ``x``; a recurrent model's ``x_t``)."""
+        raise NotImplementedError
+
+    def to_spec(self, dtype: object = None, *, check_finite: bool = True) -> dict[str, Any]:
+        """The model description the compiled core takes, with the parameters in ``dtype``.
+
+        Parameters
+        ----------
+        dtype : float32 or float64, optional
+            Default: the model's dtype.
+        check_finite : bool
+            Refuse NaN/Inf parameters (naming them) before the description is built.
+
+        Returns
+        -------
+        dict
+            ``{"kind": "mlp", "layers": [per-layer dicts]}`` for a dense stack, or
+            ``{"kind": cell, "weight_ih", "weight_hh", "bias_ih", "bias_hh"}`` (arrays of
+            shapes ``(G*N, I)``, ``(G*N, N)``, ``(G*N,)`` or None) for a recurrent cell.
+            The parameters are read afresh (no cache), so an in-place update is seen.
+        """
+        dt = self.dtype if dtype is None else resolve_dtype(dtype)
+        return self._spec_of(self._params_as(dt, check_finite=check_finite))
+
+    def _spec_of(self, params: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def jacobian_obstacle(self) -> str | None:
+        """Why the per-sample step Jacobians are not defined for this model, or None."""
+        return None
+
+    def step_jacobian_dims(self) -> list[int]:
+        """Order of each step's square Jacobian (the larger of its input and output
+        widths), one entry per step, or a single entry when every step has it."""
+        raise NotImplementedError
 
     def parameters(self) -> dict[str, np.ndarray]:
         """Parameters by PyTorch name (state_dict style)."""
@@ -653,6 +725,32 @@ class MLP(Model):
         return len(self.weights)
 
     @property
+    def state_dim(self) -> int:
+        return self.input_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.depth
+
+    def _spec_of(self, params: Any) -> dict[str, Any]:
+        return {"kind": "mlp", "layers": params}
+
+    def step_jacobian_dims(self) -> list[int]:
+        s = self.sizes
+        return [max(s[i], s[i + 1]) for i in range(self.depth)]
+
+    def jacobian_obstacle(self) -> str | None:
+        bad = [i for i in range(self.depth) if self.norm_mode(i) == "batchnorm"]
+        if not bad:
+            return None
+        return (
+            f"layer {bad[0]} uses BatchNorm with batch statistics (train mode), which "
+            "couples the samples of a batch: the per-sample Jacobian d h_l / d h_(l-1) is "
+            "not defined. Eval-mode BatchNorm (running_means / running_vars given, or an "
+            "imported module in eval()) and LayerNorm are supported"
+        )
+
+    @property
     def sizes(self) -> list[int]:
         return [self.weights[0].shape[1]] + [w.shape[0] for w in self.weights]
 
@@ -772,6 +870,7 @@ class RecurrentModel(Model):
     G is 1 (RNN), 4 (LSTM, gates i, f, g, o) or 3 (GRU, gates r, z, n).
     """
 
+    axis: ClassVar[str] = "time"
     gates: ClassVar[int] = 1
     torch_class: ClassVar[str] = ""
 
@@ -823,9 +922,30 @@ class RecurrentModel(Model):
         return self.hidden_size
 
     @property
+    def state_dim(self) -> int:
+        return self.state_size
+
+    @property
+    def num_layers(self) -> int:
+        return 1
+
+    @property
     def cell(self) -> str:
         """Name of the compiled kernel."""
         return self.kind
+
+    def step_jacobian_dims(self) -> list[int]:
+        return [self.state_size]
+
+    def _spec_of(self, params: Any) -> dict[str, Any]:
+        wih, whh, bih, bhh = params
+        return {
+            "kind": self.cell,
+            "weight_ih": wih,
+            "weight_hh": whh,
+            "bias_ih": bih,
+            "bias_hh": bhh,
+        }
 
     def parameters(self) -> dict[str, np.ndarray]:
         out = {"weight_ih": self.weight_ih, "weight_hh": self.weight_hh}
@@ -1038,6 +1158,8 @@ class LSTM(RecurrentModel):
     kind = "lstm"
     gates = 4
     torch_class = "LSTM"
+    state_names = ("h", "c")
+    gate_names = ("i", "f", "g", "o")
 
     @property
     def state_size(self) -> int:
@@ -1074,6 +1196,7 @@ class GRU(RecurrentModel):
     kind = "gru"
     gates = 3
     torch_class = "GRU"
+    gate_names = ("r", "z", "n")
 
     @classmethod
     def from_sizes(
@@ -1098,3 +1221,87 @@ class GRU(RecurrentModel):
 
     def to_torch(self) -> Any:
         return self._torch_module("GRU")
+
+
+# -- the registry of model kinds ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One kind of model vgcore analyses natively.
+
+    Attributes
+    ----------
+    name : str
+        The model's ``kind`` (``"mlp"``, ``"rnn"``, ...), as in configs and ``--model``.
+    cls : type
+        The :class:`Model` subclass.
+    torch_classes : tuple of str
+        Names of the ``torch.nn`` modules it is imported from (``from_torch``).
+    description : str
+        One line for help texts and reports.
+    """
+
+    name: str
+    cls: type[Model]
+    torch_classes: tuple[str, ...]
+    description: str
+
+    @property
+    def axis(self) -> str:
+        return self.cls.axis
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return self.cls.state_names
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        return self.cls.gate_names
+
+
+_KINDS: dict[str, ModelKind] = {}
+
+
+def register_model_kind(
+    cls: type[Model], *, torch_classes: Sequence[str], description: str
+) -> ModelKind:
+    """Add a model class to the registry (one line per kind; the analyses, diagnosis, CLI
+    and reports ask the registry or the model, never a list of classes)."""
+    if cls.kind in _KINDS:
+        raise ValueError(f"model kind {cls.kind!r} is already registered")
+    entry = ModelKind(cls.kind, cls, tuple(torch_classes), description)
+    _KINDS[cls.kind] = entry
+    return entry
+
+
+def model_kinds() -> tuple[ModelKind, ...]:
+    """Every registered model kind, in registration order."""
+    return tuple(_KINDS.values())
+
+
+def model_kind(name: str) -> ModelKind:
+    """The registered kind ``name``; a KeyError names the kinds there are."""
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown model kind {name!r}; the kinds are {', '.join(map(repr, _KINDS))}"
+        ) from None
+
+
+def is_model(obj: object) -> bool:
+    """Whether ``obj`` is a model of a registered kind."""
+    return (
+        isinstance(obj, Model)
+        and _KINDS.get(obj.kind, None) is not None
+        and isinstance(obj, _KINDS[obj.kind].cls)
+    )
+
+
+register_model_kind(
+    MLP, torch_classes=("Sequential",), description="dense stack (plain, residual, highway)"
+)
+register_model_kind(RNN, torch_classes=("RNN",), description="Elman RNN (tanh or relu)")
+register_model_kind(LSTM, torch_classes=("LSTM",), description="LSTM (gates i, f, g, o)")
+register_model_kind(GRU, torch_classes=("GRU",), description="GRU (gates r, z, n)")

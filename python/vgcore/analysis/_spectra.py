@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from vgcore._validation import as_float_array, resolve_dtype
 from vgcore.analysis._layout import time_major
-from vgcore.models import LSTM, MLP, Model, RecurrentModel
+from vgcore.models import Model, is_model, model_kinds
 
 ProgressCallback = Callable[[int, int], Any]
 #: The core reports this total while the length of a streamed input is unknown.
@@ -17,8 +18,9 @@ _UNKNOWN_TOTAL = 2**63
 
 
 def check_model(model: Any) -> Model:
-    if not isinstance(model, (MLP, RecurrentModel)):
-        raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
+    if not is_model(model):
+        names = ", ".join(k.cls.__name__ for k in model_kinds())
+        raise TypeError(f"model must be a vgcore model ({names}), got {type(model).__name__}")
     model._checked()  # parameters may have been changed in place since construction
     return model
 
@@ -28,55 +30,71 @@ def compute_dtype(model: Model, dtype: Any) -> np.dtype:
 
 
 def core_model(model: Model, dt: np.dtype) -> dict[str, Any]:
-    """The model as the compiled core takes it (arrays in dtype ``dt``)."""
-    if isinstance(model, MLP):
-        specs = model._params_as(dt)
-        bad = [i for i, s in enumerate(specs) if s["norm"] == "batchnorm"]
-        if bad:
-            raise ValueError(
-                f"layer {bad[0]} uses BatchNorm with batch statistics (train mode), which "
-                "couples the samples of a batch: the per-sample Jacobian d h_l / d h_(l-1) is "
-                "not defined. Eval-mode BatchNorm (running_means / running_vars given, or an "
-                "imported module in eval()) and LayerNorm are supported"
-            )
-        return {"kind": "mlp", "layers": specs}
-    assert isinstance(model, RecurrentModel)
-    wih, whh, bih, bhh = model._params_as(dt)
-    return {"kind": model.cell, "weight_ih": wih, "weight_hh": whh, "bias_ih": bih, "bias_hh": bhh}
+    """The model as the compiled core takes it (arrays in dtype ``dt``), for a Jacobian
+    analysis: refused where the per-sample step Jacobians are not defined."""
+    spec = model.to_spec(dt)
+    obstacle = model.jacobian_obstacle()
+    if obstacle:
+        raise ValueError(obstacle)
+    return spec
 
 
 def state_dim(model: Model) -> int:
     """Dimension of the state a step maps (MLP: the input width)."""
-    if isinstance(model, MLP):
-        return model.input_size
-    assert isinstance(model, RecurrentModel)
-    return model.state_size
+    return model.state_dim
 
 
-def mlp_input(model: MLP, x: Any, h0: Any, dt: np.dtype) -> np.ndarray:
-    if h0 is not None:
-        raise ValueError("h0 is only meaningful for recurrent models; an MLP takes x alone")
-    return as_float_array(x, "x", dt, ndim=2, shape=(None, model.input_size))
+@dataclass(frozen=True)
+class StepInputs:
+    """The inputs of a Jacobian analysis in the core's layout.
+
+    ``x``: ``(B, n0)`` for a depth-axis model (``h_0 = x``), ``(T, B, I)`` time-major for a
+    time-axis model; ``h0``: ``(B, state_dim)`` rows or None (zeros); ``steps``: layers or
+    time steps.
+    """
+
+    x: np.ndarray
+    h0: np.ndarray | None
+    batch: int
+    steps: int
 
 
-def sequence(model: RecurrentModel, x: Any, dt: np.dtype, name: str = "x") -> np.ndarray:
+def step_inputs(model: Model, x: Any, h0: Any, dt: np.dtype) -> StepInputs:
+    """``x`` (and ``h0``) checked and converted for a Jacobian analysis of ``model``."""
+    if model.axis == "depth":
+        if h0 is not None:
+            raise ValueError("h0 is only meaningful for recurrent models; an MLP takes x alone")
+        xa = as_float_array(x, "x", dt, ndim=2, shape=(None, model.state_dim))
+        return StepInputs(xa, None, xa.shape[0], model.num_layers)
+    xa = sequence(model, x, dt)
+    return StepInputs(xa, initial_state(model, h0, xa.shape[1], dt), xa.shape[1], xa.shape[0])
+
+
+def sequence(model: Any, x: Any, dt: np.dtype, name: str = "x") -> np.ndarray:
     """A (T, B, input_size) array with a clear error for an empty sequence; a batch-first
     model takes (B, T, input_size), as its module does."""
     return time_major(model, x, name, dt, model.input_size)
 
 
-def initial_state(model: RecurrentModel, h0: Any, batch: int, dt: np.dtype) -> np.ndarray | None:
-    """h0 as (B, D) state rows: an LSTM's pair (h0, c0) side by side; None means zeros."""
+def initial_state(model: Any, h0: Any, batch: int, dt: np.dtype) -> np.ndarray | None:
+    """h0 as (B, D) state rows: the parts of a multi-part state (an LSTM's pair (h0, c0))
+    side by side; None means zeros."""
     if h0 is None:
         return None
     N = model.hidden_size
-    if isinstance(model, LSTM):
-        if not (isinstance(h0, (tuple, list)) and len(h0) == 2):
-            raise TypeError("h0 for an LSTM must be a pair (h0, c0) of (B, N) arrays")
-        h = as_float_array(h0[0], "h0[0] (h0)", dt, shape=(batch, N))
-        c = as_float_array(h0[1], "h0[1] (c0)", dt, shape=(batch, N))
-        return np.ascontiguousarray(np.concatenate([h, c], axis=1))
-    return as_float_array(h0, "h0", dt, shape=(batch, N))
+    parts = model.state_names
+    if len(parts) == 1:
+        return as_float_array(h0, "h0", dt, shape=(batch, N))
+    pair = ", ".join(f"{p}0" for p in parts)
+    if not (isinstance(h0, (tuple, list)) and len(h0) == len(parts)):
+        raise TypeError(
+            f"h0 for an {type(model).__name__} must be a tuple ({pair}) of (B, N) arrays"
+        )
+    rows = [
+        as_float_array(h, f"h0[{i}] ({p}0)", dt, shape=(batch, N))
+        for i, (h, p) in enumerate(zip(h0, parts))
+    ]
+    return np.ascontiguousarray(np.concatenate(rows, axis=1))
 
 
 def check_progress(progress: Any) -> Any:

@@ -20,11 +20,11 @@ from vgcore.analysis._spectra import (
     compute_dtype,
     core_model,
     initial_state,
-    mlp_input,
     state_dim,
+    step_inputs,
 )
 from vgcore.analysis.singular_values import step_dims
-from vgcore.models import MLP, Model, RecurrentModel
+from vgcore.models import Model
 
 __all__ = ["LyapunovSpectrum", "lyapunov"]
 
@@ -182,7 +182,7 @@ def _record_bytes(n_records: int, batch: int, k: int) -> int:
     return 5 * 8 * n_records * batch * k
 
 
-def _chunks(model: RecurrentModel, x: Any, dt: np.dtype) -> tuple[Iterable[Any], int, int]:
+def _chunks(model: Any, x: Any, dt: np.dtype) -> tuple[Iterable[Any], int, int]:
     """(chunks, batch, total steps or 0): an array is one chunk, anything else is iterated."""
     if isinstance(x, np.ndarray) or (
         isinstance(x, (list, tuple)) and len(x) > 0 and not isinstance(x[0], np.ndarray)
@@ -293,12 +293,11 @@ def lyapunov(
         v0 = rng.standard_normal((B, k, D)).astype(dt)
         return _core.LyapunovEngine(spec, h0a, v0, burn_in, qr_every, max_records, threads)
 
-    if isinstance(model, MLP):
-        xa = mlp_input(model, x, h0, dt)
-        engine = make_engine(xa, model.depth)
-        engine.feed(None, model.depth, report)
-    else:
-        assert isinstance(model, RecurrentModel)
+    if model.axis == "depth":  # one pass through the layers, h_0 = x
+        inp = step_inputs(model, x, h0, dt)
+        engine = make_engine(inp.x, inp.steps)
+        engine.feed(None, inp.steps, report)
+    else:  # driven through time, possibly streamed chunk by chunk
         chunks, batch, total = _chunks(model, x, dt)
         engine = None
         fed = 0

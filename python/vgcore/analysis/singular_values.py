@@ -16,11 +16,9 @@ from vgcore.analysis._spectra import (
     check_progress,
     compute_dtype,
     core_model,
-    initial_state,
-    mlp_input,
-    sequence,
+    step_inputs,
 )
-from vgcore.models import MLP, Model, RecurrentModel
+from vgcore.models import Model
 
 __all__ = [
     "ISOMETRY_MAX_MEAN_DECADES",
@@ -254,23 +252,14 @@ def jacobian_singular_values(
     threads = resolve_threads(num_threads)
     report = check_progress(progress)
     spec = core_model(model, dt)
-    h0a = None
-    if isinstance(model, MLP):
-        xa = mlp_input(model, x, h0, dt)
-        depth = model.depth
-    else:
-        assert isinstance(model, RecurrentModel)
-        xa = sequence(model, x, dt)
-        h0a = initial_state(model, h0, xa.shape[1], dt)
-        depth = xa.shape[0]
-    batch = xa.shape[0] if isinstance(model, MLP) else xa.shape[1]
-    check_memory(_working_bytes(spec, batch, dt.itemsize, threads), "jacobian_singular_values")
-    out = _core.jacobian_log_singular_values(spec, xa, h0a, threads, report)
+    inp = step_inputs(model, x, h0, dt)
+    check_memory(_working_bytes(spec, inp.batch, dt.itemsize, threads), "jacobian_singular_values")
+    out = _core.jacobian_log_singular_values(spec, inp.x, inp.h0, threads, report)
     return JacobianSingularValues(
         model=model,
         kind=model.kind,
         dtype=dt,
-        depth=depth,
+        depth=inp.steps,
         log_singular_values=out["log_singular_values"],
         jacobi_sweeps=out["jacobi_sweeps"],
     )

@@ -17,9 +17,7 @@ from vgcore.analysis._spectra import (
     check_progress,
     compute_dtype,
     core_model,
-    initial_state,
-    mlp_input,
-    sequence,
+    step_inputs,
 )
 from vgcore.models import MLP, Model, RecurrentModel
 
@@ -291,17 +289,9 @@ def jacobian_spectrum(
         raise ValueError(f"tol must be in (0, 1), got {tol!r}")
     report = check_progress(progress)
     spec = core_model(model, dt)
-    h0a = None
-    if isinstance(model, MLP):
-        xa = mlp_input(model, x, h0, dt)
-        n_steps, axis = model.depth, "layer"
-        dims = [max(model.sizes[s], model.sizes[s + 1]) for s in range(n_steps)]
-    else:
-        assert isinstance(model, RecurrentModel)
-        xa = sequence(model, x, dt)
-        n_steps, axis = xa.shape[0], "step"
-        h0a = initial_state(model, h0, xa.shape[1], dt)
-        dims = [model.state_size]
+    inp = step_inputs(model, x, h0, dt)
+    xa, h0a, n_steps, axis = inp.x, inp.h0, inp.steps, model.step_name
+    dims = model.step_jacobian_dims()
     if isinstance(fallback_max_dim, bool) or not isinstance(fallback_max_dim, (int, np.integer)):
         raise TypeError(f"fallback_max_dim must be an integer, got {fallback_max_dim!r}")
     if fallback_max_dim < 0:
