@@ -51,6 +51,42 @@ def _save(fig: Any, root: Path, rel: str, dpi: int) -> str:
     return rel
 
 
+def _frame(
+    plt: Any, size: tuple[float, float], *, ncols: int = 1, right: float = 0.25
+) -> tuple[Any, Any]:
+    """A figure with fixed margins (inches) instead of a layout engine: saving then draws
+    once instead of twice plus a layout solve, about half the time of a report's figures."""
+    fig, axes = plt.subplots(1, ncols, figsize=size)
+    w, h = size
+    left, bottom, top, gap = 0.9, 0.6, 0.42, 1.05
+    panel = (w - left - right - gap * (ncols - 1)) / ncols
+    fig.subplots_adjust(
+        left=left / w,
+        right=1.0 - right / w,
+        bottom=bottom / h,
+        top=1.0 - top / h,
+        wspace=gap / panel,
+    )
+    return fig, axes
+
+
+def _draw_extra(plt: Any, plotting: Any, result: Any) -> Any:
+    """The figure of an extra result, on fixed-margin axes where its ``plot`` takes them."""
+    inner = getattr(result, "result", result)
+    if hasattr(inner, "exponents"):
+        two = getattr(inner, "running", None) is not None
+        _, axes = _frame(plt, (10.8, 3.9) if two else (6.0, 3.9), ncols=2 if two else 1)
+    elif hasattr(inner, "chi1"):
+        _, axes = _frame(plt, (7.0, 4.4), right=1.05)
+    else:
+        _, axes = _frame(plt, (7.0, 4.2))
+    try:
+        return plotting.plot(result, ax=axes)
+    except TypeError:  # a plot() without an ax keyword draws its own figure
+        plt.close(np.ravel(axes)[0].figure)
+        return plotting.plot(result)
+
+
 def _fig_of(ret: Any) -> Any:
     ax = np.ravel(np.asarray(ret, dtype=object))[0] if isinstance(ret, (list, np.ndarray)) else ret
     return ax.figure
@@ -120,7 +156,7 @@ def make_figures(
         ds = [d for d in diagnoses if d.flow.axis == axis]
         if not ds:
             continue
-        fig, ax = plt.subplots(figsize=(8, 4.6), layout="constrained")
+        fig, ax = _frame(plt, (8, 4.6))
         plotting.plot_gradient_flow(
             [d.flow for d in ds],
             [d.name for d in ds],
@@ -133,7 +169,7 @@ def make_figures(
         figs.append(Figure(rel, caption, "overview"))
     for d in diagnoses:
         s = _claim(slug(d.name), taken)
-        fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+        fig, ax = _frame(plt, (7, 4.2))
         plotting.plot_diagnosis(d, ax=ax)
         figs.append(
             Figure(
@@ -148,7 +184,9 @@ def make_figures(
         if alt is not None:
             lyap = getattr(placed[alt], "result", placed[alt])
         if lyap is not None:
-            ret = plotting.plot_lyapunov(lyap, title=f"Lyapunov exponents: {d.name}")
+            two = getattr(lyap, "running", None) is not None
+            _, pair = _frame(plt, (10.8, 3.9) if two else (6.0, 3.9), ncols=2 if two else 1)
+            ret = plotting.plot_lyapunov(lyap, ax=pair, title=f"Lyapunov exponents: {d.name}")
             figs.append(
                 Figure(
                     _save(_fig_of(ret), root, f"figures/{_claim(f'{s}-lyapunov', taken)}.png", dpi),
@@ -157,7 +195,7 @@ def make_figures(
                 )
             )
         if d.flow.grads is not None:
-            fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
+            fig, ax = _frame(plt, (7, 3.8))
             plotting.plot_grad_histograms(d.flow, ax=ax, title=f"{d.name}: gradient magnitudes")
             figs.append(
                 Figure(
@@ -168,13 +206,13 @@ def make_figures(
             )
         for caption, r in placed.items():
             if r.section == d.name and getattr(r, "replaces", None) is None:
-                ret = plotting.plot(r)
+                ret = _draw_extra(plt, plotting, r)
                 rel = f"figures/{_claim(slug(caption), taken)}.png"
                 figs.append(Figure(_save(_fig_of(ret), root, rel, dpi), caption, d.name))
     for caption, result in extras.items():
         if caption in placed:
             continue
-        ret = plotting.plot(result)
+        ret = _draw_extra(plt, plotting, result)
         rel = f"figures/{_claim(slug(caption), taken)}.png"
         figs.append(Figure(_save(_fig_of(ret), root, rel, dpi), caption, "extra"))
     return figs
