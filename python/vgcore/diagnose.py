@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -982,7 +983,7 @@ def _mlp_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommenda
                         action=f"normalise every layer's pre-activation with {label}",
                         params={"norm": norm},
                     ),
-                    lambda norm=norm: _fixes.mlp_with(m, norm=norm),
+                    partial(_fixes.mlp_with, m, norm=norm),
                 )
             )
     return recs
@@ -1003,7 +1004,7 @@ def _best_of(
     """Check each value; keep the first that is healthy (``first_healthy``), else the best."""
     best: Recommendation | None = None
     for v in values:
-        rec = _measure(ctx, make(v), lambda v=v: build(v))
+        rec = _measure(ctx, make(v), partial(build, v))
         if first_healthy and rec.checked and rec.verdict_after == "healthy":
             return rec
         if best is None or (
