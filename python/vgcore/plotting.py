@@ -593,6 +593,7 @@ def plot_singular_values(
     """
     ax = _axes(ax)
     iso = None
+    raw: np.ndarray | None
     if isinstance(result, (np.ndarray, list, tuple)):
         raw = np.asarray(result, float)
     else:

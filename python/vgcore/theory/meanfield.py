@@ -151,7 +151,14 @@ class MeanField:
         pts = np.stack([sw.ravel(), sb.ravel()], axis=1)
         if len(pts) > max_points:
             pts = pts[np.linspace(0, len(pts) - 1, max_points).astype(int)]
-        diagram = phase_diagram_around(name, pts, tol=self.tol, **self.act_params)
+        # a figure of chi_1: no correlation map (seconds of 2-D quadrature)
+        diagram = phase_diagram_around(
+            name,
+            pts,
+            tol=self.tol,
+            correlation=False,
+            **self.act_params,  # type: ignore[arg-type]  # floats, never `correlation`
+        )
         point = [(float(w), float(b)) for w, b in pts]
         return plot_phase_diagram(diagram, point=point, **kw)
 
