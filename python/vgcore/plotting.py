@@ -197,7 +197,10 @@ def plot_grad_histograms(
 ) -> Any:
     """Histograms of gradient magnitudes ``log10 |dL/dh_i|`` per layer or step.
 
-    Needs the full gradients: run ``gradient_flow(..., keep_grads=True)``.
+    Needs the full gradients: run ``gradient_flow(..., keep_grads=True)``. The y-axis is set
+    by the hidden layers / steps: the output side's gradient is often a narrow spike (the loss
+    gradient itself) that would flatten every other curve; when its peak is cut, its legend
+    entry says so and gives the peak.
 
     Parameters
     ----------
@@ -205,7 +208,11 @@ def plot_grad_histograms(
     layers : sequence of int, optional
         Which ``h_i`` to show (default: up to ``max_curves`` evenly spaced, ends included).
     bins : int
+        Bins per curve (each over its own range).
     ax : matplotlib Axes, optional
+    max_curves : int
+        Most curves drawn when ``layers`` is not given.
+    title : str, optional
 
     Returns
     -------
