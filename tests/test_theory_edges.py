@@ -455,8 +455,9 @@ def test_phase_command_json_and_plot(tmp_path, capsys) -> None:
     doc = json.loads(capsys.readouterr().out)
     assert doc["phase"] == "chaotic" and doc["q_star"] == pytest.approx(1e50)
     assert png.stat().st_size > 0
-    assert cli.main(["phase", "--plot", str(tmp_path / "missing" / "p.png")]) == 1
-    assert "cannot write" in capsys.readouterr().err
+    # refused before any work
+    assert cli.main(["phase", "--plot", str(tmp_path / "missing" / "p.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
