@@ -1,0 +1,150 @@
+"""Checking a fix: apply it to a copy of the model, measure the gradient flow again on the same
+inputs, and rank the recommendations by the measured improvement."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from vgcore.analysis.gradient_flow import GradientFlow, gradient_flow
+from vgcore.diagnose.evidence import _LOG10, _spread, _verdict
+from vgcore.diagnose.result import Recommendation
+from vgcore.models import Model
+
+
+# causes -> fixes
+@dataclass
+class _Ctx:
+    model: Model
+    x: np.ndarray
+    flow: GradientFlow
+    verdict: str
+    ev: dict[str, Any]
+    ratio: float
+    seed: int
+    threads: int | None
+    check: bool = True
+
+
+def _measure(ctx: _Ctx, rec: Recommendation, build: Callable[[], Model]) -> Recommendation:
+    if not ctx.check:
+        rec.note = "checks disabled"
+        return rec
+    try:
+        model = build()
+        flow = gradient_flow(model, ctx.x, num_threads=ctx.threads)
+        rec.after = _spread(flow)
+        rec.before = ctx.ev["spread"]
+        # an exact zero gradient has an infinite spread; inf - inf counts as no change
+        both_inf = math.isinf(rec.before) and math.isinf(rec.after)
+        rec.improvement = 0.0 if both_inf else rec.before - rec.after
+        rec.verdict_after = _verdict(flow, ctx.ratio)
+        rec.checked = True
+        rec.flow_after = flow
+        rec.model_after = model
+    except Exception as exc:
+        rec.note = f"{type(exc).__name__}: {exc}"
+    return rec
+
+
+def _round1(v: float) -> float:
+    """Round to one significant digit (a threshold worth typing)."""
+    if not (v > 0 and math.isfinite(v)):
+        return 1.0
+    e = math.floor(math.log10(v))
+    return round(v / 10**e) * 10**e
+
+
+def _clip_rec(ctx: _Ctx) -> Recommendation:
+    """Global-norm clipping at the norm the gradient would have without the amplification."""
+    pg = ctx.flow.log_param_grad_norms or {}
+    logs = (
+        np.concatenate([np.atleast_1d(np.asarray(v, float)) for v in pg.values()])
+        if pg
+        else np.array([])
+    )
+    logs = logs[np.isfinite(logs)]
+    rec = Recommendation(
+        cause="exploding gradients",
+        fix="gradient clipping",
+        action="",
+        metric="update norm",
+    )
+    if logs.size == 0:
+        rec.note = "no parameter gradients were measured"
+        rec.action = "clip the global gradient norm (torch.nn.utils.clip_grad_norm_)"
+        return rec
+    m = float(np.max(logs))
+    log_total = m + 0.5 * math.log(float(np.sum(np.exp(2 * (logs - m)))))
+    log10_total = log_total / _LOG10
+    tau = _round1(10 ** (log10_total - ctx.ev["max_growth"]))
+    rec.params = {"clip_norm": tau}
+    rec.action = (
+        f"clip the global gradient norm at {tau:g} (torch.nn.utils.clip_grad_norm_(params, {tau:g}));"
+        f" that is the measured norm 10^{log10_total:.1f} divided by its 10^{ctx.ev['max_growth']:.1f}"
+        " amplification through depth/time"
+    )
+    if not ctx.check:
+        rec.note = "checks disabled"
+        return rec
+    try:
+        flow = gradient_flow(ctx.model, ctx.x, clip_norm=tau, num_threads=ctx.threads)
+        clip = flow.clip or {}
+        after = math.log10(max(clip.get("total_norm", 0.0) * clip.get("clip_coef", 1.0), 1e-300))
+        rec.before, rec.after = log10_total, after
+        rec.improvement = log10_total - after
+        rec.verdict_after = ctx.verdict
+        rec.checked = True
+        rec.flow_after = None
+    except Exception as exc:
+        rec.note = f"{type(exc).__name__}: {exc}"
+    return rec
+
+
+def _init_name_for(act: str) -> str:
+    return "kaiming_normal" if act in ("relu", "leaky_relu") else "xavier_normal"
+
+
+def _gate_bias_candidates(current: float) -> list[float]:
+    return [v for v in (1.0, 2.0, 3.0) if v > current + 0.25] or [current + 1.0]
+
+
+def _best_of(
+    ctx: _Ctx,
+    make: Callable[[float], Recommendation],
+    build: Callable[[float], Model],
+    values: list[float],
+    *,
+    first_healthy: bool = True,
+) -> Recommendation:
+    """Check each value; keep the first that is healthy (``first_healthy``), else the best."""
+    best: Recommendation | None = None
+    for v in values:
+        rec = _measure(ctx, make(v), partial(build, v))
+        if first_healthy and rec.checked and rec.verdict_after == "healthy":
+            return rec
+        if best is None or (
+            rec.checked and (not best.checked or (rec.improvement or 0) > (best.improvement or 0))
+        ):
+            best = rec
+    assert best is not None
+    return best
+
+
+def _rank(recs: list[Recommendation]) -> tuple[list[Recommendation], list[Recommendation]]:
+    """(recommended, measured not to help): fixes of the flow that help by measured
+    improvement, then update-norm bounds that help, then unmeasured fixes."""
+
+    def key(r: Recommendation) -> tuple[int, float]:
+        group = (1 if r.bounds_update else 0) if r.helps else (2 if not r.checked else 3)
+        return (group, -(r.improvement or 0.0))
+
+    ranked = sorted(recs, key=key)
+    return [r for r in ranked if r.helps or not r.checked], [
+        r for r in ranked if r.checked and not r.helps
+    ]

@@ -1,0 +1,329 @@
+"""The result of a diagnosis: the verdict with its evidence, and the checked recommendations."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vgcore.analysis.gradient_flow import GradientFlow
+from vgcore.diagnose.evidence import unit_lines
+from vgcore.models import Model
+
+
+# results
+@dataclass(repr=False)
+class Recommendation:
+    """One fix for one cause, with its measured effect.
+
+    Attributes
+    ----------
+    cause : str
+        The cause it addresses, e.g. ``"saturating activations"``.
+    fix : str
+        Short name of the fix, e.g. ``"ReLU + He init"``.
+    action : str
+        What to change, in one sentence.
+    params : dict
+        The fix's settings (e.g. ``{"clip_norm": 5.0}`` or ``{"forget_bias": 1.0}``).
+    metric : str
+        ``"spread"`` (decades between the gradient at any layer/step and at the output) or,
+        for clipping, ``"update norm"`` (decades of the parameter-gradient norm).
+    before, after : float or None
+        The metric without and with the fix (``after`` None when not checked).
+    improvement : float or None
+        ``before - after`` in decades (positive: better).
+    verdict_after : str or None
+        The verdict with the fix applied.
+    checked : bool
+        Whether the fix was applied and measured.
+    note : str
+        Why it was not checked, or a remark on the measurement.
+    """
+
+    cause: str
+    fix: str
+    action: str
+    params: dict[str, Any] = field(default_factory=dict)
+    metric: str = "spread"
+    before: float | None = None
+    after: float | None = None
+    improvement: float | None = None
+    verdict_after: str | None = None
+    checked: bool = False
+    note: str = ""
+    flow_after: GradientFlow | None = None
+    model_after: Model | None = None
+
+    @property
+    def helps(self) -> bool:
+        """Measured to help: the spread shrinks by at least half a decade, or (clipping) the
+        update norm is actually bounded."""
+        if not (self.checked and self.improvement is not None):
+            return False
+        if self.metric == "update norm":
+            return self.improvement > 0
+        return self.improvement >= 0.5
+
+    @property
+    def bounds_update(self) -> bool:
+        """A bound on the update norm (gradient clipping), not a change of the gradient flow."""
+        return self.metric == "update norm"
+
+    def measured(self) -> str:
+        """One line: the measured effect (or why there is none)."""
+        if not self.checked:
+            return f"not checked: {self.note}" if self.note else "not checked"
+        if self.metric == "update norm":
+            return (
+                f"bounds the update norm: 10^{self.before:.1f} -> 10^{self.after:.1f} "
+                "(clipping rescales the update; the dL/dh profile is unchanged)"
+            )
+        return (
+            f"spread {self.before:.1f} -> {self.after:.1f} decades "
+            f"({self.improvement:+.1f}), verdict {self.verdict_after}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cause": self.cause,
+            "fix": self.fix,
+            "action": self.action,
+            "params": _jsonable(self.params),
+            "metric": self.metric,
+            "before": self.before,
+            "after": self.after,
+            "improvement": self.improvement,
+            "verdict_after": self.verdict_after,
+            "checked": self.checked,
+            "helps": self.helps,
+            "note": self.note,
+        }
+
+    def __repr__(self) -> str:
+        return f"Recommendation({self.fix!r} for {self.cause!r}: {self.measured()})"
+
+
+@dataclass(repr=False)
+class Diagnosis:
+    """Result of :func:`diagnose`.
+
+    Attributes
+    ----------
+    name : str
+        Label of the model (for tables, legends and reports).
+    model : Model
+    flow : GradientFlow
+        The measured gradient flow (with parameter-gradient norms).
+    verdict : {"vanishing", "exploding", "healthy"}
+    ratio : float
+        The threshold: vanishing when the gradient falls below ``ratio`` times its output
+        value, exploding when it rises above ``1 / ratio`` times.
+    evidence : dict
+        What the verdict rests on. ``axis`` ("layer" / "step"), ``length`` (L or T),
+        ``log10_grad_norms`` (L+1,), ``log10_step_gains`` (L,): ``log10`` gain of each
+        layer / step in the backward pass; ``log10_gain``: input side over output, in decades;
+        ``log10_rate``: fitted decades per layer / step; ``spread``, ``max_growth``,
+        ``max_decay`` (decades); ``vanishing_depth`` / ``exploding_depth``: distance from the
+        output where the gradient first falls below ``ratio`` / rises above ``1 / ratio`` of its
+        output value (None if never); ``saturation_mean``, ``saturation_max``: saturated units
+        (tanh, sigmoid, elu/selu, gates: a small derivative at a bound); ``inactive_mean``,
+        ``inactive_max``: inactive units (ReLU family switched off; not saturated);
+        ``dead_mean``, ``dead_max``: units inactive for every sample of the batch (None where
+        the activation cannot be inactive); for gated cells, ``gate_saturation``;
+        ``thresholds``: the verdict thresholds in words; ``act_std_first``, ``act_std_last``, ``act_mean_last``;
+        ``lyapunov``: top Lyapunov exponent per layer / step (natural log): the batch mean of
+        ``vgcore.lyapunov(model, x, k=1).exponents[:, 0]`` for recurrent models and MLPs whose
+        layers keep the width, else the backward growth rate of the gradient; with
+        ``lyapunov_std`` (its standard deviation over the batch; None for the growth rate or
+        an infinite exponent), ``lyapunov_source`` and ``regime`` ("chaotic" above +0.05,
+        "ordered" below -0.05, else "near-critical"); ``sigma_w2``, ``sigma_b2`` (estimated from the weights),
+        ``gaussian_init``, ``critical_sigma_w2``; for Gaussian plain MLPs the mean-field
+        ``phase``, ``chi1``, ``xi_c``, ``theory_log10_rate`` and ``theory_gain_ratio``
+        (measured over predicted per-layer gain); for a vanilla RNN ``mean_field``: the
+        mean-field phase of its recurrent weight scale without inputs and with the inputs'
+        drive counted as bias variance, against the measured exponent (see
+        :func:`vgcore.theory.scope.recurrent_mean_field`); ``mean_field_scope``: why theory
+        and measurement differ, where they do (None otherwise).
+    causes : list of str
+        The causes found, in the order checked.
+    recommendations : list of Recommendation
+        The fixes recommended: those measured to help, ranked by measured improvement (a
+        bound on the update norm, i.e. clipping, after the fixes of the gradient flow), then
+        any that could not be measured.
+    not_helpful : list of Recommendation
+        Fixes that were applied and measured not to help (shown apart, never recommended).
+    notes : list of str
+        What could not be measured and why (e.g. an optional analysis missing).
+    lyapunov : LyapunovSpectrum or None
+        The :func:`vgcore.lyapunov` result (k = 1) behind ``evidence["lyapunov"]``, when that
+        analysis was run (recurrent models and MLPs whose layers keep the width).
+    """
+
+    name: str
+    model: Model
+    flow: GradientFlow
+    verdict: str
+    ratio: float
+    evidence: dict[str, Any]
+    causes: list[str]
+    recommendations: list[Recommendation]
+    notes: list[str] = field(default_factory=list)
+    lyapunov: Any = None
+    not_helpful: list[Recommendation] = field(default_factory=list)
+
+    @property
+    def fixes(self) -> list[Recommendation]:
+        """Every fix considered: the recommended ones, then those measured not to help."""
+        return [*self.recommendations, *self.not_helpful]
+
+    @property
+    def axis(self) -> str:
+        return self.flow.axis
+
+    @property
+    def spread(self) -> float:
+        """Decades between the gradient at the worst layer/step and at the output."""
+        return float(self.evidence["spread"])
+
+    @property
+    def best(self) -> Recommendation | None:
+        """The top-ranked fix of the gradient flow that measurably helps, if any (clipping,
+        a bound on the update norm, is never the best fix of a flow)."""
+        for r in self.recommendations:
+            if r.helps and not r.bounds_update:
+                return r
+        return None
+
+    def summary(self) -> str:
+        """Multi-line text: verdict, evidence, ranked recommendations."""
+        e = self.evidence
+        n_name = "layers" if self.axis == "layer" else "steps"
+        lines = [f"{self.name}: {self.verdict.upper()}"]
+        lines.append(
+            f"  gradient at the input side: 10^{e['log10_gain']:+.1f} x its output value over "
+            f"{e['length']} {n_name} ({e['log10_rate']:+.3f} decades per {self.axis})"
+        )
+        if e["vanishing_depth"] is not None:
+            lines.append(
+                f"  falls below {self.ratio:g} of its output value {e['vanishing_depth']} {n_name} from the output"
+            )
+        if e["exploding_depth"] is not None:
+            lines.append(
+                f"  exceeds {1 / self.ratio:g} x its output value {e['exploding_depth']} {n_name} from the output"
+            )
+        lines += [f"  {t}" for t in unit_lines(e)]
+        if e.get("lyapunov") is not None:
+            sd = e.get("lyapunov_std")
+            lines.append(
+                f"  top Lyapunov exponent: {e['lyapunov']:+.4f}"
+                + ("" if sd is None else f" +/- {sd:.4f}")
+                + f" per {self.axis} ({e['regime']}; {e['lyapunov_source']})"
+            )
+        if e.get("phase") is not None:
+            crit = e["critical_sigma_w2"]
+            lines.append(
+                f"  mean-field: sigma_w2={e['sigma_w2']:.3g}, sigma_b2={e['sigma_b2']:.3g} -> "
+                f"{e['phase']} (chi_1={e['chi1']:.3g}"
+                + ("" if crit is None else f"; critical sigma_w2={crit:.3g}")
+                + f"); predicts {e['theory_log10_rate']:+.3f} decades per layer"
+                + (
+                    ""
+                    if e.get("theory_gain_ratio") is None
+                    else f", measured/predicted gain {e['theory_gain_ratio']:.3f}"
+                )
+            )
+        if e.get("mean_field_text"):
+            lines.append(f"  {e['mean_field_text']}")
+        if e.get("mean_field_scope"):
+            lines.append(f"  why theory and measurement differ: {e['mean_field_scope']}")
+        if self.causes:
+            lines.append("  causes: " + "; ".join(self.causes))
+        if self.recommendations:
+            lines.append("  recommended fixes:")
+        for i, r in enumerate(self.recommendations, 1):
+            lines.append(f"  {i}. {r.fix} [{r.cause}]: {r.action}")
+            lines.append(f"     measured: {r.measured()}")
+        if self.not_helpful:
+            lines.append("  measured not to help (not recommended):")
+        for r in self.not_helpful:
+            lines.append(f"  - {r.fix} [{r.cause}]: {r.measured()}")
+        lines.append(f"  thresholds: {e['thresholds']}")
+        for n in self.notes:
+            lines.append(f"  note: {n}")
+        return "\n".join(lines)
+
+    __str__ = summary
+
+    def __repr__(self) -> str:
+        best = self.best
+        tail = f", best fix {best.fix!r} ({best.improvement:+.1f} decades)" if best else ""
+        return f"Diagnosis({self.name!r}: {self.verdict}, spread {self.spread:.1f} decades{tail})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (no arrays of the model, no flows)."""
+        return {
+            "name": self.name,
+            "verdict": self.verdict,
+            "ratio": self.ratio,
+            "evidence": _jsonable(self.evidence),
+            "causes": list(self.causes),
+            "recommendations": [r.to_dict() for r in self.recommendations],
+            "not_helpful": [r.to_dict() for r in self.not_helpful],
+            "notes": list(self.notes),
+        }
+
+    def to_pandas(self) -> Any:
+        """Every fix considered as a DataFrame, one row each: the recommended ones ranked
+        (``rank`` 1, 2, ...), then those measured not to help (``recommended`` False, no rank)."""
+        import pandas as pd
+
+        rows = [
+            {"rank": i, "recommended": True, **r.to_dict()}
+            for i, r in enumerate(self.recommendations, 1)
+        ]
+        rows += [{"rank": None, "recommended": False, **r.to_dict()} for r in self.not_helpful]
+        cols = [
+            "rank",
+            "recommended",
+            "cause",
+            "fix",
+            "action",
+            "params",
+            "metric",
+            "before",
+            "after",
+            "improvement",
+            "verdict_after",
+            "checked",
+            "helps",
+            "note",
+        ]
+        return pd.DataFrame(rows, columns=cols)
+
+    def plot(self, ax: Any = None, **kw: Any) -> Any:
+        """The measured gradient flow and the flow with each checked fix (relative, log10)."""
+        from vgcore import plotting
+
+        return plotting.plot_diagnosis(self, ax=ax, **kw)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return [_jsonable(x) for x in v.tolist()]
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    if v is None or isinstance(v, (str, int, bool)):
+        return v
+    return str(v)

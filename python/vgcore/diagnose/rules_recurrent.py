@@ -1,0 +1,138 @@
+"""Causes and fixes for recurrent cells (time axis): RNN, LSTM, GRU."""
+
+from __future__ import annotations
+
+import math
+
+from vgcore import _fixes
+from vgcore.diagnose.checks import _best_of, _clip_rec, _Ctx, _gate_bias_candidates, _measure
+from vgcore.diagnose.result import Recommendation
+from vgcore.models import GRU, LSTM, RNN, RecurrentModel
+
+
+def _recurrent_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommendation]:
+    m = ctx.model
+    assert isinstance(m, RecurrentModel)
+    ev = ctx.ev
+    recs: list[Recommendation] = []
+    T = ev["length"]
+    if ctx.verdict == "vanishing":
+        causes.append(
+            f"long sequence ({T} steps; the gradient falls below {ctx.ratio:g} after "
+            f"{ev['vanishing_depth']} steps)"
+        )
+        if isinstance(m, RNN):
+            recs.append(
+                _measure(
+                    ctx,
+                    Recommendation(
+                        cause="long sequences",
+                        fix="LSTM (forget bias 1)",
+                        action="replace the vanilla RNN by an LSTM with forget-gate bias 1",
+                        params={"model": "lstm", "forget_bias": 1.0},
+                    ),
+                    lambda: _fixes.recurrent_as(
+                        m, "lstm", init={"name": "default", "forget_bias": 1.0}, seed=ctx.seed
+                    ),
+                )
+            )
+            recs.append(
+                _measure(
+                    ctx,
+                    Recommendation(
+                        cause="long sequences",
+                        fix="GRU",
+                        action="replace the vanilla RNN by a GRU",
+                        params={"model": "gru"},
+                    ),
+                    lambda: _fixes.recurrent_as(m, "gru", seed=ctx.seed),
+                )
+            )
+        elif isinstance(m, LSTM):
+            cur = _fixes.gate_bias(m, 1)
+            recs.append(
+                _best_of(
+                    ctx,
+                    lambda v: Recommendation(
+                        cause="long sequences",
+                        fix=f"forget-gate bias {v:g}",
+                        action=f"set the LSTM forget-gate bias to {v:g} (now {cur:.2g}) so the cell "
+                        "state is carried by default (Gers 2000, Jozefowicz 2015)",
+                        params={"forget_bias": v},
+                    ),
+                    lambda v: _fixes.with_gate_bias(m, 1, v),
+                    _gate_bias_candidates(cur),
+                )
+            )
+        elif isinstance(m, GRU):
+            cur = _fixes.gate_bias(m, 1)
+            recs.append(
+                _best_of(
+                    ctx,
+                    lambda v: Recommendation(
+                        cause="long sequences",
+                        fix=f"update-gate bias {v:g}",
+                        action=f"set the GRU update-gate (z) bias to {v:g} (now {cur:.2g}) so the state "
+                        "is carried by default (the GRU analogue of the LSTM forget bias)",
+                        params={"update_bias": v},
+                    ),
+                    lambda v: _fixes.with_gate_bias(m, 1, v),
+                    _gate_bias_candidates(cur),
+                )
+            )
+    if ctx.verdict != "healthy" and isinstance(m, RNN):
+        sw2 = ev["sigma_w2"]
+        crit = ev["critical_sigma_w2"] or 1.0
+        if not 0.6 < sw2 / crit < 1.7 or ctx.verdict == "exploding":
+            causes.append(f"recurrent init scale (sigma_w2 = {sw2:.3g} for weight_hh)")
+            grid = [round(2 ** (k / 2), 2) for k in range(8)]  # 1 .. 11.3, factors of sqrt(2)
+            targets = [v for v in grid if not 0.8 < v / max(sw2, 1e-12) < 1.25]
+            if targets and sw2 > 0:
+                recs.append(
+                    _best_of(
+                        ctx,
+                        lambda v: Recommendation(
+                            cause="bad init scale",
+                            fix=f"recurrent gain sigma_w2={v:g}",
+                            action=f"scale weight_hh so that sigma_w2 = fan_in * Var(W_hh) = {v:g} "
+                            f"(now {sw2:.3g}); the best of {len(targets)} values from 1 to 11.3 measured",
+                            params={"sigma_w2": v, "scale": math.sqrt(v / sw2)},
+                        ),
+                        lambda v: _fixes.with_recurrent_scale(m, math.sqrt(v / sw2)),
+                        targets,
+                        first_healthy=False,
+                    )
+                )
+            recs.append(
+                _measure(
+                    ctx,
+                    Recommendation(
+                        cause="bad init scale",
+                        fix="orthogonal recurrent init",
+                        action="initialise weight_hh orthogonal (all singular values 1)",
+                        params={"init": {"name": "default", "recurrent": "orthogonal"}},
+                    ),
+                    lambda: _fixes.with_recurrent_init(
+                        m, {"name": "default", "recurrent": "orthogonal"}, seed=ctx.seed
+                    ),
+                )
+            )
+    if ctx.verdict == "exploding":
+        causes.append(f"exploding gradients (grows by 10^{ev['max_growth']:.1f} over {T} steps)")
+        recs.append(_clip_rec(ctx))
+        if isinstance(m, RNN):
+            recs.append(
+                _measure(
+                    ctx,
+                    Recommendation(
+                        cause="exploding gradients",
+                        fix="LSTM (forget bias 1)",
+                        action="replace the vanilla RNN by an LSTM (gated, bounded state updates)",
+                        params={"model": "lstm", "forget_bias": 1.0},
+                    ),
+                    lambda: _fixes.recurrent_as(
+                        m, "lstm", init={"name": "default", "forget_bias": 1.0}, seed=ctx.seed
+                    ),
+                )
+            )
+    return recs
