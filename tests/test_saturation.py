@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import vgcore
-from vgcore import GRU, LSTM
+from vgcore import GRU, LSTM, MLP
 
 mpmath = pytest.importorskip("mpmath")
 mp = mpmath.mp
@@ -246,3 +246,45 @@ def test_step_jacobian_spectra_in_deep_saturation(cls, method, dtype) -> None:
     got = spec.log_sigma_max
     err = np.abs(got - want)
     assert np.all(err <= atol + rtol * np.abs(want)), f"log sigma_max {got} vs {want}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_highway_gates_in_deep_saturation(dtype) -> None:
+    """Width-1 highway MLP, h' = t a + (1 - t) h with a = tanh(w h + b), t = sigmoid(v h + c),
+    all pre-activations in the saturation band: dh'/dh = t tanh'(.) w + s(-(v h + c))
+    + (a - h) sigmoid'(.) v, each term tiny, the gradient norm their product."""
+    lo, hi = MAGNITUDE[dtype]
+    rng = np.random.default_rng(2)
+    depth = 5
+    sign = rng.choice([-1.0, 1.0], depth)
+    w = [np.array([[v]]) for v in sign * rng.uniform(lo, hi, depth)]
+    b = [np.zeros(1) for _ in range(depth)]
+    gw = [np.array([[v]]) for v in rng.uniform(lo, hi, depth)]
+    gb = [np.zeros(1) for _ in range(depth)]
+    model = MLP(
+        [a.astype(dtype) for a in w],
+        [a.astype(dtype) for a in b],
+        "tanh",
+        block="highway",
+        gate_weights=[a.astype(dtype) for a in gw],
+        gate_biases=[a.astype(dtype) for a in gb],
+    )
+    x = np.ones((1, 1), dtype=dtype)
+    mp.dps = 50
+    h = mpmath.mpf(1)
+    derivs = []
+    for l in range(depth):
+        wl, vl = (mpmath.mpf(float(np.float64(a[l][0, 0]))) for a in (w, gw))
+        pre, gpre = wl * h, vl * h
+        a = mpmath.tanh(pre)
+        t = _sig(gpre)
+        derivs.append(t * _dtanh(pre) * wl + _sig(-gpre) + (a - h) * _dsig(gpre) * vl)
+        h = t * a + _sig(-gpre) * h
+    # L = h_L^2 / 2: log |dL/dh_l| = log |h_L| + sum of the later layers' log |derivative|
+    logs = [float(mpmath.log(abs(h)))]
+    for d in reversed(derivs):
+        logs.append(logs[-1] + float(mpmath.log(abs(d))))
+    want = np.array(logs[::-1])
+    assert want[0] < want[-1] - 30
+    flow = vgcore.gradient_flow(model, x)
+    _assert_logs_close(flow.log_grad_norms, want, dtype, "highway log_grad_norms")
