@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vgcore import _optional, cli
-from vgcore.cli import main
+from vgcore import _optional
+from vgcore.cli import cmd_demo, main
 
 
 def run(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -37,7 +37,7 @@ def test_demo_writes_report(tmp_path):
     )  # the main job: 30-65 s on a busy 2-core machine
     assert r.returncode == 0, r.stderr
     verdicts = {}
-    for name, _ in cli.DEMO_CASES:
+    for name, _ in cmd_demo.DEMO_CASES:
         (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith(name + "  ")]
         verdicts[name] = line[len(name) :].split()[0]
     assert verdicts["MLP sigmoid L=50, default init"] == "vanishing"
@@ -62,7 +62,7 @@ def test_demo_default_folder_and_json(tmp_path, monkeypatch, capsys):
         ("tiny sigmoid", {"model": "mlp", "depth": 20, "width": 16, "activation": "sigmoid"}),
         ("tiny gru", {"model": "gru", "hidden_size": 8, "steps": 30, "batch": 2}),
     ]
-    monkeypatch.setattr(cli, "DEMO_CASES", small)
+    monkeypatch.setattr(cmd_demo, "DEMO_CASES", small)
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--json", "--format", "parquet"]) == 0
     captured = capsys.readouterr()

@@ -14,7 +14,9 @@ import pytest
 
 import vgcore
 from vgcore import _modelspec, cli
-from vgcore.cli import main
+from vgcore.cli import _common as cli_common
+from vgcore.cli import main, model_flags
+from vgcore.cli import parser as cli_parser
 
 MODEL_COMMANDS = ("analyze", "report", "lyapunov", "spectrum", "singular")
 
@@ -32,9 +34,8 @@ def no_build(monkeypatch):
 @pytest.fixture
 def no_work(monkeypatch, no_build):
     """Running any command fails the test: the refusal must come before it."""
-    for name in dir(cli):
-        if name.startswith("_cmd_"):
-            monkeypatch.setattr(cli, name, _boom)
+    for name in cli_parser.COMMANDS:
+        monkeypatch.setitem(cli_parser.COMMANDS, name, _boom)
 
 
 def _error(capsys) -> str:
@@ -200,7 +201,7 @@ def test_applicability_table_matches_the_models(kind, key):
     if key == "width" and kind != "mlp":
         base.pop("hidden_size", None)
     changed = {**base, key: _OTHER[key]}
-    applies = cli._misapplied(key, changed) is None
+    applies = model_flags._misapplied(key, changed) is None
     a, b = _fingerprint(base), _fingerprint(changed)
     assert a is not None
     if applies:
@@ -561,9 +562,9 @@ def test_every_command_and_option_is_described():
 def test_command_help_prints_its_description(command, capsys):
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
-    assert cli._DESCRIPTIONS[command].split()[0] in out.split("\n\n")[1]
+    assert cli_parser._DESCRIPTIONS[command].split()[0] in out.split("\n\n")[1]
 
 
 def test_tables_have_no_trailing_blanks():
-    text = cli._table(["model", "best fix"], [["a", "-"], ["a much longer name", "x"]])
+    text = cli_common._table(["model", "best fix"], [["a", "-"], ["a much longer name", "x"]])
     assert all(line == line.rstrip() for line in text.splitlines())

@@ -27,7 +27,7 @@ def _loaded(argvs: list[list[str]], heavy: list[str]) -> list[str]:
 
 
 def test_help_imports_nothing_heavy() -> None:
-    from vgcore.cli import _DESCRIPTIONS
+    from vgcore.cli.parser import _DESCRIPTIONS
 
     assert _loaded([["--help"]], HEAVY) == []
     assert _loaded([[c, "--help"] for c in _DESCRIPTIONS], HEAVY) == []

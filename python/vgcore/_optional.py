@@ -271,7 +271,7 @@ def _demo_inputs(diagnoses: list[Any]) -> dict[str, np.ndarray]:
     """The inputs of the diagnoses that are ``vgcore demo``'s canonical cases (rebuilt from
     their specs, which are seeded; a case counts only if its model is rebuilt identically)."""
     from vgcore._modelspec import build
-    from vgcore.cli import DEMO_CASES
+    from vgcore.cli.cmd_demo import DEMO_CASES
 
     specs = dict(DEMO_CASES)
     out: dict[str, np.ndarray] = {}
