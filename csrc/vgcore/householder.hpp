@@ -61,35 +61,62 @@ VGCORE_TARGET_CLONES void scal(T alpha, T* __restrict x, std::size_t n) {
 
 // Reflector for x = [alpha; rest] (dlarfg): H x = [beta; 0], H = I - tau v v^T, v = [1; rest'].
 // rest is overwritten by v's tail; returns beta (the R diagonal entry) and sets tau.
+//
+// Careful path, for any finite column: x scaled by a power of two (exact) so that its largest
+// entry is about 1, the norm taken in double there (no overflow; squares that underflow are
+// below the rounding of the sum), v = x / (alpha - beta) formed in double on the scaled values,
+// where |alpha - beta| >= the scaled norm ~ 1, so no quotient overflows.
+template <class T>
+double make_reflector_scaled(T* x, std::size_t n, T& tau) {
+  double mx = std::fabs(static_cast<double>(x[0]));
+  for (std::size_t i = 1; i < n; ++i) mx = std::max(mx, std::fabs(static_cast<double>(x[i])));
+  int e = 0;
+  std::frexp(mx, &e);  // mx = m 2^e, m in [1/2, 1)
+  const double alpha = std::ldexp(static_cast<double>(x[0]), -e);
+  double s = 0;
+  for (std::size_t i = 1; i < n; ++i) {
+    const double v = std::ldexp(static_cast<double>(x[i]), -e);
+    s += v * v;
+  }
+  const double norm = std::sqrt(alpha * alpha + s);
+  const double beta = alpha >= 0 ? -norm : norm;
+  const double d = alpha - beta;
+  for (std::size_t i = 1; i < n; ++i) x[i] = static_cast<T>(std::ldexp(static_cast<double>(x[i]), -e) / d);
+  tau = static_cast<T>((beta - alpha) / beta);
+  return std::ldexp(beta, e);
+}
+
 template <class T>
 double make_reflector(T* x, std::size_t n, T& tau) {
   const double alpha = x[0];
-  double xn2 = n > 1 ? sumsq(x + 1, n - 1) : 0.0;
-  if (!(xn2 > 1e-250 && xn2 < 1e250) && xn2 != 0.0 && std::isfinite(xn2)) {
-    // Extreme magnitudes: redo the norm with scaling.
-    double mx = 0;
-    for (std::size_t i = 1; i < n; ++i) mx = std::max(mx, std::fabs(static_cast<double>(x[i])));
-    double s = 0;
-    for (std::size_t i = 1; i < n; ++i) {
-      const double v = x[i] / mx;
-      s += v * v;
-    }
-    const double norm = std::hypot(alpha, mx * std::sqrt(s));
-    const double beta = alpha >= 0 ? -norm : norm;
-    tau = static_cast<T>((beta - alpha) / beta);
-    const double scale = 1.0 / (alpha - beta);
-    for (std::size_t i = 1; i < n; ++i) x[i] = static_cast<T>(x[i] * scale);
-    return beta;
-  }
+  const double xn2 = n > 1 ? sumsq(x + 1, n - 1) : 0.0;
   if (xn2 == 0.0) {
-    tau = T(0);
-    return alpha;
+    bool zero = true;  // or every square underflowed
+    for (std::size_t i = 1; i < n && zero; ++i) zero = x[i] == T(0);
+    if (zero) {
+      tau = T(0);
+      return alpha;
+    }
   }
-  const double norm = std::sqrt(alpha * alpha + xn2);
-  const double beta = alpha >= 0 ? -norm : norm;
-  tau = static_cast<T>((beta - alpha) / beta);
-  scal(static_cast<T>(1.0 / (alpha - beta)), x + 1, n - 1);
-  return beta;
+  // Fast path where nothing can over/underflow: the norm in range, and 1 / (alpha - beta) a
+  // normal number of T (it is not for columns near T's smallest normal: float32 below about
+  // 1e-38, where it would overflow to inf and v would be inf/NaN).
+  if (xn2 > 1e-250 && xn2 < 1e250 && std::fabs(alpha) < 1e125) {
+    const double norm = std::sqrt(alpha * alpha + xn2);
+    const double beta = alpha >= 0 ? -norm : norm;
+    const double scale = 1.0 / (alpha - beta);
+    if (scale <= static_cast<double>(std::numeric_limits<T>::max()) &&
+        scale >= static_cast<double>(std::numeric_limits<T>::min())) {
+      tau = static_cast<T>((beta - alpha) / beta);
+      scal(static_cast<T>(scale), x + 1, n - 1);
+      return beta;
+    }
+  }
+  if (!std::isfinite(xn2) && !(xn2 > 0)) {  // NaN: propagate (the caller checks rdiag)
+    tau = std::numeric_limits<T>::quiet_NaN();
+    return xn2;
+  }
+  return make_reflector_scaled(x, n, tau);
 }
 
 }  // namespace detail
