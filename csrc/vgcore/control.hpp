@@ -102,6 +102,21 @@ struct ThreadStartHook {
   }
 };
 
+// Test hook (C++ tests): the next `helper_job_failures` jobs run by the Lyapunov engine's
+// helper thread throw std::bad_alloc, as an allocation failure there would.
+struct HelperFaultHook {
+  std::atomic<long> helper_job_failures{0};
+  static HelperFaultHook& instance() {
+    static HelperFaultHook h;
+    return h;
+  }
+  bool take() {
+    for (long n = helper_job_failures.load(std::memory_order_relaxed); n > 0;)
+      if (helper_job_failures.compare_exchange_weak(n, n - 1)) return true;
+    return false;
+  }
+};
+
 // std::thread(f), through the test hook: throws std::system_error when refused.
 template <class F>
 std::thread start_thread(F&& f) {

@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <limits>
 #include <mutex>
 #include <new>
@@ -372,10 +373,18 @@ class Team {
     epoch_.store(e, std::memory_order_seq_cst);
     const bool asleep = sleeping_.load(std::memory_order_seq_cst);
     if (asleep) wake();
-    fn(0);
+    // An exception from either half is rethrown here, on the calling thread, once the helper
+    // is done with fn (it lives in the caller's frame): never std::terminate in the helper.
+    std::exception_ptr err;
+    try {
+      fn(0);
+    } catch (...) {
+      err = std::current_exception();
+    }
     const std::int64_t t1 = now_ns();
     std::uint64_t expect = e - 1;
     if (claim_.compare_exchange_strong(expect, e, std::memory_order_acq_rel)) {
+      if (err) std::rethrow_exception(err);
       fn(1);
       // Awake, yet it did not get to the phase: its core is busy (or stalled for a moment).
       if (!asleep) trapped(t1, t1 - now);
@@ -395,6 +404,8 @@ class Team {
         break;
       }
     }
+    if (err) std::rethrow_exception(err);
+    if (helper_error_) std::rethrow_exception(std::exchange(helper_error_, nullptr));
     const std::int64_t t2 = now_ns();
     if (t2 - t1 > patience) trapped(t2, t2 - t1);  // preempted mid-half
     else if (t2 - last_event_ > 50000000) backoff_ns().store(1000000, std::memory_order_relaxed);
@@ -483,7 +494,12 @@ class Team {
       seen = e;
       std::uint64_t expect = e - 1;
       if (!claim_.compare_exchange_strong(expect, e, std::memory_order_acq_rel)) continue;
-      job_(ctx_, 1);
+      try {
+        if (HelperFaultHook::instance().take()) throw std::bad_alloc();
+        job_(ctx_, 1);
+      } catch (...) {
+        helper_error_ = std::current_exception();  // published by the done_ store below
+      }
       done_.store(e, std::memory_order_seq_cst);
       if (waiting_.load(std::memory_order_seq_cst)) {
         { std::lock_guard<std::mutex> lock(mu_); }
@@ -502,6 +518,7 @@ class Team {
   // Shared.
   void (*job_)(void*, int) = nullptr;
   void* ctx_ = nullptr;
+  std::exception_ptr helper_error_;  // written by the helper before done_, read after it
   alignas(64) std::atomic<std::uint64_t> epoch_{0};
   alignas(64) std::atomic<std::uint64_t> claim_{0};
   alignas(64) std::atomic<std::uint64_t> done_{0};
@@ -698,7 +715,10 @@ struct LyapunovEngine<T>::Impl {
     if (scale) {
       for (std::size_t j = 0; j < KP; ++j) {
         const T cm = q.colmax[j];
-        q.ex[j] = (j < k && cm > T(0) && std::isfinite(cm)) ? std::ilogb(cm) : 0;
+        // ilogb of a subnormal column is below -max_exponent: 2^-ex would overflow T
+        q.ex[j] = (j < k && cm > T(0) && std::isfinite(cm))
+                      ? std::max(std::ilogb(cm), 1 - std::numeric_limits<T>::max_exponent)
+                      : 0;
         q.scale[j] = std::ldexp(T(1), -q.ex[j]);
       }
       kr.scale(A, rows, q.scale.data());
