@@ -23,7 +23,7 @@ void bind_activations(py::module_& m) {
       "activation",
       [](const std::string& name, double alpha, double beta, const py::array& z) {
         const Activation act = make_activation(name, alpha, beta);
-        if (z.dtype().is(py::dtype::of<float>())) return activation_impl<float>(act, z);
+        if (has_dtype<float>(z)) return activation_impl<float>(act, z);
         return activation_impl<double>(act, z);
       },
       py::arg("name"), py::arg("alpha"), py::arg("beta"), py::arg("z"),

@@ -203,7 +203,7 @@ py::dict recurrent_impl(CellKind kind, const py::array& weight_ih, const py::arr
   return d;
 }
 
-bool is_float32(const py::array& x) { return x.dtype().is(py::dtype::of<float>()); }
+bool is_float32(const py::array& x) { return has_dtype<float>(x); }
 
 }  // namespace
 

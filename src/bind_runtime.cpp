@@ -83,7 +83,7 @@ void bind_runtime(py::module_& m) {
   m.def(
       "packed_product",
       [](const py::array& a, const py::array& b, bool transposed, const py::object& c) -> py::object {
-        if (a.dtype().is(py::dtype::of<float>())) return packed_product<float>(a, b, transposed, c);
+        if (has_dtype<float>(a)) return packed_product<float>(a, b, transposed, c);
         return packed_product<double>(a, b, transposed, c);
       },
       py::arg("a"), py::arg("b"), py::arg("transposed"), py::arg("c") = py::none(),

@@ -44,7 +44,7 @@ bool is_f32(const py::dict& model) {
   const auto kind = model["kind"].cast<std::string>();
   const py::object w = kind == "mlp" ? model["layers"].cast<py::list>()[0].cast<py::dict>()["weight"]
                                      : model["weight_hh"];
-  return w.cast<py::array>().dtype().is(py::dtype::of<float>());
+  return has_dtype<float>(w.cast<py::array>());
 }
 
 template <class T>

@@ -27,10 +27,17 @@ inline std::string shape_str(const py::array& a) {
   return s + ")";
 }
 
+// Whether a has dtype T. By equivalence, not identity: equal dtypes need not be the same
+// object (an array unpickled or received from another process has its own float64 dtype).
+template <class T>
+bool has_dtype(const py::array& a) {
+  return py::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(), py::dtype::of<T>().ptr());
+}
+
 // Require a C-contiguous array of dtype T with the given shape (-1 = any).
 template <class T>
 const T* require(const py::array& a, const char* name, std::vector<py::ssize_t> shape) {
-  if (!a.dtype().is(py::dtype::of<T>()))
+  if (!has_dtype<T>(a))
     throw py::type_error(std::string(name) + " must have dtype " +
                          std::string(py::str(py::dtype::of<T>())) + ", got " +
                          std::string(py::str(a.dtype())));
