@@ -310,3 +310,12 @@ def test_every_kind_is_checked_by_every_analysis_it_claims():
         claimed = {k.id for k in KINDS if a in k.analyses}
         assert {c[0].id for c in cases(a)} == claimed
         assert len(cases(a)) == 2 * len(claimed)
+
+
+def test_every_registered_model_kind_is_in_the_battery():
+    """A kind added to vgcore's registry fails here until kinds.py builds it."""
+    from vgcore.models import model_kinds
+
+    built = {k.build().kind for k in KINDS}
+    missing = [mk.name for mk in model_kinds() if mk.name not in built]
+    assert not missing, f"add these model kinds to tests/oracles/kinds.py: {missing}"

@@ -1,9 +1,11 @@
 """The one list of model kinds the conformance battery runs (tests/test_conformance.py).
 
-A new kind is tested by every analysis by adding one :class:`Kind` to :data:`KINDS`. Until
-vgcore has a Python registry of model kinds this list stands in for it: each entry is what such a
-registry would hold (an id, a seeded builder, the matching torch module where one exists, the
-input layout, the analyses that apply), so the battery can later iterate over the registry instead.
+A new kind is tested by every analysis by adding one :class:`Kind` to :data:`KINDS`. Each entry
+is what a registry entry would hold (an id, a seeded builder, the matching torch module where
+one exists, the input layout, the analyses that apply), so the battery can later iterate over
+``vgcore.models.model_kinds()`` instead; until then the battery checks that every registered
+kind has at least one entry here. Entries are configurations (activations, blocks, norms, bias,
+layout), several per registered kind.
 """
 
 from __future__ import annotations
