@@ -14,7 +14,7 @@ from vgcore._runtime import resolve_threads
 from vgcore._validation import as_float_array, check_memory, resolve_dtype
 from vgcore.activations import Activation
 from vgcore.analysis._layout import time_major
-from vgcore.models import LSTM, MLP, RNN, Model, RecurrentModel
+from vgcore.models import LSTM, MLP, Model, RecurrentModel
 
 __all__ = ["GradientFlow", "gradient_flow"]
 
@@ -628,7 +628,8 @@ def _cell_low_derivative(m: RecurrentModel) -> str | None:
 
 def _cell_activation(m: RecurrentModel) -> Activation | None:
     """A vanilla RNN's nonlinearity (None for gated cells)."""
-    return Activation(m.nonlinearity) if isinstance(m, RNN) else None
+    acts = m.unit_activations()
+    return acts[0] if acts else None
 
 
 def _dead_fractions(

@@ -7,30 +7,30 @@ from typing import Any
 import numpy as np
 
 from vgcore._validation import check_positive_int, check_seed
-from vgcore.activations import Activation
 from vgcore.analysis.gradient_flow import gradient_flow
 from vgcore.diagnose.checks import _Ctx, _rank
 from vgcore.diagnose.evidence import _evidence, _lyapunov, _mean_field, _verdict
 from vgcore.diagnose.result import Diagnosis
 from vgcore.diagnose.rules_mlp import _mlp_recs
 from vgcore.diagnose.rules_recurrent import _recurrent_recs
-from vgcore.models import MLP, RNN, Model, RecurrentModel
+from vgcore.models import Model
+
+#: The causes and fixes of each family of models, by the axis its steps run along.
+_RULES = {"depth": _mlp_recs, "time": _recurrent_recs}
 
 
 def _can_be_inactive(model: Model) -> bool:
     """Whether some unit of the model can be inactive (a ReLU-family activation)."""
-    if isinstance(model, MLP):
-        return any(a.low_derivative == "inactive" for a in model.activations)
-    return isinstance(model, RNN) and Activation(model.nonlinearity).low_derivative == "inactive"
+    return any(a.low_derivative == "inactive" for a in model.unit_activations())
 
 
 def _default_input(model: Model, steps: int, batch: int | None, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed + 1)
-    if isinstance(model, MLP):
+    if model.axis == "depth":
         return rng.standard_normal((batch or 64, model.input_size)).astype(model.dtype)
-    assert isinstance(model, RecurrentModel)
     B = batch or 16
-    shape = (B, steps, model.input_size) if model.batch_first else (steps, B, model.input_size)
+    batch_first = getattr(model, "batch_first", False)
+    shape = (B, steps, model.input_size) if batch_first else (steps, B, model.input_size)
     return rng.standard_normal(shape).astype(model.dtype)
 
 
@@ -38,7 +38,7 @@ def _default_name(model: Model) -> str:
     from vgcore._modelspec import spec_from_model
 
     s = spec_from_model(model)
-    if isinstance(model, MLP):
+    if model.axis == "depth":
         extra = "" if s["block"] == "plain" else f" {s['block']}"
         extra += f" +{s['norm']}" if s["norm"] else ""
         return f"MLP {s['activation']}{extra} L={s['depth']}"
@@ -127,10 +127,7 @@ def diagnose(
     _mean_field(model, flow, ev, notes, init, np.asarray(xa))
     ctx = _Ctx(model, np.asarray(xa), flow, verdict, ev, ratio, seed, num_threads, check)
     causes: list[str] = []
-    if isinstance(model, MLP):
-        recs = _mlp_recs(ctx, causes, notes)
-    else:
-        recs = _recurrent_recs(ctx, causes, notes)
+    recs = _RULES[model.axis](ctx, causes, notes)
     recommended, not_helpful = _rank(recs)
     return Diagnosis(
         name=name or _default_name(model),

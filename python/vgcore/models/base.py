@@ -20,6 +20,7 @@ from vgcore._validation import (
     first_nonfinite,
     resolve_dtype,
 )
+from vgcore.activations import Activation
 
 __all__ = ["Model"]
 
@@ -148,6 +149,11 @@ class Model:
 
     def _spec_of(self, params: Any) -> dict[str, Any]:
         raise NotImplementedError
+
+    def unit_activations(self) -> tuple[Activation, ...]:
+        """The activations of the model's units outside gates (an MLP's, a vanilla RNN's
+        nonlinearity; none for gated cells, whose units are gates and tanh)."""
+        return ()
 
     def jacobian_obstacle(self) -> str | None:
         """Why the per-sample step Jacobians are not defined for this model, or None."""

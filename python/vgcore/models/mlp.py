@@ -509,6 +509,9 @@ class MLP(Model):
     def _spec_of(self, params: Any) -> dict[str, Any]:
         return {"kind": "mlp", "layers": params}
 
+    def unit_activations(self) -> tuple[Activation, ...]:
+        return tuple(self.activations)
+
     def step_jacobian_dims(self) -> list[int]:
         s = self.sizes
         return [max(s[i], s[i + 1]) for i in range(self.depth)]

@@ -11,6 +11,7 @@ from vgcore._validation import (
     check_positive_int,
     resolve_dtype,
 )
+from vgcore.activations import Activation
 from vgcore.models.base import (
     Model,
     _check_param_memory,
@@ -282,6 +283,9 @@ class RNN(RecurrentModel):
     @property
     def cell(self) -> str:
         return f"rnn_{self.nonlinearity}"
+
+    def unit_activations(self) -> tuple[Activation, ...]:
+        return (Activation(self.nonlinearity),)
 
     def _extra_kwargs(self) -> dict[str, Any]:
         return {"nonlinearity": self.nonlinearity}
