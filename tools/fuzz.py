@@ -456,7 +456,8 @@ def oracle(p: dict[str, Any], perturb: float = 0.0) -> dict[str, np.ndarray] | N
             logs.append(lg)
             with np.errstate(over="ignore"):
                 bounds.append(err / np.maximum(sv, 1e-300))
-        r = min(len(v) for v in logs)
+        # vgcore returns r = the smallest width along the way (the product's rank bound)
+        r = min([len(v) for v in logs] + [min(J.shape[1:]) for J in Js])
         return {
             "log_singular_values": np.array([v[:r] for v in logs]),
             "log_singular_values_bound": np.array([v[:r] for v in bounds]),
