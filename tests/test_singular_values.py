@@ -11,19 +11,7 @@ import numpy as np
 import pytest
 
 import vgcore
-from oracles import torch_trajectory_jacobians
-
-
-def _product_svd(torch, model, x, h0=None):
-    Js = torch_trajectory_jacobians(torch, model, x, h0)
-    B = Js[0].shape[0]
-    out = []
-    for b in range(B):
-        M = Js[0][b]
-        for J in Js[1:]:
-            M = J[b] @ M
-        out.append(np.linalg.svd(M, compute_uv=False))
-    return np.log(np.array(out)), Js
+from oracles import product_log_singular_values, torch_trajectory_jacobians
 
 
 @pytest.mark.parametrize(
@@ -52,7 +40,7 @@ def test_matches_svd_of_jacrev_product(torch, case):
         if model.kind == "mlp"
         else rng.standard_normal((4, 2, 3))
     )
-    ref, _ = _product_svd(torch, model, x)
+    ref, _ = product_log_singular_values(torch, model, x)
     res = vgcore.jacobian_singular_values(model, x)
     r = res.log_singular_values.shape[1]
     if model.kind == "mlp":  # the rank is bounded by the narrowest layer; the rest are 0
@@ -135,7 +123,7 @@ def test_recurrent_h0_and_long_sequence(torch):
     rng = np.random.default_rng(6)
     x = rng.standard_normal((3, 2, 2))
     h0 = (rng.standard_normal((2, 3)), rng.standard_normal((2, 3)))
-    ref, _ = _product_svd(torch, m, x, np.concatenate(h0, axis=1))
+    ref, _ = product_log_singular_values(torch, m, x, np.concatenate(h0, axis=1))
     res = vgcore.jacobian_singular_values(m, x, h0=h0)
     np.testing.assert_allclose(res.log_singular_values, ref, atol=1e-9)
     long = vgcore.jacobian_singular_values(m, rng.standard_normal((5000, 2, 2)))
