@@ -57,11 +57,11 @@ VGCORE_FM_INLINE T tanh_store(T a, T& th, T& d) {
   fmd::exp_expm1_nonpos(T(-2) * fmd::fabs_(a), ex, em1);  // em1 = ex - 1 in (-1, 0]
   const T den = T(2) + em1;                               // 1 + e^{-2|a|}
   const T inv = T(1) / den;
-  const T mag = -em1 * inv;            // |tanh(a)|
-  const T comp = (T(2) * ex) * inv;    // 1 - |tanh(a)|
+  const T mag = -em1 * inv;          // |tanh(a)|
+  const T comp = (T(2) * ex) * inv;  // 1 - |tanh(a)|
   th = fmd::copysign_(mag, a);
   d = comp * (T(2) - comp);
-  const T rc = den / (T(2) * ex);      // 1 / comp (+inf where ex underflows)
+  const T rc = den / (T(2) * ex);  // 1 / comp (+inf where ex underflows)
   return mag <= T(0.5) ? th : fmd::copysign_(rc, a);
 }
 

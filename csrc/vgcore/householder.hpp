@@ -47,7 +47,8 @@ VGCORE_TARGET_CLONES double sumsq(const T* __restrict x, std::size_t n) {
   double acc[16] = {};
   std::size_t i = 0;
   for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) acc[j] += static_cast<double>(x[i + j]) * static_cast<double>(x[i + j]);
+    for (int j = 0; j < 16; ++j)
+      acc[j] += static_cast<double>(x[i + j]) * static_cast<double>(x[i + j]);
   double s = 0;
   for (; i < n; ++i) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
   for (int j = 0; j < 16; ++j) s += acc[j];
@@ -81,7 +82,8 @@ double make_reflector_scaled(T* x, std::size_t n, T& tau) {
   const double norm = std::sqrt(alpha * alpha + s);
   const double beta = alpha >= 0 ? -norm : norm;
   const double d = alpha - beta;
-  for (std::size_t i = 1; i < n; ++i) x[i] = static_cast<T>(std::ldexp(static_cast<double>(x[i]), -e) / d);
+  for (std::size_t i = 1; i < n; ++i)
+    x[i] = static_cast<T>(std::ldexp(static_cast<double>(x[i]), -e) / d);
   tau = static_cast<T>((beta - alpha) / beta);
   return std::ldexp(beta, e);
 }
