@@ -17,8 +17,6 @@ from hypothesis import strategies as st  # noqa: E402
 
 import vgcore  # noqa: E402
 from oracles import (  # noqa: E402
-    _accurate_activations,
-    _log_norms,
     accurate_mlp_log_grad_norms,
     accurate_recurrent_log_grad_norms,
 )
@@ -104,28 +102,6 @@ def test_mlp_gradient_flow_is_finite_and_right(torch, case) -> None:
         _assert_finite_or_zero(f32.log_grad_norms, "float32 log_grad_norms")
 
 
-def _accurate_gru_log_grad_norms(torch, model, x):
-    """As ``accurate_recurrent_log_grad_norms`` for a GRU, but with 1 - z = sigmoid(-a_z) (the
-    shared oracle forms 1 - z, which cancels once z rounds to 1: far into saturation its h_t,
-    and so its gradients, are off)."""
-    sig, tanh = (_accurate_activations(torch)[k] for k in ("sigmoid", "tanh"))
-    m = model.astype(np.float64)
-    wih, whh = torch.from_numpy(m.weight_ih), torch.from_numpy(m.weight_hh)
-    bih, bhh = torch.from_numpy(m.bias_ih), torch.from_numpy(m.bias_hh)
-    xt = torch.tensor(np.asarray(x, dtype=np.float64))
-    h = torch.zeros(xt.shape[1], m.hidden_size, dtype=torch.float64, requires_grad=True)
-    hs = [h]
-    for t in range(xt.shape[0]):
-        xr, xz, xn = (xt[t] @ wih.T + bih).chunk(3, 1)
-        hr, hz, hn = (h @ whh.T + bhh).chunk(3, 1)
-        n = tanh(xn + sig(xr + hr) * hn)
-        h = sig(-(xz + hz)) * n + sig(xz + hz) * h
-        h.retain_grad()
-        hs.append(h)
-    (0.5 * (h**2).sum()).backward()
-    return _log_norms([t.grad.numpy() for t in hs])
-
-
 @BOUNDED
 @given(recurrents())
 def test_recurrent_gradient_flow_is_finite_and_right(torch, case) -> None:
@@ -139,12 +115,7 @@ def test_recurrent_gradient_flow_is_finite_and_right(torch, case) -> None:
     # Gated cells: 1e-7, as GRU gradients through z hold h_{t-1} - n_t, formed from rounded
     # states (in vgcore and in the oracle alike), which cancels where both saturate at +-1.
     rtol = 1e-9 if isinstance(model, RNN) else 1e-7
-    oracle = (
-        _accurate_gru_log_grad_norms
-        if isinstance(model, GRU)
-        else accurate_recurrent_log_grad_norms
-    )
-    _assert_matches(flow.log_grad_norms, oracle(torch, model, x), rtol)
+    _assert_matches(flow.log_grad_norms, accurate_recurrent_log_grad_norms(torch, model, x), rtol)
     try:
         f32 = vgcore.gradient_flow(model, x, dtype=np.float32)
     except FloatingPointError as exc:

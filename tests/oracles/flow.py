@@ -277,7 +277,7 @@ def accurate_recurrent_log_grad_norms(torch, model, x):
             hr, hz, hn = gh.chunk(3, 1)
             r, zz = sig(xr + hr), sig(xz + hz)
             n = tanh(xn + r * hn)
-            h = (1 - zz) * n + zz * h  # as PyTorch's GRU (1 - z cancels in saturation)
+            h = sig(-(xz + hz)) * n + zz * h  # 1 - z as s(-a): accurate in saturation
         h.retain_grad()
         hs.append(h)
     (0.5 * (h**2).sum()).backward()
