@@ -1,9 +1,9 @@
 // Packed-panel GEMM kernels (see packed_gemm.hpp).
 //
-// Register blocking: MR rows of A times one panel (two 64-byte vectors of B per k step) into
-// 2 * MR vector accumulators; A entries are broadcast. AVX-512 has 32 vector registers:
-// MR = 12 (24 accumulators, 2 for B). With AVX2 a 64-byte vector takes two registers of the
-// 16: MR = 3. The panel (k * 128 bytes) stays in L1/L2 while every row block streams it.
+// Register blocking: MR rows of A times one panel (128 bytes of B per k step) into MR x NV vector
+// accumulators; A entries are broadcast. AVX-512 (32 registers of 64 bytes): MR = 12, 24
+// accumulators and 2 for B. AVX2 (16 registers of 32 bytes): MR = 2, 8 accumulators, 4 for B and
+// one broadcast. The panel (k * 128 bytes) stays in L1/L2 while every row block streams it.
 #include "vgcore/packed_gemm.hpp"
 
 #include <algorithm>
@@ -14,81 +14,78 @@
 namespace vgcore {
 namespace {
 
-typedef float vfloat __attribute__((vector_size(64)));
-typedef double vdouble __attribute__((vector_size(64)));
-template <class T>
-struct Vec;
-template <>
-struct Vec<float> {
-  using type = vfloat;
-};
-template <>
-struct Vec<double> {
-  using type = vdouble;
+// Vectors of W bytes: 64 (AVX-512, one register) or 32 (AVX2). Each ISA driver uses the width
+// its registers have: wider GCC vectors are lowered element by element on AVX2 (a scalar
+// broadcast becomes a dozen stack stores per multiply, ~50x slower than BLAS).
+template <class T, int W>
+struct Vec {
+  typedef T type __attribute__((vector_size(W)));
 };
 
-// C[0:MR, 0:ncols] (+)= A[0:MR, 0:k] * panel. ncols < panel width only for the last panel.
-template <class T, int MR>
+// C[0:MR, 0:ncols] (+)= A[0:MR, 0:k] * panel, NV = kPanel / (W / sizeof T) vectors per panel
+// row. ncols < panel width only for the last panel.
+template <class T, int W, int MR>
 __attribute__((always_inline)) inline void micro(std::size_t k, const T* a, std::size_t lda,
                                                  const T* bp, bool accumulate, T* c,
                                                  std::size_t ldc, std::size_t ncols) {
-  using V = typename Vec<T>::type;
-  constexpr std::size_t L = sizeof(V) / sizeof(T), P = 2 * L;
-  V acc[MR][2];
+  using V = typename Vec<T, W>::type;
+  constexpr std::size_t L = sizeof(V) / sizeof(T), P = PackedMatrix<T>::kPanel, NV = P / L;
+  V acc[MR][NV];
   if (accumulate && ncols == P) {
-    for (int i = 0; i < MR; ++i) {
-      std::memcpy(&acc[i][0], c + i * ldc, sizeof(V));
-      std::memcpy(&acc[i][1], c + i * ldc + L, sizeof(V));
-    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (std::size_t v = 0; v < NV; ++v) std::memcpy(&acc[i][v], c + i * ldc + v * L, sizeof(V));
   } else if (accumulate) {
     T tmp[P];
     for (int i = 0; i < MR; ++i) {
       std::fill(tmp, tmp + P, T(0));
       std::copy(c + i * ldc, c + i * ldc + ncols, tmp);
-      std::memcpy(&acc[i][0], tmp, sizeof(V));
-      std::memcpy(&acc[i][1], tmp + L, sizeof(V));
+      for (std::size_t v = 0; v < NV; ++v) std::memcpy(&acc[i][v], tmp + v * L, sizeof(V));
     }
   } else {
-    for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = V{};
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (std::size_t v = 0; v < NV; ++v) acc[i][v] = V{};
   }
   for (std::size_t p = 0; p < k; ++p) {
-    V b0, b1;
-    std::memcpy(&b0, bp + p * P, sizeof(V));
-    std::memcpy(&b1, bp + p * P + L, sizeof(V));
+    V b[NV];
+#pragma GCC unroll 8
+    for (std::size_t v = 0; v < NV; ++v) std::memcpy(&b[v], bp + p * P + v * L, sizeof(V));
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const T s = a[i * lda + p];
-      acc[i][0] += s * b0;
-      acc[i][1] += s * b1;
+#pragma GCC unroll 8
+      for (std::size_t v = 0; v < NV; ++v) acc[i][v] += s * b[v];
     }
   }
   if (ncols == P) {
-    for (int i = 0; i < MR; ++i) {
-      std::memcpy(c + i * ldc, &acc[i][0], sizeof(V));
-      std::memcpy(c + i * ldc + L, &acc[i][1], sizeof(V));
-    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (std::size_t v = 0; v < NV; ++v) std::memcpy(c + i * ldc + v * L, &acc[i][v], sizeof(V));
   } else {
     T tmp[P];
     for (int i = 0; i < MR; ++i) {
-      std::memcpy(tmp, &acc[i][0], sizeof(V));
-      std::memcpy(tmp + L, &acc[i][1], sizeof(V));
+      for (std::size_t v = 0; v < NV; ++v) std::memcpy(tmp + v * L, &acc[i][v], sizeof(V));
       std::copy(tmp, tmp + ncols, c + i * ldc);
     }
   }
 }
 
 // Rows [0, r) with r < MR, as one smaller block.
-template <class T, int R>
+template <class T, int W, int R>
 __attribute__((always_inline)) inline void tail(std::size_t r, std::size_t k, const T* a,
                                                 std::size_t lda, const T* bp, bool acc, T* c,
                                                 std::size_t ldc, std::size_t ncols) {
   if constexpr (R > 0) {
-    if (r == R) return micro<T, R>(k, a, lda, bp, acc, c, ldc, ncols);
-    tail<T, R - 1>(r, k, a, lda, bp, acc, c, ldc, ncols);
+    if (r == R) return micro<T, W, R>(k, a, lda, bp, acc, c, ldc, ncols);
+    tail<T, W, R - 1>(r, k, a, lda, bp, acc, c, ldc, ncols);
   }
 }
 
-template <class T, int MR>
+template <class T, int W, int MR>
 __attribute__((always_inline)) inline void drive(std::size_t m, const T* a, std::size_t lda,
                                                  const PackedMatrix<T>& b, bool acc, T* c,
                                                  std::size_t ldc) {
@@ -98,8 +95,9 @@ __attribute__((always_inline)) inline void drive(std::size_t m, const T* a, std:
     const std::size_t ncols = std::min(P, n - j0);
     const T* bp = b.panel(jp);
     std::size_t i = 0;
-    for (; i + MR <= m; i += MR) micro<T, MR>(k, a + i * lda, lda, bp, acc, c + i * ldc + j0, ldc, ncols);
-    if (i < m) tail<T, MR - 1>(m - i, k, a + i * lda, lda, bp, acc, c + i * ldc + j0, ldc, ncols);
+    for (; i + MR <= m; i += MR)
+      micro<T, W, MR>(k, a + i * lda, lda, bp, acc, c + i * ldc + j0, ldc, ncols);
+    if (i < m) tail<T, W, MR - 1>(m - i, k, a + i * lda, lda, bp, acc, c + i * ldc + j0, ldc, ncols);
   }
 }
 
@@ -110,13 +108,13 @@ __attribute__((target("avx512f,fma"))) void drive_avx512(std::size_t m, const T*
                                                           std::size_t lda,
                                                           const PackedMatrix<T>& b, bool acc,
                                                           T* c, std::size_t ldc) {
-  drive<T, 12>(m, a, lda, b, acc, c, ldc);
+  drive<T, 64, 12>(m, a, lda, b, acc, c, ldc);
 }
 template <class T>
 __attribute__((target("avx2,fma"))) void drive_avx2(std::size_t m, const T* a, std::size_t lda,
                                                     const PackedMatrix<T>& b, bool acc, T* c,
                                                     std::size_t ldc) {
-  drive<T, 3>(m, a, lda, b, acc, c, ldc);
+  drive<T, 32, 2>(m, a, lda, b, acc, c, ldc);
 }
 
 enum class Isa { none, avx2, avx512 };
