@@ -106,11 +106,12 @@ DEMO_CASES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def _demo_extras(diags: list[Any]) -> dict[str, Any]:
-    """Further figures from the optional analyses that are available."""
+def _demo_extras(diags: list[Any], inputs: dict[str, Any]) -> dict[str, Any]:
+    """Further figures from the optional analyses that are available (``inputs``: each
+    diagnosis's input by name)."""
     from vgcore import _optional
 
-    return _optional.demo_extras(diags)
+    return _optional.demo_extras(diags, inputs=inputs)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -137,7 +138,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             diags,
             out,
             "vgcore demo: gradient flow in canonical networks",
-            _demo_extras(diags),
+            _demo_extras(diags, {name: x for name, _, x in cases}),
         )
         report = str(rep.html)
         _info(
