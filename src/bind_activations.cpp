@@ -11,7 +11,8 @@ py::tuple activation_impl(const Activation& act, const py::array& z) {
   py::array_t<T> y(shape), dy(shape);
   {
     py::gil_scoped_release release;
-    activation_forward(act, zp, y.mutable_data(), dy.mutable_data(), static_cast<std::size_t>(z.size()));
+    activation_forward(act, zp, y.mutable_data(), dy.mutable_data(),
+                       static_cast<std::size_t>(z.size()));
   }
   return py::make_tuple(y, dy);
 }

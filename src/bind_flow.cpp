@@ -22,10 +22,12 @@ py::dict stats_to_dict(const FlowStats& s) {
   // Which log_param_grad_norms entries belong to an existing parameter, and the steps whose
   // pre-activation overflowed (inf/NaN) although the activation output may be finite.
   py::array_t<bool> present(static_cast<py::ssize_t>(s.param_present.size()));
-  for (std::size_t i = 0; i < s.param_present.size(); ++i) present.mutable_data()[i] = s.param_present[i] != 0;
+  for (std::size_t i = 0; i < s.param_present.size(); ++i)
+    present.mutable_data()[i] = s.param_present[i] != 0;
   d["param_grad_present"] = present;
   py::array_t<bool> bad(static_cast<py::ssize_t>(s.preact_nonfinite.size()));
-  for (std::size_t i = 0; i < s.preact_nonfinite.size(); ++i) bad.mutable_data()[i] = s.preact_nonfinite[i] != 0;
+  for (std::size_t i = 0; i < s.preact_nonfinite.size(); ++i)
+    bad.mutable_data()[i] = s.preact_nonfinite[i] != 0;
   d["preact_nonfinite"] = bad;
   return d;
 }
@@ -52,7 +54,8 @@ DenseNorm parse_norm(const std::string& s) {
   if (s == "layernorm") return DenseNorm::layernorm;
   if (s == "batchnorm") return DenseNorm::batchnorm;
   if (s == "batchnorm_eval") return DenseNorm::batchnorm_eval;
-  throw py::value_error("norm must be 'none', 'layernorm', 'batchnorm' or 'batchnorm_eval', got '" + s + "'");
+  throw py::value_error("norm must be 'none', 'layernorm', 'batchnorm' or 'batchnorm_eval', got '" +
+                        s + "'");
 }
 
 // layers: list of dicts with keys weight, bias, act=(name, alpha, beta), block, alpha,
@@ -81,14 +84,17 @@ py::dict dense_impl(const py::list& specs, const py::array& x, const py::object&
     ly.act = make_activation(a[0].cast<std::string>(), a[1].cast<double>(), a[2].cast<double>());
     ly.block = parse_block(spec["block"].cast<std::string>());
     ly.alpha = spec["alpha"].cast<double>();
-    ly.gate_weight = optional_array<T>(spec["gate_weight"], name("gate_weight").c_str(), {out, width});
+    ly.gate_weight =
+        optional_array<T>(spec["gate_weight"], name("gate_weight").c_str(), {out, width});
     ly.gate_bias = optional_array<T>(spec["gate_bias"], name("gate_bias").c_str(), {out});
     ly.norm = parse_norm(spec["norm"].cast<std::string>());
     ly.norm_weight = optional_array<T>(spec["norm_weight"], name("norm_weight").c_str(), {out});
     ly.norm_bias = optional_array<T>(spec["norm_bias"], name("norm_bias").c_str(), {out});
     if (ly.norm == DenseNorm::batchnorm_eval) {
-      ly.running_mean = require<T>(spec["running_mean"].cast<py::array>(), name("running_mean").c_str(), {out});
-      ly.running_var = require<T>(spec["running_var"].cast<py::array>(), name("running_var").c_str(), {out});
+      ly.running_mean =
+          require<T>(spec["running_mean"].cast<py::array>(), name("running_mean").c_str(), {out});
+      ly.running_var =
+          require<T>(spec["running_var"].cast<py::array>(), name("running_var").c_str(), {out});
     }
     ly.eps = spec["eps"].cast<double>();
     width = out;
@@ -125,7 +131,8 @@ CellKind parse_cell(const std::string& cell) {
   if (cell == "rnn_relu") return CellKind::rnn_relu;
   if (cell == "lstm") return CellKind::lstm;
   if (cell == "gru") return CellKind::gru;
-  throw py::value_error("cell must be one of 'rnn_tanh', 'rnn_relu', 'lstm', 'gru', got '" + cell + "'");
+  throw py::value_error("cell must be one of 'rnn_tanh', 'rnn_relu', 'lstm', 'gru', got '" + cell +
+                        "'");
 }
 
 template <class T>
@@ -165,7 +172,8 @@ py::dict recurrent_impl(CellKind kind, const py::array& weight_ih, const py::arr
   if (!cell_cotangent.is_none() && !lstm)
     throw py::value_error("cell_cotangent is only meaningful for LSTM");
   io.cell_cotangent = optional_array<T>(cell_cotangent, "cell_cotangent", {B, N});
-  py::object states = py::none(), cell_states = py::none(), grads = py::none(), cell_grads = py::none();
+  py::object states = py::none(), cell_states = py::none(), grads = py::none(),
+             cell_grads = py::none();
   auto alloc = [&](py::object& slot) {
     py::array_t<T> a({Ts + 1, B, N});
     slot = a;
@@ -213,8 +221,10 @@ void bind_flow(py::module_& m) {
       [](const py::list& layers, const py::array& x, const py::object& cotangent, bool keep_grads,
          bool param_grads, double saturation_threshold, int num_threads, const py::object& progress,
          bool rescale) {
-        const FlowOptions opt = make_options(param_grads, saturation_threshold, num_threads, rescale);
-        if (is_float32(x)) return dense_impl<float>(layers, x, cotangent, keep_grads, opt, progress);
+        const FlowOptions opt =
+            make_options(param_grads, saturation_threshold, num_threads, rescale);
+        if (is_float32(x))
+          return dense_impl<float>(layers, x, cotangent, keep_grads, opt, progress);
         return dense_impl<double>(layers, x, cotangent, keep_grads, opt, progress);
       },
       py::arg("layers"), py::arg("x"), py::arg("cotangent"), py::arg("keep_grads"),
@@ -228,12 +238,15 @@ void bind_flow(py::module_& m) {
          const py::object& cell_cotangent, bool keep_grads, bool keep_states, bool param_grads,
          double saturation_threshold, int num_threads, const py::object& progress, bool rescale) {
         const CellKind kind = parse_cell(cell);
-        const FlowOptions opt = make_options(param_grads, saturation_threshold, num_threads, rescale);
+        const FlowOptions opt =
+            make_options(param_grads, saturation_threshold, num_threads, rescale);
         if (is_float32(x))
           return recurrent_impl<float>(kind, weight_ih, weight_hh, bias_ih, bias_hh, x, h0, c0,
-                                       cotangent, cell_cotangent, keep_grads, keep_states, opt, progress);
+                                       cotangent, cell_cotangent, keep_grads, keep_states, opt,
+                                       progress);
         return recurrent_impl<double>(kind, weight_ih, weight_hh, bias_ih, bias_hh, x, h0, c0,
-                                      cotangent, cell_cotangent, keep_grads, keep_states, opt, progress);
+                                      cotangent, cell_cotangent, keep_grads, keep_states, opt,
+                                      progress);
       },
       py::arg("cell"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"),
       py::arg("bias_hh"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("cotangent"),

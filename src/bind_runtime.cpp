@@ -15,12 +15,14 @@ namespace {
 
 // a (m, k) @ B, B = b (k, n) or b.T for b (n, k) when transposed; + c when c is given.
 template <class T>
-py::array_t<T> packed_product(const py::array& a, const py::array& b, bool transposed, const py::object& c) {
+py::array_t<T> packed_product(const py::array& a, const py::array& b, bool transposed,
+                              const py::object& c) {
   if (a.ndim() != 2 || b.ndim() != 2) throw py::value_error("a and b must be 2-d");
   const auto m = a.shape(0), k = a.shape(1);
   const auto n = transposed ? b.shape(0) : b.shape(1);
   const T* pa = require<T>(a, "a", {m, k});
-  const T* pb = require<T>(b, "b", transposed ? std::vector<py::ssize_t>{n, k} : std::vector<py::ssize_t>{k, n});
+  const T* pb = require<T>(
+      b, "b", transposed ? std::vector<py::ssize_t>{n, k} : std::vector<py::ssize_t>{k, n});
   py::array_t<T> out({m, n});
   T beta = T(0);
   if (!c.is_none()) {
@@ -28,7 +30,8 @@ py::array_t<T> packed_product(const py::array& a, const py::array& b, bool trans
     std::copy(pc, pc + m * n, out.mutable_data());
     beta = T(1);
   }
-  const auto pm = transposed ? PackedMatrix<T>::transposed(pb, n, k, k) : PackedMatrix<T>::rows(pb, k, n, n);
+  const auto pm =
+      transposed ? PackedMatrix<T>::transposed(pb, n, k, k) : PackedMatrix<T>::rows(pb, k, n, n);
   gemm_packed<T>(m, pa, k, pm, beta, out.mutable_data(), n);
   return out;
 }
@@ -42,11 +45,13 @@ double gemm_gflops(std::size_t m, std::size_t n, std::size_t k, int repeat) {
   py::gil_scoped_release release;
   for (int r = 0; r < repeat + 1; ++r) {  // the first run warms up
     const auto t0 = std::chrono::steady_clock::now();
-    blas::gemm(blas::Op::N, blas::Op::N, m, n, k, T(1), a.data(), k, b.data(), n, T(0), c.data(), n);
+    blas::gemm(blas::Op::N, blas::Op::N, m, n, k, T(1), a.data(), k, b.data(), n, T(0), c.data(),
+               n);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (r > 0) best = std::min(best, dt);
   }
-  return 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) / best / 1e9;
+  return 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) / best /
+         1e9;
 }
 
 }  // namespace
@@ -68,21 +73,24 @@ void bind_runtime(py::module_& m) {
       "blas_set_num_threads",
       [](long n) {
         if (n < 1 || n > kMaxThreads)
-          throw py::value_error("n must be between 1 and " + std::to_string(kMaxThreads) + ", got " +
-                                std::to_string(n));
+          throw py::value_error("n must be between 1 and " + std::to_string(kMaxThreads) +
+                                ", got " + std::to_string(n));
         blas::set_num_threads(static_cast<int>(n));
       },
       py::arg("n"), "Set the number of threads of the BLAS that vgcore links (scipy-openblas32).");
   m.def("blas_get_num_threads", &blas::get_num_threads);
-  m.def("workspace_release", [] { return WorkspacePool::instance().clear(); },
-        "Free the cached scratch memory; returns the number of bytes released.");
+  m.def(
+      "workspace_release", [] { return WorkspacePool::instance().clear(); },
+      "Free the cached scratch memory; returns the number of bytes released.");
   m.def("workspace_cached", [] { return WorkspacePool::instance().cached(); });
-  m.def("workspace_set_limit", [](std::size_t bytes) { WorkspacePool::instance().set_limit(bytes); },
-        py::arg("bytes"));
+  m.def(
+      "workspace_set_limit", [](std::size_t bytes) { WorkspacePool::instance().set_limit(bytes); },
+      py::arg("bytes"));
   m.def("workspace_limit", [] { return WorkspacePool::instance().limit(); });
   m.def(
       "packed_product",
-      [](const py::array& a, const py::array& b, bool transposed, const py::object& c) -> py::object {
+      [](const py::array& a, const py::array& b, bool transposed,
+         const py::object& c) -> py::object {
         if (has_dtype<float>(a)) return packed_product<float>(a, b, transposed, c);
         return packed_product<double>(a, b, transposed, c);
       },
@@ -92,7 +100,8 @@ void bind_runtime(py::module_& m) {
   m.def(
       "blas_gemm_gflops",
       [](std::size_t m, std::size_t n, std::size_t k, bool float64, int repeat) {
-        if (m == 0 || n == 0 || k == 0 || repeat < 1) throw py::value_error("m, n, k and repeat must be positive");
+        if (m == 0 || n == 0 || k == 0 || repeat < 1)
+          throw py::value_error("m, n, k and repeat must be positive");
         return float64 ? gemm_gflops<double>(m, n, k, repeat) : gemm_gflops<float>(m, n, k, repeat);
       },
       py::arg("m"), py::arg("n"), py::arg("k"), py::arg("float64") = false, py::arg("repeat") = 5,

@@ -29,7 +29,8 @@ DenseNorm norm_of(const std::string& s) {
   if (s == "layernorm") return DenseNorm::layernorm;
   if (s == "batchnorm") return DenseNorm::batchnorm;
   if (s == "batchnorm_eval") return DenseNorm::batchnorm_eval;
-  throw py::value_error("norm must be 'none', 'layernorm', 'batchnorm' or 'batchnorm_eval', got '" + s + "'");
+  throw py::value_error("norm must be 'none', 'layernorm', 'batchnorm' or 'batchnorm_eval', got '" +
+                        s + "'");
 }
 
 CellKind cell_of(const std::string& cell) {
@@ -37,13 +38,15 @@ CellKind cell_of(const std::string& cell) {
   if (cell == "rnn_relu") return CellKind::rnn_relu;
   if (cell == "lstm") return CellKind::lstm;
   if (cell == "gru") return CellKind::gru;
-  throw py::value_error("model kind must be 'mlp', 'rnn_tanh', 'rnn_relu', 'lstm' or 'gru', got '" + cell + "'");
+  throw py::value_error("model kind must be 'mlp', 'rnn_tanh', 'rnn_relu', 'lstm' or 'gru', got '" +
+                        cell + "'");
 }
 
 bool is_f32(const py::dict& model) {
   const auto kind = model["kind"].cast<std::string>();
-  const py::object w = kind == "mlp" ? model["layers"].cast<py::list>()[0].cast<py::dict>()["weight"]
-                                     : model["weight_hh"];
+  const py::object w = kind == "mlp"
+                           ? model["layers"].cast<py::list>()[0].cast<py::dict>()["weight"]
+                           : model["weight_hh"];
   return has_dtype<float>(w.cast<py::array>());
 }
 
@@ -69,14 +72,17 @@ TangentModel<T> make_model(const py::dict& model) {
       ly.act = make_activation(a[0].cast<std::string>(), a[1].cast<double>(), a[2].cast<double>());
       ly.block = block_of(spec["block"].cast<std::string>());
       ly.alpha = spec["alpha"].cast<double>();
-      ly.gate_weight = optional_array<T>(spec["gate_weight"], (p + "gate_weight").c_str(), {out, width});
+      ly.gate_weight =
+          optional_array<T>(spec["gate_weight"], (p + "gate_weight").c_str(), {out, width});
       ly.gate_bias = optional_array<T>(spec["gate_bias"], (p + "gate_bias").c_str(), {out});
       ly.norm = norm_of(spec["norm"].cast<std::string>());
       ly.norm_weight = optional_array<T>(spec["norm_weight"], (p + "norm_weight").c_str(), {out});
       ly.norm_bias = optional_array<T>(spec["norm_bias"], (p + "norm_bias").c_str(), {out});
       if (ly.norm == DenseNorm::batchnorm_eval) {
-        ly.running_mean = require<T>(spec["running_mean"].cast<py::array>(), (p + "running_mean").c_str(), {out});
-        ly.running_var = require<T>(spec["running_var"].cast<py::array>(), (p + "running_var").c_str(), {out});
+        ly.running_mean =
+            require<T>(spec["running_mean"].cast<py::array>(), (p + "running_mean").c_str(), {out});
+        ly.running_var =
+            require<T>(spec["running_var"].cast<py::array>(), (p + "running_var").c_str(), {out});
       }
       ly.eps = spec["eps"].cast<double>();
       width = out;
@@ -138,7 +144,8 @@ py::dict tangent_map_impl(const py::dict& model, std::size_t step, const py::obj
   const TangentModel<T> m = make_model<T>(model);
   const std::size_t s = m.is_dense() ? step : 0;
   if (m.is_dense() && step >= m.n_layers()) throw py::value_error("step out of range");
-  const auto din = static_cast<py::ssize_t>(m.in_dim(s)), dout = static_cast<py::ssize_t>(m.out_dim(s));
+  const auto din = static_cast<py::ssize_t>(m.in_dim(s)),
+             dout = static_cast<py::ssize_t>(m.out_dim(s));
   const T* h = require<T>(state, "state", {-1, din});
   const auto B = state.shape(0);
   const T* v = require<T>(V, "V", {B, -1, din});
@@ -146,13 +153,15 @@ py::dict tangent_map_impl(const py::dict& model, std::size_t step, const py::obj
   const T* w = require<T>(W, "W", {B, k, dout});
   std::vector<T> proj;
   if (!m.is_dense()) {
-    const T* xp = require<T>(x_t.cast<py::array>(), "x_t", {B, static_cast<py::ssize_t>(m.input_size())});
+    const T* xp =
+        require<T>(x_t.cast<py::array>(), "x_t", {B, static_cast<py::ssize_t>(m.input_size())});
     proj.resize(static_cast<std::size_t>(B) * m.proj_cols());
     m.project_inputs(xp, static_cast<std::size_t>(B), proj.data());
   }
   py::array_t<T> y({B, dout}), jv({B, k, dout}), jtw({B, k, din});
   const std::size_t C = m.cache_size(s), gc = m.gemm_cols(s);
-  std::vector<T> cache(static_cast<std::size_t>(B) * C), U(static_cast<std::size_t>(std::max<py::ssize_t>(B, k)) * gc);
+  std::vector<T> cache(static_cast<std::size_t>(B) * C),
+      U(static_cast<std::size_t>(std::max<py::ssize_t>(B, k)) * gc);
   m.gemm_rows(s, h, din, static_cast<std::size_t>(B), U.data(), gc);
   m.state_update(s, proj.empty() ? nullptr : proj.data(), U.data(), gc, h, din, y.mutable_data(),
                  dout, cache.data(), static_cast<std::size_t>(B));
@@ -193,7 +202,8 @@ py::dict spectrum_impl(const py::dict& model, const py::array& x, const py::obje
                     "selected steps (which) or the width");
     throw py::error_already_set();
   }
-  const std::vector<py::ssize_t> shape{static_cast<py::ssize_t>(which.size()), static_cast<py::ssize_t>(in.batch)};
+  const std::vector<py::ssize_t> shape{static_cast<py::ssize_t>(which.size()),
+                                       static_cast<py::ssize_t>(in.batch)};
   py::dict d;
   d["spectral_radius"] = copy_out(r.radius, shape);
   d["sigma_max"] = copy_out(r.sigma, shape);
@@ -229,7 +239,8 @@ py::dict singular_impl(const py::dict& model, const py::array& x, const py::obje
     r = jacobian_log_singular_values(m, in.x, in.steps, in.batch, in.h0, opt, ctl);
   }
   py::dict d;
-  d["log_singular_values"] = copy_out(r.log_singular, {static_cast<py::ssize_t>(in.batch), static_cast<py::ssize_t>(r.rank)});
+  d["log_singular_values"] = copy_out(
+      r.log_singular, {static_cast<py::ssize_t>(in.batch), static_cast<py::ssize_t>(r.rank)});
   d["jacobi_sweeps"] = copy_out(r.jacobi_sweeps, {static_cast<py::ssize_t>(in.batch)});
   return d;
 }
@@ -241,8 +252,10 @@ class PyLyapunov {
   PyLyapunov(const py::dict& model, const py::array& h0, const py::array& v0, std::size_t burn_in,
              std::size_t qr_every, std::size_t max_records, int num_threads)
       : model_(model) {
-    if (is_f32(model)) init<float>(h0, v0, burn_in, qr_every, max_records, num_threads);
-    else init<double>(h0, v0, burn_in, qr_every, max_records, num_threads);
+    if (is_f32(model))
+      init<float>(h0, v0, burn_in, qr_every, max_records, num_threads);
+    else
+      init<double>(h0, v0, burn_in, qr_every, max_records, num_threads);
   }
 
   void feed(const py::object& x, std::size_t total_hint, const py::object& progress) {
@@ -267,7 +280,8 @@ class PyLyapunov {
     o.qr_every = qr_every;
     o.max_records = max_records;
     o.num_threads = num_threads;
-    engine_ = std::make_unique<LyapunovEngine<T>>(std::move(m), static_cast<std::size_t>(h0.shape(0)), hp, vp, o);
+    engine_ = std::make_unique<LyapunovEngine<T>>(std::move(m),
+                                                  static_cast<std::size_t>(h0.shape(0)), hp, vp, o);
     dense_ = model_["kind"].cast<std::string>() == "mlp";
   }
 
@@ -310,7 +324,8 @@ class PyLyapunov {
 
   py::dict model_;
   bool dense_ = false;
-  std::variant<std::unique_ptr<LyapunovEngine<float>>, std::unique_ptr<LyapunovEngine<double>>> engine_;
+  std::variant<std::unique_ptr<LyapunovEngine<float>>, std::unique_ptr<LyapunovEngine<double>>>
+      engine_;
 };
 
 }  // namespace
@@ -330,8 +345,8 @@ void bind_spectra(py::module_& m) {
         if (is_f32(model)) return tangent_map_impl<float>(model, step, x_t, state, V, W);
         return tangent_map_impl<double>(model, step, x_t, state, V, W);
       },
-      py::arg("model"), py::arg("step"), py::arg("x_t"), py::arg("state"), py::arg("V"), py::arg("W"),
-      "One step of the model for a batch of states, with J V and J^T W (test hook).");
+      py::arg("model"), py::arg("step"), py::arg("x_t"), py::arg("state"), py::arg("V"),
+      py::arg("W"), "One step of the model for a batch of states, with J V and J^T W (test hook).");
   m.def(
       "jacobian_spectrum",
       [](const py::dict& model, const py::array& x, const py::object& h0,
@@ -367,12 +382,15 @@ void bind_spectra(py::module_& m) {
         // B: (r, n) rows = the columns of the graded matrix; d: (r,) log scales.
         auto Bc = B.attr("copy")().cast<py::array_t<double>>();
         auto dc = d.attr("copy")().cast<py::array_t<double>>();
-        const auto r = static_cast<std::size_t>(Bc.shape(0)), n = static_cast<std::size_t>(Bc.shape(1));
-        if (static_cast<std::size_t>(dc.size()) != r) throw py::value_error("d must have one entry per row of B");
+        const auto r = static_cast<std::size_t>(Bc.shape(0)),
+                   n = static_cast<std::size_t>(Bc.shape(1));
+        if (static_cast<std::size_t>(dc.size()) != r)
+          throw py::value_error("d must have one entry per row of B");
         const int sweeps = graded_jacobi(Bc.mutable_data(), n, r, dc.mutable_data());
         return py::make_tuple(dc, sweeps);
       },
-      py::arg("B"), py::arg("d"), "Log singular values of diag(e^d) B by graded one-sided Jacobi (test hook).");
+      py::arg("B"), py::arg("d"),
+      "Log singular values of diag(e^d) B by graded one-sided Jacobi (test hook).");
   py::class_<PyLyapunov>(m, "LyapunovEngine")
       .def(py::init<const py::dict&, const py::array&, const py::array&, std::size_t, std::size_t,
                     std::size_t, int>(),

@@ -22,10 +22,12 @@ void bind_testing(py::module_& m) {
       py::arg("n"), py::arg("after") = 0,
       "After `after` more thread starts, make the next n fail as if the system refused them "
       "(n = 0 resets).");
-  t.def("refused_thread_starts_left", [] { return ThreadStartHook::instance().refuse.load(); },
-        "Refusals still pending.");
-  t.def("thread_start_attempts", [] { return ThreadStartHook::instance().attempts.load(); },
-        "Threads vgcore has tried to start since the module was loaded.");
+  t.def(
+      "refused_thread_starts_left", [] { return ThreadStartHook::instance().refuse.load(); },
+      "Refusals still pending.");
+  t.def(
+      "thread_start_attempts", [] { return ThreadStartHook::instance().attempts.load(); },
+      "Threads vgcore has tried to start since the module was loaded.");
 }
 
 }  // namespace vgcore::bind

@@ -44,8 +44,7 @@ const T* require(const py::array& a, const char* name, std::vector<py::ssize_t> 
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(std::string(name) + " must be C-contiguous");
   bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
-  for (std::size_t i = 0; ok && i < shape.size(); ++i)
-    ok = shape[i] < 0 || a.shape(i) == shape[i];
+  for (std::size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || a.shape(i) == shape[i];
   if (!ok) {
     std::string want = "(";
     for (std::size_t i = 0; i < shape.size(); ++i) {

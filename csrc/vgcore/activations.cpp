@@ -281,24 +281,34 @@ VGCORE_TARGET_CLONES void loop_d(Op op, const T* z, T* dy, std::size_t n) {
 template <class T, class F>
 void with_op(const Activation& a, F&& f) {
   switch (a.kind) {
-    case ActKind::identity: return f(OpIdentity<T>(a));
-    case ActKind::sigmoid: return f(OpSigmoid<T>(a));
-    case ActKind::tanh: return f(OpTanh<T>(a));
-    case ActKind::relu: return f(OpRelu<T>(a));
-    case ActKind::leaky_relu: return f(OpLeaky<T>(a));
+    case ActKind::identity:
+      return f(OpIdentity<T>(a));
+    case ActKind::sigmoid:
+      return f(OpSigmoid<T>(a));
+    case ActKind::tanh:
+      return f(OpTanh<T>(a));
+    case ActKind::relu:
+      return f(OpRelu<T>(a));
+    case ActKind::leaky_relu:
+      return f(OpLeaky<T>(a));
     case ActKind::elu:
-    case ActKind::selu: return f(make_elu<T>(a));
+    case ActKind::selu:
+      return f(make_elu<T>(a));
     case ActKind::softplus:
       if (a.alpha == 1.0) return f(OpSoftplus<T, true>(a));
       return f(OpSoftplus<T, false>(a));
-    case ActKind::silu: return f(OpSilu<T>(a));
-    case ActKind::gelu: return f(OpGelu<T>(a));
-    case ActKind::gelu_tanh: return f(OpGeluTanh<T>(a));
+    case ActKind::silu:
+      return f(OpSilu<T>(a));
+    case ActKind::gelu:
+      return f(OpGelu<T>(a));
+    case ActKind::gelu_tanh:
+      return f(OpGeluTanh<T>(a));
   }
-  throw std::invalid_argument("vgcore: invalid ActKind " + std::to_string(static_cast<int>(a.kind)));
+  throw std::invalid_argument("vgcore: invalid ActKind " +
+                              std::to_string(static_cast<int>(a.kind)));
 }
 
-constexpr const char* kNames[] = {"identity", "sigmoid", "tanh", "relu",  "leaky_relu", "elu",
+constexpr const char* kNames[] = {"identity", "sigmoid",  "tanh", "relu", "leaky_relu", "elu",
                                   "selu",     "softplus", "silu", "gelu", "gelu_tanh"};
 constexpr int kNumKinds = static_cast<int>(sizeof(kNames) / sizeof(kNames[0]));
 
@@ -318,15 +328,19 @@ std::string fmt_param(double v) {
 
 std::string activation_name(ActKind kind) {
   const int k = static_cast<int>(kind);
-  if (k < 0 || k >= kNumKinds) throw std::invalid_argument("vgcore: invalid ActKind " + std::to_string(k));
+  if (k < 0 || k >= kNumKinds)
+    throw std::invalid_argument("vgcore: invalid ActKind " + std::to_string(k));
   return kNames[k];
 }
 
 Activation make_activation(const std::string& name, double alpha, double beta) {
   std::string key = lower(name);
-  if (key == "linear" || key == "none") key = "identity";
-  else if (key == "swish") key = "silu";
-  else if (key == "gelu_erf") key = "gelu";
+  if (key == "linear" || key == "none")
+    key = "identity";
+  else if (key == "swish")
+    key = "silu";
+  else if (key == "gelu_erf")
+    key = "gelu";
   int k = 0;
   while (k < kNumKinds && key != kNames[k]) ++k;
   if (k == kNumKinds) {
@@ -344,8 +358,8 @@ Activation make_activation(const std::string& name, double alpha, double beta) {
   };
   const auto no_param = [&](double v, const char* what) {
     if (!std::isnan(v))
-      throw std::invalid_argument("activation '" + canon + "' takes no " + what + " parameter (got " +
-                                  fmt_param(v) + ")");
+      throw std::invalid_argument("activation '" + canon + "' takes no " + what +
+                                  " parameter (got " + fmt_param(v) + ")");
   };
   switch (a.kind) {
     case ActKind::leaky_relu:
@@ -363,7 +377,8 @@ Activation make_activation(const std::string& name, double alpha, double beta) {
       check_finite(beta, "threshold");
       a.alpha = std::isnan(alpha) ? 1.0 : alpha;
       a.beta = std::isnan(beta) ? 20.0 : beta;
-      if (a.alpha == 0.0) throw std::invalid_argument("activation 'softplus': beta must be nonzero");
+      if (a.alpha == 0.0)
+        throw std::invalid_argument("activation 'softplus': beta must be nonzero");
       break;
     default:
       no_param(alpha, "alpha");
@@ -378,14 +393,21 @@ double Activation::max_derivative() const {
     case ActKind::identity:
     case ActKind::tanh:
     case ActKind::relu:
-    case ActKind::softplus: return 1.0;
-    case ActKind::sigmoid: return 0.25;
+    case ActKind::softplus:
+      return 1.0;
+    case ActKind::sigmoid:
+      return 0.25;
     case ActKind::leaky_relu:
-    case ActKind::elu: return std::max(1.0, std::fabs(alpha));
-    case ActKind::selu: return kSeluScale * kSeluAlpha;        // 1.7580993408473769
-    case ActKind::silu: return 1.0998393201288669;             // at x = 2.3993572805
-    case ActKind::gelu: return 1.1289041451851548;             // at x = sqrt(2)
-    case ActKind::gelu_tanh: return 1.1289930686587718;        // at x = 1.4185040088
+    case ActKind::elu:
+      return std::max(1.0, std::fabs(alpha));
+    case ActKind::selu:
+      return kSeluScale * kSeluAlpha;  // 1.7580993408473769
+    case ActKind::silu:
+      return 1.0998393201288669;  // at x = 2.3993572805
+    case ActKind::gelu:
+      return 1.1289041451851548;  // at x = sqrt(2)
+    case ActKind::gelu_tanh:
+      return 1.1289930686587718;  // at x = 1.4185040088
   }
   return 1.0;
 }
@@ -420,7 +442,6 @@ template void activation_forward<float>(const Activation&, const float*, float*,
 template void activation_forward<double>(const Activation&, const double*, double*, double*,
                                          std::size_t);
 template void activation_derivative<float>(const Activation&, const float*, float*, std::size_t);
-template void activation_derivative<double>(const Activation&, const double*, double*,
-                                            std::size_t);
+template void activation_derivative<double>(const Activation&, const double*, double*, std::size_t);
 
 }  // namespace vgcore

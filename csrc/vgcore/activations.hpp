@@ -67,8 +67,8 @@ void activation_derivative(const Activation& a, const T* z, T* dy, std::size_t n
 
 extern template void activation_forward<float>(const Activation&, const float*, float*, float*,
                                                std::size_t);
-extern template void activation_forward<double>(const Activation&, const double*, double*,
-                                                double*, std::size_t);
+extern template void activation_forward<double>(const Activation&, const double*, double*, double*,
+                                                std::size_t);
 extern template void activation_derivative<float>(const Activation&, const float*, float*,
                                                   std::size_t);
 extern template void activation_derivative<double>(const Activation&, const double*, double*,

@@ -57,8 +57,8 @@ inline void gemm(Op ta, Op tb, std::size_t m, std::size_t n, std::size_t k, floa
                            checked_int(ldc, "ldc"));
 }
 inline void gemm(Op ta, Op tb, std::size_t m, std::size_t n, std::size_t k, double alpha,
-                 const double* a, std::size_t lda, const double* b, std::size_t ldb,
-                 double beta, double* c, std::size_t ldc) {
+                 const double* a, std::size_t lda, const double* b, std::size_t ldb, double beta,
+                 double* c, std::size_t ldc) {
   if (m == 0 || n == 0) return;
   VGCORE_BLAS(cblas_dgemm)(VgcoreRowMajor, ta == Op::N ? VgcoreNoTrans : VgcoreTrans,
                            tb == Op::N ? VgcoreNoTrans : VgcoreTrans, checked_int(m, "m"),
@@ -68,8 +68,8 @@ inline void gemm(Op ta, Op tb, std::size_t m, std::size_t n, std::size_t k, doub
 }
 
 // B (m x n, row-major, ldb) = A B with A upper triangular m x m (row-major, lda), in place.
-inline void trmm_upper_left(std::size_t m, std::size_t n, const float* a, std::size_t lda,
-                            float* b, std::size_t ldb) {
+inline void trmm_upper_left(std::size_t m, std::size_t n, const float* a, std::size_t lda, float* b,
+                            std::size_t ldb) {
   if (m == 0 || n == 0) return;
   VGCORE_BLAS(cblas_strmm)(VgcoreRowMajor, 141 /* Left */, 121 /* Upper */, VgcoreNoTrans,
                            131 /* NonUnit */, checked_int(m, "m"), checked_int(n, "n"), 1.0f, a,

@@ -160,7 +160,8 @@ void run_chunks(std::size_t n_chunks, Control& ctl, Fn&& fn) {
         throw ThreadStartError("vgcore could not start thread " + std::to_string(c + 1) + " of " +
                                std::to_string(n_chunks) + " (" + e.what() +
                                "): the system allows no more threads; use fewer threads "
-                               "(num_threads = " + std::to_string(c) + " or less)");
+                               "(num_threads = " +
+                               std::to_string(c) + " or less)");
       }
     }
   }

@@ -35,7 +35,8 @@ void check_layers(const std::vector<DenseLayer<T>>& layers) {
     if (ly.norm != DenseNorm::none && !(ly.eps >= 0))
       throw std::invalid_argument(name + ": normalisation eps must be >= 0");
     if (ly.norm == DenseNorm::batchnorm_eval && !(ly.running_mean && ly.running_var))
-      throw std::invalid_argument(name + ": eval-mode BatchNorm needs running_mean and running_var");
+      throw std::invalid_argument(name +
+                                  ": eval-mode BatchNorm needs running_mean and running_var");
   }
 }
 
@@ -76,7 +77,8 @@ void layernorm_forward(const DenseLayer<T>& ly, T* z, T* xhat, T* istd, std::siz
     T* xr = xhat + r * n;
     for (std::size_t j = 0; j < n; ++j) {
       xr[j] = static_cast<T>(zr[j] - m) * is;
-      zr[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xr[j] + (ly.norm_bias ? ly.norm_bias[j] : T(0));
+      zr[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xr[j] +
+              (ly.norm_bias ? ly.norm_bias[j] : T(0));
     }
   }
 }
@@ -91,31 +93,34 @@ void batchnorm_forward(const DenseLayer<T>& ly, T* z, T* xhat, T* istd, std::siz
   for (std::size_t j = 0; j < n; ++j) m[j] /= static_cast<double>(rows);
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t j = 0; j < n; ++j) v[j] += (z[r * n + j] - m[j]) * (z[r * n + j] - m[j]);
-  for (std::size_t j = 0; j < n; ++j) istd[j] = static_cast<T>(1.0 / std::sqrt(v[j] / rows + ly.eps));
+  for (std::size_t j = 0; j < n; ++j)
+    istd[j] = static_cast<T>(1.0 / std::sqrt(v[j] / rows + ly.eps));
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t j = 0; j < n; ++j) {
       const T xv = static_cast<T>(z[r * n + j] - m[j]) * istd[j];
       xhat[r * n + j] = xv;
-      z[r * n + j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xv + (ly.norm_bias ? ly.norm_bias[j] : T(0));
+      z[r * n + j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xv +
+                     (ly.norm_bias ? ly.norm_bias[j] : T(0));
     }
 }
 
 // Eval-mode BatchNorm: z' = gamma * (z - running_mean) * istd + beta, istd per column.
 template <class T>
-void batchnorm_eval_forward(const DenseLayer<T>& ly, T* z, T* xhat, const T* istd,
-                            std::size_t rows, std::size_t n) {
+void batchnorm_eval_forward(const DenseLayer<T>& ly, T* z, T* xhat, const T* istd, std::size_t rows,
+                            std::size_t n) {
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t j = 0; j < n; ++j) {
       const T xv = (z[r * n + j] - ly.running_mean[j]) * istd[j];
       xhat[r * n + j] = xv;
-      z[r * n + j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xv + (ly.norm_bias ? ly.norm_bias[j] : T(0));
+      z[r * n + j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xv +
+                     (ly.norm_bias ? ly.norm_bias[j] : T(0));
     }
 }
 
 // dL/dz from dL/dz' (dzp): LayerNorm, per row.
 template <class T>
-void layernorm_backward(const DenseLayer<T>& ly, const T* dzp, const T* xhat, const T* istd,
-                        T* dz, std::size_t rows, std::size_t n) {
+void layernorm_backward(const DenseLayer<T>& ly, const T* dzp, const T* xhat, const T* istd, T* dz,
+                        std::size_t rows, std::size_t n) {
   for (std::size_t r = 0; r < rows; ++r) {
     const T* gr = dzp + r * n;
     const T* xr = xhat + r * n;
@@ -136,8 +141,8 @@ void layernorm_backward(const DenseLayer<T>& ly, const T* dzp, const T* xhat, co
 
 // dL/dz from dL/dz': BatchNorm, per column, through the batch mean and variance.
 template <class T>
-void batchnorm_backward(const DenseLayer<T>& ly, const T* dzp, const T* xhat, const T* istd,
-                        T* dz, std::size_t rows, std::size_t n) {
+void batchnorm_backward(const DenseLayer<T>& ly, const T* dzp, const T* xhat, const T* istd, T* dz,
+                        std::size_t rows, std::size_t n) {
   std::vector<double> s1(n, 0.0), s2(n, 0.0);
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t j = 0; j < n; ++j) {
@@ -210,228 +215,235 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
   const std::size_t total_work = 2 * L;
 
   {
-  // Workers run single-threaded BLAS; a single chunk gets the whole budget for big products.
-  const int chunk_blas = n_chunks > 1 ? 1 : blas::step_threads(B, max_width, max_width, budget);
-  blas::BlasThreadsScope chunk_threads(chunk_blas);
-  // Single-threaded products go through the packed kernels (packed_gemm.hpp): each worker packs
-  // a layer's weight (as BLAS would on every call) and streams it with AVX-512/AVX2 tiles.
-  const bool packed = chunk_blas == 1 && packed_gemm_available();
-  run_chunks(n_chunks, ctl, [&](std::size_t c) {
-    PackedMatrix<T> pk;  // this worker's packed operand, storage reused from layer to layer
-    std::vector<T> ct;   // C^T of a forward product
-    // C (nb x n) = beta C + A (nb x k) W^T (W: n x k, row stride ldw), or + A W (W: k x n)
-    // when !trans. The forward form runs as C^T = W A^T: the weight streams from memory as it
-    // is and only the activations are packed (nb columns), then C takes the transpose.
-    auto product = [&](std::size_t nb, std::size_t n, std::size_t k, const T* a, const T* w,
-                       std::size_t ldw, bool trans, T beta, T* cmat) {
-      if (!packed) {
-        blas::gemm(blas::Op::N, trans ? blas::Op::T : blas::Op::N, nb, n, k, T(1), a, k, w, ldw,
-                   beta, cmat, n);
-        return;
-      }
-      if (!trans) {
-        pk.assign_rows(w, k, n, ldw);
-        gemm_packed(nb, a, k, pk, beta, cmat, n);
-        return;
-      }
-      pk.assign_transposed(a, nb, k, k);
-      ct.resize(n * nb);
-      gemm_packed(n, w, ldw, pk, T(0), ct.data(), nb);
-      for (std::size_t b = 0; b < nb; ++b) {
-        T* crow = cmat + b * n;
-        if (beta == T(0))
-          for (std::size_t j = 0; j < n; ++j) crow[j] = ct[j * nb + b];
-        else
-          for (std::size_t j = 0; j < n; ++j) crow[j] += ct[j * nb + b];
-      }
-    };
-    const auto [b0, b1] = split_range(B, n_chunks, c);
-    const std::size_t nb = b1 - b0;
-    ChunkStats& st = cs[c];
-    st.sum.assign(L, 0.0);
-    st.sumsq.assign(L, 0.0);
-    st.saturated.assign(L, 0.0);
-    st.grad_sumsq.assign(L + 1, 0.0);
-    st.grad_scale.assign(L + 1, 0);
-    st.gz_scale.assign(L, 0);
-    const bool primary = (c == 0);
-    auto hin_of = [&](std::size_t l) -> const T* {
-      return l == 1 ? io.x + b0 * width[0] : buf[l - 1].h.data() + b0 * width[l - 1];
-    };
-
-    st.preact_bad.assign(L, 0);
-
-    // Forward through layer l (rows of this chunk): h_l, phi', norm and gate buffers, stats.
-    // Run again by the backward pass when it has to redo a layer (see below).
-    auto forward_layer = [&](std::size_t l) {
-      const DenseLayer<T>& ly = layers[l - 1];
-      LayerBuffers<T>& lb = buf[l];
-      const std::size_t n_in = width[l - 1], n_out = width[l], off = b0 * n_out, cnt = nb * n_out;
-      const T* hin = hin_of(l);
-      T* z = lb.h.data() + off;
-      T* dphi = lb.d.data() + off;
-      if (ly.bias)
-        for (std::size_t b = 0; b < nb; ++b) std::copy(ly.bias, ly.bias + n_out, z + b * n_out);
-      product(nb, n_out, n_in, hin, ly.weight, ly.in, true, ly.bias ? T(1) : T(0), z);
-      if (ly.norm == DenseNorm::layernorm)
-        layernorm_forward(ly, z, lb.xhat.data() + off, lb.istd.data() + b0, nb, n_out);
-      else if (ly.norm == DenseNorm::batchnorm)
-        batchnorm_forward(ly, z, lb.xhat.data() + off, lb.istd.data(), nb, n_out);
-      else if (ly.norm == DenseNorm::batchnorm_eval)
-        batchnorm_eval_forward(ly, z, lb.xhat.data() + off, lb.istd.data(), nb, n_out);
-      // An overflowed pre-activation can hide behind a saturating activation (tanh(inf) = 1).
-      bool bad = any_nonfinite(z, cnt);
-      if (ly.block == DenseBlock::plain) {
-        activation_forward(ly.act, z, z, dphi, cnt);
-      } else if (ly.block == DenseBlock::residual) {
-        activation_forward(ly.act, z, z, dphi, cnt);
-        const T alpha = static_cast<T>(ly.alpha);
-        for (std::size_t i = 0; i < cnt; ++i) z[i] = hin[i] + alpha * z[i];
-      } else {
-        T* a = lb.a.data() + off;
-        T* t = lb.t.data() + off;
-        activation_forward(ly.act, z, a, dphi, cnt);
-        if (ly.gate_bias)
-          for (std::size_t b = 0; b < nb; ++b) std::copy(ly.gate_bias, ly.gate_bias + n_out, t + b * n_out);
-        product(nb, n_out, n_in, hin, ly.gate_weight, ly.in, true, ly.gate_bias ? T(1) : T(0), t);
-        bad = bad || any_nonfinite(t, cnt);
-        highway_mix(t, a, hin, z, cnt);
-      }
-      st.preact_bad[l - 1] = bad ? 1 : 0;
-      const T sat_level = static_cast<T>(opt.saturation_threshold * ly.act.max_derivative());
-      double s = 0, s2 = 0;
-      moments(z, cnt, s, s2);
-      st.sum[l - 1] = s;
-      st.sumsq[l - 1] = s2;
-      st.saturated[l - 1] = static_cast<double>(count_below(dphi, cnt, sat_level));
-    };
-    for (std::size_t l = 1; l <= L; ++l) {
-      forward_layer(l);
-      if (primary) ctl.tick(l, total_work);
-      else ctl.poll();
-    }
-
-    // Backward through layer l: from g = dL/dh_l (stored; times f) to gnext = dL/dh_{l-1}
-    // (stored, at the scale of g times f). Overwrites phi' with dL/dz' (and the gate buffer
-    // with dL/d(gate pre-activation)), which the parameter gradients use.
-    auto backward_layer = [&](std::size_t l, const T* g, T f, T* gnext) {
-      const DenseLayer<T>& ly = layers[l - 1];
-      LayerBuffers<T>& lb = buf[l];
-      const std::size_t n_in = width[l - 1], n_out = width[l], off = b0 * n_out, cnt = nb * n_out;
-      const T* hin = hin_of(l);
-      T* dphi = lb.d.data() + off;  // becomes dL/dz'
-      // gnext first receives the direct (skip / carry) path, then the GEMMs accumulate.
-      if (ly.block == DenseBlock::plain) {
-        for (std::size_t i = 0; i < cnt; ++i) dphi[i] = g[i] * f * dphi[i];
-      } else if (ly.block == DenseBlock::residual) {
-        const T alpha = static_cast<T>(ly.alpha);
-        for (std::size_t i = 0; i < cnt; ++i) {
-          const T gs = g[i] * f;
-          dphi[i] = alpha * gs * dphi[i];
-          gnext[i] = gs;
+    // Workers run single-threaded BLAS; a single chunk gets the whole budget for big products.
+    const int chunk_blas = n_chunks > 1 ? 1 : blas::step_threads(B, max_width, max_width, budget);
+    blas::BlasThreadsScope chunk_threads(chunk_blas);
+    // Single-threaded products go through the packed kernels (packed_gemm.hpp): each worker packs
+    // a layer's weight (as BLAS would on every call) and streams it with AVX-512/AVX2 tiles.
+    const bool packed = chunk_blas == 1 && packed_gemm_available();
+    run_chunks(n_chunks, ctl, [&](std::size_t c) {
+      PackedMatrix<T> pk;  // this worker's packed operand, storage reused from layer to layer
+      std::vector<T> ct;   // C^T of a forward product
+      // C (nb x n) = beta C + A (nb x k) W^T (W: n x k, row stride ldw), or + A W (W: k x n)
+      // when !trans. The forward form runs as C^T = W A^T: the weight streams from memory as it
+      // is and only the activations are packed (nb columns), then C takes the transpose.
+      auto product = [&](std::size_t nb, std::size_t n, std::size_t k, const T* a, const T* w,
+                         std::size_t ldw, bool trans, T beta, T* cmat) {
+        if (!packed) {
+          blas::gemm(blas::Op::N, trans ? blas::Op::T : blas::Op::N, nb, n, k, T(1), a, k, w, ldw,
+                     beta, cmat, n);
+          return;
         }
-      } else {
-        const T* a = lb.a.data() + off;
-        T* t = lb.t.data() + off;  // becomes dL/d(gate pre-activation)
-        for (std::size_t i = 0; i < cnt; ++i) {
-          const T gs = g[i] * f;
-          T tv, tc;
-          gates::sigmoid_load(t[i], tv, tc);
-          dphi[i] = gs * tv * dphi[i];
-          gnext[i] = gs * tc;
-          t[i] = gs * (a[i] - hin[i]) * (tv * tc);
+        if (!trans) {
+          pk.assign_rows(w, k, n, ldw);
+          gemm_packed(nb, a, k, pk, beta, cmat, n);
+          return;
         }
-      }
-      const T* dz = dphi;
-      if (ly.norm != DenseNorm::none) {
-        T* dzn = lb.dz.data() + off;
+        pk.assign_transposed(a, nb, k, k);
+        ct.resize(n * nb);
+        gemm_packed(n, w, ldw, pk, T(0), ct.data(), nb);
+        for (std::size_t b = 0; b < nb; ++b) {
+          T* crow = cmat + b * n;
+          if (beta == T(0))
+            for (std::size_t j = 0; j < n; ++j) crow[j] = ct[j * nb + b];
+          else
+            for (std::size_t j = 0; j < n; ++j) crow[j] += ct[j * nb + b];
+        }
+      };
+      const auto [b0, b1] = split_range(B, n_chunks, c);
+      const std::size_t nb = b1 - b0;
+      ChunkStats& st = cs[c];
+      st.sum.assign(L, 0.0);
+      st.sumsq.assign(L, 0.0);
+      st.saturated.assign(L, 0.0);
+      st.grad_sumsq.assign(L + 1, 0.0);
+      st.grad_scale.assign(L + 1, 0);
+      st.gz_scale.assign(L, 0);
+      const bool primary = (c == 0);
+      auto hin_of = [&](std::size_t l) -> const T* {
+        return l == 1 ? io.x + b0 * width[0] : buf[l - 1].h.data() + b0 * width[l - 1];
+      };
+
+      st.preact_bad.assign(L, 0);
+
+      // Forward through layer l (rows of this chunk): h_l, phi', norm and gate buffers, stats.
+      // Run again by the backward pass when it has to redo a layer (see below).
+      auto forward_layer = [&](std::size_t l) {
+        const DenseLayer<T>& ly = layers[l - 1];
+        LayerBuffers<T>& lb = buf[l];
+        const std::size_t n_in = width[l - 1], n_out = width[l], off = b0 * n_out, cnt = nb * n_out;
+        const T* hin = hin_of(l);
+        T* z = lb.h.data() + off;
+        T* dphi = lb.d.data() + off;
+        if (ly.bias)
+          for (std::size_t b = 0; b < nb; ++b) std::copy(ly.bias, ly.bias + n_out, z + b * n_out);
+        product(nb, n_out, n_in, hin, ly.weight, ly.in, true, ly.bias ? T(1) : T(0), z);
         if (ly.norm == DenseNorm::layernorm)
-          layernorm_backward(ly, dphi, lb.xhat.data() + off, lb.istd.data() + b0, dzn, nb, n_out);
+          layernorm_forward(ly, z, lb.xhat.data() + off, lb.istd.data() + b0, nb, n_out);
         else if (ly.norm == DenseNorm::batchnorm)
-          batchnorm_backward(ly, dphi, lb.xhat.data() + off, lb.istd.data(), dzn, nb, n_out);
-        else  // eval-mode BatchNorm: dz = dz' * gamma * istd
-          for (std::size_t r = 0; r < nb; ++r)
-            for (std::size_t j = 0; j < n_out; ++j)
-              dzn[r * n_out + j] = dphi[r * n_out + j] * (ly.norm_weight ? ly.norm_weight[j] : T(1)) *
-                                   lb.istd[j];
-        dz = dzn;
+          batchnorm_forward(ly, z, lb.xhat.data() + off, lb.istd.data(), nb, n_out);
+        else if (ly.norm == DenseNorm::batchnorm_eval)
+          batchnorm_eval_forward(ly, z, lb.xhat.data() + off, lb.istd.data(), nb, n_out);
+        // An overflowed pre-activation can hide behind a saturating activation (tanh(inf) = 1).
+        bool bad = any_nonfinite(z, cnt);
+        if (ly.block == DenseBlock::plain) {
+          activation_forward(ly.act, z, z, dphi, cnt);
+        } else if (ly.block == DenseBlock::residual) {
+          activation_forward(ly.act, z, z, dphi, cnt);
+          const T alpha = static_cast<T>(ly.alpha);
+          for (std::size_t i = 0; i < cnt; ++i) z[i] = hin[i] + alpha * z[i];
+        } else {
+          T* a = lb.a.data() + off;
+          T* t = lb.t.data() + off;
+          activation_forward(ly.act, z, a, dphi, cnt);
+          if (ly.gate_bias)
+            for (std::size_t b = 0; b < nb; ++b)
+              std::copy(ly.gate_bias, ly.gate_bias + n_out, t + b * n_out);
+          product(nb, n_out, n_in, hin, ly.gate_weight, ly.in, true, ly.gate_bias ? T(1) : T(0), t);
+          bad = bad || any_nonfinite(t, cnt);
+          highway_mix(t, a, hin, z, cnt);
+        }
+        st.preact_bad[l - 1] = bad ? 1 : 0;
+        const T sat_level = static_cast<T>(opt.saturation_threshold * ly.act.max_derivative());
+        double s = 0, s2 = 0;
+        moments(z, cnt, s, s2);
+        st.sum[l - 1] = s;
+        st.sumsq[l - 1] = s2;
+        st.saturated[l - 1] = static_cast<double>(count_below(dphi, cnt, sat_level));
+      };
+      for (std::size_t l = 1; l <= L; ++l) {
+        forward_layer(l);
+        if (primary)
+          ctl.tick(l, total_work);
+        else
+          ctl.poll();
       }
-      const T beta = ly.block == DenseBlock::plain ? T(0) : T(1);
-      product(nb, n_in, n_out, dz, ly.weight, ly.in, false, beta, gnext);
-      if (ly.block == DenseBlock::highway)
-        product(nb, n_in, n_out, lb.t.data() + off, ly.gate_weight, ly.in, false, T(1), gnext);
-    };
 
-    // Backward. g holds dL/dh_l, stored = true * 2^scale; two ping-pong buffers. `pending`
-    // is the power of two applied with the next layer's products, chosen from the previous
-    // norm (so that it costs no extra pass), unless that is not enough (see RescaleLimits).
-    using RL = RescaleLimits<T>;
-    std::vector<T> ga(nb * max_width), gb(nb * max_width);
-    T* g = ga.data();
-    T* gnext = gb.data();
-    const std::size_t nL = width[L];
-    const T* yL = buf[L].h.data() + b0 * nL;
-    if (io.cotangent) std::copy(io.cotangent + b0 * nL, io.cotangent + b1 * nL, g);
-    else std::copy(yL, yL + nb * nL, g);
-    int scale = 0, k = 0;
-    double s2 = sum_squares_scaled(g, nb * nL, k);
-    int pending = opt.rescale ? rescale_exponent<T>(s2, k) : 0;
-    int prev_e = 0, prev_pending = 0;  // of the layer above, for a redo
-    bool prev_finite = false;
-    auto keep = [&](std::size_t l, const T* gv) {
-      if (io.grads.empty() || !io.grads[l]) return;
-      store_scaled(io.grads[l] + b0 * width[l], gv, nb * width[l], -scale);
-    };
-    for (std::size_t l = L;; --l) {
-      const std::size_t cnt = nb * width[l];
-      if (l < L) {
-        s2 = sum_squares_scaled(g, cnt, k);
-        if (opt.rescale && prev_finite && !std::isfinite(s2)) {
-          // The products of layer l + 1 overflowed (a gain beyond the type's range in one
-          // layer): redo that layer with its input made smaller, first to 2^-(emax/2), then
-          // to the bottom of the normal range. Its forward buffers were overwritten: rebuilt.
-          const std::size_t cnt_up = nb * width[l + 1];
-          for (const int target : {-RL::emax / 4, RL::emin + 2 * RL::digits}) {
-            const int d = prev_e + prev_pending - target;
-            if (d <= 0) continue;
-            scale_pow2_wide(gnext, cnt_up, -d);
-            prev_e -= d;
-            scale -= d;
-            st.gz_scale[l] -= d;
-            forward_layer(l + 1);
-            backward_layer(l + 1, gnext, pow2<T>(prev_pending), g);
-            s2 = sum_squares_scaled(g, cnt, k);
-            if (std::isfinite(s2)) break;
+      // Backward through layer l: from g = dL/dh_l (stored; times f) to gnext = dL/dh_{l-1}
+      // (stored, at the scale of g times f). Overwrites phi' with dL/dz' (and the gate buffer
+      // with dL/d(gate pre-activation)), which the parameter gradients use.
+      auto backward_layer = [&](std::size_t l, const T* g, T f, T* gnext) {
+        const DenseLayer<T>& ly = layers[l - 1];
+        LayerBuffers<T>& lb = buf[l];
+        const std::size_t n_in = width[l - 1], n_out = width[l], off = b0 * n_out, cnt = nb * n_out;
+        const T* hin = hin_of(l);
+        T* dphi = lb.d.data() + off;  // becomes dL/dz'
+        // gnext first receives the direct (skip / carry) path, then the GEMMs accumulate.
+        if (ly.block == DenseBlock::plain) {
+          for (std::size_t i = 0; i < cnt; ++i) dphi[i] = g[i] * f * dphi[i];
+        } else if (ly.block == DenseBlock::residual) {
+          const T alpha = static_cast<T>(ly.alpha);
+          for (std::size_t i = 0; i < cnt; ++i) {
+            const T gs = g[i] * f;
+            dphi[i] = alpha * gs * dphi[i];
+            gnext[i] = gs;
+          }
+        } else {
+          const T* a = lb.a.data() + off;
+          T* t = lb.t.data() + off;  // becomes dL/d(gate pre-activation)
+          for (std::size_t i = 0; i < cnt; ++i) {
+            const T gs = g[i] * f;
+            T tv, tc;
+            gates::sigmoid_load(t[i], tv, tc);
+            dphi[i] = gs * tv * dphi[i];
+            gnext[i] = gs * tc;
+            t[i] = gs * (a[i] - hin[i]) * (tv * tc);
           }
         }
+        const T* dz = dphi;
+        if (ly.norm != DenseNorm::none) {
+          T* dzn = lb.dz.data() + off;
+          if (ly.norm == DenseNorm::layernorm)
+            layernorm_backward(ly, dphi, lb.xhat.data() + off, lb.istd.data() + b0, dzn, nb, n_out);
+          else if (ly.norm == DenseNorm::batchnorm)
+            batchnorm_backward(ly, dphi, lb.xhat.data() + off, lb.istd.data(), dzn, nb, n_out);
+          else  // eval-mode BatchNorm: dz = dz' * gamma * istd
+            for (std::size_t r = 0; r < nb; ++r)
+              for (std::size_t j = 0; j < n_out; ++j)
+                dzn[r * n_out + j] =
+                    dphi[r * n_out + j] * (ly.norm_weight ? ly.norm_weight[j] : T(1)) * lb.istd[j];
+          dz = dzn;
+        }
+        const T beta = ly.block == DenseBlock::plain ? T(0) : T(1);
+        product(nb, n_in, n_out, dz, ly.weight, ly.in, false, beta, gnext);
+        if (ly.block == DenseBlock::highway)
+          product(nb, n_in, n_out, lb.t.data() + off, ly.gate_weight, ly.in, false, T(1), gnext);
+      };
+
+      // Backward. g holds dL/dh_l, stored = true * 2^scale; two ping-pong buffers. `pending`
+      // is the power of two applied with the next layer's products, chosen from the previous
+      // norm (so that it costs no extra pass), unless that is not enough (see RescaleLimits).
+      using RL = RescaleLimits<T>;
+      std::vector<T> ga(nb * max_width), gb(nb * max_width);
+      T* g = ga.data();
+      T* gnext = gb.data();
+      const std::size_t nL = width[L];
+      const T* yL = buf[L].h.data() + b0 * nL;
+      if (io.cotangent)
+        std::copy(io.cotangent + b0 * nL, io.cotangent + b1 * nL, g);
+      else
+        std::copy(yL, yL + nb * nL, g);
+      int scale = 0, k = 0;
+      double s2 = sum_squares_scaled(g, nb * nL, k);
+      int pending = opt.rescale ? rescale_exponent<T>(s2, k) : 0;
+      int prev_e = 0, prev_pending = 0;  // of the layer above, for a redo
+      bool prev_finite = false;
+      auto keep = [&](std::size_t l, const T* gv) {
+        if (io.grads.empty() || !io.grads[l]) return;
+        store_scaled(io.grads[l] + b0 * width[l], gv, nb * width[l], -scale);
+      };
+      for (std::size_t l = L;; --l) {
+        const std::size_t cnt = nb * width[l];
+        if (l < L) {
+          s2 = sum_squares_scaled(g, cnt, k);
+          if (opt.rescale && prev_finite && !std::isfinite(s2)) {
+            // The products of layer l + 1 overflowed (a gain beyond the type's range in one
+            // layer): redo that layer with its input made smaller, first to 2^-(emax/2), then
+            // to the bottom of the normal range. Its forward buffers were overwritten: rebuilt.
+            const std::size_t cnt_up = nb * width[l + 1];
+            for (const int target : {-RL::emax / 4, RL::emin + 2 * RL::digits}) {
+              const int d = prev_e + prev_pending - target;
+              if (d <= 0) continue;
+              scale_pow2_wide(gnext, cnt_up, -d);
+              prev_e -= d;
+              scale -= d;
+              st.gz_scale[l] -= d;
+              forward_layer(l + 1);
+              backward_layer(l + 1, gnext, pow2<T>(prev_pending), g);
+              s2 = sum_squares_scaled(g, cnt, k);
+              if (std::isfinite(s2)) break;
+            }
+          }
+        }
+        int e = norm_exponent(s2, k);
+        if (opt.rescale && (pending > RL::pow2max || pending < -RL::pow2max ||
+                            e + pending > RL::window || e + pending < -RL::window)) {
+          // The factor from the previous norm does not fit this vector: bring it near 1 now.
+          scale_pow2_wide(g, cnt, -e);
+          scale -= e;
+          pending = 0;
+          s2 = sum_squares_scaled(g, cnt, k);
+          e = norm_exponent(s2, k);
+        }
+        keep(l, g);
+        st.grad_sumsq[l] = s2;
+        st.grad_scale[l] = scale + k;
+        if (l == 0) break;
+        backward_layer(l, g, pow2<T>(pending), gnext);
+        scale += pending;
+        st.gz_scale[l - 1] = scale;
+        prev_e = e;
+        prev_pending = pending;
+        prev_finite = std::isfinite(s2);
+        pending = opt.rescale ? next_pending<T>(s2, e, pending) : 0;
+        std::swap(g, gnext);
+        if (primary)
+          ctl.tick(2 * L - l + 1, total_work);
+        else
+          ctl.poll();
       }
-      int e = norm_exponent(s2, k);
-      if (opt.rescale && (pending > RL::pow2max || pending < -RL::pow2max ||
-                          e + pending > RL::window || e + pending < -RL::window)) {
-        // The factor from the previous norm does not fit this vector: bring it near 1 now.
-        scale_pow2_wide(g, cnt, -e);
-        scale -= e;
-        pending = 0;
-        s2 = sum_squares_scaled(g, cnt, k);
-        e = norm_exponent(s2, k);
-      }
-      keep(l, g);
-      st.grad_sumsq[l] = s2;
-      st.grad_scale[l] = scale + k;
-      if (l == 0) break;
-      backward_layer(l, g, pow2<T>(pending), gnext);
-      scale += pending;
-      st.gz_scale[l - 1] = scale;
-      prev_e = e;
-      prev_pending = pending;
-      prev_finite = std::isfinite(s2);
-      pending = opt.rescale ? next_pending<T>(s2, e, pending) : 0;
-      std::swap(g, gnext);
-      if (primary) ctl.tick(2 * L - l + 1, total_work);
-      else ctl.poll();
-    }
-    if (io.y) std::copy(yL, yL + nb * nL, io.y + b0 * nL);
-  });
+      if (io.y) std::copy(yL, yL + nb * nL, io.y + b0 * nL);
+    });
   }
 
   FlowStats out;
@@ -505,7 +517,8 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
         }
         scale_pow2_wide(d, B * n_out, sa);
         dw.resize(n_out * n_in);
-        blas::gemm(blas::Op::T, blas::Op::N, n_out, n_in, B, T(1), d, n_out, h, n_in, T(0), dw.data(), n_in);
+        blas::gemm(blas::Op::T, blas::Op::N, n_out, n_in, B, T(1), d, n_out, h, n_in, T(0),
+                   dw.data(), n_in);
         return norm_of(dw.data(), dw.size(), at + sa + sb);
       };
       if (ly.bias) {
@@ -517,7 +530,8 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
         // dgamma = colsum(dL/dz' * xhat), dbeta = colsum(dL/dz')
         std::vector<double> dg(n_out, 0.0);
         for (std::size_t b = 0; b < B; ++b)
-          for (std::size_t j = 0; j < n_out; ++j) dg[j] += static_cast<double>(lb.d[b * n_out + j]) * lb.xhat[b * n_out + j];
+          for (std::size_t j = 0; j < n_out; ++j)
+            dg[j] += static_cast<double>(lb.d[b * n_out + j]) * lb.xhat[b * n_out + j];
         if (ly.norm_weight) {
           o[2] = norm_of(dg.data(), n_out, ref);
           present[2] = 1;

@@ -36,8 +36,8 @@ struct DenseLayer {
   const T* gate_weight = nullptr;  // highway: (out x in)
   const T* gate_bias = nullptr;    // highway: (out) or null
   DenseNorm norm = DenseNorm::none;
-  const T* norm_weight = nullptr;  // gamma (out) or null (= 1)
-  const T* norm_bias = nullptr;    // beta (out) or null (= 0)
+  const T* norm_weight = nullptr;   // gamma (out) or null (= 1)
+  const T* norm_bias = nullptr;     // beta (out) or null (= 0)
   const T* running_mean = nullptr;  // batchnorm_eval: (out)
   const T* running_var = nullptr;   // batchnorm_eval: (out)
   double eps = 1e-5;
@@ -51,7 +51,7 @@ inline T running_istd(const DenseLayer<T>& ly, std::size_t j) {
 
 template <class T>
 struct DenseFlowIO {
-  const T* x = nullptr;          // (B, in_0)
+  const T* x = nullptr;  // (B, in_0)
   std::size_t batch = 0;
   const T* cotangent = nullptr;  // (B, out_L) = dL/dy; null => y (loss 0.5 ||y||^2)
   T* y = nullptr;                // optional output (B, out_L)

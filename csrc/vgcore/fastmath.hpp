@@ -86,21 +86,21 @@ struct K;
 template <>
 struct K<double> {
   using U = std::uint64_t;
-  static constexpr int mbits = 52;                             // stored mantissa bits
+  static constexpr int mbits = 52;  // stored mantissa bits
   static constexpr U bias = 1023;
   static constexpr U sign_mask = U(1) << 63;
-  static constexpr double shift = 0x1.8p52;                    // (v + shift) - shift = rint(v)
+  static constexpr double shift = 0x1.8p52;  // (v + shift) - shift = rint(v)
   static constexpr double log2e = 0x1.71547652b82fep+0;
-  static constexpr double ln2hi = 0x1.62e42fefa3800p-1;       // 11 trailing zero bits
+  static constexpr double ln2hi = 0x1.62e42fefa3800p-1;  // 11 trailing zero bits
   static constexpr double ln2lo = 0x1.ef35793c76730p-45;
-  static constexpr double exp_min = -746.0;                    // exp(x) rounds to 0 below
-  static constexpr double exp_max = 710.0;                     // exp(x) overflows above
-  static constexpr double em1_big = 40.0;                      // expm1(x) == exp(x) above
-  static constexpr U split_mask = ~U(0) << 27;                // keep 26 significant bits
-  static constexpr double cdf_max = 37.5194; // Phi(-x) < DBL_MIN beyond: flushed to 0 (and phi)
-  static constexpr double pdf_max = 38.58;   // phi(x) rounds to 0 beyond
-  static constexpr double erfc_max = 26.5433; // erfc(x) < DBL_MIN beyond: flushed to 0
-  static constexpr double erf_small = 0.5;                     // erf polynomial below
+  static constexpr double exp_min = -746.0;     // exp(x) rounds to 0 below
+  static constexpr double exp_max = 710.0;      // exp(x) overflows above
+  static constexpr double em1_big = 40.0;       // expm1(x) == exp(x) above
+  static constexpr U split_mask = ~U(0) << 27;  // keep 26 significant bits
+  static constexpr double cdf_max = 37.5194;    // Phi(-x) < DBL_MIN beyond: flushed to 0 (and phi)
+  static constexpr double pdf_max = 38.58;      // phi(x) rounds to 0 beyond
+  static constexpr double erfc_max = 26.5433;   // erfc(x) < DBL_MIN beyond: flushed to 0
+  static constexpr double erf_small = 0.5;      // erf polynomial below
   static constexpr double sqrt2 = 0x1.6a09e667f3bcdp+0;
   // log(1/sqrt(2 pi)) and log(1/sqrt(pi)) as hi (a multiple of 2^-42, like ln2hi) + lo
   static constexpr double ln_c_hi = -0x1.d67f1c864c000p-1, ln_c_lo = 0x1.4b596d686dffdp-45;
@@ -115,12 +115,12 @@ struct K<float> {
   static constexpr U sign_mask = U(1) << 31;
   static constexpr float shift = 0x1.8p23f;
   static constexpr float log2e = 0x1.715476p+0f;
-  static constexpr float ln2hi = 0x1.62e4p-1f;                 // 8 trailing zero bits
+  static constexpr float ln2hi = 0x1.62e4p-1f;  // 8 trailing zero bits
   static constexpr float ln2lo = 0x1.7f7d1cp-20f;
   static constexpr float exp_min = -104.0f;
   static constexpr float exp_max = 89.0f;
   static constexpr float em1_big = 18.0f;
-  static constexpr U split_mask = ~U(0) << 12;                // keep 12 significant bits
+  static constexpr U split_mask = ~U(0) << 12;  // keep 12 significant bits
   static constexpr float cdf_max = 12.9500f;
   static constexpr float pdf_max = 14.35f;
   static constexpr float erfc_max = 9.1946f;
@@ -192,10 +192,9 @@ VGCORE_FM_INLINE T bitselect(typename K<T>::U mask, T yes, T no) {
 // 2.7e-9 (float).
 VGCORE_FM_INLINE double expq(double r) {
   return horner(r, 0.5000000000000000001253, 0.1666666666666667102806, 0.04166666666666661770781,
-                0.008333333333326079959527, 0.001388888888891831181748,
-                0.0001984126987502674709092, 0.0000248015872452336480504,
-                0.000002755725512626463959347, 2.755734980277358444014e-7,
-                2.510533501812294879523e-8, 2.088941284772367562009e-9);
+                0.008333333333326079959527, 0.001388888888891831181748, 0.0001984126987502674709092,
+                0.0000248015872452336480504, 0.000002755725512626463959347,
+                2.755734980277358444014e-7, 2.510533501812294879523e-8, 2.088941284772367562009e-9);
 }
 VGCORE_FM_INLINE float expq(float r) {
   return horner(r, 0.5000000013501795f, 0.1666666653114142f, 0.04166646430311309f,
@@ -257,16 +256,16 @@ VGCORE_FM_INLINE float mills(float y) {
 // coefficients are those above rescaled (p_k 2^(k-1)/2, r_k 2^(k/2)), so that x need not be
 // multiplied by sqrt 2 (a rounding). Returns sqrt(pi) exp(x^2) erfc(x), 0 <= x <= 28 / 10.5.
 VGCORE_FM_INLINE double mills_erfc(double x) {
-  const double p = horner(x, 0.5641895835477562846527, 0.9891339558328586436884,
-                          0.8866131470936270163829, 0.5158916153989467337904,
-                          0.2116426517225793862669, 0.06301496424423036338115,
-                          0.01358064166975070447143, 0.002045400316186192121468,
-                          0.0001964329308748821680076, 0.000009275055568346268332603);
-  const double r = horner(x, 1.0, 2.397268972887359091168, 2.842261597814415797191,
-                          2.157802716646714996718, 1.151777042965685814308,
-                          0.4498570945556259953144, 0.130092914518118850209,
-                          0.02755414878105998478156, 0.004109350754877038554239,
-                          0.0003928658615644861955535, 0.00001855011113805324091709);
+  const double p =
+      horner(x, 0.5641895835477562846527, 0.9891339558328586436884, 0.8866131470936270163829,
+             0.5158916153989467337904, 0.2116426517225793862669, 0.06301496424423036338115,
+             0.01358064166975070447143, 0.002045400316186192121468, 0.0001964329308748821680076,
+             0.000009275055568346268332603);
+  const double r =
+      horner(x, 1.0, 2.397268972887359091168, 2.842261597814415797191, 2.157802716646714996718,
+             1.151777042965685814308, 0.4498570945556259953144, 0.130092914518118850209,
+             0.02755414878105998478156, 0.004109350754877038554239, 0.0003928658615644861955535,
+             0.00001855011113805324091709);
   return r / (x * r + p);
 }
 VGCORE_FM_INLINE float mills_erfc(float x) {
@@ -436,7 +435,7 @@ VGCORE_FM_INLINE T log1p_impl(T x) {
   constexpr T inf = std::numeric_limits<T>::infinity();
   const T special = x == T(-1) ? -inf : (x < T(-1) ? std::numeric_limits<T>::quiet_NaN() : x);
   r = (x > T(-1) && x < inf) ? r : special;  // NaN, +inf: x itself
-  return x == T(0) ? x : r;                   // log1p(-0) = -0
+  return x == T(0) ? x : r;                  // log1p(-0) = -0
 }
 
 // softplus(v) = log(1 + exp(v)) = max(v, 0) + log1p(exp(-|v|)), and sigmoid(v), sharing

@@ -21,13 +21,14 @@ struct FlowOptions {
 // "steps" are the L layers (or T time steps) between them. Norms are natural logs of
 // Frobenius norms over the batch, so values far outside floating-point range survive.
 struct FlowStats {
-  std::vector<double> log_grad_norms;       // n_states: log ||dL/dh||
-  std::vector<double> log_cell_grad_norms;  // n_states, LSTM only: log ||dL/dc||
-  std::vector<double> act_mean, act_std;    // n_steps: of the layer/step output h
-  std::vector<double> saturation;           // n_steps: fraction of saturated units
-  std::vector<double> gate_saturation;      // n_steps x n_gates (gated cells), row-major
-  std::vector<double> log_param_grad_norms; // see each kernel for the layout
-  std::vector<unsigned char> param_present; // per log_param_grad_norms entry: 0 = no such parameter
+  std::vector<double> log_grad_norms;        // n_states: log ||dL/dh||
+  std::vector<double> log_cell_grad_norms;   // n_states, LSTM only: log ||dL/dc||
+  std::vector<double> act_mean, act_std;     // n_steps: of the layer/step output h
+  std::vector<double> saturation;            // n_steps: fraction of saturated units
+  std::vector<double> gate_saturation;       // n_steps x n_gates (gated cells), row-major
+  std::vector<double> log_param_grad_norms;  // see each kernel for the layout
+  std::vector<unsigned char>
+      param_present;  // per log_param_grad_norms entry: 0 = no such parameter
   std::vector<unsigned char> preact_nonfinite;  // n_steps: a pre-activation overflowed (inf/NaN)
   std::size_t n_gates = 0;
 };
@@ -50,8 +51,8 @@ struct RescaleLimits<float> {
 };
 template <>
 struct RescaleLimits<double> {
-  static constexpr int lo = -200, hi = 200, window = 512, pow2max = 1022, emax = 1023,
-                       emin = -1022, digits = 53;
+  static constexpr int lo = -200, hi = 200, window = 512, pow2max = 1022, emax = 1023, emin = -1022,
+                       digits = 53;
 };
 
 // floor(log2 |v|) of a finite nonzero v (std::ilogb, also for subnormals).
@@ -163,7 +164,8 @@ inline double sum_squares(const T* x, std::size_t n) {
   double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   std::size_t i = 0;
   for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += static_cast<double>(x[i + j]) * static_cast<double>(x[i + j]);
+    for (int j = 0; j < 8; ++j)
+      acc[j] += static_cast<double>(x[i + j]) * static_cast<double>(x[i + j]);
   double s = 0;
   for (; i < n; ++i) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
   for (int j = 0; j < 8; ++j) s += acc[j];

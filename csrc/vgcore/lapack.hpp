@@ -37,27 +37,27 @@ void VGCORE_BLAS(dgeev_)(const char* jobvl, const char* jobvr, const int* n, dou
 void VGCORE_BLAS(sgesdd_)(const char* jobz, const int* m, const int* n, float* a, const int* lda,
                           float* s, float* u, const int* ldu, float* vt, const int* ldvt,
                           float* work, const int* lwork, int* iwork, int* info, std::size_t);
-void VGCORE_BLAS(dgesdd_)(const char* jobz, const int* m, const int* n, double* a,
-                          const int* lda, double* s, double* u, const int* ldu, double* vt,
-                          const int* ldvt, double* work, const int* lwork, int* iwork, int* info,
-                          std::size_t);
-void VGCORE_BLAS(dgees_)(const char* jobvs, const char* sort, int (*select)(const double*, const double*),
-                         const int* n, double* a, const int* lda, int* sdim, double* wr,
-                         double* wi, double* vs, const int* ldvs, double* work, const int* lwork,
-                         int* bwork, int* info, std::size_t, std::size_t);
+void VGCORE_BLAS(dgesdd_)(const char* jobz, const int* m, const int* n, double* a, const int* lda,
+                          double* s, double* u, const int* ldu, double* vt, const int* ldvt,
+                          double* work, const int* lwork, int* iwork, int* info, std::size_t);
+void VGCORE_BLAS(dgees_)(const char* jobvs, const char* sort,
+                         int (*select)(const double*, const double*), const int* n, double* a,
+                         const int* lda, int* sdim, double* wr, double* wi, double* vs,
+                         const int* ldvs, double* work, const int* lwork, int* bwork, int* info,
+                         std::size_t, std::size_t);
 void VGCORE_BLAS(dtrsen_)(const char* job, const char* compq, const int* select, const int* n,
                           double* t, const int* ldt, double* q, const int* ldq, double* wr,
                           double* wi, int* m, double* s, double* sep, double* work,
-                          const int* lwork, int* iwork, const int* liwork, int* info,
-                          std::size_t, std::size_t);
+                          const int* lwork, int* iwork, const int* liwork, int* info, std::size_t,
+                          std::size_t);
 }
 
 namespace vgcore::lapack {
 
 inline void check_info(int info, const char* routine) {
   if (info != 0)
-    throw std::runtime_error(std::string("LAPACK ") + routine + " failed (info = " +
-                             std::to_string(info) + ")");
+    throw std::runtime_error(std::string("LAPACK ") + routine +
+                             " failed (info = " + std::to_string(info) + ")");
 }
 
 template <class T>
@@ -75,8 +75,10 @@ void geqrf(int m, int n, T* a, int lda, T* tau) {
   int info = 0, lwork = -1;
   T q = 0;
   auto call = [&](T* work, int lw) {
-    if constexpr (std::is_same_v<T, float>) VGCORE_BLAS(sgeqrf_)(&m, &n, a, &lda, tau, work, &lw, &info);
-    else VGCORE_BLAS(dgeqrf_)(&m, &n, a, &lda, tau, work, &lw, &info);
+    if constexpr (std::is_same_v<T, float>)
+      VGCORE_BLAS(sgeqrf_)(&m, &n, a, &lda, tau, work, &lw, &info);
+    else
+      VGCORE_BLAS(dgeqrf_)(&m, &n, a, &lda, tau, work, &lw, &info);
   };
   call(&q, lwork);
   lwork = std::max(1, static_cast<int>(q));
@@ -92,8 +94,10 @@ void orgqr(int m, int n, int k, T* a, int lda, const T* tau) {
   int info = 0, lwork = -1;
   T q = 0;
   auto call = [&](T* work, int lw) {
-    if constexpr (std::is_same_v<T, float>) VGCORE_BLAS(sorgqr_)(&m, &n, &k, a, &lda, tau, work, &lw, &info);
-    else VGCORE_BLAS(dorgqr_)(&m, &n, &k, a, &lda, tau, work, &lw, &info);
+    if constexpr (std::is_same_v<T, float>)
+      VGCORE_BLAS(sorgqr_)(&m, &n, &k, a, &lda, tau, work, &lw, &info);
+    else
+      VGCORE_BLAS(dorgqr_)(&m, &n, &k, a, &lda, tau, work, &lw, &info);
   };
   call(&q, lwork);
   lwork = std::max(1, static_cast<int>(q));
@@ -110,9 +114,11 @@ void geev_values(int n, T* a, int lda, T* wr, T* wi) {
   const char no = 'N';
   auto call = [&](T* work, int lw) {
     if constexpr (std::is_same_v<T, float>)
-      VGCORE_BLAS(sgeev_)(&no, &no, &n, a, &lda, wr, wi, &dummy, &one, &dummy, &one, work, &lw, &info, 1, 1);
+      VGCORE_BLAS(sgeev_)(&no, &no, &n, a, &lda, wr, wi, &dummy, &one, &dummy, &one, work, &lw,
+                          &info, 1, 1);
     else
-      VGCORE_BLAS(dgeev_)(&no, &no, &n, a, &lda, wr, wi, &dummy, &one, &dummy, &one, work, &lw, &info, 1, 1);
+      VGCORE_BLAS(dgeev_)(&no, &no, &n, a, &lda, wr, wi, &dummy, &one, &dummy, &one, work, &lw,
+                          &info, 1, 1);
   };
   call(&q, lwork);
   lwork = std::max(1, static_cast<int>(q));
@@ -126,24 +132,28 @@ inline void geev_right(int n, double* a, int lda, double* wr, double* wi, double
   int info = 0, lwork = -1, one = 1;
   double q = 0, dummy = 0;
   const char no = 'N', yes = 'V';
-  VGCORE_BLAS(dgeev_)(&no, &yes, &n, a, &lda, wr, wi, &dummy, &one, vr, &ldvr, &q, &lwork, &info, 1, 1);
+  VGCORE_BLAS(dgeev_)(&no, &yes, &n, a, &lda, wr, wi, &dummy, &one, vr, &ldvr, &q, &lwork, &info, 1,
+                      1);
   lwork = std::max(1, static_cast<int>(q));
   auto& w = work_buffer<double>(static_cast<std::size_t>(lwork));
-  VGCORE_BLAS(dgeev_)(&no, &yes, &n, a, &lda, wr, wi, &dummy, &one, vr, &ldvr, w.data(), &lwork, &info, 1, 1);
+  VGCORE_BLAS(dgeev_)(&no, &yes, &n, a, &lda, wr, wi, &dummy, &one, vr, &ldvr, w.data(), &lwork,
+                      &info, 1, 1);
   check_info(info, "geev");
 }
 
 // Eigenvalues with left and right eigenvectors (LAPACK packing of complex pairs) of a
 // (destroyed), for eigenvalue condition numbers.
-inline void geev_left_right(int n, double* a, int lda, double* wr, double* wi, double* vl,
-                            int ldvl, double* vr, int ldvr) {
+inline void geev_left_right(int n, double* a, int lda, double* wr, double* wi, double* vl, int ldvl,
+                            double* vr, int ldvr) {
   int info = 0, lwork = -1;
   double q = 0;
   const char yes = 'V';
-  VGCORE_BLAS(dgeev_)(&yes, &yes, &n, a, &lda, wr, wi, vl, &ldvl, vr, &ldvr, &q, &lwork, &info, 1, 1);
+  VGCORE_BLAS(dgeev_)(&yes, &yes, &n, a, &lda, wr, wi, vl, &ldvl, vr, &ldvr, &q, &lwork, &info, 1,
+                      1);
   lwork = std::max(1, static_cast<int>(q));
   auto& w = work_buffer<double>(static_cast<std::size_t>(lwork));
-  VGCORE_BLAS(dgeev_)(&yes, &yes, &n, a, &lda, wr, wi, vl, &ldvl, vr, &ldvr, w.data(), &lwork, &info, 1, 1);
+  VGCORE_BLAS(dgeev_)(&yes, &yes, &n, a, &lda, wr, wi, vl, &ldvl, vr, &ldvr, w.data(), &lwork,
+                      &info, 1, 1);
   check_info(info, "geev");
 }
 
@@ -156,9 +166,11 @@ void gesdd_values(int m, int n, T* a, int lda, T* s) {
   auto& iw = work_buffer<int>(static_cast<std::size_t>(8 * std::min(m, n) + 8));
   auto call = [&](T* work, int lw) {
     if constexpr (std::is_same_v<T, float>)
-      VGCORE_BLAS(sgesdd_)(&no, &m, &n, a, &lda, s, &dummy, &one, &dummy, &one, work, &lw, iw.data(), &info, 1);
+      VGCORE_BLAS(sgesdd_)(&no, &m, &n, a, &lda, s, &dummy, &one, &dummy, &one, work, &lw,
+                           iw.data(), &info, 1);
     else
-      VGCORE_BLAS(dgesdd_)(&no, &m, &n, a, &lda, s, &dummy, &one, &dummy, &one, work, &lw, iw.data(), &info, 1);
+      VGCORE_BLAS(dgesdd_)(&no, &m, &n, a, &lda, s, &dummy, &one, &dummy, &one, work, &lw,
+                           iw.data(), &info, 1);
   };
   call(&q, lwork);
   lwork = std::max(1, static_cast<int>(q));
@@ -173,10 +185,12 @@ inline void gees(int n, double* a, int lda, double* wr, double* wi, double* z, i
   double q = 0;
   const char jobvs = 'V', sort = 'N';
   std::vector<int> bwork(static_cast<std::size_t>(n));
-  VGCORE_BLAS(dgees_)(&jobvs, &sort, nullptr, &n, a, &lda, &sdim, wr, wi, z, &ldz, &q, &lwork, bwork.data(), &info, 1, 1);
+  VGCORE_BLAS(dgees_)(&jobvs, &sort, nullptr, &n, a, &lda, &sdim, wr, wi, z, &ldz, &q, &lwork,
+                      bwork.data(), &info, 1, 1);
   lwork = std::max(1, static_cast<int>(q));
   auto& w = work_buffer<double>(static_cast<std::size_t>(lwork));
-  VGCORE_BLAS(dgees_)(&jobvs, &sort, nullptr, &n, a, &lda, &sdim, wr, wi, z, &ldz, w.data(), &lwork, bwork.data(), &info, 1, 1);
+  VGCORE_BLAS(dgees_)(&jobvs, &sort, nullptr, &n, a, &lda, &sdim, wr, wi, z, &ldz, w.data(), &lwork,
+                      bwork.data(), &info, 1, 1);
   check_info(info, "gees");
 }
 
@@ -190,7 +204,8 @@ inline int trsen(int n, double* t, int ldt, double* z, int ldz, const int* selec
   const char job = 'N', compq = 'V';
   auto& w = work_buffer<double>(static_cast<std::size_t>(lwork));
   int iw = 0;
-  VGCORE_BLAS(dtrsen_)(&job, &compq, select, &n, t, &ldt, z, &ldz, wr, wi, &m, &s, &sep, w.data(), &lwork, &iw, &liwork, &info, 1, 1);
+  VGCORE_BLAS(dtrsen_)(&job, &compq, select, &n, t, &ldt, z, &ldz, wr, wi, &m, &s, &sep, w.data(),
+                       &lwork, &iw, &liwork, &info, 1, 1);
   if (info == 1) return -1;
   check_info(info, "trsen");
   return m;

@@ -93,8 +93,8 @@ template <class T>
 struct LyapKernels {
   int lanes = 0;
   std::size_t kp = 0, mr = 0;  // tangent lanes per row, W_hh rows per GEMM tile
-  void (*gemm)(const T*, std::size_t, std::size_t, std::size_t, const T*, std::size_t, const T*,
-               T*, T*, const unsigned*, std::size_t) = nullptr;
+  void (*gemm)(const T*, std::size_t, std::size_t, std::size_t, const T*, std::size_t, const T*, T*,
+               T*, const unsigned*, std::size_t) = nullptr;
   void (*tangent)(int, const T*, const T*, std::size_t, const T*, T*, std::size_t, std::size_t,
                   T*) = nullptr;
   void (*scale)(T*, std::size_t, const T*) = nullptr;
@@ -163,12 +163,16 @@ inline int lyap_isa() {
 template <class T>
 bool lyap_kernels(std::size_t k, LyapKernels<T>& out) {
   switch (lyap_isa()) {
-    case 0: return false;
+    case 0:
+      return false;
 #ifdef VGCORE_LYAP_X86
-    case 3: return lk_avx512::select_kernels<T>(k, out);
-    case 2: return lk_avx2::select_kernels<T>(k, out);
+    case 3:
+      return lk_avx512::select_kernels<T>(k, out);
+    case 2:
+      return lk_avx2::select_kernels<T>(k, out);
 #endif
-    default: return lk_generic::select_kernels<T>(k, out);
+    default:
+      return lk_generic::select_kernels<T>(k, out);
   }
 }
 
@@ -187,12 +191,14 @@ namespace fm = vgcore::fastmath;
 // Each output array is its own restrict parameter: with one base pointer GCC needs a run-time
 // alias check per pair of stores, exceeds its limit (10) and gives up vectorising.
 template <class T>
-VGCORE_TARGET_CLONES void lstm_state_units(
-    const T* __restrict pi, const T* __restrict pf, const T* __restrict pg, const T* __restrict po,
-    const T* __restrict ui, const T* __restrict uf, const T* __restrict ug, const T* __restrict uo,
-    const T* __restrict cprev, T* __restrict hn, T* __restrict cn, T* __restrict c0,
-    T* __restrict c1, T* __restrict c2, T* __restrict c3, T* __restrict c4, T* __restrict c5,
-    std::size_t j0, std::size_t j1) {
+VGCORE_TARGET_CLONES void lstm_state_units(const T* __restrict pi, const T* __restrict pf,
+                                           const T* __restrict pg, const T* __restrict po,
+                                           const T* __restrict ui, const T* __restrict uf,
+                                           const T* __restrict ug, const T* __restrict uo,
+                                           const T* __restrict cprev, T* __restrict hn,
+                                           T* __restrict cn, T* __restrict c0, T* __restrict c1,
+                                           T* __restrict c2, T* __restrict c3, T* __restrict c4,
+                                           T* __restrict c5, std::size_t j0, std::size_t j1) {
   for (std::size_t j = j0; j < j1; ++j) {
     T i, ic, f, fc, g, gd, o, oc, tc, tcd;
     gates::sigmoid_store(pi[j] + ui[j], i, ic);
@@ -248,9 +254,13 @@ struct Aligned64 {
   }
   void deallocate(T* q, std::size_t) { ::operator delete(q, std::align_val_t(64)); }
   template <class U>
-  bool operator==(const Aligned64<U>&) const { return true; }
+  bool operator==(const Aligned64<U>&) const {
+    return true;
+  }
   template <class U>
-  bool operator!=(const Aligned64<U>&) const { return false; }
+  bool operator!=(const Aligned64<U>&) const {
+    return false;
+  }
 };
 template <class T>
 using AVec = std::vector<T, Aligned64<T>>;
@@ -358,7 +368,6 @@ class Team {
   }
 
  public:
-
   template <class F>
   void run(F& fn) {
     const std::int64_t now = now_ns();
@@ -407,8 +416,10 @@ class Team {
     if (err) std::rethrow_exception(err);
     if (helper_error_) std::rethrow_exception(std::exchange(helper_error_, nullptr));
     const std::int64_t t2 = now_ns();
-    if (t2 - t1 > patience) trapped(t2, t2 - t1);  // preempted mid-half
-    else if (t2 - last_event_ > 50000000) backoff_ns().store(1000000, std::memory_order_relaxed);
+    if (t2 - t1 > patience)
+      trapped(t2, t2 - t1);  // preempted mid-half
+    else if (t2 - last_event_ > 50000000)
+      backoff_ns().store(1000000, std::memory_order_relaxed);
   }
 
  private:
@@ -453,8 +464,8 @@ class Team {
   void trapped(std::int64_t t, std::int64_t lost) {
     const double dt = static_cast<double>(t - loss_stamp().load(std::memory_order_relaxed));
     const double decay = std::exp(-std::max(dt, 0.0) / kLossTau);
-    const double rate = loss_rate().load(std::memory_order_relaxed) * decay +
-                        static_cast<double>(lost) / kLossTau;
+    const double rate =
+        loss_rate().load(std::memory_order_relaxed) * decay + static_cast<double>(lost) / kLossTau;
     loss_rate().store(rate, std::memory_order_relaxed);
     loss_stamp().store(t, std::memory_order_relaxed);
     if (rate < kLossTrap) return;  // a hiccup
@@ -465,7 +476,9 @@ class Team {
   }
 
   void wake() {
-    { std::lock_guard<std::mutex> lock(mu_); }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+    }
     cv_.notify_one();
   }
 
@@ -483,9 +496,8 @@ class Team {
         if (e == seen && !stop_.load()) {
           std::unique_lock<std::mutex> lock(mu_);
           sleeping_.store(true, std::memory_order_seq_cst);
-          cv_.wait(lock, [&] {
-            return stop_.load() || epoch_.load(std::memory_order_seq_cst) != seen;
-          });
+          cv_.wait(lock,
+                   [&] { return stop_.load() || epoch_.load(std::memory_order_seq_cst) != seen; });
           sleeping_.store(false, std::memory_order_seq_cst);
           e = epoch_.load(std::memory_order_acquire);
         }
@@ -502,7 +514,9 @@ class Team {
       }
       done_.store(e, std::memory_order_seq_cst);
       if (waiting_.load(std::memory_order_seq_cst)) {
-        { std::lock_guard<std::mutex> lock(mu_); }
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+        }
         cv_main_.notify_one();
       }
     }
@@ -512,7 +526,7 @@ class Team {
   std::uint64_t phase_ = 0;
   std::int64_t last_event_ = 0, last_step_ = 0, win_[32] = {};
   int mode_ = 1, win_steps_ = 0, skip_ = 2;  // mode: 0 solo, 1 with the helper
-  double est_[2] = {0, 0};        // mean ns per step in each mode
+  double est_[2] = {0, 0};                   // mean ns per step in each mode
   int age_[2] = {0, 0}, interval_[2] = {4, 4};
   bool probing_ = false;
   // Shared.
@@ -547,13 +561,13 @@ struct LyapunovEngine<T>::Impl {
   int cell = 0;  // 0 RNN, 1 LSTM, 2 GRU
   std::size_t N = 0, G = 0, GN = 0, KP = 0, MR = 0, ntiles = 0, ncoef = 0;
   Activation act;
-  AVec<T> Wp;     // W_hh in tiles of MR packed rows (see gemm_tiles)
+  AVec<T> Wp;                  // W_hh in tiles of MR packed rows (see gemm_tiles)
   std::vector<unsigned> orig;  // packed row -> original row of W_hh
-  PackedMatrix<T> wih;   // W_ih^T for the input projections (no BLAS calls on this path: a
-  std::vector<T> pbias;  // BLAS thread-count change would wake its pool onto the helper's core)
+  PackedMatrix<T> wih;         // W_ih^T for the input projections (no BLAS calls on this path: a
+  std::vector<T> pbias;    // BLAS thread-count change would wake its pool onto the helper's core)
   std::vector<T> gru_bhh;  // GRU: b_hh (zeros without one)
-  Part whole;     // the whole step
-  Part half[2];   // the two halves of a split step
+  Part whole;              // the whole step
+  Part half[2];            // the two halves of a split step
   bool split = false;      // steps are split in two halves (TSQR)
   bool helper_ok = false;  // ... and a helper thread may take one
 
@@ -578,7 +592,7 @@ struct LyapunovEngine<T>::Impl {
       std::vector<double> rdiag;  // beta_j
     } ps[2];
     std::vector<double> cwork, rd, f2;  // TSQR combine: scratch, R's diagonal, 2^ex per half
-    std::vector<double> logs;  // nb x k: log|R_jj| of the last QR
+    std::vector<double> logs;           // nb x k: log|R_jj| of the last QR
     std::vector<char> qr_ok;
   };
   std::vector<Chunk> chunks;
@@ -641,12 +655,15 @@ struct LyapunovEngine<T>::Impl {
     // beat one QR even on one thread. So the arithmetic depends on the thread setting only for
     // small blocks.
     const bool can = u >= k && D - half[1].r0 >= k && u > 0 && u < N;
-    const double macs = static_cast<double>(k + 1) * static_cast<double>(GN) * static_cast<double>(N);
+    const double macs =
+        static_cast<double>(k + 1) * static_cast<double>(GN) * static_cast<double>(N);
     helper_ok = can && threads >= 2 && B == 1 && macs >= 1.5e6;
     split = helper_ok || (can && D * KP * sizeof(T) > 48 * 1024);
     if (const char* env = std::getenv("VGCORE_LYAPUNOV_SPLIT")) {  // tests: force either way
-      if (std::string(env) == "0") split = helper_ok = false;
-      else if (std::string(env) == "1" && can) split = true;
+      if (std::string(env) == "0")
+        split = helper_ok = false;
+      else if (std::string(env) == "1" && can)
+        split = true;
     }
   }
 
@@ -695,8 +712,7 @@ struct LyapunovEngine<T>::Impl {
       for (std::size_t j = P.u0; j < P.u1; ++j) coef[j] = proj[j] + u[j];
       activation_forward(act, coef + P.u0, y + P.u0, coef + P.u0, P.u1 - P.u0);
     }
-    kr.tangent(cell, c.U.data(), coef, N, va, c.vb[b].data(), P.u0, P.u1,
-               c.ps[slot].colmax.data());
+    kr.tangent(cell, c.U.data(), coef, N, va, c.vb[b].data(), P.u0, P.u1, c.ps[slot].colmax.data());
   }
 
   // Householder factorisation of P's rows of sample b's new tangents, with the columns scaled
@@ -780,8 +796,10 @@ struct LyapunovEngine<T>::Impl {
       const T* pb = proj + b * GN;
       if (!split) {
         forward_part(c, b, whole, 0, pb);
-        if (qr) qr_whole(c, b);
-        else std::swap(c.va[b], c.vb[b]);
+        if (qr)
+          qr_whole(c, b);
+        else
+          std::swap(c.va[b], c.vb[b]);
         continue;
       }
       auto forward = [&](int t) {
@@ -847,8 +865,8 @@ struct LyapunovEngine<T>::Impl {
       }
       if (!ok)
         throw NonFiniteError(c.steps, "the tangent vectors became NaN/Inf by step " +
-                                          std::to_string(c.steps) +
-                                          " (sample " + std::to_string(c.b0 + b) +
+                                          std::to_string(c.steps) + " (sample " +
+                                          std::to_string(c.b0 + b) +
                                           "); with qr_every > 1 they may have over- or "
                                           "underflowed between re-orthonormalisations");
       if (!accumulate) continue;
@@ -927,8 +945,10 @@ LyapunovEngine<T>::LyapunovEngine(TangentModel<T> model, std::size_t batch, cons
     c.X.assign(rows * D, T(0));
     c.Y.assign(rows * D, T(0));
     std::copy(h0 + b0 * D, h0 + b1 * D, c.X.data());
-    if (!p.fast) std::copy(v0 + b0 * k * D, v0 + b1 * k * D, c.X.data() + c.nb * D);
-    else p.init_fast_chunk(c);
+    if (!p.fast)
+      std::copy(v0 + b0 * k * D, v0 + b1 * k * D, c.X.data() + c.nb * D);
+    else
+      p.init_fast_chunk(c);
     c.logsum.assign(c.nb * k, 0.0);
     c.rdiag.assign(k, 0.0);
     c.tau.assign(k, T(0));
@@ -1005,8 +1025,10 @@ void LyapunovEngine<T>::feed(const T* x, std::size_t steps, std::size_t total_hi
         const T* proj = dense ? nullptr : P.data() + (t * B + c.b0) * GN;
         p.step(c, s, proj, ci == 0 ? team.get() : nullptr);
         if (ci == 0 && team) team->step_done();
-        if (ci == 0) ctl.tick(start + t + 1, total);
-        else ctl.poll();
+        if (ci == 0)
+          ctl.tick(start + t + 1, total);
+        else
+          ctl.poll();
       }
     });
   }
@@ -1025,15 +1047,25 @@ void LyapunovEngine<T>::finish() {
 }
 
 template <class T>
-std::size_t LyapunovEngine<T>::batch() const { return p_->B; }
+std::size_t LyapunovEngine<T>::batch() const {
+  return p_->B;
+}
 template <class T>
-std::size_t LyapunovEngine<T>::k() const { return p_->k; }
+std::size_t LyapunovEngine<T>::k() const {
+  return p_->k;
+}
 template <class T>
-std::size_t LyapunovEngine<T>::state_dim() const { return p_->D; }
+std::size_t LyapunovEngine<T>::state_dim() const {
+  return p_->D;
+}
 template <class T>
-std::size_t LyapunovEngine<T>::steps() const { return p_->chunks[0].steps; }
+std::size_t LyapunovEngine<T>::steps() const {
+  return p_->chunks[0].steps;
+}
 template <class T>
-std::size_t LyapunovEngine<T>::accumulated_steps() const { return p_->chunks[0].acc_steps; }
+std::size_t LyapunovEngine<T>::accumulated_steps() const {
+  return p_->chunks[0].acc_steps;
+}
 
 template <class T>
 std::vector<double> LyapunovEngine<T>::log_growth() const {
@@ -1046,7 +1078,7 @@ std::vector<double> LyapunovEngine<T>::log_growth() const {
 namespace {
 template <class Chunks>
 std::vector<double> gather_records(const Chunks& chunks, std::size_t B, std::size_t k,
-                                   std::vector<double> Chunks::value_type::*field) {
+                                   std::vector<double> Chunks::value_type::* field) {
   const std::size_t n = chunks[0].book.steps.size();
   std::vector<double> out(n * B * k);
   for (const auto& c : chunks) {

@@ -29,12 +29,12 @@
 namespace vgcore {
 
 struct LyapunovOptions {
-  std::size_t k = 1;            // tangent vectors per sample (1 <= k <= D)
-  std::size_t burn_in = 0;      // steps before accumulation starts (tangents still aligned)
-  std::size_t qr_every = 1;     // steps between re-orthonormalisations
+  std::size_t k = 1;         // tangent vectors per sample (1 <= k <= D)
+  std::size_t burn_in = 0;   // steps before accumulation starts (tangents still aligned)
+  std::size_t qr_every = 1;  // steps between re-orthonormalisations
   std::size_t max_records = 10000;
-  int num_threads = 0;          // workers (0 = hardware concurrency): batch chunks, or for
-                                // B = 1 a helper thread that takes half of each step
+  int num_threads = 0;  // workers (0 = hardware concurrency): batch chunks, or for
+                        // B = 1 a helper thread that takes half of each step
 };
 
 template <class T>
@@ -58,13 +58,13 @@ class LyapunovEngine {
   std::size_t batch() const;
   std::size_t k() const;
   std::size_t state_dim() const;
-  std::size_t steps() const;              // steps taken
-  std::size_t accumulated_steps() const;  // steps included in the exponents
-  std::vector<double> log_growth() const; // (B, k) accumulated sum of log|R_ii|
-  std::vector<double> running() const;    // (n_records, B, k) running exponent estimates
-  std::vector<double> block_rates() const;  // (n_records, B, k) log|R_ii| / block length
+  std::size_t steps() const;                      // steps taken
+  std::size_t accumulated_steps() const;          // steps included in the exponents
+  std::vector<double> log_growth() const;         // (B, k) accumulated sum of log|R_ii|
+  std::vector<double> running() const;            // (n_records, B, k) running exponent estimates
+  std::vector<double> block_rates() const;        // (n_records, B, k) log|R_ii| / block length
   std::vector<std::size_t> record_steps() const;  // (n_records,) step of each record
-  std::vector<T> state() const;           // (B, D) current states
+  std::vector<T> state() const;                   // (B, D) current states
 
  private:
   struct Impl;

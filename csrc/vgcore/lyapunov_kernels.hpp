@@ -58,7 +58,9 @@ constexpr int kLanes = LK_VB / static_cast<int>(sizeof(T));
 
 // Rows of W_hh per GEMM tile: MR * NV accumulators fill about 3/4 of the register file.
 template <int NV>
-constexpr int kTileRows = NV == 1 ? LK_REGS / 2 : (LK_REGS * 3 / 4) / NV > 0 ? (LK_REGS * 3 / 4) / NV : 1;
+constexpr int kTileRows = NV == 1                      ? LK_REGS / 2
+                          : (LK_REGS * 3 / 4) / NV > 0 ? (LK_REGS * 3 / 4) / NV
+                                                       : 1;
 
 // ---- GEMM: U (packed rows, KP wide) = W X, and the state row us = W h ----------------------
 //
@@ -394,8 +396,8 @@ void qr_form_e(T* __restrict M, std::size_t m, std::size_t k, const T* __restric
 // wide, padding 0). TSQR: the local reflectors applied to the rows of the combined Q.
 template <class T, int NV>
 void qr_form_dense(T* __restrict M, std::size_t m, std::size_t k, const T* __restrict Y,
-                   std::size_t ldy, const T* __restrict tau,
-                   const T* __restrict top, T* __restrict gw) {
+                   std::size_t ldy, const T* __restrict tau, const T* __restrict top,
+                   T* __restrict gw) {
   using V = VecT<T>;
   constexpr int L = kLanes<T>, KP = NV * L;
   for (std::size_t i = 0; i < k; ++i)
@@ -589,7 +591,8 @@ void tsqr_combine(const T* __restrict A0, const T* __restrict A1, const double* 
       const double* qp = qt + (j - 1) * KP;  // top row j - 1: untouched so far
       const V tv = vbc(tn), jv = vbc(static_cast<double>(j) - 1.5);
       for (int v = 0; v < NVd; ++v)
-        vstore(w + v * L, vload(idx + v * L) > jv ? tv * (vload(qp + v * L) + vload(g + v * L)) : V{});
+        vstore(w + v * L,
+               vload(idx + v * L) > jv ? tv * (vload(qp + v * L) + vload(g + v * L)) : V{});
     }
   }
   for (std::size_t i = 0; i < k; ++i)
@@ -621,11 +624,16 @@ LyapKernels<T> make_kernels() {
 template <class T>
 bool select_kernels(std::size_t k, LyapKernels<T>& out) {
   const std::size_t L = kLanes<T>;
-  if (k <= L) out = make_kernels<T, 1>();
-  else if (k <= 2 * L) out = make_kernels<T, 2>();
-  else if (k <= 4 * L) out = make_kernels<T, 4>();
-  else if (k <= 8 * L) out = make_kernels<T, 8>();
-  else return false;
+  if (k <= L)
+    out = make_kernels<T, 1>();
+  else if (k <= 2 * L)
+    out = make_kernels<T, 2>();
+  else if (k <= 4 * L)
+    out = make_kernels<T, 4>();
+  else if (k <= 8 * L)
+    out = make_kernels<T, 8>();
+  else
+    return false;
   return true;
 }
 

@@ -97,17 +97,17 @@ __attribute__((always_inline)) inline void drive(std::size_t m, const T* a, std:
     std::size_t i = 0;
     for (; i + MR <= m; i += MR)
       micro<T, W, MR>(k, a + i * lda, lda, bp, acc, c + i * ldc + j0, ldc, ncols);
-    if (i < m) tail<T, W, MR - 1>(m - i, k, a + i * lda, lda, bp, acc, c + i * ldc + j0, ldc, ncols);
+    if (i < m)
+      tail<T, W, MR - 1>(m - i, k, a + i * lda, lda, bp, acc, c + i * ldc + j0, ldc, ncols);
   }
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define VGCORE_PACKED_X86 1
 template <class T>
-__attribute__((target("avx512f,fma"))) void drive_avx512(std::size_t m, const T* a,
-                                                          std::size_t lda,
-                                                          const PackedMatrix<T>& b, bool acc,
-                                                          T* c, std::size_t ldc) {
+__attribute__((target("avx512f,fma"))) void drive_avx512(std::size_t m, const T* a, std::size_t lda,
+                                                         const PackedMatrix<T>& b, bool acc, T* c,
+                                                         std::size_t ldc) {
   drive<T, 64, 12>(m, a, lda, b, acc, c, ldc);
 }
 template <class T>
@@ -204,8 +204,8 @@ PackedMatrix<T> PackedMatrix<T>::transposed(const T* w, std::size_t n, std::size
 }
 
 template <class T>
-void gemm_packed(std::size_t m, const T* a, std::size_t lda, const PackedMatrix<T>& b, T beta,
-                 T* c, std::size_t ldc) {
+void gemm_packed(std::size_t m, const T* a, std::size_t lda, const PackedMatrix<T>& b, T beta, T* c,
+                 std::size_t ldc) {
   if (m == 0 || b.n() == 0) return;
   const bool acc = beta != T(0);
 #ifdef VGCORE_PACKED_X86
@@ -214,14 +214,14 @@ void gemm_packed(std::size_t m, const T* a, std::size_t lda, const PackedMatrix<
     if (isa() == Isa::avx2) return drive_avx2<T>(m, a, lda, b, acc, c, ldc);
   }
 #endif
-  blas::gemm(blas::Op::N, b.source_transposed() ? blas::Op::T : blas::Op::N, m, b.n(), b.k(),
-             T(1), a, lda, b.source(), b.source_ld(), acc ? T(1) : T(0), c, ldc);
+  blas::gemm(blas::Op::N, b.source_transposed() ? blas::Op::T : blas::Op::N, m, b.n(), b.k(), T(1),
+             a, lda, b.source(), b.source_ld(), acc ? T(1) : T(0), c, ldc);
 }
 
 template class PackedMatrix<float>;
 template class PackedMatrix<double>;
-template void gemm_packed<float>(std::size_t, const float*, std::size_t,
-                                 const PackedMatrix<float>&, float, float*, std::size_t);
+template void gemm_packed<float>(std::size_t, const float*, std::size_t, const PackedMatrix<float>&,
+                                 float, float*, std::size_t);
 template void gemm_packed<double>(std::size_t, const double*, std::size_t,
                                   const PackedMatrix<double>&, double, double*, std::size_t);
 

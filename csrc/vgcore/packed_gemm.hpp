@@ -53,8 +53,8 @@ class PackedMatrix {
 
 // C (m x n, row stride ldc) = beta * C + A (m x k, row stride lda) * B, beta 0 or 1.
 template <class T>
-void gemm_packed(std::size_t m, const T* a, std::size_t lda, const PackedMatrix<T>& b, T beta,
-                 T* c, std::size_t ldc);
+void gemm_packed(std::size_t m, const T* a, std::size_t lda, const PackedMatrix<T>& b, T beta, T* c,
+                 std::size_t ldc);
 
 // Whether the packed kernels run on this CPU (else gemm_packed calls BLAS).
 bool packed_gemm_available();

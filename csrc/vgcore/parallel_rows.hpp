@@ -20,7 +20,8 @@ namespace vgcore {
 // unless one thread does it all (then with the whole budget).
 template <class Fn>
 void parallel_rows(int requested, std::size_t rows, std::size_t min_rows, Control& ctl, Fn&& fn) {
-  const std::size_t n = resolve_threads(requested, std::max<std::size_t>(1, rows / std::max<std::size_t>(1, min_rows)));
+  const std::size_t n = resolve_threads(
+      requested, std::max<std::size_t>(1, rows / std::max<std::size_t>(1, min_rows)));
   blas::BlasThreadsScope threads(n > 1 ? 1 : static_cast<int>(resolve_threads(requested, 1 << 20)));
   run_chunks(n, ctl, [&](std::size_t ci) {
     const auto [r0, r1] = split_range(rows, n, ci);

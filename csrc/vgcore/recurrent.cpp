@@ -26,8 +26,8 @@ namespace {
 namespace fm = vgcore::fastmath;
 
 struct ChunkStats {
-  std::vector<double> sum, sumsq, saturated;  // per step: of h_{t+1}; saturated gate units
-  std::vector<double> gate_saturated;         // per step x gate
+  std::vector<double> sum, sumsq, saturated;   // per step: of h_{t+1}; saturated gate units
+  std::vector<double> gate_saturated;          // per step x gate
   std::vector<double> grad_sumsq, cell_sumsq;  // per state t = 0..T
   std::vector<int> grad_scale, cell_scale;     // per state: stored = true * 2^scale
   std::vector<int> dz_scale;                   // per step: scale of stored dL/d(pre-activation)
@@ -42,8 +42,8 @@ struct Problem {
   std::size_t T_, B, N, I, G, GN;
   // A: (T, B, GN) input projections -> gates (encoded, gates.hpp) -> dL/d(pre-activation).
   Buffer<T> A;
-  // H: (T+1, B, N) hidden states; C, TC: LSTM cell states and tanh(c_t) (encoded); HN: GRU W_hn h + b_hn
-  // during the forward pass, dL/d(n pre-activation) after the backward pass.
+  // H: (T+1, B, N) hidden states; C, TC: LSTM cell states and tanh(c_t) (encoded); HN: GRU W_hn h +
+  // b_hn during the forward pass, dL/d(n pre-activation) after the backward pass.
   Buffer<T> H, C, TC, HN;
   // W_hh packed once for the per-step products: h W_hh^T (forward) and g W_hh (backward).
   PackedMatrix<T> fwd, bwd;
@@ -59,8 +59,8 @@ struct Problem {
 // Forward steps. Each processes rows [b0, b0 + nb) of step t (h_t -> h_{t+1}).
 
 template <class T>
-void forward_rnn(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, const Activation& act,
-                 ChunkStats& st, T sat_level) {
+void forward_rnn(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb,
+                 const Activation& act, ChunkStats& st, T sat_level) {
   const std::size_t N = p.N;
   T* at = p.a(t, b0);
   gemm_packed(nb, p.h(t, b0), N, p.fwd, T(1), at, N);
@@ -80,8 +80,9 @@ void forward_rnn(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, c
 // Gate nonlinearities, cell and hidden update of one row (vectorised: no reductions here).
 // Gates and tanh(c) are stored encoded (gates.hpp): accurate derivatives in saturation.
 template <class T>
-VGCORE_TARGET_CLONES void lstm_row(T* __restrict ai, T* __restrict af, T* __restrict ag, T* __restrict ao, const T* __restrict cprev, T* __restrict cnext, T* __restrict tcn,
-                                   T* __restrict hnext, std::size_t N) {
+VGCORE_TARGET_CLONES void lstm_row(T* __restrict ai, T* __restrict af, T* __restrict ag,
+                                   T* __restrict ao, const T* __restrict cprev, T* __restrict cnext,
+                                   T* __restrict tcn, T* __restrict hnext, std::size_t N) {
   for (std::size_t j = 0; j < N; ++j) {
     T i, f, g, o, tcv, unused;
     const T vi = gates::sigmoid_store(ai[j], i, unused);
@@ -137,8 +138,10 @@ void forward_lstm(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, 
 }
 
 template <class T>
-VGCORE_TARGET_CLONES void gru_row(T* __restrict ar, T* __restrict az, T* __restrict an, const T* __restrict qr, const T* __restrict qz, const T* __restrict qn,
-                                  const T* __restrict hprev, T* __restrict hnext, T* __restrict hnb, std::size_t N) {
+VGCORE_TARGET_CLONES void gru_row(T* __restrict ar, T* __restrict az, T* __restrict an,
+                                  const T* __restrict qr, const T* __restrict qz,
+                                  const T* __restrict qn, const T* __restrict hprev,
+                                  T* __restrict hnext, T* __restrict hnb, std::size_t N) {
   for (std::size_t j = 0; j < N; ++j) {
     T r, z, zc, n, unused;
     const T vr = gates::sigmoid_store(ar[j] + qr[j], r, unused);
@@ -159,7 +162,8 @@ void forward_gru(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, C
   T* at = p.a(t, b0);
   // q = h_t W_hh^T + b_hh, kept apart because r multiplies its n-block.
   if (p.w.bias_hh) {
-    for (std::size_t b = 0; b < nb; ++b) std::copy(p.w.bias_hh, p.w.bias_hh + GN, q.data() + b * GN);
+    for (std::size_t b = 0; b < nb; ++b)
+      std::copy(p.w.bias_hh, p.w.bias_hh + GN, q.data() + b * GN);
   }
   gemm_packed(nb, p.h(t, b0), N, p.fwd, p.w.bias_hh ? T(1) : T(0), q.data(), GN);
   // r * (W_hn h + b_hn) with an infinite second factor and r = 0 would be NaN in the backward.
@@ -171,8 +175,8 @@ void forward_gru(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, C
     T* ar = at + b * GN;
     const T* qr = q.data() + b * GN;
     T* hnext = p.h(t + 1, b0 + b);
-    gru_row(ar, ar + N, ar + 2 * N, qr, qr + N, qr + 2 * N, p.h(t, b0 + b), hnext,
-            p.hn(t, b0 + b), N);
+    gru_row(ar, ar + N, ar + 2 * N, qr, qr + N, qr + 2 * N, p.h(t, b0 + b), hnext, p.hn(t, b0 + b),
+            N);
     moments(hnext, N, s, s2);
     for (std::size_t k = 0; k < 3; ++k)
       n_gate[k] += count_saturated(ar + k * N, N, k == 2, k == 2 ? sat_tanh : sat_sig);
@@ -189,7 +193,8 @@ void forward_gru(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, C
 // of step t into A (and HN for GRU) and dL/dh_t into dh_prev.
 
 template <class T>
-VGCORE_TARGET_CLONES void rnn_back_row(T* __restrict at, const T* __restrict dh, T f, std::size_t n) {
+VGCORE_TARGET_CLONES void rnn_back_row(T* __restrict at, const T* __restrict dh, T f,
+                                       std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) at[i] = dh[i] * f * at[i];
 }
 
@@ -203,8 +208,10 @@ void backward_rnn(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb, 
 }
 
 template <class T>
-VGCORE_TARGET_CLONES void lstm_back_row(T* __restrict ai, T* __restrict af, T* __restrict ag, T* __restrict ao, const T* __restrict cprev, const T* __restrict tcv,
-                                        const T* __restrict dh, T* __restrict dc, T f, std::size_t N) {
+VGCORE_TARGET_CLONES void lstm_back_row(T* __restrict ai, T* __restrict af, T* __restrict ag,
+                                        T* __restrict ao, const T* __restrict cprev,
+                                        const T* __restrict tcv, const T* __restrict dh,
+                                        T* __restrict dc, T f, std::size_t N) {
   for (std::size_t j = 0; j < N; ++j) {
     const T gh = dh[j] * f, gc = dc[j] * f;
     T i, ic, fg, fc, g, gd, o, oc, tc, tcd;
@@ -236,8 +243,10 @@ void backward_lstm(Problem<T>& p, std::size_t t, std::size_t b0, std::size_t nb,
 }
 
 template <class T>
-VGCORE_TARGET_CLONES void gru_back_row(T* __restrict ar, T* __restrict az, T* __restrict an, T* __restrict hnb, const T* __restrict hprev, const T* __restrict dh,
-                                       T* __restrict dpb, T f, std::size_t N) {
+VGCORE_TARGET_CLONES void gru_back_row(T* __restrict ar, T* __restrict az, T* __restrict an,
+                                       T* __restrict hnb, const T* __restrict hprev,
+                                       const T* __restrict dh, T* __restrict dpb, T f,
+                                       std::size_t N) {
   for (std::size_t j = 0; j < N; ++j) {
     const T g = dh[j] * f;
     T r, rc, z, zc, n, nd;
@@ -304,18 +313,23 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
       // GRU adds all of b_hh with the recurrent product (b_hn sits inside r * (W_hn h + b_hn)).
       if (w.bias_hh && !gru) bias[k] += w.bias_hh[k];
     }
-    for (std::size_t r = 0; r < T_ * B; ++r) std::copy(bias.begin(), bias.end(), p.A.data() + r * GN);
+    for (std::size_t r = 0; r < T_ * B; ++r)
+      std::copy(bias.begin(), bias.end(), p.A.data() + r * GN);
     // On our own workers: OpenBLAS's pool would keep spinning on the cores (parallel_rows.hpp).
     parallel_rows(opt.num_threads, T_ * B, 64, ctl, [&](std::size_t r0, std::size_t r1) {
       blas::gemm(blas::Op::N, blas::Op::T, r1 - r0, GN, I, T(1), io.x + r0 * I, I, w.weight_ih, I,
                  T(1), p.A.data() + r0 * GN, GN);
     });
   }
-  if (io.h0) std::copy(io.h0, io.h0 + B * N, p.H.data());
-  else std::fill(p.H.data(), p.H.data() + B * N, T(0));
+  if (io.h0)
+    std::copy(io.h0, io.h0 + B * N, p.H.data());
+  else
+    std::fill(p.H.data(), p.H.data() + B * N, T(0));
   if (lstm) {
-    if (io.c0) std::copy(io.c0, io.c0 + B * N, p.C.data());
-    else std::fill(p.C.data(), p.C.data() + B * N, T(0));
+    if (io.c0)
+      std::copy(io.c0, io.c0 + B * N, p.C.data());
+    else
+      std::fill(p.C.data(), p.C.data() + B * N, T(0));
   }
 
   const Activation act = make_activation(kind == CellKind::rnn_relu ? "relu" : "tanh");
@@ -343,7 +357,8 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
         double qmax = 0.0;
         for (std::size_t r = 2 * N; r < GN; ++r) {
           double a = 0.0;
-          for (std::size_t j = 0; j < N; ++j) a += std::fabs(static_cast<double>(w.weight_hh[r * N + j]));
+          for (std::size_t j = 0; j < N; ++j)
+            a += std::fabs(static_cast<double>(w.weight_hh[r * N + j]));
           a = a * hmax + (w.bias_hh ? std::fabs(static_cast<double>(w.bias_hh[r])) : 0.0);
           qmax = std::max(qmax, a);
         }
@@ -352,127 +367,139 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
       double lg = 0.5 * std::log2(sw) - kw + std::log2(kcell);
       if (gru) lg = 1.0 + std::max(lg, 0.0);  // + 1: G <= 2 max(||W_hh||_F K, 1)
       const double cap = RL::emax - 3 - lg;
-      if (!(cap >= hi_w)) hi_w = cap > -2.0 * RL::window ? static_cast<int>(std::floor(cap)) : -2 * RL::window;
+      if (!(cap >= hi_w))
+        hi_w = cap > -2.0 * RL::window ? static_cast<int>(std::floor(cap)) : -2 * RL::window;
     }
   }
   const int target = std::max(std::min(0, hi_w - 2), -RL::window);
 
   // (2) Forward and backward through time, batch-parallel.
   {
-  // Workers run single-threaded BLAS (a fallback for the packed products, see packed_gemm.hpp).
-  blas::BlasThreadsScope chunk_threads(n_chunks > 1 ? 1 : blas::step_threads(B, GN, N, budget));
-  run_chunks(n_chunks, ctl, [&](std::size_t ci) {
-    const auto [b0, b1] = split_range(B, n_chunks, ci);
-    const std::size_t nb = b1 - b0;
-    const bool primary = ci == 0;
-    auto step_done = [&](std::size_t done) {
-      if (primary) ctl.tick(done, total_work);
-      else ctl.poll();
-    };
-    ChunkStats& st = cs[ci];
-    st.sum.assign(T_, 0.0);
-    st.sumsq.assign(T_, 0.0);
-    st.saturated.assign(T_, 0.0);
-    st.gate_saturated.assign(T_ * G, 0.0);
-    st.grad_sumsq.assign(T_ + 1, 0.0);
-    st.cell_sumsq.assign(T_ + 1, 0.0);
-    st.grad_scale.assign(T_ + 1, 0);
-    st.cell_scale.assign(T_ + 1, 0);
-    st.dz_scale.assign(T_, 0);
-    st.preact_bad.assign(T_, 0);
-    std::vector<T> q(gru ? nb * GN : 0);
-    for (std::size_t t = 0; t < T_; ++t) {
-      if (lstm) forward_lstm(p, t, b0, nb, st, opt.saturation_threshold);
-      else if (gru) forward_gru(p, t, b0, nb, st, opt.saturation_threshold, q);
-      else forward_rnn(p, t, b0, nb, act, st, sat_level);
-      step_done(t + 1);
-    }
-
-    // Backward. dh / dh_prev ping-pong; dc in place (LSTM).
-    std::vector<T> dha(nb * N, T(0)), dhb(nb * N, T(0)), dc(lstm ? nb * N : 0, T(0));
-    T* dh = dha.data();
-    T* dh_prev = dhb.data();
-    const T* cot_seq = nullptr;
-    if (io.cotangent && io.cotangent_per_step) cot_seq = io.cotangent;
-    else if (io.cotangent) std::copy(io.cotangent + b0 * N, io.cotangent + b1 * N, dh);
-    else std::copy(p.h(T_, b0), p.h(T_, b0) + nb * N, dh);
-    if (lstm && io.cell_cotangent)
-      std::copy(io.cell_cotangent + b0 * N, io.cell_cotangent + b1 * N, dc.data());
-    // Sequence losses: the largest |dL/dh_t| exponent of each step (INT_MIN: all zero), so
-    // that adding it at the current scale is checked for overflow in O(1) per step.
-    std::vector<int> cot_exp;
-    if (cot_seq) {
-      cot_exp.assign(T_, std::numeric_limits<int>::min());
+    // Workers run single-threaded BLAS (a fallback for the packed products, see packed_gemm.hpp).
+    blas::BlasThreadsScope chunk_threads(n_chunks > 1 ? 1 : blas::step_threads(B, GN, N, budget));
+    run_chunks(n_chunks, ctl, [&](std::size_t ci) {
+      const auto [b0, b1] = split_range(B, n_chunks, ci);
+      const std::size_t nb = b1 - b0;
+      const bool primary = ci == 0;
+      auto step_done = [&](std::size_t done) {
+        if (primary)
+          ctl.tick(done, total_work);
+        else
+          ctl.poll();
+      };
+      ChunkStats& st = cs[ci];
+      st.sum.assign(T_, 0.0);
+      st.sumsq.assign(T_, 0.0);
+      st.saturated.assign(T_, 0.0);
+      st.gate_saturated.assign(T_ * G, 0.0);
+      st.grad_sumsq.assign(T_ + 1, 0.0);
+      st.cell_sumsq.assign(T_ + 1, 0.0);
+      st.grad_scale.assign(T_ + 1, 0);
+      st.cell_scale.assign(T_ + 1, 0);
+      st.dz_scale.assign(T_, 0);
+      st.preact_bad.assign(T_, 0);
+      std::vector<T> q(gru ? nb * GN : 0);
       for (std::size_t t = 0; t < T_; ++t) {
-        const double m = max_abs(cot_seq + (t * B + b0) * N, nb * N);
-        if (m > 0.0 && m <= std::numeric_limits<double>::max()) cot_exp[t] = exponent_of(m);
+        if (lstm)
+          forward_lstm(p, t, b0, nb, st, opt.saturation_threshold);
+        else if (gru)
+          forward_gru(p, t, b0, nb, st, opt.saturation_threshold, q);
+        else
+          forward_rnn(p, t, b0, nb, act, st, sat_level);
+        step_done(t + 1);
       }
-    }
-    const std::size_t n = nb * N;
-    int scale = 0, k = 0, kc = 0;
-    double s2 = 0, c2 = 0;
-    // Norms of (dh, dc) at the stored scale; e: their joint norm exponent.
-    auto measure = [&]() {
-      s2 = sum_squares_scaled(dh, n, k);
-      c2 = lstm ? sum_squares_scaled(dc.data(), n, kc) : 0.0;
-      if (lstm) kc = c2 == 0.0 ? k : kc;
-      if (!lstm || k == kc) return norm_exponent(s2 + c2, k);
-      const bool hs = s2 > 0.0 && std::isfinite(s2), cs_ = c2 > 0.0 && std::isfinite(c2);
-      if (hs && cs_) return std::max(norm_exponent(s2, k), norm_exponent(c2, kc));
-      return hs ? norm_exponent(s2, k) : norm_exponent(c2, kc);
-    };
-    auto scale_state = [&](int d) {
-      scale_pow2_wide(dh, n, d);
-      if (lstm) scale_pow2_wide(dc.data(), n, d);
-      scale += d;
-    };
-    int e = measure();
-    int pending = opt.rescale ? next_pending<T>(s2 + c2, e, 0) : 0;
-    bool zero = !(s2 + c2 != 0.0);
-    // State s = T..0: dh = dL/dh_s (before the loss term at s), dc = dL/dc_s; then step s-1.
-    for (std::size_t st_i = T_;; --st_i) {
-      if (cot_seq && st_i > 0) {  // sequence loss: add dL/dh_s from the loss on that step
-        const std::size_t t = st_i - 1;
-        const T* cot = cot_seq + (t * B + b0) * N;
-        if (zero && scale != 0) {  // a zero vector has every scale: start afresh
-          scale = 0;
-          pending = 0;
+
+      // Backward. dh / dh_prev ping-pong; dc in place (LSTM).
+      std::vector<T> dha(nb * N, T(0)), dhb(nb * N, T(0)), dc(lstm ? nb * N : 0, T(0));
+      T* dh = dha.data();
+      T* dh_prev = dhb.data();
+      const T* cot_seq = nullptr;
+      if (io.cotangent && io.cotangent_per_step)
+        cot_seq = io.cotangent;
+      else if (io.cotangent)
+        std::copy(io.cotangent + b0 * N, io.cotangent + b1 * N, dh);
+      else
+        std::copy(p.h(T_, b0), p.h(T_, b0) + nb * N, dh);
+      if (lstm && io.cell_cotangent)
+        std::copy(io.cell_cotangent + b0 * N, io.cell_cotangent + b1 * N, dc.data());
+      // Sequence losses: the largest |dL/dh_t| exponent of each step (INT_MIN: all zero), so
+      // that adding it at the current scale is checked for overflow in O(1) per step.
+      std::vector<int> cot_exp;
+      if (cot_seq) {
+        cot_exp.assign(T_, std::numeric_limits<int>::min());
+        for (std::size_t t = 0; t < T_; ++t) {
+          const double m = max_abs(cot_seq + (t * B + b0) * N, nb * N);
+          if (m > 0.0 && m <= std::numeric_limits<double>::max()) cot_exp[t] = exponent_of(m);
         }
-        if (cot_exp[t] != std::numeric_limits<int>::min() && cot_exp[t] + scale > RL::emax - 4) {
-          // dL/dh so far is far smaller than this loss term: move to the term's scale
-          scale_state(-cot_exp[t] - scale);
-          pending = 0;
-        }
-        add_scaled(dh, cot, n, scale);
       }
-      e = measure();
-      if (opt.rescale && (pending > RL::pow2max || pending < -RL::pow2max ||
-                          e + pending > hi_w || e + pending < -RL::window)) {
-        // The factor from the previous norm does not fit this vector: rescale it now.
-        scale_state(target - e);
-        pending = 0;
+      const std::size_t n = nb * N;
+      int scale = 0, k = 0, kc = 0;
+      double s2 = 0, c2 = 0;
+      // Norms of (dh, dc) at the stored scale; e: their joint norm exponent.
+      auto measure = [&]() {
+        s2 = sum_squares_scaled(dh, n, k);
+        c2 = lstm ? sum_squares_scaled(dc.data(), n, kc) : 0.0;
+        if (lstm) kc = c2 == 0.0 ? k : kc;
+        if (!lstm || k == kc) return norm_exponent(s2 + c2, k);
+        const bool hs = s2 > 0.0 && std::isfinite(s2), cs_ = c2 > 0.0 && std::isfinite(c2);
+        if (hs && cs_) return std::max(norm_exponent(s2, k), norm_exponent(c2, kc));
+        return hs ? norm_exponent(s2, k) : norm_exponent(c2, kc);
+      };
+      auto scale_state = [&](int d) {
+        scale_pow2_wide(dh, n, d);
+        if (lstm) scale_pow2_wide(dc.data(), n, d);
+        scale += d;
+      };
+      int e = measure();
+      int pending = opt.rescale ? next_pending<T>(s2 + c2, e, 0) : 0;
+      bool zero = !(s2 + c2 != 0.0);
+      // State s = T..0: dh = dL/dh_s (before the loss term at s), dc = dL/dc_s; then step s-1.
+      for (std::size_t st_i = T_;; --st_i) {
+        if (cot_seq && st_i > 0) {  // sequence loss: add dL/dh_s from the loss on that step
+          const std::size_t t = st_i - 1;
+          const T* cot = cot_seq + (t * B + b0) * N;
+          if (zero && scale != 0) {  // a zero vector has every scale: start afresh
+            scale = 0;
+            pending = 0;
+          }
+          if (cot_exp[t] != std::numeric_limits<int>::min() && cot_exp[t] + scale > RL::emax - 4) {
+            // dL/dh so far is far smaller than this loss term: move to the term's scale
+            scale_state(-cot_exp[t] - scale);
+            pending = 0;
+          }
+          add_scaled(dh, cot, n, scale);
+        }
         e = measure();
+        if (opt.rescale && (pending > RL::pow2max || pending < -RL::pow2max || e + pending > hi_w ||
+                            e + pending < -RL::window)) {
+          // The factor from the previous norm does not fit this vector: rescale it now.
+          scale_state(target - e);
+          pending = 0;
+          e = measure();
+        }
+        if (io.grads) store_scaled(io.grads + (st_i * B + b0) * N, dh, n, -scale);
+        if (io.cell_grads) store_scaled(io.cell_grads + (st_i * B + b0) * N, dc.data(), n, -scale);
+        st.grad_sumsq[st_i] = s2;
+        st.cell_sumsq[st_i] = c2;
+        st.grad_scale[st_i] = scale + k;
+        st.cell_scale[st_i] = scale + kc;
+        if (st_i == 0) break;
+        const std::size_t t = st_i - 1;
+        const T f = pow2<T>(pending);
+        if (lstm)
+          backward_lstm(p, t, b0, nb, dh, f, dh_prev, dc.data());
+        else if (gru)
+          backward_gru(p, t, b0, nb, dh, f, dh_prev);
+        else
+          backward_rnn(p, t, b0, nb, dh, f, dh_prev);
+        scale += pending;
+        st.dz_scale[t] = scale;
+        zero = !(s2 + c2 != 0.0);
+        pending = opt.rescale ? next_pending<T>(s2 + c2, e, pending) : 0;
+        std::swap(dh, dh_prev);
+        step_done(2 * T_ - t);
       }
-      if (io.grads) store_scaled(io.grads + (st_i * B + b0) * N, dh, n, -scale);
-      if (io.cell_grads) store_scaled(io.cell_grads + (st_i * B + b0) * N, dc.data(), n, -scale);
-      st.grad_sumsq[st_i] = s2;
-      st.cell_sumsq[st_i] = c2;
-      st.grad_scale[st_i] = scale + k;
-      st.cell_scale[st_i] = scale + kc;
-      if (st_i == 0) break;
-      const std::size_t t = st_i - 1;
-      const T f = pow2<T>(pending);
-      if (lstm) backward_lstm(p, t, b0, nb, dh, f, dh_prev, dc.data());
-      else if (gru) backward_gru(p, t, b0, nb, dh, f, dh_prev);
-      else backward_rnn(p, t, b0, nb, dh, f, dh_prev);
-      scale += pending;
-      st.dz_scale[t] = scale;
-      zero = !(s2 + c2 != 0.0);
-      pending = opt.rescale ? next_pending<T>(s2 + c2, e, pending) : 0;
-      std::swap(dh, dh_prev);
-      step_done(2 * T_ - t);
-    }
-  });
+    });
   }
 
   FlowStats out;
@@ -503,7 +530,8 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
       s += st.sum[t];
       s2 += st.sumsq[t];
       ns += st.saturated[t];
-      for (std::size_t g = 0; g < G; ++g) out.gate_saturation[t * G + g] += st.gate_saturated[t * G + g];
+      for (std::size_t g = 0; g < G; ++g)
+        out.gate_saturation[t * G + g] += st.gate_saturated[t * G + g];
     }
     const double mean = s / n_units;
     out.act_mean[t] = mean;
@@ -571,10 +599,12 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
     double wih;
     if (gru) {
       // rows r,z of dW_ih come from A's first 2N columns, rows n from HN.
-      blas::gemm(blas::Op::T, blas::Op::N, 2 * N, I, rows, T(1), p.A.data(), GN, xp, I, T(0), dw.data(), I);
+      blas::gemm(blas::Op::T, blas::Op::N, 2 * N, I, rows, T(1), p.A.data(), GN, xp, I, T(0),
+                 dw.data(), I);
       int ka = 0, kb = 0;
       const double sa2 = sum_squares_scaled(dw.data(), 2 * N * I, ka);
-      blas::gemm(blas::Op::T, blas::Op::N, N, I, rows, T(1), p.HN.data(), N, xp, I, T(0), dw.data(), I);
+      blas::gemm(blas::Op::T, blas::Op::N, N, I, rows, T(1), p.HN.data(), N, xp, I, T(0), dw.data(),
+                 I);
       const double sb2 = sum_squares_scaled(dw.data(), N * I, kb);
       if (ka == kb) {
         wih = log_norm(sa2 + sb2, at_ih + ka);
@@ -583,7 +613,8 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
         wih = combine_log_norms(parts, 2, 1);
       }
     } else {
-      blas::gemm(blas::Op::T, blas::Op::N, GN, I, rows, T(1), p.A.data(), GN, xp, I, T(0), dw.data(), I);
+      blas::gemm(blas::Op::T, blas::Op::N, GN, I, rows, T(1), p.A.data(), GN, xp, I, T(0),
+                 dw.data(), I);
       wih = norm_of(dw.data(), GN * I, at_ih);
     }
     T* hs = p.H.data();  // h_0..h_{T-1} (h_T is not a factor)
@@ -591,11 +622,11 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
     product_shifts<T>(std::ldexp(amax, sa), max_abs(hs, rows * N), rows, sa_hh, sh);
     scale_pow2_wide(p.A.data(), p.A.size(), sa_hh);
     scale_pow2_wide(hs, rows * N, sh);
-    blas::gemm(blas::Op::T, blas::Op::N, GN, N, rows, T(1), p.A.data(), GN, hs, N, T(0), dw.data(), N);
+    blas::gemm(blas::Op::T, blas::Op::N, GN, N, rows, T(1), p.A.data(), GN, hs, N, T(0), dw.data(),
+               N);
     const double whh = norm_of(dw.data(), GN * N, ref + sa + sa_hh + sh);
     const double ninf = -std::numeric_limits<double>::infinity();
-    out.log_param_grad_norms = {wih, whh,
-                                w.bias_ih ? norm_of(dbi.data(), GN, ref) : ninf,
+    out.log_param_grad_norms = {wih, whh, w.bias_ih ? norm_of(dbi.data(), GN, ref) : ninf,
                                 w.bias_hh ? norm_of(dbh.data(), GN, ref) : ninf};
     out.param_present = {1, 1, static_cast<unsigned char>(w.bias_ih ? 1 : 0),
                          static_cast<unsigned char>(w.bias_hh ? 1 : 0)};
@@ -604,8 +635,8 @@ FlowStats recurrent_gradient_flow(const RecurrentWeights<T>& w, const RecurrentF
 }
 
 template FlowStats recurrent_gradient_flow<float>(const RecurrentWeights<float>&,
-                                                  const RecurrentFlowIO<float>&,
-                                                  const FlowOptions&, Control&);
+                                                  const RecurrentFlowIO<float>&, const FlowOptions&,
+                                                  Control&);
 template FlowStats recurrent_gradient_flow<double>(const RecurrentWeights<double>&,
                                                    const RecurrentFlowIO<double>&,
                                                    const FlowOptions&, Control&);

@@ -45,8 +45,8 @@ struct RecurrentFlowIO {
   T* cell_states = nullptr;           // optional LSTM (T+1, B, N): c_0..c_T
   // Kept gradients are the true values rounded to T: +-inf where beyond its range, 0 (or
   // subnormal) below it; the log norms are exact either way.
-  T* grads = nullptr;                 // optional (T+1, B, N): dL/dh_t
-  T* cell_grads = nullptr;            // optional LSTM (T+1, B, N): dL/dc_t
+  T* grads = nullptr;       // optional (T+1, B, N): dL/dh_t
+  T* cell_grads = nullptr;  // optional LSTM (T+1, B, N): dL/dc_t
 };
 
 // log_param_grad_norms layout: [weight_ih, weight_hh, bias_ih, bias_hh] (-inf if absent).

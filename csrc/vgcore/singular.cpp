@@ -29,7 +29,8 @@ double col_sumsq(const T* x, std::size_t n) {
   double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   std::size_t i = 0;
   for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += static_cast<double>(x[i + j]) * static_cast<double>(x[i + j]);
+    for (int j = 0; j < 8; ++j)
+      acc[j] += static_cast<double>(x[i + j]) * static_cast<double>(x[i + j]);
   double s = 0;
   for (; i < n; ++i) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
   for (int j = 0; j < 8; ++j) s += acc[j];
@@ -72,8 +73,8 @@ void apply_t_update(const TUpdate& u, std::vector<double>& Tm, std::size_t n0,
     Tm.swap(Tp);
   } else {
     Tm.resize(u.kk * n0);
-    blas::gemm(blas::Op::N, blas::Op::N, u.kk, n0, u.r, 1.0, u.Rt.data(), u.r, Tp.data(), n0,
-               0.0, Tm.data(), n0);
+    blas::gemm(blas::Op::N, blas::Op::N, u.kk, n0, u.r, 1.0, u.Rt.data(), u.r, Tp.data(), n0, 0.0,
+               Tm.data(), n0);
   }
 }
 
@@ -179,8 +180,8 @@ struct Work {
 // C (r rows of length m = the new tangent rows of one sample, i.e. a column-major m x r matrix)
 // -> new U rows (kk = min(m, r) of them, written to out), d and T updated.
 template <class T>
-std::size_t udt_update(const T* C, std::size_t m, std::size_t r, T* out, Graded& g,
-                       Work<T>& w, TUpdater& tu) {
+std::size_t udt_update(const T* C, std::size_t m, std::size_t r, T* out, Graded& g, Work<T>& w,
+                       TUpdater& tu) {
   const std::size_t kk = std::min(m, r);
   // Pre-pivoting: descending scaled column norms log||c_j|| + d_j. The order goes to the
   // pending T update directly.
@@ -195,9 +196,11 @@ std::size_t udt_update(const T* C, std::size_t m, std::size_t r, T* out, Graded&
   std::stable_sort(perm.begin(), perm.end(),
                    [&](std::size_t a, std::size_t b) { return w.ln[a] > w.ln[b]; });
   w.A.resize(m * r);
-  for (std::size_t j = 0; j < r; ++j) std::copy(C + perm[j] * m, C + (perm[j] + 1) * m, w.A.data() + j * m);
+  for (std::size_t j = 0; j < r; ++j)
+    std::copy(C + perm[j] * m, C + (perm[j] + 1) * m, w.A.data() + j * m);
   w.tau.resize(kk);
-  lapack::geqrf(static_cast<int>(m), static_cast<int>(r), w.A.data(), static_cast<int>(m), w.tau.data());
+  lapack::geqrf(static_cast<int>(m), static_cast<int>(r), w.A.data(), static_cast<int>(m),
+                w.tau.data());
   // Rt = |diag R|^{-1} R scaled by e^{d_p(j) - d_p(i)}: graded, entries of modest size.
   w.up.Rt.assign(kk * r, 0.0);
   w.dnew.resize(kk);
@@ -305,8 +308,8 @@ int graded_jacobi(double* B, std::size_t n, std::size_t r, double* d) {
 }
 
 template <class T>
-SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x,
-                                            std::size_t steps, std::size_t batch, const T* h0,
+SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x, std::size_t steps,
+                                            std::size_t batch, const T* h0,
                                             const SingularOptions& opt, Control& ctl) {
   const bool dense = m.is_dense();
   if (dense) steps = m.n_layers();
@@ -331,7 +334,8 @@ SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x
     std::vector<std::unique_ptr<TUpdater>> tu;  // per sample: runs its T updates in order
     Work<T> w;
   };
-  const int chunk_blas = n_chunks > 1 ? 1 : blas::step_threads(B * (max_w + 1), max_w, max_w, budget);
+  const int chunk_blas =
+      n_chunks > 1 ? 1 : blas::step_threads(B * (max_w + 1), max_w, max_w, budget);
   // One sample on two or more threads: its T updates overlap the next steps on a helper
   // (single-threaded BLAS on both sides, so the two never contend for OpenBLAS's pool).
   const bool helper = n_chunks == 1 && B == 1 && budget >= 2 && chunk_blas == 1;
@@ -345,8 +349,10 @@ SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x
     c.X.assign(c.nb * (n0 + 1) * max_w, T(0));
     c.Y.assign(c.X.size(), T(0));
     // States, then U_0 = I for every sample.
-    if (dense) std::copy(x + b0 * n0, x + b1 * n0, c.X.data());
-    else if (h0) std::copy(h0 + b0 * n0, h0 + b1 * n0, c.X.data());
+    if (dense)
+      std::copy(x + b0 * n0, x + b1 * n0, c.X.data());
+    else if (h0)
+      std::copy(h0 + b0 * n0, h0 + b1 * n0, c.X.data());
     c.g.resize(c.nb);
     for (std::size_t b = 0; b < c.nb; ++b) {
       T* U = c.X.data() + (c.nb + b * n0) * n0;
@@ -377,20 +383,23 @@ SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x
         const T* proj = dense ? nullptr : P.data() + (t * B + c.b0) * GN;
         advance(m, s, proj, c.X.data(), c.Y.data(), c.nb, c.r, c.ws);
         if (!all_finite(c.Y.data(), c.nb * dout))
-          throw NonFiniteError(gs + 1, "the state became NaN/Inf at step " + std::to_string(gs + 1));
+          throw NonFiniteError(gs + 1,
+                               "the state became NaN/Inf at step " + std::to_string(gs + 1));
         std::size_t rn = c.r;
         for (std::size_t b = 0; b < c.nb; ++b) {
           const T* C = c.Y.data() + (c.nb + b * c.r) * dout;
           if (!all_finite(C, c.r * dout))
-            throw NonFiniteError(gs + 1, "the Jacobian product became NaN/Inf at step " +
-                                             std::to_string(gs + 1));
+            throw NonFiniteError(
+                gs + 1, "the Jacobian product became NaN/Inf at step " + std::to_string(gs + 1));
           T* out = c.Y.data() + (c.nb + b * std::min(dout, c.r)) * dout;
           rn = udt_update(C, dout, c.r, out, c.g[b], c.w, *c.tu[b]);
         }
         c.r = rn;
         std::swap(c.X, c.Y);
-        if (ci == 0) ctl.tick(gs + 1, steps);
-        else ctl.poll();
+        if (ci == 0)
+          ctl.tick(gs + 1, steps);
+        else
+          ctl.poll();
       }
     });
   }
@@ -412,9 +421,9 @@ SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x
 }
 
 template SingularResult jacobian_log_singular_values<float>(const TangentModel<float>&,
-                                                            const float*, std::size_t,
-                                                            std::size_t, const float*,
-                                                            const SingularOptions&, Control&);
+                                                            const float*, std::size_t, std::size_t,
+                                                            const float*, const SingularOptions&,
+                                                            Control&);
 template SingularResult jacobian_log_singular_values<double>(const TangentModel<double>&,
                                                              const double*, std::size_t,
                                                              std::size_t, const double*,

@@ -32,16 +32,16 @@ struct SingularOptions {
 };
 
 struct SingularResult {
-  std::size_t rank = 0;               // r = min over the widths (dense) or the state dimension
-  std::vector<double> log_singular;   // (B, r) natural logs, descending (-inf for zeros)
-  std::vector<int> jacobi_sweeps;     // (B,) sweeps of the final Jacobi SVD
+  std::size_t rank = 0;              // r = min over the widths (dense) or the state dimension
+  std::vector<double> log_singular;  // (B, r) natural logs, descending (-inf for zeros)
+  std::vector<int> jacobi_sweeps;    // (B,) sweeps of the final Jacobi SVD
 };
 
 // x: recurrent (steps, B, input_size); dense: (B, in_0), the input, with steps = layers.
 // h0: recurrent initial states (B, D) or null (zeros); ignored for dense stacks.
 template <class T>
-SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x,
-                                            std::size_t steps, std::size_t batch, const T* h0,
+SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x, std::size_t steps,
+                                            std::size_t batch, const T* h0,
                                             const SingularOptions& opt, Control& ctl);
 
 // One-sided Jacobi on G = B diag(e^d): B is n x r column-major (columns contiguous, ld = n),

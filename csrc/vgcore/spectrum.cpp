@@ -26,7 +26,8 @@ double dot_d(const T* a, const T* b, std::size_t n) {
   double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   std::size_t i = 0;
   for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += static_cast<double>(a[i + j]) * static_cast<double>(b[i + j]);
+    for (int j = 0; j < 8; ++j)
+      acc[j] += static_cast<double>(a[i + j]) * static_cast<double>(b[i + j]);
   double s = 0;
   for (; i < n; ++i) s += static_cast<double>(a[i]) * static_cast<double>(b[i]);
   for (int j = 0; j < 8; ++j) s += acc[j];
@@ -285,7 +286,8 @@ KrylovResult krylov_schur(std::size_t n, Apply&& apply, const SpectrumOptions& o
     for (std::size_t i = 0; i < np; ++i)
       for (std::size_t l = 0; l < mm; ++l) ZtT[i * mm + l] = static_cast<T>(Z[i * mm + l]);
     Vn.resize(np * n);
-    blas::gemm(blas::Op::N, blas::Op::N, np, n, mm, T(1), ZtT.data(), mm, V.data(), n, T(0), Vn.data(), n);
+    blas::gemm(blas::Op::N, blas::Op::N, np, n, mm, T(1), ZtT.data(), mm, V.data(), n, T(0),
+               Vn.data(), n);
     std::copy(V.data() + mm * n, V.data() + (mm + 1) * n, V.data() + np * n);
     std::copy(Vn.begin(), Vn.end(), V.begin());
     std::fill(H.begin(), H.end(), 0.0);
@@ -316,13 +318,15 @@ KrylovResult block_power(std::size_t n, ApplyBlock&& apply, const SpectrumOption
     apply(V.data(), W.data(), s);
     res.matvecs += static_cast<std::int64_t>(s);
     for (std::size_t i = 0; i < s; ++i)
-      for (std::size_t j = 0; j < s; ++j) Hm[j * s + i] = dot_d(V.data() + i * n, W.data() + j * n, n);
+      for (std::size_t j = 0; j < s; ++j)
+        Hm[j * s + i] = dot_d(V.data() + i * n, W.data() + j * n, n);
     Hc = Hm;
     double hnorm = 0;
     for (double v : Hc) hnorm += v * v;
     hnorm = std::sqrt(hnorm);
     try {
-      lapack::geev_left_right(is, Hm.data(), is, wr.data(), wi.data(), vl.data(), is, vr.data(), is);
+      lapack::geev_left_right(is, Hm.data(), is, wr.data(), wi.data(), vl.data(), is, vr.data(),
+                              is);
     } catch (const std::runtime_error&) {
       res.error = inf;
       res.converged = false;
@@ -384,7 +388,8 @@ KrylovResult block_power(std::size_t n, ApplyBlock&& apply, const SpectrumOption
     // Columns of very different magnitudes (the dominant direction against ones that have
     // underflowed): bring each to a largest entry in [1, 2) first (the span is unchanged), so
     // the reflectors never divide by a subnormal.
-    for (std::size_t j = 0; j < s; ++j) scale_exp2(V.data() + j * n, n, -max_exponent_of(V.data() + j * n, n));
+    for (std::size_t j = 0; j < s; ++j)
+      scale_exp2(V.data() + j * n, n, -max_exponent_of(V.data() + j * n, n));
     if (!householder::qr_replace_by_q(V.data(), n, s, n, rd.data(), tau.data()) ||
         !all_finite(V.data(), s * n)) {
       if (!res.converged) res.error = inf;  // the block collapsed before any estimate
@@ -439,12 +444,14 @@ void exact_logs(const TangentModel<T>& m, std::size_t s, const T* cache, std::ve
     if (want_sigma) {
       J2 = J;
       std::vector<T> sv(std::min(din, dout));
-      lapack::gesdd_values(static_cast<int>(dout), static_cast<int>(din), J2.data(), static_cast<int>(dout), sv.data());
+      lapack::gesdd_values(static_cast<int>(dout), static_cast<int>(din), J2.data(),
+                           static_cast<int>(dout), sv.data());
       log_sigma = std::log(static_cast<double>(sv[0])) + shift * ln2;
     }
     if (want_radius && din == dout) {
       std::vector<T> wr(din), wi(din);
-      lapack::geev_values(static_cast<int>(din), J.data(), static_cast<int>(dout), wr.data(), wi.data());
+      lapack::geev_values(static_cast<int>(din), J.data(), static_cast<int>(dout), wr.data(),
+                          wi.data());
       double rho = 0;
       for (std::size_t q = 0; q < din; ++q)
         rho = std::max(rho, std::hypot(static_cast<double>(wr[q]), static_cast<double>(wi[q])));
@@ -460,8 +467,8 @@ void exact_logs(const TangentModel<T>& m, std::size_t s, const T* cache, std::ve
 template <class T>
 SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size_t steps,
                                  std::size_t batch, const T* h0,
-                                 const std::vector<std::size_t>& which,
-                                 const SpectrumOptions& opt, Control& ctl) {
+                                 const std::vector<std::size_t>& which, const SpectrumOptions& opt,
+                                 Control& ctl) {
   const bool dense = m.is_dense();
   if (dense) steps = m.n_layers();
   if (steps == 0) throw std::invalid_argument("x must have at least one time step, got T = 0");
@@ -469,7 +476,8 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
   const std::size_t B = batch, n_sel = which.size();
   for (std::size_t i = 0; i < n_sel; ++i)
     if (which[i] >= steps || (i > 0 && which[i] <= which[i - 1]))
-      throw std::invalid_argument("which must hold ascending step indices below " + std::to_string(steps));
+      throw std::invalid_argument("which must hold ascending step indices below " +
+                                  std::to_string(steps));
   SpectrumResult res;
   res.radius.assign(n_sel * B, kNaN);
   res.sigma.assign(n_sel * B, kNaN);
@@ -511,8 +519,10 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
     const auto [b0, b1] = split_range(B, n_fwd, ci);
     fw[ci].X.assign((b1 - b0) * max_w, T(0));
     fw[ci].Y.assign((b1 - b0) * max_w, T(0));
-    if (dense) std::copy(x + b0 * m.in_dim(0), x + b1 * m.in_dim(0), fw[ci].X.data());
-    else if (h0) std::copy(h0 + b0 * m.in_dim(0), h0 + b1 * m.in_dim(0), fw[ci].X.data());
+    if (dense)
+      std::copy(x + b0 * m.in_dim(0), x + b1 * m.in_dim(0), fw[ci].X.data());
+    else if (h0)
+      std::copy(h0 + b0 * m.in_dim(0), h0 + b1 * m.in_dim(0), fw[ci].X.data());
   }
   const std::size_t total_work = last + n_sel * B;
   {
@@ -542,10 +552,13 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
           }
           advance(m, s, proj, f.X.data(), f.Y.data(), nb, 0, f.ws);
           if (!all_finite(f.Y.data(), nb * dout))
-            throw NonFiniteError(gs + 1, "the state became NaN/Inf at step " + std::to_string(gs + 1));
+            throw NonFiniteError(gs + 1,
+                                 "the state became NaN/Inf at step " + std::to_string(gs + 1));
           std::swap(f.X, f.Y);
-          if (ci == 0) ctl.tick(gs + 1, total_work);
-          else ctl.poll();
+          if (ci == 0)
+            ctl.tick(gs + 1, total_work);
+          else
+            ctl.poll();
         }
       });
     }
@@ -572,7 +585,8 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
       const std::size_t i = task / B, b = task % B, s = dense ? which[i] : 0;
       const std::size_t din = m.in_dim(s), dout = m.out_dim(s), gc = m.gemm_cols(s);
       const bool square = din == dout;
-      const std::string where = (dense ? "layer " + std::to_string(which[i] + 1) + " (step " + std::to_string(which[i]) + ")"
+      const std::string where = (dense ? "layer " + std::to_string(which[i] + 1) + " (step " +
+                                             std::to_string(which[i]) + ")"
                                        : "step " + std::to_string(which[i])) +
                                 ", sample " + std::to_string(b);
       cache.resize(m.cache_size(s));
@@ -585,7 +599,8 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
       const std::size_t o = i * B + b;
       double log_rho = kNaN, log_sig = kNaN;
       if (opt.method == SpectrumMethod::exact) {
-        exact_logs(m, s, cache.data(), J, J2, U, square, true, log_rho, log_sig, where, which[i] + 1);
+        exact_logs(m, s, cache.data(), J, J2, U, square, true, log_rho, log_sig, where,
+                   which[i] + 1);
       } else {
         std::mt19937_64 rng(opt.seed * 0x9E3779B97F4A7C15ull + task);
         tmp.resize(std::max(din, dout) * std::max<std::size_t>(opt.block, 1));
@@ -630,11 +645,15 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
         Scale sg, sr;
         auto gram = [&](const T* v, T* out, std::size_t k) {
           const T* in = scaled_in(v, k * ng, sg.ei);
-          if (gram_in) m.jvp(s, c, in, tmp.data(), k, U.data());
-          else m.vjp(s, c, in, tmp.data(), k, U.data());
+          if (gram_in)
+            m.jvp(s, c, in, tmp.data(), k, U.data());
+          else
+            m.vjp(s, c, in, tmp.data(), k, U.data());
           scale_out(tmp.data(), k, nmid, sg.em, sg.em_set, 0, sg.ups);
-          if (gram_in) m.vjp(s, c, tmp.data(), out, k, U.data());
-          else m.jvp(s, c, tmp.data(), out, k, U.data());
+          if (gram_in)
+            m.vjp(s, c, tmp.data(), out, k, U.data());
+          else
+            m.jvp(s, c, tmp.data(), out, k, U.data());
           scale_out(out, k, ng, sg.eo, sg.eo_set, 1, sg.ups);
         };
         auto jop = [&](const T* v, T* out, std::size_t k) {
@@ -652,14 +671,17 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
               if (ov.up > 0) {  // an underflowing first measurement: scale that input up
                 e = std::max(-kMaxShift, e - ov.up);
                 ++sc.ups;
-                if (ov.stage == 0) sc.em_set = sc.eo_set = false;
-                else sc.eo_set = false;
+                if (ov.stage == 0)
+                  sc.em_set = sc.eo_set = false;
+                else
+                  sc.eo_set = false;
                 continue;
               }
               if (attempt >= 12 || (ov.stage == 0 && sc.ei + kShift > kMaxShift))
                 throw NonFiniteError(which[i] + 1, "the Jacobian of " + where +
                                                        " gives NaN/Inf products even on inputs "
-                                                       "scaled down by 2^" + std::to_string(sc.ei) +
+                                                       "scaled down by 2^" +
+                                                       std::to_string(sc.ei) +
                                                        ": it has NaN/Inf entries");
               e += kShift;
               // Exponents after the one adjusted are measured again.
@@ -672,8 +694,10 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
         auto none = [] { return 0.0; };
         // sigma_max first: ||J|| sets the rounding term of the radius' error estimate.
         KrylovResult ks = solve(sg, true, [&] {
-          return arnoldi ? krylov_schur<T>(ng, [&](const T* v, T* out) { gram(v, out, 1); }, opt, rng, none, true)
-                         : block_power<T>(ng, gram, opt, rng, none, true);
+          return arnoldi
+                     ? krylov_schur<T>(
+                           ng, [&](const T* v, T* out) { gram(v, out, 1); }, opt, rng, none, true)
+                     : block_power<T>(ng, gram, opt, rng, none, true);
         });
         log_sig = 0.5 * (std::log(ks.value) + sg.total() * ln2);
         // sigma^2 = theta: relative error of sigma is half that of theta.
@@ -688,7 +712,9 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
             return std::isfinite(v) ? v : 0.0;
           };
           kr = solve(sr, false, [&] {
-            return arnoldi ? krylov_schur<T>(din, [&](const T* v, T* out) { jop(v, out, 1); }, opt, rng, sig_op, false)
+            return arnoldi ? krylov_schur<T>(
+                                 din, [&](const T* v, T* out) { jop(v, out, 1); }, opt, rng, sig_op,
+                                 false)
                            : block_power<T>(din, jop, opt, rng, sig_op, false);
           });
           log_rho = std::log(kr.value) + sr.total() * ln2;
@@ -727,8 +753,10 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
       res.log_sigma[o] = log_sig;
       res.sigma[o] = std::exp(log_sig);
       const std::size_t d = done.fetch_add(1) + 1;
-      if (wi == 0) ctl.tick(last + d, total_work);
-      else ctl.poll();
+      if (wi == 0)
+        ctl.tick(last + d, total_work);
+      else
+        ctl.poll();
     }
   });
   // The last task may finish on a helper thread: report completion from the caller's thread.

@@ -51,14 +51,14 @@ struct SpectrumOptions {
 
 // Per (selected step, sample), row-major (n_steps x B).
 struct SpectrumResult {
-  std::vector<double> radius, sigma;                // NaN radius for non-square layers
-  std::vector<double> log_radius, log_sigma;        // natural logs, finite beyond double range
+  std::vector<double> radius, sigma;                    // NaN radius for non-square layers
+  std::vector<double> log_radius, log_sigma;            // natural logs, finite beyond double range
   std::vector<double> radius_residual, sigma_residual;  // 0 for exact
-  std::vector<double> radius_condition;             // Ritz value condition estimate; NaN exact
-  std::vector<double> radius_error, sigma_error;    // estimated relative error; NaN exact
+  std::vector<double> radius_condition;                 // Ritz value condition estimate; NaN exact
+  std::vector<double> radius_error, sigma_error;        // estimated relative error; NaN exact
   std::vector<std::int64_t> radius_iterations, sigma_iterations;
-  std::vector<std::uint8_t> converged;              // every matrix-free residual <= tol
-  std::vector<std::uint8_t> reliable;               // both values trusted to about tol
+  std::vector<std::uint8_t> converged;                        // every matrix-free residual <= tol
+  std::vector<std::uint8_t> reliable;                         // both values trusted to about tol
   std::vector<std::uint8_t> radius_fallback, sigma_fallback;  // recomputed exactly
 };
 
@@ -67,8 +67,8 @@ struct SpectrumResult {
 template <class T>
 SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size_t steps,
                                  std::size_t batch, const T* h0,
-                                 const std::vector<std::size_t>& which,
-                                 const SpectrumOptions& opt, Control& ctl);
+                                 const std::vector<std::size_t>& which, const SpectrumOptions& opt,
+                                 Control& ctl);
 
 // Eigenvalue of largest modulus of a real operator given as y = A x (rows of length n), by
 // Krylov-Schur. Exposed for tests and reuse. Returns |lambda|; iterations and residual out.

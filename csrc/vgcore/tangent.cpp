@@ -240,15 +240,17 @@ TangentModel<T> TangentModel<T>::dense(std::vector<DenseLayer<T>> layers) {
     const std::string name = "layer " + std::to_string(l);
     if (!ly.weight) throw std::invalid_argument(name + ": weight is null");
     if (l > 0 && ly.in != layers[l - 1].out)
-      throw std::invalid_argument(name + " expects " + std::to_string(ly.in) + " inputs but layer " +
-                                  std::to_string(l - 1) + " has " + std::to_string(layers[l - 1].out) +
-                                  " outputs");
+      throw std::invalid_argument(name + " expects " + std::to_string(ly.in) +
+                                  " inputs but layer " + std::to_string(l - 1) + " has " +
+                                  std::to_string(layers[l - 1].out) + " outputs");
     if (ly.norm == DenseNorm::batchnorm)
-      throw std::invalid_argument(name + " uses BatchNorm with batch statistics, which couples the "
+      throw std::invalid_argument(name +
+                                  " uses BatchNorm with batch statistics, which couples the "
                                   "samples of a batch: the per-sample Jacobian d h_l / d h_{l-1} "
                                   "is not defined (eval-mode BatchNorm is supported)");
     if (ly.norm == DenseNorm::batchnorm_eval && !(ly.running_mean && ly.running_var))
-      throw std::invalid_argument(name + ": eval-mode BatchNorm needs running_mean and running_var");
+      throw std::invalid_argument(name +
+                                  ": eval-mode BatchNorm needs running_mean and running_var");
     if (ly.block != DenseBlock::plain && ly.in != ly.out)
       throw std::invalid_argument(name + ": residual and highway blocks need in == out");
     if (ly.block == DenseBlock::highway && !ly.gate_weight)
@@ -295,9 +297,12 @@ template <class T>
 std::size_t TangentModel<T>::cache_size(std::size_t s) const {
   if (dense_) return dense_offsets(layers_[s]).size;
   switch (w_.kind) {
-    case CellKind::lstm: return 6 * w_.hidden;
-    case CellKind::gru: return 5 * w_.hidden;
-    default: return w_.hidden;
+    case CellKind::lstm:
+      return 6 * w_.hidden;
+    case CellKind::gru:
+      return 5 * w_.hidden;
+    default:
+      return w_.hidden;
   }
 }
 
@@ -317,8 +322,8 @@ void TangentModel<T>::project_inputs(const T* x, std::size_t rows, T* P) const {
 }
 
 template <class T>
-void TangentModel<T>::gemm_rows(std::size_t s, const T* X, std::size_t ldx, std::size_t rows,
-                                T* U, std::size_t ldu) const {
+void TangentModel<T>::gemm_rows(std::size_t s, const T* X, std::size_t ldx, std::size_t rows, T* U,
+                                std::size_t ldu) const {
   if (rows == 0) return;
   if (dense_) {
     const auto& ly = layers_[s];
@@ -345,8 +350,12 @@ void TangentModel<T>::state_update(std::size_t s, const T* proj, const T* U, std
       T* y = Y + b * ldy;
       T* c = cache + b * C;
       switch (w_.kind) {
-        case CellKind::lstm: lstm_state_row(p, u, h + N, y, y + N, c, N); break;
-        case CellKind::gru: gru_state_row(p, u, w_.bias_hh, h, y, c, N); break;
+        case CellKind::lstm:
+          lstm_state_row(p, u, h + N, y, y + N, c, N);
+          break;
+        case CellKind::gru:
+          gru_state_row(p, u, w_.bias_hh, h, y, c, N);
+          break;
         default:
           for (std::size_t j = 0; j < N; ++j) c[j] = p[j] + u[j];
           activation_forward(act_, c, y, c, N);
@@ -375,11 +384,13 @@ void TangentModel<T>::state_update(std::size_t s, const T* proj, const T* U, std
       c[off.istd] = is;
       for (std::size_t j = 0; j < n; ++j) {
         xh[j] = static_cast<T>(z[j] - m) * is;
-        z[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xh[j] + (ly.norm_bias ? ly.norm_bias[j] : T(0));
+        z[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xh[j] +
+               (ly.norm_bias ? ly.norm_bias[j] : T(0));
       }
     } else if (ly.norm == DenseNorm::batchnorm_eval) {
       for (std::size_t j = 0; j < n; ++j)
-        z[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * ((z[j] - ly.running_mean[j]) * running_istd(ly, j)) +
+        z[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) *
+                   ((z[j] - ly.running_mean[j]) * running_istd(ly, j)) +
                (ly.norm_bias ? ly.norm_bias[j] : T(0));
     }
     activation_forward(ly.act, z, y, z, n);  // y = a = phi(z'), z <- phi'(z')
@@ -412,9 +423,14 @@ void TangentModel<T>::tangent_update(std::size_t s, const T* cache, const T* U, 
       const T* v = Vin + r * ldv;
       T* o = Vout + r * ldo;
       switch (w_.kind) {
-        case CellKind::lstm: lstm_tangent_row(cache, u, v + N, o, o + N, N); break;
-        case CellKind::gru: gru_tangent_row(cache, u, v, o, N); break;
-        default: scale_row(cache, u, o, N);
+        case CellKind::lstm:
+          lstm_tangent_row(cache, u, v + N, o, o + N, N);
+          break;
+        case CellKind::gru:
+          gru_tangent_row(cache, u, v, o, N);
+          break;
+        default:
+          scale_row(cache, u, o, N);
       }
     }
     return;
@@ -473,9 +489,14 @@ void TangentModel<T>::vjp(std::size_t s, const T* cache, const T* Win, T* Wout, 
       T* g = G + r * gc;
       T* o = Wout + r * din;
       switch (w_.kind) {
-        case CellKind::lstm: lstm_vjp_row(cache, w, w + N, g, o + N, N); break;
-        case CellKind::gru: gru_vjp_row(cache, w, g, o, N); break;
-        default: scale_row(cache, w, g, N);
+        case CellKind::lstm:
+          lstm_vjp_row(cache, w, w + N, g, o + N, N);
+          break;
+        case CellKind::gru:
+          gru_vjp_row(cache, w, g, o, N);
+          break;
+        default:
+          scale_row(cache, w, g, N);
       }
     }
     // h part of the result: G W_hh (+ the direct GRU term already in Wout).

@@ -28,7 +28,8 @@ namespace vgcore {
 // A state (or tangent) became NaN/Inf. `step` is 1-based: the step (layer / time step) whose
 // output first held the non-finite value.
 struct NonFiniteError : std::runtime_error {
-  NonFiniteError(std::size_t step_, const std::string& msg) : std::runtime_error(msg), step(step_) {}
+  NonFiniteError(std::size_t step_, const std::string& msg)
+      : std::runtime_error(msg), step(step_) {}
   std::size_t step;
 };
 

@@ -47,9 +47,13 @@ struct AlignedAllocator {
   T* allocate(std::size_t n) { return static_cast<T*>(allocate_aligned(n * sizeof(T))); }
   void deallocate(T* p, std::size_t) noexcept { std::free(p); }
   template <class U>
-  bool operator==(const AlignedAllocator<U>&) const noexcept { return true; }
+  bool operator==(const AlignedAllocator<U>&) const noexcept {
+    return true;
+  }
   template <class U>
-  bool operator!=(const AlignedAllocator<U>&) const noexcept { return false; }
+  bool operator!=(const AlignedAllocator<U>&) const noexcept {
+    return false;
+  }
 };
 
 class WorkspacePool {

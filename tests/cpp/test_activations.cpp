@@ -30,8 +30,8 @@
 #include "vgcore/fastmath.hpp"
 
 namespace fm = vgcore::fastmath;
-using vgcore::ActKind;
 using vgcore::Activation;
+using vgcore::ActKind;
 using LD = long double;
 
 // ---------------------------------------------------------------------------------------------
@@ -40,16 +40,16 @@ using LD = long double;
 static int g_failures = 0;
 static int g_printed = 0;
 
-#define CHECK(cond, ...)                                          \
-  do {                                                            \
-    if (!(cond)) {                                                \
-      ++g_failures;                                               \
-      if (g_printed++ < 60) {                                     \
-        std::printf("FAIL %s:%d: ", __FILE__, __LINE__);          \
-        std::printf(__VA_ARGS__);                                 \
-        std::printf("\n");                                        \
-      }                                                           \
-    }                                                             \
+#define CHECK(cond, ...)                                 \
+  do {                                                   \
+    if (!(cond)) {                                       \
+      ++g_failures;                                      \
+      if (g_printed++ < 60) {                            \
+        std::printf("FAIL %s:%d: ", __FILE__, __LINE__); \
+        std::printf(__VA_ARGS__);                        \
+        std::printf("\n");                               \
+      }                                                  \
+    }                                                    \
   } while (0)
 
 template <class T>
@@ -89,7 +89,7 @@ double ulp_err(T y, LD ref, LD scale = 0) {
 // ---------------------------------------------------------------------------------------------
 // long double references
 
-static const LD kInvSqrt2L = 0.707106781186547524381894L;    // 1/sqrt(2) rounded to 64 bits
+static const LD kInvSqrt2L = 0.707106781186547524381894L;       // 1/sqrt(2) rounded to 64 bits
 static const LD kInvSqrt2Lo = 1.895032558893257079655062e-20L;  // 1/sqrt(2) - kInvSqrt2L
 static const LD kInvSqrt2PiL = 0.3989422804014326779399461L;
 static const LD k2OverSqrtPiL = 1.128379167095512573896159L;
@@ -136,12 +136,12 @@ static LD ref_pdf(LD x) {
 // ---------------------------------------------------------------------------------------------
 // fastmath sweeps, compiled for several instruction sets
 
-#define FM_FUNCTOR(NAME)             \
-  struct F_##NAME {                  \
-    template <class T>               \
-    static T call(T x) {             \
-      return fm::NAME(x);            \
-    }                                \
+#define FM_FUNCTOR(NAME)  \
+  struct F_##NAME {       \
+    template <class T>    \
+    static T call(T x) {  \
+      return fm::NAME(x); \
+    }                     \
   };
 FM_FUNCTOR(exp)
 FM_FUNCTOR(expm1)
@@ -237,10 +237,18 @@ std::vector<T> make_points(const std::vector<Range>& ranges, std::uint64_t seed)
       const double t = (i % 2 == 0) ? (r.n > 1 ? double(i) / (r.n - 1) : 0.5) : u01(rng);
       double x = 0;
       switch (r.kind) {
-        case Range::uniform: x = r.a + (r.b - r.a) * t; break;
-        case Range::logpos: x = std::pow(10.0, r.a + (r.b - r.a) * t); break;
-        case Range::logneg: x = -std::pow(10.0, r.a + (r.b - r.a) * t); break;
-        case Range::neg1: x = -1.0 + std::pow(10.0, r.a + (r.b - r.a) * t); break;
+        case Range::uniform:
+          x = r.a + (r.b - r.a) * t;
+          break;
+        case Range::logpos:
+          x = std::pow(10.0, r.a + (r.b - r.a) * t);
+          break;
+        case Range::logneg:
+          x = -std::pow(10.0, r.a + (r.b - r.a) * t);
+          break;
+        case Range::neg1:
+          x = -1.0 + std::pow(10.0, r.a + (r.b - r.a) * t);
+          break;
       }
       const T xt = static_cast<T>(x);
       if (std::isfinite(xt)) v.push_back(xt);
@@ -264,8 +272,8 @@ void sweep(const FnSpec& s, std::vector<std::string>& rows, double& worst_ratio)
   for (std::size_t i = 0; i < x.size(); ++i) ref[i] = s.ref(static_cast<LD>(x[i]));
   std::vector<T> y(x.size());
   const double bound = sizeof(T) == 4 ? s.bound_f : s.bound_d;
-  std::string row = std::string(s.name) + " (" + tname<T>() + ", " + std::to_string(x.size()) +
-                    " pts):";
+  std::string row =
+      std::string(s.name) + " (" + tname<T>() + ", " + std::to_string(x.size()) + " pts):";
   for (const Isa<T>& isa : kernels<T, F>()) {
     isa.k(x.data(), y.data(), x.size());
     double mx = 0, at = 0;
@@ -290,54 +298,89 @@ static std::vector<FnSpec> fn_specs() {
   using R = Range;
   const R::Kind U = R::uniform, LP = R::logpos, LN = R::logneg, N1 = R::neg1;
   std::vector<FnSpec> v;
-  v.push_back({"exp", ref_exp,
-               {{U, -746, 710, 600000}, {U, -2, 2, 200000}, {LP, -20, 0, 50000}, {LN, -20, 0, 50000}},
-               {{U, -104, 89, 600000}, {U, -2, 2, 200000}, {LP, -10, 0, 50000}, {LN, -10, 0, 50000}},
-               1.0, 1.0});
-  v.push_back({"expm1", ref_expm1,
-               {{U, -50, 710, 400000}, {U, -2, 2, 200000}, {LP, -300, 1, 100000}, {LN, -300, 1, 100000}},
-               {{U, -20, 89, 400000}, {U, -2, 2, 200000}, {LP, -38, 1, 100000}, {LN, -38, 1, 100000}},
-               2.0, 2.0});
-  v.push_back({"log1p", ref_log1p,
-               {{N1, -16, 0, 100000}, {LP, -300, 308, 300000}, {LN, -300, -0.302, 100000}, {U, -0.9, 3, 300000}},
-               {{N1, -7, 0, 100000}, {LP, -38, 38, 300000}, {LN, -38, -0.302, 100000}, {U, -0.9, 3, 300000}},
-               2.0, 2.0});
-  v.push_back({"tanh", ref_tanh,
+  v.push_back(
+      {"exp",
+       ref_exp,
+       {{U, -746, 710, 600000}, {U, -2, 2, 200000}, {LP, -20, 0, 50000}, {LN, -20, 0, 50000}},
+       {{U, -104, 89, 600000}, {U, -2, 2, 200000}, {LP, -10, 0, 50000}, {LN, -10, 0, 50000}},
+       1.0,
+       1.0});
+  v.push_back(
+      {"expm1",
+       ref_expm1,
+       {{U, -50, 710, 400000}, {U, -2, 2, 200000}, {LP, -300, 1, 100000}, {LN, -300, 1, 100000}},
+       {{U, -20, 89, 400000}, {U, -2, 2, 200000}, {LP, -38, 1, 100000}, {LN, -38, 1, 100000}},
+       2.0,
+       2.0});
+  v.push_back({"log1p",
+               ref_log1p,
+               {{N1, -16, 0, 100000},
+                {LP, -300, 308, 300000},
+                {LN, -300, -0.302, 100000},
+                {U, -0.9, 3, 300000}},
+               {{N1, -7, 0, 100000},
+                {LP, -38, 38, 300000},
+                {LN, -38, -0.302, 100000},
+                {U, -0.9, 3, 300000}},
+               2.0,
+               2.0});
+  v.push_back({"tanh",
+               ref_tanh,
                {{LP, -300, 1.5, 200000}, {LN, -300, 1.5, 200000}, {U, -25, 25, 400000}},
                {{LP, -38, 1.2, 200000}, {LN, -38, 1.2, 200000}, {U, -12, 12, 400000}},
-               3.0, 3.0});
-  v.push_back({"sigmoid", ref_sigmoid,
-               {{U, -745, 745, 300000}, {U, -40, 40, 300000}, {LP, -300, 1, 100000}, {LN, -300, 1, 100000}},
-               {{U, -104, 104, 300000}, {U, -20, 20, 300000}, {LP, -38, 1, 100000}, {LN, -38, 1, 100000}},
-               3.0, 3.0});
-  v.push_back({"softplus", ref_softplus,
-               {{U, -745, 745, 300000}, {U, -40, 40, 300000}, {LP, -300, 1, 100000}, {LN, -300, 1, 100000}},
-               {{U, -104, 104, 300000}, {U, -20, 20, 300000}, {LP, -38, 1, 100000}, {LN, -38, 1, 100000}},
-               3.0, 3.0});
-  v.push_back({"erf", ref_erf,
+               3.0,
+               3.0});
+  v.push_back(
+      {"sigmoid",
+       ref_sigmoid,
+       {{U, -745, 745, 300000}, {U, -40, 40, 300000}, {LP, -300, 1, 100000}, {LN, -300, 1, 100000}},
+       {{U, -104, 104, 300000}, {U, -20, 20, 300000}, {LP, -38, 1, 100000}, {LN, -38, 1, 100000}},
+       3.0,
+       3.0});
+  v.push_back(
+      {"softplus",
+       ref_softplus,
+       {{U, -745, 745, 300000}, {U, -40, 40, 300000}, {LP, -300, 1, 100000}, {LN, -300, 1, 100000}},
+       {{U, -104, 104, 300000}, {U, -20, 20, 300000}, {LP, -38, 1, 100000}, {LN, -38, 1, 100000}},
+       3.0,
+       3.0});
+  v.push_back({"erf",
+               ref_erf,
                {{U, -7, 7, 600000}, {LP, -300, 0.8, 100000}, {LN, -300, 0.8, 100000}},
                {{U, -5, 5, 600000}, {LP, -38, 0.6, 100000}, {LN, -38, 0.6, 100000}},
-               3.0, 3.0});
-  v.push_back({"erfc", ref_erfc,
-               {{U, -6, 27.3, 600000}, {U, -1, 1, 100000}, {LP, -300, 0, 50000}, {LN, -300, 0, 50000}},
-               {{U, -4, 10.1, 600000}, {U, -1, 1, 100000}, {LP, -38, 0, 50000}, {LN, -38, 0, 50000}},
-               4.0, 4.0, true});
-  v.push_back({"normal_cdf", ref_cdf,
-               {{U, -38.6, 9, 600000}, {U, -2, 2, 100000}, {LP, -300, 0, 50000}, {LN, -300, 0, 50000}},
-               {{U, -14.2, 6, 600000}, {U, -2, 2, 100000}, {LP, -38, 0, 50000}, {LN, -38, 0, 50000}},
-               4.0, 4.0, true});
-  v.push_back({"normal_pdf", ref_pdf,
+               3.0,
+               3.0});
+  v.push_back(
+      {"erfc",
+       ref_erfc,
+       {{U, -6, 27.3, 600000}, {U, -1, 1, 100000}, {LP, -300, 0, 50000}, {LN, -300, 0, 50000}},
+       {{U, -4, 10.1, 600000}, {U, -1, 1, 100000}, {LP, -38, 0, 50000}, {LN, -38, 0, 50000}},
+       4.0,
+       4.0,
+       true});
+  v.push_back(
+      {"normal_cdf",
+       ref_cdf,
+       {{U, -38.6, 9, 600000}, {U, -2, 2, 100000}, {LP, -300, 0, 50000}, {LN, -300, 0, 50000}},
+       {{U, -14.2, 6, 600000}, {U, -2, 2, 100000}, {LP, -38, 0, 50000}, {LN, -38, 0, 50000}},
+       4.0,
+       4.0,
+       true});
+  v.push_back({"normal_pdf",
+               ref_pdf,
                {{U, -38.6, 38.6, 600000}, {U, -2, 2, 100000}, {LP, -300, 0, 50000}},
                {{U, -14.2, 14.2, 600000}, {U, -2, 2, 100000}, {LP, -38, 0, 50000}},
-               2.0, 2.0});
+               2.0,
+               2.0});
   return v;
 }
 
 template <class T>
 void test_fastmath_sweeps() {
-  std::printf("\n== fastmath accuracy, %s (max |error| in ulp; base = x86-64 baseline, v3 = "
-              "AVX2+FMA, v4 = AVX-512)\n",
-              tname<T>());
+  std::printf(
+      "\n== fastmath accuracy, %s (max |error| in ulp; base = x86-64 baseline, v3 = "
+      "AVX2+FMA, v4 = AVX-512)\n",
+      tname<T>());
   const std::vector<FnSpec> specs = fn_specs();
   std::vector<std::string> rows;
   double worst = 0;
@@ -459,7 +502,8 @@ void test_fastmath_special() {
   expect("normal_cdf(-inf)", fm::normal_cdf(-inf), T(0));
   expect("normal_cdf(nan)", fm::normal_cdf(nan), nan);
   expect("normal_cdf(-big)", fm::normal_cdf(-big), T(0));
-  CHECK(fm::normal_cdf(T(dbl ? -37.4 : -12.8)) >= std::numeric_limits<T>::min(), "normal_cdf far tail nonzero");
+  CHECK(fm::normal_cdf(T(dbl ? -37.4 : -12.8)) >= std::numeric_limits<T>::min(),
+        "normal_cdf far tail nonzero");
   expect("normal_cdf(flushed)", fm::normal_cdf(T(dbl ? -37.52 : -12.96)), T(0));
   CHECK(fm::normal_pdf(T(dbl ? 38.5 : 14.3)) > 0, "normal_pdf subnormal tail");
   expect("normal_pdf(inf)", fm::normal_pdf(inf), T(0));
@@ -484,10 +528,10 @@ std::vector<T> special_inputs() {
   const T inf = std::numeric_limits<T>::infinity(), nan = std::numeric_limits<T>::quiet_NaN();
   const T big = std::numeric_limits<T>::max(), mn = std::numeric_limits<T>::min();
   const T dn = std::numeric_limits<T>::denorm_min();
-  const std::vector<T> sp = {T(0),   T(-0.0), inf,    -inf,    nan,        big,     -big,
-                             mn,     -mn,     dn,     -dn,     T(1e30),    T(-1e30), T(1),
-                             T(-1),  T(0.5),  T(-30), T(30),   T(-700),    T(700),  T(-1e-30),
-                             T(1e-30), T(40), T(-40), T(100),  T(-100),    T(20),   T(-20)};
+  const std::vector<T> sp = {T(0),     T(-0.0), inf,    -inf,   nan,     big,      -big,
+                             mn,       -mn,     dn,     -dn,    T(1e30), T(-1e30), T(1),
+                             T(-1),    T(0.5),  T(-30), T(30),  T(-700), T(700),   T(-1e-30),
+                             T(1e-30), T(40),   T(-40), T(100), T(-100), T(20),    T(-20)};
   std::vector<T> x;  // every value in every vector lane position, mixed with the others
   for (std::size_t r = 0; r < 17; ++r)
     for (std::size_t i = 0; i < sp.size(); ++i) x.push_back(sp[(i * 5 + r) % sp.size()]);
@@ -554,7 +598,8 @@ struct ActRef {
     const LD nan = NAN;
     if (std::isnan(x)) return {nan, nan, 1};
     switch (a.kind) {
-      case ActKind::identity: return {x, 1, 1};
+      case ActKind::identity:
+        return {x, 1, 1};
       case ActKind::sigmoid: {
         if (std::isinf(x)) return {x > 0 ? 1.0L : 0.0L, 0, 0};
         const LD t = expl(-fabsl(x));
@@ -565,7 +610,8 @@ struct ActRef {
         const LD c = coshl(x);
         return {tanhl(x), 1 / (c * c), 0};
       }
-      case ActKind::relu: return {x < 0 ? 0.0L : x, x > 0 ? 1.0L : 0.0L, 0};
+      case ActKind::relu:
+        return {x < 0 ? 0.0L : x, x > 0 ? 1.0L : 0.0L, 0};
       case ActKind::leaky_relu: {
         const LD s = static_cast<T>(a.alpha);
         return {x > 0 ? x : x * s, x > 0 ? 1.0L : s, 0};
@@ -575,15 +621,17 @@ struct ActRef {
         LD pos = 1, neg = static_cast<T>(a.alpha);
         if (a.kind == ActKind::selu) {
           pos = static_cast<T>(vgcore::kSeluScale);
-          neg = static_cast<T>(static_cast<T>(vgcore::kSeluAlpha) * static_cast<T>(vgcore::kSeluScale));
+          neg = static_cast<T>(static_cast<T>(vgcore::kSeluAlpha) *
+                               static_cast<T>(vgcore::kSeluScale));
         }
         if (x > 0) return {pos * x, pos, 0};
         return {neg * expm1l(x), neg * expl(x), 0};
       }
       case ActKind::softplus: {
         const LD b = static_cast<T>(a.alpha), thr = static_cast<T>(a.beta);
-        const LD v = round_inner ? static_cast<LD>(static_cast<T>(static_cast<T>(x) * static_cast<T>(b)))
-                                 : x * b;
+        const LD v = round_inner
+                         ? static_cast<LD>(static_cast<T>(static_cast<T>(x) * static_cast<T>(b)))
+                         : x * b;
         if (v > thr) return {x, 1, 0};
         return {ref_softplus(v) / b, sig(v), 0};
       }
@@ -630,13 +678,60 @@ static std::vector<ActCase> act_cases() {
 template <class T>
 std::vector<T> act_points(const Activation& a) {
   const double inf = INFINITY;
-  std::vector<double> xs = {0.0,    -0.0,   1e-300, -1e-300, 1e-30, -1e-30, 1e-8,  -1e-8,
-                            0.5,    -0.5,   1,      -1,      2,     -2,     30,    -30,
-                            700,    -700,   1e308,  -1e308,  inf,   -inf,   NAN,   5e-324,
-                            -5e-324, 1e-45, -1e-45, 20,      -20,   10,     -10,   37,
-                            -37,    88,     -88,    103,     -103,  745,    -745,  1e6,
-                            -1e6,   1e30,   -1e30,  3e38,    -3e38, 0.75,   -0.75, 1.4142135623730951,
-                            2.3993572805, -2.3993572805, 38.5, -38.5, 14, -14};
+  std::vector<double> xs = {0.0,
+                            -0.0,
+                            1e-300,
+                            -1e-300,
+                            1e-30,
+                            -1e-30,
+                            1e-8,
+                            -1e-8,
+                            0.5,
+                            -0.5,
+                            1,
+                            -1,
+                            2,
+                            -2,
+                            30,
+                            -30,
+                            700,
+                            -700,
+                            1e308,
+                            -1e308,
+                            inf,
+                            -inf,
+                            NAN,
+                            5e-324,
+                            -5e-324,
+                            1e-45,
+                            -1e-45,
+                            20,
+                            -20,
+                            10,
+                            -10,
+                            37,
+                            -37,
+                            88,
+                            -88,
+                            103,
+                            -103,
+                            745,
+                            -745,
+                            1e6,
+                            -1e6,
+                            1e30,
+                            -1e30,
+                            3e38,
+                            -3e38,
+                            0.75,
+                            -0.75,
+                            1.4142135623730951,
+                            2.3993572805,
+                            -2.3993572805,
+                            38.5,
+                            -38.5,
+                            14,
+                            -14};
   if (a.kind == ActKind::softplus) {  // around the threshold
     const double thr = a.beta / a.alpha;
     for (double f : {-1e-9, 0.0, 1e-9, 1e-3, -1e-3}) xs.push_back(thr * (1 + f));
@@ -673,7 +768,8 @@ void test_activation_values(std::vector<std::string>& table) {
       // are measured against min_normal * max(1, |x|): there a subnormal factor (sigmoid(x),
       // Phi(x)) carries only a few bits and is multiplied by x.
       const LD floor_ = static_cast<LD>(std::numeric_limits<T>::min()) * std::max<LD>(1, fabsl(xi));
-      const LD ys = std::max(fabsl(r.y), floor_), ds = std::max(std::max(fabsl(r.d), fabsl(r.dscale)), floor_);
+      const LD ys = std::max(fabsl(r.y), floor_),
+               ds = std::max(std::max(fabsl(r.d), fabsl(r.dscale)), floor_);
       const double cond = static_cast<double>(r.cond);
       // gelu flushes Phi(x) < min_normal (x < -37.52 / -12.95) and phi(x) there to 0:
       // |x Phi(x)| < |x| min_normal, |phi'(x)| < x^2 min_normal
@@ -686,8 +782,9 @@ void test_activation_values(std::vector<std::string>& table) {
       ey2 = std::max(ey2, ulp_err<T>(y2[i], r.y, ys) / cond);
       ed2 = std::max(ed2, ulp_err<T>(d2[i], r.d, ds) / cond);
       // signed zeros of phi where the reference has them
-      if (r.y == 0 && y[i] == 0 && !(a.kind == ActKind::silu || a.kind == ActKind::gelu ||
-                                     a.kind == ActKind::gelu_tanh || a.kind == ActKind::softplus)) {
+      if (r.y == 0 && y[i] == 0 &&
+          !(a.kind == ActKind::silu || a.kind == ActKind::gelu || a.kind == ActKind::gelu_tanh ||
+            a.kind == ActKind::softplus)) {
         CHECK(std::signbit(static_cast<T>(r.y)) == std::signbit(y[i]),
               "%s<%s>: sign of zero at x=%g", c.name.c_str(), tname<T>(), double(xi));
       }
@@ -699,15 +796,22 @@ void test_activation_values(std::vector<std::string>& table) {
         const LD h = 1e-6L / std::max<LD>(1, xi * xi);
         const LD fp = ref.phi(xi + h), fm_ = ref.phi(xi - h);
         const LD fdv = (fp - fm_) / (2 * h);
-        const LD noise = 8 * std::numeric_limits<LD>::epsilon() * (fabsl(fp) + fabsl(fm_)) / (2 * h);
-        const LD sc = std::max(std::max(fabsl(fdv), ds), static_cast<LD>(std::numeric_limits<T>::min()));
-        const double rel = static_cast<double>(std::max<LD>(0, fabsl(d[i] - fdv) - noise) / sc) / cond;
+        const LD noise =
+            8 * std::numeric_limits<LD>::epsilon() * (fabsl(fp) + fabsl(fm_)) / (2 * h);
+        const LD sc =
+            std::max(std::max(fabsl(fdv), ds), static_cast<LD>(std::numeric_limits<T>::min()));
+        const double rel =
+            static_cast<double>(std::max<LD>(0, fabsl(d[i] - fdv) - noise) / sc) / cond;
         efd = std::max(efd, rel);
       }
     }
     const double tol = 4.0, dtol = 5.0;  // ulp, against the long double reference
-    const std::string label = c.name + (std::isnan(c.alpha) ? "" : "(" + std::to_string(c.alpha).substr(0, 4) +
-                                                                       (std::isnan(c.beta) ? "" : "," + std::to_string(c.beta).substr(0, 4)) + ")");
+    const std::string label =
+        c.name +
+        (std::isnan(c.alpha)
+             ? ""
+             : "(" + std::to_string(c.alpha).substr(0, 4) +
+                   (std::isnan(c.beta) ? "" : "," + std::to_string(c.beta).substr(0, 4)) + ")");
     CHECK(ey <= tol && ey2 <= tol, "%s<%s>: phi error %.2f / %.2f ulp (at x=%.17g)", label.c_str(),
           tname<T>(), ey, ey2, at_y);
     CHECK(ed <= dtol && ed2 <= dtol, "%s<%s>: phi' error %.2f / %.2f ulp (at x=%.17g)",
@@ -716,7 +820,8 @@ void test_activation_values(std::vector<std::string>& table) {
     CHECK(efd <= fd_tol, "%s<%s>: phi' vs finite difference rel. error %.3g", label.c_str(),
           tname<T>(), efd);
     char buf[256];
-    std::snprintf(buf, sizeof buf, "%-22s %-6s phi %5.2f ulp  phi' %5.2f ulp  (f-only %5.2f, d-only %5.2f)  fd %.1e",
+    std::snprintf(buf, sizeof buf,
+                  "%-22s %-6s phi %5.2f ulp  phi' %5.2f ulp  (f-only %5.2f, d-only %5.2f)  fd %.1e",
                   label.c_str(), tname<T>(), ey, ed, ey2, ed2, efd);
     table.push_back(buf);
     (void)eps;
@@ -754,7 +859,8 @@ void test_activation_conventions() {
       {"selu", NAN, NAN, T(1), ss, ss},
       {"selu", NAN, NAN, -inf, -sa, T(0)},
       {"softplus", NAN, NAN, T(0), static_cast<T>(0.693147180559945309417L), T(0.5)},
-      {"softplus", NAN, NAN, T(20), fm::log1p(fm::exp(T(20))), fm::sigmoid(T(20))},  // at threshold: not linear
+      {"softplus", NAN, NAN, T(20), fm::log1p(fm::exp(T(20))),
+       fm::sigmoid(T(20))},  // at threshold: not linear
       {"softplus", NAN, NAN, T(21), T(21), T(1)},
       {"softplus", 2.0, 20.0, T(10.5), T(10.5), T(1)},
       {"softplus", NAN, NAN, inf, inf, T(1)},
@@ -781,8 +887,9 @@ void test_activation_conventions() {
     T y, d;
     fwd(r.name, r.al, r.be, r.x, y, d);
     // phi exactly (sign of zero included); phi' by value (the limit at -inf may be -0)
-    CHECK(same_value(y, r.y) && (d == r.d || (std::isnan(d) && std::isnan(r.d))), "%s<%s>(%g): got (%.9g, %.9g), want (%.9g, %.9g)",
-          r.name, tname<T>(), double(r.x), double(y), double(d), double(r.y), double(r.d));
+    CHECK(same_value(y, r.y) && (d == r.d || (std::isnan(d) && std::isnan(r.d))),
+          "%s<%s>(%g): got (%.9g, %.9g), want (%.9g, %.9g)", r.name, tname<T>(), double(r.x),
+          double(y), double(d), double(r.y), double(r.d));
   }
   for (const ActCase& c : act_cases()) {
     T y, d;
@@ -835,7 +942,9 @@ void test_activation_inplace() {
     b = x;
     vgcore::activation_forward<T>(a, b.data(), b.data(), nullptr, n);
     ok = true;
-    for (std::size_t i = 0; i < n; ++i) ok &= std::fabs(b[i] - y[i]) <= 4 * std::numeric_limits<T>::epsilon() * std::max(T(1e-30), std::fabs(y[i]));
+    for (std::size_t i = 0; i < n; ++i)
+      ok &= std::fabs(b[i] - y[i]) <=
+            4 * std::numeric_limits<T>::epsilon() * std::max(T(1e-30), std::fabs(y[i]));
     CHECK(ok, "%s<%s>: in-place forward without dy differs", c.name.c_str(), tname<T>());
     b = x;
     vgcore::activation_derivative<T>(a, b.data(), b.data(), n);
@@ -848,7 +957,7 @@ void test_activation_inplace() {
 static void test_api() {
   using vgcore::activation_name;
   using vgcore::make_activation;
-  const char* names[] = {"identity", "sigmoid", "tanh", "relu",  "leaky_relu", "elu",
+  const char* names[] = {"identity", "sigmoid",  "tanh", "relu", "leaky_relu", "elu",
                          "selu",     "softplus", "silu", "gelu", "gelu_tanh"};
   for (int k = 0; k < 11; ++k) {
     const Activation a = make_activation(names[k]);
@@ -920,12 +1029,20 @@ void test_no_underflow() {
   for (int i = 0; i <= 20000; ++i) x.push_back(static_cast<T>(-10.0 + 20.0 * i / 20000));
   y.resize(x.size());
   d.resize(x.size());
-#define VG_UF(F)                                                                        \
-  for (const Isa<T>& isa : kernels<T, F>())                                             \
+#define VG_UF(F)                                                                             \
+  for (const Isa<T>& isa : kernels<T, F>())                                                  \
     CHECK((!underflows<T, F>(isa.k, x, y)), "%s<%s> [%s]: underflow for x in [-10, 10]", #F, \
           tname<T>(), isa.name);
-  VG_UF(F_exp) VG_UF(F_expm1) VG_UF(F_log1p) VG_UF(F_tanh) VG_UF(F_sigmoid) VG_UF(F_softplus)
-  VG_UF(F_erf) VG_UF(F_erfc) VG_UF(F_normal_cdf) VG_UF(F_normal_pdf)
+  VG_UF(F_exp);
+  VG_UF(F_expm1);
+  VG_UF(F_log1p);
+  VG_UF(F_tanh);
+  VG_UF(F_sigmoid);
+  VG_UF(F_softplus);
+  VG_UF(F_erf);
+  VG_UF(F_erfc);
+  VG_UF(F_normal_cdf);
+  VG_UF(F_normal_pdf);
 #undef VG_UF
   for (const ActCase& c : act_cases()) {
     const Activation a = vgcore::make_activation(c.name, c.alpha, c.beta);
@@ -933,8 +1050,8 @@ void test_no_underflow() {
     vgcore::activation_forward<T>(a, x.data(), y.data(), d.data(), x.size());
     vgcore::activation_forward<T>(a, x.data(), y.data(), nullptr, x.size());
     vgcore::activation_derivative<T>(a, x.data(), d.data(), x.size());
-    CHECK(!std::fetestexcept(FE_UNDERFLOW), "%s<%s>: underflow for x in [-10, 10]",
-          c.name.c_str(), tname<T>());
+    CHECK(!std::fetestexcept(FE_UNDERFLOW), "%s<%s>: underflow for x in [-10, 10]", c.name.c_str(),
+          tname<T>());
   }
 }
 
@@ -959,7 +1076,12 @@ template <class T, class FFast, class FStd>
 void time_fn(const char* name, const std::vector<T>& x, std::vector<T>& y) {
   const std::size_t n = x.size();
   auto run = [&](Kernel<T> k) {
-    return time_ns([&] { k(x.data(), y.data(), n); g_sink = y[n / 2]; }, n);
+    return time_ns(
+        [&] {
+          k(x.data(), y.data(), n);
+          g_sink = y[n / 2];
+        },
+        n);
   };
   const double ts = run(&run_base<T, FStd>);
   std::printf("  %-8s %-6s std:: %6.2f ns", name, tname<T>(), ts);
@@ -981,10 +1103,13 @@ void timings() {
   time_fn<T, F_tanh, F_std_tanh>("tanh", x, y);
   time_fn<T, F_sigmoid, F_std_sigmoid>("sigmoid", x, y);
   std::printf("  activation_forward<%s> (dispatched build), ns/element:", tname<T>());
-  for (const char* nm : {"relu", "sigmoid", "tanh", "elu", "softplus", "silu", "gelu", "gelu_tanh"}) {
+  for (const char* nm :
+       {"relu", "sigmoid", "tanh", "elu", "softplus", "silu", "gelu", "gelu_tanh"}) {
     const Activation a = vgcore::make_activation(nm);
-    const double t1 = time_ns([&] { vgcore::activation_forward<T>(a, x.data(), y.data(), nullptr, n); }, n);
-    const double t2 = time_ns([&] { vgcore::activation_forward<T>(a, x.data(), y.data(), d.data(), n); }, n);
+    const double t1 =
+        time_ns([&] { vgcore::activation_forward<T>(a, x.data(), y.data(), nullptr, n); }, n);
+    const double t2 =
+        time_ns([&] { vgcore::activation_forward<T>(a, x.data(), y.data(), d.data(), n); }, n);
     std::printf("\n    %-10s phi %.3f  phi+phi' %.3f", nm, t1, t2);
   }
   std::printf("\n");
@@ -1004,9 +1129,10 @@ int main(int argc, char** argv) {
   test_fastmath_sweeps<double>();
   test_fastmath_sweeps<float>();
 
-  std::printf("\n== activations vs long double reference (max error in ulp of the type; phi' "
-              "error relative to the magnitude of its terms; fd = rel. difference of phi' from a "
-              "central finite difference)\n");
+  std::printf(
+      "\n== activations vs long double reference (max error in ulp of the type; phi' "
+      "error relative to the magnitude of its terms; fd = rel. difference of phi' from a "
+      "central finite difference)\n");
   std::vector<std::string> table;
   test_activation_values<double>(table);
   test_activation_values<float>(table);

@@ -1,9 +1,9 @@
 // Standalone test of the Lyapunov engine's fast path (csrc/vgcore/lyapunov.cpp and
 // lyapunov_kernels.hpp) on one instruction set, chosen by argv[1] ("avx512", "avx2", "generic";
 // capped at what the machine has): the exponents of RNN (tanh, relu), LSTM and GRU cells, one and
-// several samples, k from 1 to 40 (ReLU: 7), qr_every 1 and 4, streamed in chunks, with the step split in
-// two halves (TSQR) or not and on 1 or 2 threads, against an independent textbook loop (the
-// general path: TangentModel::advance over [states; tangents] + householder::qr_replace_by_q),
+// several samples, k from 1 to 40 (ReLU: 7), qr_every 1 and 4, streamed in chunks, with the step
+// split in two halves (TSQR) or not and on 1 or 2 threads, against an independent textbook loop
+// (the general path: TangentModel::advance over [states; tangents] + householder::qr_replace_by_q),
 // float64 to 1e-12; float32 to 2e-5 relative on contracting cells. Also: a NaN state names its
 // step. The Python tests run only the default instruction set and split decisions.
 //
@@ -128,8 +128,10 @@ void check_case(const char* name, CellKind kind, std::size_t N, std::size_t k, s
   for (auto& v : x) v = static_cast<T>(nd(rng));
   for (auto& v : h0) v = static_cast<T>(0.1 * nd(rng));
   for (auto& v : v0) v = static_cast<T>(nd(rng));
-  if (split) setenv("VGCORE_LYAPUNOV_SPLIT", split, 1);
-  else unsetenv("VGCORE_LYAPUNOV_SPLIT");
+  if (split)
+    setenv("VGCORE_LYAPUNOV_SPLIT", split, 1);
+  else
+    unsetenv("VGCORE_LYAPUNOV_SPLIT");
   const auto got = engine(mod, x, steps, B, h0, v0, k, qr_every, threads);
   unsetenv("VGCORE_LYAPUNOV_SPLIT");
   // Reference in float64 from the same (rounded) weights and inputs.
@@ -188,8 +190,8 @@ void check_nan_state() {
     h = 3e12L * h + 1;
   if (step != want) {
     ++g_failures;
-    std::printf("FAIL non-finite state (%s): step %zu, expected %zu\n", sizeof(T) == 4 ? "f32" : "f64",
-                step, want);
+    std::printf("FAIL non-finite state (%s): step %zu, expected %zu\n",
+                sizeof(T) == 4 ? "f32" : "f64", step, want);
   }
 }
 
@@ -237,9 +239,10 @@ void check_qr_extreme(double scale, double rtol) {
   ++g_checks;
   if (!ok || !(err <= rtol) || !(orth <= otol)) {
     ++g_failures;
-    std::printf("FAIL qr_extreme %s scale %g: ok %d, |R_jj| rel. error %.3g (tol %.3g), "
-                "|Q^T Q - I| %.3g\n",
-                sizeof(T) == 4 ? "float" : "double", scale, ok, err, rtol, orth);
+    std::printf(
+        "FAIL qr_extreme %s scale %g: ok %d, |R_jj| rel. error %.3g (tol %.3g), "
+        "|Q^T Q - I| %.3g\n",
+        sizeof(T) == 4 ? "float" : "double", scale, ok, err, rtol, orth);
   }
 }
 
@@ -281,7 +284,9 @@ int main(int argc, char** argv) {
   const struct {
     const char* name;
     CellKind kind;
-  } cells[] = {{"rnn", CellKind::rnn_tanh}, {"relu", CellKind::rnn_relu}, {"lstm", CellKind::lstm},
+  } cells[] = {{"rnn", CellKind::rnn_tanh},
+               {"relu", CellKind::rnn_relu},
+               {"lstm", CellKind::lstm},
                {"gru", CellKind::gru}};
   for (const auto& c : cells) {
     const double gain = c.kind == CellKind::rnn_relu ? 0.8 : 1.3;
