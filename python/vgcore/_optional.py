@@ -131,6 +131,9 @@ def lyapunov_summary(res: Any) -> dict[str, Any]:
         "top_max": float(top.max()),
         "kaplan_yorke_dimension": float(ky.mean()),
         "per_sample": exps,
+        # exponents the working precision resolves in every sample (LyapunovSpectrum.resolved)
+        "resolved": np.asarray(res.resolved).all(axis=0),
+        "resolution_limit": float(res.resolution_limit),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,7 +27,11 @@ from vgcore.analysis._spectra import (
 from vgcore.analysis.singular_values import step_dims
 from vgcore.models import Model
 
-__all__ = ["LyapunovSpectrum", "lyapunov"]
+__all__ = ["RESOLVABLE_FRACTION", "LyapunovSpectrum", "lyapunov"]
+
+#: Exponents more than this fraction of ``-ln(eps)`` nats per QR block below the top one are
+#: marked unresolved (:attr:`LyapunovSpectrum.resolved`): 28.8 nats in float64, 12.7 in float32.
+RESOLVABLE_FRACTION = 0.8
 
 
 @dataclass(repr=False)
@@ -55,6 +60,8 @@ class LyapunovSpectrum:
         Steps taken, and steps after the burn-in that the exponents average over.
     final_state : ndarray of shape (B, D)
         The state after the last step (for an LSTM ``[h, c]`` side by side).
+    resolved : ndarray of bool, shape (B, k)
+        Whether the working precision resolves each exponent (see the property).
     """
 
     model: Model
@@ -75,6 +82,28 @@ class LyapunovSpectrum:
     @property
     def axis(self) -> str:
         return "layer" if self.kind == "mlp" else "step"
+
+    @property
+    def resolution_limit(self) -> float:
+        """Nats per QR block below the top exponent beyond which an exponent is unresolved:
+        ``RESOLVABLE_FRACTION * -ln(eps)`` of the dtype (28.8 in float64, 12.7 in float32)."""
+        return RESOLVABLE_FRACTION * -math.log(float(np.finfo(self.dtype).eps))
+
+    @property
+    def resolved(self) -> np.ndarray:
+        """(B, k) bool: the exponents the working precision can resolve.
+
+        Within one QR block a direction ``(lambda_1 - lambda_i) * qr_every`` nats weaker than the
+        leading one is computed next to it, and the leading directions' rounding (relative size
+        eps) floods it once that gap nears ``-ln(eps)`` (36 nats in float64, 16 in float32): the
+        estimate then sits on that noise floor whatever the true exponent is. Exponents whose gap
+        reaches :attr:`resolution_limit` are False; ``-inf`` (an exact collapse, e.g. a dead
+        ReLU unit) counts as resolved.
+        """
+        lam = self.exponents
+        with np.errstate(invalid="ignore"):
+            gap = (lam[:, :1] - lam) * self.qr_every
+            return np.isneginf(lam) | (gap < self.resolution_limit)
 
     @property
     def log10_exponents(self) -> np.ndarray:
@@ -141,12 +170,21 @@ class LyapunovSpectrum:
         B, k = self.exponents.shape
         top = ", ".join(f"{v:.4g}" for v in self.mean_exponents[: min(k, 4)])
         more = ", ..." if k > 4 else ""
-        return (
+        text = (
             f"LyapunovSpectrum({self.kind}, top {k} of D={self.state_dim}, B={B}, {self.dtype.name})\n"
             f"  exponents (natural log per {self.axis}, batch mean): [{top}{more}]\n"
             f"  over {self.accumulated_steps} {self.axis}s after a burn-in of {self.burn_in}, "
             f"QR every {self.qr_every}"
         )
+        bad = np.nonzero(~self.resolved.all(axis=0))[0]
+        if bad.size:
+            hint = "float64 or " if self.dtype == np.float32 else ""
+            text += (
+                f"\n  UNRESOLVED in {self.dtype.name}: exponent(s) {', '.join(str(i + 1) for i in bad)}"
+                f" lie {self.resolution_limit:.1f}+ nats per QR block below the top one, on the "
+                f"rounding-noise floor (true values are lower; use {hint}a smaller qr_every)"
+            )
+        return text
 
 
 def _check_nonneg_int(value: Any, name: str) -> int:

@@ -40,12 +40,23 @@ def _cmd_lyapunov(args: argparse.Namespace) -> int:
             f"{per}s after a burn-in of {s['burn_in']}, QR every {s['qr_every']}"
         )
         rows = [
-            [i + 1, f"{m:+.5f}", f"{sd:.5f}", f"{lo:+.5f}", f"{hi:+.5f}"]
-            for i, (m, sd, lo, hi) in enumerate(
-                zip(s["exponents"], s["exponents_std"], s["exponents_min"], s["exponents_max"])
+            [f"{i + 1}{'' if ok else ' *'}", f"{m:+.5f}", f"{sd:.5f}", f"{lo:+.5f}", f"{hi:+.5f}"]
+            for i, (m, sd, lo, hi, ok) in enumerate(
+                zip(
+                    s["exponents"],
+                    s["exponents_std"],
+                    s["exponents_min"],
+                    s["exponents_max"],
+                    s["resolved"],
+                )
             )
         ]
         print(_table(["i", "lambda_i (batch mean)", "std", "min", "max"], rows))
+        if not s["resolved"].all():
+            print(
+                f"  * unresolved: more than {s['resolution_limit']:.1f} nats per QR block below "
+                "the top exponent, on the rounding-noise floor (the true values are lower)"
+            )
         print(
             f"top exponent {s['top']:+.5f} +/- {s['top_std']:.5f} (batch mean +/- std): "
             f"{regime}; Kaplan-Yorke dimension {s['kaplan_yorke_dimension']:.3g} (batch mean)"
