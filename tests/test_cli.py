@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vgcore import _optional
+from vgcore import _summaries
 from vgcore.cli import cmd_demo, main
 
 
@@ -408,15 +408,11 @@ def test_bench_quick(tmp_path, capsys):
         ("critical_sigma_w2", ["phase", "--activation", "tanh", "--sigma-w2", "1.5"]),
     ],
 )
-def test_optional_analyses_run_or_say_missing(feature, args, capsys):
+def test_jacobian_and_theory_commands_print_json(feature, args, capsys):
     code = main([*args, "--json"])
     captured = capsys.readouterr()
-    if _optional.available(feature):
-        assert code == 0, captured.err
-        json.loads(captured.out)
-    else:
-        assert code == 1
-        assert "is not available in this build" in captured.err
+    assert code == 0, captured.err
+    json.loads(captured.out)
 
 
 # ------------------------------------------------------------------------------------------
@@ -556,13 +552,13 @@ def test_spectrum_command_mlp_with_width_changes(capsys):
 def test_analysis_warnings_become_warning_lines(monkeypatch, capsys):
     import warnings
 
-    real = _optional.run_spectrum
+    real = _summaries.run_spectrum
 
     def noisy(*a, **kw):
         warnings.warn("2 of 8 matrix-free solves did not reach tol", RuntimeWarning, stacklevel=1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(_optional, "run_spectrum", noisy)
+    monkeypatch.setattr(_summaries, "run_spectrum", noisy)
     args = ["spectrum", "--model", "rnn", "--width", "4", "--steps", "4", "--batch", "2", "--json"]
     assert main(args) == 0
     captured = capsys.readouterr()

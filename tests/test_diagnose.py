@@ -292,10 +292,6 @@ def test_mean_field_evidence_from_weights():
 
 
 def test_mean_field_phase_and_critical_init_from_theory():
-    from vgcore import _optional
-
-    if not _optional.available("mean_field"):
-        pytest.skip("vgcore.theory is not in this build")
     from vgcore.theory import critical_sigma_w2, mean_field
 
     m = MLP.from_sizes([W] * 31, "tanh", init={"name": "gaussian", "sigma_w2": 0.3}, seed=0)

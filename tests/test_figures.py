@@ -267,16 +267,16 @@ def test_healthy_model_caption_has_no_fixes(tmp_path):
 
 
 def test_demo_lyapunov_spectrum_replaces_the_top_exponent_figure(tmp_path):
-    from vgcore import _optional
+    from vgcore import _summaries
 
     rnn = RNN.from_sizes(4, 16, init={"name": "gaussian", "sigma_w2": 4.0}, seed=0)
     x = np.random.default_rng(0).standard_normal((30, 12, 4))
     d = vgcore.diagnose(rnn, x, name="chaotic rnn")
     assert d.lyapunov is not None and d.lyapunov.exponents.shape[1] == 1
-    extras = _optional.demo_lyapunov([d], {d.name: x})
+    extras = _summaries.demo_lyapunov([d], {d.name: x})
     ((caption, item),) = extras.items()
     assert item.section == d.name and item.replaces == "lyapunov"
-    assert item.result.exponents.shape == (_optional.DEMO_LYAPUNOV_BATCH, 8)
+    assert item.result.exponents.shape == (_summaries.DEMO_LYAPUNOV_BATCH, 8)
     rep = write_report([d], tmp_path / "r", extras=extras)
     names = sorted(p.name for p in rep.figures)
     assert names.count("chaotic-rnn-lyapunov.png") == 1 and len(names) == 3
@@ -287,7 +287,7 @@ def test_demo_lyapunov_spectrum_replaces_the_top_exponent_figure(tmp_path):
 
 
 def test_demo_inputs_are_rebuilt_only_for_the_demo_models():
-    from vgcore import _optional
+    from vgcore import _summaries
     from vgcore._modelspec import build
     from vgcore.cli.cmd_demo import DEMO_CASES
 
@@ -300,6 +300,6 @@ def test_demo_inputs_are_rebuilt_only_for_the_demo_models():
         SimpleNamespace(name=other, model=model),  # a demo name, another model
         SimpleNamespace(name="mine", model=model),
     ]
-    got = _optional._demo_inputs(ds)
+    got = _summaries._demo_inputs(ds)
     assert list(got) == [name] and np.array_equal(got[name], x)
-    assert _optional._demo_inputs([SimpleNamespace(name=name, model=changed)]) == {}
+    assert _summaries._demo_inputs([SimpleNamespace(name=name, model=changed)]) == {}

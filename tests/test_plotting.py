@@ -259,10 +259,6 @@ def test_theory_comparison_plot():
 
 
 def test_theory_comparison_result_plots_itself():
-    from vgcore import _optional
-
-    if not _optional.available("compare_to_theory"):
-        pytest.skip("vgcore.theory is not in this build")
     from vgcore.theory import compare_to_theory
 
     m = MLP.from_sizes([32] * 11, "tanh", init={"name": "gaussian", "sigma_w2": 1.5}, seed=0)

@@ -119,12 +119,6 @@ def test_profile_and_diagnose_analyses():
 
 
 def test_mean_field_analysis():
-    from vgcore import _optional
-
-    if not _optional.available("mean_field"):
-        with pytest.raises(ImportError, match="not available"):
-            vgcore.sweep("mean_field", {"sigma_w2": [1.0]}, executor="serial")
-        return
     df = vgcore.sweep(
         "mean_field",
         {"activation": "relu", "sigma_w2": [1.0, 2.0, 3.0], "sigma_b2": 0.0},

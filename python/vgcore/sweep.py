@@ -143,9 +143,9 @@ def _an_diagnose(params: Mapping[str, Any], seed: int) -> list[dict[str, Any]]:
 
 def _an_mean_field(params: Mapping[str, Any], seed: int) -> list[dict[str, Any]]:
     """Mean-field theory at (activation, sigma_w2, sigma_b2); the seed is not used."""
-    from vgcore._optional import require
+    from vgcore.theory import mean_field
 
-    mf = require("mean_field")(
+    mf = mean_field(
         params.get("activation", "tanh"), params["sigma_w2"], params.get("sigma_b2") or 0.0
     )
     keys = ("q_star", "chi_1", "chi_q", "c_star", "chi_c", "xi_q", "xi_c")
@@ -161,8 +161,6 @@ ANALYSES: dict[str, Callable[[Mapping[str, Any], int], list[dict[str, Any]]]] = 
     "diagnose": _an_diagnose,
     "mean_field": _an_mean_field,
 }
-#: Optional parts of vgcore a built-in analysis needs (see vgcore._optional).
-_NEEDS = {"mean_field": "mean_field"}
 
 
 # ------------------------------------------------------------------------------------------
@@ -895,10 +893,6 @@ def sweep(
     if isinstance(analysis, str):
         if analysis not in ANALYSES:
             raise ValueError(f"unknown analysis {analysis!r}; built-in: {', '.join(ANALYSES)}")
-        if analysis in _NEEDS:
-            from vgcore._optional import require
-
-            require(_NEEDS[analysis])  # ImportError, saying what is missing
     elif not callable(analysis):
         raise TypeError(
             f"analysis must be a built-in analysis name or a callable, got {analysis!r} "

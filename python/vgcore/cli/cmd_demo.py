@@ -109,9 +109,9 @@ DEMO_CASES: list[tuple[str, dict[str, Any]]] = [
 def _demo_extras(diags: list[Any], inputs: dict[str, Any]) -> dict[str, Any]:
     """Further figures from the optional analyses that are available (``inputs``: each
     diagnosis's input by name)."""
-    from vgcore import _optional
+    from vgcore import _summaries
 
-    return _optional.demo_extras(diags, inputs=inputs)
+    return _summaries.demo_extras(diags, inputs=inputs)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -14,18 +14,18 @@ from vgcore.cli.outputs import _save_plot
 
 
 def _cmd_lyapunov(args: argparse.Namespace) -> int:
-    from vgcore import _optional
+    from vgcore import _summaries
     from vgcore.diagnose import lyapunov_regime
 
     name, model, x = _one_model(args, "lyapunov")
     res = _run_analysis(
         args,
         "Lyapunov exponents",
-        lambda bar: _optional.run_lyapunov(
+        lambda bar: _summaries.run_lyapunov(
             model, x, k=args.k, burn_in=args.burn_in, qr_every=args.qr_every, progress=bar
         ),
     )
-    s = _optional.lyapunov_summary(res)
+    s = _summaries.lyapunov_summary(res)
     regime = lyapunov_regime(s["top"])
     if args.json:
         _emit_json({"model": name, **s, "regime": regime, "plot": args.plot})
@@ -66,15 +66,15 @@ def _cmd_lyapunov(args: argparse.Namespace) -> int:
 
 
 def _cmd_spectrum(args: argparse.Namespace) -> int:
-    from vgcore import _optional
+    from vgcore import _summaries
 
     name, model, x = _one_model(args, "spectrum")
     res = _run_analysis(
         args,
         "Jacobian spectra",
-        lambda bar: _optional.run_spectrum(model, x, method=args.method, progress=bar),
+        lambda bar: _summaries.run_spectrum(model, x, method=args.method, progress=bar),
     )
-    s = _optional.spectrum_summary(res)
+    s = _summaries.spectrum_summary(res)
     if args.json:
         _emit_json({"model": name, **s, "plot": args.plot})
     else:
@@ -142,15 +142,15 @@ def _cmd_spectrum(args: argparse.Namespace) -> int:
 
 
 def _cmd_singular(args: argparse.Namespace) -> int:
-    from vgcore import _optional
+    from vgcore import _summaries
 
     name, model, x = _one_model(args, "singular")
     res = _run_analysis(
         args,
         "singular values",
-        lambda bar: _optional.run_singular_values(model, x, progress=bar),
+        lambda bar: _summaries.run_singular_values(model, x, progress=bar),
     )
-    s = _optional.singular_values_summary(res)
+    s = _summaries.singular_values_summary(res)
     if args.json:
         _emit_json({"model": name, **s, "plot": args.plot})
     else:

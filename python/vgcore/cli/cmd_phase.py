@@ -15,10 +15,10 @@ _PHASE_FLAGS = (
 
 
 def _cmd_phase(args: argparse.Namespace) -> int:
-    from vgcore import _optional
+    from vgcore import _summaries
 
     try:  # every input of the theory is a flag: its ValueErrors are bad arguments
-        res = _optional.run_phase(
+        res = _summaries.run_phase(
             args.activation, args.sigma_w2, args.sigma_b2, diagram=bool(args.plot)
         )
     except ValueError as exc:

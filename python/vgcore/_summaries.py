@@ -1,9 +1,9 @@
-"""Access to analyses that live in other parts of vgcore (Lyapunov exponents, Jacobian spectra,
-mean-field theory), with a clear ImportError when a part is not in this build."""
+"""What the CLI and the demo report show of the Jacobian analyses and mean-field theory: the
+runs with the CLI's defaults, their summaries, phase-diagram grids and the demo's extra figures.
+The analyses are imported on first use (mean-field theory pulls in scipy)."""
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -11,11 +11,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "available",
     "demo_extras",
     "demo_lyapunov",
     "lyapunov_summary",
-    "require",
     "run_lyapunov",
     "run_phase",
     "run_singular_values",
@@ -23,38 +21,6 @@ __all__ = [
     "singular_values_summary",
     "spectrum_summary",
 ]
-
-#: Feature -> (module, attribute).
-FEATURES: dict[str, tuple[str, str]] = {
-    "lyapunov": ("vgcore.analysis.lyapunov", "lyapunov"),
-    "spectrum": ("vgcore.analysis.spectrum", "jacobian_spectrum"),
-    "singular_values": ("vgcore.analysis.singular_values", "jacobian_singular_values"),
-    "mean_field": ("vgcore.theory", "mean_field"),
-    "critical_sigma_w2": ("vgcore.theory", "critical_sigma_w2"),
-    "phase_diagram": ("vgcore.theory", "phase_diagram"),
-    "phase_diagram_around": ("vgcore.theory.phases", "phase_diagram_around"),
-    "compare_to_theory": ("vgcore.theory", "compare_to_theory"),
-}
-
-
-def require(feature: str) -> Any:
-    """The function implementing ``feature``, or ImportError saying it is not available."""
-    mod_name, attr = FEATURES[feature]
-    try:
-        mod = importlib.import_module(mod_name)
-        return getattr(mod, attr)
-    except (ImportError, AttributeError) as exc:
-        raise ImportError(
-            f"{mod_name}.{attr} is not available in this build of vgcore ({exc})"
-        ) from exc
-
-
-def available(feature: str) -> bool:
-    try:
-        require(feature)
-    except ImportError:
-        return False
-    return True
 
 
 def run_lyapunov(
@@ -67,8 +33,9 @@ def run_lyapunov(
     progress: Callable[[int, int], Any] | None = None,
 ) -> Any:
     """:func:`vgcore.lyapunov` (a :class:`LyapunovSpectrum`, exponents of shape (B, k))."""
-    fn = require("lyapunov")
-    return fn(model, x, k=k, burn_in=burn_in, qr_every=qr_every, progress=progress)
+    from vgcore.analysis.lyapunov import lyapunov
+
+    return lyapunov(model, x, k=k, burn_in=burn_in, qr_every=qr_every, progress=progress)
 
 
 def run_spectrum(
@@ -79,16 +46,18 @@ def run_spectrum(
     progress: Callable[[int, int], Any] | None = None,
 ) -> Any:
     """:func:`vgcore.jacobian_spectrum` (a :class:`JacobianSpectrum`, arrays of shape (n, B))."""
-    fn = require("spectrum")
-    return fn(model, x, method=method, progress=progress)
+    from vgcore.analysis.spectrum import jacobian_spectrum
+
+    return jacobian_spectrum(model, x, method=method, progress=progress)
 
 
 def run_singular_values(
     model: Any, x: np.ndarray, *, progress: Callable[[int, int], Any] | None = None
 ) -> Any:
     """:func:`vgcore.jacobian_singular_values` (logs of shape (B, r))."""
-    fn = require("singular_values")
-    return fn(model, x, progress=progress)
+    from vgcore.analysis.singular_values import jacobian_singular_values
+
+    return jacobian_singular_values(model, x, progress=progress)
 
 
 def _rows(a: np.ndarray, fn: Callable[..., np.ndarray]) -> np.ndarray:
@@ -225,14 +194,18 @@ def phase_grid(
     For a figure of ``chi_1``: the correlation map (``c*``, ``chi_c``, ``xi_c``; seconds of 2-D
     quadrature per activation) is solved only with ``correlation=True``.
     """
-    return require("phase_diagram_around")(activation, points or [], correlation=correlation)
+    from vgcore.theory.phases import phase_diagram_around
+
+    return phase_diagram_around(activation, points or [], correlation=correlation)
 
 
 def run_phase(
     activation: str, sigma_w2: float | None, sigma_b2: float, *, diagram: bool = True
 ) -> dict[str, Any]:
     """Critical line, the phase at a point and (``diagram``) the diagram, as text and JSON."""
-    crit = float(require("critical_sigma_w2")(activation, sigma_b2))
+    from vgcore.theory import critical_sigma_w2, mean_field
+
+    crit = float(critical_sigma_w2(activation, sigma_b2))
     doc: dict[str, Any] = {
         "activation": activation,
         "sigma_b2": sigma_b2,
@@ -244,7 +217,7 @@ def run_phase(
         else f"{activation}: no critical sigma_w2 at sigma_b2 = {sigma_b2:g} (always ordered)"
     ]
     if sigma_w2 is not None:
-        mf = require("mean_field")(activation, sigma_w2, sigma_b2)
+        mf = mean_field(activation, sigma_w2, sigma_b2)
         chi1 = float(mf.chi_1)
         doc.update(
             sigma_w2=sigma_w2,
@@ -304,8 +277,6 @@ def demo_lyapunov(diagnoses: list[Any], inputs: dict[str, np.ndarray]) -> dict[s
     ``DEMO_LYAPUNOV_BATCH`` samples) for the diagnoses that computed only the top exponent,
     each to be drawn in its model's section in place of the one-exponent figure."""
     out: dict[str, Any] = {}
-    if not available("lyapunov"):
-        return out
     for d in diagnoses:
         lyap, x = getattr(d, "lyapunov", None), inputs.get(d.name)
         if lyap is None or x is None or np.shape(lyap.exponents)[-1] > 1:
@@ -328,7 +299,7 @@ def demo_lyapunov(diagnoses: list[Any], inputs: dict[str, np.ndarray]) -> dict[s
 def demo_extras(
     diagnoses: list[Any], inputs: dict[str, np.ndarray] | None = None
 ) -> dict[str, Any]:
-    """Figures for the demo report from whichever optional analyses are present.
+    """Figures for the demo report beyond the diagnoses' own.
 
     Lyapunov spectra of several exponents for each model (drawn in its section; ``inputs``
     maps a diagnosis name to its input, by default rebuilt for ``vgcore demo``'s cases),
@@ -338,29 +309,31 @@ def demo_extras(
     extras: dict[str, Any] = demo_lyapunov(
         diagnoses, _demo_inputs(diagnoses) if inputs is None else inputs
     )
-    if available("phase_diagram"):
-        by_act: dict[str, list[Any]] = {}
-        for d in diagnoses:
-            m = d.model
-            if getattr(m, "kind", None) != "mlp" or set(m.blocks) != {"plain"} or any(m.norms):
-                continue
-            acts = {a.name for a in m.activations}
-            if len(acts) == 1:
-                by_act.setdefault(acts.pop(), []).append(d)
-        for act, ds in by_act.items():
-            pts = [(d.evidence["sigma_w2"], d.evidence["sigma_b2"]) for d in ds]
-            diagram = phase_grid(act, pts)
-            extras[f"Mean-field phase diagram ({act}), with {', '.join(d.name for d in ds)}"] = (
-                _Marked(diagram, pts, [d.name for d in ds])
-            )
-    if available("compare_to_theory"):
-        compare = require("compare_to_theory")
-        for d in diagnoses:
-            e = d.evidence
-            if e.get("phase") is None:
-                continue
-            cmp = compare(d.flow, e["sigma_w2"], e["sigma_b2"], burn_in=min(5, e["length"] - 1))
-            extras[f"Measured gradient gain per layer vs mean-field theory ({d.name})"] = cmp
+    from vgcore.theory import compare_to_theory
+
+    # mean-field phase diagrams of the plain MLPs, one per activation, their points marked
+    by_act: dict[str, list[Any]] = {}
+    for d in diagnoses:
+        m = d.model
+        if getattr(m, "kind", None) != "mlp" or set(m.blocks) != {"plain"} or any(m.norms):
+            continue
+        acts = {a.name for a in m.activations}
+        if len(acts) == 1:
+            by_act.setdefault(acts.pop(), []).append(d)
+    for act, ds in by_act.items():
+        pts = [(d.evidence["sigma_w2"], d.evidence["sigma_b2"]) for d in ds]
+        diagram = phase_grid(act, pts)
+        extras[f"Mean-field phase diagram ({act}), with {', '.join(d.name for d in ds)}"] = _Marked(
+            diagram, pts, [d.name for d in ds]
+        )
+    for d in diagnoses:
+        e = d.evidence
+        if e.get("phase") is None:
+            continue
+        cmp = compare_to_theory(
+            d.flow, e["sigma_w2"], e["sigma_b2"], burn_in=min(5, e["length"] - 1)
+        )
+        extras[f"Measured gradient gain per layer vs mean-field theory ({d.name})"] = cmp
     return extras
 
 
