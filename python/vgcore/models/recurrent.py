@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -22,6 +22,8 @@ from vgcore.models.base import (
 from vgcore.models.registry import register_model_kind
 
 __all__ = ["GRU", "LSTM", "RNN", "RecurrentModel"]
+
+_R = TypeVar("_R", bound="RecurrentModel")
 
 
 class RecurrentModel(Model):
@@ -151,6 +153,31 @@ class RecurrentModel(Model):
         return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
 
     # -- construction -----------------------------------------------------------------
+    @classmethod
+    def from_sizes(
+        cls: type[_R],
+        input_size: int,
+        hidden_size: int,
+        *,
+        init: Any = None,
+        bias: bool = True,
+        seed: int | np.random.Generator | None = 0,
+        dtype: object = np.float64,
+    ) -> _R:
+        """A seeded cell (PyTorch's default init unless ``init`` says otherwise)."""
+        return cls._from_sizes(  # type: ignore[no-any-return]
+            input_size, hidden_size, init=init, bias=bias, seed=seed, dtype=dtype
+        )
+
+    @classmethod
+    def from_torch(cls: type[_R], module: Any, *, dtype: object = None) -> _R:
+        """Import a single-layer module of the cell's ``torch_class`` (either ``batch_first``)."""
+        return cls(**cls._torch_params(module), dtype=dtype)
+
+    def to_torch(self) -> Any:
+        """The matching ``torch.nn`` module with these parameters (float32/float64 as the model)."""
+        return self._torch_module(self.torch_class)
+
     @classmethod
     def _from_sizes(
         cls,
@@ -338,30 +365,6 @@ class LSTM(RecurrentModel):
     def state_size(self) -> int:
         return 2 * self.hidden_size
 
-    @classmethod
-    def from_sizes(
-        cls,
-        input_size: int,
-        hidden_size: int,
-        *,
-        init: Any = None,
-        bias: bool = True,
-        seed: int | np.random.Generator | None = 0,
-        dtype: object = np.float64,
-    ) -> LSTM:
-        """A seeded LSTM (PyTorch's default init unless ``init`` says otherwise)."""
-        return cls._from_sizes(
-            input_size, hidden_size, init=init, bias=bias, seed=seed, dtype=dtype
-        )
-
-    @classmethod
-    def from_torch(cls, module: Any, *, dtype: object = None) -> LSTM:
-        """Import a single-layer ``nn.LSTM`` (either ``batch_first``)."""
-        return cls(**cls._torch_params(module), dtype=dtype)
-
-    def to_torch(self) -> Any:
-        return self._torch_module("LSTM")
-
 
 class GRU(RecurrentModel):
     """GRU with PyTorch's gates (r, z, n): ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``."""
@@ -370,30 +373,6 @@ class GRU(RecurrentModel):
     gates = 3
     torch_class = "GRU"
     gate_names = ("r", "z", "n")
-
-    @classmethod
-    def from_sizes(
-        cls,
-        input_size: int,
-        hidden_size: int,
-        *,
-        init: Any = None,
-        bias: bool = True,
-        seed: int | np.random.Generator | None = 0,
-        dtype: object = np.float64,
-    ) -> GRU:
-        """A seeded GRU (PyTorch's default init unless ``init`` says otherwise)."""
-        return cls._from_sizes(
-            input_size, hidden_size, init=init, bias=bias, seed=seed, dtype=dtype
-        )
-
-    @classmethod
-    def from_torch(cls, module: Any, *, dtype: object = None) -> GRU:
-        """Import a single-layer ``nn.GRU`` (either ``batch_first``)."""
-        return cls(**cls._torch_params(module), dtype=dtype)
-
-    def to_torch(self) -> Any:
-        return self._torch_module("GRU")
 
 
 register_model_kind(RNN, torch_classes=("RNN",), description="Elman RNN (tanh or relu)")
