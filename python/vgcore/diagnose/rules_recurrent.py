@@ -7,7 +7,24 @@ import math
 from vgcore import _fixes
 from vgcore.diagnose.checks import _best_of, _clip_rec, _Ctx, _gate_bias_candidates, _measure
 from vgcore.diagnose.result import Recommendation
-from vgcore.models import GRU, LSTM, RNN, RecurrentModel
+from vgcore.models import RNN, RecurrentModel
+
+#: The gate (block 1 in PyTorch's order) whose bias makes a gated cell carry its state by
+#: default: (the fix's name, the gate in the text, the fix's parameter, why).
+_CARRY_GATES = {
+    "lstm": (
+        "forget-gate",
+        "forget-gate",
+        "forget_bias",
+        "the cell state is carried by default (Gers 2000, Jozefowicz 2015)",
+    ),
+    "gru": (
+        "update-gate",
+        "update-gate (z)",
+        "update_bias",
+        "the state is carried by default (the GRU analogue of the LSTM forget bias)",
+    ),
+}
 
 
 def _recurrent_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommendation]:
@@ -48,33 +65,18 @@ def _recurrent_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Reco
                     lambda: _fixes.recurrent_as(m, "gru", seed=ctx.seed),
                 )
             )
-        elif isinstance(m, LSTM):
+        elif m.kind in _CARRY_GATES:
+            label, gate, param, what = _CARRY_GATES[m.kind]
             cur = _fixes.gate_bias(m, 1)
             recs.append(
                 _best_of(
                     ctx,
                     lambda v: Recommendation(
                         cause="long sequences",
-                        fix=f"forget-gate bias {v:g}",
-                        action=f"set the LSTM forget-gate bias to {v:g} (now {cur:.2g}) so the cell "
-                        "state is carried by default (Gers 2000, Jozefowicz 2015)",
-                        params={"forget_bias": v},
-                    ),
-                    lambda v: _fixes.with_gate_bias(m, 1, v),
-                    _gate_bias_candidates(cur),
-                )
-            )
-        elif isinstance(m, GRU):
-            cur = _fixes.gate_bias(m, 1)
-            recs.append(
-                _best_of(
-                    ctx,
-                    lambda v: Recommendation(
-                        cause="long sequences",
-                        fix=f"update-gate bias {v:g}",
-                        action=f"set the GRU update-gate (z) bias to {v:g} (now {cur:.2g}) so the state "
-                        "is carried by default (the GRU analogue of the LSTM forget bias)",
-                        params={"update_bias": v},
+                        fix=f"{label} bias {v:g}",
+                        action=f"set the {type(m).__name__} {gate} bias to {v:g} (now {cur:.2g}) "
+                        f"so {what}",
+                        params={param: v},
                     ),
                     lambda v: _fixes.with_gate_bias(m, 1, v),
                     _gate_bias_candidates(cur),
