@@ -14,7 +14,7 @@ from vgcore._runtime import resolve_threads
 from vgcore._validation import as_float_array, check_memory, resolve_dtype
 from vgcore.activations import Activation
 from vgcore.analysis._layout import time_major
-from vgcore.models import LSTM, MLP, Model, RecurrentModel
+from vgcore.models import MLP, Model, RecurrentModel
 
 __all__ = ["GradientFlow", "gradient_flow"]
 
@@ -30,7 +30,7 @@ def param_kinds(model: Model) -> tuple[str, ...]:
     """The parameter kinds ``model`` has, as keys of ``param_grad_norms`` (asks
     ``model.parameters()``: an MLP's ``layers.{i}.norm.weight`` is the kind ``norm_weight``)."""
     names = model.parameters()
-    if isinstance(model, MLP):
+    if model.axis == "depth":  # per-layer kinds: layers.{i}.norm.weight -> norm_weight
         have = {k.split(".", 2)[2].replace(".", "_") for k in names}
         return tuple(k for k in MLP_PARAM_KINDS if k in have)
     return tuple(k for k in RECURRENT_PARAM_KINDS if k in names)
@@ -468,7 +468,7 @@ def gradient_flow(
     # Re-read and re-check the parameters (they may have been changed in place since the
     # last call). An MLP's NaN/Inf scan is deferred: a non-finite parameter always makes the
     # result non-finite, and the scan would cost a sixth of a large stack's analysis.
-    deferred = isinstance(model, MLP)
+    deferred = model.axis == "depth"
     m = model._checked(check_finite=not deferred)
 
     def check_result(stats: dict[str, Any], axis: str) -> None:
@@ -533,7 +533,7 @@ def gradient_flow(
     if not isinstance(m, RecurrentModel):
         raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
     N = m.hidden_size
-    is_lstm = isinstance(m, LSTM)
+    is_lstm = len(m.state_names) == 2  # a cell state c next to h
     xshape = tuple(getattr(x, "shape", ()))  # arrays (not nested lists) before converting
     if len(xshape) == 3:  # the working-memory check comes before any conversion
         T, B = (xshape[1], xshape[0]) if m.batch_first else (xshape[0], xshape[1])
