@@ -1,9 +1,10 @@
 // Packed-panel GEMM kernels (see packed_gemm.hpp).
 //
-// Register blocking: MR rows of A times one panel (128 bytes of B per k step) into MR x NV vector
-// accumulators; A entries are broadcast. AVX-512 (32 registers of 64 bytes): MR = 12, 24
-// accumulators and 2 for B. AVX2 (16 registers of 32 bytes): MR = 2, 8 accumulators, 4 for B and
-// one broadcast. The panel (k * 128 bytes) stays in L1/L2 while every row block streams it.
+// Register blocking: MR rows of A times a strip of NV vectors of one panel (128 bytes of B per k
+// step) into MR x NV vector accumulators; A entries are broadcast. AVX-512 (32 registers of 64
+// bytes): the whole panel, MR = 12, 24 accumulators and 2 for B. AVX2 (16 registers of 32 bytes):
+// half panels, MR = 6, 12 accumulators, 2 for B and a broadcast. The panel (k * 128 bytes) stays
+// in L1/L2 while every row block streams it.
 #include "vgcore/packed_gemm.hpp"
 
 #include <algorithm>
@@ -22,83 +23,89 @@ struct Vec {
   typedef T type __attribute__((vector_size(W)));
 };
 
-// C[0:MR, 0:ncols] (+)= A[0:MR, 0:k] * panel, NV = kPanel / (W / sizeof T) vectors per panel
-// row. ncols < panel width only for the last panel.
-template <class T, int W, int MR>
+// C[0:MR, 0:ncols] (+)= A[0:MR, 0:k] * B[0:k, 0:ncols] for NV vectors of W bytes of columns
+// (CW = NV * W / sizeof T) of a panel whose rows are P values apart. ncols < CW only at the end.
+template <class T, int W, int MR, int NV>
 __attribute__((always_inline)) inline void micro(std::size_t k, const T* a, std::size_t lda,
                                                  const T* bp, bool accumulate, T* c,
                                                  std::size_t ldc, std::size_t ncols) {
   using V = typename Vec<T, W>::type;
-  constexpr std::size_t L = sizeof(V) / sizeof(T), P = PackedMatrix<T>::kPanel, NV = P / L;
+  constexpr std::size_t L = sizeof(V) / sizeof(T), P = PackedMatrix<T>::kPanel, CW = NV * L;
   V acc[MR][NV];
-  if (accumulate && ncols == P) {
+  if (accumulate && ncols == CW) {
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
-      for (std::size_t v = 0; v < NV; ++v) std::memcpy(&acc[i][v], c + i * ldc + v * L, sizeof(V));
+      for (int v = 0; v < NV; ++v) std::memcpy(&acc[i][v], c + i * ldc + v * L, sizeof(V));
   } else if (accumulate) {
-    T tmp[P];
+    T tmp[CW];
     for (int i = 0; i < MR; ++i) {
-      std::fill(tmp, tmp + P, T(0));
+      std::fill(tmp, tmp + CW, T(0));
       std::copy(c + i * ldc, c + i * ldc + ncols, tmp);
-      for (std::size_t v = 0; v < NV; ++v) std::memcpy(&acc[i][v], tmp + v * L, sizeof(V));
+      for (int v = 0; v < NV; ++v) std::memcpy(&acc[i][v], tmp + v * L, sizeof(V));
     }
   } else {
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
-      for (std::size_t v = 0; v < NV; ++v) acc[i][v] = V{};
+      for (int v = 0; v < NV; ++v) acc[i][v] = V{};
   }
   for (std::size_t p = 0; p < k; ++p) {
     V b[NV];
 #pragma GCC unroll 8
-    for (std::size_t v = 0; v < NV; ++v) std::memcpy(&b[v], bp + p * P + v * L, sizeof(V));
+    for (int v = 0; v < NV; ++v) std::memcpy(&b[v], bp + p * P + v * L, sizeof(V));
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const T s = a[i * lda + p];
 #pragma GCC unroll 8
-      for (std::size_t v = 0; v < NV; ++v) acc[i][v] += s * b[v];
+      for (int v = 0; v < NV; ++v) acc[i][v] += s * b[v];
     }
   }
-  if (ncols == P) {
+  if (ncols == CW) {
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
-      for (std::size_t v = 0; v < NV; ++v) std::memcpy(c + i * ldc + v * L, &acc[i][v], sizeof(V));
+      for (int v = 0; v < NV; ++v) std::memcpy(c + i * ldc + v * L, &acc[i][v], sizeof(V));
   } else {
-    T tmp[P];
+    T tmp[CW];
     for (int i = 0; i < MR; ++i) {
-      for (std::size_t v = 0; v < NV; ++v) std::memcpy(tmp + v * L, &acc[i][v], sizeof(V));
+      for (int v = 0; v < NV; ++v) std::memcpy(tmp + v * L, &acc[i][v], sizeof(V));
       std::copy(tmp, tmp + ncols, c + i * ldc);
     }
   }
 }
 
 // Rows [0, r) with r < MR, as one smaller block.
-template <class T, int W, int R>
+template <class T, int W, int R, int NV>
 __attribute__((always_inline)) inline void tail(std::size_t r, std::size_t k, const T* a,
                                                 std::size_t lda, const T* bp, bool acc, T* c,
                                                 std::size_t ldc, std::size_t ncols) {
   if constexpr (R > 0) {
-    if (r == R) return micro<T, W, R>(k, a, lda, bp, acc, c, ldc, ncols);
-    tail<T, W, R - 1>(r, k, a, lda, bp, acc, c, ldc, ncols);
+    if (r == R) return micro<T, W, R, NV>(k, a, lda, bp, acc, c, ldc, ncols);
+    tail<T, W, R - 1, NV>(r, k, a, lda, bp, acc, c, ldc, ncols);
   }
 }
 
-template <class T, int W, int MR>
+// Each panel in column strips of NV vectors (the whole panel, or halves on AVX2, whose 16
+// registers hold 6 rows x 2 vectors of accumulators, 2 of B and a broadcast).
+template <class T, int W, int MR, int NV>
 __attribute__((always_inline)) inline void drive(std::size_t m, const T* a, std::size_t lda,
                                                  const PackedMatrix<T>& b, bool acc, T* c,
                                                  std::size_t ldc) {
-  constexpr std::size_t P = PackedMatrix<T>::kPanel;
+  constexpr std::size_t P = PackedMatrix<T>::kPanel, CW = NV * (W / sizeof(T));
+  static_assert(P % CW == 0, "a strip divides the panel");
   const std::size_t n = b.n(), k = b.k();
   for (std::size_t j0 = 0, jp = 0; j0 < n; j0 += P, ++jp) {
     const std::size_t ncols = std::min(P, n - j0);
-    const T* bp = b.panel(jp);
-    std::size_t i = 0;
-    for (; i + MR <= m; i += MR)
-      micro<T, W, MR>(k, a + i * lda, lda, bp, acc, c + i * ldc + j0, ldc, ncols);
-    if (i < m)
-      tail<T, W, MR - 1>(m - i, k, a + i * lda, lda, bp, acc, c + i * ldc + j0, ldc, ncols);
+    for (std::size_t s0 = 0; s0 < ncols; s0 += CW) {
+      const std::size_t w = std::min(CW, ncols - s0);
+      const T* bp = b.panel(jp) + s0;
+      T* cs = c + j0 + s0;
+      std::size_t i = 0;
+      for (; i + MR <= m; i += MR)
+        micro<T, W, MR, NV>(k, a + i * lda, lda, bp, acc, cs + i * ldc, ldc, w);
+      if (i < m) tail<T, W, MR - 1, NV>(m - i, k, a + i * lda, lda, bp, acc, cs + i * ldc, ldc, w);
+    }
   }
 }
 
@@ -108,13 +115,13 @@ template <class T>
 __attribute__((target("avx512f,fma"))) void drive_avx512(std::size_t m, const T* a, std::size_t lda,
                                                          const PackedMatrix<T>& b, bool acc, T* c,
                                                          std::size_t ldc) {
-  drive<T, 64, 12>(m, a, lda, b, acc, c, ldc);
+  drive<T, 64, 12, 2>(m, a, lda, b, acc, c, ldc);
 }
 template <class T>
 __attribute__((target("avx2,fma"))) void drive_avx2(std::size_t m, const T* a, std::size_t lda,
                                                     const PackedMatrix<T>& b, bool acc, T* c,
                                                     std::size_t ldc) {
-  drive<T, 32, 2>(m, a, lda, b, acc, c, ldc);
+  drive<T, 32, 6, 2>(m, a, lda, b, acc, c, ldc);
 }
 
 enum class Isa { none, avx2, avx512 };
