@@ -135,3 +135,17 @@ def test_report_errors(tmp_path, diagnoses):
         write_report([], tmp_path)
     with pytest.raises(ValueError, match="data_format"):
         write_report(diagnoses, tmp_path, data_format="xlsx")
+
+
+def test_report_states_the_verdict_rule_and_unit_kinds(tmp_path):
+    """The report says what the diagnosis says: the verdict thresholds it applied (with the
+    rate rule) and inactive / dead units apart from saturated ones."""
+    x = np.random.default_rng(0).normal(size=(32, 24))
+    relu = MLP.from_sizes([24] * 9, "relu", seed=0)
+    d = vgcore.diagnose(relu, x, name="relu", check=False)
+    rep = write_report([d], tmp_path / "r", figures=False)
+    text = rep.markdown.read_text()
+    assert d.evidence["thresholds"] in text
+    assert "at an average of 0.1 decades per layer or step" in text  # the rule, in the intro
+    assert "inactive units" in text and "dead units" in text
+    assert "| inactive |" in text.replace("  ", " ")
