@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from vgcore.cli._common import Failure, UsageError, _emit_json, _info
+from vgcore.cli._common import UsageError, _emit_json
+from vgcore.cli.outputs import _save_figure
 
 #: The theory's argument names and the 'phase' flags that set them (for error messages).
 _PHASE_FLAGS = (
@@ -37,12 +38,5 @@ def _cmd_phase(args: argparse.Namespace) -> int:
         from vgcore import plotting
 
         point = None if args.sigma_w2 is None else (args.sigma_w2, args.sigma_b2)
-        ax = plotting.plot_phase_diagram(res["diagram"], point=point)
-        try:
-            ax.figure.savefig(args.plot, dpi=110)
-        except OSError as exc:
-            raise Failure(f"cannot write {args.plot}: {exc}") from None
-        finally:
-            plotting.require_matplotlib().close(ax.figure)
-        _info(args, f"figure: {args.plot}")
+        _save_figure(args, plotting.plot_phase_diagram(res["diagram"], point=point).figure)
     return 0

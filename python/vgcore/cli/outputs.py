@@ -162,10 +162,17 @@ def _save_plot(args: argparse.Namespace, result: Any) -> None:
 
     ret = plotting.plot(result)
     ax = np.ravel(np.asarray(ret, dtype=object))[0] if isinstance(ret, np.ndarray) else ret
+    _save_figure(args, ax.figure)
+
+
+def _save_figure(args: argparse.Namespace, fig: Any) -> None:
+    """Write ``fig`` to ``--plot`` (checked before any work), close it and say where it went."""
+    from vgcore import plotting
+
     try:
-        ax.figure.savefig(args.plot, dpi=110)
+        fig.savefig(args.plot, dpi=110)
     except OSError as exc:
         raise Failure(f"cannot write {args.plot}: {exc}") from None
     finally:
-        plotting.require_matplotlib().close(ax.figure)
+        plotting.require_matplotlib().close(fig)
     _info(args, f"figure: {args.plot}")
