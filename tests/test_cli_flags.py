@@ -223,6 +223,7 @@ def test_help_marks_the_model_kinds_a_flag_applies_to(capsys):
 # --torch: flags the checkpoint fixes, clean messages
 def test_torch_flags_the_checkpoint_fixes_are_refused(tmp_path, torch, capsys):
     nn = torch.nn
+    torch.manual_seed(0)  # weights independent of earlier tests (a 4-unit ReLU RNN can go silent)
     mlp, lstm, rnn = tmp_path / "mlp.pt", tmp_path / "lstm.pt", tmp_path / "rnn.pt"
     torch.save(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)).state_dict(), mlp)
     torch.save(nn.LSTM(3, 4).state_dict(), lstm)
