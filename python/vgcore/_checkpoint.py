@@ -231,6 +231,7 @@ def model_from_state_dict(
 ) -> Any:
     """The vgcore model a state_dict describes (see the module docstring)."""
     from vgcore.models import GRU, LSTM, MLP, RNN
+    from vgcore.models.mlp import _LayerLists
 
     keys = list(sd)
     if any(k.endswith("weight_hh_l0") for k in keys):
@@ -258,7 +259,7 @@ def model_from_state_dict(
             sd.get(f"{pre}bias_hh_l0"),
             **kw,
         )
-    layers: dict[int, dict[str, np.ndarray]] = {}
+    layers_by_index: dict[int, dict[str, np.ndarray]] = {}
     pat = re.compile(r"^(.*?)(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
     prefixes = set()
     for k, v in sd.items():
@@ -269,7 +270,7 @@ def model_from_state_dict(
                 "LayerNorm / BatchNorm1d layers or a single nn.RNN / nn.LSTM / nn.GRU"
             )
         prefixes.add(m.group(1))
-        layers.setdefault(int(m.group(2)), {})[m.group(3)] = v
+        layers_by_index.setdefault(int(m.group(2)), {})[m.group(3)] = v
     if len(prefixes) > 1:
         raise CheckpointError(
             f"state_dict mixes several modules ({sorted(prefixes)}); save one model"
@@ -279,47 +280,30 @@ def model_from_state_dict(
             "a state_dict does not record activations: pass activation= (the hidden layers' "
             "activation, e.g. 'relu'; the last Linear layer is taken as linear)"
         )
-    ws: list[np.ndarray] = []
-    bs: list[np.ndarray | None] = []
-    norms: list[str | None] = []
-    nws: list[np.ndarray | None] = []
-    nbs: list[np.ndarray | None] = []
-    rms: list[np.ndarray | None] = []
-    rvs: list[np.ndarray | None] = []
-    for idx in sorted(layers):
-        p = layers[idx]
+    layers = _LayerLists()
+    for idx in sorted(layers_by_index):
+        p = layers_by_index[idx]
         w = p.get("weight")
         if w is not None and w.ndim == 2:
-            ws.append(w)
-            bs.append(p.get("bias"))
-            norms.append(None)
-            nws.append(None)
-            nbs.append(None)
-            rms.append(None)
-            rvs.append(None)
+            layers.add_linear(w, p.get("bias"))
         elif (w is not None and w.ndim == 1) or "running_mean" in p:
-            if not ws or norms[-1] is not None:
+            if not layers.can_normalise():
                 raise CheckpointError(
                     f"layer {idx} is a normalisation that does not follow a Linear layer"
                 )
-            norms[-1] = "batchnorm" if "running_mean" in p else "layernorm"
-            nws[-1], nbs[-1] = p.get("weight"), p.get("bias")
             # a saved model is analysed as it is used after training: BatchNorm in eval mode
-            rms[-1], rvs[-1] = p.get("running_mean"), p.get("running_var")
+            layers.set_norm(
+                "batchnorm" if "running_mean" in p else "layernorm",
+                p.get("weight"),
+                p.get("bias"),
+                p.get("running_mean"),
+                p.get("running_var"),
+            )
         else:
             raise CheckpointError(f"layer {idx} is neither a Linear nor a normalisation layer")
+    ws = layers.weights
     if not ws:
         raise CheckpointError("the state_dict holds no Linear layer")
     acts = [activation] * (len(ws) - 1) + ["identity"]
     dtype = np.float64 if ws[0].dtype == np.float64 else np.float32
-    return MLP(
-        ws,
-        bs,
-        acts,
-        dtype=dtype,
-        norm=norms,
-        norm_weights=nws,
-        norm_biases=nbs,
-        running_means=rms,
-        running_vars=rvs,
-    )
+    return MLP(ws, layers.biases, acts, dtype=dtype, **layers.norm_kwargs())

@@ -24,6 +24,59 @@ from vgcore.models.registry import register_model_kind
 __all__ = ["MLP"]
 
 
+class _LayerLists:
+    """The per-layer lists of an MLP being read from a module or a state_dict: a Linear starts
+    a layer, a normalisation directly after it completes the layer."""
+
+    def __init__(self) -> None:
+        self.weights: list[np.ndarray] = []
+        self.biases: list[np.ndarray | None] = []
+        self.norms: list[str | None] = []
+        self.norm_weights: list[np.ndarray | None] = []
+        self.norm_biases: list[np.ndarray | None] = []
+        self.running_means: list[np.ndarray | None] = []
+        self.running_vars: list[np.ndarray | None] = []
+
+    def add_linear(self, weight: np.ndarray, bias: np.ndarray | None) -> None:
+        self.weights.append(weight)
+        self.biases.append(bias)
+        for lst in (
+            self.norms,
+            self.norm_weights,
+            self.norm_biases,
+            self.running_means,
+            self.running_vars,
+        ):
+            lst.append(None)
+
+    def can_normalise(self) -> bool:
+        """Whether a normalisation may come next (right after a Linear, once)."""
+        return bool(self.weights) and self.norms[-1] is None
+
+    def set_norm(
+        self,
+        kind: str,
+        weight: np.ndarray | None,
+        bias: np.ndarray | None,
+        running_mean: np.ndarray | None = None,
+        running_var: np.ndarray | None = None,
+    ) -> None:
+        """The last layer's normalisation (running statistics: BatchNorm in eval mode)."""
+        self.norms[-1] = kind
+        self.norm_weights[-1], self.norm_biases[-1] = weight, bias
+        self.running_means[-1], self.running_vars[-1] = running_mean, running_var
+
+    def norm_kwargs(self) -> dict[str, Any]:
+        """The MLP constructor's normalisation arguments."""
+        return {
+            "norm": self.norms,
+            "norm_weights": self.norm_weights,
+            "norm_biases": self.norm_biases,
+            "running_means": self.running_means,
+            "running_vars": self.running_vars,
+        }
+
+
 class MLP(Model):
     """A dense stack ``h_l = phi_l(W_l h_{l-1} + b_l)``, l = 1..L.
 
@@ -336,28 +389,18 @@ class MLP(Model):
             raise TypeError(
                 f"module must be an nn.Sequential of nn.Linear and activations, got {type(module).__name__}"
             )
-        ws: list[np.ndarray] = []
-        bs: list[np.ndarray | None] = []
+        layers = _LayerLists()
+        ws = layers.weights
         acts: list[Activation] = []
-        norms: list[str | None] = []
-        nws: list[np.ndarray | None] = []
-        nbs: list[np.ndarray | None] = []
-        rms: list[np.ndarray | None] = []
-        rvs: list[np.ndarray | None] = []
         eps = None
         notes: list[str] = []
         for idx, sub in enumerate(module):
             if isinstance(sub, nn.Linear):
-                ws.append(_torch_to_numpy(sub.weight, f"module[{idx}].weight"))
-                bs.append(
-                    None if sub.bias is None else _torch_to_numpy(sub.bias, f"module[{idx}].bias")
+                layers.add_linear(
+                    _torch_to_numpy(sub.weight, f"module[{idx}].weight"),
+                    None if sub.bias is None else _torch_to_numpy(sub.bias, f"module[{idx}].bias"),
                 )
                 acts.append(Activation("identity"))
-                norms.append(None)
-                nws.append(None)
-                nbs.append(None)
-                rms.append(None)
-                rvs.append(None)
                 continue
             if isinstance(sub, nn.Dropout):
                 if sub.p > 0 and sub.training:
@@ -370,7 +413,7 @@ class MLP(Model):
                 continue
             if isinstance(sub, (nn.LayerNorm, nn.BatchNorm1d)):
                 kind = "layernorm" if isinstance(sub, nn.LayerNorm) else "batchnorm"
-                if not ws or norms[-1] is not None or not acts[-1].is_linear:
+                if not layers.can_normalise() or not acts[-1].is_linear:
                     raise NotImplementedError(
                         f"module[{idx}] ({type(sub).__name__}) must directly follow an nn.Linear "
                         "(normalisation of the pre-activation)"
@@ -378,25 +421,26 @@ class MLP(Model):
                 if eps is not None and sub.eps != eps:
                     raise NotImplementedError("normalisation layers with different eps values")
                 eps = float(sub.eps)
-                norms[-1] = kind
-                nws[-1] = (
-                    None
-                    if sub.weight is None
-                    else _torch_to_numpy(sub.weight, f"module[{idx}].weight")
-                )
-                nbs[-1] = (
-                    None if sub.bias is None else _torch_to_numpy(sub.bias, f"module[{idx}].bias")
-                )
+                rm = rv = None
                 if kind == "batchnorm":
                     has_stats = sub.running_mean is not None and sub.running_var is not None
                     if not sub.training and has_stats:
-                        rms[-1] = _torch_to_numpy(sub.running_mean, f"module[{idx}].running_mean")
-                        rvs[-1] = _torch_to_numpy(sub.running_var, f"module[{idx}].running_var")
+                        rm = _torch_to_numpy(sub.running_mean, f"module[{idx}].running_mean")
+                        rv = _torch_to_numpy(sub.running_var, f"module[{idx}].running_var")
                     elif has_stats:
                         notes.append(
                             f"module[{idx}] (BatchNorm1d) is in train() mode: analysed with the "
                             "batch's statistics; call .eval() to use its running statistics"
                         )
+                layers.set_norm(
+                    kind,
+                    None
+                    if sub.weight is None
+                    else _torch_to_numpy(sub.weight, f"module[{idx}].weight"),
+                    None if sub.bias is None else _torch_to_numpy(sub.bias, f"module[{idx}].bias"),
+                    rm,
+                    rv,
+                )
                 continue
             act: Activation | None
             if isinstance(sub, nn.PReLU):
@@ -432,15 +476,11 @@ class MLP(Model):
             dtype = ws[0].dtype  # float32 for float16 / bfloat16 modules (_torch_to_numpy)
         out = cls(
             ws,
-            bs,
+            layers.biases,
             acts,
             dtype=dtype,
-            norm=norms,
-            norm_weights=nws,
-            norm_biases=nbs,
             eps=1e-5 if eps is None else eps,
-            running_means=rms,
-            running_vars=rvs,
+            **layers.norm_kwargs(),
         )
         out.notes = tuple(notes)
         return out
