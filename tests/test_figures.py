@@ -284,22 +284,3 @@ def test_demo_lyapunov_spectrum_replaces_the_top_exponent_figure(tmp_path):
     assert caption in md and "Further analyses" not in md
     # in the model's section, before the data
     assert md.index("### chaotic rnn") < md.index(caption) < md.index("## Data")
-
-
-def test_demo_inputs_are_rebuilt_only_for_the_demo_models():
-    from vgcore import _summaries
-    from vgcore._modelspec import build
-    from vgcore.cli.cmd_demo import DEMO_CASES
-
-    (name, spec), (other, _) = DEMO_CASES[5], DEMO_CASES[6]
-    model, x = build(spec)
-    changed, _ = build(spec)
-    changed.weight_hh[0, 0] += 1.0
-    ds = [
-        SimpleNamespace(name=name, model=model),
-        SimpleNamespace(name=other, model=model),  # a demo name, another model
-        SimpleNamespace(name="mine", model=model),
-    ]
-    got = _summaries._demo_inputs(ds)
-    assert list(got) == [name] and np.array_equal(got[name], x)
-    assert _summaries._demo_inputs([SimpleNamespace(name=name, model=changed)]) == {}

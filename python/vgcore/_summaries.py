@@ -243,35 +243,6 @@ DEMO_LYAPUNOV_K = 8
 DEMO_LYAPUNOV_BATCH = 8
 
 
-def _demo_inputs(diagnoses: list[Any]) -> dict[str, np.ndarray]:
-    """The inputs of the diagnoses that are ``vgcore demo``'s canonical cases (rebuilt from
-    their specs, which are seeded; a case counts only if its model is rebuilt identically)."""
-    from vgcore._modelspec import build
-    from vgcore.cli.cmd_demo import DEMO_CASES
-
-    specs = dict(DEMO_CASES)
-    out: dict[str, np.ndarray] = {}
-    for d in diagnoses:
-        spec = specs.get(d.name)
-        if spec is None:
-            continue
-        model, x = build(spec)
-        if repr(model) == repr(d.model) and all(
-            np.array_equal(a, b) for a, b in zip(_weights(model), _weights(d.model))
-        ):
-            out[d.name] = x
-    return out
-
-
-def _weights(model: Any) -> list[np.ndarray]:
-    out: list[np.ndarray] = []
-    for n in ("weights", "weight_ih", "weight_hh"):
-        v = getattr(model, n, None)
-        if v is not None:
-            out += [np.asarray(w) for w in v] if isinstance(v, (list, tuple)) else [np.asarray(v)]
-    return out
-
-
 def demo_lyapunov(diagnoses: list[Any], inputs: dict[str, np.ndarray]) -> dict[str, Any]:
     """Lyapunov spectra of ``DEMO_LYAPUNOV_K`` exponents (on the first
     ``DEMO_LYAPUNOV_BATCH`` samples) for the diagnoses that computed only the top exponent,
@@ -296,21 +267,17 @@ def demo_lyapunov(diagnoses: list[Any], inputs: dict[str, np.ndarray]) -> dict[s
     return out
 
 
-def demo_extras(
-    diagnoses: list[Any], inputs: dict[str, np.ndarray] | None = None
-) -> dict[str, Any]:
+def demo_extras(diagnoses: list[Any], inputs: dict[str, np.ndarray]) -> dict[str, Any]:
     """Figures for the demo report beyond the diagnoses' own.
 
     Lyapunov spectra of several exponents for each model (drawn in its section; ``inputs``
-    maps a diagnosis name to its input, by default rebuilt for ``vgcore demo``'s cases),
+    maps a diagnosis name to its input),
     mean-field phase diagrams (one per activation of the plain MLPs, their points marked)
     and, for Gaussian-initialised plain MLPs, the measured per-layer gain against theory.
     """
-    extras: dict[str, Any] = demo_lyapunov(
-        diagnoses, _demo_inputs(diagnoses) if inputs is None else inputs
-    )
     from vgcore.theory import compare_to_theory
 
+    extras: dict[str, Any] = demo_lyapunov(diagnoses, inputs)
     # mean-field phase diagrams of the plain MLPs, one per activation, their points marked
     by_act: dict[str, list[Any]] = {}
     for d in diagnoses:
