@@ -49,8 +49,8 @@ def _analyses(model: Any) -> Iterator[tuple[str, Callable[..., Any]]]:
             model, x, dtype=dt, param_grads=True, keep_grads=True, keep_states=True
         ),
     )
-    if "batchnorm" in str(getattr(model, "norms", "")):
-        return  # train-mode BatchNorm couples the batch: no per-sample Jacobian
+    if model.jacobian_obstacle():
+        return  # e.g. train-mode BatchNorm couples the batch: no per-sample Jacobian
     yield "lyapunov", lambda x, dt: vgcore.lyapunov(model, x, k=4, dtype=dt)
     yield "singular", lambda x, dt: vgcore.jacobian_singular_values(model, x[..., :2, :], dtype=dt)
     yield "spectrum", lambda x, dt: vgcore.jacobian_spectrum(model, x[..., :2, :], dtype=dt)

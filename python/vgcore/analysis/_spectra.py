@@ -39,11 +39,6 @@ def core_model(model: Model, dt: np.dtype) -> dict[str, Any]:
     return spec
 
 
-def state_dim(model: Model) -> int:
-    """Dimension of the state a step maps (MLP: the input width)."""
-    return model.state_dim
-
-
 @dataclass(frozen=True)
 class StepInputs:
     """The inputs of a Jacobian analysis in the core's layout.

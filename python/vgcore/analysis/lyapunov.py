@@ -21,7 +21,6 @@ from vgcore.analysis._spectra import (
     compute_dtype,
     core_model,
     initial_state,
-    state_dim,
     step_inputs,
 )
 from vgcore.analysis.singular_values import step_dims
@@ -307,7 +306,7 @@ def lyapunov(
     """
     check_model(model)
     dt = compute_dtype(model, dtype)
-    D = state_dim(model)
+    D = model.state_dim
     if k is None:
         k = D
     k = check_positive_int(k, "k")
