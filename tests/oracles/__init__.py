@@ -6,7 +6,8 @@ One package for every oracle the tests compare vgcore against, split by job:
   variants for extreme inputs);
 - :mod:`oracles.jacobians`: layer and cell maps, per-step Jacobians along trajectories, JVP / VJP,
   the QR method for Lyapunov exponents, eigenvalues and the SVD of Jacobian products;
-- :mod:`oracles.kinds`: the one list of model kinds the conformance battery runs.
+- :mod:`oracles.kinds`: the one list of model kinds the conformance battery runs;
+- :mod:`oracles.stacked`: gradient flow of stacked and bidirectional RNN / LSTM / GRU.
 
 ``from oracles import X`` keeps working for every name the former ``oracles.py`` had.
 """
@@ -36,6 +37,7 @@ from oracles.jacobians import (
     torch_step_maps,
     torch_trajectory_jacobians,
 )
+from oracles.stacked import torch_stacked_flow
 
 __all__ = [
     "_accurate_activations",
@@ -55,6 +57,7 @@ __all__ = [
     "torch_mlp_flow",
     "torch_recurrent_flow",
     "torch_sequential_flow",
+    "torch_stacked_flow",
     "torch_step_maps",
     "torch_trajectory_jacobians",
 ]
