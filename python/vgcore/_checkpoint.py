@@ -1,7 +1,8 @@
 """Models from PyTorch checkpoints: a ``state_dict`` of a supported architecture.
 
-Supported: a single-layer ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` (keys ``weight_ih_l0``, ...,
-the cell told apart by the gate count of ``weight_hh_l0``), and an ``nn.Sequential`` of
+Supported: ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` with any ``num_layers``, bidirectional or not,
+with or without biases (keys ``weight_ih_l0``, ..., ``weight_hh_l1_reverse``, the cell told apart
+by the gate count of ``weight_hh_l0``; LSTM ``proj_size > 0`` is refused), and an ``nn.Sequential`` of
 ``nn.Linear`` layers, optionally each followed by ``nn.LayerNorm`` / ``nn.BatchNorm1d`` (keys
 ``0.weight``, ``0.bias``, ``1.weight``, ..., with any common prefix). A state_dict records no
 activations: the caller names the hidden layers' activation; the last Linear is linear.
@@ -223,6 +224,58 @@ def _strip_prefix(keys: list[str], marker: str) -> str:
     return k[: -len(marker)]
 
 
+_RECURRENT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_RECURRENT_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
+
+
+def _recurrent_from_state_dict(sd: Mapping[str, np.ndarray], pre: str, nonlinearity: str) -> Any:
+    """An RNN / LSTM / GRU from the keys ``{pre}weight_ih_l{k}[_reverse]`` etc."""
+    from vgcore.models import GRU, LSTM, RNN
+
+    found: dict[tuple[str, int, int], np.ndarray] = {}
+    for k, v in sd.items():
+        m = _RECURRENT_KEY.match(k[len(pre) :]) if k.startswith(pre) else None
+        if m is not None:
+            found[m.group(1), int(m.group(2)), int(m.group(3) is not None)] = v
+    if any(kind == "weight_hr" for kind, _, _ in found):
+        raise CheckpointError(
+            "LSTM with proj_size > 0 (weight_hr_l0) is not supported; vgcore reads nn.RNN / "
+            "nn.LSTM / nn.GRU state_dicts with any num_layers, bidirectional and bias"
+        )
+    L = 1 + max(layer for _, layer, _ in found)
+    D = 2 if any(d for _, _, d in found) else 1
+
+    def name(kind: str, layer: int, d: int) -> str:
+        return f"{pre}{kind}_l{layer}" + ("_reverse" if d else "")
+
+    ks = [(layer, d) for layer in range(L) for d in range(D)]
+    has_bias = any(kind.startswith("bias") for kind, _, _ in found)
+    kinds = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if has_bias else ())
+    missing = [name(kind, *k) for k in ks for kind in kinds if (kind, *k) not in found]
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:4]) + (", ..." if len(missing) > 4 else "")
+        raise CheckpointError(
+            f"recurrent state_dict of {L} layer(s){' x 2 directions' if D == 2 else ''} "
+            f"lacks {shown}"
+        )
+    whh = found["weight_hh", 0, 0]
+    if whh.ndim != 2 or whh.size == 0 or whh.shape[0] % whh.shape[1]:
+        raise CheckpointError(f"weight_hh_l0 has shape {whh.shape}, not (G*N, N)")
+    gates = whh.shape[0] // whh.shape[1]
+    cls = {1: RNN, 3: GRU, 4: LSTM}.get(gates)
+    if cls is None:
+        raise CheckpointError(
+            f"weight_hh_l0 has {gates} gate blocks; expected 1 (RNN), 3 (GRU) or 4 (LSTM)"
+        )
+    kw: dict[str, Any] = {"nonlinearity": nonlinearity} if cls is RNN else {}
+    lists = {kind: [found[(kind, *k)] for k in ks] for kind in kinds}
+    if L == 1 and D == 1:
+        return cls(*(lists[kind][0] if kind in lists else None for kind in _RECURRENT_KINDS), **kw)
+    return cls(
+        *(lists.get(kind) for kind in _RECURRENT_KINDS), num_layers=L, bidirectional=D == 2, **kw
+    )
+
+
 def model_from_state_dict(
     sd: Mapping[str, np.ndarray],
     *,
@@ -230,35 +283,12 @@ def model_from_state_dict(
     nonlinearity: str = "tanh",
 ) -> Any:
     """The vgcore model a state_dict describes (see the module docstring)."""
-    from vgcore.models import GRU, LSTM, MLP, RNN
+    from vgcore.models import MLP
     from vgcore.models.mlp import _LayerLists
 
     keys = list(sd)
     if any(k.endswith("weight_hh_l0") for k in keys):
-        pre = _strip_prefix(keys, "weight_hh_l0")
-        if any(k.endswith("_reverse") for k in keys):
-            raise CheckpointError("bidirectional recurrent layers are not supported")
-        if f"{pre}weight_hh_l1" in sd:
-            raise CheckpointError("stacked recurrent layers (num_layers > 1) are not supported")
-        whh = sd[f"{pre}weight_hh_l0"]
-        if whh.ndim != 2 or whh.size == 0 or whh.shape[0] % whh.shape[1]:
-            raise CheckpointError(f"weight_hh_l0 has shape {whh.shape}, not (G*N, N)")
-        gates = whh.shape[0] // whh.shape[1]
-        cls = {1: RNN, 3: GRU, 4: LSTM}.get(gates)
-        if cls is None:
-            raise CheckpointError(
-                f"weight_hh_l0 has {gates} gate blocks; expected 1 (RNN), 3 (GRU) or 4 (LSTM)"
-            )
-        if f"{pre}weight_hr_l0" in sd:
-            raise CheckpointError("LSTM with proj_size > 0 is not supported")
-        kw: dict[str, Any] = {"nonlinearity": nonlinearity} if cls is RNN else {}
-        return cls(
-            sd[f"{pre}weight_ih_l0"],
-            whh,
-            sd.get(f"{pre}bias_ih_l0"),
-            sd.get(f"{pre}bias_hh_l0"),
-            **kw,
-        )
+        return _recurrent_from_state_dict(sd, _strip_prefix(keys, "weight_hh_l0"), nonlinearity)
     layers_by_index: dict[int, dict[str, np.ndarray]] = {}
     pat = re.compile(r"^(.*?)(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
     prefixes = set()
