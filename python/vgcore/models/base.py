@@ -141,7 +141,10 @@ class Model:
         dict
             ``{"kind": "mlp", "layers": [per-layer dicts]}`` for a dense stack, or
             ``{"kind": cell, "weight_ih", "weight_hh", "bias_ih", "bias_hh"}`` (arrays of
-            shapes ``(G*N, I)``, ``(G*N, N)``, ``(G*N,)`` or None) for a recurrent cell.
+            shapes ``(G*N, I)``, ``(G*N, N)``, ``(G*N,)`` or None) for a recurrent cell, or
+            ``{"kind": cell, "num_layers", "bidirectional", "layers": [such dicts without
+            "kind", one per layer and direction in PyTorch's order]}`` for a stacked or
+            bidirectional one.
             The parameters are read afresh (no cache), so an in-place update is seen.
         """
         dt = self.dtype if dtype is None else resolve_dtype(dtype)

@@ -296,8 +296,19 @@ class RecurrentModel(Model):
     def layer(self, index: int, direction: int = 0) -> RecurrentModel:
         """Layer ``index`` in one direction as a single-layer model (its arrays shared).
 
-        Its input is the hidden sequence of the layer below (both directions concatenated
-        for a bidirectional model); ``direction=1`` runs over the time-reversed sequence.
+        Parameters
+        ----------
+        index : int
+            The layer, ``0 <= index < num_layers``.
+        direction : int
+            0 (forward) or, for a bidirectional model, 1 (reverse).
+
+        Returns
+        -------
+        RecurrentModel
+            A single-layer model of the same class. Its input is the hidden sequence of the
+            layer below (both directions concatenated for a bidirectional model); the reverse
+            direction is the cell run over the time-reversed sequence.
         """
         index = check_positive_int(index, "index", minimum=0)
         direction = check_positive_int(direction, "direction", minimum=0)
