@@ -482,3 +482,23 @@ def test_oracle_input_checks():
         torch_stacked_flow(m, x, h0=np.zeros((2, 4)))
     with pytest.raises(ValueError, match="cotangent must have shape"):
         torch_stacked_flow(m, x, cotangent=np.zeros((3, 2, 8)))
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_oracle_reverse_direction_positions(torch, cls):
+    """The reverse direction of a one-layer bidirectional model is its cell run on the
+    time-reversed sequence: position t of the oracle is step T - t of that run."""
+    m = cls.from_sizes(3, 4, bidirectional=True, seed=8)
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(6, 2, 3))
+    cot = rng.normal(size=(6, 2, 8))
+    cot[:, :, :4] = 0.0  # a loss on the reverse half only
+    r = torch_stacked_flow(m, x, cotangent=cot)
+    g, cg, _, pn = torch_recurrent_flow(
+        torch, m.layer(0, 1), x[::-1].copy(), cotangent=cot[::-1, :, 4:].copy()
+    )
+    assert_rel_close(r["grads"][1, 0], g[::-1], 1e-12)
+    if cls is LSTM:
+        assert_rel_close(r["cell_grads"][1, 0], cg[::-1], 1e-12)
+    assert np.isclose(r["log_param_grad_norms"]["weight_hh"][0, 1], np.log(pn["weight_hh"]))
+    assert np.all(r["log_grad_norms"][0] == -np.inf)  # nothing reaches the forward half
