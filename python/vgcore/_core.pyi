@@ -56,6 +56,21 @@ def recurrent_gradient_flow(
     progress: Callable[[int, int], Any] | None,
     rescale: bool = True,
 ) -> dict[str, Any]: ...
+def stacked_gradient_flow(
+    spec: dict[str, Any],
+    x: np.ndarray,
+    h0: np.ndarray | None,
+    c0: np.ndarray | None,
+    cotangent: np.ndarray | None,
+    keep_grads: bool,
+    keep_states: bool,
+    input_grad_norms: bool,
+    param_grads: bool,
+    saturation_threshold: float,
+    num_threads: int,
+    progress: Callable[[int, int], Any] | None,
+    rescale: bool = True,
+) -> dict[str, Any]: ...
 def tangent_map(
     model: dict[str, Any],
     step: int,
