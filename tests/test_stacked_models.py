@@ -245,6 +245,10 @@ def test_from_torch_refusals_and_notes(torch):
     assert "dropout=0.25" in note and "off in the analyses" in note and "eval" in note
     assert m.astype(np.float32).notes == m.notes and m.layer(1).notes == m.notes
     assert GRU.from_torch(torch.nn.GRU(3, 4, num_layers=3)).notes == ()
+    m = GRU.from_torch(
+        torch.nn.GRU(3, 4, num_layers=2, bidirectional=True).double(), dtype="float32"
+    )
+    assert m.dtype == np.float32 and all(a.dtype == np.float32 for a in m.parameters().values())
     # half precision is read exactly as float32
     h = LSTM.from_torch(torch.nn.LSTM(3, 4, num_layers=2).half())
     assert h.dtype == np.float32 and h.weight_hh[1].dtype == np.float32
