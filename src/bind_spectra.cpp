@@ -3,8 +3,10 @@
 //
 // A model arrives as a dict: {"kind": "mlp", "layers": [layer dicts as for
 // dense_gradient_flow]} or {"kind": "rnn_tanh" | "rnn_relu" | "lstm" | "gru", "weight_ih",
-// "weight_hh", "bias_ih", "bias_hh"}. The core keeps pointers into these arrays, so objects
-// that outlive the call (the Lyapunov engine) keep the dict alive.
+// "weight_hh", "bias_ih", "bias_hh"}, or a stack {"kind": cell, "num_layers": L,
+// "bidirectional": False, "layers": [such dicts without "kind", PyTorch's order]}. The core
+// keeps pointers into these arrays, so objects that outlive the call (the Lyapunov engine) keep
+// the dict alive.
 #include <memory>
 #include <variant>
 
@@ -42,12 +44,40 @@ CellKind cell_of(const std::string& cell) {
                         cell + "'");
 }
 
+// A recurrent stack: {"kind": cell, "num_layers", "bidirectional", "layers"}.
+bool is_stack(const py::dict& model) {
+  return model["kind"].cast<std::string>() != "mlp" && model.contains("layers");
+}
+
 bool is_f32(const py::dict& model) {
   const auto kind = model["kind"].cast<std::string>();
-  const py::object w = kind == "mlp"
-                           ? model["layers"].cast<py::list>()[0].cast<py::dict>()["weight"]
-                           : model["weight_hh"];
+  const auto layers = model.contains("layers") ? model["layers"].cast<py::list>() : py::list();
+  if (model.contains("layers") && layers.empty()) throw py::value_error("the model has no layers");
+  const py::object w = kind == "mlp"     ? layers[0].cast<py::dict>()["weight"]
+                       : is_stack(model) ? layers[0].cast<py::dict>()["weight_hh"]
+                                         : model["weight_hh"];
   return has_dtype<float>(w.cast<py::array>());
+}
+
+// One recurrent layer's dict; names in messages start with `p` ("" or "layers[i].").
+// input_size < 0: any.
+template <class T>
+RecurrentWeights<T> recurrent_weights(const py::dict& d, CellKind kind, const std::string& p,
+                                      py::ssize_t hidden, py::ssize_t input_size) {
+  RecurrentWeights<T> w;
+  w.kind = kind;
+  const auto whh = d["weight_hh"].cast<py::array>();
+  if (whh.ndim() != 2 || whh.shape(1) <= 0)
+    throw py::value_error(p + "weight_hh must have shape (G*N, N), got " + shape_str(whh));
+  const auto N = hidden < 0 ? whh.shape(1) : hidden, G = static_cast<py::ssize_t>(cell_gates(kind));
+  const auto wih = d["weight_ih"].cast<py::array>();
+  w.hidden = static_cast<std::size_t>(N);
+  w.weight_hh = require<T>(whh, (p + "weight_hh").c_str(), {G * N, N});
+  w.weight_ih = require<T>(wih, (p + "weight_ih").c_str(), {G * N, input_size});
+  w.input_size = static_cast<std::size_t>(wih.shape(1));
+  w.bias_ih = optional_array<T>(d["bias_ih"], (p + "bias_ih").c_str(), {G * N});
+  w.bias_hh = optional_array<T>(d["bias_hh"], (p + "bias_hh").c_str(), {G * N});
+  return w;
 }
 
 template <class T>
@@ -89,20 +119,27 @@ TangentModel<T> make_model(const py::dict& model) {
     }
     return TangentModel<T>::dense(std::move(layers));
   }
-  RecurrentWeights<T> w;
-  w.kind = cell_of(kind);
-  const auto whh = model["weight_hh"].cast<py::array>();
-  if (whh.ndim() != 2 || whh.shape(1) <= 0)
-    throw py::value_error("weight_hh must have shape (G*N, N), got " + shape_str(whh));
-  const auto N = whh.shape(1), G = static_cast<py::ssize_t>(cell_gates(w.kind));
-  const auto wih = model["weight_ih"].cast<py::array>();
-  w.hidden = static_cast<std::size_t>(N);
-  w.weight_hh = require<T>(whh, "weight_hh", {G * N, N});
-  w.weight_ih = require<T>(wih, "weight_ih", {G * N, -1});
-  w.input_size = static_cast<std::size_t>(wih.shape(1));
-  w.bias_ih = optional_array<T>(model["bias_ih"], "bias_ih", {G * N});
-  w.bias_hh = optional_array<T>(model["bias_hh"], "bias_hh", {G * N});
-  return TangentModel<T>::recurrent(w);
+  const CellKind cell = cell_of(kind);
+  if (!is_stack(model))
+    return TangentModel<T>::recurrent(recurrent_weights<T>(model, cell, "", -1, -1));
+  if (model["bidirectional"].cast<bool>())
+    throw py::value_error(
+        "a bidirectional model is not a dynamical system forward in time (its reverse direction "
+        "runs backward in time), so its step Jacobians are not defined; analyse a unidirectional "
+        "model or one direction");
+  const auto L = model["num_layers"].cast<py::ssize_t>();
+  const auto specs = model["layers"].cast<py::list>();
+  if (L < 1 || static_cast<py::ssize_t>(specs.size()) != L)
+    throw py::value_error("num_layers = " + std::to_string(L) + " needs as many layers, got " +
+                          std::to_string(specs.size()));
+  std::vector<RecurrentWeights<T>> layers;
+  for (py::ssize_t l = 0; l < L; ++l) {
+    const py::ssize_t N = l == 0 ? -1 : static_cast<py::ssize_t>(layers[0].hidden);
+    layers.push_back(recurrent_weights<T>(specs[static_cast<std::size_t>(l)].cast<py::dict>(), cell,
+                                          "layers[" + std::to_string(l) + "].", N,
+                                          l == 0 ? -1 : N));
+  }
+  return TangentModel<T>::stack(layers);
 }
 
 template <class T>
@@ -280,9 +317,10 @@ class PyLyapunov {
     o.qr_every = qr_every;
     o.max_records = max_records;
     o.num_threads = num_threads;
+    dense_ = m.is_dense();
+    input_size_ = dense_ ? 0 : static_cast<py::ssize_t>(m.input_size());
     engine_ = std::make_unique<LyapunovEngine<T>>(std::move(m),
                                                   static_cast<std::size_t>(h0.shape(0)), hp, vp, o);
-    dense_ = model_["kind"].cast<std::string>() == "mlp";
   }
 
   template <class T>
@@ -295,8 +333,7 @@ class PyLyapunov {
     } else {
       const auto xa = x.cast<py::array>();
       const auto B = static_cast<py::ssize_t>(e.batch());
-      const auto I = model_["weight_ih"].cast<py::array>().shape(1);
-      xp = require<T>(xa, "x", {-1, B, I});
+      xp = require<T>(xa, "x", {-1, B, input_size_});
       steps = static_cast<std::size_t>(xa.shape(0));
     }
     Control ctl = make_control(progress);
@@ -324,6 +361,7 @@ class PyLyapunov {
 
   py::dict model_;
   bool dense_ = false;
+  py::ssize_t input_size_ = 0;
   std::variant<std::unique_ptr<LyapunovEngine<float>>, std::unique_ptr<LyapunovEngine<double>>>
       engine_;
 };

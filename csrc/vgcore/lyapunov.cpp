@@ -8,7 +8,8 @@
 //    a per-unit state update, a per-unit tangent update, and a one-pass-per-reflector
 //    Householder QR on rows with float64 R diagonal and logs. The kernels are compiled for
 //    AVX-512, AVX2+FMA and the baseline and chosen at run time.
-//  * The general path (dense stacks, larger k, or VGCORE_LYAPUNOV_KERNELS=off): one
+//  * The general path (dense stacks, recurrent stacks, larger k, or VGCORE_LYAPUNOV_KERNELS=off):
+//  one
 //    TangentModel::advance over [states; tangents] and householder::qr_replace_by_q.
 //
 // Threads. Several samples: batch-parallel chunks, one thread each, no synchronisation inside
@@ -602,7 +603,7 @@ struct LyapunovEngine<T>::Impl {
   // ---- fast path -------------------------------------------------------------------------
 
   void plan_fast(int threads) {
-    if (m.is_dense()) return;
+    if (m.is_dense() || m.stacked()) return;  // stacks take the general path
     const CellKind kind = m.cell();
     if (kind != CellKind::rnn_tanh && kind != CellKind::rnn_relu && kind != CellKind::lstm &&
         kind != CellKind::gru)

@@ -6,6 +6,7 @@
 //   GRU   [r, z, n, q_n = W_hn h + b_hn, h_prev]        5N
 //   (gates and tanh values encoded, gates.hpp: accurate derivatives in saturation)
 //   dense [phi'(z')] + highway [t (encoded), a - h] + LayerNorm [xhat, 1/std]
+//   a recurrent stack: its layers' caches side by side
 #include "vgcore/tangent.hpp"
 
 #include <algorithm>
@@ -169,6 +170,59 @@ VGCORE_TARGET_CLONES void gru_vjp_row(const T* __restrict cache, const T* __rest
   }
 }
 
+// A stacked GRU layer: dh -> dh' given dq = dh W_hh^T (u) and the input's tangent dp = dx W_ih^T
+// (dp, 3N), which enters the n gate outside the r * (...) product.
+template <class T>
+VGCORE_TARGET_CLONES void gru_tangent_row_in(const T* __restrict cache, const T* __restrict u,
+                                             const T* __restrict dp, const T* __restrict dh,
+                                             T* __restrict dho, std::size_t N) {
+  const T* cr = cache;
+  const T* cz = cache + N;
+  const T* cn = cache + 2 * N;
+  const T* cq = cache + 3 * N;
+  const T* ch = cache + 4 * N;
+  for (std::size_t j = 0; j < N; ++j) {
+    T r, rc, z, zc, n, nd;
+    gates::sigmoid_load(cr[j], r, rc);
+    gates::sigmoid_load(cz[j], z, zc);
+    gates::tanh_load(cn[j], n, nd);
+    const T dr = (r * rc) * (u[j] + dp[j]);
+    const T dz = (z * zc) * (u[N + j] + dp[N + j]);
+    const T dn = nd * (dp[2 * N + j] + r * u[2 * N + j] + cq[j] * dr);
+    dho[j] = zc * dn + (ch[j] - n) * dz + z * dh[j];
+  }
+}
+
+// gru_vjp_row plus the cotangent of the input projection (Gin, 3N: its n part is not scaled by r).
+template <class T>
+VGCORE_TARGET_CLONES void gru_vjp_row_in(const T* __restrict cache, const T* __restrict w,
+                                         T* __restrict G, T* __restrict Gin, T* __restrict direct,
+                                         std::size_t N) {
+  const T* cr = cache;
+  const T* cz = cache + N;
+  const T* cn = cache + 2 * N;
+  const T* cq = cache + 3 * N;
+  const T* ch = cache + 4 * N;
+  for (std::size_t j = 0; j < N; ++j) {
+    T r, rc, z, zc, n, nd;
+    gates::sigmoid_load(cr[j], r, rc);
+    gates::sigmoid_load(cz[j], z, zc);
+    gates::tanh_load(cn[j], n, nd);
+    const T dan = w[j] * zc * nd;
+    const T gr = dan * cq[j] * (r * rc), gz = w[j] * (ch[j] - n) * (z * zc);
+    G[j] = Gin[j] = gr;
+    G[N + j] = Gin[N + j] = gz;
+    G[2 * N + j] = dan * r;
+    Gin[2 * N + j] = dan;
+    direct[j] = w[j] * z;
+  }
+}
+
+template <class T>
+VGCORE_TARGET_CLONES void add_row(const T* __restrict d, T* __restrict o, std::size_t n) {
+  for (std::size_t j = 0; j < n; ++j) o[j] += d[j];
+}
+
 template <class T>
 VGCORE_TARGET_CLONES void scale_row(const T* __restrict d, const T* __restrict u, T* __restrict o,
                                     std::size_t n) {
@@ -276,26 +330,83 @@ TangentModel<T> TangentModel<T>::recurrent(const RecurrentWeights<T>& w) {
 }
 
 template <class T>
+TangentModel<T> TangentModel<T>::stack(const std::vector<RecurrentWeights<T>>& layers) {
+  if (layers.empty()) throw std::invalid_argument("the recurrent stack has no layers");
+  if (layers.size() == 1) return recurrent(layers[0]);
+  const RecurrentWeights<T>& w0 = layers[0];
+  const std::size_t N = w0.hidden, GN = cell_gates(w0.kind) * N;
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    const auto& w = layers[l];
+    const std::string name = "layer " + std::to_string(l);
+    if (!w.weight_ih || !w.weight_hh) throw std::invalid_argument(name + ": weights are null");
+    if (w.kind != w0.kind) throw std::invalid_argument(name + " is not of layer 0's kind");
+    if (w.hidden != N)
+      throw std::invalid_argument(name + " has hidden size " + std::to_string(w.hidden) +
+                                  ", layer 0 has " + std::to_string(N));
+    if (l > 0 && w.input_size != N)
+      throw std::invalid_argument(name + " has input size " + std::to_string(w.input_size) +
+                                  ", but reads layer " + std::to_string(l - 1) +
+                                  "'s hidden state of size " + std::to_string(N));
+  }
+  TangentModel m = recurrent(w0);
+  m.whh_t_ = PackedMatrix<T>();  // the stack's own packs below
+  m.whh_ = PackedMatrix<T>();
+  m.stack_ = layers;
+  m.sl_.resize(layers.size());
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    const auto& w = layers[l];
+    auto& sl = m.sl_[l];
+    sl.whh_t = PackedMatrix<T>::transposed(w.weight_hh, GN, N, N);
+    sl.whh = PackedMatrix<T>::rows(w.weight_hh, GN, N, N);
+    if (l == 0) continue;
+    sl.wih_t = PackedMatrix<T>::transposed(w.weight_ih, GN, N, N);
+    sl.wih = PackedMatrix<T>::rows(w.weight_ih, GN, N, N);
+    sl.pbias.assign(GN, T(0));
+    for (std::size_t c = 0; c < GN; ++c) {  // as project_inputs
+      if (w.bias_ih) sl.pbias[c] += w.bias_ih[c];
+      if (w.bias_hh && w.kind != CellKind::gru) sl.pbias[c] += w.bias_hh[c];
+    }
+  }
+  return m;
+}
+
+template <class T>
+std::size_t TangentModel<T>::layer_cache() const {
+  switch (w_.kind) {
+    case CellKind::lstm:
+      return 6 * w_.hidden;
+    case CellKind::gru:
+      return 5 * w_.hidden;
+    default:
+      return w_.hidden;
+  }
+}
+
+template <class T>
 std::size_t TangentModel<T>::in_dim(std::size_t s) const {
   if (dense_) return layers_[s].in;
+  if (!stack_.empty()) return stack_.size() * layer_state();
   return w_.kind == CellKind::lstm ? 2 * w_.hidden : w_.hidden;
 }
 
 template <class T>
 std::size_t TangentModel<T>::out_dim(std::size_t s) const {
   if (dense_) return layers_[s].out;
+  if (!stack_.empty()) return stack_.size() * layer_state();
   return w_.kind == CellKind::lstm ? 2 * w_.hidden : w_.hidden;
 }
 
 template <class T>
 std::size_t TangentModel<T>::gemm_cols(std::size_t s) const {
   if (dense_) return layers_[s].out * (layers_[s].block == DenseBlock::highway ? 2 : 1);
+  if (!stack_.empty()) return (stack_.size() + 2) * cell_gates(w_.kind) * w_.hidden;
   return cell_gates(w_.kind) * w_.hidden;
 }
 
 template <class T>
 std::size_t TangentModel<T>::cache_size(std::size_t s) const {
   if (dense_) return dense_offsets(layers_[s]).size;
+  if (!stack_.empty()) return stack_.size() * layer_cache();
   switch (w_.kind) {
     case CellKind::lstm:
       return 6 * w_.hidden;
@@ -333,13 +444,20 @@ void TangentModel<T>::gemm_rows(std::size_t s, const T* X, std::size_t ldx, std:
                  U + ly.out, ldu);
     return;
   }
+  if (!stack_.empty()) {
+    const std::size_t GN = proj_cols(), ls = layer_state();
+    for (std::size_t l = 0; l < stack_.size(); ++l)
+      gemm_packed(rows, X + l * ls, ldx, sl_[l].whh_t, T(0), U + l * GN, ldu);
+    return;
+  }
   gemm_packed(rows, X, ldx, whh_t_, T(0), U, ldu);
 }
 
 template <class T>
-void TangentModel<T>::state_update(std::size_t s, const T* proj, const T* U, std::size_t ldu,
-                                   const T* X, std::size_t ldx, T* Y, std::size_t ldy, T* cache,
+void TangentModel<T>::state_update(std::size_t s, const T* proj, T* U, std::size_t ldu, const T* X,
+                                   std::size_t ldx, T* Y, std::size_t ldy, T* cache,
                                    std::size_t nb) const {
+  if (!stack_.empty()) return stack_step(proj, U, ldu, X, ldx, Y, ldy, nb, cache, 0, 0, nullptr);
   const std::size_t C = cache_size(s);
   if (!dense_) {
     const std::size_t N = w_.hidden, GN = proj_cols();
@@ -413,9 +531,11 @@ void TangentModel<T>::state_update(std::size_t s, const T* proj, const T* U, std
 // ---- JVP / VJP ----------------------------------------------------------------------------
 
 template <class T>
-void TangentModel<T>::tangent_update(std::size_t s, const T* cache, const T* U, std::size_t ldu,
+void TangentModel<T>::tangent_update(std::size_t s, const T* cache, T* U, std::size_t ldu,
                                      const T* Vin, std::size_t ldv, T* Vout, std::size_t ldo,
                                      std::size_t k) const {
+  if (!stack_.empty())
+    return stack_step(nullptr, U, ldu, Vin, ldv, Vout, ldo, 0, nullptr, 1, k, cache);
   if (!dense_) {
     const std::size_t N = w_.hidden;
     for (std::size_t r = 0; r < k; ++r) {
@@ -482,6 +602,7 @@ void TangentModel<T>::vjp(std::size_t s, const T* cache, const T* Win, T* Wout, 
                           T* G) const {
   const std::size_t gc = gemm_cols(s), din = in_dim(s), dout = out_dim(s);
   if (k == 0) return;
+  if (!stack_.empty()) return stack_vjp(cache, Win, Wout, k, G);
   if (!dense_) {
     const std::size_t N = w_.hidden;
     for (std::size_t r = 0; r < k; ++r) {
@@ -545,6 +666,12 @@ void TangentModel<T>::vjp(std::size_t s, const T* cache, const T* Win, T* Wout, 
 template <class T>
 void TangentModel<T>::jacobian(std::size_t s, const T* cache, T* J, T* U) const {
   const std::size_t din = in_dim(s), gc = gemm_cols(s);
+  if (!stack_.empty()) {  // the JVP of the identity (the blocks below the diagonal need GEMMs)
+    std::vector<T> eye(din * din, T(0));
+    for (std::size_t j = 0; j < din; ++j) eye[j * din + j] = T(1);
+    jvp(s, cache, eye.data(), J, din, U);
+    return;
+  }
   // The GEMM of the identity rows is W^T: U[j, c] = W[c, j] (zero for an LSTM's c rows).
   std::fill(U, U + din * gc, T(0));
   if (dense_) {
@@ -564,6 +691,118 @@ void TangentModel<T>::jacobian(std::size_t s, const T* cache, T* J, T* U) const 
   tangent_update(s, cache, U, gc, eye.data(), din, J, out_dim(s), din);
 }
 
+// ---- recurrent stack ----------------------------------------------------------------------
+
+template <class T>
+void TangentModel<T>::stack_step(const T* proj, T* U, std::size_t ldu, const T* X, std::size_t ldx,
+                                 T* Y, std::size_t ldy, std::size_t ns, T* cache_w, std::size_t nt,
+                                 std::size_t k, const T* cache_r) const {
+  const std::size_t L = stack_.size(), N = w_.hidden, GN = proj_cols(), ls = layer_state(),
+                    Cl = layer_cache(), C = L * Cl, rows = ns + nt * k;
+  const CellKind kind = w_.kind;
+  const bool gru = kind == CellKind::gru;
+  T* A = U + L * GN;  // GRU: the input projection of layer l > 0
+  for (std::size_t l = 0; l < L; ++l) {
+    T* Ul = U + l * GN;
+    const T* p = proj;  // the state rows' input projection, row stride ldp
+    std::size_t ldp = GN;
+    if (l > 0) {
+      // The new h^{l-1} (states) and its tangents times W_ih_l^T: into U_l, except for a GRU,
+      // whose n gate takes the input outside r * (...).
+      const auto& sl = sl_[l];
+      if (gru) {
+        gemm_packed(rows, Y + (l - 1) * ls, ldy, sl.wih_t, T(0), A, ldu);
+        for (std::size_t b = 0; b < ns; ++b) add_row(sl.pbias.data(), A + b * ldu, GN);
+        p = A;
+        ldp = ldu;
+      } else {
+        gemm_packed(rows, Y + (l - 1) * ls, ldy, sl.wih_t, T(1), Ul, ldu);
+        p = sl.pbias.data();
+        ldp = 0;
+      }
+    }
+    const T* bhh = stack_[l].bias_hh;
+    for (std::size_t b = 0; b < ns; ++b) {
+      const T* pb = p + b * ldp;
+      const T* u = Ul + b * ldu;
+      const T* h = X + b * ldx + l * ls;
+      T* y = Y + b * ldy + l * ls;
+      T* c = cache_w + b * C + l * Cl;
+      switch (kind) {
+        case CellKind::lstm:
+          lstm_state_row(pb, u, h + N, y, y + N, c, N);
+          break;
+        case CellKind::gru:
+          gru_state_row(pb, u, bhh, h, y, c, N);
+          break;
+        default:
+          for (std::size_t j = 0; j < N; ++j) c[j] = pb[j] + u[j];
+          activation_forward(act_, c, y, c, N);
+      }
+    }
+    for (std::size_t g = 0; g < nt; ++g) {
+      const T* c = cache_r + g * C + l * Cl;
+      for (std::size_t r = 0; r < k; ++r) {
+        const std::size_t row = ns + g * k + r;
+        const T* u = Ul + row * ldu;
+        const T* v = X + row * ldx + l * ls;
+        T* o = Y + row * ldy + l * ls;
+        switch (kind) {
+          case CellKind::lstm:
+            lstm_tangent_row(c, u, v + N, o, o + N, N);
+            break;
+          case CellKind::gru:
+            if (l > 0)
+              gru_tangent_row_in(c, u, A + row * ldu, v, o, N);
+            else
+              gru_tangent_row(c, u, v, o, N);
+            break;
+          default:
+            scale_row(c, u, o, N);
+        }
+      }
+    }
+  }
+}
+
+// Cotangents run down the stack: layer l's new h receives Win's part plus what layer l + 1's
+// input projection sends back (G_in W_ih_{l+1}).
+template <class T>
+void TangentModel<T>::stack_vjp(const T* cache, const T* Win, T* Wout, std::size_t k, T* G) const {
+  const std::size_t L = stack_.size(), N = w_.hidden, GN = proj_cols(), ls = layer_state(),
+                    Cl = layer_cache(), gc = gemm_cols(0), D = in_dim(0);
+  const CellKind kind = w_.kind;
+  const bool gru = kind == CellKind::gru;
+  T* A = G + L * GN;          // GRU: the cotangent of layer l's input projection
+  T* acc = G + (L + 1) * GN;  // the cotangent of layer l's new h (N)
+  for (std::size_t l = L; l-- > 0;) {
+    T* Gl = G + l * GN;
+    for (std::size_t r = 0; r < k; ++r)
+      std::copy(Win + r * D + l * ls, Win + r * D + l * ls + N, acc + r * gc);
+    if (l + 1 < L) gemm_packed(k, gru ? A : G + (l + 1) * GN, gc, sl_[l + 1].wih, T(1), acc, gc);
+    const T* c = cache + l * Cl;
+    for (std::size_t r = 0; r < k; ++r) {
+      const T* w = acc + r * gc;
+      T* g = Gl + r * gc;
+      T* o = Wout + r * D + l * ls;
+      switch (kind) {
+        case CellKind::lstm:
+          lstm_vjp_row(c, w, Win + r * D + l * ls + N, g, o + N, N);
+          break;
+        case CellKind::gru:
+          if (l > 0)
+            gru_vjp_row_in(c, w, g, A + r * gc, o, N);
+          else
+            gru_vjp_row(c, w, g, o, N);
+          break;
+        default:
+          scale_row(c, w, g, N);
+      }
+    }
+    gemm_packed(k, Gl, gc, sl_[l].whh, gru ? T(1) : T(0), Wout + l * ls, D);
+  }
+}
+
 // ---- block step ---------------------------------------------------------------------------
 
 template <class T>
@@ -576,6 +815,10 @@ void advance(const TangentModel<T>& m, std::size_t s, const T* proj, const T* X,
   T* U = ws.U.data();
   T* cache = ws.cache.data();
   m.gemm_rows(s, X, din, rows, U, gc);
+  if (m.stacked()) {  // layer by layer on all rows: one GEMM per weight per layer
+    m.stack_step(proj, U, gc, X, din, Y, dout, nb, cache, nb, k, cache);
+    return;
+  }
   m.state_update(s, proj, U, gc, X, din, Y, dout, cache, nb);
   if (k == 0) return;
   for (std::size_t b = 0; b < nb; ++b) {

@@ -73,23 +73,32 @@ def sequence(model: Any, x: Any, dt: np.dtype, name: str = "x") -> np.ndarray:
 
 def initial_state(model: Any, h0: Any, batch: int, dt: np.dtype) -> np.ndarray | None:
     """h0 as (B, D) state rows: the parts of a multi-part state (an LSTM's pair (h0, c0))
-    side by side; None means zeros."""
+    side by side; None means zeros. A stacked model takes PyTorch's (num_layers, B, N) per
+    part, and its rows hold the layers one after the other, ``[h^0, (c^0), h^1, ...]``."""
     if h0 is None:
         return None
     N = model.hidden_size
     parts = model.state_names
+    L = model.num_layers * model.num_directions
+    shape = (L, batch, N) if model.stacked else (batch, N)
+    what = "(num_layers, B, N)" if model.stacked else "(B, N)"
     if len(parts) == 1:
-        return as_float_array(h0, "h0", dt, shape=(batch, N))
-    pair = ", ".join(f"{p}0" for p in parts)
-    if not (isinstance(h0, (tuple, list)) and len(h0) == len(parts)):
-        raise TypeError(
-            f"h0 for an {type(model).__name__} must be a tuple ({pair}) of (B, N) arrays"
-        )
-    rows = [
-        as_float_array(h, f"h0[{i}] ({p}0)", dt, shape=(batch, N))
-        for i, (h, p) in enumerate(zip(h0, parts))
-    ]
-    return np.ascontiguousarray(np.concatenate(rows, axis=1))
+        rows = [as_float_array(h0, "h0", dt, shape=shape)]
+    else:
+        pair = ", ".join(f"{p}0" for p in parts)
+        if not (isinstance(h0, (tuple, list)) and len(h0) == len(parts)):
+            raise TypeError(
+                f"h0 for an {type(model).__name__} must be a tuple ({pair}) of {what} arrays"
+            )
+        rows = [
+            as_float_array(h, f"h0[{i}] ({p}0)", dt, shape=shape)
+            for i, (h, p) in enumerate(zip(h0, parts))
+        ]
+    if not model.stacked:
+        return np.ascontiguousarray(np.concatenate(rows, axis=1))
+    # (L, B, parts * N) -> (B, L * parts * N): layer-major rows
+    per_layer = np.concatenate(rows, axis=2)
+    return np.ascontiguousarray(per_layer.transpose(1, 0, 2).reshape(batch, -1))
 
 
 def check_progress(progress: Any) -> Any:

@@ -58,7 +58,8 @@ class LyapunovSpectrum:
     steps, accumulated_steps : int
         Steps taken, and steps after the burn-in that the exponents average over.
     final_state : ndarray of shape (B, D)
-        The state after the last step (for an LSTM ``[h, c]`` side by side).
+        The state after the last step (for an LSTM ``[h, c]`` side by side; for a stacked
+        model every layer's state, layer by layer ``[h^0, (c^0), h^1, ...]``).
     resolved : ndarray of bool, shape (B, k)
         Whether the working precision resolves each exponent (see the property).
     """
@@ -261,7 +262,9 @@ def lyapunov(
 
     Each batch element follows its own trajectory ``h_{t+1} = F(h_t, x_t)`` with k tangent
     vectors ``V_{t+1} = J_t V_t`` (``J_t = d h_{t+1} / d h_t``; for an LSTM the state is
-    ``(h, c)``). Every ``qr_every`` steps the tangent block is re-orthonormalised by
+    ``(h, c)``; a stacked model's state is every layer's, layer by layer ``[h^0, (c^0), h^1,
+    ...]``, each layer reading the new state of the layer below; a bidirectional model is
+    refused: it is not a dynamical system forward in time). Every ``qr_every`` steps the tangent block is re-orthonormalised by
     Householder QR and ``log|diag R|`` accumulated in float64. For an MLP, depth plays the
     role of time (every layer must keep the width).
 
@@ -274,7 +277,8 @@ def lyapunov(
         MLP: the input batch (B, input_size) (the initial states).
     k : int, optional
         Number of exponents, 1 <= k <= state dimension (default: the state dimension).
-    h0 : array_like of shape (B, N), for an LSTM a pair ``(h0, c0)``; zeros by default.
+    h0 : array_like of shape (B, N), for an LSTM a pair ``(h0, c0)``; for a stacked model
+        PyTorch's ``(num_layers, B, N)`` (LSTM: a pair of them); zeros by default.
     burn_in : int
         Steps run (states and tangents evolve, tangents are re-orthonormalised) before the
         logs start accumulating; lets the tangent vectors align with the dominant directions.

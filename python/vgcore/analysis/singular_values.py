@@ -45,7 +45,8 @@ class JacobianSingularValues:
     ----------
     log_singular_values : ndarray of shape (B, r)
         Natural logs of the singular values of ``d h_S / d h_0`` (the whole MLP, or the whole
-        sequence; an LSTM's state is ``(h, c)``), descending; ``r`` is the smallest width
+        sequence; an LSTM's state is ``(h, c)``, a stacked model's every layer's state),
+        descending; ``r`` is the smallest width
         along the way (the state dimension for recurrent models). ``-inf`` marks exact zeros.
     depth : int
         Layers or time steps in the product.
@@ -191,10 +192,14 @@ def step_dims(spec: dict[str, Any]) -> tuple[int, int, int, int, int]:
                 cache, out * (3 if highway else 1) + (out + 1 if ly["norm"] != "none" else 0)
             )
         return n0, max_w, gc, cache, 0
-    GN, N = (int(d) for d in spec["weight_hh"].shape)
-    D = 2 * N if spec["kind"] == "lstm" else N
-    cache = {"lstm": 6 * N, "gru": 5 * N}.get(spec["kind"], N)
-    return D, D, GN, cache, GN
+    # A recurrent stack (tangent.cpp): L layers' states and caches side by side; the step GEMM
+    # has a block per layer and two of scratch.
+    L = len(spec["layers"]) if "layers" in spec else 1
+    GN, N = (int(d) for d in (spec["layers"][0] if L > 1 else spec)["weight_hh"].shape)
+    D = L * (2 * N if spec["kind"] == "lstm" else N)
+    cache = L * {"lstm": 6 * N, "gru": 5 * N}.get(spec["kind"], N)
+    gc = (L + 2) * GN if L > 1 else GN
+    return D, D, gc, cache, GN
 
 
 def _working_bytes(spec: dict[str, Any], batch: int, itemsize: int, threads: int) -> int:
@@ -229,9 +234,13 @@ def jacobian_singular_values(
     Parameters
     ----------
     model : MLP, RNN, LSTM or GRU
-        (MLP layers may change width; BatchNorm layers are not supported.)
+        (MLP layers may change width; BatchNorm layers are not supported. A stacked recurrent
+        model is one system whose state is every layer's state, layer by layer
+        ``[h^0, (c^0), h^1, ...]``; a bidirectional one is refused: it is not a dynamical
+        system forward in time.)
     x : array_like of shape (B, input_size) (MLP) or (T, B, input_size) (recurrent)
-    h0 : array_like of shape (B, N), for an LSTM a pair ``(h0, c0)``; zeros by default.
+    h0 : array_like of shape (B, N), for an LSTM a pair ``(h0, c0)``; for a stacked model
+        PyTorch's ``(num_layers, B, N)`` (LSTM: a pair of them); zeros by default.
     dtype : float32 or float64, optional
     num_threads : int, optional
     progress : callable(done, total), optional

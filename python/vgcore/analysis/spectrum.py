@@ -19,7 +19,8 @@ from vgcore.analysis._spectra import (
     core_model,
     step_inputs,
 )
-from vgcore.models import MLP, Model, RecurrentModel
+from vgcore.analysis.singular_values import step_dims
+from vgcore.models import Model
 
 __all__ = ["AUTO_EXACT_MAX_DIM", "JacobianSpectrum", "jacobian_spectrum"]
 
@@ -35,7 +36,8 @@ class JacobianSpectrum:
 
     Row ``i`` refers to step ``steps[i]``: the Jacobian ``J = d h_{s+1} / d h_s`` of layer
     ``s + 1`` (MLP, ``h_0 = x``) or of time step ``s`` (recurrent; for an LSTM the 2N x 2N
-    Jacobian of the state ``(h, c)``), one column per batch element.
+    Jacobian of the state ``(h, c)``; for a stacked model that of every layer's state, layer by
+    layer ``[h^0, (c^0), h^1, ...]``), one column per batch element.
 
     Attributes
     ----------
@@ -227,7 +229,8 @@ def jacobian_spectrum(
     ----------
     model : MLP, RNN, LSTM or GRU
     x : array_like of shape (B, input_size) (MLP) or (T, B, input_size) (recurrent)
-    h0 : array_like of shape (B, N), for an LSTM a pair ``(h0, c0)``; zeros by default.
+    h0 : array_like of shape (B, N), for an LSTM a pair ``(h0, c0)``; for a stacked model
+        PyTorch's ``(num_layers, B, N)`` (LSTM: a pair of them); zeros by default.
     method : {"auto", "exact", "arnoldi", "power"}
         "exact" builds each Jacobian from its structure and calls LAPACK (geev, gesdd).
         "arnoldi" (Krylov-Schur) and "power" (block power iteration with Rayleigh-Ritz, block
@@ -302,7 +305,7 @@ def jacobian_spectrum(
         method = "exact" if max(sel_dims, default=0) <= AUTO_EXACT_MAX_DIM else "arnoldi"
     check_memory(
         _working_memory(
-            model,
+            spec,
             xa.shape[-2],
             len(steps),
             max(sel_dims, default=0),
@@ -368,7 +371,7 @@ def jacobian_spectrum(
 
 
 def _working_memory(
-    model: Model,
+    spec: dict[str, Any],
     batch: int,
     n_sel: int,
     dim: int,
@@ -380,23 +383,21 @@ def _working_memory(
 ) -> float:
     """Bytes the core allocates: the states (and input projections) kept at the selected
     steps, the result arrays (twice: the core's and NumPy's), the forward buffers and each
-    worker's Jacobian or Krylov basis."""
+    worker's Jacobian or Krylov basis and step scratch."""
     item = dt.itemsize
     entries = n_sel * batch
-    if isinstance(model, MLP):
-        kept = batch * sum(model.sizes[:-1]) if n_sel else 0
-        width = max(model.sizes)
+    D, width, gc, _, GN = step_dims(spec)
+    if spec["kind"] == "mlp":
+        kept = batch * sum(int(ly["weight"].shape[1]) for ly in spec["layers"]) if n_sel else 0
     else:
-        assert isinstance(model, RecurrentModel)
-        kept = entries * (model.state_size + model.gates * model.hidden_size)
-        width = max(model.state_size, model.gates * model.hidden_size)
+        kept = entries * (D + GN)
+        width = max(D, GN)
     results = 2 * entries * (9 * 8 + 2 * 8 + 4)
     forward = 2 * batch * width * item + (1 << 18) * item
     workers = max(1, min(threads, entries))
+    per_worker = max(dim, 4) * gc * item  # the step GEMM's rows (a stack's Jacobian: dim rows)
     if method == "exact" or dim <= fallback_max_dim:
-        per_worker = 3 * dim * dim * max(item, 8)
-    else:
-        per_worker = 0
+        per_worker += 3 * dim * dim * max(item, 8)
     if method != "exact":
         per_worker += (ncv + 8) * dim * item + 8 * (ncv + 1) ** 2 * 8
     return float(kept * item + results + forward + workers * per_worker)
