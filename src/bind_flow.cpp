@@ -135,82 +135,6 @@ CellKind parse_cell(const std::string& cell) {
                         "'");
 }
 
-template <class T>
-py::dict recurrent_impl(CellKind kind, const py::array& weight_ih, const py::array& weight_hh,
-                        const py::object& bias_ih, const py::object& bias_hh, const py::array& x,
-                        const py::object& h0, const py::object& c0, const py::object& cotangent,
-                        const py::object& cell_cotangent, bool keep_grads, bool keep_states,
-                        const FlowOptions& opt, const py::object& progress) {
-  const bool lstm = kind == CellKind::lstm;
-  const auto G = static_cast<py::ssize_t>(cell_gates(kind));
-  const T* xp = require<T>(x, "x", {-1, -1, -1});
-  const auto Ts = x.shape(0), B = x.shape(1), I = x.shape(2);
-  if (weight_hh.ndim() != 2 || weight_hh.shape(1) <= 0)
-    throw py::value_error("weight_hh must have shape (G*N, N), got " + shape_str(weight_hh));
-  const auto N = weight_hh.shape(1);
-  RecurrentWeights<T> w;
-  w.kind = kind;
-  w.input_size = static_cast<std::size_t>(I);
-  w.hidden = static_cast<std::size_t>(N);
-  w.weight_ih = require<T>(weight_ih, "weight_ih", {G * N, I});
-  w.weight_hh = require<T>(weight_hh, "weight_hh", {G * N, N});
-  w.bias_ih = optional_array<T>(bias_ih, "bias_ih", {G * N});
-  w.bias_hh = optional_array<T>(bias_hh, "bias_hh", {G * N});
-  RecurrentFlowIO<T> io;
-  io.x = xp;
-  io.steps = static_cast<std::size_t>(Ts);
-  io.batch = static_cast<std::size_t>(B);
-  io.h0 = optional_array<T>(h0, "h0", {B, N});
-  if (!c0.is_none() && !lstm) throw py::value_error("c0 is only meaningful for LSTM");
-  io.c0 = optional_array<T>(c0, "c0", {B, N});
-  if (!cotangent.is_none()) {
-    const auto cot = cotangent.cast<py::array>();
-    io.cotangent_per_step = cot.ndim() == 3;
-    io.cotangent = io.cotangent_per_step ? require<T>(cot, "cotangent", {Ts, B, N})
-                                         : require<T>(cot, "cotangent", {B, N});
-  }
-  if (!cell_cotangent.is_none() && !lstm)
-    throw py::value_error("cell_cotangent is only meaningful for LSTM");
-  io.cell_cotangent = optional_array<T>(cell_cotangent, "cell_cotangent", {B, N});
-  py::object states = py::none(), cell_states = py::none(), grads = py::none(),
-             cell_grads = py::none();
-  auto alloc = [&](py::object& slot) {
-    py::array_t<T> a({Ts + 1, B, N});
-    slot = a;
-    return a.mutable_data();
-  };
-  if (keep_states) {
-    io.states = alloc(states);
-    if (lstm) io.cell_states = alloc(cell_states);
-  }
-  if (keep_grads) {
-    io.grads = alloc(grads);
-    if (lstm) io.cell_grads = alloc(cell_grads);
-  }
-  py::array_t<T> h_last({B, N});
-  io.last_state = h_last.mutable_data();
-  py::object c_last = py::none();
-  if (lstm) {
-    py::array_t<T> c({B, N});
-    io.last_cell = c.mutable_data();
-    c_last = c;
-  }
-  Control ctl = make_control(progress);
-  FlowStats s;
-  {
-    py::gil_scoped_release release;
-    s = recurrent_gradient_flow(w, io, opt, ctl);
-  }
-  py::dict d = stats_to_dict(s);
-  d["h_last"] = h_last;
-  d["c_last"] = c_last;
-  d["states"] = states;
-  d["cell_states"] = cell_states;
-  d["grads"] = grads;
-  d["cell_grads"] = cell_grads;
-  return d;
-}
-
 // The recurrent description (Model.to_spec): {"kind": cell, "weight_ih", "weight_hh",
 // "bias_ih", "bias_hh"} for one layer, or {"kind", "num_layers", "bidirectional", "layers":
 // [per-layer dicts, PyTorch order]} for a stack. Parsed once into the core's layers.
@@ -271,9 +195,9 @@ ParsedStack<T> parse_stack(const py::dict& spec, py::ssize_t input_size) {
 
 template <class T>
 py::dict stack_impl(const py::dict& spec, const py::array& x, const py::object& h0,
-                    const py::object& c0, const py::object& cotangent, bool keep_grads,
-                    bool keep_states, bool input_grad_norms, const FlowOptions& opt,
-                    const py::object& progress) {
+                    const py::object& c0, const py::object& cotangent,
+                    const py::object& cell_cotangent, bool keep_grads, bool keep_states,
+                    bool input_grad_norms, const FlowOptions& opt, const py::object& progress) {
   const T* xp = require<T>(x, "x", {-1, -1, -1});
   const auto Ts = x.shape(0), B = x.shape(1), I = x.shape(2);
   const ParsedStack<T> st = parse_stack<T>(spec, I);
@@ -294,6 +218,9 @@ py::dict stack_impl(const py::dict& spec, const py::array& x, const py::object& 
     io.cotangent = io.cotangent_per_step ? require<T>(cot, "cotangent", {Ts, B, DN})
                                          : require<T>(cot, "cotangent", {B, DN});
   }
+  if (!cell_cotangent.is_none() && (!lstm || R != 1))
+    throw py::value_error("cell_cotangent is only meaningful for a single-layer LSTM");
+  io.cell_cotangent = optional_array<T>(cell_cotangent, "cell_cotangent", {B, N});
   io.input_grad_norms = input_grad_norms;
   py::object states = py::none(), cell_states = py::none(), grads = py::none(),
              cell_grads = py::none(), c_n = py::none();
@@ -360,46 +287,23 @@ void bind_flow(py::module_& m) {
       py::arg("param_grads"), py::arg("saturation_threshold"), py::arg("num_threads"),
       py::arg("progress"), py::arg("rescale") = true);
   m.def(
-      "recurrent_gradient_flow",
-      [](const std::string& cell, const py::array& weight_ih, const py::array& weight_hh,
-         const py::object& bias_ih, const py::object& bias_hh, const py::array& x,
-         const py::object& h0, const py::object& c0, const py::object& cotangent,
-         const py::object& cell_cotangent, bool keep_grads, bool keep_states, bool param_grads,
-         double saturation_threshold, int num_threads, const py::object& progress, bool rescale) {
-        const CellKind kind = parse_cell(cell);
-        const FlowOptions opt =
-            make_options(param_grads, saturation_threshold, num_threads, rescale);
-        if (is_float32(x))
-          return recurrent_impl<float>(kind, weight_ih, weight_hh, bias_ih, bias_hh, x, h0, c0,
-                                       cotangent, cell_cotangent, keep_grads, keep_states, opt,
-                                       progress);
-        return recurrent_impl<double>(kind, weight_ih, weight_hh, bias_ih, bias_hh, x, h0, c0,
-                                      cotangent, cell_cotangent, keep_grads, keep_states, opt,
-                                      progress);
-      },
-      py::arg("cell"), py::arg("weight_ih"), py::arg("weight_hh"), py::arg("bias_ih"),
-      py::arg("bias_hh"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("cotangent"),
-      py::arg("cell_cotangent"), py::arg("keep_grads"), py::arg("keep_states"),
-      py::arg("param_grads"), py::arg("saturation_threshold"), py::arg("num_threads"),
-      py::arg("progress"), py::arg("rescale") = true);
-  m.def(
       "stacked_gradient_flow",
       [](const py::dict& spec, const py::array& x, const py::object& h0, const py::object& c0,
-         const py::object& cotangent, bool keep_grads, bool keep_states, bool input_grad_norms,
-         bool param_grads, double saturation_threshold, int num_threads, const py::object& progress,
-         bool rescale) {
+         const py::object& cotangent, const py::object& cell_cotangent, bool keep_grads,
+         bool keep_states, bool input_grad_norms, bool param_grads, double saturation_threshold,
+         int num_threads, const py::object& progress, bool rescale) {
         const FlowOptions opt =
             make_options(param_grads, saturation_threshold, num_threads, rescale);
         if (is_float32(x))
-          return stack_impl<float>(spec, x, h0, c0, cotangent, keep_grads, keep_states,
-                                   input_grad_norms, opt, progress);
-        return stack_impl<double>(spec, x, h0, c0, cotangent, keep_grads, keep_states,
-                                  input_grad_norms, opt, progress);
+          return stack_impl<float>(spec, x, h0, c0, cotangent, cell_cotangent, keep_grads,
+                                   keep_states, input_grad_norms, opt, progress);
+        return stack_impl<double>(spec, x, h0, c0, cotangent, cell_cotangent, keep_grads,
+                                  keep_states, input_grad_norms, opt, progress);
       },
       py::arg("spec"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("cotangent"),
-      py::arg("keep_grads"), py::arg("keep_states"), py::arg("input_grad_norms"),
-      py::arg("param_grads"), py::arg("saturation_threshold"), py::arg("num_threads"),
-      py::arg("progress"), py::arg("rescale") = true);
+      py::arg("cell_cotangent"), py::arg("keep_grads"), py::arg("keep_states"),
+      py::arg("input_grad_norms"), py::arg("param_grads"), py::arg("saturation_threshold"),
+      py::arg("num_threads"), py::arg("progress"), py::arg("rescale") = true);
 }
 
 }  // namespace vgcore::bind

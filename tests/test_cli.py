@@ -280,9 +280,12 @@ def test_analyze_torch_checkpoint(tmp_path, capsys, torch):
     assert main(["analyze", "--torch", str(ckpt)]) == 2  # activations are not in a state_dict
     err = capsys.readouterr().err  # names the flag that supplies what the file lacks
     assert "does not record its activations" in err and "--activation relu" in err
+    torch.save(nn.LSTM(4, 4, proj_size=2).state_dict(), tmp_path / "proj.pt")
+    assert main(["analyze", "--torch", str(tmp_path / "proj.pt")]) == 2
+    assert "proj_size > 0" in capsys.readouterr().err
     torch.save(nn.LSTM(4, 4, num_layers=2).state_dict(), tmp_path / "stacked.pt")
-    assert main(["analyze", "--torch", str(tmp_path / "stacked.pt")]) == 2
-    assert "num_layers > 1" in capsys.readouterr().err
+    assert main(["analyze", "--torch", str(tmp_path / "stacked.pt"), "--steps", "5"]) == 2
+    assert "stacked or bidirectional" in capsys.readouterr().err
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     assert main(["analyze", "--torch", str(tmp_path / "junk.pt")]) == 2
     assert "cannot read" in capsys.readouterr().err

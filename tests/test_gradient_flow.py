@@ -272,11 +272,9 @@ def test_recurrent_from_torch(torch, cls, batch_first):
     assert back.batch_first is batch_first
 
 
-def test_recurrent_from_torch_rejects_stacked_and_bidirectional(torch):
-    with pytest.raises(NotImplementedError, match="num_layers=2"):
-        LSTM.from_torch(torch.nn.LSTM(2, 3, num_layers=2))
-    with pytest.raises(NotImplementedError, match="bidirectional"):
-        GRU.from_torch(torch.nn.GRU(2, 3, bidirectional=True))
+def test_recurrent_from_torch_rejects_the_wrong_class_and_projection(torch):
+    with pytest.raises(NotImplementedError, match="proj_size=2"):
+        LSTM.from_torch(torch.nn.LSTM(2, 3, proj_size=2))
     with pytest.raises(TypeError, match=r"torch\.nn\.LSTM"):
         LSTM.from_torch(torch.nn.GRU(2, 3))
 

@@ -160,12 +160,19 @@ def plot_gradient_flow(
         raise ValueError(f"labels must have {len(items)} entries, got {len(labels)}")
     ax = _axes(ax)
     axes_kinds = set()
+    # A stacked recurrent result draws one line per layer (and direction).
+    curves = []
     for i, item in enumerate(items):
         flow = _flow_of(item)
+        label = labels[i] if labels is not None else _label_of(item, i)
+        if getattr(flow, "stacked", False):
+            curves += [(f"{label}, {name}", flow.layer(k, d)) for name, k, d in flow.layer_names()]
+        else:
+            curves.append((label, flow))
+    for label, flow in curves:
         lg = np.asarray(flow.log_grad_norms, dtype=float) / _LOG10
         ref = lg[-1] if relative else 0.0
         x = np.arange(lg.size)
-        label = labels[i] if labels is not None else _label_of(item, i)
         (line,) = ax.plot(x, lg - ref, label=label, lw=1.6)
         axes_kinds.add(flow.axis)
         if cell and flow.log_cell_grad_norms is not None:

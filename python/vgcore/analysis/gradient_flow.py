@@ -33,7 +33,9 @@ def param_kinds(model: Model) -> tuple[str, ...]:
     if model.axis == "depth":  # per-layer kinds: layers.{i}.norm.weight -> norm_weight
         have = {k.split(".", 2)[2].replace(".", "_") for k in names}
         return tuple(k for k in MLP_PARAM_KINDS if k in have)
-    return tuple(k for k in RECURRENT_PARAM_KINDS if k in names)
+    # torch names: weight_ih, or weight_ih_l0[_reverse] for stacked and bidirectional models
+    have = {k.split("_l")[0] for k in names}
+    return tuple(k for k in RECURRENT_PARAM_KINDS if k in have)
 
 
 @dataclass(repr=False)
@@ -80,7 +82,13 @@ class GradientFlow:
         With ``keep_grads=True``: ``dL/dh_i`` (MLP: a list of (B, width_i) arrays;
         recurrent: one (T+1, B, N) array). ``cell_grads`` likewise for LSTM.
     output : ndarray
-        ``y`` (MLP, (B, out)) or ``h_T`` (recurrent, (B, N)).
+        ``y`` (MLP, (B, out)) or ``h_T`` (recurrent, (B, N)); stacked or bidirectional:
+        ``output[T-1]`` of the top layer, (B, D*N).
+    log_input_grad_norms : ndarray of shape (T,) or None
+        Recurrent models with ``input_grads`` (default for stacked ones): ``log ||dL/dx_t||``.
+
+    Stacked and bidirectional recurrent models have a (layer, time) grid of each per-state and
+    per-step array; see :func:`gradient_flow`.
     """
 
     model: Model
@@ -103,6 +111,7 @@ class GradientFlow:
     log_clipped_param_grad_norms: dict[str, Any] | None = field(default=None)
     low_derivative: list[str | None] = field(default_factory=list)
     dead: np.ndarray | None = None
+    log_input_grad_norms: np.ndarray | None = None
 
     # -- derived views ------------------------------------------------------------------
     @property
@@ -169,13 +178,97 @@ class GradientFlow:
 
     def _split(self, kind: str) -> np.ndarray:
         mask = np.array([c == kind for c in self._classes()], dtype=bool)
-        return np.where(mask, self.saturation, 0.0)
+        return np.where(mask, self.saturation, 0.0)  # along the last (layer / step) axis
 
     def _classes(self) -> list[str | None]:
-        n = len(self.saturation)
+        n = np.shape(self.saturation)[-1]
         if len(self.low_derivative) == n:
             return list(self.low_derivative)
         return ["saturated"] * n  # a result built by hand: the old reading
+
+    # -- stacked recurrent models ------------------------------------------------------
+    @property
+    def stacked(self) -> bool:
+        """Whether the arrays are (layer, time) grids (a stacked or bidirectional model)."""
+        return bool(getattr(self.model, "stacked", False))
+
+    def layer(self, index: int, direction: int = 0) -> GradientFlow:
+        """One layer (and direction) of a stacked model's result as a single-layer result:
+        its rows of every grid, its parameter-gradient norms, the layer as ``model``.
+
+        Parameters
+        ----------
+        index : int
+            Layer, 0 the one reading ``x`` (negative counts from the top).
+        direction : int
+            0 forward, 1 reverse (bidirectional models).
+        """
+        if not self.stacked:
+            if index in (0, -1) and direction == 0:
+                return self
+            raise IndexError(
+                f"this result has one layer and one direction, got ({index}, {direction})"
+            )
+        m: Any = self.model
+        L, D = m.num_layers, m.num_directions
+        if not (-L <= index < L) or direction not in range(D):
+            raise IndexError(
+                f"layer must be in [-{L}, {L}) and direction in range({D}), got ({index}, {direction})"
+            )
+        index %= L
+
+        def row(a: Any) -> Any:
+            if a is None:
+                return None
+            a = np.asarray(a)
+            return a[index] if D == 1 else a[direction, index]
+
+        pg = None
+        if self.log_param_grad_norms is not None:
+            pg = {k: float(row(v)) for k, v in self.log_param_grad_norms.items()}
+        view = GradientFlow(
+            model=m.layer(index, direction),
+            kind=self.kind,
+            dtype=self.dtype,
+            batch_size=self.batch_size,
+            log_grad_norms=row(self.log_grad_norms),
+            act_mean=row(self.act_mean),
+            act_std=row(self.act_std),
+            saturation=row(self.saturation),
+            output=self.output,
+            log_cell_grad_norms=row(self.log_cell_grad_norms),
+            gate_saturation=row(self.gate_saturation),
+            log_param_grad_norms=pg,
+            grads=row(self.grads),
+            cell_grads=row(self.cell_grads),
+            states=row(self.states),
+            cell_states=row(self.cell_states),
+            low_derivative=list(self.low_derivative),
+        )
+        return view
+
+    def layer_names(self) -> list[tuple[str, int, int]]:
+        """``(name, layer, direction)`` of every layer of the result, bottom to top."""
+        if not self.stacked:
+            return [("", 0, 0)]
+        m: Any = self.model
+        D = m.num_directions
+        return [
+            (f"layer {i}" + (" reverse" if d else ""), i, d)
+            for i in range(m.num_layers)
+            for d in range(D)
+        ]
+
+    @property
+    def _trace(self) -> np.ndarray:
+        """The 1-D norms the summaries read: the model's, or a stacked model's top layer
+        (forward direction)."""
+        lg = np.asarray(self.log_grad_norms)
+        return lg if lg.ndim == 1 else lg.reshape(-1, lg.shape[-1])[self._top_row()]
+
+    def _top_row(self) -> int:
+        # uni (L, T+1) or bidirectional (2, L, T+1) as (D*L, T+1): the forward grid comes first
+        return int(self.model.num_layers) - 1
 
     @property
     def saturated(self) -> np.ndarray:
@@ -191,13 +284,17 @@ class GradientFlow:
 
     @property
     def log_gain(self) -> float:
-        """``log(||dL/dh_0|| / ||dL/dh_last||)``: total log gain of the backward pass."""
-        return float(self.log_grad_norms[0] - self.log_grad_norms[-1])
+        """``log(||dL/dh_0|| / ||dL/dh_last||)``: total log gain of the backward pass
+        (stacked models: along the top layer, forward direction)."""
+        lg = self._trace
+        return float(lg[0] - lg[-1])
 
     def vanishing_depth(self, ratio: float = 1e-6) -> int | None:
         """Smallest distance from the output (in layers / steps) at which the gradient
-        norm falls below ``ratio`` times its value at the output, or None."""
-        rel = self.log_grad_norms[::-1] - self.log_grad_norms[-1]
+        norm falls below ``ratio`` times its value at the output, or None (stacked models:
+        along the top layer, forward direction)."""
+        lg = self._trace
+        rel = lg[::-1] - lg[-1]
         idx = np.nonzero(rel < math.log(ratio))[0]
         return int(idx[0]) if idx.size else None
 
@@ -211,6 +308,14 @@ class GradientFlow:
         """
         import pandas as pd
 
+        if self.stacked:
+            frames = {(i, d): self.layer(i, d).to_pandas() for _, i, d in self.layer_names()}
+            keys = list(frames)
+            if self.model.num_directions == 1:  # type: ignore[attr-defined]
+                return pd.concat(
+                    [frames[k] for k in keys], keys=[i for i, _ in keys], names=["layer"]
+                )
+            return pd.concat([frames[k] for k in keys], keys=keys, names=["layer", "direction"])
         n = len(self.log_grad_norms)
         data: dict[str, Any] = {
             "log10_grad_norm": self.log10_grad_norms,
@@ -267,6 +372,8 @@ class GradientFlow:
 
     def __repr__(self) -> str:
         m = self.model
+        if self.stacked:
+            return self._stacked_repr()
         if isinstance(m, MLP):
             desc = f"MLP depth={m.depth} widths={m.sizes[0]}..{m.sizes[-1]}"
         else:
@@ -286,6 +393,27 @@ class GradientFlow:
             lines.append(
                 f"  falls below 1e-6 of its output value {vd} {self.axis}s from the output"
             )
+        lines += [f"  note: {n}" for n in m.notes]
+        return "\n".join(lines)
+
+    def _stacked_repr(self) -> str:
+        m: Any = self.model
+        T = np.shape(self.log_grad_norms)[-1] - 1
+        lines = [
+            f"GradientFlow({m!r}, T={T}, B={self.batch_size}, {self.dtype.name}; "
+            "log_* attributes are natural logs)"
+        ]
+        for name, i, d in self.layer_names():
+            lg = self.layer(i, d).log10_grad_norms
+            lines.append(
+                f"  {name}: ||dL/dh_T|| = 10^{lg[-1]:.2f} -> ||dL/dh_0|| = 10^{lg[0]:.2f}"
+                if d == 0
+                else f"  {name}: ||dL/dh_0|| = 10^{lg[0]:.2f} -> ||dL/dh_T|| = 10^{lg[-1]:.2f}"
+            )
+        if self.log_input_grad_norms is not None:
+            li = self.log_input_grad_norms / _LN10
+            lines.append(f"  ||dL/dx_t||: 10^{li[-1]:.2f} at t = T-1, 10^{li[0]:.2f} at t = 0")
+        lines += self._unit_lines()
         lines += [f"  note: {n}" for n in m.notes]
         return "\n".join(lines)
 
@@ -393,20 +521,27 @@ def gradient_flow(
     clip_norm: float | None = None,
     rescale: bool = True,
     dead_units: bool = False,
+    input_grads: bool | None = None,
 ) -> GradientFlow:
     """Forward and backward pass in one compiled call; gradient norms per layer or step.
 
     Parameters
     ----------
     model : MLP, RNN, LSTM or GRU
+        Recurrent models may be stacked (``num_layers > 1``) and bidirectional; see Notes.
     x : array_like of shape (B, input_size) (MLP) or (T, B, input_size) (recurrent)
-        Recurrent inputs are time-major whatever ``batch_first`` an imported module had.
+        Recurrent inputs are time-major unless the model is ``batch_first`` (then
+        ``(B, T, input_size)``, as its PyTorch module takes them).
     h0 : array_like of shape (B, N), or for LSTM a pair ``(h0, c0)``; zeros by default.
+        Stacked or bidirectional models: PyTorch's shape ``(num_layers * D, B, N)``.
     cotangent : array_like, optional
         ``dL/dy`` replacing the default loss ``L = 0.5 * ||y||^2`` (summed over the batch),
         with ``y`` the MLP output (B, out) or the last hidden state ``h_T`` (B, N). For a
         recurrent model a (T, B, N) array gives ``dL/dh_t`` at every step (sequence loss);
-        for LSTM a pair ``(dL/dh_T, dL/dc_T)`` is accepted too.
+        for LSTM a pair ``(dL/dh_T, dL/dc_T)`` is accepted too. Stacked or bidirectional
+        models: ``y`` is ``output[T-1]``, the top layer's last output as the PyTorch module
+        returns it, of shape (B, D*N); a (T, B, D*N) array puts ``dL/doutput[t]`` on every
+        step.
     dtype : float32 or float64, optional
         Computation dtype; the model's when None.
     param_grads : bool
@@ -436,11 +571,27 @@ def gradient_flow(
     dead_units : bool
         Also count dead units: per layer / step, the fraction of ReLU-family units inactive
         (``|phi'(z)|`` below the threshold) for every sample in the batch (``dead`` in the
-        result). Costs one extra forward pass in float64 (numpy).
+        result). Costs one extra forward pass in float64 (numpy). Not for stacked models.
+    input_grads : bool, optional
+        Recurrent models: also measure ``log ||dL/dx_t||``, the gradient reaching the input
+        sequence (``log_input_grad_norms``; one more GEMM over all steps). Default: on for
+        stacked and bidirectional models, off for single-layer ones.
 
     Returns
     -------
     GradientFlow
+
+    Notes
+    -----
+    Stacked and bidirectional recurrent models report norms over the (layer, time) grid:
+    ``log_grad_norms`` has shape ``(num_layers, T+1)``, row ``l`` holding
+    ``log ||dL/dh^l_t||`` for t = 0..T; bidirectional models one such grid per direction,
+    ``(2, num_layers, T+1)``, where the reverse direction's position ``t`` is its state after
+    reading ``x_{T-1}..x_t`` (its output at time t) and position ``T`` its initial state.
+    Per-step arrays (``act_mean``, ``saturation``, ...) are ``(num_layers, T)`` or
+    ``(2, num_layers, T)`` indexed by output time; kept tensors add those leading axes;
+    ``log_param_grad_norms`` holds one value per layer (and direction). Inter-layer dropout is
+    off (eval semantics): analyses measure the network, not one dropout sample.
 
     Raises
     ------
@@ -532,28 +683,101 @@ def gradient_flow(
 
     if not isinstance(m, RecurrentModel):
         raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
+    return _recurrent_flow(
+        model,
+        m,
+        x,
+        dt,
+        h0=h0,
+        cotangent=cotangent,
+        param_grads=param_grads,
+        keep_grads=keep_grads,
+        keep_states=keep_states,
+        input_grads=input_grads,
+        saturation_threshold=float(saturation_threshold),
+        threads=threads,
+        progress=progress,
+        clip_norm=clip_norm,
+        rescale=bool(rescale),
+        dead_units=bool(dead_units),
+        check_result=check_result,
+    )
+
+
+def _initial_states(
+    m: RecurrentModel, h0: Any, dt: np.dtype, B: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``h0`` (and LSTM ``c0``) as the core takes them: ``(L*D, B, N)`` arrays (a single-layer
+    model also accepts ``(B, N)``), or None for zeros."""
+    if h0 is None:
+        return None, None
     N = m.hidden_size
+    runs = m.num_layers * m.num_directions
+    shape = (runs, B, N) if m.stacked else (B, N)
+    what = "(num_layers * num_directions, B, N)" if m.stacked else "(B, N)"
+    if len(m.state_names) == 2:  # a cell state c next to h
+        if not (isinstance(h0, (tuple, list)) and len(h0) == 2):
+            raise TypeError(f"h0 for an LSTM must be a pair (h0, c0) of {what} arrays")
+        h = as_float_array(h0[0], "h0[0] (h0)", dt, shape=shape)
+        c = as_float_array(h0[1], "h0[1] (c0)", dt, shape=shape)
+        return h.reshape(runs, B, N), c.reshape(runs, B, N)
+    return as_float_array(h0, "h0", dt, shape=shape).reshape(runs, B, N), None
+
+
+def _recurrent_flow(
+    model: Model,
+    m: RecurrentModel,
+    x: Any,
+    dt: np.dtype,
+    *,
+    h0: Any,
+    cotangent: Any,
+    param_grads: bool,
+    keep_grads: bool,
+    keep_states: bool,
+    input_grads: bool | None,
+    saturation_threshold: float,
+    threads: int,
+    progress: Any,
+    clip_norm: float | None,
+    rescale: bool,
+    dead_units: bool,
+    check_result: Callable[[dict[str, Any], str], None],
+) -> GradientFlow:
+    """gradient_flow for RNN / LSTM / GRU, single-layer, stacked or bidirectional: one call of
+    the core's recurrent sweep."""
+    N = m.hidden_size
+    L, D = m.num_layers, m.num_directions
+    runs = L * D
+    out_width = D * N  # the top layer's output features
     is_lstm = len(m.state_names) == 2  # a cell state c next to h
+    if dead_units and m.stacked:
+        raise ValueError(
+            "dead_units is measured for single-layer models only; for a stacked model, analyse "
+            "model.layer(l) on that layer's input"
+        )
+    if input_grads is None:
+        input_grads = m.stacked
     xshape = tuple(getattr(x, "shape", ()))  # arrays (not nested lists) before converting
     if len(xshape) == 3:  # the working-memory check comes before any conversion
         T, B = (xshape[1], xshape[0]) if m.batch_first else (xshape[0], xshape[1])
-        per_step = (m.gates + 3) * N * T * B  # A, H, and LSTM C / tanh(C) or GRU HN
-        kept = (T + 1) * B * N * ((2 if is_lstm else 1) * (int(keep_grads) + int(keep_states)))
-        check_memory(itemsize * (per_step + kept), f"gradient_flow on x of shape {xshape}")
+        per_step = runs * (m.gates + 3) * N * T * B  # A, H, and LSTM C / tanh(C) or GRU HN
+        n_kept = runs * (T + 1) * B * N * ((2 if is_lstm else 1) * (keep_grads + keep_states))
+        inputs = (T * B * out_width * (D + 1)) if m.stacked else 0  # layer inputs, cotangents
+        check_memory(
+            dt.itemsize * (per_step + n_kept + inputs), f"gradient_flow on x of shape {xshape}"
+        )
     xa = time_major(m, x, "x", dt, m.input_size)
     T, B, _ = xa.shape
-    h0a = c0a = None
-    if h0 is not None:
-        if is_lstm:
-            if not (isinstance(h0, (tuple, list)) and len(h0) == 2):
-                raise TypeError("h0 for an LSTM must be a pair (h0, c0) of (B, N) arrays")
-            h0a = as_float_array(h0[0], "h0[0] (h0)", dt, shape=(B, N))
-            c0a = as_float_array(h0[1], "h0[1] (c0)", dt, shape=(B, N))
-        else:
-            h0a = as_float_array(h0, "h0", dt, shape=(B, N))
+    h0a, c0a = _initial_states(m, h0, dt, B)
     cot = ccot = None
     if cotangent is not None:
         if is_lstm and isinstance(cotangent, (tuple, list)):
+            if m.stacked:
+                raise ValueError(
+                    "a (dL/dh_T, dL/dc_T) cotangent pair is for single-layer LSTMs; a stacked "
+                    f"model takes dL/doutput of shape (B, {out_width}) or (T, B, {out_width})"
+                )
             if len(cotangent) != 2:
                 raise ValueError("an LSTM cotangent pair must be (dL/dh_T, dL/dc_T)")
             cot = as_float_array(cotangent[0], "cotangent[0]", dt, shape=(B, N))
@@ -561,16 +785,12 @@ def gradient_flow(
         else:
             c = np.asarray(cotangent)
             if c.ndim == 3:
-                cot = time_major(m, c, "cotangent", dt, N, steps=T, batch=B)
+                cot = time_major(m, c, "cotangent", dt, out_width, steps=T, batch=B)
             else:
-                cot = as_float_array(c, "cotangent", dt, shape=(B, N))
-    wih, whh, bih, bhh = m._params_as(dt, check_finite=False)
-    stats = _core.recurrent_gradient_flow(
-        m.cell,
-        wih,
-        whh,
-        bih,
-        bhh,
+                cot = as_float_array(c, "cotangent", dt, shape=(B, out_width))
+    spec = m.to_spec(dt, check_finite=False)
+    stats = _core.stacked_gradient_flow(
+        spec,
         xa,
         h0a,
         c0a,
@@ -578,46 +798,86 @@ def gradient_flow(
         ccot,
         keep_grads,
         keep_states,
+        bool(input_grads),
         param_grads,
-        float(saturation_threshold),
+        saturation_threshold,
         threads,
         progress,
-        bool(rescale),
+        rescale,
     )
-    check_result(stats, "step")
-    if m.batch_first:  # per-sample sequences follow the model's layout, as its input does
-        for key in ("grads", "cell_grads", "states", "cell_states"):
-            if stats[key] is not None:
-                stats[key] = np.swapaxes(stats[key], 0, 1)
+    per_run = stats["layers"]
+    for i, run in enumerate(per_run):
+        run = dict(run)
+        for key in ("grads", "cell_grads"):
+            run[key] = None if stats[key] is None else stats[key][i]
+        try:
+            check_result(run, "step")
+        except FloatingPointError as exc:
+            if not m.stacked:
+                raise
+            raise FloatingPointError(f"{_run_name(i, D)}: {exc}") from None
+
+    def grid(values: list[Any]) -> np.ndarray:
+        """Per-run arrays in PyTorch order -> (L, ...) or, bidirectional, (2, L, ...)."""
+        a = np.stack([np.asarray(v) for v in values])
+        if not m.stacked:
+            return a[0]
+        a = a.reshape(L, D, *a.shape[1:])
+        return a[:, 0] if D == 1 else np.swapaxes(a, 0, 1)
+
+    def by_run(key: str) -> np.ndarray:
+        return grid([r[key] for r in per_run])
+
+    kept: dict[str, np.ndarray | None] = {}
+    for key in ("grads", "cell_grads", "states", "cell_states"):
+        v = stats[key]
+        if v is not None:
+            v = grid(list(v))
+            if m.batch_first:  # per-sample sequences follow the model's layout, as x does
+                v = np.swapaxes(v, -3, -2)
+        kept[key] = v
     pg = None
     if param_grads:
-        lp = stats["log_param_grad_norms"]
         have = param_kinds(m)
-        pg = {k: float(lp[j]) for j, k in enumerate(RECURRENT_PARAM_KINDS) if k in have}
-    gate_sat = stats["gate_saturation"] if m.gates > 1 else None
+        lp = by_run("log_param_grad_norms")
+        pg = {
+            k: (float(lp[j]) if not m.stacked else lp[..., j].copy())
+            for j, k in enumerate(RECURRENT_PARAM_KINDS)
+            if k in have
+        }
+    output = stats["output_last"] if m.stacked else stats["h_n"][0]
     return _apply_clip(
         GradientFlow(
             model=model,
             kind=model.kind,
             dtype=dt,
             batch_size=B,
-            log_grad_norms=stats["log_grad_norms"],
-            act_mean=stats["act_mean"],
-            act_std=stats["act_std"],
-            saturation=stats["saturation"],
-            output=stats["h_last"],
-            log_cell_grad_norms=stats["log_cell_grad_norms"] if is_lstm else None,
-            gate_saturation=gate_sat,
+            log_grad_norms=by_run("log_grad_norms"),
+            act_mean=by_run("act_mean"),
+            act_std=by_run("act_std"),
+            saturation=by_run("saturation"),
+            output=output,
+            log_cell_grad_norms=by_run("log_cell_grad_norms") if is_lstm else None,
+            gate_saturation=by_run("gate_saturation") if m.gates > 1 else None,
             log_param_grad_norms=pg,
-            grads=stats["grads"],
-            cell_grads=stats["cell_grads"],
-            states=stats["states"],
-            cell_states=stats["cell_states"],
+            grads=kept["grads"],
+            cell_grads=kept["cell_grads"],
+            states=kept["states"],
+            cell_states=kept["cell_states"],
             low_derivative=[_cell_low_derivative(m)] * T,
-            dead=_dead_fractions(m, xa, h0a, float(saturation_threshold)) if dead_units else None,
+            dead=_dead_fractions(m, xa, None if h0a is None else h0a[0], saturation_threshold)
+            if dead_units
+            else None,
+            log_input_grad_norms=stats["log_input_grad_norms"],
         ),
         clip_norm,
     )
+
+
+def _run_name(i: int, directions: int) -> str:
+    """'layer 1' or 'layer 1 (reverse direction)' for run i in PyTorch order."""
+    layer, d = divmod(i, directions)
+    return f"layer {layer}" + (" (reverse direction)" if d else "")
 
 
 def _cell_low_derivative(m: RecurrentModel) -> str | None:

@@ -302,6 +302,12 @@ def _torch_model(args: argparse.Namespace, flags: dict[str, Any]) -> tuple[str, 
         raise UsageError(str(exc)) from None
     except ImportError as exc:
         raise Failure(str(exc)) from None
+    if model.stacked:
+        raise UsageError(
+            f"{args.torch} holds a stacked or bidirectional network ({model!r}); the commands "
+            "diagnose MLPs and single-layer recurrent models (diagnose covers one layer at a "
+            "time): from Python, vgcore.gradient_flow(model, x) measures every layer of it"
+        )
     shape = spec_from_model(model)
     kind = shape["model"]
     for key in given:

@@ -102,6 +102,12 @@ def diagnose(
     """
     if not isinstance(model, Model):
         raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
+    if model.stacked:
+        raise NotImplementedError(
+            f"diagnose covers MLPs and single-layer recurrent models, not this {model!r}; "
+            "vgcore.gradient_flow(model, x) measures every layer of it (flow.layer(l) is one "
+            "layer's result), and diagnose(model.layer(l), x_l) diagnoses one layer on its input"
+        )
     if not (isinstance(ratio, (int, float)) and 0 < ratio < 1):
         raise ValueError(f"ratio must be in (0, 1), got {ratio!r}")
     steps = check_positive_int(steps, "steps")

@@ -117,6 +117,12 @@ class Model:
         raise NotImplementedError
 
     @property
+    def stacked(self) -> bool:
+        """Whether results are (layer, time) grids: a stacked or bidirectional recurrent
+        model. False for a dense stack and a single-layer cell."""
+        return False
+
+    @property
     def num_layers(self) -> int:
         """Layers: a dense stack's depth (its steps), a recurrent model's stacked layers."""
         raise NotImplementedError
