@@ -285,3 +285,19 @@ def test_stacked_h0_shapes_are_checked():
     x, h0 = inputs(rnn)
     with pytest.raises(ValueError, match=r"h0.*\(3, 2, 4\)"):
         vgcore.jacobian_spectrum(rnn, x, h0=h0[0])
+
+
+def test_threads_and_selected_steps_change_nothing():
+    """Batch-parallel chunks share the (read-only) stack; a spectrum of selected steps replays
+    the forward pass to them."""
+    model = build("lstm", 2)
+    x, h0 = inputs(model, steps=8)
+    x3 = np.concatenate([x, x[:, :1]], axis=1)
+    h3 = tuple(np.concatenate([h, h[:, :1]], axis=1) for h in h0)
+    one = vgcore.lyapunov(model, x3, h0=h3, k=4, num_threads=1)
+    two = vgcore.lyapunov(model, x3, h0=h3, k=4, num_threads=2)
+    np.testing.assert_allclose(two.exponents, one.exponents, rtol=0, atol=1e-13)
+    full = vgcore.jacobian_spectrum(model, x, h0=h0, method="exact", num_threads=2)
+    sel = vgcore.jacobian_spectrum(model, x, h0=h0, method="exact", which=[2, -1], num_threads=1)
+    np.testing.assert_array_equal(sel.steps, [2, 7])
+    np.testing.assert_allclose(sel.sigma_max, full.sigma_max[[2, 7]], rtol=1e-13)
