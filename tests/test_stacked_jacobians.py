@@ -301,3 +301,21 @@ def test_threads_and_selected_steps_change_nothing():
     sel = vgcore.jacobian_spectrum(model, x, h0=h0, method="exact", which=[2, -1], num_threads=1)
     np.testing.assert_array_equal(sel.steps, [2, 7])
     np.testing.assert_allclose(sel.sigma_max, full.sigma_max[[2, 7]], rtol=1e-13)
+
+
+def test_imported_batch_first_module(torch):
+    """A stock nn.GRU(num_layers=2, batch_first=True): x as the module takes it, (B, T, I); the
+    final state is the module's h_n, layer by layer."""
+    torch.manual_seed(0)
+    net = torch.nn.GRU(I, N, num_layers=2, batch_first=True).double()
+    model = vgcore.GRU.from_torch(net)
+    assert (model.num_layers, model.batch_first, model.state_dim) == (2, True, 2 * N)
+    x = np.random.default_rng(3).standard_normal((B, T, I))
+    h0 = 0.5 * np.random.default_rng(4).standard_normal((2, B, N))
+    res = vgcore.lyapunov(model, x, h0=h0, k=3)
+    _, hn = net(torch.tensor(x), torch.tensor(h0))
+    assert_rel_close(res.final_state, stacked_state_rows("gru", hn.detach().numpy()), 1e-12, "h_n")
+    ref = stacked_qr_lyapunov(
+        torch, "gru", layers64(model), x.transpose(1, 0, 2), 3, h0=stacked_state_rows("gru", h0)
+    )
+    assert_log_close(res.exponents, ref, 1e-10 * np.abs(ref[:, :1]), "exponents")
