@@ -301,6 +301,36 @@ def torch_bptt_eager(torch: Any, model: Any, x: np.ndarray) -> Callable[[], np.n
     return run
 
 
+def torch_stacked_bptt_eager(torch: Any, model: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
+    """The natural PyTorch code for a stacked model's per-(layer, step) norms: layer by layer a
+    cell loop with retain_grad on every h (the fused nn.LSTM keeps its inner states to itself)."""
+    cells = [torch_cell(torch, model.layer(i)) for i in range(model.num_layers)]
+    xt = torch.from_numpy(x)
+    lstm = model.kind == "lstm"
+    B, N = x.shape[1], model.hidden_size
+
+    def run() -> np.ndarray:
+        inputs = list(xt.unbind(0))
+        per_layer = []
+        for cell in cells:
+            h = torch.zeros(B, N, dtype=xt.dtype, requires_grad=True)
+            c = torch.zeros(B, N, dtype=xt.dtype)
+            hs = [h]
+            for x_t in inputs:
+                if lstm:
+                    h, c = cell(x_t, (h, c))
+                else:
+                    h = cell(x_t, h)
+                h.retain_grad()
+                hs.append(h)
+            per_layer.append(hs)
+            inputs = hs[1:]
+        (0.5 * (h**2).sum()).backward()
+        return np.array([[float(v.grad.double().norm()) for v in hs] for hs in per_layer]).ravel()
+
+    return run
+
+
 def torch_state_fn(torch: Any, model: Any) -> Any:
     """Single-sample step ``f(state, x_t)`` (LSTM state [h, c]) for torch.func."""
     cell = torch_cell(torch, model)

@@ -248,6 +248,44 @@ def bptt(kind: str, quick: bool, N: int | None = None, sweep: bool = False) -> W
     return w
 
 
+def stacked_bptt(quick: bool, kind: str = "lstm", layers: int = 2) -> Workload:
+    """BPTT through a stacked model (issue 14): per-(layer, step) norms, compared with the
+    natural PyTorch code (a cell loop per layer with retain_grad)."""
+    T, B = (200, 32) if quick else (1000, 32)
+    N = 64 if quick else 256
+    cls: Any = {"lstm": vgcore.LSTM, "gru": vgcore.GRU, "rnn": vgcore.RNN}[kind]
+    model = cls.from_sizes(INPUT, N, num_layers=layers, seed=0, dtype=F32)
+    x = np.random.default_rng(1).normal(size=(T, B, INPUT)).astype(F32)
+    G = GATES[kind]
+
+    def ours(th: int, x: np.ndarray = x) -> np.ndarray:
+        flow = vgcore.gradient_flow(model, x, num_threads=th, input_grads=False)
+        return np.asarray(flow.log_grad_norms).ravel()
+
+    # every layer's recurrent GEMMs and input projection, and dL/dx of the upper layers
+    flops = 2.0 * T * B * G * N * (2 * N + INPUT) + (layers - 1) * 2.0 * T * B * G * N * 4 * N
+    w = Workload(
+        f"bptt-{kind}{layers}-N{N}",
+        f"BPTT {layers}-layer {kind.upper()} N={N} B={B} T={T}",
+        flops,
+        ours,
+        family="bptt",
+        steps=T,
+        gemm_shape=(B, G * N, N),
+        cell=kind,
+        N=N,
+    )
+    _add(
+        w,
+        _torch_peer(
+            "torch eager",
+            lambda t: P.torch_stacked_bptt_eager(t, model, x),
+            settings=[{"threads": t, "flush_denormal": f} for f in (False, True) for t in (1, 2)],
+        ),
+    )
+    return w
+
+
 # ---- 3. Lyapunov exponents ----------------------------------------------------------------------
 
 
@@ -403,6 +441,7 @@ def all_workloads(
     out: list[tuple[str, Callable[[], Workload]]] = [("mlp-flow", partial(mlp_flow, quick))]
     for kind in ("lstm", "gru", "rnn"):
         out.append((f"bptt-{kind}-N{n_main}", partial(bptt, kind, quick)))
+    out.append((f"bptt-lstm2-N{n_main}", partial(stacked_bptt, quick)))
     for kind in ("lstm", "gru", "rnn"):
         out.append((f"lyapunov-{kind}-N{n_main}", partial(lyapunov, kind, quick)))
     out += [
