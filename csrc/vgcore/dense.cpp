@@ -11,6 +11,11 @@
 #include "vgcore/blas.hpp"
 #include "vgcore/fastmath.hpp"
 #include "vgcore/gates.hpp"
+#include "vgcore/layers/batchnorm.hpp"
+#include "vgcore/layers/dense.hpp"
+#include "vgcore/layers/highway.hpp"
+#include "vgcore/layers/layernorm.hpp"
+#include "vgcore/layers/residual.hpp"
 #include "vgcore/packed_gemm.hpp"
 #include "vgcore/workspace.hpp"
 
@@ -60,114 +65,6 @@ struct LayerBuffers {
   Buffer<T> a;     // highway: phi(z')
   Buffer<T> t;     // highway: gate t, then dL/d(gate pre-activation)
 };
-
-// z (rows x n) -> gamma * xhat + beta, normalising each row (LayerNorm).
-template <class T>
-void layernorm_forward(const DenseLayer<T>& ly, T* z, T* xhat, T* istd, std::size_t rows,
-                       std::size_t n) {
-  for (std::size_t r = 0; r < rows; ++r) {
-    T* zr = z + r * n;
-    double m = 0, v = 0;
-    for (std::size_t j = 0; j < n; ++j) m += zr[j];
-    m /= static_cast<double>(n);
-    for (std::size_t j = 0; j < n; ++j) v += (zr[j] - m) * (zr[j] - m);
-    v /= static_cast<double>(n);
-    const T is = static_cast<T>(1.0 / std::sqrt(v + ly.eps));
-    istd[r] = is;
-    T* xr = xhat + r * n;
-    for (std::size_t j = 0; j < n; ++j) {
-      xr[j] = static_cast<T>(zr[j] - m) * is;
-      zr[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xr[j] +
-              (ly.norm_bias ? ly.norm_bias[j] : T(0));
-    }
-  }
-}
-
-// Same over columns with training-mode batch statistics (biased variance, like PyTorch).
-template <class T>
-void batchnorm_forward(const DenseLayer<T>& ly, T* z, T* xhat, T* istd, std::size_t rows,
-                       std::size_t n) {
-  std::vector<double> m(n, 0.0), v(n, 0.0);
-  for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t j = 0; j < n; ++j) m[j] += z[r * n + j];
-  for (std::size_t j = 0; j < n; ++j) m[j] /= static_cast<double>(rows);
-  for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t j = 0; j < n; ++j) v[j] += (z[r * n + j] - m[j]) * (z[r * n + j] - m[j]);
-  for (std::size_t j = 0; j < n; ++j)
-    istd[j] = static_cast<T>(1.0 / std::sqrt(v[j] / rows + ly.eps));
-  for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t j = 0; j < n; ++j) {
-      const T xv = static_cast<T>(z[r * n + j] - m[j]) * istd[j];
-      xhat[r * n + j] = xv;
-      z[r * n + j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xv +
-                     (ly.norm_bias ? ly.norm_bias[j] : T(0));
-    }
-}
-
-// Eval-mode BatchNorm: z' = gamma * (z - running_mean) * istd + beta, istd per column.
-template <class T>
-void batchnorm_eval_forward(const DenseLayer<T>& ly, T* z, T* xhat, const T* istd, std::size_t rows,
-                            std::size_t n) {
-  for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t j = 0; j < n; ++j) {
-      const T xv = (z[r * n + j] - ly.running_mean[j]) * istd[j];
-      xhat[r * n + j] = xv;
-      z[r * n + j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xv +
-                     (ly.norm_bias ? ly.norm_bias[j] : T(0));
-    }
-}
-
-// dL/dz from dL/dz' (dzp): LayerNorm, per row.
-template <class T>
-void layernorm_backward(const DenseLayer<T>& ly, const T* dzp, const T* xhat, const T* istd, T* dz,
-                        std::size_t rows, std::size_t n) {
-  for (std::size_t r = 0; r < rows; ++r) {
-    const T* gr = dzp + r * n;
-    const T* xr = xhat + r * n;
-    double s1 = 0, s2 = 0;
-    for (std::size_t j = 0; j < n; ++j) {
-      const double gh = gr[j] * (ly.norm_weight ? ly.norm_weight[j] : T(1));
-      s1 += gh;
-      s2 += gh * xr[j];
-    }
-    const T m1 = static_cast<T>(s1 / n), m2 = static_cast<T>(s2 / n);
-    T* dr = dz + r * n;
-    for (std::size_t j = 0; j < n; ++j) {
-      const T gh = gr[j] * (ly.norm_weight ? ly.norm_weight[j] : T(1));
-      dr[j] = istd[r] * (gh - m1 - xr[j] * m2);
-    }
-  }
-}
-
-// dL/dz from dL/dz': BatchNorm, per column, through the batch mean and variance.
-template <class T>
-void batchnorm_backward(const DenseLayer<T>& ly, const T* dzp, const T* xhat, const T* istd, T* dz,
-                        std::size_t rows, std::size_t n) {
-  std::vector<double> s1(n, 0.0), s2(n, 0.0);
-  for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t j = 0; j < n; ++j) {
-      const double gh = dzp[r * n + j] * (ly.norm_weight ? ly.norm_weight[j] : T(1));
-      s1[j] += gh;
-      s2[j] += gh * xhat[r * n + j];
-    }
-  for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t j = 0; j < n; ++j) {
-      const T gh = dzp[r * n + j] * (ly.norm_weight ? ly.norm_weight[j] : T(1));
-      dz[r * n + j] = istd[j] * (gh - static_cast<T>(s1[j] / rows) -
-                                 xhat[r * n + j] * static_cast<T>(s2[j] / rows));
-    }
-}
-
-// Highway output: t <- sigmoid(t) (encoded, gates.hpp), h = t * a + (1 - t) * h_in.
-template <class T>
-VGCORE_TARGET_CLONES void highway_mix(T* __restrict t, const T* __restrict a,
-                                      const T* __restrict hin, T* __restrict h, std::size_t n) {
-  for (std::size_t i = 0; i < n; ++i) {
-    T tv, tc;
-    t[i] = gates::sigmoid_store(t[i], tv, tc);
-    h[i] = tv * a[i] + tc * hin[i];
-  }
-}
 
 template <class T>
 void col_sums(const T* a, std::size_t rows, std::size_t n, std::vector<double>& out) {
@@ -279,19 +176,21 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
           for (std::size_t b = 0; b < nb; ++b) std::copy(ly.bias, ly.bias + n_out, z + b * n_out);
         product(nb, n_out, n_in, hin, ly.weight, ly.in, true, ly.bias ? T(1) : T(0), z);
         if (ly.norm == DenseNorm::layernorm)
-          layernorm_forward(ly, z, lb.xhat.data() + off, lb.istd.data() + b0, nb, n_out);
+          layers::layernorm_forward_rows(ly.norm_weight, ly.norm_bias, ly.eps, z,
+                                         lb.xhat.data() + off, lb.istd.data() + b0, nb, n_out);
         else if (ly.norm == DenseNorm::batchnorm)
-          batchnorm_forward(ly, z, lb.xhat.data() + off, lb.istd.data(), nb, n_out);
+          layers::batchnorm_forward_cols(ly.norm_weight, ly.norm_bias, ly.eps, z,
+                                         lb.xhat.data() + off, lb.istd.data(), nb, n_out);
         else if (ly.norm == DenseNorm::batchnorm_eval)
-          batchnorm_eval_forward(ly, z, lb.xhat.data() + off, lb.istd.data(), nb, n_out);
+          layers::batchnorm_eval_forward_rows(ly.norm_weight, ly.norm_bias, ly.running_mean,
+                                              lb.istd.data(), z, lb.xhat.data() + off, nb, n_out);
         // An overflowed pre-activation can hide behind a saturating activation (tanh(inf) = 1).
         bool bad = any_nonfinite(z, cnt);
         if (ly.block == DenseBlock::plain) {
           activation_forward(ly.act, z, z, dphi, cnt);
         } else if (ly.block == DenseBlock::residual) {
           activation_forward(ly.act, z, z, dphi, cnt);
-          const T alpha = static_cast<T>(ly.alpha);
-          for (std::size_t i = 0; i < cnt; ++i) z[i] = hin[i] + alpha * z[i];
+          layers::residual_forward_row(hin, static_cast<T>(ly.alpha), z, cnt);
         } else {
           T* a = lb.a.data() + off;
           T* t = lb.t.data() + off;
@@ -301,7 +200,7 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
               std::copy(ly.gate_bias, ly.gate_bias + n_out, t + b * n_out);
           product(nb, n_out, n_in, hin, ly.gate_weight, ly.in, true, ly.gate_bias ? T(1) : T(0), t);
           bad = bad || any_nonfinite(t, cnt);
-          highway_mix(t, a, hin, z, cnt);
+          layers::highway_forward_row(t, a, hin, z, cnt);
         }
         st.preact_bad[l - 1] = bad ? 1 : 0;
         const T sat_level = static_cast<T>(opt.saturation_threshold * ly.act.max_derivative());
@@ -329,39 +228,25 @@ FlowStats dense_gradient_flow(const std::vector<DenseLayer<T>>& layers, const De
         const T* hin = hin_of(l);
         T* dphi = lb.d.data() + off;  // becomes dL/dz'
         // gnext first receives the direct (skip / carry) path, then the GEMMs accumulate.
-        if (ly.block == DenseBlock::plain) {
-          for (std::size_t i = 0; i < cnt; ++i) dphi[i] = g[i] * f * dphi[i];
-        } else if (ly.block == DenseBlock::residual) {
-          const T alpha = static_cast<T>(ly.alpha);
-          for (std::size_t i = 0; i < cnt; ++i) {
-            const T gs = g[i] * f;
-            dphi[i] = alpha * gs * dphi[i];
-            gnext[i] = gs;
-          }
-        } else {
-          const T* a = lb.a.data() + off;
-          T* t = lb.t.data() + off;  // becomes dL/d(gate pre-activation)
-          for (std::size_t i = 0; i < cnt; ++i) {
-            const T gs = g[i] * f;
-            T tv, tc;
-            gates::sigmoid_load(t[i], tv, tc);
-            dphi[i] = gs * tv * dphi[i];
-            gnext[i] = gs * tc;
-            t[i] = gs * (a[i] - hin[i]) * (tv * tc);
-          }
-        }
+        if (ly.block == DenseBlock::plain)
+          layers::plain_backward_row(g, f, dphi, cnt);
+        else if (ly.block == DenseBlock::residual)
+          layers::residual_backward_row(g, f, static_cast<T>(ly.alpha), dphi, gnext, cnt);
+        else  // the gate buffer becomes dL/d(gate pre-activation)
+          layers::highway_backward_row(g, f, lb.a.data() + off, hin, lb.t.data() + off, dphi, gnext,
+                                       cnt);
         const T* dz = dphi;
         if (ly.norm != DenseNorm::none) {
           T* dzn = lb.dz.data() + off;
           if (ly.norm == DenseNorm::layernorm)
-            layernorm_backward(ly, dphi, lb.xhat.data() + off, lb.istd.data() + b0, dzn, nb, n_out);
+            layers::layernorm_backward_rows(ly.norm_weight, dphi, lb.xhat.data() + off,
+                                            lb.istd.data() + b0, dzn, nb, n_out);
           else if (ly.norm == DenseNorm::batchnorm)
-            batchnorm_backward(ly, dphi, lb.xhat.data() + off, lb.istd.data(), dzn, nb, n_out);
-          else  // eval-mode BatchNorm: dz = dz' * gamma * istd
-            for (std::size_t r = 0; r < nb; ++r)
-              for (std::size_t j = 0; j < n_out; ++j)
-                dzn[r * n_out + j] =
-                    dphi[r * n_out + j] * (ly.norm_weight ? ly.norm_weight[j] : T(1)) * lb.istd[j];
+            layers::batchnorm_backward_cols(ly.norm_weight, dphi, lb.xhat.data() + off,
+                                            lb.istd.data(), dzn, nb, n_out);
+          else
+            layers::batchnorm_eval_backward_rows(ly.norm_weight, dphi, lb.istd.data(), dzn, nb,
+                                                 n_out);
           dz = dzn;
         }
         const T beta = ly.block == DenseBlock::plain ? T(0) : T(1);

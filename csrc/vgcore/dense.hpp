@@ -17,6 +17,7 @@
 #include "vgcore/activations.hpp"
 #include "vgcore/control.hpp"
 #include "vgcore/flow.hpp"
+#include "vgcore/layers/batchnorm.hpp"
 
 namespace vgcore {
 
@@ -46,7 +47,7 @@ struct DenseLayer {
 // batchnorm_eval: 1 / sqrt(running_var + eps) of unit j (as PyTorch's invstd).
 template <class T>
 inline T running_istd(const DenseLayer<T>& ly, std::size_t j) {
-  return static_cast<T>(1.0 / std::sqrt(static_cast<double>(ly.running_var[j]) + ly.eps));
+  return layers::batchnorm_running_istd(ly.running_var[j], ly.eps);
 }
 
 template <class T>
