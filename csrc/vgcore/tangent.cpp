@@ -348,9 +348,10 @@ TangentModel<T> TangentModel<T>::stack(const std::vector<RecurrentWeights<T>>& l
                                   ", but reads layer " + std::to_string(l - 1) +
                                   "'s hidden state of size " + std::to_string(N));
   }
-  TangentModel m = recurrent(w0);
-  m.whh_t_ = PackedMatrix<T>();  // the stack's own packs below
-  m.whh_ = PackedMatrix<T>();
+  if (N == 0) throw std::invalid_argument("hidden size must be positive");
+  TangentModel m;  // w_ = layer 0 (project_inputs); W_hh packed per layer below
+  m.w_ = w0;
+  m.act_ = make_activation(w0.kind == CellKind::rnn_relu ? "relu" : "tanh");
   m.stack_ = layers;
   m.sl_.resize(layers.size());
   for (std::size_t l = 0; l < layers.size(); ++l) {
@@ -699,6 +700,7 @@ void TangentModel<T>::stack_step(const T* proj, T* U, std::size_t ldu, const T* 
                                  std::size_t k, const T* cache_r) const {
   const std::size_t L = stack_.size(), N = w_.hidden, GN = proj_cols(), ls = layer_state(),
                     Cl = layer_cache(), C = L * Cl, rows = ns + nt * k;
+  if (rows == 0) return;
   const CellKind kind = w_.kind;
   const bool gru = kind == CellKind::gru;
   T* A = U + L * GN;  // GRU: the input projection of layer l > 0

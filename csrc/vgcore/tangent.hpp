@@ -17,7 +17,6 @@
 // forward step and the JVP share that GEMM. No diag(...) matrix is ever formed.
 #pragma once
 
-#include <algorithm>
 #include <cstddef>
 #include <stdexcept>
 #include <string>
@@ -51,10 +50,6 @@ class TangentModel {
   bool is_dense() const { return dense_; }
   // A recurrent stack of two or more layers (the single-layer code paths are not used).
   bool stacked() const { return !stack_.empty(); }
-  // Recurrent layers (1 for a single cell, 0 for a dense stack).
-  std::size_t recurrent_layers() const {
-    return dense_ ? 0 : std::max<std::size_t>(1, stack_.size());
-  }
   CellKind cell() const { return w_.kind; }
   std::size_t n_layers() const { return layers_.size(); }
   const std::vector<DenseLayer<T>>& layers() const { return layers_; }
