@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from vgcore.models import MLP, RNN, RecurrentModel, model_kind
+from vgcore.models import MLP, Model, RecurrentModel, model_kind
 
 __all__ = [
     "estimate_weight_scale",
@@ -114,11 +114,13 @@ def mlp_with(
 def recurrent_as(
     model: RecurrentModel, kind: str, *, init: Any = None, seed: int = 0
 ) -> RecurrentModel:
-    """A fresh ``kind`` cell ("rnn", "lstm", "gru") with the same input and hidden sizes."""
+    """A fresh ``kind`` cell ("rnn", "lstm", "gru") with the same sizes, layers and directions."""
     cls: Any = model_kind(kind).cls
     return cls.from_sizes(  # type: ignore[no-any-return]
         model.input_size,
         model.hidden_size,
+        num_layers=model.num_layers,
+        bidirectional=model.bidirectional,
         init=init,
         bias=model.bias_ih is not None,
         seed=seed,
@@ -127,100 +129,82 @@ def recurrent_as(
 
 
 def with_recurrent_init(model: RecurrentModel, init: Any, *, seed: int = 0) -> RecurrentModel:
-    """The same cell with ``weight_hh`` redrawn from ``init`` (input weights, biases kept)."""
+    """The same model with every layer's ``weight_hh`` redrawn from ``init`` (input weights,
+    biases kept), the layers drawn in PyTorch's order from one generator."""
     from vgcore.init import initialize_recurrent
 
-    kw = {"nonlinearity": model.nonlinearity} if isinstance(model, RNN) else {}
-    p = initialize_recurrent(
-        init,
-        model.kind,
-        model.input_size,
-        model.hidden_size,
-        rng=np.random.default_rng(seed),
-        dtype=model.dtype,
-        **kw,
-    )
-    extra = model._extra_kwargs()
-    return type(model)(
-        model.weight_ih.copy(),
-        p["weight_hh"],
-        _copy(model.bias_ih),
-        _copy(model.bias_hh),
-        dtype=model.dtype,
-        batch_first=model.batch_first,
-        **extra,
-    )
+    rng = np.random.default_rng(seed)
+    layers = []
+    for wih, _, bih, bhh in model.layer_params():
+        p = initialize_recurrent(
+            init,
+            model.kind,
+            wih.shape[1],
+            model.hidden_size,
+            rng=rng,
+            dtype=model.dtype,
+            **model._extra_kwargs(),  # an RNN's nonlinearity shapes its init
+        )
+        layers.append((wih.copy(), p["weight_hh"], _copy(bih), _copy(bhh)))
+    return model.with_layer_params(layers)
 
 
 def with_recurrent_scale(model: RecurrentModel, factor: float) -> RecurrentModel:
-    """The same cell with ``weight_hh`` multiplied by ``factor`` (everything else kept)."""
-    return type(model)(
-        model.weight_ih.copy(),
-        model.weight_hh * factor,
-        _copy(model.bias_ih),
-        _copy(model.bias_hh),
-        dtype=model.dtype,
-        batch_first=model.batch_first,
-        **model._extra_kwargs(),
+    """The same model with every ``weight_hh`` multiplied by ``factor`` (everything else kept)."""
+    return model.with_layer_params(
+        [
+            (wih.copy(), whh * factor, _copy(bih), _copy(bhh))
+            for wih, whh, bih, bhh in model.layer_params()
+        ]
     )
 
 
 def gate_bias(model: RecurrentModel, gate: int) -> float:
-    """Mean total bias (``bias_ih + bias_hh``) of gate block ``gate``."""
+    """Mean total bias (``bias_ih + bias_hh``) of gate block ``gate`` (averaged over the layers
+    and directions of a stacked model)."""
     n = model.hidden_size
-    total = 0.0
-    for b in (model.bias_ih, model.bias_hh):
-        if b is not None:
-            total += float(np.mean(b[gate * n : (gate + 1) * n]))
-    return total
+    totals = []
+    for _, _, bih, bhh in model.layer_params():
+        total = 0.0
+        for b in (bih, bhh):
+            if b is not None:
+                total += float(np.mean(b[gate * n : (gate + 1) * n]))
+        totals.append(total)
+    return float(np.mean(totals))
 
 
 def with_gate_bias(model: RecurrentModel, gate: int, value: float) -> RecurrentModel:
-    """The same cell with the total bias of gate block ``gate`` set to ``value``.
+    """The same model with the total bias of gate block ``gate`` set to ``value`` in every
+    layer and direction.
 
     ``bias_ih`` of that block becomes ``value`` and ``bias_hh`` 0 (missing biases are
     created), as the forget-bias initialisation of Jozefowicz et al. (2015) does for LSTM
     (gate 1 = f); for GRU gate 1 is the update gate z (positive: carry the state).
     """
     n = model.hidden_size
-    g = model.gates
-    bih = np.zeros(g * n, model.dtype) if model.bias_ih is None else model.bias_ih.copy()
-    bhh = np.zeros(g * n, model.dtype) if model.bias_hh is None else model.bias_hh.copy()
-    bih[gate * n : (gate + 1) * n] = value
-    bhh[gate * n : (gate + 1) * n] = 0.0
-    return type(model)(
-        model.weight_ih.copy(),
-        model.weight_hh.copy(),
-        bih,
-        bhh,
-        dtype=model.dtype,
-        batch_first=model.batch_first,
-        **model._extra_kwargs(),
-    )
+    size = model.gates * n
+    layers = []
+    for wih, whh, b_ih, b_hh in model.layer_params():
+        bih = np.zeros(size, model.dtype) if b_ih is None else b_ih.copy()
+        bhh = np.zeros(size, model.dtype) if b_hh is None else b_hh.copy()
+        bih[gate * n : (gate + 1) * n] = value
+        bhh[gate * n : (gate + 1) * n] = 0.0
+        layers.append((wih.copy(), whh.copy(), bih, bhh))
+    return model.with_layer_params(layers)
 
 
-def estimate_weight_scale(model: Any) -> dict[str, Any]:
+def estimate_weight_scale(model: Model) -> dict[str, Any]:
     """Mean-field scale of the weights: ``sigma_w2 = fan_in * E[W^2]``, ``sigma_b2 = E[b^2]``.
 
-    For an MLP the average over layers (all of them); for a recurrent cell, ``weight_hh``.
+    Over the arrays the model names (:meth:`~vgcore.models.Model.weight_scale_params`): an
+    MLP's layers (all of them), a recurrent model's ``weight_hh`` and total biases.
     ``gaussian`` says whether the weights look normally distributed (pooled kurtosis of the
     per-layer standardised weights within 0.3 of 3, or 4 standard errors ``sqrt(24 / n)`` for
     fewer than 4,267 weights; a uniform law has 1.8).
     """
-    if isinstance(model, MLP):
-        ws = model.weights
-        bs = [b for b in model.biases if b is not None]
-    else:
-        ws = [model.weight_hh]
-        bs = [b for b in (model.bias_ih, model.bias_hh) if b is not None]
+    ws, bs = model.weight_scale_params()
     sw2 = float(np.mean([w.shape[1] * np.mean(np.square(w, dtype=np.float64)) for w in ws]))
     sb2 = float(np.mean([np.mean(np.square(b, dtype=np.float64)) for b in bs])) if bs else 0.0
-    if (
-        isinstance(model, RecurrentModel)
-        and model.bias_ih is not None
-        and model.bias_hh is not None
-    ):
-        sb2 = float(np.mean(np.square(model.bias_ih + model.bias_hh, dtype=np.float64)))
     z = np.concatenate([((w - w.mean()) / (w.std() or 1.0)).ravel() for w in ws]).astype(np.float64)
     kurt = float(np.mean(z**4)) if z.size else float("nan")
     mean_ratio = float(np.mean([abs(w.mean()) / (w.std() or 1.0) for w in ws]))

@@ -272,23 +272,6 @@ def describe(spec: ModelSpec | Mapping[str, Any]) -> str:
 
 
 def spec_from_model(model: Any) -> dict[str, Any]:
-    """Best-effort flat description of an existing model (for tables and reports)."""
-    from vgcore.models import MLP
-
-    if isinstance(model, MLP):
-        acts = {str(a) for a in model.activations}
-        blocks = set(model.blocks) - {"plain"}
-        norms = {n for n in model.norms if n}
-        return {
-            "model": "mlp",
-            "depth": model.depth,
-            "width": max(model.sizes[1:]),
-            "input_size": model.input_size,
-            "activation": acts.pop() if len(acts) == 1 else "mixed",
-            "block": blocks.pop() if len(blocks) == 1 else ("mixed" if blocks else "plain"),
-            "norm": norms.pop() if len(norms) == 1 else ("mixed" if norms else None),
-        }
-    out = {"model": model.kind, "hidden_size": model.hidden_size, "input_size": model.input_size}
-    if model.kind == "rnn":
-        out["nonlinearity"] = model.nonlinearity
-    return out
+    """Best-effort flat description of an existing model (for tables and reports); the model
+    says it (:meth:`vgcore.models.Model.flat_spec`)."""
+    return dict(model.flat_spec())

@@ -15,6 +15,7 @@ from vgcore._validation import as_float_array, check_memory, resolve_dtype
 from vgcore.activations import Activation
 from vgcore.analysis._layout import time_major
 from vgcore.models import MLP, Model, RecurrentModel
+from vgcore.models.base import narrow
 
 __all__ = ["GradientFlow", "gradient_flow"]
 
@@ -374,11 +375,9 @@ class GradientFlow:
         m = self.model
         if self.stacked:
             return self._stacked_repr()
-        if isinstance(m, MLP):
-            desc = f"MLP depth={m.depth} widths={m.sizes[0]}..{m.sizes[-1]}"
-        else:
-            assert isinstance(m, RecurrentModel)
-            desc = f"{type(m).__name__} N={m.hidden_size} T={len(self.log_grad_norms) - 1}"
+        desc = m.describe()
+        if m.axis == "time":
+            desc += f" T={len(self.log_grad_norms) - 1}"
         lg = self.log10_grad_norms
         last = "L" if self.kind == "mlp" else "T"
         lines = [
@@ -630,7 +629,8 @@ def gradient_flow(
                 model._params_as(dt, check_finite=True)
             raise
 
-    if isinstance(m, MLP):
+    if m.axis == "depth":  # a dense stack: one pass through the layers, h_0 = x
+        m = narrow(m, MLP)
         if h0 is not None:
             raise ValueError("h0 is only meaningful for recurrent models; an MLP takes x alone")
         xa = as_float_array(x, "x", dt, ndim=2, shape=(None, m.input_size))
@@ -674,18 +674,16 @@ def gradient_flow(
                 log_param_grad_norms=pg,
                 grads=stats["grads"],
                 low_derivative=[a.low_derivative for a in m.activations],
-                dead=_dead_fractions(m, xa, None, float(saturation_threshold))
+                dead=_dead_fractions(m, xa, None, float(saturation_threshold), m.depth)
                 if dead_units
                 else None,
             ),
             clip_norm,
         )
 
-    if not isinstance(m, RecurrentModel):
-        raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
     return _recurrent_flow(
         model,
-        m,
+        narrow(m, RecurrentModel),
         x,
         dt,
         h0=h0,
@@ -865,7 +863,7 @@ def _recurrent_flow(
             states=kept["states"],
             cell_states=kept["cell_states"],
             low_derivative=[_cell_low_derivative(m)] * T,
-            dead=_dead_fractions(m, xa, None if h0a is None else h0a[0], saturation_threshold)
+            dead=_dead_fractions(m, xa, None if h0a is None else h0a[0], saturation_threshold, T)
             if dead_units
             else None,
             log_input_grad_norms=stats["log_input_grad_norms"],
@@ -893,11 +891,19 @@ def _cell_activation(m: RecurrentModel) -> Activation | None:
 
 
 def _dead_fractions(
-    m: Model, xa: np.ndarray, h0: np.ndarray | None, threshold: float
+    m: Model, xa: np.ndarray, h0: np.ndarray | None, threshold: float, steps: int
 ) -> np.ndarray:
     """Per layer / step, the fraction of units whose ``|phi'(z)|`` is below ``threshold`` times
     its maximum for every sample (0 for activations that cannot be inactive). A float64
-    forward pass in numpy, the core's activations for ``phi'``."""
+    forward pass the model runs (:meth:`~vgcore.models.Model.unit_preactivations`), the core's
+    activations for ``phi`` and ``phi'``."""
+    out = np.zeros(steps)
+    if not any(a.low_derivative == "inactive" for a in m.unit_activations()):
+        return out  # gated cells and saturating units have no inactive units
+
+    def phi(act: Activation, z: np.ndarray) -> np.ndarray:
+        name, a, b = act.core_args()
+        return _core.activation(name, a, b, np.ascontiguousarray(z))[0]  # type: ignore[no-any-return]
 
     def off(act: Activation, z: np.ndarray) -> np.ndarray:
         name, a, b = act.core_args()
@@ -905,60 +911,9 @@ def _dead_fractions(
         top = _core.activation_info(name, a, b)["max_derivative"]
         return np.abs(d) < threshold * top
 
-    if isinstance(m, MLP):
-        h = np.asarray(xa, dtype=np.float64)
-        out = np.zeros(m.depth)
-        for i in range(m.depth):
-            act = m.activations[i]
-            z = h @ np.asarray(m.weights[i], np.float64).T
-            if m.biases[i] is not None:
-                z = z + np.asarray(m.biases[i], np.float64)
-            mode = m.norm_mode(i)
-            if mode:
-                if mode == "batchnorm_eval":
-                    mu = np.asarray(m.running_means[i], np.float64)
-                    var = np.asarray(m.running_vars[i], np.float64)
-                else:
-                    axis = 1 if mode == "layernorm" else 0
-                    mu = z.mean(axis=axis, keepdims=True)
-                    var = z.var(axis=axis, keepdims=True)
-                z = (z - mu) / np.sqrt(var + m.eps)
-                if m.norm_weights[i] is not None:
-                    z = z * np.asarray(m.norm_weights[i], np.float64)
-                if m.norm_biases[i] is not None:
-                    z = z + np.asarray(m.norm_biases[i], np.float64)
-            name, a, b = act.core_args()
-            phi = _core.activation(name, a, b, np.ascontiguousarray(z))[0]
-            if act.low_derivative == "inactive":
-                out[i] = float(np.mean(off(act, z).all(axis=0)))
-            if m.blocks[i] == "residual":
-                h = h + m.alphas[i] * phi
-            elif m.blocks[i] == "highway":
-                g = h @ np.asarray(m.gate_weights[i], np.float64).T
-                if m.gate_biases[i] is not None:
-                    g = g + np.asarray(m.gate_biases[i], np.float64)
-                t = 1.0 / (1.0 + np.exp(-g))
-                h = t * phi + (1.0 - t) * h
-            else:
-                h = phi
-        return out
-    assert isinstance(m, RecurrentModel)
-    T, B, _ = xa.shape
-    out = np.zeros(T)
-    cell_act = _cell_activation(m)
-    if cell_act is None or cell_act.low_derivative != "inactive":
-        return out  # gated cells and tanh RNNs saturate; they have no inactive units
-    wih, whh = (np.asarray(w, np.float64) for w in (m.weight_ih, m.weight_hh))
-    bias = np.zeros(m.hidden_size)
-    for vec in (m.bias_ih, m.bias_hh):
-        if vec is not None:
-            bias = bias + np.asarray(vec, np.float64)
-    args = cell_act.core_args()
-    state = np.zeros((B, m.hidden_size)) if h0 is None else np.asarray(h0, np.float64)
-    for step in range(T):
-        z = np.asarray(xa[step], np.float64) @ wih.T + state @ whh.T + bias
-        out[step] = float(np.mean(off(cell_act, z).all(axis=0)))
-        state = _core.activation(*args, np.ascontiguousarray(z))[0]
+    for i, (act, z) in enumerate(m.unit_preactivations(xa, h0, phi)):
+        if act.low_derivative == "inactive":
+            out[i] = float(np.mean(off(act, z).all(axis=0)))
     return out
 
 

@@ -11,7 +11,8 @@ import numpy as np
 from vgcore import _fixes
 from vgcore.activations import Activation
 from vgcore.analysis.gradient_flow import GradientFlow
-from vgcore.models import MLP, RNN, Model, RecurrentModel
+from vgcore.models import MLP, Model, RecurrentModel
+from vgcore.models.base import narrow
 
 VERDICTS = ("vanishing", "exploding", "healthy")
 
@@ -157,9 +158,9 @@ def _evidence(flow: GradientFlow, ratio: float) -> dict[str, Any]:
         "act_mean_last": float(flow.act_mean[-1]),
     }
     if flow.gate_saturation is not None:
-        names = "ifgo" if flow.kind == "lstm" else "rzn"
         ev["gate_saturation"] = {
-            g: float(np.mean(flow.gate_saturation[:, j])) for j, g in enumerate(names)
+            g: float(np.mean(flow.gate_saturation[:, j]))
+            for j, g in enumerate(flow.model.gate_names)
         }
     return ev
 
@@ -202,13 +203,7 @@ def lyapunov_regime(value: float) -> str:
 def _lyapunov_applies(model: Model) -> bool:
     """Whether :func:`vgcore.lyapunov` takes this model: recurrent, or an MLP whose layers keep
     the width (depth plays the role of time) without train-mode BatchNorm."""
-    if isinstance(model, RecurrentModel):
-        return True
-    return (
-        isinstance(model, MLP)
-        and len(set(model.sizes)) == 1
-        and "batchnorm" not in [model.norm_mode(i) for i in range(model.depth)]
-    )
+    return model.lyapunov_obstacle() is None
 
 
 def _lyapunov(
@@ -254,13 +249,9 @@ def _lyapunov(
 
 
 def _single_act(model: Model) -> Activation | None:
-    """The activation every layer shares (an RNN's nonlinearity), or None."""
-    if isinstance(model, MLP):
-        acts = set(model.activations)
-        return acts.pop() if len(acts) == 1 else None
-    if isinstance(model, RNN):
-        return Activation(model.nonlinearity)
-    return None
+    """The activation every unit outside gates shares (an RNN's nonlinearity), or None."""
+    acts = set(model.unit_activations())
+    return acts.pop() if len(acts) == 1 else None
 
 
 def _critical_sigma_w2(act: Activation | None, sigma_b2: float, notes: list[str]) -> float | None:
@@ -285,19 +276,23 @@ def _critical_sigma_w2(act: Activation | None, sigma_b2: float, notes: list[str]
     return crit if math.isfinite(crit) else None
 
 
-def _drive_var(model: RNN, x: np.ndarray) -> float:
-    """Mean square of the per-step drive ``W_ih x_t + b_ih + b_hh`` (at most 64 steps)."""
+def _drive_var(model: RecurrentModel, x: np.ndarray) -> float:
+    """Mean square of the per-step drive ``W_ih x_t + b_ih + b_hh`` (at most 64 steps) of a
+    single-layer cell."""
     xs = np.asarray(x, dtype=np.float64)
     if model.batch_first:
         xs = np.swapaxes(xs, 0, 1)
     steps = np.unique(np.linspace(0, xs.shape[0] - 1, min(64, xs.shape[0])).astype(int))
-    wih = np.asarray(model.weight_ih, np.float64)
-    bias = sum(np.asarray(b, np.float64) for b in (model.bias_ih, model.bias_hh) if b is not None)
+    (w_ih, _, b_ih, b_hh), *more = model.layer_params()
+    if more:
+        raise ValueError(f"the input drive is defined for a single-layer cell, not {model!r}")
+    wih = np.asarray(w_ih, np.float64)
+    bias = sum(np.asarray(b, np.float64) for b in (b_ih, b_hh) if b is not None)
     return float(np.mean([np.mean((xs[t] @ wih.T + bias) ** 2) for t in steps]))
 
 
 def _recurrent_mean_field(
-    model: RNN, x: np.ndarray, act: Activation, ev: dict[str, Any], notes: list[str]
+    model: RecurrentModel, x: np.ndarray, act: Activation, ev: dict[str, Any], notes: list[str]
 ) -> None:
     """The mean-field phase of a vanilla RNN's weight scale, without and with its inputs."""
     try:
@@ -355,13 +350,13 @@ def _mean_field(
     ev["phase"] = ev["chi1"] = ev["xi_c"] = ev["theory_log10_rate"] = None
     ev["theory_gain_ratio"] = None
     ev["mean_field"] = ev["mean_field_text"] = ev["mean_field_scope"] = None
-    if isinstance(model, RNN) and gaussian and act is not None:
-        _recurrent_mean_field(model, x, act, ev, notes)
+    setting = model.mean_field_setting()
+    if setting == "recurrent" and gaussian and act is not None:
+        _recurrent_mean_field(narrow(model, RecurrentModel), x, act, ev, notes)
         return
-    plain = isinstance(model, MLP) and set(model.blocks) == {"plain"} and not any(model.norms)
-    if not (gaussian and plain and act is not None):
+    if not (gaussian and setting == "dense" and act is not None):
         return
-    assert isinstance(model, MLP)
+    mlp = narrow(model, MLP)
     try:
         from vgcore.theory import mean_field
     except ImportError:
@@ -382,9 +377,9 @@ def _mean_field(
         from vgcore.theory import compare_to_theory
 
         cmp = compare_to_theory(
-            flow, scale["sigma_w2"], scale["sigma_b2"], burn_in=min(5, model.depth - 1)
+            flow, scale["sigma_w2"], scale["sigma_b2"], burn_in=min(5, mlp.depth - 1)
         )
         ev["theory_gain_ratio"] = float(cmp.mean_gain_ratio)
     except Exception as exc:
         notes.append(f"compare_to_theory() is not available here ({type(exc).__name__}: {exc})")
-    ev["mean_field_scope"] = _mlp_scope(model, ev)
+    ev["mean_field_scope"] = _mlp_scope(mlp, ev)

@@ -12,11 +12,11 @@ from vgcore.diagnose.checks import _clip_rec, _Ctx, _init_name_for, _measure
 from vgcore.diagnose.evidence import _single_act
 from vgcore.diagnose.result import Recommendation
 from vgcore.models import MLP
+from vgcore.models.base import narrow
 
 
 def _mlp_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommendation]:
-    m = ctx.model
-    assert isinstance(m, MLP)
+    m = narrow(ctx.model, MLP)  # the rules of depth-axis models
     ev = ctx.ev
     recs: list[Recommendation] = []
     act_obj = _single_act(m)

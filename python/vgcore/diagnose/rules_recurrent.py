@@ -7,7 +7,8 @@ import math
 from vgcore import _fixes
 from vgcore.diagnose.checks import _best_of, _clip_rec, _Ctx, _gate_bias_candidates, _measure
 from vgcore.diagnose.result import Recommendation
-from vgcore.models import RNN, RecurrentModel
+from vgcore.models import RecurrentModel
+from vgcore.models.base import narrow
 
 #: The gate (block 1 in PyTorch's order) whose bias makes a gated cell carry its state by
 #: default: (the fix's name, the gate in the text, the fix's parameter, why).
@@ -28,8 +29,8 @@ _CARRY_GATES = {
 
 
 def _recurrent_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommendation]:
-    m = ctx.model
-    assert isinstance(m, RecurrentModel)
+    m = narrow(ctx.model, RecurrentModel)  # the rules of time-axis models
+    ungated = not m.gate_names  # a vanilla RNN
     ev = ctx.ev
     recs: list[Recommendation] = []
     T = ev["length"]
@@ -38,7 +39,7 @@ def _recurrent_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Reco
             f"long sequence ({T} steps; the gradient falls below {ctx.ratio:g} after "
             f"{ev['vanishing_depth']} steps)"
         )
-        if isinstance(m, RNN):
+        if ungated:
             recs.append(
                 _measure(
                     ctx,
@@ -82,7 +83,7 @@ def _recurrent_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Reco
                     _gate_bias_candidates(cur),
                 )
             )
-    if ctx.verdict != "healthy" and isinstance(m, RNN):
+    if ctx.verdict != "healthy" and ungated:
         sw2 = ev["sigma_w2"]
         crit = ev["critical_sigma_w2"] or 1.0
         if not 0.6 < sw2 / crit < 1.7 or ctx.verdict == "exploding":
@@ -122,7 +123,7 @@ def _recurrent_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Reco
     if ctx.verdict == "exploding":
         causes.append(f"exploding gradients (grows by 10^{ev['max_growth']:.1f} over {T} steps)")
         recs.append(_clip_rec(ctx))
-        if isinstance(m, RNN):
+        if ungated:
             recs.append(
                 _measure(
                     ctx,

@@ -4,9 +4,9 @@ analysis, and the interface the analyses ask (axis, states, gates, the core's de
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -22,7 +22,12 @@ from vgcore._validation import (
 )
 from vgcore.activations import Activation
 
-__all__ = ["Model"]
+__all__ = ["Model", "narrow"]
+
+_M = TypeVar("_M", bound="Model")
+
+#: Evaluates an activation on float64 pre-activations (the analyses pass the core's).
+ActivationFn = Callable[[Activation, np.ndarray], np.ndarray]
 
 
 def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
@@ -168,6 +173,48 @@ class Model:
         """Why the per-sample step Jacobians are not defined for this model, or None."""
         return None
 
+    def lyapunov_obstacle(self) -> str | None:
+        """Why :func:`vgcore.lyapunov` does not apply (no step Jacobians, or steps that change
+        the state's dimension), or None."""
+        return self.jacobian_obstacle()
+
+    def describe(self) -> str:
+        """A short label for result reprs, e.g. ``"MLP depth=20 widths=64..64"``."""
+        return type(self).__name__
+
+    def flat_spec(self) -> dict[str, Any]:
+        """The model's shape as a flat mapping of simple values, keyed as the model specs of
+        the command line and sweeps (``model``, ``depth``, ``width``, ``hidden_size``, ...)."""
+        return {"model": self.kind, "input_size": self.input_size}
+
+    def mean_field_setting(self) -> str | None:
+        """Which mean-field theory describes this model's random weights: ``"dense"`` (plain
+        dense layers, no blocks or normalisation), ``"recurrent"`` (a single-layer cell with
+        one unit activation, i.e. a vanilla RNN), or None."""
+        return None
+
+    def weight_scale_params(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The weight matrices and the bias vectors whose scale the mean-field theory reads
+        (``sigma_w2 = fan_in * E[W^2]``, ``sigma_b2 = E[b^2]``)."""
+        raise NotImplementedError
+
+    def unit_preactivations(
+        self, x: np.ndarray, h0: np.ndarray | None, phi: ActivationFn
+    ) -> Iterator[tuple[Activation, np.ndarray]]:
+        """A float64 forward pass: per layer / step, the units' activation and their
+        pre-activations ``z`` of shape ``(B, width)`` (after any normalisation).
+
+        Parameters
+        ----------
+        x : ndarray
+            ``(B, input_size)`` for a depth-axis model, ``(T, B, input_size)`` time-major.
+        h0 : ndarray of shape (B, N), optional
+            A recurrent model's initial hidden state (zeros when None).
+        phi : callable(activation, z) -> ndarray
+            Evaluates an activation, so the pass follows the caller's arithmetic.
+        """
+        raise NotImplementedError
+
     def step_jacobian_dims(self) -> list[int]:
         """Order of each step's square Jacobian (the larger of its input and output
         widths), one entry per step, or a single entry when every step has it."""
@@ -244,3 +291,13 @@ class Model:
     @property
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self.parameters().values()))
+
+
+def narrow(model: Model, cls: type[_M]) -> _M:
+    """``model`` typed as ``cls``, for code that chose its path by asking the model (its axis,
+    kind or mean-field setting); a TypeError names both classes otherwise."""
+    if not isinstance(model, cls):
+        raise TypeError(
+            f"this path takes a {cls.__name__} model, got a {type(model).__name__} ({model.kind})"
+        )
+    return model

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ from vgcore._validation import (
 )
 from vgcore.activations import Activation, ActivationLike, as_activation, from_torch_module
 from vgcore.models.base import (
+    ActivationFn,
     Model,
     _checked_sizes,
     _infer_dtype,
@@ -566,6 +567,76 @@ class MLP(Model):
             "not defined. Eval-mode BatchNorm (running_means / running_vars given, or an "
             "imported module in eval()) and LayerNorm are supported"
         )
+
+    def lyapunov_obstacle(self) -> str | None:
+        if len(set(self.sizes)) > 1:
+            return (
+                "Lyapunov exponents of a dense stack need every layer to keep the width, "
+                f"but the widths are {self.sizes}"
+            )
+        return self.jacobian_obstacle()
+
+    def describe(self) -> str:
+        return f"MLP depth={self.depth} widths={self.sizes[0]}..{self.sizes[-1]}"
+
+    def flat_spec(self) -> dict[str, Any]:
+        acts = {str(a) for a in self.activations}
+        blocks = set(self.blocks) - {"plain"}
+        norms = {n for n in self.norms if n}
+        return {
+            "model": "mlp",
+            "depth": self.depth,
+            "width": max(self.sizes[1:]),
+            "input_size": self.input_size,
+            "activation": acts.pop() if len(acts) == 1 else "mixed",
+            "block": blocks.pop() if len(blocks) == 1 else ("mixed" if blocks else "plain"),
+            "norm": norms.pop() if len(norms) == 1 else ("mixed" if norms else None),
+        }
+
+    def mean_field_setting(self) -> str | None:
+        plain = set(self.blocks) == {"plain"} and not any(self.norms)
+        return "dense" if plain else None
+
+    def weight_scale_params(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        return list(self.weights), [b for b in self.biases if b is not None]
+
+    def unit_preactivations(
+        self, x: np.ndarray, h0: np.ndarray | None, phi: ActivationFn
+    ) -> Iterator[tuple[Activation, np.ndarray]]:
+        if h0 is not None:
+            raise ValueError("h0 is only meaningful for recurrent models; an MLP takes x alone")
+        h = np.asarray(x, dtype=np.float64)
+        for i in range(self.depth):
+            act = self.activations[i]
+            z = h @ np.asarray(self.weights[i], np.float64).T
+            if self.biases[i] is not None:
+                z = z + np.asarray(self.biases[i], np.float64)
+            mode = self.norm_mode(i)
+            if mode:
+                if mode == "batchnorm_eval":
+                    mu = np.asarray(self.running_means[i], np.float64)
+                    var = np.asarray(self.running_vars[i], np.float64)
+                else:
+                    axis = 1 if mode == "layernorm" else 0
+                    mu = z.mean(axis=axis, keepdims=True)
+                    var = z.var(axis=axis, keepdims=True)
+                z = (z - mu) / np.sqrt(var + self.eps)
+                if self.norm_weights[i] is not None:
+                    z = z * np.asarray(self.norm_weights[i], np.float64)
+                if self.norm_biases[i] is not None:
+                    z = z + np.asarray(self.norm_biases[i], np.float64)
+            yield act, z
+            out = phi(act, z)
+            if self.blocks[i] == "residual":
+                h = h + self.alphas[i] * out
+            elif self.blocks[i] == "highway":
+                g = h @ np.asarray(self.gate_weights[i], np.float64).T
+                if self.gate_biases[i] is not None:
+                    g = g + np.asarray(self.gate_biases[i], np.float64)
+                t = 1.0 / (1.0 + np.exp(-g))
+                h = t * out + (1.0 - t) * h
+            else:
+                h = out
 
     @property
     def sizes(self) -> list[int]:

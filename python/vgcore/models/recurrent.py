@@ -3,6 +3,7 @@ stacked (``num_layers``) and bidirectional."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Optional, TypeVar
 
 import numpy as np
@@ -14,6 +15,7 @@ from vgcore._validation import (
 )
 from vgcore.activations import Activation
 from vgcore.models.base import (
+    ActivationFn,
     Model,
     _check_param_memory,
     _infer_dtype,
@@ -272,6 +274,59 @@ class RecurrentModel(Model):
     def step_jacobian_dims(self) -> list[int]:
         return [self.state_size]
 
+    def describe(self) -> str:
+        if self.stacked:
+            return repr(self)
+        return f"{type(self).__name__} N={self.hidden_size}"
+
+    def flat_spec(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.kind,
+            "hidden_size": self.hidden_size,
+            "input_size": self.input_size,
+            **self._extra_kwargs(),
+        }
+        if self.stacked:
+            out.update(num_layers=self._num_layers, bidirectional=self._bidirectional)
+        return out
+
+    def mean_field_setting(self) -> str | None:
+        return "recurrent" if len(self.unit_activations()) == 1 and not self.stacked else None
+
+    def weight_scale_params(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Every layer's ``weight_hh`` and its total bias ``bias_ih + bias_hh`` (the one
+        given, when only one is)."""
+        ws, bs = [], []
+        for _, whh, bih, bhh in self.layer_params():
+            ws.append(whh)
+            given = [b for b in (bih, bhh) if b is not None]
+            if given:
+                bs.append(given[0] + given[1] if len(given) == 2 else given[0])
+        return ws, bs
+
+    def unit_preactivations(
+        self, x: np.ndarray, h0: np.ndarray | None, phi: ActivationFn
+    ) -> Iterator[tuple[Activation, np.ndarray]]:
+        acts = self.unit_activations()
+        if len(acts) != 1 or self.stacked:
+            raise NotImplementedError(
+                "unit pre-activations are defined for a single-layer cell with one unit "
+                f"activation (a vanilla RNN), not for this {self!r}"
+            )
+        (act,) = acts
+        w_ih, w_hh, b_ih, b_hh = self.layer_params()[0]
+        wih, whh = (np.asarray(w, np.float64) for w in (w_ih, w_hh))
+        bias = np.zeros(self.hidden_size)
+        for vec in (b_ih, b_hh):
+            if vec is not None:
+                bias = bias + np.asarray(vec, np.float64)
+        T, B, _ = np.shape(x)
+        state = np.zeros((B, self.hidden_size)) if h0 is None else np.asarray(h0, np.float64)
+        for step in range(T):
+            z = np.asarray(x[step], np.float64) @ wih.T + state @ whh.T + bias
+            yield act, z
+            state = phi(act, z)
+
     def jacobian_obstacle(self) -> str | None:
         if not self._bidirectional:
             return None
@@ -328,6 +383,36 @@ class RecurrentModel(Model):
             batch_first=self.batch_first,
             **self._extra_kwargs(),
         )
+        out.notes = self.notes
+        return out
+
+    def with_layer_params(self: _R, params: Sequence[LayerParams]) -> _R:
+        """A model of the same class and structure (layers, directions, layout, nonlinearity)
+        with these per-layer parameters, in :meth:`layer_params` order (biases all given or
+        all None); the arrays are taken as they are."""
+        n = self._num_layers * self.num_directions
+        if len(params) != n:
+            raise ValueError(
+                f"params must have num_layers * num_directions = {n} entries, got {len(params)}"
+            )
+        wih, whh, bih, bhh = (list(p) for p in zip(*params))
+        kw: dict[str, Any] = {
+            "dtype": self.dtype,
+            "batch_first": self.batch_first,
+            **self._extra_kwargs(),
+        }
+        if not self.stacked:
+            out = type(self)(wih[0], whh[0], bih[0], bhh[0], **kw)
+        else:
+            out = type(self)(
+                wih,
+                whh,
+                None if all(b is None for b in bih) else bih,
+                None if all(b is None for b in bhh) else bhh,
+                num_layers=self._num_layers,
+                bidirectional=self._bidirectional,
+                **kw,
+            )
         out.notes = self.notes
         return out
 
