@@ -6,6 +6,8 @@
 #include <limits>
 #include <vector>
 
+#include "vgcore/lanes.hpp"
+
 namespace vgcore {
 
 struct FlowOptions {
@@ -157,53 +159,6 @@ inline void add_scaled(T* y, const T* x, std::size_t n, int k) {
   }
 }
 
-// Reductions with 8 independent float64 lanes: strict IEEE semantics forbid the compiler to
-// reorder a single running sum, so without lanes these loops would not vectorise.
-template <class T>
-inline double sum_squares(const T* x, std::size_t n) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j)
-      acc[j] += static_cast<double>(x[i + j]) * static_cast<double>(x[i + j]);
-  double s = 0;
-  for (; i < n; ++i) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
-  for (int j = 0; j < 8; ++j) s += acc[j];
-  return s;
-}
-
-// Largest |x_i| (NaNs are skipped; +inf if any is infinite).
-template <class T>
-inline double max_abs(const T* x, std::size_t n) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) {
-      const double v = std::fabs(static_cast<double>(x[i + j]));
-      acc[j] = v > acc[j] ? v : acc[j];
-    }
-  double m = 0;
-  for (; i < n; ++i) {
-    const double v = std::fabs(static_cast<double>(x[i]));
-    m = v > m ? v : m;
-  }
-  for (int j = 0; j < 8; ++j) m = acc[j] > m ? acc[j] : m;
-  return m;
-}
-
-// Whether any x_i is infinite or NaN (x - x is NaN exactly for those).
-template <class T>
-inline bool any_nonfinite(const T* x, std::size_t n) {
-  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += x[i + j] - x[i + j];
-  T s = 0;
-  for (; i < n; ++i) s += x[i] - x[i];
-  for (int j = 0; j < 8; ++j) s += acc[j];
-  return s != s;
-}
-
 // Sum of squares of x * 2^k, in double, with k = 0 (and the value of sum_squares) whenever
 // that plain sum is exact to rounding; otherwise, for entries whose squares over- or
 // underflow (float64 beyond about 1e+-154), k puts the largest |x_i| in [1, 2), so the
@@ -223,20 +178,7 @@ inline double sum_squares_scaled(const T* x, std::size_t n, int& k) {
   k = -exponent_of(m);
   // x * 2^k in two exact-while-normal factors: 2^k itself may leave the double range.
   const double f1 = std::ldexp(1.0, k / 2), f2 = std::ldexp(1.0, k - k / 2);
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) {
-      const double v = static_cast<double>(x[i + j]) * f1 * f2;
-      acc[j] += v * v;
-    }
-  double r = 0;
-  for (; i < n; ++i) {
-    const double v = static_cast<double>(x[i]) * f1 * f2;
-    r += v * v;
-  }
-  for (int j = 0; j < 8; ++j) r += acc[j];
-  return r;
+  return sum_squares_times(x, n, f1, f2);
 }
 
 // Powers of two sa, sb by which to scale the two operands of sums sum_r a_r b_r over `rows`
@@ -256,30 +198,6 @@ inline void product_shifts(double amax, double bmax, std::size_t rows, int& sa, 
   if (normal && ea + eb + 2 + lr <= RL::emax - 1 && ea + eb >= RL::emin + 2 * RL::digits) return;
   sa = -ea;
   sb = -eb;
-}
-
-// Sum and sum of squares of x.
-template <class T>
-inline void moments(const T* x, std::size_t n, double& sum, double& sumsq) {
-  double a[8] = {0, 0, 0, 0, 0, 0, 0, 0}, b[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) {
-      const double v = x[i + j];
-      a[j] += v;
-      b[j] += v * v;
-    }
-  double s = 0, s2 = 0;
-  for (; i < n; ++i) {
-    s += x[i];
-    s2 += static_cast<double>(x[i]) * x[i];
-  }
-  for (int j = 0; j < 8; ++j) {
-    s += a[j];
-    s2 += b[j];
-  }
-  sum += s;
-  sumsq += s2;
 }
 
 // Number of |x| below level.

@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "vgcore/blas.hpp"
+#include "vgcore/lanes.hpp"
 #include "vgcore/lapack.hpp"
 #include "vgcore/parallel_rows.hpp"
 
@@ -23,30 +24,6 @@ namespace vgcore {
 namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
-
-template <class T>
-double col_sumsq(const T* x, std::size_t n) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j)
-      acc[j] += static_cast<double>(x[i + j]) * static_cast<double>(x[i + j]);
-  double s = 0;
-  for (; i < n; ++i) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
-  for (int j = 0; j < 8; ++j) s += acc[j];
-  return s;
-}
-
-double dot(const double* a, const double* b, std::size_t n) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
-  double s = 0;
-  for (; i < n; ++i) s += a[i] * b[i];
-  for (int j = 0; j < 8; ++j) s += acc[j];
-  return s;
-}
 
 // One sample's graded factorisation M = U diag(e^d) T (U lives in the tangent rows).
 struct Graded {
@@ -188,7 +165,7 @@ std::size_t udt_update(const T* C, std::size_t m, std::size_t r, T* out, Graded&
   auto& perm = w.up.perm;
   w.ln.resize(r);
   for (std::size_t j = 0; j < r; ++j) {
-    const double s2 = col_sumsq(C + j * m, m);
+    const double s2 = sum_squares(C + j * m, m);
     w.ln[j] = (s2 > 0 && g.d[j] != kNegInf) ? 0.5 * std::log(s2) + g.d[j] : kNegInf;
   }
   perm.resize(r);
@@ -262,7 +239,7 @@ int graded_jacobi(double* B, std::size_t n, std::size_t r, double* d) {
   auto renormalise = [&] {
     for (std::size_t j = 0; j < r; ++j) {
       double* b = B + j * n;
-      const double nrm = std::sqrt(col_sumsq(b, n));
+      const double nrm = std::sqrt(sum_squares(b, n));
       if (!(nrm > 0) || d[j] == kNegInf) {
         d[j] = kNegInf;
         std::fill(b, b + n, 0.0);
@@ -284,7 +261,7 @@ int graded_jacobi(double* B, std::size_t n, std::size_t r, double* d) {
         const std::size_t a = d[p] >= d[q] ? p : q, bq = a == p ? q : p;
         double* ba = B + a * n;
         double* bb = B + bq * n;
-        const double na = col_sumsq(ba, n), nb = col_sumsq(bb, n), gab = dot(ba, bb, n);
+        const double na = sum_squares(ba, n), nb = sum_squares(bb, n), gab = dot(ba, bb, n);
         if (gab == 0.0 || std::fabs(gab) <= tol * std::sqrt(na * nb)) continue;
         rotated = true;
         const double rho = std::exp(d[bq] - d[a]);

@@ -13,6 +13,7 @@
 
 #include "vgcore/blas.hpp"
 #include "vgcore/householder.hpp"
+#include "vgcore/lanes.hpp"
 #include "vgcore/lapack.hpp"
 #include "vgcore/parallel_rows.hpp"
 
@@ -20,19 +21,6 @@ namespace vgcore {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-template <class T>
-double dot_d(const T* a, const T* b, std::size_t n) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j)
-      acc[j] += static_cast<double>(a[i + j]) * static_cast<double>(b[i + j]);
-  double s = 0;
-  for (; i < n; ++i) s += static_cast<double>(a[i]) * static_cast<double>(b[i]);
-  for (int j = 0; j < 8; ++j) s += acc[j];
-  return s;
-}
 
 template <class T>
 void random_rows(T* v, std::size_t rows, std::size_t n, std::mt19937_64& rng) {
@@ -174,7 +162,7 @@ KrylovResult krylov_schur(std::size_t n, Apply&& apply, const SpectrumOptions& o
   std::vector<int> select(m);
   random_rows(V.data(), 1, n, rng);
   {
-    const double nrm = std::sqrt(dot_d(V.data(), V.data(), n));
+    const double nrm = std::sqrt(dot(V.data(), V.data(), n));
     for (std::size_t i = 0; i < n; ++i) V[i] = static_cast<T>(V[i] / nrm);
   }
   const std::size_t ldh = m + 1;
@@ -190,17 +178,17 @@ KrylovResult krylov_schur(std::size_t n, Apply&& apply, const SpectrumOptions& o
       T* wv = V.data() + (j + 1) * n;
       apply(vj, wv);
       ++res.matvecs;
-      const double wnorm0 = std::sqrt(dot_d(wv, wv, n));
+      const double wnorm0 = std::sqrt(dot(wv, wv, n));
       for (std::size_t i = 0; i <= j; ++i) h[i] = 0;
       for (int pass = 0; pass < 2; ++pass)
         for (std::size_t i = 0; i <= j; ++i) {
           const T* vi = V.data() + i * n;
-          const double c = dot_d(vi, wv, n);
+          const double c = dot(vi, wv, n);
           h[i] += c;
           const T ct = static_cast<T>(c);
           for (std::size_t q = 0; q < n; ++q) wv[q] -= ct * vi[q];
         }
-      beta = std::sqrt(dot_d(wv, wv, n));
+      beta = std::sqrt(dot(wv, wv, n));
       for (std::size_t i = 0; i <= j; ++i) H[j * ldh + i] = h[i];
       H[j * ldh + j + 1] = beta;
       const double scale = std::max(wnorm0, 1e-300);
@@ -319,7 +307,7 @@ KrylovResult block_power(std::size_t n, ApplyBlock&& apply, const SpectrumOption
     res.matvecs += static_cast<std::int64_t>(s);
     for (std::size_t i = 0; i < s; ++i)
       for (std::size_t j = 0; j < s; ++j)
-        Hm[j * s + i] = dot_d(V.data() + i * n, W.data() + j * n, n);
+        Hm[j * s + i] = dot(V.data() + i * n, W.data() + j * n, n);
     Hc = Hm;
     double hnorm = 0;
     for (double v : Hc) hnorm += v * v;
@@ -638,7 +626,7 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
           }
           scale_exp2(v, k * n, -e);
           for (std::size_t j = 0; j < k; ++j)  // the solvers' sums of squares must stay finite
-            if (!std::isfinite(dot_d(v + j * n, v + j * n, n))) throw ApplyOverflow(stage + 1);
+            if (!std::isfinite(dot(v + j * n, v + j * n, n))) throw ApplyOverflow(stage + 1);
         };
         const bool gram_in = din <= dout;  // J^T J (din) or J J^T (dout)
         const std::size_t ng = gram_in ? din : dout, nmid = gram_in ? dout : din;
