@@ -16,6 +16,7 @@
 #include "vgcore/blas.hpp"
 #include "vgcore/fastmath.hpp"
 #include "vgcore/gates.hpp"
+#include "vgcore/lanes.hpp"
 
 namespace vgcore {
 namespace {
@@ -832,14 +833,7 @@ void advance(const TangentModel<T>& m, std::size_t s, const T* proj, const T* X,
 namespace {
 template <class T>
 VGCORE_TARGET_CLONES T zero_sum(const T* x, std::size_t n) {
-  T acc[16] = {};
-  std::size_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 16; ++j) acc[j] += x[i + j] * T(0);
-  T s = 0;
-  for (; i < n; ++i) s += x[i] * T(0);
-  for (int j = 0; j < 16; ++j) s += acc[j];
-  return s;
+  return zero_products<16>(x, n);
 }
 }  // namespace
 
