@@ -149,3 +149,30 @@ def test_report_states_the_verdict_rule_and_unit_kinds(tmp_path):
     assert "at an average of 0.1 decades per layer or step" in text  # the rule, in the intro
     assert "inactive units" in text and "dead units" in text
     assert "| inactive |" in text.replace("  ", " ")
+
+
+def test_report_evidence_is_the_summary_evidence(tmp_path):
+    """One builder writes both: every evidence line of the report is a line of the summary
+    (the report writes the mean's spread as ±), and the other way round."""
+    rng = np.random.default_rng(0)
+    gauss = {"name": "gaussian", "sigma_w2": 3.0}
+    ds = [
+        vgcore.diagnose(MLP.from_sizes([32] * 11, "tanh", init=gauss), name="mlp", check=False),
+        vgcore.diagnose(
+            RNN.from_sizes(4, 16, init=gauss, seed=1), rng.normal(size=(40, 3, 4)), name="rnn"
+        ),
+        vgcore.diagnose(vgcore.LSTM.from_sizes(4, 8), steps=30, batch=3, name="lstm"),
+    ]
+    md = write_report(ds, tmp_path / "r", figures=False).markdown.read_text()
+    for d in ds:
+        section = md.split(f"### {d.name}:")[1].split("\n### ")[0].split("\n## ")[0]
+        items = [ln[2:] for ln in section.splitlines() if ln.startswith("- ")]
+        items = [s.replace("±", "+/-") for s in items if not s.startswith("note: ")]
+        summary = d.summary().splitlines()
+        said = [ln[2:] for ln in summary if ln.startswith("  ") and not ln[2].isdigit()]
+        assert items and set(items) <= set(said), set(items) - set(said)
+        first_fact = summary.index("  " + items[0])
+        facts = summary[first_fact : first_fact + len(items) - 1]
+        assert [ln[2:] for ln in facts] == items[:-1]  # the same lines in the same order
+        assert items[-1].startswith("verdict thresholds: ")  # last in both
+    assert "gate saturation: i " in md and "weight scale: sigma_w2 = " in md

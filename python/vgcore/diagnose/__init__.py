@@ -30,10 +30,10 @@ from vgcore.diagnose.evidence import (
     VERDICTS,
     lyapunov_regime,
     summarize_flow,
-    unit_lines,
     verdict_thresholds,
 )
 from vgcore.diagnose.result import Diagnosis, Recommendation, _jsonable
+from vgcore.diagnose.text import unit_lines
 
 __all__ = [
     "RATE_DECADES",

@@ -86,26 +86,6 @@ def _verdict(flow: GradientFlow, ratio: float) -> str:
     return "healthy"
 
 
-def unit_lines(e: dict[str, Any]) -> list[str]:
-    """Saturated, inactive and dead units from the evidence, each where the model has them."""
-    out = []
-    if e.get("saturation_possible", True):
-        out.append(
-            f"saturated units: mean {e['saturation_mean']:.1%}, max {e['saturation_max']:.1%}"
-        )
-    if e.get("inactive_possible"):
-        out.append(
-            f"inactive units (switched off, not saturated): mean {e['inactive_mean']:.1%}, "
-            f"max {e['inactive_max']:.1%}"
-        )
-        if e.get("dead_max") is not None:
-            out.append(
-                f"dead units (inactive for every sample): mean {e['dead_mean']:.1%}, "
-                f"max {e['dead_max']:.1%}"
-            )
-    return out
-
-
 def _slope(rel: np.ndarray) -> float:
     """Least-squares growth rate of the gradient with distance from the output (decades)."""
     back = rel[::-1]

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from vgcore.analysis.gradient_flow import GradientFlow
-from vgcore.diagnose.evidence import unit_lines
+from vgcore.diagnose.text import evidence_lines, thresholds_line
 from vgcore.models import Model
 
 
@@ -199,46 +199,8 @@ class Diagnosis:
 
     def summary(self) -> str:
         """Multi-line text: verdict, evidence, ranked recommendations."""
-        e = self.evidence
-        n_name = "layers" if self.axis == "layer" else "steps"
         lines = [f"{self.name}: {self.verdict.upper()}"]
-        lines.append(
-            f"  gradient at the input side: 10^{e['log10_gain']:+.1f} x its output value over "
-            f"{e['length']} {n_name} ({e['log10_rate']:+.3f} decades per {self.axis})"
-        )
-        if e["vanishing_depth"] is not None:
-            lines.append(
-                f"  falls below {self.ratio:g} of its output value {e['vanishing_depth']} {n_name} from the output"
-            )
-        if e["exploding_depth"] is not None:
-            lines.append(
-                f"  exceeds {1 / self.ratio:g} x its output value {e['exploding_depth']} {n_name} from the output"
-            )
-        lines += [f"  {t}" for t in unit_lines(e)]
-        if e.get("lyapunov") is not None:
-            sd = e.get("lyapunov_std")
-            lines.append(
-                f"  top Lyapunov exponent: {e['lyapunov']:+.4f}"
-                + ("" if sd is None else f" +/- {sd:.4f}")
-                + f" per {self.axis} ({e['regime']}; {e['lyapunov_source']})"
-            )
-        if e.get("phase") is not None:
-            crit = e["critical_sigma_w2"]
-            lines.append(
-                f"  mean-field: sigma_w2={e['sigma_w2']:.3g}, sigma_b2={e['sigma_b2']:.3g} -> "
-                f"{e['phase']} (chi_1={e['chi1']:.3g}"
-                + ("" if crit is None else f"; critical sigma_w2={crit:.3g}")
-                + f"); predicts {e['theory_log10_rate']:+.3f} decades per layer"
-                + (
-                    ""
-                    if e.get("theory_gain_ratio") is None
-                    else f", measured/predicted gain {e['theory_gain_ratio']:.3f}"
-                )
-            )
-        if e.get("mean_field_text"):
-            lines.append(f"  {e['mean_field_text']}")
-        if e.get("mean_field_scope"):
-            lines.append(f"  why theory and measurement differ: {e['mean_field_scope']}")
+        lines += [f"  {t}" for t in evidence_lines(self.evidence, self.ratio)]
         if self.causes:
             lines.append("  causes: " + "; ".join(self.causes))
         if self.recommendations:
@@ -250,7 +212,7 @@ class Diagnosis:
             lines.append("  measured not to help (not recommended):")
         for r in self.not_helpful:
             lines.append(f"  - {r.fix} [{r.cause}]: {r.measured()}")
-        lines.append(f"  thresholds: {e['thresholds']}")
+        lines.append(f"  {thresholds_line(self.evidence)}")
         for n in self.notes:
             lines.append(f"  note: {n}")
         return "\n".join(lines)

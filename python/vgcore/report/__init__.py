@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vgcore.diagnose.evidence import unit_lines, verdict_thresholds
+from vgcore.diagnose.evidence import verdict_thresholds
+from vgcore.diagnose.text import evidence_lines, thresholds_line
 from vgcore.report._document import Document, render_html, render_markdown
 from vgcore.report._figures import Figure, make_figures
 from vgcore.report._tables import DATA_FORMATS, report_tables, write_table
@@ -92,49 +93,8 @@ def _summary_table(diagnoses: Sequence[Any]) -> tuple[list[str], list[list[str]]
 
 
 def _evidence_items(d: Any) -> list[str]:
-    e = d.evidence
-    per = d.axis
-    items = [
-        f"gradient at the input side: 10^{e['log10_gain']:+.2f} times its output value over "
-        f"{e['length']} {per}s ({e['log10_rate']:+.3f} decades per {per})",
-        f"spread (largest distance from the output value): {_fmt(e['spread'], '.2f')} decades",
-    ]
-    if e["vanishing_depth"] is not None:
-        items.append(
-            f"falls below {d.ratio:g} of its output value {e['vanishing_depth']} {per}s from the output"
-        )
-    if e["exploding_depth"] is not None:
-        items.append(
-            f"exceeds {1 / d.ratio:g} times its output value {e['exploding_depth']} {per}s from the output"
-        )
-    items += unit_lines(e)
-    if e.get("gate_saturation"):
-        items.append(
-            "gate saturation: " + ", ".join(f"{g} {v:.1%}" for g, v in e["gate_saturation"].items())
-        )
-    if e.get("lyapunov") is not None:
-        sd = e.get("lyapunov_std")
-        items.append(
-            f"top Lyapunov exponent: {e['lyapunov']:+.4f}"
-            + ("" if sd is None else f" ± {sd:.4f} over the batch")
-            + f" per {per} ({e['regime']}; {e['lyapunov_source']})"
-        )
-    if e.get("sigma_w2") is not None:
-        line = f"weight scale: sigma_w2 = {e['sigma_w2']:.3g}, sigma_b2 = {e['sigma_b2']:.3g}"
-        if e.get("critical_sigma_w2") is not None:
-            line += f" (critical sigma_w2 = {e['critical_sigma_w2']:.3g})"
-        if e.get("phase") is not None:
-            line += f"; mean-field phase: {e['phase']} (chi_1 = {e['chi1']:.3g})"
-            line += f", predicting {e['theory_log10_rate']:+.3f} decades per layer"
-            if e.get("theory_gain_ratio") is not None:
-                line += f" (measured/predicted gain {e['theory_gain_ratio']:.3f})"
-        items.append(line)
-    if e.get("mean_field_text"):
-        items.append(e["mean_field_text"])
-    if e.get("mean_field_scope"):
-        items.append(f"why theory and measurement differ: {e['mean_field_scope']}")
-    items.append(f"verdict thresholds: {e['thresholds']}")
-    return items
+    """The diagnosis's own evidence lines (the words of ``Diagnosis.summary``)."""
+    return [*evidence_lines(d.evidence, d.ratio, plus_minus="±"), thresholds_line(d.evidence)]
 
 
 def _build_document(
