@@ -1,5 +1,5 @@
 #include "pybind11.hpp"
-#include "vgcore/activations.hpp"
+#include "vgcore/base/activations.hpp"
 
 namespace vgcore::bind {
 namespace {

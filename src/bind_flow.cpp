@@ -1,7 +1,7 @@
 // Bindings for gradient-flow kernels: validate, allocate outputs, release the GIL, call the core.
 #include "pybind11.hpp"
-#include "vgcore/dense.hpp"
-#include "vgcore/recurrent.hpp"
+#include "vgcore/sweeps/dense.hpp"
+#include "vgcore/sweeps/recurrent.hpp"
 
 namespace vgcore::bind {
 namespace {

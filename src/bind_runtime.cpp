@@ -5,10 +5,10 @@
 #include <vector>
 
 #include "pybind11.hpp"
-#include "vgcore/blas.hpp"
-#include "vgcore/control.hpp"
-#include "vgcore/packed_gemm.hpp"
-#include "vgcore/workspace.hpp"
+#include "vgcore/base/blas.hpp"
+#include "vgcore/base/control.hpp"
+#include "vgcore/base/packed_gemm.hpp"
+#include "vgcore/base/workspace.hpp"
 
 namespace vgcore::bind {
 namespace {

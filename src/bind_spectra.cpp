@@ -11,10 +11,10 @@
 #include <variant>
 
 #include "pybind11.hpp"
-#include "vgcore/lyapunov.hpp"
-#include "vgcore/singular.hpp"
-#include "vgcore/spectrum.hpp"
-#include "vgcore/tangent.hpp"
+#include "vgcore/analysis/lyapunov.hpp"
+#include "vgcore/analysis/singular.hpp"
+#include "vgcore/analysis/spectrum.hpp"
+#include "vgcore/model/tangent.hpp"
 
 namespace vgcore::bind {
 namespace {

@@ -2,7 +2,7 @@
 #include <string>
 
 #include "pybind11.hpp"
-#include "vgcore/control.hpp"
+#include "vgcore/base/control.hpp"
 
 namespace vgcore::bind {
 

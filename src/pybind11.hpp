@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "vgcore/control.hpp"
+#include "vgcore/base/control.hpp"
 
 namespace vgcore::bind {
 

@@ -14,10 +14,10 @@
 #include <random>
 #include <vector>
 
-#include "vgcore/control.hpp"
-#include "vgcore/lyapunov.hpp"
-#include "vgcore/recurrent.hpp"
-#include "vgcore/tangent.hpp"
+#include "vgcore/base/control.hpp"
+#include "vgcore/analysis/lyapunov.hpp"
+#include "vgcore/sweeps/recurrent.hpp"
+#include "vgcore/model/tangent.hpp"
 
 int main() {
   using T = double;

@@ -26,8 +26,8 @@
 #include <string>
 #include <vector>
 
-#include "vgcore/activations.hpp"
-#include "vgcore/fastmath.hpp"
+#include "vgcore/base/activations.hpp"
+#include "vgcore/base/fastmath.hpp"
 
 namespace fm = vgcore::fastmath;
 using vgcore::Activation;

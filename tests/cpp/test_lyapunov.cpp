@@ -1,4 +1,4 @@
-// Standalone test of the Lyapunov engine's fast path (csrc/vgcore/lyapunov.cpp and
+// Standalone test of the Lyapunov engine's fast path (csrc/vgcore/analysis/lyapunov.cpp and
 // lyapunov_kernels.hpp) on one instruction set, chosen by argv[1] ("avx512", "avx2", "generic";
 // capped at what the machine has): the exponents of RNN (tanh, relu), LSTM and GRU cells, one and
 // several samples, k from 1 to 40 (ReLU: 7), qr_every 1 and 4, streamed in chunks, with the step
@@ -18,9 +18,9 @@
 #include <string>
 #include <vector>
 
-#include "vgcore/householder.hpp"
-#include "vgcore/lyapunov.hpp"
-#include "vgcore/tangent.hpp"
+#include "vgcore/base/householder.hpp"
+#include "vgcore/analysis/lyapunov.hpp"
+#include "vgcore/model/tangent.hpp"
 
 using namespace vgcore;
 

@@ -21,7 +21,7 @@
 // caller waiting (its core is busy: the "thread trap") is left out for exponentially longer
 // stretches. The arithmetic is the same whoever runs a half, so results depend on the thread
 // setting (split TSQR vs one QR) but never on timing.
-#include "vgcore/lyapunov.hpp"
+#include "vgcore/analysis/lyapunov.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -41,13 +41,13 @@
 #include <thread>
 #include <utility>
 
-#include "vgcore/activations.hpp"
-#include "vgcore/blas.hpp"
-#include "vgcore/fastmath.hpp"
-#include "vgcore/gates.hpp"
-#include "vgcore/householder.hpp"
-#include "vgcore/packed_gemm.hpp"
-#include "vgcore/parallel_rows.hpp"
+#include "vgcore/base/activations.hpp"
+#include "vgcore/base/blas.hpp"
+#include "vgcore/base/fastmath.hpp"
+#include "vgcore/base/gates.hpp"
+#include "vgcore/base/householder.hpp"
+#include "vgcore/base/packed_gemm.hpp"
+#include "vgcore/base/parallel_rows.hpp"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>  // _mm_pause
@@ -110,7 +110,7 @@ struct LyapKernels {
 namespace lk_generic {
 #define LK_VB 16
 #define LK_REGS 16
-#include "vgcore/lyapunov_kernels.hpp"
+#include "vgcore/cpu/lyapunov_kernels.hpp"
 #undef LK_VB
 #undef LK_REGS
 }  // namespace lk_generic
@@ -123,7 +123,7 @@ namespace lk_generic {
 namespace lk_avx2 {
 #define LK_VB 32
 #define LK_REGS 16
-#include "vgcore/lyapunov_kernels.hpp"
+#include "vgcore/cpu/lyapunov_kernels.hpp"
 #undef LK_VB
 #undef LK_REGS
 }  // namespace lk_avx2
@@ -133,7 +133,7 @@ namespace lk_avx2 {
 namespace lk_avx512 {
 #define LK_VB 64
 #define LK_REGS 32
-#include "vgcore/lyapunov_kernels.hpp"
+#include "vgcore/cpu/lyapunov_kernels.hpp"
 #undef LK_VB
 #undef LK_REGS
 }  // namespace lk_avx512

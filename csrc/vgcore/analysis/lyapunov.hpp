@@ -23,8 +23,8 @@
 #include <memory>
 #include <vector>
 
-#include "vgcore/control.hpp"
-#include "vgcore/tangent.hpp"
+#include "vgcore/base/control.hpp"
+#include "vgcore/model/tangent.hpp"
 
 namespace vgcore {
 

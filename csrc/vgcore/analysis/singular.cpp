@@ -1,5 +1,5 @@
 // Log singular values of long Jacobian products via a graded UDT decomposition (singular.hpp).
-#include "vgcore/singular.hpp"
+#include "vgcore/analysis/singular.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -15,10 +15,10 @@
 #include <thread>
 #include <utility>
 
-#include "vgcore/blas.hpp"
-#include "vgcore/lanes.hpp"
-#include "vgcore/lapack.hpp"
-#include "vgcore/parallel_rows.hpp"
+#include "vgcore/base/blas.hpp"
+#include "vgcore/base/lanes.hpp"
+#include "vgcore/base/lapack.hpp"
+#include "vgcore/base/parallel_rows.hpp"
 
 namespace vgcore {
 namespace {

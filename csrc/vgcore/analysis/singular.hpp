@@ -22,8 +22,8 @@
 #include <cstddef>
 #include <vector>
 
-#include "vgcore/control.hpp"
-#include "vgcore/tangent.hpp"
+#include "vgcore/base/control.hpp"
+#include "vgcore/model/tangent.hpp"
 
 namespace vgcore {
 

@@ -1,6 +1,6 @@
 // Per-step Jacobian spectra: a forward pass that keeps the states of the selected steps, then
 // one task per (step, sample), run on a pool of workers (each with single-threaded BLAS).
-#include "vgcore/spectrum.hpp"
+#include "vgcore/analysis/spectrum.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -11,11 +11,11 @@
 #include <stdexcept>
 #include <string>
 
-#include "vgcore/blas.hpp"
-#include "vgcore/householder.hpp"
-#include "vgcore/lanes.hpp"
-#include "vgcore/lapack.hpp"
-#include "vgcore/parallel_rows.hpp"
+#include "vgcore/base/blas.hpp"
+#include "vgcore/base/householder.hpp"
+#include "vgcore/base/lanes.hpp"
+#include "vgcore/base/lapack.hpp"
+#include "vgcore/base/parallel_rows.hpp"
 
 namespace vgcore {
 namespace {

@@ -31,8 +31,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "vgcore/control.hpp"
-#include "vgcore/tangent.hpp"
+#include "vgcore/base/control.hpp"
+#include "vgcore/model/tangent.hpp"
 
 namespace vgcore {
 

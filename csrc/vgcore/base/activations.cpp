@@ -11,7 +11,7 @@
 // compiled as target_clones for x86-64-v3 (AVX2+FMA) and x86-64-v4 (AVX-512), picked at load
 // time; define VGCORE_NO_TARGET_CLONES to compile a single (baseline) version only.
 
-#include "vgcore/activations.hpp"
+#include "vgcore/base/activations.hpp"
 
 #include <algorithm>
 #include <cctype>
@@ -21,7 +21,7 @@
 #include <limits>
 #include <stdexcept>
 
-#include "vgcore/fastmath.hpp"
+#include "vgcore/base/fastmath.hpp"
 
 #if defined(__GNUC__) && !defined(__clang__) && !defined(__NO_TRAPPING_MATH__) && \
     !defined(VGCORE_NO_TRAPPING_MATH_WARNING)

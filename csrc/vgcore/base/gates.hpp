@@ -16,7 +16,7 @@
 // forward pass; the *_load functions decode. All are branch-free (selects): loops vectorise.
 #pragma once
 
-#include "vgcore/fastmath.hpp"
+#include "vgcore/base/fastmath.hpp"
 
 namespace vgcore::gates {
 

@@ -16,8 +16,8 @@
 #include <limits>
 #include <vector>
 
-#include "vgcore/fastmath.hpp"  // VGCORE_TARGET_CLONES
-#include "vgcore/lapack.hpp"
+#include "vgcore/base/fastmath.hpp"  // VGCORE_TARGET_CLONES
+#include "vgcore/base/lapack.hpp"
 
 namespace vgcore::householder {
 

@@ -14,7 +14,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "vgcore/blas.hpp"
+#include "vgcore/base/blas.hpp"
 
 extern "C" {
 // Hidden Fortran string lengths (gfortran >= 8: size_t) are passed explicitly.

@@ -5,12 +5,12 @@
 // bytes): the whole panel, MR = 12, 24 accumulators and 2 for B. AVX2 (16 registers of 32 bytes):
 // half panels, MR = 6, 12 accumulators, 2 for B and a broadcast. The panel (k * 128 bytes) stays
 // in L1/L2 while every row block streams it.
-#include "vgcore/packed_gemm.hpp"
+#include "vgcore/base/packed_gemm.hpp"
 
 #include <algorithm>
 #include <cstring>
 
-#include "vgcore/blas.hpp"
+#include "vgcore/base/blas.hpp"
 
 namespace vgcore {
 namespace {

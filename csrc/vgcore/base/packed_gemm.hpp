@@ -13,7 +13,7 @@
 #include <cstddef>
 #include <vector>
 
-#include "vgcore/workspace.hpp"
+#include "vgcore/base/workspace.hpp"
 
 namespace vgcore {
 

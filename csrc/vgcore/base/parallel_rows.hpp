@@ -10,8 +10,8 @@
 #include <algorithm>
 #include <cstddef>
 
-#include "vgcore/blas.hpp"
-#include "vgcore/control.hpp"
+#include "vgcore/base/blas.hpp"
+#include "vgcore/base/control.hpp"
 
 namespace vgcore {
 

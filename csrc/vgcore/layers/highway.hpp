@@ -6,8 +6,8 @@
 
 #include <cstddef>
 
-#include "vgcore/fastmath.hpp"
-#include "vgcore/gates.hpp"
+#include "vgcore/base/fastmath.hpp"
+#include "vgcore/base/gates.hpp"
 
 namespace vgcore::layers {
 

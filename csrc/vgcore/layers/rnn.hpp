@@ -8,7 +8,7 @@
 
 #include <cstddef>
 
-#include "vgcore/fastmath.hpp"
+#include "vgcore/base/fastmath.hpp"
 
 namespace vgcore::layers {
 

@@ -7,16 +7,16 @@
 //   (gates and tanh values encoded, gates.hpp: accurate derivatives in saturation)
 //   dense [phi'(z')] + highway [t (encoded), a - h] + LayerNorm [xhat, 1/std]
 //   a recurrent stack: its layers' caches side by side
-#include "vgcore/tangent.hpp"
+#include "vgcore/model/tangent.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <utility>
 
-#include "vgcore/blas.hpp"
-#include "vgcore/fastmath.hpp"
-#include "vgcore/gates.hpp"
-#include "vgcore/lanes.hpp"
+#include "vgcore/base/blas.hpp"
+#include "vgcore/base/fastmath.hpp"
+#include "vgcore/base/gates.hpp"
+#include "vgcore/base/lanes.hpp"
 
 namespace vgcore {
 namespace {

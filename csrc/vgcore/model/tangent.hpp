@@ -22,10 +22,10 @@
 #include <string>
 #include <vector>
 
-#include "vgcore/activations.hpp"
-#include "vgcore/dense.hpp"
-#include "vgcore/packed_gemm.hpp"
-#include "vgcore/recurrent.hpp"
+#include "vgcore/base/activations.hpp"
+#include "vgcore/model/dense_stack.hpp"
+#include "vgcore/base/packed_gemm.hpp"
+#include "vgcore/model/recurrent_stack.hpp"
 
 namespace vgcore {
 

@@ -1,6 +1,6 @@
 // Forward and backward through a dense stack (plain / residual / highway blocks, optional
 // LayerNorm or BatchNorm), batch-parallel unless BatchNorm couples the batch.
-#include "vgcore/dense.hpp"
+#include "vgcore/sweeps/dense.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -8,16 +8,16 @@
 #include <stdexcept>
 #include <string>
 
-#include "vgcore/blas.hpp"
-#include "vgcore/fastmath.hpp"
-#include "vgcore/gates.hpp"
+#include "vgcore/base/blas.hpp"
+#include "vgcore/base/fastmath.hpp"
+#include "vgcore/base/gates.hpp"
 #include "vgcore/layers/batchnorm.hpp"
 #include "vgcore/layers/dense.hpp"
 #include "vgcore/layers/highway.hpp"
 #include "vgcore/layers/layernorm.hpp"
 #include "vgcore/layers/residual.hpp"
-#include "vgcore/packed_gemm.hpp"
-#include "vgcore/workspace.hpp"
+#include "vgcore/base/packed_gemm.hpp"
+#include "vgcore/base/workspace.hpp"
 
 namespace vgcore {
 namespace {

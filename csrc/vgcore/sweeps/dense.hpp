@@ -1,54 +1,16 @@
-// Dense stacks: forward and backward over the whole depth in one call.
-//
-// Layer l maps h_{l-1} to h_l:
-//   z  = W h_{l-1} + b                      (nn.Linear layout: W is out x in)
-//   z' = Norm(z)                            (optional: LayerNorm per sample, or BatchNorm with
-//                                            training-mode batch statistics; affine gamma, beta)
-//   a  = phi(z')
-//   plain:    h_l = a
-//   residual: h_l = h_{l-1} + alpha * a     (in == out)
-//   highway:  h_l = t * a + (1 - t) * h_{l-1},  t = sigmoid(W_t h_{l-1} + b_t)   (in == out)
+// Dense stacks (model/dense_stack.hpp): forward and backward over the whole depth in one call.
 #pragma once
 
 #include <cmath>
 #include <cstddef>
 #include <vector>
 
-#include "vgcore/activations.hpp"
-#include "vgcore/control.hpp"
-#include "vgcore/flow.hpp"
-#include "vgcore/layers/batchnorm.hpp"
+#include "vgcore/base/activations.hpp"
+#include "vgcore/base/control.hpp"
+#include "vgcore/model/dense_stack.hpp"
+#include "vgcore/sweeps/flow.hpp"
 
 namespace vgcore {
-
-enum class DenseBlock : int { plain = 0, residual, highway };
-// batchnorm: training-mode batch statistics (couples the batch); batchnorm_eval: running
-// statistics, as nn.BatchNorm1d in eval() mode (a per-unit affine map).
-enum class DenseNorm : int { none = 0, layernorm, batchnorm, batchnorm_eval };
-
-template <class T>
-struct DenseLayer {
-  const T* weight = nullptr;  // (out x in), row-major
-  const T* bias = nullptr;    // (out) or null
-  std::size_t in = 0, out = 0;
-  Activation act;
-  DenseBlock block = DenseBlock::plain;
-  double alpha = 1.0;              // residual branch scale
-  const T* gate_weight = nullptr;  // highway: (out x in)
-  const T* gate_bias = nullptr;    // highway: (out) or null
-  DenseNorm norm = DenseNorm::none;
-  const T* norm_weight = nullptr;   // gamma (out) or null (= 1)
-  const T* norm_bias = nullptr;     // beta (out) or null (= 0)
-  const T* running_mean = nullptr;  // batchnorm_eval: (out)
-  const T* running_var = nullptr;   // batchnorm_eval: (out)
-  double eps = 1e-5;
-};
-
-// batchnorm_eval: 1 / sqrt(running_var + eps) of unit j (as PyTorch's invstd).
-template <class T>
-inline T running_istd(const DenseLayer<T>& ly, std::size_t j) {
-  return layers::batchnorm_running_istd(ly.running_var[j], ly.eps);
-}
 
 template <class T>
 struct DenseFlowIO {

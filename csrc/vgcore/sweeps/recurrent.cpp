@@ -18,16 +18,16 @@
 #include <string>
 #include <vector>
 
-#include "vgcore/blas.hpp"
-#include "vgcore/fastmath.hpp"
-#include "vgcore/gates.hpp"
+#include "vgcore/base/blas.hpp"
+#include "vgcore/base/fastmath.hpp"
+#include "vgcore/base/gates.hpp"
 #include "vgcore/layers/gru.hpp"
 #include "vgcore/layers/lstm.hpp"
 #include "vgcore/layers/rnn.hpp"
-#include "vgcore/packed_gemm.hpp"
-#include "vgcore/parallel_rows.hpp"
-#include "vgcore/recurrent.hpp"
-#include "vgcore/workspace.hpp"
+#include "vgcore/base/packed_gemm.hpp"
+#include "vgcore/base/parallel_rows.hpp"
+#include "vgcore/sweeps/recurrent.hpp"
+#include "vgcore/base/workspace.hpp"
 
 namespace vgcore {
 namespace {

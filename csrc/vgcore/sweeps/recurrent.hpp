@@ -6,29 +6,12 @@
 #include <cstddef>
 #include <vector>
 
-#include "vgcore/activations.hpp"
-#include "vgcore/control.hpp"
-#include "vgcore/flow.hpp"
+#include "vgcore/base/activations.hpp"
+#include "vgcore/base/control.hpp"
+#include "vgcore/model/recurrent_stack.hpp"
+#include "vgcore/sweeps/flow.hpp"
 
 namespace vgcore {
-
-enum class CellKind : int { rnn_tanh = 0, rnn_relu, lstm, gru };
-
-// Number of gate blocks stacked in weight_ih / weight_hh (PyTorch order: LSTM i,f,g,o;
-// GRU r,z,n).
-inline std::size_t cell_gates(CellKind k) {
-  return k == CellKind::lstm ? 4 : (k == CellKind::gru ? 3 : 1);
-}
-
-template <class T>
-struct RecurrentWeights {
-  CellKind kind = CellKind::rnn_tanh;
-  std::size_t input_size = 0, hidden = 0;
-  const T* weight_ih = nullptr;  // (G*N, input_size)
-  const T* weight_hh = nullptr;  // (G*N, N)
-  const T* bias_ih = nullptr;    // (G*N) or null
-  const T* bias_hh = nullptr;    // (G*N) or null
-};
 
 template <class T>
 struct RecurrentFlowIO {

@@ -1,4 +1,5 @@
-// Shared types and helpers for gradient-flow kernels (dense stacks and recurrent cells).
+// Log-scale helpers: exact power-of-two rescaling of backpropagated vectors, log norms that
+// survive far outside floating-point range, and the products' safe shifts.
 #pragma once
 
 #include <cmath>
@@ -6,34 +7,9 @@
 #include <limits>
 #include <vector>
 
-#include "vgcore/lanes.hpp"
+#include "vgcore/base/lanes.hpp"
 
 namespace vgcore {
-
-struct FlowOptions {
-  bool param_grads = false;            // compute parameter-gradient norms (extra GEMMs)
-  double saturation_threshold = 1e-3;  // |phi'(z)| below this fraction of max|phi'| = saturated
-  int num_threads = 0;                 // batch-parallel workers; 0 = hardware concurrency
-  // Power-of-two rescaling of the backpropagated vectors (below). Off: the plain product, as
-  // frameworks compute it (float32 norms underflow to 0 below ~1e-38); for measuring its cost.
-  bool rescale = true;
-};
-
-// Everything small that a gradient-flow call returns. "States" are h_0..h_L (or h_0..h_T);
-// "steps" are the L layers (or T time steps) between them. Norms are natural logs of
-// Frobenius norms over the batch, so values far outside floating-point range survive.
-struct FlowStats {
-  std::vector<double> log_grad_norms;        // n_states: log ||dL/dh||
-  std::vector<double> log_cell_grad_norms;   // n_states, LSTM only: log ||dL/dc||
-  std::vector<double> act_mean, act_std;     // n_steps: of the layer/step output h
-  std::vector<double> saturation;            // n_steps: fraction of saturated units
-  std::vector<double> gate_saturation;       // n_steps x n_gates (gated cells), row-major
-  std::vector<double> log_param_grad_norms;  // see each kernel for the layout
-  std::vector<unsigned char>
-      param_present;  // per log_param_grad_norms entry: 0 = no such parameter
-  std::vector<unsigned char> preact_nonfinite;  // n_steps: a pre-activation overflowed (inf/NaN)
-  std::size_t n_gates = 0;
-};
 
 // Backpropagated vectors are kept near unit norm by exact power-of-two rescaling: the
 // stored value is true * 2^scale. In range, no rescaling happens and results are
