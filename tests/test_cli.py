@@ -52,7 +52,7 @@ def test_demo_writes_report(tmp_path):
     assert {p.name for p in (out / "data").iterdir()} == {
         "summary.csv",
         "gradient_norms.csv",
-        "recommendations.csv",
+        "fixes.csv",
     }
 
 
@@ -164,7 +164,7 @@ def test_analyze_flags_json(capsys):
     doc = json.loads(capsys.readouterr().out)
     (d,) = doc["diagnoses"]
     assert d["verdict"] == "vanishing" and d["name"] == "MLP sigmoid L=30 (default init)"
-    assert d["recommendations"][0]["checked"]
+    assert d["recommended"][0]["checked"]
 
 
 def test_analyze_text_plot_and_report(tmp_path, capsys):

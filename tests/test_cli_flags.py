@@ -490,7 +490,7 @@ def test_report_replaces_an_earlier_report_without_stale_files(tmp_path, capsys)
     assert {p.name for p in (out / "data").iterdir()} == {
         "summary.csv",
         "gradient_norms.csv",
-        "recommendations.csv",
+        "fixes.csv",
     }  # no stale parquet tables
     assert "first model" not in (out / "report.md").read_text()
 

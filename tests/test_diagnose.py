@@ -10,7 +10,7 @@ import pytest
 
 import vgcore
 from vgcore import GRU, LSTM, MLP, RNN
-from vgcore.diagnose import VERDICTS, Diagnosis, Recommendation, summarize_flow
+from vgcore.diagnose import VERDICTS, Diagnosis, Fix, summarize_flow
 
 W, B, T, N = 64, 32, 150, 64
 
@@ -57,7 +57,7 @@ def test_relu_he_is_healthy():
     d = vgcore.diagnose(mlp("relu", init="kaiming_normal"), x_mlp())
     assert d.verdict == "healthy"
     assert d.spread < 6 and d.evidence["vanishing_depth"] is None
-    assert d.recommendations == [] and d.causes == []
+    assert d.recommended == [] and d.causes == []
     # half the ReLUs are off: inactive, not saturated
     assert 0.3 < d.evidence["inactive_mean"] < 0.7
     assert d.evidence["saturation_mean"] == 0.0
@@ -124,16 +124,16 @@ def test_top_lyapunov_exponent_of_width_keeping_mlps_and_the_fallback(sigmoid_di
 
 
 # ------------------------------------------------------------------------------------------
-# recommendations: mapped from causes, checked, ranked
-def _by_fix(d: Diagnosis) -> dict[str, Recommendation]:
+# fixes: mapped from causes, checked, ranked
+def _by_fix(d: Diagnosis) -> dict[str, Fix]:
     return {r.fix: r for r in d.fixes}
 
 
-def test_sigmoid_recommendations_are_checked_and_ranked(sigmoid_diag):
+def test_sigmoid_fixes_are_checked_and_ranked(sigmoid_diag):
     d = sigmoid_diag
     recs = _by_fix(d)
     assert {"ReLU + He init", "residual blocks", "LayerNorm", "BatchNorm"} <= set(recs)
-    causes = {r.cause for r in d.recommendations}
+    causes = {r.cause for r in d.recommended}
     assert {"saturating activations", "depth", "covariate shift"} <= causes
     relu = recs["ReLU + He init"]
     assert relu.checked and relu.verdict_after == "healthy"
@@ -144,9 +144,9 @@ def test_sigmoid_recommendations_are_checked_and_ranked(sigmoid_diag):
     assert summarize_flow(redo)["spread"] == pytest.approx(relu.after)
     assert relu.model_after.activations[0].name == "relu"
     # ranked: helpful fixes first, by measured improvement
-    helpful = [r.improvement for r in d.recommendations if r.helps]
+    helpful = [r.improvement for r in d.recommended if r.helps]
     assert helpful == sorted(helpful, reverse=True)
-    assert d.best is d.recommendations[0] and d.best.helps
+    assert d.best is d.recommended[0] and d.best.helps
 
 
 def test_residual_fix_keeps_weights():
@@ -156,7 +156,7 @@ def test_residual_fix_keeps_weights():
     res = _by_fix(d)["residual blocks"]
     assert res.checked and set(res.model_after.blocks) == {"residual"}
     assert all(np.array_equal(a, b) for a, b in zip(res.model_after.weights, m.weights))
-    init = [r for r in d.recommendations if r.cause == "bad init scale"]
+    init = [r for r in d.recommended if r.cause == "bad init scale"]
     assert "Xavier init" in {r.fix for r in init}
     assert all(r.checked and r.verdict_after == "healthy" for r in init)
 
@@ -187,21 +187,19 @@ def test_only_fixes_that_help_are_recommended(exploding_rnn_diag):
     RNN) is shown apart, never recommended; clipping is a bound on the update norm."""
     worse = RNN.from_sizes(32, N, init={"name": "gaussian", "sigma_w2": 3.0}, seed=0)
     for d in (exploding_rnn_diag, vgcore.diagnose(worse, seq(T=200))):
-        assert d.recommendations, d.summary()
-        for r in d.recommendations:
+        assert d.recommended, d.summary()
+        for r in d.recommended:
             assert r.helps, f"{r.fix} recommended with {r.measured()}"
         assert all(r.checked and not r.helps for r in d.not_helpful)
         text = d.summary()
         for r in d.not_helpful:
             assert f"- {r.fix} [" in text.split("measured not to help")[1]
         df = d.to_pandas()
-        assert list(df["recommended"]) == [True] * len(d.recommendations) + [False] * len(
-            d.not_helpful
-        )
+        assert list(df["recommended"]) == [True] * len(d.recommended) + [False] * len(d.not_helpful)
         assert d.best is None or not d.best.bounds_update
     clip = _by_fix(exploding_rnn_diag)["gradient clipping"]
     assert "bounds the update norm" in clip.measured() and "decades" not in clip.measured()
-    assert clip in exploding_rnn_diag.recommendations
+    assert clip in exploding_rnn_diag.recommended
 
 
 def test_vanilla_rnn_recommends_gated_cells():
@@ -212,7 +210,7 @@ def test_vanilla_rnn_recommends_gated_cells():
     assert isinstance(lstm.model_after, LSTM)
     assert lstm.model_after.bias_ih[N : 2 * N] == pytest.approx(1.0)
     assert isinstance(recs["GRU"].model_after, GRU)
-    (gain,) = [r for r in d.recommendations if r.fix.startswith("recurrent gain")]
+    (gain,) = [r for r in d.recommended if r.fix.startswith("recurrent gain")]
     assert gain.checked and gain.improvement > 5
     m = gain.model_after
     assert np.array_equal(m.weight_ih, d.model.weight_ih)
@@ -224,7 +222,7 @@ def test_gate_bias_fix_for_gated_cells(cls):
     model = cls.from_sizes(32, N, seed=0)
     d = vgcore.diagnose(model, seq())
     assert d.verdict == "vanishing"
-    (rec,) = d.recommendations
+    (rec,) = d.recommended
     key = "forget_bias" if cls is LSTM else "update_bias"
     v = rec.params[key]
     assert v >= 1 and rec.checked and rec.improvement > 5
@@ -250,10 +248,10 @@ def test_dead_relu_layer_recommends_leaky_relu():
 
 def test_no_checks_lists_unmeasured_fixes():
     d = vgcore.diagnose(mlp("sigmoid"), x_mlp(), check=False)
-    assert d.recommendations and not any(r.checked for r in d.recommendations)
-    assert all(r.improvement is None and r.note == "checks disabled" for r in d.recommendations)
+    assert d.recommended and not any(r.checked for r in d.recommended)
+    assert all(r.improvement is None and r.note == "checks disabled" for r in d.recommended)
     assert d.best is None
-    assert "not checked" in d.recommendations[0].measured()
+    assert "not checked" in d.recommended[0].measured()
 
 
 # ------------------------------------------------------------------------------------------
@@ -267,10 +265,10 @@ def test_summary_dict_and_dataframe(sigmoid_diag):
     assert doc["verdict"] == "vanishing" and doc["verdict"] in VERDICTS
     assert len(doc["evidence"]["log10_grad_norms"]) == 31
     assert len(doc["evidence"]["log10_step_gains"]) == 30
-    assert doc["recommendations"][0]["checked"] is True
+    assert doc["recommended"][0]["checked"] is True
     df = d.to_pandas()
-    assert list(df["rank"]) == list(range(1, len(d.recommendations) + 1))
-    assert df.loc[0, "fix"] == d.recommendations[0].fix
+    assert list(df["rank"]) == list(range(1, len(d.recommended) + 1))
+    assert df.loc[0, "fix"] == d.recommended[0].fix
 
 
 def test_default_inputs_and_name():
@@ -318,3 +316,19 @@ def test_errors():
     zero = MLP([np.zeros((4, 4))], None, "tanh")
     with pytest.raises(ValueError, match="output is zero"):
         vgcore.diagnose(zero, np.ones((2, 4)))
+
+
+def test_old_names_of_a_fix_warn():
+    """One name, "fix": Recommendation and Diagnosis.recommendations are deprecated aliases."""
+    import importlib
+
+    for mod in ("vgcore", "vgcore.diagnose", "vgcore.diagnose.result"):
+        module = importlib.import_module(mod)
+        with pytest.warns(DeprecationWarning, match=rf"{mod}.Recommendation is renamed {mod}.Fix"):
+            assert module.Recommendation is Fix is vgcore.Fix
+    d = vgcore.diagnose(MLP.from_sizes([8] * 4, "tanh"), check=False)
+    with pytest.warns(DeprecationWarning, match="renamed Diagnosis.recommended"):
+        assert d.recommendations is d.recommended
+    assert "recommended" in d.to_dict() and "recommendations" not in d.to_dict()
+    with pytest.raises(AttributeError, match="no attribute 'Recomendation'"):
+        vgcore.Recomendation  # noqa: B018

@@ -1,4 +1,4 @@
-"""Each mitigation shows its documented effect on a canonical case, measured with vgcore.
+"""Each fix shows its documented effect on a canonical case, measured with vgcore.
 
 "Gain" below is ||dL/dh_0|| / ||dL/dh_L||: below ~1e-10 the first layers receive no signal.
 """

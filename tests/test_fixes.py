@@ -1,5 +1,5 @@
 """Residual / highway blocks, LayerNorm / BatchNorm and gradient clipping against PyTorch
-autograd (float64), and each mitigation's documented effect on a canonical case."""
+autograd (float64), and each fix's documented effect on a canonical case."""
 
 from __future__ import annotations
 

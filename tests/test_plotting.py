@@ -77,7 +77,7 @@ def test_diagnosis_plot_shows_each_checked_fix():
     d = vgcore.diagnose(MLP.from_sizes([32] * 21, "sigmoid"))
     ax = d.plot()
     labels = [ln.get_label() for ln in ax.get_lines()]
-    fixed = [r for r in d.recommendations if r.flow_after is not None]
+    fixed = [r for r in d.recommended if r.flow_after is not None]
     assert labels[0] == "as given (vanishing)"
     assert len(labels) == 1 + len(fixed) + 1
     assert ax.get_title() == d.name

@@ -73,7 +73,7 @@ def test_report_data_tables(tmp_path, diagnoses):
     rep = write_report(diagnoses, tmp_path, figures=False)
     assert rep.figures == [] and not (tmp_path / "figures").exists()
     files = {p.name: p for p in rep.data}
-    assert set(files) == {"summary.csv", "gradient_norms.csv", "recommendations.csv"}
+    assert set(files) == {"summary.csv", "gradient_norms.csv", "fixes.csv"}
     with files["summary.csv"].open() as fh:
         summary = list(csv.DictReader(fh))
     assert [r["model"] for r in summary] == ["sigmoid | deep", "rnn"]
@@ -88,9 +88,9 @@ def test_report_data_tables(tmp_path, diagnoses):
     first = [r for r in norms if r["model"] == "rnn"]
     lg = diagnoses[1].flow.log10_grad_norms
     assert np.allclose([float(r["log10_grad_norm"]) for r in first], lg)
-    with files["recommendations.csv"].open() as fh:
+    with files["fixes.csv"].open() as fh:
         recs = list(csv.DictReader(fh))
-    assert len(recs) == sum(len(d.recommendations) for d in diagnoses)
+    assert len(recs) == sum(len(d.fixes) for d in diagnoses)
     assert recs[0]["rank"] == "1" and recs[0]["checked"] == "True"
 
 

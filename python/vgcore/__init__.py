@@ -26,7 +26,7 @@ from vgcore.analysis import (
     jacobian_spectrum,
     lyapunov,
 )
-from vgcore.diagnose import Diagnosis, Recommendation, diagnose
+from vgcore.diagnose import Diagnosis, Fix, diagnose
 from vgcore.models import GRU, LSTM, MLP, RNN
 from vgcore.report import write_report
 from vgcore.sweep import sweep
@@ -44,6 +44,10 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> object:
+    if name == "Recommendation":  # the old name of Fix, for one release
+        from vgcore.diagnose.result import _renamed_fix
+
+        return _renamed_fix(__name__)
     if name in _LAZY:
         import importlib
 
@@ -66,12 +70,12 @@ __all__ = [
     "RNN",
     "Activation",
     "Diagnosis",
+    "Fix",
     "GradientFlow",
     "InsufficientMemoryError",
     "JacobianSingularValues",
     "JacobianSpectrum",
     "LyapunovSpectrum",
-    "Recommendation",
     "__version__",
     "compare_to_theory",
     "critical_sigma_w2",

@@ -311,7 +311,7 @@ def plot_diagnosis(diagnosis: Any, *, ax: Any = None, title: str | None = None) 
     items = [diagnosis.flow]
     labels = [f"as given ({diagnosis.verdict})"]
     clip_lines = []
-    for rec in getattr(diagnosis, "fixes", diagnosis.recommendations):
+    for rec in diagnosis.fixes:
         if rec.bounds_update and rec.checked:
             clip_lines.append(
                 f"{rec.fix}: update norm 10^{rec.before:.1f} -> 10^{rec.after:.1f}, flow unchanged"

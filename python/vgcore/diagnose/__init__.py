@@ -5,7 +5,8 @@ step, the depth or lag at which the gradient falls below ``ratio`` of its output
 saturation, the top Lyapunov exponent, the mean-field phase of the weight scale), maps the
 causes it finds to the standard fixes, and **checks** every fix: the fix is applied to a copy of
 the model, the gradient flow is measured again on the same inputs, and the measured improvement
-is reported next to the recommendation. Recommendations are ranked by that improvement.
+is reported next to the fix. The fixes measured to help are recommended, ranked by that
+improvement (:class:`Fix`; ``Diagnosis.recommended``).
 
 The health measure is ``spread``: the largest distance, in decades, between the gradient norm
 at any layer / step and its value at the output, ``max_i |log10 ||dL/dh_i|| / ||dL/dh_out|| |``.
@@ -32,7 +33,7 @@ from vgcore.diagnose.evidence import (
     summarize_flow,
     verdict_thresholds,
 )
-from vgcore.diagnose.result import Diagnosis, Recommendation, _jsonable
+from vgcore.diagnose.result import Diagnosis, Fix, _jsonable, _renamed_fix
 from vgcore.diagnose.text import unit_lines
 
 __all__ = [
@@ -40,7 +41,7 @@ __all__ = [
     "RATE_MIN_DECADES",
     "VERDICTS",
     "Diagnosis",
-    "Recommendation",
+    "Fix",
     "_jsonable",
     "diagnose",
     "lyapunov_regime",
@@ -48,3 +49,9 @@ __all__ = [
     "unit_lines",
     "verdict_thresholds",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "Recommendation":  # the old name of Fix, for one release
+        return _renamed_fix(__name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

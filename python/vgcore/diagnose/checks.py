@@ -1,5 +1,5 @@
 """Checking a fix: apply it to a copy of the model, measure the gradient flow again on the same
-inputs, and rank the recommendations by the measured improvement."""
+inputs, and rank the fixes by the measured improvement."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from vgcore.analysis.gradient_flow import GradientFlow, gradient_flow
 from vgcore.diagnose.evidence import _LOG10, _spread, _verdict
-from vgcore.diagnose.result import Recommendation
+from vgcore.diagnose.result import Fix
 from vgcore.models import Model
 
 
@@ -31,25 +31,25 @@ class _Ctx:
     check: bool = True
 
 
-def _measure(ctx: _Ctx, rec: Recommendation, build: Callable[[], Model]) -> Recommendation:
+def _measure(ctx: _Ctx, fix: Fix, build: Callable[[], Model]) -> Fix:
     if not ctx.check:
-        rec.note = "checks disabled"
-        return rec
+        fix.note = "checks disabled"
+        return fix
     try:
         model = build()
         flow = gradient_flow(model, ctx.x, num_threads=ctx.threads)
-        rec.after = _spread(flow)
-        rec.before = ctx.ev["spread"]
+        fix.after = _spread(flow)
+        fix.before = ctx.ev["spread"]
         # an exact zero gradient has an infinite spread; inf - inf counts as no change
-        both_inf = math.isinf(rec.before) and math.isinf(rec.after)
-        rec.improvement = 0.0 if both_inf else rec.before - rec.after
-        rec.verdict_after = _verdict(flow, ctx.ratio)
-        rec.checked = True
-        rec.flow_after = flow
-        rec.model_after = model
+        both_inf = math.isinf(fix.before) and math.isinf(fix.after)
+        fix.improvement = 0.0 if both_inf else fix.before - fix.after
+        fix.verdict_after = _verdict(flow, ctx.ratio)
+        fix.checked = True
+        fix.flow_after = flow
+        fix.model_after = model
     except Exception as exc:
-        rec.note = f"{type(exc).__name__}: {exc}"
-    return rec
+        fix.note = f"{type(exc).__name__}: {exc}"
+    return fix
 
 
 def _round1(v: float) -> float:
@@ -60,7 +60,7 @@ def _round1(v: float) -> float:
     return round(v / 10**e) * 10**e
 
 
-def _clip_rec(ctx: _Ctx) -> Recommendation:
+def _clip_fix(ctx: _Ctx) -> Fix:
     """Global-norm clipping at the norm the gradient would have without the amplification."""
     pg = ctx.flow.log_param_grad_norms or {}
     logs = (
@@ -69,41 +69,41 @@ def _clip_rec(ctx: _Ctx) -> Recommendation:
         else np.array([])
     )
     logs = logs[np.isfinite(logs)]
-    rec = Recommendation(
+    fix = Fix(
         cause="exploding gradients",
         fix="gradient clipping",
         action="",
         metric="update norm",
     )
     if logs.size == 0:
-        rec.note = "no parameter gradients were measured"
-        rec.action = "clip the global gradient norm (torch.nn.utils.clip_grad_norm_)"
-        return rec
+        fix.note = "no parameter gradients were measured"
+        fix.action = "clip the global gradient norm (torch.nn.utils.clip_grad_norm_)"
+        return fix
     m = float(np.max(logs))
     log_total = m + 0.5 * math.log(float(np.sum(np.exp(2 * (logs - m)))))
     log10_total = log_total / _LOG10
     tau = _round1(10 ** (log10_total - ctx.ev["max_growth"]))
-    rec.params = {"clip_norm": tau}
-    rec.action = (
+    fix.params = {"clip_norm": tau}
+    fix.action = (
         f"clip the global gradient norm at {tau:g} (torch.nn.utils.clip_grad_norm_(params, {tau:g}));"
         f" that is the measured norm 10^{log10_total:.1f} divided by its 10^{ctx.ev['max_growth']:.1f}"
         " amplification through depth/time"
     )
     if not ctx.check:
-        rec.note = "checks disabled"
-        return rec
+        fix.note = "checks disabled"
+        return fix
     try:
         flow = gradient_flow(ctx.model, ctx.x, clip_norm=tau, num_threads=ctx.threads)
         clip = flow.clip or {}
         after = math.log10(max(clip.get("total_norm", 0.0) * clip.get("clip_coef", 1.0), 1e-300))
-        rec.before, rec.after = log10_total, after
-        rec.improvement = log10_total - after
-        rec.verdict_after = ctx.verdict
-        rec.checked = True
-        rec.flow_after = None
+        fix.before, fix.after = log10_total, after
+        fix.improvement = log10_total - after
+        fix.verdict_after = ctx.verdict
+        fix.checked = True
+        fix.flow_after = None
     except Exception as exc:
-        rec.note = f"{type(exc).__name__}: {exc}"
-    return rec
+        fix.note = f"{type(exc).__name__}: {exc}"
+    return fix
 
 
 def _init_name_for(act: str) -> str:
@@ -116,35 +116,35 @@ def _gate_bias_candidates(current: float) -> list[float]:
 
 def _best_of(
     ctx: _Ctx,
-    make: Callable[[float], Recommendation],
+    make: Callable[[float], Fix],
     build: Callable[[float], Model],
     values: list[float],
     *,
     first_healthy: bool = True,
-) -> Recommendation:
+) -> Fix:
     """Check each value; keep the first that is healthy (``first_healthy``), else the best."""
-    best: Recommendation | None = None
+    best: Fix | None = None
     for v in values:
-        rec = _measure(ctx, make(v), partial(build, v))
-        if first_healthy and rec.checked and rec.verdict_after == "healthy":
-            return rec
+        fix = _measure(ctx, make(v), partial(build, v))
+        if first_healthy and fix.checked and fix.verdict_after == "healthy":
+            return fix
         if best is None or (
-            rec.checked and (not best.checked or (rec.improvement or 0) > (best.improvement or 0))
+            fix.checked and (not best.checked or (fix.improvement or 0) > (best.improvement or 0))
         ):
-            best = rec
+            best = fix
     assert best is not None
     return best
 
 
-def _rank(recs: list[Recommendation]) -> tuple[list[Recommendation], list[Recommendation]]:
+def _rank(fixes: list[Fix]) -> tuple[list[Fix], list[Fix]]:
     """(recommended, measured not to help): fixes of the flow that help by measured
     improvement, then update-norm bounds that help, then unmeasured fixes."""
 
-    def key(r: Recommendation) -> tuple[int, float]:
+    def key(r: Fix) -> tuple[int, float]:
         group = (1 if r.bounds_update else 0) if r.helps else (2 if not r.checked else 3)
         return (group, -(r.improvement or 0.0))
 
-    ranked = sorted(recs, key=key)
+    ranked = sorted(fixes, key=key)
     return [r for r in ranked if r.helps or not r.checked], [
         r for r in ranked if r.checked and not r.helps
     ]

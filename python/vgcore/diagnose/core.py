@@ -11,12 +11,12 @@ from vgcore.analysis.gradient_flow import gradient_flow
 from vgcore.diagnose.checks import _Ctx, _rank
 from vgcore.diagnose.evidence import _evidence, _lyapunov, _mean_field, _verdict
 from vgcore.diagnose.result import Diagnosis
-from vgcore.diagnose.rules_mlp import _mlp_recs
-from vgcore.diagnose.rules_recurrent import _recurrent_recs
+from vgcore.diagnose.rules_mlp import _mlp_fixes
+from vgcore.diagnose.rules_recurrent import _recurrent_fixes
 from vgcore.models import Model
 
 #: The causes and fixes of each family of models, by the axis its steps run along.
-_RULES = {"depth": _mlp_recs, "time": _recurrent_recs}
+_RULES = {"depth": _mlp_fixes, "time": _recurrent_fixes}
 
 
 def _can_be_inactive(model: Model) -> bool:
@@ -74,7 +74,7 @@ def diagnose(
         exploding when it rises above ``1 / ratio`` times; healthy otherwise.
     check : bool
         Apply each recommended fix to a copy of the model and measure it (cheap: one gradient
-        flow per fix). Without checks the recommendations are listed unmeasured.
+        flow per fix). Without checks the fixes are listed unmeasured.
     init : init spec, optional
         How the weights were drawn (see :mod:`vgcore.init`), if known; the mean-field phase is
         reported when it is Gaussian. When omitted, Gaussianity is judged from the weights.
@@ -133,8 +133,8 @@ def diagnose(
     _mean_field(model, flow, ev, notes, init, np.asarray(xa))
     ctx = _Ctx(model, np.asarray(xa), flow, verdict, ev, ratio, seed, num_threads, check)
     causes: list[str] = []
-    recs = _RULES[model.axis](ctx, causes, notes)
-    recommended, not_helpful = _rank(recs)
+    fixes = _RULES[model.axis](ctx, causes, notes)
+    recommended, not_helpful = _rank(fixes)
     return Diagnosis(
         name=name or _default_name(model),
         model=model,
@@ -143,7 +143,7 @@ def diagnose(
         ratio=ratio,
         evidence=ev,
         causes=causes,
-        recommendations=recommended,
+        recommended=recommended,
         notes=notes,
         lyapunov=lyap,
         not_helpful=not_helpful,

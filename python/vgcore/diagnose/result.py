@@ -1,8 +1,9 @@
-"""The result of a diagnosis: the verdict with its evidence, and the checked recommendations."""
+"""The result of a diagnosis: the verdict with its evidence, and the checked fixes."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +16,8 @@ from vgcore.models import Model
 
 # results
 @dataclass(repr=False)
-class Recommendation:
-    """One fix for one cause, with its measured effect.
+class Fix:
+    """One fix for one cause, with its measured effect (recommended when measured to help).
 
     Attributes
     ----------
@@ -103,7 +104,7 @@ class Recommendation:
         }
 
     def __repr__(self) -> str:
-        return f"Recommendation({self.fix!r} for {self.cause!r}: {self.measured()})"
+        return f"Fix({self.fix!r} for {self.cause!r}: {self.measured()})"
 
 
 @dataclass(repr=False)
@@ -149,11 +150,11 @@ class Diagnosis:
         and measurement differ, where they do (None otherwise).
     causes : list of str
         The causes found, in the order checked.
-    recommendations : list of Recommendation
+    recommended : list of Fix
         The fixes recommended: those measured to help, ranked by measured improvement (a
         bound on the update norm, i.e. clipping, after the fixes of the gradient flow), then
-        any that could not be measured.
-    not_helpful : list of Recommendation
+        any that could not be measured. (Formerly ``recommendations``, a deprecated alias.)
+    not_helpful : list of Fix
         Fixes that were applied and measured not to help (shown apart, never recommended).
     notes : list of str
         What could not be measured and why (e.g. an optional analysis missing).
@@ -169,15 +170,26 @@ class Diagnosis:
     ratio: float
     evidence: dict[str, Any]
     causes: list[str]
-    recommendations: list[Recommendation]
+    recommended: list[Fix]
     notes: list[str] = field(default_factory=list)
     lyapunov: Any = None
-    not_helpful: list[Recommendation] = field(default_factory=list)
+    not_helpful: list[Fix] = field(default_factory=list)
 
     @property
-    def fixes(self) -> list[Recommendation]:
+    def fixes(self) -> list[Fix]:
         """Every fix considered: the recommended ones, then those measured not to help."""
-        return [*self.recommendations, *self.not_helpful]
+        return [*self.recommended, *self.not_helpful]
+
+    @property
+    def recommendations(self) -> list[Fix]:
+        """Deprecated alias of :attr:`recommended` (one name, "fix", for a fix)."""
+        warnings.warn(
+            "Diagnosis.recommendations is renamed Diagnosis.recommended (the recommended "
+            "fixes); the old name will be removed in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.recommended
 
     @property
     def axis(self) -> str:
@@ -189,23 +201,23 @@ class Diagnosis:
         return float(self.evidence["spread"])
 
     @property
-    def best(self) -> Recommendation | None:
+    def best(self) -> Fix | None:
         """The top-ranked fix of the gradient flow that measurably helps, if any (clipping,
         a bound on the update norm, is never the best fix of a flow)."""
-        for r in self.recommendations:
+        for r in self.recommended:
             if r.helps and not r.bounds_update:
                 return r
         return None
 
     def summary(self) -> str:
-        """Multi-line text: verdict, evidence, ranked recommendations."""
+        """Multi-line text: verdict, evidence, causes, the fixes (ranked) and the thresholds."""
         lines = [f"{self.name}: {self.verdict.upper()}"]
         lines += [f"  {t}" for t in evidence_lines(self.evidence, self.ratio)]
         if self.causes:
             lines.append("  causes: " + "; ".join(self.causes))
-        if self.recommendations:
+        if self.recommended:
             lines.append("  recommended fixes:")
-        for i, r in enumerate(self.recommendations, 1):
+        for i, r in enumerate(self.recommended, 1):
             lines.append(f"  {i}. {r.fix} [{r.cause}]: {r.action}")
             lines.append(f"     measured: {r.measured()}")
         if self.not_helpful:
@@ -232,7 +244,7 @@ class Diagnosis:
             "ratio": self.ratio,
             "evidence": _jsonable(self.evidence),
             "causes": list(self.causes),
-            "recommendations": [r.to_dict() for r in self.recommendations],
+            "recommended": [r.to_dict() for r in self.recommended],
             "not_helpful": [r.to_dict() for r in self.not_helpful],
             "notes": list(self.notes),
         }
@@ -244,7 +256,7 @@ class Diagnosis:
 
         rows = [
             {"rank": i, "recommended": True, **r.to_dict()}
-            for i, r in enumerate(self.recommendations, 1)
+            for i, r in enumerate(self.recommended, 1)
         ]
         rows += [{"rank": None, "recommended": False, **r.to_dict()} for r in self.not_helpful]
         cols = [
@@ -289,3 +301,20 @@ def _jsonable(v: Any) -> Any:
     if v is None or isinstance(v, (str, int, bool)):
         return v
     return str(v)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Recommendation":
+        return _renamed_fix(__name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _renamed_fix(module: str) -> type[Fix]:
+    """``Recommendation``, the old name of :class:`Fix`, with a DeprecationWarning."""
+    warnings.warn(
+        f"{module}.Recommendation is renamed {module}.Fix (one name, 'fix', for a fix); the "
+        "old name will be removed in the next release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return Fix

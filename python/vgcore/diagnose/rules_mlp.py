@@ -8,17 +8,17 @@ from functools import partial
 import numpy as np
 
 from vgcore import _fixes
-from vgcore.diagnose.checks import _clip_rec, _Ctx, _init_name_for, _measure
+from vgcore.diagnose.checks import _clip_fix, _Ctx, _init_name_for, _measure
 from vgcore.diagnose.evidence import _single_act
-from vgcore.diagnose.result import Recommendation
+from vgcore.diagnose.result import Fix
 from vgcore.models import MLP
 from vgcore.models.base import narrow
 
 
-def _mlp_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommendation]:
+def _mlp_fixes(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Fix]:
     m = narrow(ctx.model, MLP)  # the rules of depth-axis models
     ev = ctx.ev
-    recs: list[Recommendation] = []
+    fixes: list[Fix] = []
     act_obj = _single_act(m)
     act = None if act_obj is None else act_obj.name
     acts = {a.name for a in m.activations}
@@ -35,10 +35,10 @@ def _mlp_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommenda
             else f"{ev['saturation_mean']:.0%} of the units are saturated"
         )
         causes.append(f"saturating activations ({why})")
-        recs.append(
+        fixes.append(
             _measure(
                 ctx,
-                Recommendation(
+                Fix(
                     cause="saturating activations",
                     fix="ReLU + He init",
                     action="replace the activation by ReLU (or leaky ReLU / GELU) with He (kaiming) init",
@@ -55,10 +55,10 @@ def _mlp_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommenda
         causes.append(
             f"dead units ({np.max(dead):.0%} of layer {worst}'s ReLUs are inactive for every sample)"
         )
-        recs.append(
+        fixes.append(
             _measure(
                 ctx,
-                Recommendation(
+                Fix(
                     cause="dead units",
                     fix="leaky ReLU",
                     action="use leaky ReLU (negative slope 0.1) so switched-off units still pass gradient",
@@ -81,10 +81,10 @@ def _mlp_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommenda
             )
             scheme = _init_name_for(act)
             label = "He init" if scheme.startswith("kaiming") else "Xavier init"
-            recs.append(
+            fixes.append(
                 _measure(
                     ctx,
-                    Recommendation(
+                    Fix(
                         cause="bad init scale",
                         fix=label,
                         action=f"initialise the weights with {scheme} (gain for {act})",
@@ -96,10 +96,10 @@ def _mlp_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommenda
             if crit is not None:
                 sb2 = ev["sigma_b2"]
                 init = {"name": "gaussian", "sigma_w2": crit, "sigma_b2": sb2}
-                recs.append(
+                fixes.append(
                     _measure(
                         ctx,
-                        Recommendation(
+                        Fix(
                             cause="bad init scale",
                             fix="critical init",
                             action=(
@@ -125,10 +125,10 @@ def _mlp_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommenda
         and square >= m.depth // 2
     ):
         causes.append(f"depth ({m.depth} plain layers multiply their Jacobians)")
-        recs.append(
+        fixes.append(
             _measure(
                 ctx,
-                Recommendation(
+                Fix(
                     cause="depth",
                     fix="residual blocks",
                     action="make the layers residual, h = h + f(h), so each Jacobian is I + J_f",
@@ -141,7 +141,7 @@ def _mlp_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommenda
     # exploding -> gradient clipping
     if ctx.verdict == "exploding":
         causes.append(f"exploding gradients (grows by 10^{ev['max_growth']:.1f})")
-        recs.append(_clip_rec(ctx))
+        fixes.append(_clip_fix(ctx))
 
     # covariate shift -> LayerNorm / BatchNorm
     std0, std1 = ev["act_std_first"], ev["act_std_last"]
@@ -155,10 +155,10 @@ def _mlp_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommenda
         )
         causes.append(f"covariate shift ({what})")
         for norm, label in (("layernorm", "LayerNorm"), ("batchnorm", "BatchNorm")):
-            recs.append(
+            fixes.append(
                 _measure(
                     ctx,
-                    Recommendation(
+                    Fix(
                         cause="covariate shift",
                         fix=label,
                         action=f"normalise every layer's pre-activation with {label}",
@@ -167,4 +167,4 @@ def _mlp_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommenda
                     partial(_fixes.mlp_with, m, norm=norm),
                 )
             )
-    return recs
+    return fixes

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 from vgcore import _fixes
-from vgcore.diagnose.checks import _best_of, _clip_rec, _Ctx, _gate_bias_candidates, _measure
-from vgcore.diagnose.result import Recommendation
+from vgcore.diagnose.checks import _best_of, _clip_fix, _Ctx, _gate_bias_candidates, _measure
+from vgcore.diagnose.result import Fix
 from vgcore.models import RecurrentModel
 from vgcore.models.base import narrow
 
@@ -28,11 +28,11 @@ _CARRY_GATES = {
 }
 
 
-def _recurrent_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Recommendation]:
+def _recurrent_fixes(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Fix]:
     m = narrow(ctx.model, RecurrentModel)  # the rules of time-axis models
     ungated = not m.gate_names  # a vanilla RNN
     ev = ctx.ev
-    recs: list[Recommendation] = []
+    fixes: list[Fix] = []
     T = ev["length"]
     if ctx.verdict == "vanishing":
         causes.append(
@@ -40,10 +40,10 @@ def _recurrent_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Reco
             f"{ev['vanishing_depth']} steps)"
         )
         if ungated:
-            recs.append(
+            fixes.append(
                 _measure(
                     ctx,
-                    Recommendation(
+                    Fix(
                         cause="long sequences",
                         fix="LSTM (forget bias 1)",
                         action="replace the vanilla RNN by an LSTM with forget-gate bias 1",
@@ -54,10 +54,10 @@ def _recurrent_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Reco
                     ),
                 )
             )
-            recs.append(
+            fixes.append(
                 _measure(
                     ctx,
-                    Recommendation(
+                    Fix(
                         cause="long sequences",
                         fix="GRU",
                         action="replace the vanilla RNN by a GRU",
@@ -69,10 +69,10 @@ def _recurrent_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Reco
         elif m.kind in _CARRY_GATES:
             label, gate, param, what = _CARRY_GATES[m.kind]
             cur = _fixes.gate_bias(m, 1)
-            recs.append(
+            fixes.append(
                 _best_of(
                     ctx,
-                    lambda v: Recommendation(
+                    lambda v: Fix(
                         cause="long sequences",
                         fix=f"{label} bias {v:g}",
                         action=f"set the {type(m).__name__} {gate} bias to {v:g} (now {cur:.2g}) "
@@ -91,10 +91,10 @@ def _recurrent_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Reco
             grid = [round(2 ** (k / 2), 2) for k in range(8)]  # 1 .. 11.3, factors of sqrt(2)
             targets = [v for v in grid if not 0.8 < v / max(sw2, 1e-12) < 1.25]
             if targets and sw2 > 0:
-                recs.append(
+                fixes.append(
                     _best_of(
                         ctx,
-                        lambda v: Recommendation(
+                        lambda v: Fix(
                             cause="bad init scale",
                             fix=f"recurrent gain sigma_w2={v:g}",
                             action=f"scale weight_hh so that sigma_w2 = fan_in * Var(W_hh) = {v:g} "
@@ -106,10 +106,10 @@ def _recurrent_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Reco
                         first_healthy=False,
                     )
                 )
-            recs.append(
+            fixes.append(
                 _measure(
                     ctx,
-                    Recommendation(
+                    Fix(
                         cause="bad init scale",
                         fix="orthogonal recurrent init",
                         action="initialise weight_hh orthogonal (all singular values 1)",
@@ -122,12 +122,12 @@ def _recurrent_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Reco
             )
     if ctx.verdict == "exploding":
         causes.append(f"exploding gradients (grows by 10^{ev['max_growth']:.1f} over {T} steps)")
-        recs.append(_clip_rec(ctx))
+        fixes.append(_clip_fix(ctx))
         if ungated:
-            recs.append(
+            fixes.append(
                 _measure(
                     ctx,
-                    Recommendation(
+                    Fix(
                         cause="exploding gradients",
                         fix="LSTM (forget bias 1)",
                         action="replace the vanilla RNN by an LSTM (gated, bounded state updates)",
@@ -138,4 +138,4 @@ def _recurrent_recs(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Reco
                     ),
                 )
             )
-    return recs
+    return fixes

@@ -115,9 +115,9 @@ def _build_document(
         "p",
         "Verdict: "
         + verdict_thresholds(diagnoses[0].ratio if diagnoses else 1e-6, "layer or step")
-        + ". Every recommendation was applied to a copy of the model and measured on the "
-        "same inputs; 'spread' is the largest distance, in decades, between the gradient "
-        "at any layer or step and at the output.",
+        + ". Every fix was applied to a copy of the model and measured on the same inputs, "
+        "and only fixes measured to help are recommended; 'spread' is the largest distance, "
+        "in decades, between the gradient at any layer or step and at the output.",
     )
     doc.add("h2", "Summary")
     doc.add("table", _summary_table(diagnoses))
@@ -132,10 +132,9 @@ def _build_document(
         doc.add("ul", _evidence_items(d))
         if d.causes:
             doc.add("p", "Causes: " + "; ".join(d.causes) + ".")
-        if d.recommendations:
+        if d.recommended:
             rows = [
-                [i, r.fix, r.cause, r.action, r.measured()]
-                for i, r in enumerate(d.recommendations, 1)
+                [i, r.fix, r.cause, r.action, r.measured()] for i, r in enumerate(d.recommended, 1)
             ]
             doc.add("p", "Recommended fixes:")
             doc.add("table", (["rank", "fix", "cause", "what to do", "measured"], rows))

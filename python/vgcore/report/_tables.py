@@ -1,7 +1,7 @@
 """The raw numbers behind a report, as tidy tables written to CSV or Parquet.
 
 Units: ``log10_*`` columns are decades, as are ``spread``, ``best_improvement`` and the
-recommendations' ``before`` / ``after`` / ``improvement`` (their ``unit`` column says so);
+fixes' ``before`` / ``after`` / ``improvement`` (their ``unit`` column says so);
 ``lyapunov_ln`` is a natural log per layer / step (``lyapunov_log10`` the same in decades).
 """
 
@@ -73,10 +73,11 @@ def summary_row(d: Any) -> dict[str, Any]:
 
 
 def report_tables(diagnoses: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
-    """``summary``, ``gradient_norms`` (one row per model and layer/step), ``recommendations``."""
+    """``summary``, ``gradient_norms`` (one row per model and layer/step) and ``fixes`` (every
+    fix considered: the recommended ones ranked, then those measured not to help)."""
     summary = [summary_row(d) for d in diagnoses]
     norms: list[dict[str, Any]] = []
-    recs: list[dict[str, Any]] = []
+    fixes: list[dict[str, Any]] = []
     for d in diagnoses:
         f = d.flow
         lg = np.asarray(f.log_grad_norms) / math.log(10.0)
@@ -100,11 +101,11 @@ def report_tables(diagnoses: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
                     "act_std": None if i == 0 else _num(f.act_std[i - 1]),
                 }
             )
-        ranked = [(rank, r) for rank, r in enumerate(d.recommendations, 1)]
+        ranked = [(rank, r) for rank, r in enumerate(d.recommended, 1)]
         for rank, r in [*ranked, *((None, r) for r in d.not_helpful)]:
             row = r.to_dict()
             row["params"] = json.dumps(row["params"], sort_keys=True)
-            recs.append(
+            fixes.append(
                 {
                     "model": d.name,
                     "rank": rank,
@@ -113,7 +114,7 @@ def report_tables(diagnoses: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
                     "unit": "decades",
                 }
             )
-    return {"summary": summary, "gradient_norms": norms, "recommendations": recs}
+    return {"summary": summary, "gradient_norms": norms, "fixes": fixes}
 
 
 def write_table(rows: list[dict[str, Any]], path: Path, fmt: str) -> Path:
