@@ -45,6 +45,8 @@
 #include "vgcore/base/blas.hpp"
 #include "vgcore/base/fastmath.hpp"
 #include "vgcore/base/gates.hpp"
+#include "vgcore/layers/gru.hpp"
+#include "vgcore/layers/lstm.hpp"
 #include "vgcore/base/householder.hpp"
 #include "vgcore/base/packed_gemm.hpp"
 #include "vgcore/base/parallel_rows.hpp"
@@ -179,9 +181,9 @@ bool lyap_kernels(std::size_t k, LyapKernels<T>& out) {
 
 // ---- fast path: state updates of a range of units -------------------------------------------
 //
-// The formulas of tangent.cpp's row kernels; u is W_hh h in the original gate order. coef
-// receives the per-unit coefficients of the tangent update (coefficient q of unit j at
-// coef[q * N + j]):
+// The cells' formulas (layers/lstm.hpp, layers/gru.hpp; their *_tangent_coefficients); u is
+// W_hh h in the original gate order. coef receives the per-unit coefficients of the tangent
+// update (coefficient q of unit j at coef[q * N + j]):
 //   LSTM: dc' = f dc + [c f(1-f)] u_f + [g i(1-i)] u_i + [i(1-g^2)] u_g,
 //         dh' = [o(1-tc^2)] dc' + [tc o(1-o)] u_o
 //   GRU:  dh' = z dh + [(1-z)(1-n^2) q_n r(1-r)] u_r + [(h-n) z(1-z)] u_z + [(1-z)(1-n^2) r] u_n
@@ -201,22 +203,18 @@ VGCORE_TARGET_CLONES void lstm_state_units(const T* __restrict pi, const T* __re
                                            T* __restrict c2, T* __restrict c3, T* __restrict c4,
                                            T* __restrict c5, std::size_t j0, std::size_t j1) {
   for (std::size_t j = j0; j < j1; ++j) {
-    T i, ic, f, fc, g, gd, o, oc, tc, tcd;
-    gates::sigmoid_store(pi[j] + ui[j], i, ic);
-    gates::sigmoid_store(pf[j] + uf[j], f, fc);
-    gates::tanh_store(pg[j] + ug[j], g, gd);
-    gates::sigmoid_store(po[j] + uo[j], o, oc);
     const T cp = cprev[j];
-    const T c = f * cp + i * g;
-    gates::tanh_store(c, tc, tcd);
-    cn[j] = c;
-    hn[j] = o * tc;
-    c0[j] = f;
-    c1[j] = cp * (f * fc);
-    c2[j] = g * (i * ic);
-    c3[j] = i * gd;
-    c4[j] = o * tcd;
-    c5[j] = tc * (o * oc);
+    const auto u =
+        layers::lstm_forward(pi[j] + ui[j], pf[j] + uf[j], pg[j] + ug[j], po[j] + uo[j], cp);
+    const auto k = layers::lstm_tangent_coefficients(u, cp);
+    cn[j] = u.c;
+    hn[j] = u.h;
+    c0[j] = k.k0;
+    c1[j] = k.k1;
+    c2[j] = k.k2;
+    c3[j] = k.k3;
+    c4[j] = k.k4;
+    c5[j] = k.k5;
   }
 }
 
@@ -228,17 +226,15 @@ VGCORE_TARGET_CLONES void gru_state_units(
     T* __restrict c1, T* __restrict c2, T* __restrict c3, std::size_t j0, std::size_t j1) {
   for (std::size_t j = j0; j < j1; ++j) {
     const T qn = un[j] + bn[j];
-    T r, rc, z, zc, n, nd;
-    gates::sigmoid_store(pr[j] + (ur[j] + br[j]), r, rc);
-    gates::sigmoid_store(pz[j] + (uz[j] + bz[j]), z, zc);
-    gates::tanh_store(pn[j] + r * qn, n, nd);
     const T hp = hprev[j];
-    hn[j] = zc * n + z * hp;
-    const T a = zc * nd;
-    c0[j] = z;
-    c1[j] = a * qn * (r * rc);
-    c2[j] = (hp - n) * (z * zc);
-    c3[j] = a * r;
+    const auto u =
+        layers::gru_forward(pr[j] + (ur[j] + br[j]), pz[j] + (uz[j] + bz[j]), pn[j], qn, hp);
+    const auto k = layers::gru_tangent_coefficients(u, qn, hp);
+    hn[j] = u.h;
+    c0[j] = k.k0;
+    c1[j] = k.k1;
+    c2[j] = k.k2;
+    c3[j] = k.k3;
   }
 }
 

@@ -1,9 +1,14 @@
-// The LSTM cell (torch.nn.LSTM, gates i, f, g, o):
-//   i, f, o = sigmoid(a_i, a_f, a_o), g = tanh(a_g), with a = W_ih x + b_ih + W_hh h + b_hh,
-//   c' = f * c + i * g, h' = o * tanh(c').
+// The LSTM cell (torch.nn.LSTM, gates i, f, g, o), all of its maths for one unit j:
+//   a = W_ih x + b_ih + W_hh h + b_hh            (the sweeps' GEMMs; four blocks of N)
+//   i, f, o = sigmoid(a_i, a_f, a_o), g = tanh(a_g)
+//   c' = f c + i g,  h' = o tanh(c')
 // Gates and tanh(c') are stored encoded (gates.hpp) so that derivatives stay accurate in deep
-// saturation. Row formulas only: loops over steps, samples, threads and memory live in the
-// sweeps. State (h, c); four gate blocks of N units in PyTorch's order.
+// saturation. State (h, c). These are the only copies of the formulas: the BPTT sweep, the
+// tangent model and the Lyapunov fast path call them from their own loops (loops, threads,
+// memory and SIMD layouts live there), so every path computes the same numbers.
+//
+// Cache a caller keeps per unit for the derivatives: the encoded gates (vi, vf, vg, vo),
+// c (the previous cell state) and the encoded tanh(c') (vt).
 #pragma once
 
 #include <cstddef>
@@ -15,54 +20,86 @@ namespace vgcore::layers {
 
 inline constexpr std::size_t lstm_gates = 4;
 
-// One sample: pre-activations a_* (input projection + W_hh h already summed) are replaced by the
-// encoded gates; writes c', encoded tanh(c') and h'. Vectorised: no reductions here.
+// Forward of one unit from its four pre-activations and c.
 template <class T>
-VGCORE_TARGET_CLONES void lstm_forward_row(T* __restrict ai, T* __restrict af, T* __restrict ag,
-                                           T* __restrict ao, const T* __restrict cprev,
-                                           T* __restrict cnext, T* __restrict tcn,
-                                           T* __restrict hnext, std::size_t N) {
-  for (std::size_t j = 0; j < N; ++j) {
-    T i, f, g, o, tcv, unused;
-    const T vi = gates::sigmoid_store(ai[j], i, unused);
-    const T vf = gates::sigmoid_store(af[j], f, unused);
-    const T vg = gates::tanh_store(ag[j], g, unused);
-    const T vo = gates::sigmoid_store(ao[j], o, unused);
-    const T cn = f * cprev[j] + i * g;
-    const T vt = gates::tanh_store(cn, tcv, unused);
-    ai[j] = vi;
-    af[j] = vf;
-    ag[j] = vg;
-    ao[j] = vo;
-    cnext[j] = cn;
-    tcn[j] = vt;
-    hnext[j] = o * tcv;
-  }
+struct LstmForward {
+  T vi, vf, vg, vo, vt;          // encoded gates and tanh(c'): what caches keep
+  T i, ic, f, fc, g, gd, o, oc;  // gates and complements (1 - s; tanh' = 1 - g^2)
+  T c, tc, tcd, h;               // c', tanh(c'), 1 - tanh(c')^2, h'
+};
+
+template <class T>
+VGCORE_FM_INLINE LstmForward<T> lstm_forward(T ai, T af, T ag, T ao, T cprev) {
+  LstmForward<T> u;
+  u.vi = gates::sigmoid_store(ai, u.i, u.ic);
+  u.vf = gates::sigmoid_store(af, u.f, u.fc);
+  u.vg = gates::tanh_store(ag, u.g, u.gd);
+  u.vo = gates::sigmoid_store(ao, u.o, u.oc);
+  u.c = u.f * cprev + u.i * u.g;
+  u.vt = gates::tanh_store(u.c, u.tc, u.tcd);
+  u.h = u.o * u.tc;
+  return u;
 }
 
-// One sample backward: dh = dL/dh', dc = dL/dc' (both times f, the pending power of two) give
-// dL/da_* in place of the encoded gates and dL/dc in dc; dL/dh is then dL/da W_hh (the sweep's
-// GEMM).
+// The decoded gates of a cached unit.
 template <class T>
-VGCORE_TARGET_CLONES void lstm_backward_row(T* __restrict ai, T* __restrict af, T* __restrict ag,
-                                            T* __restrict ao, const T* __restrict cprev,
-                                            const T* __restrict tcv, const T* __restrict dh,
-                                            T* __restrict dc, T f, std::size_t N) {
-  for (std::size_t j = 0; j < N; ++j) {
-    const T gh = dh[j] * f, gc = dc[j] * f;
-    T i, ic, fg, fc, g, gd, o, oc, tc, tcd;
-    gates::sigmoid_load(ai[j], i, ic);
-    gates::sigmoid_load(af[j], fg, fc);
-    gates::tanh_load(ag[j], g, gd);
-    gates::sigmoid_load(ao[j], o, oc);
-    gates::tanh_load(tcv[j], tc, tcd);
-    const T dct = gc + gh * o * tcd;
-    ai[j] = dct * g * (i * ic);
-    af[j] = dct * cprev[j] * (fg * fc);
-    ag[j] = dct * i * gd;
-    ao[j] = gh * tc * (o * oc);
-    dc[j] = dct * fg;
-  }
+struct LstmGates {
+  T i, ic, f, fc, g, gd, o, oc, tc, tcd;
+};
+
+template <class T>
+VGCORE_FM_INLINE LstmGates<T> lstm_load(T vi, T vf, T vg, T vo, T vt) {
+  LstmGates<T> q;
+  gates::sigmoid_load(vi, q.i, q.ic);
+  gates::sigmoid_load(vf, q.f, q.fc);
+  gates::tanh_load(vg, q.g, q.gd);
+  gates::sigmoid_load(vo, q.o, q.oc);
+  gates::tanh_load(vt, q.tc, q.tcd);
+  return q;
+}
+
+// Cotangent (VJP) of one unit: from (gh, gc) = dL/d(h', c'), dL/da for the four gates (the
+// sweep multiplies them by W_hh / W_ih) and the direct part dL/dc = dct f.
+template <class T>
+struct LstmCotangent {
+  T di, df, dg, dout, dcprev;
+};
+
+template <class T>
+VGCORE_FM_INLINE LstmCotangent<T> lstm_vjp(const LstmGates<T>& q, T cprev, T gh, T gc) {
+  const T dct = gc + gh * q.o * q.tcd;
+  return {dct * q.g * (q.i * q.ic), dct * cprev * (q.f * q.fc), dct * q.i * q.gd,
+          gh * q.tc * (q.o * q.oc), dct * q.f};
+}
+
+// Tangent (JVP) of one unit: (dh, dc) -> (dh', dc') given u = dh W_hh^T (+ dx W_ih^T) per gate.
+template <class T>
+struct LstmTangent {
+  T dh, dc;
+};
+
+template <class T>
+VGCORE_FM_INLINE LstmTangent<T> lstm_jvp(const LstmGates<T>& q, T cprev, T ui, T uf, T ug, T uo,
+                                         T dc) {
+  const T di = (q.i * q.ic) * ui;
+  const T df = (q.f * q.fc) * uf;
+  const T dg = q.gd * ug;
+  const T dout = (q.o * q.oc) * uo;
+  const T dcn = q.f * dc + cprev * df + q.g * di + q.i * dg;
+  return {q.o * q.tcd * dcn + q.tc * dout, dcn};
+}
+
+// The same tangent map as six per-unit coefficients, for kernels that apply it to many
+// tangent vectors at once: dc' = k0 dc + k1 u_f + k2 u_i + k3 u_g, dh' = k4 dc' + k5 u_o.
+template <class T>
+struct LstmCoefficients {
+  T k0, k1, k2, k3, k4, k5;
+};
+
+template <class T>
+VGCORE_FM_INLINE LstmCoefficients<T> lstm_tangent_coefficients(const LstmForward<T>& u, T cprev) {
+  return {u.f,        cprev * (u.f * u.fc), u.g * (u.i * u.ic),
+          u.i * u.gd, u.o * u.tcd,          u.tc * (u.o * u.oc)};
 }
 
 }  // namespace vgcore::layers

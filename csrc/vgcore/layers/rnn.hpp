@@ -1,23 +1,24 @@
-// The Elman RNN cell (torch.nn.RNN): z = W_ih x + b_ih + W_hh h + b_hh, h' = phi(z).
-//
-// Forward: the activation itself (activations.hpp) writes h' and phi'(z) in one pass, so the
-// backward step needs nothing else. Backward: dL/dz = dL/dh' * phi'(z), then dL/dh = dL/dz W_hh
-// (a GEMM the sweep does). Row formulas only: loops over steps, samples, threads and memory live
-// in the sweeps.
+// The Elman RNN cell (torch.nn.RNN), all of its maths for one unit j:
+//   z = W_ih x + b_ih + W_hh h + b_hh   (the sweeps' GEMMs),  h' = phi(z)
+// phi and phi' come from activations.hpp in one pass (the forward writes h' and phi'(z)), so the
+// derivatives need nothing else: tangent dh' = phi'(z) u with u = dh W_hh^T; cotangent
+// dL/dz = phi'(z) g, then dL/dh = dL/dz W_hh (the sweeps' GEMM).
 #pragma once
-
-#include <cstddef>
 
 #include "vgcore/base/fastmath.hpp"
 
 namespace vgcore::layers {
 
-// dL/dz of n units in place of phi'(z): at = dh * f * at, with f the pending power-of-two
-// factor of the backpropagated vector (flow.hpp).
+// Cotangent of one unit: dL/dz from g = dL/dh' times f (the pending power of two, flow.hpp).
 template <class T>
-VGCORE_TARGET_CLONES void rnn_backward_row(T* __restrict at, const T* __restrict dh, T f,
-                                           std::size_t n) {
-  for (std::size_t i = 0; i < n; ++i) at[i] = dh[i] * f * at[i];
+VGCORE_FM_INLINE T rnn_vjp(T dphi, T g, T f) {
+  return g * f * dphi;
+}
+
+// Tangent of one unit: dh' from u = dh W_hh^T (+ dx W_ih^T).
+template <class T>
+VGCORE_FM_INLINE T rnn_jvp(T dphi, T u) {
+  return dphi * u;
 }
 
 }  // namespace vgcore::layers

@@ -17,6 +17,8 @@
 #include "vgcore/base/fastmath.hpp"
 #include "vgcore/base/gates.hpp"
 #include "vgcore/base/lanes.hpp"
+#include "vgcore/layers/gru.hpp"
+#include "vgcore/layers/lstm.hpp"
 
 namespace vgcore {
 namespace {
@@ -24,7 +26,7 @@ namespace {
 namespace fm = vgcore::fastmath;
 using blas::Op;
 
-// ---- recurrent elementwise kernels (one row of N units) ---------------------------------
+// ---- recurrent row loops (one sample, N units), calling the cells' formulas (layers/) ------
 
 template <class T>
 VGCORE_TARGET_CLONES void lstm_state_row(const T* __restrict p, const T* __restrict u,
@@ -37,16 +39,17 @@ VGCORE_TARGET_CLONES void lstm_state_row(const T* __restrict p, const T* __restr
   T* cc = cache + 4 * N;
   T* ct = cache + 5 * N;
   for (std::size_t j = 0; j < N; ++j) {
-    T i, f, g, o, tc, unused;
-    ci[j] = gates::sigmoid_store(p[j] + u[j], i, unused);
-    cf[j] = gates::sigmoid_store(p[N + j] + u[N + j], f, unused);
-    cg[j] = gates::tanh_store(p[2 * N + j] + u[2 * N + j], g, unused);
-    co[j] = gates::sigmoid_store(p[3 * N + j] + u[3 * N + j], o, unused);
-    const T c = f * cprev[j] + i * g;
-    ct[j] = gates::tanh_store(c, tc, unused);
+    const auto v =
+        layers::lstm_forward(p[j] + u[j], p[N + j] + u[N + j], p[2 * N + j] + u[2 * N + j],
+                             p[3 * N + j] + u[3 * N + j], cprev[j]);
+    ci[j] = v.vi;
+    cf[j] = v.vf;
+    cg[j] = v.vg;
+    co[j] = v.vo;
+    ct[j] = v.vt;
     cc[j] = cprev[j];
-    cn[j] = c;
-    hn[j] = o * tc;
+    cn[j] = v.c;
+    hn[j] = v.h;
   }
 }
 
@@ -62,19 +65,10 @@ VGCORE_TARGET_CLONES void lstm_tangent_row(const T* __restrict cache, const T* _
   const T* cc = cache + 4 * N;
   const T* ct = cache + 5 * N;
   for (std::size_t j = 0; j < N; ++j) {
-    T i, ic, f, fc, g, gd, o, oc, tc, tcd;
-    gates::sigmoid_load(ci[j], i, ic);
-    gates::sigmoid_load(cf[j], f, fc);
-    gates::tanh_load(cg[j], g, gd);
-    gates::sigmoid_load(co[j], o, oc);
-    gates::tanh_load(ct[j], tc, tcd);
-    const T di = (i * ic) * u[j];
-    const T df = (f * fc) * u[N + j];
-    const T dg = gd * u[2 * N + j];
-    const T dout = (o * oc) * u[3 * N + j];
-    const T dcn = f * dc[j] + cc[j] * df + g * di + i * dg;
-    dco[j] = dcn;
-    dho[j] = o * tcd * dcn + tc * dout;
+    const auto q = layers::lstm_load(ci[j], cf[j], cg[j], co[j], ct[j]);
+    const auto d = layers::lstm_jvp(q, cc[j], u[j], u[N + j], u[2 * N + j], u[3 * N + j], dc[j]);
+    dco[j] = d.dc;
+    dho[j] = d.dh;
   }
 }
 
@@ -90,18 +84,13 @@ VGCORE_TARGET_CLONES void lstm_vjp_row(const T* __restrict cache, const T* __res
   const T* cc = cache + 4 * N;
   const T* ct = cache + 5 * N;
   for (std::size_t j = 0; j < N; ++j) {
-    T i, ic, f, fc, g, gd, o, oc, tc, tcd;
-    gates::sigmoid_load(ci[j], i, ic);
-    gates::sigmoid_load(cf[j], f, fc);
-    gates::tanh_load(cg[j], g, gd);
-    gates::sigmoid_load(co[j], o, oc);
-    gates::tanh_load(ct[j], tc, tcd);
-    const T dct = wc[j] + wh[j] * o * tcd;
-    G[j] = dct * g * (i * ic);
-    G[N + j] = dct * cc[j] * (f * fc);
-    G[2 * N + j] = dct * i * gd;
-    G[3 * N + j] = wh[j] * tc * (o * oc);
-    dcprev[j] = dct * f;
+    const auto q = layers::lstm_load(ci[j], cf[j], cg[j], co[j], ct[j]);
+    const auto d = layers::lstm_vjp(q, cc[j], wh[j], wc[j]);
+    G[j] = d.di;
+    G[N + j] = d.df;
+    G[2 * N + j] = d.dg;
+    G[3 * N + j] = d.dout;
+    dcprev[j] = d.dcprev;
   }
 }
 
@@ -118,13 +107,13 @@ VGCORE_TARGET_CLONES void gru_state_row(const T* __restrict p, const T* __restri
     const T qr = u[j] + (bhh ? bhh[j] : T(0));
     const T qz = u[N + j] + (bhh ? bhh[N + j] : T(0));
     const T qn = u[2 * N + j] + (bhh ? bhh[2 * N + j] : T(0));
-    T r, z, zc, n, unused;
-    cr[j] = gates::sigmoid_store(p[j] + qr, r, unused);
-    cz[j] = gates::sigmoid_store(p[N + j] + qz, z, zc);
-    cn[j] = gates::tanh_store(p[2 * N + j] + r * qn, n, unused);
+    const auto v = layers::gru_forward(p[j] + qr, p[N + j] + qz, p[2 * N + j], qn, hprev[j]);
+    cr[j] = v.vr;
+    cz[j] = v.vz;
+    cn[j] = v.vn;
     cq[j] = qn;
     ch[j] = hprev[j];
-    hn[j] = zc * n + z * hprev[j];
+    hn[j] = v.h;
   }
 }
 
@@ -139,14 +128,8 @@ VGCORE_TARGET_CLONES void gru_tangent_row(const T* __restrict cache, const T* __
   const T* cq = cache + 3 * N;
   const T* ch = cache + 4 * N;
   for (std::size_t j = 0; j < N; ++j) {
-    T r, rc, z, zc, n, nd;
-    gates::sigmoid_load(cr[j], r, rc);
-    gates::sigmoid_load(cz[j], z, zc);
-    gates::tanh_load(cn[j], n, nd);
-    const T dr = (r * rc) * u[j];
-    const T dz = (z * zc) * u[N + j];
-    const T dn = nd * (r * u[2 * N + j] + cq[j] * dr);
-    dho[j] = zc * dn + (ch[j] - n) * dz + z * dh[j];
+    const auto q = layers::gru_load(cr[j], cz[j], cn[j]);
+    dho[j] = layers::gru_jvp(q, cq[j], ch[j], u[j], u[N + j], u[2 * N + j], dh[j]);
   }
 }
 
@@ -159,15 +142,12 @@ VGCORE_TARGET_CLONES void gru_vjp_row(const T* __restrict cache, const T* __rest
   const T* cq = cache + 3 * N;
   const T* ch = cache + 4 * N;
   for (std::size_t j = 0; j < N; ++j) {
-    T r, rc, z, zc, n, nd;
-    gates::sigmoid_load(cr[j], r, rc);
-    gates::sigmoid_load(cz[j], z, zc);
-    gates::tanh_load(cn[j], n, nd);
-    const T dan = w[j] * zc * nd;
-    G[j] = dan * cq[j] * (r * rc);
-    G[N + j] = w[j] * (ch[j] - n) * (z * zc);
-    G[2 * N + j] = dan * r;
-    direct[j] = w[j] * z;
+    const auto q = layers::gru_load(cr[j], cz[j], cn[j]);
+    const auto d = layers::gru_vjp(q, cq[j], ch[j], w[j]);
+    G[j] = d.dr;
+    G[N + j] = d.dz;
+    G[2 * N + j] = d.dqn;
+    direct[j] = d.direct;
   }
 }
 
@@ -183,14 +163,9 @@ VGCORE_TARGET_CLONES void gru_tangent_row_in(const T* __restrict cache, const T*
   const T* cq = cache + 3 * N;
   const T* ch = cache + 4 * N;
   for (std::size_t j = 0; j < N; ++j) {
-    T r, rc, z, zc, n, nd;
-    gates::sigmoid_load(cr[j], r, rc);
-    gates::sigmoid_load(cz[j], z, zc);
-    gates::tanh_load(cn[j], n, nd);
-    const T dr = (r * rc) * (u[j] + dp[j]);
-    const T dz = (z * zc) * (u[N + j] + dp[N + j]);
-    const T dn = nd * (dp[2 * N + j] + r * u[2 * N + j] + cq[j] * dr);
-    dho[j] = zc * dn + (ch[j] - n) * dz + z * dh[j];
+    const auto q = layers::gru_load(cr[j], cz[j], cn[j]);
+    dho[j] = layers::gru_jvp_with_input(q, cq[j], ch[j], u[j], u[N + j], u[2 * N + j], dp[j],
+                                        dp[N + j], dp[2 * N + j], dh[j]);
   }
 }
 
@@ -205,17 +180,13 @@ VGCORE_TARGET_CLONES void gru_vjp_row_in(const T* __restrict cache, const T* __r
   const T* cq = cache + 3 * N;
   const T* ch = cache + 4 * N;
   for (std::size_t j = 0; j < N; ++j) {
-    T r, rc, z, zc, n, nd;
-    gates::sigmoid_load(cr[j], r, rc);
-    gates::sigmoid_load(cz[j], z, zc);
-    gates::tanh_load(cn[j], n, nd);
-    const T dan = w[j] * zc * nd;
-    const T gr = dan * cq[j] * (r * rc), gz = w[j] * (ch[j] - n) * (z * zc);
-    G[j] = Gin[j] = gr;
-    G[N + j] = Gin[N + j] = gz;
-    G[2 * N + j] = dan * r;
-    Gin[2 * N + j] = dan;
-    direct[j] = w[j] * z;
+    const auto q = layers::gru_load(cr[j], cz[j], cn[j]);
+    const auto d = layers::gru_vjp(q, cq[j], ch[j], w[j]);
+    G[j] = Gin[j] = d.dr;
+    G[N + j] = Gin[N + j] = d.dz;
+    G[2 * N + j] = d.dqn;
+    Gin[2 * N + j] = d.dpn;
+    direct[j] = d.direct;
   }
 }
 

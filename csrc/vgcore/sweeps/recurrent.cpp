@@ -101,6 +101,87 @@ struct Run {
 };
 
 // ---------------------------------------------------------------------------------------
+// Row loops over the units of one sample, calling the cells' formulas (layers/). Vectorised:
+// no reductions here; each output array is its own restrict parameter.
+
+// LSTM forward: pre-activations a_* become the encoded gates; writes c', encoded tanh(c'), h'.
+template <class T>
+VGCORE_TARGET_CLONES void lstm_forward_row(T* __restrict ai, T* __restrict af, T* __restrict ag,
+                                           T* __restrict ao, const T* __restrict cprev,
+                                           T* __restrict cnext, T* __restrict tcn,
+                                           T* __restrict hnext, std::size_t N) {
+  for (std::size_t j = 0; j < N; ++j) {
+    const auto u = layers::lstm_forward(ai[j], af[j], ag[j], ao[j], cprev[j]);
+    ai[j] = u.vi;
+    af[j] = u.vf;
+    ag[j] = u.vg;
+    ao[j] = u.vo;
+    cnext[j] = u.c;
+    tcn[j] = u.vt;
+    hnext[j] = u.h;
+  }
+}
+
+// LSTM backward from dh = dL/dh', dc = dL/dc' (times f): dL/da in place of the gates, dL/dc in dc.
+template <class T>
+VGCORE_TARGET_CLONES void lstm_backward_row(T* __restrict ai, T* __restrict af, T* __restrict ag,
+                                            T* __restrict ao, const T* __restrict cprev,
+                                            const T* __restrict tcv, const T* __restrict dh,
+                                            T* __restrict dc, T f, std::size_t N) {
+  for (std::size_t j = 0; j < N; ++j) {
+    const auto q = layers::lstm_load(ai[j], af[j], ag[j], ao[j], tcv[j]);
+    const auto d = layers::lstm_vjp(q, cprev[j], dh[j] * f, dc[j] * f);
+    ai[j] = d.di;
+    af[j] = d.df;
+    ag[j] = d.dg;
+    ao[j] = d.dout;
+    dc[j] = d.dcprev;
+  }
+}
+
+// GRU forward: a_* the input projections, q_* = W_h* h + b_h*; writes the encoded gates over
+// a_*, q_n into hnb (the backward pass needs it) and h'.
+template <class T>
+VGCORE_TARGET_CLONES void gru_forward_row(T* __restrict ar, T* __restrict az, T* __restrict an,
+                                          const T* __restrict qr, const T* __restrict qz,
+                                          const T* __restrict qn, const T* __restrict hprev,
+                                          T* __restrict hnext, T* __restrict hnb, std::size_t N) {
+  for (std::size_t j = 0; j < N; ++j) {
+    const auto u = layers::gru_forward(ar[j] + qr[j], az[j] + qz[j], an[j], qn[j], hprev[j]);
+    ar[j] = u.vr;
+    az[j] = u.vz;
+    an[j] = u.vn;
+    hnb[j] = qn[j];
+    hnext[j] = u.h;
+  }
+}
+
+// GRU backward from dh = dL/dh' (times f): dL/d(r, z pre-activations) and dL/dq_n over the
+// gates, dL/dp_n over hnb, the direct part of dL/dh into dpb (the GEMM adds the rest).
+template <class T>
+VGCORE_TARGET_CLONES void gru_backward_row(T* __restrict ar, T* __restrict az, T* __restrict an,
+                                           T* __restrict hnb, const T* __restrict hprev,
+                                           const T* __restrict dh, T* __restrict dpb, T f,
+                                           std::size_t N) {
+  for (std::size_t j = 0; j < N; ++j) {
+    const auto q = layers::gru_load(ar[j], az[j], an[j]);
+    const auto d = layers::gru_vjp(q, hnb[j], hprev[j], dh[j] * f);
+    ar[j] = d.dr;
+    az[j] = d.dz;
+    an[j] = d.dqn;
+    hnb[j] = d.dpn;
+    dpb[j] = d.direct;
+  }
+}
+
+// RNN backward: dL/dz = dh * f * phi'(z), in place of phi'.
+template <class T>
+VGCORE_TARGET_CLONES void rnn_backward_row(T* __restrict at, const T* __restrict dh, T f,
+                                           std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) at[i] = layers::rnn_vjp(at[i], dh[i], f);
+}
+
+// ---------------------------------------------------------------------------------------
 // Forward steps. Each processes rows [b0, b0 + nb) of step t (h_t -> h_{t+1}).
 
 template <class T>
@@ -146,8 +227,8 @@ void forward_lstm(Run<T>& p, std::size_t t, std::size_t b0, std::size_t nb, Chun
   for (std::size_t b = 0; b < nb; ++b) {
     T* ai = at + b * GN;
     T* hnext = p.h(t + 1, b0 + b);
-    layers::lstm_forward_row(ai, ai + N, ai + 2 * N, ai + 3 * N, p.c(t, b0 + b), p.c(t + 1, b0 + b),
-                             p.tc(t, b0 + b), hnext, N);
+    lstm_forward_row(ai, ai + N, ai + 2 * N, ai + 3 * N, p.c(t, b0 + b), p.c(t + 1, b0 + b),
+                     p.tc(t, b0 + b), hnext, N);
     moments(hnext, N, s, s2);
     for (std::size_t k = 0; k < 4; ++k)
       n_gate[k] += count_saturated(ai + k * N, N, k == 2, k == 2 ? sat_tanh : sat_sig);
@@ -178,8 +259,8 @@ void forward_gru(Run<T>& p, std::size_t t, std::size_t b0, std::size_t nb, Chunk
     T* ar = at + b * GN;
     const T* qr = q.data() + b * GN;
     T* hnext = p.h(t + 1, b0 + b);
-    layers::gru_forward_row(ar, ar + N, ar + 2 * N, qr, qr + N, qr + 2 * N, p.h(t, b0 + b), hnext,
-                            p.hn(t, b0 + b), N);
+    gru_forward_row(ar, ar + N, ar + 2 * N, qr, qr + N, qr + 2 * N, p.h(t, b0 + b), hnext,
+                    p.hn(t, b0 + b), N);
     moments(hnext, N, s, s2);
     for (std::size_t k = 0; k < 3; ++k)
       n_gate[k] += count_saturated(ar + k * N, N, k == 2, k == 2 ? sat_tanh : sat_sig);
@@ -200,7 +281,7 @@ void backward_rnn(Run<T>& p, std::size_t t, std::size_t b0, std::size_t nb, cons
                   T* dh_prev) {
   const std::size_t N = p.N;
   T* at = p.a(t, b0);
-  layers::rnn_backward_row(at, dh, f, nb * N);
+  rnn_backward_row(at, dh, f, nb * N);
   gemm_packed(nb, at, N, p.bwd, T(0), dh_prev, N);
 }
 
@@ -211,8 +292,8 @@ void backward_lstm(Run<T>& p, std::size_t t, std::size_t b0, std::size_t nb, con
   T* at = p.a(t, b0);
   for (std::size_t b = 0; b < nb; ++b) {
     T* ai = at + b * GN;
-    layers::lstm_backward_row(ai, ai + N, ai + 2 * N, ai + 3 * N, p.c(t, b0 + b), p.tc(t, b0 + b),
-                              dh + b * N, dc + b * N, f, N);
+    lstm_backward_row(ai, ai + N, ai + 2 * N, ai + 3 * N, p.c(t, b0 + b), p.tc(t, b0 + b),
+                      dh + b * N, dc + b * N, f, N);
   }
   gemm_packed(nb, at, GN, p.bwd, T(0), dh_prev, N);
 }
@@ -224,8 +305,8 @@ void backward_gru(Run<T>& p, std::size_t t, std::size_t b0, std::size_t nb, cons
   T* at = p.a(t, b0);
   for (std::size_t b = 0; b < nb; ++b) {
     T* ar = at + b * GN;
-    layers::gru_backward_row(ar, ar + N, ar + 2 * N, p.hn(t, b0 + b), p.h(t, b0 + b), dh + b * N,
-                             dh_prev + b * N, f, N);
+    gru_backward_row(ar, ar + N, ar + 2 * N, p.hn(t, b0 + b), p.h(t, b0 + b), dh + b * N,
+                     dh_prev + b * N, f, N);
   }
   gemm_packed(nb, at, GN, p.bwd, T(1), dh_prev, N);
 }
