@@ -40,6 +40,21 @@ def _models() -> Iterator[tuple[str, Any, np.ndarray]]:
     yield "lstm", vgcore.LSTM.from_sizes(8, 32, seed=5), x_seq
     yield "gru", vgcore.GRU.from_sizes(8, 32, seed=6), x_seq
     yield "lstm-nobias", vgcore.LSTM.from_sizes(8, 32, seed=7, bias=False), x_seq
+    # eval-mode BatchNorm: running statistics, a per-sample map
+    bne = vgcore.MLP.from_sizes([32] + [32] * 6, "relu", norm="batchnorm", seed=2)
+    bne.running_means = [0.1 * rng.standard_normal(32) for _ in range(6)]
+    bne.running_vars = [1.0 + rng.random(32) for _ in range(6)]
+    yield "mlp-batchnorm-eval", bne, x_mlp
+    # stacked and bidirectional recurrent networks
+    yield "lstm-2layer", vgcore.LSTM.from_sizes(8, 16, num_layers=2, seed=8), x_seq
+    yield "gru-3layer", vgcore.GRU.from_sizes(8, 16, num_layers=3, seed=9), x_seq
+    yield (
+        "rnn-relu-2layer",
+        vgcore.RNN.from_sizes(8, 16, num_layers=2, nonlinearity="relu", seed=10),
+        x_seq,
+    )
+    bi = vgcore.LSTM.from_sizes(8, 16, num_layers=2, bidirectional=True, seed=11)
+    yield "lstm-2layer-bidirectional", bi, x_seq
 
 
 def _analyses(model: Any) -> Iterator[tuple[str, Callable[..., Any]]]:
@@ -49,6 +64,13 @@ def _analyses(model: Any) -> Iterator[tuple[str, Callable[..., Any]]]:
             model, x, dtype=dt, param_grads=True, keep_grads=True, keep_states=True
         ),
     )
+    if model.axis == "time":
+        yield (
+            "flow-input",
+            lambda x, dt: (
+                vgcore.gradient_flow(model, x, dtype=dt, input_grads=True).log_input_grad_norms
+            ),
+        )
     if model.jacobian_obstacle():
         return  # e.g. train-mode BatchNorm couples the batch: no per-sample Jacobian
     yield "lyapunov", lambda x, dt: vgcore.lyapunov(model, x, k=4, dtype=dt)
