@@ -282,6 +282,9 @@ def lyapunov(
     burn_in : int
         Steps run (states and tangents evolve, tangents are re-orthonormalised) before the
         logs start accumulating; lets the tangent vectors align with the dominant directions.
+        Accumulation starts at the first re-orthonormalisation at or after step ``burn_in``:
+        with ``qr_every > 1`` the burn-in is rounded up to a multiple of ``qr_every`` (the
+        result's ``accumulated_steps`` is the number of steps the exponents average over).
     qr_every : int
         Steps between re-orthonormalisations (>= 1). Larger values save QRs but let the
         tangent vectors grow or shrink by ``exp(lambda * qr_every)`` in between.
