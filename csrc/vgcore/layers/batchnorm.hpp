@@ -37,15 +37,28 @@ void batchnorm_forward_cols(const T* gamma, const T* beta, double eps, T* z, T* 
     }
 }
 
+// Eval mode, one unit: xhat = (z - running_mean) istd, z' = gamma xhat + beta.
+template <class T>
+struct BatchnormEvalUnit {
+  T xhat, z;
+};
+
+template <class T>
+inline BatchnormEvalUnit<T> batchnorm_eval_unit(T z, T running_mean, T istd, T gamma, T beta) {
+  const T xv = (z - running_mean) * istd;
+  return {xv, gamma * xv + beta};
+}
+
 // Eval mode, z (rows x n) -> z' in place with the running mean and istd (n); xhat kept.
 template <class T>
 void batchnorm_eval_forward_rows(const T* gamma, const T* beta, const T* running_mean,
                                  const T* istd, T* z, T* xhat, std::size_t rows, std::size_t n) {
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t j = 0; j < n; ++j) {
-      const T xv = (z[r * n + j] - running_mean[j]) * istd[j];
-      xhat[r * n + j] = xv;
-      z[r * n + j] = (gamma ? gamma[j] : T(1)) * xv + (beta ? beta[j] : T(0));
+      const auto u = batchnorm_eval_unit(z[r * n + j], running_mean[j], istd[j],
+                                         gamma ? gamma[j] : T(1), beta ? beta[j] : T(0));
+      xhat[r * n + j] = u.xhat;
+      z[r * n + j] = u.z;
     }
 }
 
@@ -75,6 +88,12 @@ void batchnorm_eval_backward_rows(const T* gamma, const T* dzp, const T* istd, T
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t j = 0; j < n; ++j)
       dz[r * n + j] = dzp[r * n + j] * (gamma ? gamma[j] : T(1)) * istd[j];
+}
+
+// Eval mode, tangent and cotangent of one unit: both multiply by gamma istd (a diagonal map).
+template <class T>
+inline T batchnorm_eval_jvp(T gamma, T istd, T u) {
+  return gamma * istd * u;
 }
 
 }  // namespace vgcore::layers

@@ -16,4 +16,11 @@ void plain_backward_row(const T* g, T f, T* dphi, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) dphi[i] = g[i] * f * dphi[i];
 }
 
+// Tangent (and cotangent) of one unit of the plain block: phi'(z') times the tangent of z'
+// (or the cotangent of h').
+template <class T>
+inline T plain_jvp(T dphi, T u) {
+  return dphi * u;
+}
+
 }  // namespace vgcore::layers

@@ -11,15 +11,30 @@
 
 namespace vgcore::layers {
 
+// Forward of one unit from the gate pre-activation, a = phi(z') and h: the encoded gate, the gate
+// and its complement, and h'.
+template <class T>
+struct HighwayForward {
+  T vt, t, tc, h;
+};
+
+template <class T>
+VGCORE_FM_INLINE HighwayForward<T> highway_forward(T tpre, T a, T h) {
+  HighwayForward<T> u;
+  u.vt = gates::sigmoid_store(tpre, u.t, u.tc);
+  u.h = u.t * a + u.tc * h;
+  return u;
+}
+
 // Forward: t holds the gate pre-activation and becomes the encoded gate; h' into h.
 template <class T>
 VGCORE_TARGET_CLONES void highway_forward_row(T* __restrict t, const T* __restrict a,
                                               const T* __restrict hin, T* __restrict h,
                                               std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) {
-    T tv, tc;
-    t[i] = gates::sigmoid_store(t[i], tv, tc);
-    h[i] = tv * a[i] + tc * hin[i];
+    const auto u = highway_forward(t[i], a[i], hin[i]);
+    t[i] = u.vt;
+    h[i] = u.h;
   }
 }
 
@@ -36,6 +51,29 @@ void highway_backward_row(const T* g, T f, const T* a, const T* hin, T* t, T* dp
     gnext[i] = gs * tc;
     t[i] = gs * (a[i] - hin[i]) * (tv * tc);
   }
+}
+
+// Tangent of one unit: dh' = t phi' u + (1 - t) dh + (a - h) t (1 - t) u_t, with u the tangent
+// of z' and u_t that of the gate pre-activation; vt the encoded gate, amh = a - h.
+template <class T>
+VGCORE_FM_INLINE T highway_jvp(T vt, T dphi, T u, T dh, T amh, T ut) {
+  T tv, tc;
+  gates::sigmoid_load(vt, tv, tc);
+  return tv * dphi * u + tc * dh + amh * (tv * tc) * ut;
+}
+
+// Cotangent of one unit from w = dL/dh': dL/dz', dL/d(gate pre-activation) and the carry path.
+// (The BPTT sweep's highway_backward_row folds the pending power of two in first.)
+template <class T>
+struct HighwayCotangent {
+  T dz, dgate, carry;
+};
+
+template <class T>
+VGCORE_FM_INLINE HighwayCotangent<T> highway_vjp(T vt, T dphi, T amh, T w) {
+  T tv, tc;
+  gates::sigmoid_load(vt, tv, tc);
+  return {tv * dphi * w, amh * (tv * tc) * w, tc * w};
 }
 
 }  // namespace vgcore::layers

@@ -52,4 +52,32 @@ void layernorm_backward_rows(const T* gamma, const T* dzp, const T* xhat, const 
   }
 }
 
+// Tangent (JVP) of one sample: dz' = gamma * istd * (u - mean(u) - xhat mean(xhat u)) for a
+// tangent u of z.
+template <class T>
+void layernorm_jvp_row(const T* gamma, const T* xhat, T istd, const T* u, T* out, std::size_t n) {
+  double s1 = 0, s2 = 0;
+  for (std::size_t j = 0; j < n; ++j) {
+    s1 += u[j];
+    s2 += static_cast<double>(xhat[j]) * u[j];
+  }
+  const T m1 = static_cast<T>(s1 / n), m2 = static_cast<T>(s2 / n);
+  for (std::size_t j = 0; j < n; ++j)
+    out[j] = (gamma ? gamma[j] : T(1)) * istd * (u[j] - m1 - xhat[j] * m2);
+}
+
+// Cotangent (VJP) of one sample, in place on g (the cotangent of z' becomes that of z).
+template <class T>
+void layernorm_vjp_row(const T* gamma, const T* xhat, T istd, T* g, std::size_t n) {
+  double s1 = 0, s2 = 0;
+  for (std::size_t j = 0; j < n; ++j) {
+    const T gh = g[j] * (gamma ? gamma[j] : T(1));
+    g[j] = gh;
+    s1 += gh;
+    s2 += static_cast<double>(gh) * xhat[j];
+  }
+  const T m1 = static_cast<T>(s1 / n), m2 = static_cast<T>(s2 / n);
+  for (std::size_t j = 0; j < n; ++j) g[j] = istd * (g[j] - m1 - xhat[j] * m2);
+}
+
 }  // namespace vgcore::layers

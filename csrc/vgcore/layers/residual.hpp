@@ -23,4 +23,18 @@ void residual_backward_row(const T* g, T f, T alpha, T* dphi, T* gnext, std::siz
   }
 }
 
+// Tangent of one unit: dh' = dh + alpha phi'(z') u, with u the tangent of z'.
+template <class T>
+inline T residual_jvp(T dh, T dphi, T u, T alpha) {
+  return dh + alpha * dphi * u;
+}
+
+// Cotangent of one unit through the branch, from w = dL/dh': dL/dz' = alpha phi' w (the skip path
+// passes w on unchanged). The BPTT sweep's residual_backward_row is the same map with the
+// pending power of two folded in first (its rounding differs in the last bit, so both stay).
+template <class T>
+inline T residual_vjp(T dphi, T w, T alpha) {
+  return alpha * dphi * w;
+}
+
 }  // namespace vgcore::layers

@@ -17,7 +17,11 @@
 #include "vgcore/base/fastmath.hpp"
 #include "vgcore/base/gates.hpp"
 #include "vgcore/base/lanes.hpp"
+#include "vgcore/layers/dense.hpp"
 #include "vgcore/layers/gru.hpp"
+#include "vgcore/layers/highway.hpp"
+#include "vgcore/layers/layernorm.hpp"
+#include "vgcore/layers/residual.hpp"
 #include "vgcore/layers/lstm.hpp"
 
 namespace vgcore {
@@ -224,34 +228,6 @@ DenseOffsets dense_offsets(const DenseLayer<T>& ly) {
   }
   o.size = at;
   return o;
-}
-
-// LayerNorm JVP of the pre-activation: dz' = gamma * istd * (u - mean(u) - xhat mean(xhat u)).
-template <class T>
-void layernorm_jvp(const DenseLayer<T>& ly, const T* xhat, T istd, const T* u, T* out,
-                   std::size_t n) {
-  double s1 = 0, s2 = 0;
-  for (std::size_t j = 0; j < n; ++j) {
-    s1 += u[j];
-    s2 += static_cast<double>(xhat[j]) * u[j];
-  }
-  const T m1 = static_cast<T>(s1 / n), m2 = static_cast<T>(s2 / n);
-  for (std::size_t j = 0; j < n; ++j)
-    out[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * istd * (u[j] - m1 - xhat[j] * m2);
-}
-
-// Its transpose, in place on g (the cotangent of z').
-template <class T>
-void layernorm_vjp(const DenseLayer<T>& ly, const T* xhat, T istd, T* g, std::size_t n) {
-  double s1 = 0, s2 = 0;
-  for (std::size_t j = 0; j < n; ++j) {
-    const T gh = g[j] * (ly.norm_weight ? ly.norm_weight[j] : T(1));
-    g[j] = gh;
-    s1 += gh;
-    s2 += static_cast<double>(gh) * xhat[j];
-  }
-  const T m1 = static_cast<T>(s1 / n), m2 = static_cast<T>(s2 / n);
-  for (std::size_t j = 0; j < n; ++j) g[j] = istd * (g[j] - m1 - xhat[j] * m2);
 }
 
 }  // namespace
@@ -465,37 +441,27 @@ void TangentModel<T>::state_update(std::size_t s, const T* proj, T* U, std::size
     T* z = c + off.dphi;  // z, then z', then phi'(z') in place
     for (std::size_t j = 0; j < n; ++j) z[j] = u[j] + (ly.bias ? ly.bias[j] : T(0));
     if (ly.norm == DenseNorm::layernorm) {
-      double m = 0, v = 0;
-      for (std::size_t j = 0; j < n; ++j) m += z[j];
-      m /= static_cast<double>(n);
-      for (std::size_t j = 0; j < n; ++j) v += (z[j] - m) * (z[j] - m);
-      v /= static_cast<double>(n);
-      const T is = static_cast<T>(1.0 / std::sqrt(v + ly.eps));
-      T* xh = c + off.xhat;
-      c[off.istd] = is;
-      for (std::size_t j = 0; j < n; ++j) {
-        xh[j] = static_cast<T>(z[j] - m) * is;
-        z[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * xh[j] +
-               (ly.norm_bias ? ly.norm_bias[j] : T(0));
-      }
+      layers::layernorm_forward_rows(ly.norm_weight, ly.norm_bias, ly.eps, z, c + off.xhat,
+                                     c + off.istd, 1, n);
     } else if (ly.norm == DenseNorm::batchnorm_eval) {
       for (std::size_t j = 0; j < n; ++j)
-        z[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) *
-                   ((z[j] - ly.running_mean[j]) * running_istd(ly, j)) +
-               (ly.norm_bias ? ly.norm_bias[j] : T(0));
+        z[j] = layers::batchnorm_eval_unit(z[j], ly.running_mean[j], running_istd(ly, j),
+                                           ly.norm_weight ? ly.norm_weight[j] : T(1),
+                                           ly.norm_bias ? ly.norm_bias[j] : T(0))
+                   .z;
     }
     activation_forward(ly.act, z, y, z, n);  // y = a = phi(z'), z <- phi'(z')
     if (ly.block == DenseBlock::residual) {
-      const T alpha = static_cast<T>(ly.alpha);
-      for (std::size_t j = 0; j < n; ++j) y[j] = h[j] + alpha * y[j];
+      layers::residual_forward_row(h, static_cast<T>(ly.alpha), y, n);
     } else if (ly.block == DenseBlock::highway) {
       T* t = c + off.t;
       T* amh = c + off.amh;
       for (std::size_t j = 0; j < n; ++j) {
-        T tv, tc;
-        t[j] = gates::sigmoid_store(u[n + j] + (ly.gate_bias ? ly.gate_bias[j] : T(0)), tv, tc);
+        const auto hw =
+            layers::highway_forward(u[n + j] + (ly.gate_bias ? ly.gate_bias[j] : T(0)), y[j], h[j]);
+        t[j] = hw.vt;
         amh[j] = y[j] - h[j];
-        y[j] = tv * y[j] + tc * h[j];
+        y[j] = hw.h;
       }
     }
   }
@@ -538,26 +504,25 @@ void TangentModel<T>::tangent_update(std::size_t s, const T* cache, T* U, std::s
     T* o = Vout + r * ldo;
     const T* base = u;
     if (ly.norm == DenseNorm::layernorm) {
-      layernorm_jvp(ly, cache + off.xhat, cache[off.istd], u, o, n);
+      layers::layernorm_jvp_row(ly.norm_weight, cache + off.xhat, cache[off.istd], u, o, n);
       base = o;
     } else if (ly.norm == DenseNorm::batchnorm_eval) {
       for (std::size_t j = 0; j < n; ++j)
-        o[j] = (ly.norm_weight ? ly.norm_weight[j] : T(1)) * running_istd(ly, j) * u[j];
+        o[j] = layers::batchnorm_eval_jvp(ly.norm_weight ? ly.norm_weight[j] : T(1),
+                                          running_istd(ly, j), u[j]);
       base = o;
     }
     if (ly.block == DenseBlock::plain) {
-      for (std::size_t j = 0; j < n; ++j) o[j] = dphi[j] * base[j];
+      for (std::size_t j = 0; j < n; ++j) o[j] = layers::plain_jvp(dphi[j], base[j]);
     } else if (ly.block == DenseBlock::residual) {
       const T alpha = static_cast<T>(ly.alpha);
-      for (std::size_t j = 0; j < n; ++j) o[j] = v[j] + alpha * dphi[j] * base[j];
+      for (std::size_t j = 0; j < n; ++j)
+        o[j] = layers::residual_jvp(v[j], dphi[j], base[j], alpha);
     } else {
       const T* t = cache + off.t;
       const T* amh = cache + off.amh;
-      for (std::size_t j = 0; j < n; ++j) {
-        T tv, tc;
-        gates::sigmoid_load(t[j], tv, tc);
-        o[j] = tv * dphi[j] * base[j] + tc * v[j] + amh[j] * (tv * tc) * u[n + j];
-      }
+      for (std::size_t j = 0; j < n; ++j)
+        o[j] = layers::highway_jvp(t[j], dphi[j], base[j], v[j], amh[j], u[n + j]);
     }
   }
 }
@@ -607,28 +572,29 @@ void TangentModel<T>::vjp(std::size_t s, const T* cache, const T* Win, T* Wout, 
     T* g = G + r * gc;
     T* o = Wout + r * din;
     if (ly.block == DenseBlock::plain) {
-      for (std::size_t j = 0; j < n; ++j) g[j] = dphi[j] * w[j];
+      for (std::size_t j = 0; j < n; ++j) g[j] = layers::plain_jvp(dphi[j], w[j]);
     } else if (ly.block == DenseBlock::residual) {
       const T alpha = static_cast<T>(ly.alpha);
       for (std::size_t j = 0; j < n; ++j) {
-        g[j] = alpha * dphi[j] * w[j];
+        g[j] = layers::residual_vjp(dphi[j], w[j], alpha);
         o[j] = w[j];
       }
     } else {
       const T* t = cache + off.t;
       const T* amh = cache + off.amh;
       for (std::size_t j = 0; j < n; ++j) {
-        T tv, tc;
-        gates::sigmoid_load(t[j], tv, tc);
-        g[j] = tv * dphi[j] * w[j];
-        g[n + j] = amh[j] * (tv * tc) * w[j];
-        o[j] = tc * w[j];
+        const auto d = layers::highway_vjp(t[j], dphi[j], amh[j], w[j]);
+        g[j] = d.dz;
+        g[n + j] = d.dgate;
+        o[j] = d.carry;
       }
     }
-    if (ly.norm == DenseNorm::layernorm) layernorm_vjp(ly, cache + off.xhat, cache[off.istd], g, n);
+    if (ly.norm == DenseNorm::layernorm)
+      layers::layernorm_vjp_row(ly.norm_weight, cache + off.xhat, cache[off.istd], g, n);
     if (ly.norm == DenseNorm::batchnorm_eval)
       for (std::size_t j = 0; j < n; ++j)
-        g[j] *= (ly.norm_weight ? ly.norm_weight[j] : T(1)) * running_istd(ly, j);
+        g[j] = layers::batchnorm_eval_jvp(ly.norm_weight ? ly.norm_weight[j] : T(1),
+                                          running_istd(ly, j), g[j]);
   }
   const T beta = ly.block == DenseBlock::plain ? T(0) : T(1);
   blas::gemm(Op::N, Op::N, k, ly.in, n, T(1), G, gc, ly.weight, ly.in, beta, Wout, din);
