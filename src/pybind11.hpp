@@ -58,10 +58,19 @@ const T* require(const py::array& a, const char* name, std::vector<py::ssize_t> 
   return static_cast<const T*>(a.data());
 }
 
+// o itself as a numpy array, never a converted copy: the core keeps pointers into it, which a
+// temporary would not outlive. TypeError naming `name` for anything else.
+inline py::array as_ndarray(const py::handle& o, const char* name) {
+  if (!py::isinstance<py::array>(o))
+    throw py::type_error(std::string(name) + " must be a numpy array, got " +
+                         Py_TYPE(o.ptr())->tp_name);
+  return py::reinterpret_borrow<py::array>(o);
+}
+
 template <class T>
 const T* optional_array(const py::object& o, const char* name, std::vector<py::ssize_t> shape) {
   if (o.is_none()) return nullptr;
-  return require<T>(o.cast<py::array>(), name, std::move(shape));
+  return require<T>(as_ndarray(o, name), name, std::move(shape));
 }
 
 template <class T>

@@ -203,7 +203,7 @@ def test_tangent_map(torch, kind, dtype):
         V = rng.standard_normal((B, 3, din))
         W = rng.standard_normal((B, 3, dout))
         c = lambda a: np.ascontiguousarray(a, dtype)  # noqa: E731
-        got = _core.tangent_map(
+        got = _core.testing.tangent_map(
             core_model(model, dtype), step, None if x_t is None else c(x_t), c(states), c(V), c(W)
         )
         for b in range(B):
@@ -284,7 +284,7 @@ def test_analyses_that_do_not_apply_refuse(kind, analysis):
     model = kind.model(F64)
     x, h0 = kind.inputs(model)
     run = {
-        TANGENT_MAP: lambda: _core.tangent_map(
+        TANGENT_MAP: lambda: _core.testing.tangent_map(
             core_model(model, F64),
             0,
             None,

@@ -33,8 +33,8 @@ def test_packed_product_matches_numpy(shape, transposed, dtype):
     # Each entry is a k-term sum: the error bound scales with sum |a||b|.
     bound = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64)) + np.abs(c)
     eps = np.finfo(dtype).eps * max(k, 1) * 2
-    got = _core.packed_product(a, bb, transposed)
+    got = _core.testing.packed_product(a, bb, transposed)
     assert got.shape == (m, n) and got.dtype == dtype
     assert (np.abs(got - ref) <= eps * bound).all()
-    got_c = _core.packed_product(a, bb, transposed, c)
+    got_c = _core.testing.packed_product(a, bb, transposed, c)
     assert (np.abs(got_c - (ref + c)) <= eps * bound).all()

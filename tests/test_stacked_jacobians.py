@@ -106,7 +106,7 @@ def test_step_jvp_vjp_match_torch_func(torch, cell, L, dtype):
     x_t = rng.standard_normal((B, I)).astype(dtype)
     V, W = rng.standard_normal((B, 3, D)), rng.standard_normal((B, 3, D))
     c = lambda a: np.ascontiguousarray(a, dtype)  # noqa: E731
-    got = _core.tangent_map(core_model(model, dtype), 0, c(x_t), c(states), c(V), c(W))
+    got = _core.testing.tangent_map(core_model(model, dtype), 0, c(x_t), c(states), c(V), c(W))
     f = stacked_step_fn(torch, cell, layers64(model))
     s64, V64, W64 = (np.asarray(a, np.float64) for a in (states, V, W))
     for b in range(B):
@@ -127,7 +127,7 @@ def test_no_bias_and_layer_below_coupling(torch):
     states = rng.standard_normal((1, D))
     x_t = rng.standard_normal((1, I))
     eye = np.eye(D)[None]
-    got = _core.tangent_map(core_model(model, F64), 0, x_t, states, eye, eye)
+    got = _core.testing.tangent_map(core_model(model, F64), 0, x_t, states, eye, eye)
     J = got["jvp"][0].T  # rows of J e_j -> J
     f = stacked_step_fn(torch, "gru", layers64(model))
     ref = torch.func.jacrev(lambda s: f(s, torch.tensor(x_t[0])))(torch.tensor(states[0]))

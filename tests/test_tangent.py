@@ -22,7 +22,7 @@ B, K = 3, 4
 
 def _core_step_maps(model, step, x_t, states, tangents, cotangents, dt):
     c = lambda a: np.ascontiguousarray(a, dt)  # noqa: E731
-    out = _core.tangent_map(
+    out = _core.testing.tangent_map(
         core_model(model, np.dtype(dt)),
         step,
         None if x_t is None else c(x_t),

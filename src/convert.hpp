@@ -1,0 +1,277 @@
+// The one place where a Python model description (Model.to_spec) becomes the core's structures:
+// the tables of names (cells, dense blocks and norms, spectrum methods) and the parsers of dense
+// stacks, recurrent layers and stacks, and whole models. Validation only (keys, dtypes, shapes,
+// names), with messages that name the offending entry; no numerics.
+//
+// A description is {"kind": "mlp", "layers": [dense layer dicts]}, {"kind": cell, "weight_ih",
+// "weight_hh", "bias_ih", "bias_hh"} for one recurrent layer, or {"kind": cell, "num_layers",
+// "bidirectional", "layers": [such dicts without "kind", PyTorch's order]} for a stack. The
+// parsed structures point into the description's arrays: it must outlive them.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "pybind11.hpp"
+#include "vgcore/analysis/spectrum.hpp"
+#include "vgcore/base/activations.hpp"
+#include "vgcore/model/dense_stack.hpp"
+#include "vgcore/model/recurrent_stack.hpp"
+#include "vgcore/model/tangent.hpp"
+
+namespace vgcore::bind {
+
+// ---- the tables of names ------------------------------------------------------------------
+
+template <class E>
+struct Named {
+  const char* name;
+  E value;
+};
+
+inline constexpr Named<CellKind> kCells[] = {{"rnn_tanh", CellKind::rnn_tanh},
+                                             {"rnn_relu", CellKind::rnn_relu},
+                                             {"lstm", CellKind::lstm},
+                                             {"gru", CellKind::gru}};
+inline constexpr Named<DenseBlock> kBlocks[] = {{"plain", DenseBlock::plain},
+                                                {"residual", DenseBlock::residual},
+                                                {"highway", DenseBlock::highway}};
+inline constexpr Named<DenseNorm> kNorms[] = {{"none", DenseNorm::none},
+                                              {"layernorm", DenseNorm::layernorm},
+                                              {"batchnorm", DenseNorm::batchnorm},
+                                              {"batchnorm_eval", DenseNorm::batchnorm_eval}};
+inline constexpr Named<SpectrumMethod> kSpectrumMethods[] = {{"exact", SpectrumMethod::exact},
+                                                             {"arnoldi", SpectrumMethod::arnoldi},
+                                                             {"power", SpectrumMethod::power}};
+// The dense stack's kind; every other kind is a cell of kCells.
+inline constexpr const char* kDenseKind = "mlp";
+
+// "'a', 'b' or 'c'", after `first` names when given.
+template <class E, std::size_t K>
+std::string choices(const Named<E> (&table)[K], const std::vector<std::string>& first = {}) {
+  std::vector<std::string> all = first;
+  for (const auto& e : table) all.emplace_back(e.name);
+  std::string s;
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    if (i) s += i + 1 == all.size() ? " or " : ", ";
+    s += "'" + all[i] + "'";
+  }
+  return s;
+}
+
+// The entry called s; else ValueError "<what> must be 'a', 'b' or 'c', got 's'".
+template <class E, std::size_t K>
+E parse_name(const Named<E> (&table)[K], const std::string& s, const std::string& what) {
+  for (const auto& e : table)
+    if (s == e.name) return e.value;
+  throw py::value_error(what + " must be " + choices(table) + ", got '" + s + "'");
+}
+
+// ---- entries of a description ---------------------------------------------------------------
+
+// d[key], or KeyError naming the entry (`p` + key) when the description lacks it.
+inline py::object entry(const py::dict& d, const char* key, const std::string& p) {
+  if (!d.contains(key)) throw py::key_error(p + key + " is missing from the model description");
+  return d[key];
+}
+
+inline py::dict as_dict(const py::handle& o, const std::string& name) {
+  if (!py::isinstance<py::dict>(o))
+    throw py::type_error(name + " must be a dict, got " + Py_TYPE(o.ptr())->tp_name);
+  return py::reinterpret_borrow<py::dict>(o);
+}
+
+inline py::list as_list(const py::handle& o, const std::string& name) {
+  if (!py::isinstance<py::list>(o))
+    throw py::type_error(name + " must be a list, got " + Py_TYPE(o.ptr())->tp_name);
+  return py::reinterpret_borrow<py::list>(o);
+}
+
+// (name, alpha, beta), alpha / beta NaN for PyTorch's defaults.
+inline Activation parse_activation(const py::handle& o, const std::string& name) {
+  if (!py::isinstance<py::tuple>(o) || py::len(o) != 3)
+    throw py::type_error(name + " must be a tuple (name, alpha, beta), got " +
+                         std::string(py::repr(o)));
+  const auto t = py::reinterpret_borrow<py::tuple>(o);
+  return make_activation(t[0].cast<std::string>(), t[1].cast<double>(), t[2].cast<double>());
+}
+
+// ---- dense stacks ------------------------------------------------------------------------
+
+// The layer dicts of a dense stack: weight, bias, act, block, alpha, gate_weight, gate_bias,
+// norm, norm_weight, norm_bias, eps (and running_mean, running_var for batchnorm_eval).
+// in_width: the input width the first layer must take (-1: any).
+template <class T>
+std::vector<DenseLayer<T>> parse_dense_layers(const py::list& specs, py::ssize_t in_width) {
+  std::vector<DenseLayer<T>> layers(specs.size());
+  py::ssize_t width = in_width;
+  for (std::size_t l = 0; l < specs.size(); ++l) {
+    const std::string p = "layers[" + std::to_string(l) + "].";
+    const py::dict spec = as_dict(specs[l], "layers[" + std::to_string(l) + "]");
+    DenseLayer<T>& ly = layers[l];
+    const auto w = as_ndarray(entry(spec, "weight", p), (p + "weight").c_str());
+    ly.weight = require<T>(w, (p + "weight").c_str(), {-1, width});
+    width = w.shape(1);
+    const py::ssize_t out = w.shape(0);
+    ly.in = static_cast<std::size_t>(width);
+    ly.out = static_cast<std::size_t>(out);
+    ly.bias = optional_array<T>(entry(spec, "bias", p), (p + "bias").c_str(), {out});
+    ly.act = parse_activation(entry(spec, "act", p), p + "act");
+    ly.block = parse_name(kBlocks, entry(spec, "block", p).cast<std::string>(), p + "block");
+    ly.alpha = entry(spec, "alpha", p).cast<double>();
+    ly.gate_weight =
+        optional_array<T>(entry(spec, "gate_weight", p), (p + "gate_weight").c_str(), {out, width});
+    ly.gate_bias = optional_array<T>(entry(spec, "gate_bias", p), (p + "gate_bias").c_str(), {out});
+    ly.norm = parse_name(kNorms, entry(spec, "norm", p).cast<std::string>(), p + "norm");
+    ly.norm_weight =
+        optional_array<T>(entry(spec, "norm_weight", p), (p + "norm_weight").c_str(), {out});
+    ly.norm_bias = optional_array<T>(entry(spec, "norm_bias", p), (p + "norm_bias").c_str(), {out});
+    if (ly.norm == DenseNorm::batchnorm_eval) {
+      ly.running_mean =
+          require<T>(as_ndarray(entry(spec, "running_mean", p), (p + "running_mean").c_str()),
+                     (p + "running_mean").c_str(), {out});
+      ly.running_var =
+          require<T>(as_ndarray(entry(spec, "running_var", p), (p + "running_var").c_str()),
+                     (p + "running_var").c_str(), {out});
+    }
+    ly.eps = entry(spec, "eps", p).cast<double>();
+    width = out;
+  }
+  return layers;
+}
+
+// ---- recurrent layers and stacks ----------------------------------------------------------
+
+// A recurrent description: its layers in PyTorch's order (index l * D + d, D = 2 when
+// bidirectional), all of one kind and hidden size.
+template <class T>
+struct RecurrentStack {
+  std::vector<RecurrentWeights<T>> layers;
+  std::size_t num_layers = 1;
+  bool bidirectional = false;
+};
+
+// Whether a recurrent description is a stack ({"num_layers", "bidirectional", "layers"}).
+inline bool is_stack(const py::dict& spec) { return spec.contains("layers"); }
+
+// One recurrent layer's dict; names in messages start with `p` ("" or "layers[i].").
+// hidden, input_size < 0: any.
+template <class T>
+RecurrentWeights<T> parse_recurrent_layer(const py::dict& d, CellKind kind, const std::string& p,
+                                          py::ssize_t hidden, py::ssize_t input_size) {
+  RecurrentWeights<T> w;
+  w.kind = kind;
+  const auto whh = as_ndarray(entry(d, "weight_hh", p), (p + "weight_hh").c_str());
+  if (whh.ndim() != 2 || whh.shape(1) <= 0)
+    throw py::value_error(p + "weight_hh must have shape (G*N, N), got " + shape_str(whh));
+  const auto N = hidden < 0 ? whh.shape(1) : hidden, G = static_cast<py::ssize_t>(cell_gates(kind));
+  const auto wih = as_ndarray(entry(d, "weight_ih", p), (p + "weight_ih").c_str());
+  w.hidden = static_cast<std::size_t>(N);
+  w.weight_hh = require<T>(whh, (p + "weight_hh").c_str(), {G * N, N});
+  w.weight_ih = require<T>(wih, (p + "weight_ih").c_str(), {G * N, input_size});
+  w.input_size = static_cast<std::size_t>(wih.shape(1));
+  w.bias_ih = optional_array<T>(entry(d, "bias_ih", p), (p + "bias_ih").c_str(), {G * N});
+  w.bias_hh = optional_array<T>(entry(d, "bias_hh", p), (p + "bias_hh").c_str(), {G * N});
+  return w;
+}
+
+// Why Jacobian analyses refuse a bidirectional model.
+inline constexpr const char* kBidirectionalNoJacobian =
+    "a bidirectional model is not a dynamical system forward in time (its reverse direction "
+    "runs backward in time), so its step Jacobians are not defined; analyse a unidirectional "
+    "model or one direction";
+
+// A recurrent description whose kind is `kind`. input_size: the first layer's input size
+// (-1: any). allow_bidirectional = false refuses bidirectional stacks (before their layers are
+// read) with kBidirectionalNoJacobian.
+template <class T>
+RecurrentStack<T> parse_recurrent(const py::dict& spec, CellKind kind, py::ssize_t input_size,
+                                  bool allow_bidirectional) {
+  RecurrentStack<T> out;
+  if (!is_stack(spec)) {
+    out.layers.push_back(parse_recurrent_layer<T>(spec, kind, "", -1, input_size));
+    return out;
+  }
+  out.bidirectional = entry(spec, "bidirectional", "").cast<bool>();
+  if (out.bidirectional && !allow_bidirectional) throw py::value_error(kBidirectionalNoJacobian);
+  const auto L = entry(spec, "num_layers", "").cast<py::ssize_t>();
+  const py::list list = as_list(spec["layers"], "layers");
+  const py::ssize_t D = out.bidirectional ? 2 : 1;
+  if (L < 1 || static_cast<py::ssize_t>(list.size()) != L * D)
+    throw py::value_error("num_layers = " + std::to_string(L) +
+                          (D == 2 ? " with 2 directions needs " + std::to_string(L * D) + " layers"
+                                  : std::string(" needs as many layers")) +
+                          ", got " + std::to_string(list.size()));
+  out.num_layers = static_cast<std::size_t>(L);
+  py::ssize_t N = -1;
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    const std::string p = "layers[" + std::to_string(i) + "].";
+    const py::ssize_t I = static_cast<py::ssize_t>(i) < D ? input_size : D * N;
+    out.layers.push_back(parse_recurrent_layer<T>(
+        as_dict(list[i], "layers[" + std::to_string(i) + "]"), kind, p, N, I));
+    N = static_cast<py::ssize_t>(out.layers[0].hidden);
+  }
+  return out;
+}
+
+// ---- whole models ----------------------------------------------------------------------------
+
+// A description's kind: "mlp" (empty cell) or a cell of kCells.
+inline bool parse_model_kind(const py::dict& spec, CellKind& cell) {
+  const auto kind = entry(spec, "kind", "").cast<std::string>();
+  if (kind == kDenseKind) return true;
+  for (const auto& e : kCells)
+    if (kind == e.name) {
+      cell = e.value;
+      return false;
+    }
+  throw py::value_error("model kind must be " + choices(kCells, {kDenseKind}) + ", got '" + kind +
+                        "'");
+}
+
+// The cell of a recurrent description.
+inline CellKind recurrent_kind(const py::dict& spec) {
+  return parse_name(kCells, entry(spec, "kind", "").cast<std::string>(), "recurrent model kind");
+}
+
+// The layer dicts of a dense stack's description, or of the bare list of them.
+inline py::list dense_layer_list(const py::object& spec) {
+  if (!py::isinstance<py::dict>(spec)) return as_list(spec, "spec");
+  const auto d = py::reinterpret_borrow<py::dict>(spec);
+  const auto kind = entry(d, "kind", "").cast<std::string>();
+  if (kind != kDenseKind)
+    throw py::value_error(std::string("model kind must be '") + kDenseKind +
+                          "' (a dense stack), got '" + kind + "'");
+  return as_list(entry(d, "layers", ""), "layers");
+}
+
+// Whether a description holds float32 parameters (else float64): its first weight's dtype.
+inline bool is_float32(const py::dict& spec) {
+  CellKind cell{};
+  const bool dense = parse_model_kind(spec, cell);
+  py::object w;
+  if (dense || is_stack(spec)) {
+    const py::list layers = as_list(entry(spec, "layers", ""), "layers");
+    if (layers.empty()) throw py::value_error("the model has no layers");
+    w = entry(as_dict(layers[0], "layers[0]"), dense ? "weight" : "weight_hh", "layers[0].");
+  } else {
+    w = entry(spec, "weight_hh", "");
+  }
+  return has_dtype<float>(as_ndarray(w, dense ? "layers[0].weight" : "weight_hh"));
+}
+
+// The per-sample step maps of a description (Jacobian analyses): dense stacks and
+// unidirectional recurrent models.
+template <class T>
+TangentModel<T> parse_tangent_model(const py::dict& spec) {
+  CellKind cell{};
+  if (parse_model_kind(spec, cell))
+    return TangentModel<T>::dense(
+        parse_dense_layers<T>(as_list(entry(spec, "layers", ""), "layers"), -1));
+  const RecurrentStack<T> st = parse_recurrent<T>(spec, cell, -1, false);
+  if (!is_stack(spec)) return TangentModel<T>::recurrent(st.layers[0]);
+  return TangentModel<T>::stack(st.layers);
+}
+
+}  // namespace vgcore::bind
