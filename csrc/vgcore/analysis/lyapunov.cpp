@@ -614,7 +614,7 @@ struct LyapunovEngine<T>::Impl {
     MR = kr.mr;
     ntiles = (GN + MR - 1) / MR;
     ncoef = cell == 1 ? 6 : cell == 2 ? 4 : 1;
-    act = make_activation(kind == CellKind::rnn_relu ? "relu" : "tanh");
+    act = make_activation(cell_activation(kind));
     const T* W = m.weights().weight_hh;
     orig.resize(GN);
     for (std::size_t pr = 0; pr < GN; ++pr) orig[pr] = static_cast<unsigned>((pr % G) * N + pr / G);

@@ -15,6 +15,18 @@ inline std::size_t cell_gates(CellKind k) {
   return k == CellKind::lstm ? 4 : (k == CellKind::gru ? 3 : 1);
 }
 
+// The cell table: what the sweeps and the tangent model ask about a kind, in one place.
+// State parts: (h) or, for an LSTM, (h, c).
+inline std::size_t cell_state_parts(CellKind k) { return k == CellKind::lstm ? 2 : 1; }
+// Units of the per-sample cache the tangent model keeps per hidden unit (layers/<kind>.hpp).
+inline std::size_t cell_cache_units(CellKind k) {
+  return k == CellKind::lstm ? 6 : (k == CellKind::gru ? 5 : 1);
+}
+// The nonlinearity of a vanilla RNN (gated cells use tanh for their candidate).
+inline const char* cell_activation(CellKind k) { return k == CellKind::rnn_relu ? "relu" : "tanh"; }
+// Whether b_hh folds into the input projection (a GRU's b_hn sits inside r * (W_hn h + b_hn)).
+inline bool cell_folds_bias_hh(CellKind k) { return k != CellKind::gru; }
+
 template <class T>
 struct RecurrentWeights {
   CellKind kind = CellKind::rnn_tanh;

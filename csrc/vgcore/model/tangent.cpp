@@ -205,6 +205,66 @@ VGCORE_TARGET_CLONES void scale_row(const T* __restrict d, const T* __restrict u
   for (std::size_t j = 0; j < n; ++j) o[j] = d[j] * u[j];
 }
 
+// ---- the one dispatch on the cell kind per row (single-layer and stacked steps alike) -------
+
+// One sample's forward step of one recurrent layer: p its input projection, u = h W_hh^T, bhh
+// the GRU's b_hh (added inside r * (...)); writes h' (and c') into y and the cache.
+template <class T>
+void cell_state_row(CellKind kind, const Activation& act, const T* p, const T* u, const T* bhh,
+                    const T* h, T* y, T* c, std::size_t N) {
+  switch (kind) {
+    case CellKind::lstm:
+      lstm_state_row(p, u, h + N, y, y + N, c, N);
+      break;
+    case CellKind::gru:
+      gru_state_row(p, u, bhh, h, y, c, N);
+      break;
+    default:
+      for (std::size_t j = 0; j < N; ++j) c[j] = p[j] + u[j];
+      activation_forward(act, c, y, c, N);
+  }
+}
+
+// One tangent row: v -> o given u = v_h W_hh^T (+ the input's for non-GRU stacked layers); dp:
+// a stacked GRU layer's input tangent projection (outside r * (...)), else null.
+template <class T>
+void cell_tangent_row(CellKind kind, const T* c, const T* u, const T* dp, const T* v, T* o,
+                      std::size_t N) {
+  switch (kind) {
+    case CellKind::lstm:
+      lstm_tangent_row(c, u, v + N, o, o + N, N);
+      break;
+    case CellKind::gru:
+      if (dp)
+        gru_tangent_row_in(c, u, dp, v, o, N);
+      else
+        gru_tangent_row(c, u, v, o, N);
+      break;
+    default:
+      scale_row(c, u, o, N);
+  }
+}
+
+// One cotangent row: w (h part) and wc (LSTM c part) -> g (multiplies W_hh), the direct parts
+// into o; gin: a stacked GRU layer's input-projection cotangent, else null.
+template <class T>
+void cell_vjp_row(CellKind kind, const T* c, const T* w, const T* wc, T* g, T* gin, T* o,
+                  std::size_t N) {
+  switch (kind) {
+    case CellKind::lstm:
+      lstm_vjp_row(c, w, wc, g, o + N, N);
+      break;
+    case CellKind::gru:
+      if (gin)
+        gru_vjp_row_in(c, w, g, gin, o, N);
+      else
+        gru_vjp_row(c, w, g, o, N);
+      break;
+    default:
+      scale_row(c, w, g, N);
+  }
+}
+
 // ---- dense-layer helpers --------------------------------------------------------------
 
 struct DenseOffsets {
@@ -270,7 +330,7 @@ TangentModel<T> TangentModel<T>::recurrent(const RecurrentWeights<T>& w) {
   if (w.hidden == 0) throw std::invalid_argument("hidden size must be positive");
   TangentModel m;
   m.w_ = w;
-  m.act_ = make_activation(w.kind == CellKind::rnn_relu ? "relu" : "tanh");
+  m.act_ = make_activation(cell_activation(w.kind));
   const std::size_t GN = cell_gates(w.kind) * w.hidden;
   m.whh_t_ = PackedMatrix<T>::transposed(w.weight_hh, GN, w.hidden, w.hidden);
   m.whh_ = PackedMatrix<T>::rows(w.weight_hh, GN, w.hidden, w.hidden);
@@ -299,7 +359,7 @@ TangentModel<T> TangentModel<T>::stack(const std::vector<RecurrentWeights<T>>& l
   if (N == 0) throw std::invalid_argument("hidden size must be positive");
   TangentModel m;  // w_ = layer 0 (project_inputs); W_hh packed per layer below
   m.w_ = w0;
-  m.act_ = make_activation(w0.kind == CellKind::rnn_relu ? "relu" : "tanh");
+  m.act_ = make_activation(cell_activation(w0.kind));
   m.stack_ = layers;
   m.sl_.resize(layers.size());
   for (std::size_t l = 0; l < layers.size(); ++l) {
@@ -313,7 +373,7 @@ TangentModel<T> TangentModel<T>::stack(const std::vector<RecurrentWeights<T>>& l
     sl.pbias.assign(GN, T(0));
     for (std::size_t c = 0; c < GN; ++c) {  // as project_inputs
       if (w.bias_ih) sl.pbias[c] += w.bias_ih[c];
-      if (w.bias_hh && w.kind != CellKind::gru) sl.pbias[c] += w.bias_hh[c];
+      if (w.bias_hh && cell_folds_bias_hh(w.kind)) sl.pbias[c] += w.bias_hh[c];
     }
   }
   return m;
@@ -321,28 +381,21 @@ TangentModel<T> TangentModel<T>::stack(const std::vector<RecurrentWeights<T>>& l
 
 template <class T>
 std::size_t TangentModel<T>::layer_cache() const {
-  switch (w_.kind) {
-    case CellKind::lstm:
-      return 6 * w_.hidden;
-    case CellKind::gru:
-      return 5 * w_.hidden;
-    default:
-      return w_.hidden;
-  }
+  return cell_cache_units(w_.kind) * w_.hidden;
 }
 
 template <class T>
 std::size_t TangentModel<T>::in_dim(std::size_t s) const {
   if (dense_) return layers_[s].in;
   if (!stack_.empty()) return stack_.size() * layer_state();
-  return w_.kind == CellKind::lstm ? 2 * w_.hidden : w_.hidden;
+  return cell_state_parts(w_.kind) * w_.hidden;
 }
 
 template <class T>
 std::size_t TangentModel<T>::out_dim(std::size_t s) const {
   if (dense_) return layers_[s].out;
   if (!stack_.empty()) return stack_.size() * layer_state();
-  return w_.kind == CellKind::lstm ? 2 * w_.hidden : w_.hidden;
+  return cell_state_parts(w_.kind) * w_.hidden;
 }
 
 template <class T>
@@ -356,14 +409,7 @@ template <class T>
 std::size_t TangentModel<T>::cache_size(std::size_t s) const {
   if (dense_) return dense_offsets(layers_[s]).size;
   if (!stack_.empty()) return stack_.size() * layer_cache();
-  switch (w_.kind) {
-    case CellKind::lstm:
-      return 6 * w_.hidden;
-    case CellKind::gru:
-      return 5 * w_.hidden;
-    default:
-      return w_.hidden;
-  }
+  return layer_cache();
 }
 
 // ---- forward ------------------------------------------------------------------------------
@@ -416,17 +462,7 @@ void TangentModel<T>::state_update(std::size_t s, const T* proj, T* U, std::size
       const T* h = X + b * ldx;
       T* y = Y + b * ldy;
       T* c = cache + b * C;
-      switch (w_.kind) {
-        case CellKind::lstm:
-          lstm_state_row(p, u, h + N, y, y + N, c, N);
-          break;
-        case CellKind::gru:
-          gru_state_row(p, u, w_.bias_hh, h, y, c, N);
-          break;
-        default:
-          for (std::size_t j = 0; j < N; ++j) c[j] = p[j] + u[j];
-          activation_forward(act_, c, y, c, N);
-      }
+      cell_state_row(w_.kind, act_, p, u, w_.bias_hh, h, y, c, N);
     }
     return;
   }
@@ -481,16 +517,7 @@ void TangentModel<T>::tangent_update(std::size_t s, const T* cache, T* U, std::s
       const T* u = U + r * ldu;
       const T* v = Vin + r * ldv;
       T* o = Vout + r * ldo;
-      switch (w_.kind) {
-        case CellKind::lstm:
-          lstm_tangent_row(cache, u, v + N, o, o + N, N);
-          break;
-        case CellKind::gru:
-          gru_tangent_row(cache, u, v, o, N);
-          break;
-        default:
-          scale_row(cache, u, o, N);
-      }
+      cell_tangent_row<T>(w_.kind, cache, u, nullptr, v, o, N);
     }
     return;
   }
@@ -547,16 +574,7 @@ void TangentModel<T>::vjp(std::size_t s, const T* cache, const T* Win, T* Wout, 
       const T* w = Win + r * dout;
       T* g = G + r * gc;
       T* o = Wout + r * din;
-      switch (w_.kind) {
-        case CellKind::lstm:
-          lstm_vjp_row(cache, w, w + N, g, o + N, N);
-          break;
-        case CellKind::gru:
-          gru_vjp_row(cache, w, g, o, N);
-          break;
-        default:
-          scale_row(cache, w, g, N);
-      }
+      cell_vjp_row<T>(w_.kind, cache, w, w + N, g, nullptr, o, N);
     }
     // h part of the result: G W_hh (+ the direct GRU term already in Wout).
     const T beta = w_.kind == CellKind::gru ? T(1) : T(0);
@@ -668,17 +686,7 @@ void TangentModel<T>::stack_step(const T* proj, T* U, std::size_t ldu, const T* 
       const T* h = X + b * ldx + l * ls;
       T* y = Y + b * ldy + l * ls;
       T* c = cache_w + b * C + l * Cl;
-      switch (kind) {
-        case CellKind::lstm:
-          lstm_state_row(pb, u, h + N, y, y + N, c, N);
-          break;
-        case CellKind::gru:
-          gru_state_row(pb, u, bhh, h, y, c, N);
-          break;
-        default:
-          for (std::size_t j = 0; j < N; ++j) c[j] = pb[j] + u[j];
-          activation_forward(act_, c, y, c, N);
-      }
+      cell_state_row(kind, act_, pb, u, bhh, h, y, c, N);
     }
     for (std::size_t g = 0; g < nt; ++g) {
       const T* c = cache_r + g * C + l * Cl;
@@ -687,19 +695,7 @@ void TangentModel<T>::stack_step(const T* proj, T* U, std::size_t ldu, const T* 
         const T* u = Ul + row * ldu;
         const T* v = X + row * ldx + l * ls;
         T* o = Y + row * ldy + l * ls;
-        switch (kind) {
-          case CellKind::lstm:
-            lstm_tangent_row(c, u, v + N, o, o + N, N);
-            break;
-          case CellKind::gru:
-            if (l > 0)
-              gru_tangent_row_in(c, u, A + row * ldu, v, o, N);
-            else
-              gru_tangent_row(c, u, v, o, N);
-            break;
-          default:
-            scale_row(c, u, o, N);
-        }
+        cell_tangent_row<T>(kind, c, u, gru && l > 0 ? A + row * ldu : nullptr, v, o, N);
       }
     }
   }
@@ -725,19 +721,8 @@ void TangentModel<T>::stack_vjp(const T* cache, const T* Win, T* Wout, std::size
       const T* w = acc + r * gc;
       T* g = Gl + r * gc;
       T* o = Wout + r * D + l * ls;
-      switch (kind) {
-        case CellKind::lstm:
-          lstm_vjp_row(c, w, Win + r * D + l * ls + N, g, o + N, N);
-          break;
-        case CellKind::gru:
-          if (l > 0)
-            gru_vjp_row_in(c, w, g, A + r * gc, o, N);
-          else
-            gru_vjp_row(c, w, g, o, N);
-          break;
-        default:
-          scale_row(c, w, g, N);
-      }
+      cell_vjp_row<T>(kind, c, w, Win + r * D + l * ls + N, g, gru && l > 0 ? A + r * gc : nullptr,
+                      o, N);
     }
     gemm_packed(k, Gl, gc, sl_[l].whh, gru ? T(1) : T(0), Wout + l * ls, D);
   }

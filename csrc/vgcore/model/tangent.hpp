@@ -121,7 +121,7 @@ class TangentModel {
   };
   std::vector<RecurrentWeights<T>> stack_;
   std::vector<StackLayer> sl_;
-  std::size_t layer_state() const { return w_.kind == CellKind::lstm ? 2 * w_.hidden : w_.hidden; }
+  std::size_t layer_state() const { return cell_state_parts(w_.kind) * w_.hidden; }
   std::size_t layer_cache() const;
   void stack_vjp(const T* cache, const T* Win, T* Wout, std::size_t k, T* G) const;
 };

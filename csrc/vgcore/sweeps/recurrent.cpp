@@ -385,7 +385,7 @@ void run_forward(Run<T>& p, const FlowOptions& opt, Control& ctl, std::size_t n_
     for (std::size_t k = 0; k < GN; ++k) {
       if (w.bias_ih) bias[k] += w.bias_ih[k];
       // GRU adds all of b_hh with the recurrent product (b_hn sits inside r * (W_hn h + b_hn)).
-      if (w.bias_hh && !p.gru) bias[k] += w.bias_hh[k];
+      if (w.bias_hh && cell_folds_bias_hh(w.kind)) bias[k] += w.bias_hh[k];
     }
     for (std::size_t r = 0; r < T_ * B; ++r)
       std::copy(bias.begin(), bias.end(), p.A.data() + r * GN);
@@ -405,7 +405,7 @@ void run_forward(Run<T>& p, const FlowOptions& opt, Control& ctl, std::size_t n_
     else
       std::fill(p.C.data(), p.C.data() + B * N, T(0));
   }
-  const Activation act = make_activation(w.kind == CellKind::rnn_relu ? "relu" : "tanh");
+  const Activation act = make_activation(cell_activation(w.kind));
   const T sat_level = static_cast<T>(opt.saturation_threshold * act.max_derivative());
   p.cs.assign(n_chunks, ChunkStats{});
   // Workers run single-threaded BLAS (a fallback for the packed products, see packed_gemm.hpp).
