@@ -78,3 +78,19 @@ def test_stub_parameters_match_module(name):
 @pytest.mark.parametrize("name", sorted(n for n in _stub_scopes()["testing"]))
 def test_stub_testing_parameters_match_module(name):
     assert _stub_scopes()["testing"][name] == _pybind_params(getattr(_core.testing, name)), name
+
+
+def test_testing_stub_is_the_submodule():
+    assert type(_core.testing).__name__ == "module"
+    assert _core.testing.__name__.endswith("_core.testing")
+
+
+def test_main_module_binds_only_what_the_package_uses():
+    """Hooks for the tests alone live in ``_core.testing``: every other bound name is read
+    somewhere in the package (``_core.<name>``)."""
+    package = Path(vgcore.__file__).resolve().parent
+    used = set()
+    for path in package.rglob("*.py"):
+        used |= set(re.findall(r"\b_core\.(\w+)", path.read_text()))
+    unused = _bound_names(_core) - {"testing", "__version__"} - used
+    assert not unused, f"bound but unused by the package (move to _core.testing): {unused}"
