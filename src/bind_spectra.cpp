@@ -14,13 +14,6 @@
 namespace vgcore::bind {
 namespace {
 
-template <class T>
-py::array_t<T> copy_out(const std::vector<T>& v, std::vector<py::ssize_t> shape) {
-  py::array_t<T> a(shape);
-  std::copy(v.begin(), v.end(), a.mutable_data());
-  return a;
-}
-
 // Inputs of a whole-sequence analysis: recurrent x (T, B, I) or dense x (B, in).
 template <class T>
 struct Inputs {
@@ -67,21 +60,21 @@ py::dict spectrum_impl(const py::dict& model, const py::array& x, const py::obje
   const std::vector<py::ssize_t> shape{static_cast<py::ssize_t>(which.size()),
                                        static_cast<py::ssize_t>(in.batch)};
   py::dict d;
-  d["spectral_radius"] = copy_out(r.radius, shape);
-  d["sigma_max"] = copy_out(r.sigma, shape);
-  d["log_spectral_radius"] = copy_out(r.log_radius, shape);
-  d["log_sigma_max"] = copy_out(r.log_sigma, shape);
-  d["radius_residual"] = copy_out(r.radius_residual, shape);
-  d["sigma_residual"] = copy_out(r.sigma_residual, shape);
-  d["radius_condition"] = copy_out(r.radius_condition, shape);
-  d["radius_error"] = copy_out(r.radius_error, shape);
-  d["sigma_error"] = copy_out(r.sigma_error, shape);
-  d["radius_iterations"] = copy_out(r.radius_iterations, shape);
-  d["sigma_iterations"] = copy_out(r.sigma_iterations, shape);
-  d["converged"] = copy_out(r.converged, shape);
-  d["reliable"] = copy_out(r.reliable, shape);
-  d["radius_fallback"] = copy_out(r.radius_fallback, shape);
-  d["sigma_fallback"] = copy_out(r.sigma_fallback, shape);
+  d["spectral_radius"] = to_numpy(r.radius, shape);
+  d["sigma_max"] = to_numpy(r.sigma, shape);
+  d["log_spectral_radius"] = to_numpy(r.log_radius, shape);
+  d["log_sigma_max"] = to_numpy(r.log_sigma, shape);
+  d["radius_residual"] = to_numpy(r.radius_residual, shape);
+  d["sigma_residual"] = to_numpy(r.sigma_residual, shape);
+  d["radius_condition"] = to_numpy(r.radius_condition, shape);
+  d["radius_error"] = to_numpy(r.radius_error, shape);
+  d["sigma_error"] = to_numpy(r.sigma_error, shape);
+  d["radius_iterations"] = to_numpy(r.radius_iterations, shape);
+  d["sigma_iterations"] = to_numpy(r.sigma_iterations, shape);
+  d["converged"] = to_numpy(r.converged, shape);
+  d["reliable"] = to_numpy(r.reliable, shape);
+  d["radius_fallback"] = to_numpy(r.radius_fallback, shape);
+  d["sigma_fallback"] = to_numpy(r.sigma_fallback, shape);
   return d;
 }
 
@@ -101,9 +94,9 @@ py::dict singular_impl(const py::dict& model, const py::array& x, const py::obje
     r = jacobian_log_singular_values(m, in.x, in.steps, in.batch, in.h0, opt, ctl);
   }
   py::dict d;
-  d["log_singular_values"] = copy_out(
+  d["log_singular_values"] = to_numpy(
       r.log_singular, {static_cast<py::ssize_t>(in.batch), static_cast<py::ssize_t>(r.rank)});
-  d["jacobi_sweeps"] = copy_out(r.jacobi_sweeps, {static_cast<py::ssize_t>(in.batch)});
+  d["jacobi_sweeps"] = to_numpy(r.jacobi_sweeps, {static_cast<py::ssize_t>(in.batch)});
   return d;
 }
 
@@ -174,14 +167,14 @@ class PyLyapunov {
     const auto steps = e.record_steps();
     const auto n = static_cast<py::ssize_t>(steps.size());
     py::dict d;
-    d["log_growth"] = copy_out(e.log_growth(), {B, k});
-    d["running"] = copy_out(e.running(), {n, B, k});
-    d["block_rates"] = copy_out(e.block_rates(), {n, B, k});
+    d["log_growth"] = to_numpy(e.log_growth(), {B, k});
+    d["running"] = to_numpy(e.running(), {n, B, k});
+    d["block_rates"] = to_numpy(e.block_rates(), {n, B, k});
     std::vector<std::int64_t> st(steps.begin(), steps.end());
-    d["record_steps"] = copy_out(st, {n});
+    d["record_steps"] = to_numpy(st, {n});
     d["steps"] = e.steps();
     d["accumulated_steps"] = e.accumulated_steps();
-    d["state"] = copy_out(e.state(), {B, static_cast<py::ssize_t>(e.state_dim())});
+    d["state"] = to_numpy(e.state(), {B, static_cast<py::ssize_t>(e.state_dim())});
     return d;
   }
 

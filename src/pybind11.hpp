@@ -8,7 +8,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "vgcore/base/control.hpp"
@@ -76,6 +78,14 @@ const T* optional_array(const py::object& o, const char* name, std::vector<py::s
 template <class T>
 py::array_t<T> to_numpy(const std::vector<T>& v) {
   py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+// v as an array of the given shape (v.size() must be its product).
+template <class T>
+py::array_t<T> to_numpy(const std::vector<T>& v, std::vector<py::ssize_t> shape) {
+  py::array_t<T> a(std::move(shape));
   std::copy(v.begin(), v.end(), a.mutable_data());
   return a;
 }
