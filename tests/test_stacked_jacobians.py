@@ -30,6 +30,10 @@ from vgcore.analysis._spectra import core_model
 
 F64, F32 = np.dtype(np.float64), np.dtype(np.float32)
 RTOL = {F64: 1e-10, F32: 1e-4}
+# Lyapunov exponents in float32: the rounding of the tangent steps depends on how the build
+# vectorises them (an -O1 sanitizer build lands at 1.6e-4 on the 2-layer LSTM), so 3e-4 of the
+# top exponent, plus the conditioning floor below.
+LYAP_RTOL = {F64: 1e-10, F32: 3e-4}
 RTOL_STEP = {F64: 1e-10, F32: 2e-5}
 I, N, B, T = 3, 4, 2, 6
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
@@ -159,7 +163,7 @@ def test_lyapunov_matches_qr_method_on_jacrev(torch, cell, L, dtype):
     # ReLU units that switch off make the product rank-deficient: the exponents beyond its rank
     # are -inf or rounding-level in the oracle too (20+ nats below the top), so not compared
     gap = ref[:, :1] - ref
-    tol = np.where(res.resolved & (gap < 15), RTOL[dtype] * np.abs(ref[:, :1]) + floor, np.inf)
+    tol = np.where(res.resolved & (gap < 15), LYAP_RTOL[dtype] * np.abs(ref[:, :1]) + floor, np.inf)
     assert_log_close(res.exponents, ref, tol, "exponents")
     assert res.resolved[:, :2].all()
 

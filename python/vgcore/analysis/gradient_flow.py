@@ -642,9 +642,8 @@ def gradient_flow(
         cot = None
         if cotangent is not None:
             cot = as_float_array(cotangent, "cotangent", dt, shape=(B, m.output_size))
-        specs = m._params_as(dt, check_finite=False)
         stats = _core.dense_gradient_flow(
-            specs,
+            m.to_spec(dt, check_finite=False),
             xa,
             cot,
             keep_grads,
