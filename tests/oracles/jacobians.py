@@ -150,6 +150,11 @@ def qr_lyapunov(torch, model, x, k, *, h0=None, burn_in=0, qr_every=1, seed=0):
     end), ``log|diag R|`` accumulated after ``burn_in`` steps and divided by the steps counted.
     The initial block is the QR of ``standard_normal((B, k, D))`` from ``default_rng(seed)``."""
     Js = torch_trajectory_jacobians(torch, model, x, h0)
+    return qr_exponents(Js, k, burn_in=burn_in, qr_every=qr_every, seed=seed)
+
+
+def qr_exponents(Js, k, *, burn_in=0, qr_every=1, seed=0):
+    """The QR method of :func:`qr_lyapunov` on per-step Jacobians ``Js`` (T arrays (B, D, D))."""
     B, D = Js[0].shape[0], Js[0].shape[2]
     v0 = np.random.default_rng(seed).standard_normal((B, k, D))
     out = np.zeros((B, k))

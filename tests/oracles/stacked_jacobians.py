@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from oracles.jacobians import qr_exponents
+
 
 def stacked_module(torch, cell, layers):
     """The float64 ``torch.nn`` module (``num_layers = len(layers)``) holding these layers."""
@@ -103,21 +105,7 @@ def stacked_qr_lyapunov(torch, cell, layers, x, k, *, h0=None, burn_in=0, qr_eve
     Jacobians of the full stacked step (the same initial block as ``oracles.qr_lyapunov``:
     ``default_rng(seed).standard_normal((B, k, D))``)."""
     Js = stacked_trajectory_jacobians(torch, cell, layers, x, h0)
-    B, D = Js[0].shape[0], Js[0].shape[2]
-    v0 = np.random.default_rng(seed).standard_normal((B, k, D))
-    out = np.zeros((B, k))
-    for b in range(B):
-        Q = np.linalg.qr(v0[b].T)[0]
-        acc = np.zeros(k)
-        for t, J in enumerate(Js):
-            Q = J[b] @ Q
-            if (t + 1) % qr_every == 0 or t + 1 == len(Js):
-                Q, R = np.linalg.qr(Q)
-                if t >= burn_in:
-                    with np.errstate(divide="ignore"):
-                        acc += np.log(np.abs(np.diag(R)))
-        out[b] = np.sort(acc / (len(Js) - burn_in))[::-1]
-    return out
+    return qr_exponents(Js, k, burn_in=burn_in, qr_every=qr_every, seed=seed)
 
 
 def stacked_step_spectra(torch, cell, layers, x, h0=None):
