@@ -1,0 +1,1 @@
+"""Analyses of any torch.nn.Module viewed as a chain of blocks (torch imported lazily)."""
