@@ -420,6 +420,38 @@ def test_whole_encoder_as_one_block_and_shared_attention():
     np.testing.assert_allclose(rec.entropy, (e[0] + e[1]) / 2, rtol=RTOL)
 
 
+def test_training_mode_dropout_and_extra_keys():
+    """Attention dropout in training mode is not applied to the recorded weights, and no
+    random numbers are drawn for them; bias_k / add_zero_attn add keys."""
+    torch.manual_seed(14)
+    B, S, E, H = 2, 5, 8, 2
+    mha = nn.MultiheadAttention(E, H, dropout=0.5, batch_first=True, dtype=F64).train()
+    x = torch.randn(B, S, E, dtype=F64)
+    block = SelfAttention(mha, need_weights=False)
+    torch.manual_seed(15)
+    with torch.no_grad():
+        plain = block(x)
+    torch.manual_seed(15)
+    res = signal_propagation([("att", block)], x)
+    np.testing.assert_allclose(
+        res.attention[0].entropy, entropy_per_head(attention_oracle(mha, x)), rtol=RTOL
+    )
+    # the block saw the same dropout masks as without the analysis
+    with torch.no_grad():
+        want = oracle_stats(plain.numpy(), "batch_first")["rms"]
+    assert res.rms[1] == pytest.approx(want, rel=1e-14)
+    extra = nn.MultiheadAttention(
+        E, H, add_bias_kv=True, add_zero_attn=True, batch_first=True, dtype=F64
+    ).eval()
+    res = signal_propagation([("att", SelfAttention(extra))], x, keep_attention=True)
+    (rec,) = res.attention
+    assert rec.num_keys == S + 2
+    with torch.no_grad():
+        own = extra(x, x, x, average_attn_weights=False)[1].numpy()
+    np.testing.assert_allclose(rec.weights[0], own, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(rec.entropy, entropy_per_head(own), rtol=RTOL)
+
+
 def test_attention_off():
     mha = nn.MultiheadAttention(4, 2, batch_first=True, dtype=F64).eval()
     res = signal_propagation(

@@ -57,8 +57,8 @@ class AttentionEntropy:
     calls : int
         How often the module ran within the block.
     weights : list of ndarray of shape (B, H, L, S), or None
-        With ``keep_attention=True``: the attention weights of each call (``(H, L, S)`` for
-        an unbatched call), the same ones ``need_weights=True, average_attn_weights=False``
+        With ``keep_attention=True``: the attention weights of each call (``B = 1`` for an
+        unbatched call), the same ones ``need_weights=True, average_attn_weights=False``
         returns in eval mode.
     """
 
@@ -765,7 +765,7 @@ def signal_propagation(
     finally:
         if recorder is not None:
             recorder.detach()
-        if fast_before is not None:
+        if fast_before is not None and mha_backend is not None:
             mha_backend.set_fastpath_enabled(fast_before)
         with torch.no_grad():
             for b, v in saved:
