@@ -28,12 +28,16 @@ class ModelKind:
         Names of the ``torch.nn`` modules it is imported from (``from_torch``).
     description : str
         One line for help texts and reports.
+    backend : str
+        ``"core"``: the compiled core analyses it (built from sizes, described by ``to_spec``);
+        ``"torch"``: analysed through torch itself (:class:`vgcore.TorchModel`).
     """
 
     name: str
     cls: type[Model]
     torch_classes: tuple[str, ...]
     description: str
+    backend: str = "core"
 
     @property
     def axis(self) -> str:
@@ -52,20 +56,23 @@ _KINDS: dict[str, ModelKind] = {}
 
 
 def register_model_kind(
-    cls: type[Model], *, torch_classes: Sequence[str], description: str
+    cls: type[Model], *, torch_classes: Sequence[str], description: str, backend: str = "core"
 ) -> ModelKind:
     """Add a model class to the registry (one line per kind; the analyses, diagnosis, CLI
     and reports ask the registry or the model, never a list of classes)."""
     if cls.kind in _KINDS:
         raise ValueError(f"model kind {cls.kind!r} is already registered")
-    entry = ModelKind(cls.kind, cls, tuple(torch_classes), description)
+    if backend not in ("core", "torch"):
+        raise ValueError(f'backend must be "core" or "torch", got {backend!r}')
+    entry = ModelKind(cls.kind, cls, tuple(torch_classes), description, backend)
     _KINDS[cls.kind] = entry
     return entry
 
 
-def model_kinds() -> tuple[ModelKind, ...]:
-    """Every registered model kind, in registration order."""
-    return tuple(_KINDS.values())
+def model_kinds(backend: str | None = "core") -> tuple[ModelKind, ...]:
+    """The registered model kinds of one backend (``"core"``, the default: the kinds the
+    compiled core analyses; ``"torch"``; None: all), in registration order."""
+    return tuple(k for k in _KINDS.values() if backend is None or k.backend == backend)
 
 
 def model_kind(name: str) -> ModelKind:
