@@ -143,11 +143,12 @@ class TorchCell(Model):
         recognised (see ``signature``). The step must treat the samples of a batch
         independently (no statistics over the batch) and be deterministic (the analyses run
         it in ``eval()`` mode, restoring the module's modes afterwards).
-    state_sizes : int or sequence, optional
+    state_sizes : int, torch.Size or sequence, optional
         The per-sample state shape, needed unless ``step`` is a stock cell or ``h0`` is
-        given: an int ``n`` for a tensor state ``(B, n)``; a sequence with one entry per
-        component for a tuple state, each an int ``n_i`` (component ``(B, n_i)``) or a tuple
-        of ints (component ``(B, *shape)``).
+        given: an int ``n`` for a tensor state ``(B, n)``; a ``torch.Size`` ``s`` for a
+        tensor state ``(B, *s)``; a list or tuple with one entry per component for a tuple
+        state, each an int ``n_i`` (component ``(B, n_i)``) or a tuple of ints (component
+        ``(B, *shape)``).
     h0 : tensor or tuple of tensors, optional
         A default initial state, shape ``(B, *s)`` per component (it also gives the state
         shapes). Analyses take their own ``h0``; zeros when neither is given.
@@ -215,6 +216,7 @@ class TorchCell(Model):
         self.signature = signature
         self.name = name or (type(step).__name__ if self.module is not None else _fn_name(step))
         notes: list[str] = []
+        self._module_dtype: Any = None
         # dtype and device
         if self.module is not None:
             from vgcore.torchmodel._hygiene import HALF_DTYPES, module_dtype
@@ -244,7 +246,6 @@ class TorchCell(Model):
                 )
             self._device = dev
         else:
-            self._module_dtype = None
             first = _first_tensor(h0)
             if dtype is not None:
                 tdt = _torch_dtype(dtype)
@@ -457,7 +458,7 @@ class TorchCell(Model):
     def _sizes_arg(self) -> Any:
         if self._shapes is None:
             return None
-        return list(self._shapes) if self._tuple else self._shapes[0]
+        return list(self._shapes) if self._tuple else _torch().Size(self._shapes[0])
 
     def __repr__(self) -> str:
         shapes = "?" if self._shapes is None else _describe_shapes(self._shapes, self._tuple)
@@ -544,6 +545,8 @@ def _parse_state_sizes(sizes: Any) -> tuple[tuple[tuple[int, ...], ...], bool]:
             return tuple(check_positive_int(s, f"{name}[{i}]") for i, s in enumerate(v))
         return (check_positive_int(v, name),)
 
+    if isinstance(sizes, _torch().Size):  # one tensor of a multi-axis per-sample shape
+        return (one(tuple(sizes), "state_sizes"),), False
     if isinstance(sizes, (tuple, list)):
         if not sizes:
             raise ValueError("state_sizes is empty; give an int or one entry per component")
@@ -869,10 +872,11 @@ def lyapunov(
         kk = 0
 
         def push(h: Any, xt: Any, V: Any) -> tuple[Any, Any]:
-            assert layout is not None
+            lay = layout
+            assert lay is not None
 
             def F(hf: Any) -> Any:
-                return layout.flat(call(layout.unflat(hf), xt))
+                return lay.flat(call(lay.unflat(hf), xt))
 
             def one(v: Any) -> Any:
                 return jvp(F, (h,), (v,))
@@ -1153,7 +1157,7 @@ def gradient_flow(
         log_h = torch.empty(T + 1, dtype=f64, device=dev)
         log_rest = torch.empty(T + 1, dtype=f64, device=dev) if nc > 1 else None
         log_x = torch.empty(T, dtype=f64, device=dev) if input_grads else None
-        kept = [] if keep_grads else None
+        kept: list[Any] | None = [] if keep_grads else None
         pacc = [torch.zeros_like(p) for p in pleaves]
         pexp = [torch.full((), -(1 << 40), dtype=torch.int64, device=dev) for _ in pleaves]
 
