@@ -1,0 +1,168 @@
+"""Which submodules the monitor calls blocks, and which block owns each parameter."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+__all__ = ["OTHER", "clean_name", "param_owners", "unwrap", "watch_blocks"]
+
+#: The block that holds parameters outside every block (a root-level nn.Parameter).
+OTHER = "(other)"
+
+# Wrappers whose attribute holds the user's model; their names are dropped from parameter
+# names so that a watched DDP / FSDP / compiled model reports the same names as the plain one.
+_WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def clean_name(name: str) -> str:
+    """``name`` without the wrapper prefixes of FSDP, activation checkpointing and compile."""
+    for part in _WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name
+
+
+def unwrap(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """The user's module inside DDP / torch.compile wrappers, and what was unwrapped.
+
+    Returns
+    -------
+    (module, wrappers) : the innermost module and the wrapper kinds ("ddp", "compile") found
+    """
+    wrappers: list[str] = []
+    while True:
+        cls = type(model).__name__
+        if cls in ("DistributedDataParallel", "DataParallel") and isinstance(
+            getattr(model, "module", None), nn.Module
+        ):
+            wrappers.append("ddp")
+            model = model.module
+        elif cls == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            wrappers.append("compile")
+            model = model._orig_mod
+        else:
+            return model, wrappers
+
+
+def _local_longest_runs(root: nn.Module) -> list[list[str]]:
+    """Maximal runs (length >= 2) of consecutive same-class children of every ModuleList /
+    Sequential inside ``root``, longest first (ties: outermost first)."""
+    runs: list[tuple[int, int, list[str]]] = []
+    for order, (name, m) in enumerate(root.named_modules()):
+        if not isinstance(m, (nn.ModuleList, nn.Sequential)) or m is root:
+            continue
+        kids = list(m.named_children())
+        i = 0
+        while i < len(kids):
+            j = i
+            while j + 1 < len(kids) and type(kids[j + 1][1]) is type(kids[i][1]):
+                j += 1
+            if j > i:
+                prefix = f"{name}." if name else ""
+                runs.append((j - i + 1, order, [prefix + k for k, _ in kids[i : j + 1]]))
+            i = j + 1
+    runs.sort(key=lambda r: (-r[0], r[1]))
+    return [r[2] for r in runs]
+
+
+def _repeated_runs(root: nn.Module) -> list[list[str]]:
+    """The runs of repeated blocks, as the any-model analyses find them (without a forward
+    pass: the monitor learns the call order from the training loop itself)."""
+    try:
+        from vgcore.torchmodel.blocks import _longest_runs
+    except ImportError:  # pragma: no cover - the any-model package not present
+        return _local_longest_runs(root)
+    return _longest_runs(root)
+
+
+def _auto_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """An ``nn.Sequential``: its children. Otherwise the longest run of repeated blocks
+    (children of one class in a ModuleList / Sequential: ``TransformerEncoder.layers``, a GPT's
+    ``h``), each a block, plus the submodules beside the path from the root to that run
+    (embeddings, final norm, head), each a block. Without such a run: the root's children.
+    A module without children is one block, ``"model"``."""
+    kids = list(model.named_children())
+    if not kids:
+        return [("model", model)]
+    if isinstance(model, nn.Sequential):
+        return kids
+    runs = _repeated_runs(model)
+    if not runs:
+        return kids
+    run = runs[0]
+    container = run[0].rsplit(".", 1)[0] if "." in run[0] else ""
+    mods = dict(model.named_modules())
+    out: list[tuple[str, nn.Module]] = []
+    path = container.split(".") if container else []
+    # siblings of the path at every level above the run's container
+    prefix = ""
+    node = model
+    for part in path:
+        for n, c in node.named_children():
+            if n != part:
+                out.append((prefix + n, c))
+        prefix = f"{prefix}{part}."
+        node = getattr(node, part)
+    in_run = set(run)
+    for n, c in node.named_children():
+        full = prefix + n
+        if full in in_run or not isinstance(c, nn.Module):
+            continue
+        out.append((full, c))
+    out.extend((n, mods[n]) for n in run)
+    return out
+
+
+def watch_blocks(model: nn.Module, blocks: Any) -> list[tuple[str, nn.Module]]:
+    """The blocks to watch: ``"auto"`` or a list of submodule names.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The unwrapped model.
+    blocks : "auto" or sequence of str
+        ``"auto"``: the model's top-level children (through a lone container, with
+        ModuleList items as blocks of their own). Names: those submodules, in the given order.
+
+    Returns
+    -------
+    list of (name, module), in forward order as far as the names tell it
+    """
+    if isinstance(blocks, str):
+        if blocks != "auto":
+            raise ValueError(f"blocks must be 'auto' or a list of submodule names, got {blocks!r}")
+        return [(clean_name(n), m) for n, m in _auto_blocks(model)]
+    if (
+        not isinstance(blocks, Sequence)
+        or not blocks
+        or not all(isinstance(b, str) for b in blocks)
+    ):
+        raise TypeError(
+            f"blocks must be 'auto' or a non-empty list of submodule names, got {blocks!r}"
+        )
+    out = []
+    for name in blocks:
+        try:
+            out.append((name, model.get_submodule(name)))
+        except AttributeError:
+            known = [clean_name(n) for n, _ in model.named_modules() if n][:12]
+            raise ValueError(
+                f"blocks: {name!r} is not a submodule of the model; some of its submodules: {known}"
+            ) from None
+    return out
+
+
+def param_owners(blocks: Sequence[tuple[str, nn.Module]]) -> dict[int, int]:
+    """``id(parameter) -> block index`` by module membership; a parameter inside nested
+    blocks belongs to the innermost (the one with the fewest parameters)."""
+    owners: dict[int, int] = {}
+    sizes: dict[int, int] = {}
+    for i, (_, mod) in enumerate(blocks):
+        ps = list(mod.parameters())
+        for p in ps:
+            if id(p) not in owners or len(ps) < sizes[id(p)]:
+                owners[id(p)] = i
+                sizes[id(p)] = len(ps)
+    return owners
