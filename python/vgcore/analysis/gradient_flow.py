@@ -13,6 +13,7 @@ from vgcore._loader import _core
 from vgcore._runtime import resolve_threads
 from vgcore._validation import as_float_array, check_memory, resolve_dtype
 from vgcore.activations import Activation
+from vgcore.analysis import _torch
 from vgcore.analysis._layout import time_major
 from vgcore.models import MLP, Model, RecurrentModel
 from vgcore.models.base import narrow
@@ -87,6 +88,12 @@ class GradientFlow:
         ``output[T-1]`` of the top layer, (B, D*N).
     log_input_grad_norms : ndarray of shape (T,) or None
         Recurrent models with ``input_grads`` (default for stacked ones): ``log ||dL/dx_t||``.
+    block_names : list of str or None
+        A torch module (:class:`vgcore.TorchModel`): the names of its blocks 1..L; they index
+        :meth:`to_pandas` (``"input"`` for ``h_0``).
+    notes : tuple of str
+        Notes on this analysis (e.g. a half-precision module analysed in float32), printed
+        with the model's.
 
     Stacked and bidirectional recurrent models have a (layer, time) grid of each per-state and
     per-step array; see :func:`gradient_flow`.
@@ -113,11 +120,15 @@ class GradientFlow:
     low_derivative: list[str | None] = field(default_factory=list)
     dead: np.ndarray | None = None
     log_input_grad_norms: np.ndarray | None = None
+    block_names: list[str] | None = None
+    notes: tuple[str, ...] = ()
 
     # -- derived views ------------------------------------------------------------------
     @property
     def axis(self) -> str:
-        """ "layer" for an MLP, "step" for a recurrent model."""
+        """ "layer" for an MLP, "step" for a recurrent model, "block" for a torch module."""
+        if self.kind == "torch":
+            return "block"
         return "layer" if self.kind == "mlp" else "step"
 
     @property
@@ -343,11 +354,15 @@ class GradientFlow:
             for j, g in enumerate(names):
                 data[f"saturation_{g}"] = pad(self.gate_saturation[:, j])
         pg = self.log_param_grad_norms
-        if pg is not None and self.kind == "mlp":
+        if pg is not None and self.kind in ("mlp", "torch"):
             for k, v in pg.items():
                 data[f"log10_{k}_grad_norm"] = pad(v / _LN10)
                 data[f"log_{k}_grad_norm"] = pad(v)
-        df = pd.DataFrame(data, index=pd.RangeIndex(n, name=self.axis))
+        if self.block_names is not None and len(self.block_names) == n - 1:
+            index: Any = pd.Index(["input", *self.block_names], name=self.axis)
+        else:
+            index = pd.RangeIndex(n, name=self.axis)
+        df = pd.DataFrame(data, index=index)
         return df
 
     def _unit_lines(self) -> list[str]:
@@ -379,7 +394,7 @@ class GradientFlow:
         if m.axis == "time":
             desc += f" T={len(self.log_grad_norms) - 1}"
         lg = self.log10_grad_norms
-        last = "L" if self.kind == "mlp" else "T"
+        last = "L" if self.kind in ("mlp", "torch") else "T"
         lines = [
             f"GradientFlow({desc}, B={self.batch_size}, {self.dtype.name})",
             f"  ||dL/dh_{last}|| = 10^{lg[-1]:.2f}  ->  ||dL/dh_0|| = 10^{lg[0]:.2f}"
@@ -392,7 +407,7 @@ class GradientFlow:
             lines.append(
                 f"  falls below 1e-6 of its output value {vd} {self.axis}s from the output"
             )
-        lines += [f"  note: {n}" for n in m.notes]
+        lines += [f"  note: {n}" for n in dict.fromkeys((*m.notes, *self.notes))]
         return "\n".join(lines)
 
     def _stacked_repr(self) -> str:
@@ -521,13 +536,19 @@ def gradient_flow(
     rescale: bool = True,
     dead_units: bool = False,
     input_grads: bool | None = None,
+    loss_fn: Callable[[Any], Any] | None = None,
 ) -> GradientFlow:
     """Forward and backward pass in one compiled call; gradient norms per layer or step.
 
     Parameters
     ----------
-    model : MLP, RNN, LSTM or GRU
+    model : MLP, RNN, LSTM, GRU, TorchModel, TorchCell or torch.nn.Module
         Recurrent models may be stacked (``num_layers > 1``) and bidirectional; see Notes.
+        A ``torch.nn.Module`` that a native kind imports exactly (a dense ``nn.Sequential``,
+        ``nn.RNN``/``nn.LSTM``/``nn.GRU``) is analysed natively, any other as
+        ``TorchModel(module)`` (per-block norms, see
+        :func:`vgcore.torchmodel.flow.gradient_flow`; ``x`` may then be a tensor on the
+        module's device). A ``TorchCell`` goes through time (``torchmodel.cell``).
     x : array_like of shape (B, input_size) (MLP) or (T, B, input_size) (recurrent)
         Recurrent inputs are time-major unless the model is ``batch_first`` (then
         ``(B, T, input_size)``, as its PyTorch module takes them).
@@ -575,6 +596,9 @@ def gradient_flow(
         Recurrent models: also measure ``log ||dL/dx_t||``, the gradient reaching the input
         sequence (``log_input_grad_norms``; one more GEMM over all steps). Default: on for
         stacked and bidirectional models, off for single-layer ones.
+    loss_fn : callable(y) -> scalar tensor, optional
+        Torch modules and cells only: a loss on the output (e.g. cross-entropy with targets)
+        whose gradient replaces the default cotangent.
 
     Returns
     -------
@@ -599,6 +623,52 @@ def gradient_flow(
         hidden by a saturating activation) or a backward result is NaN or +inf; ``-inf`` in
         the logs marks an exactly zero gradient.
     """
+    model = _torch.resolve(model)
+    if _torch.is_torch_model(model):
+        from vgcore.torchmodel import flow as _flow
+
+        _torch.unsupported(
+            "a torch module", h0=h0, keep_states=keep_states, input_grads=input_grads
+        )
+        if dtype is not None and resolve_dtype(dtype) != model.dtype:
+            raise ValueError(
+                f"dtype {resolve_dtype(dtype).name} differs from the module's "
+                f"{model.dtype.name}: convert the module (module.double() / .float())"
+            )
+        return _flow.gradient_flow(
+            model,
+            x,
+            cotangent=cotangent,
+            loss_fn=loss_fn,
+            param_grads=param_grads,
+            keep_grads=keep_grads,
+            saturation_threshold=saturation_threshold,
+            dead_units=dead_units,
+            rescale=rescale,
+            clip_norm=clip_norm,
+        )
+    if _torch.is_torch_cell(model):
+        from vgcore.torchmodel import cell as _cell
+
+        _torch.unsupported("a TorchCell", clip_norm=clip_norm, dead_units=dead_units)
+        return _cell.gradient_flow(  # type: ignore[no-any-return]
+            model,
+            x,
+            h0=h0,
+            cotangent=cotangent,
+            loss_fn=loss_fn,
+            dtype=dtype,
+            param_grads=param_grads,
+            keep_grads=keep_grads,
+            keep_states=keep_states,
+            input_grads=True if input_grads is None else input_grads,
+            rescale=rescale,
+            progress=progress,
+        )
+    if loss_fn is not None:
+        raise ValueError(
+            "loss_fn applies to torch modules and cells; for a native model pass cotangent"
+        )
     if not isinstance(model, Model):
         raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
     dt = model.dtype if dtype is None else resolve_dtype(dtype)

@@ -13,6 +13,7 @@ import numpy as np
 from vgcore._loader import _core
 from vgcore._runtime import resolve_threads
 from vgcore._validation import as_float_array, check_int_seed, check_memory, check_positive_int
+from vgcore.analysis import _torch
 from vgcore.analysis._layout import time_major
 from vgcore.analysis._spectra import (
     ProgressCallback,
@@ -257,7 +258,7 @@ def lyapunov(
     max_records: int = 10_000,
     num_threads: int | None = None,
     progress: ProgressCallback | None = None,
-) -> LyapunovSpectrum:
+) -> Any:
     """Top-k Lyapunov exponents of the tangent dynamics driven by the inputs.
 
     Each batch element follows its own trajectory ``h_{t+1} = F(h_t, x_t)`` with k tangent
@@ -270,7 +271,11 @@ def lyapunov(
 
     Parameters
     ----------
-    model : MLP, RNN, LSTM or GRU
+    model : MLP, RNN, LSTM, GRU, TorchCell or torch.nn.Module
+        Stock ``nn.RNN``/``nn.LSTM``/``nn.GRU`` modules are imported natively; a recurrent
+        step written in torch goes through ``vgcore.TorchCell(step)``
+        (:func:`vgcore.torchmodel.cell.lyapunov`). Other torch modules are refused (wrap
+        their step as a TorchCell).
     x : array_like or iterable
         Recurrent: an array of shape (T, B, input_size), or an iterable (e.g. a generator) of
         (T_chunk, B, input_size) arrays, fed chunk by chunk so memory does not grow with T.
@@ -311,6 +316,25 @@ def lyapunov(
         ``max_records``) would not fit in the memory available; for a stream, before a chunk
         whose records would not fit.
     """
+    model = _torch.resolve(model)
+    if _torch.is_torch_cell(model):
+        from vgcore.torchmodel import cell as _cell
+
+        return _cell.lyapunov(
+            model,
+            x,
+            h0=h0,
+            k=k,
+            burn_in=burn_in,
+            qr_every=qr_every,
+            dtype=dtype,
+            seed=seed,
+            max_records=max_records,
+            num_threads=num_threads,
+            progress=progress,
+        )
+    if _torch.is_torch_model(model):
+        raise ValueError(model.lyapunov_obstacle())
     check_model(model)
     dt = compute_dtype(model, dtype)
     D = model.state_dim

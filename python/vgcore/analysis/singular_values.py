@@ -10,6 +10,7 @@ import numpy as np
 from vgcore._loader import _core
 from vgcore._runtime import resolve_threads
 from vgcore._validation import check_memory
+from vgcore.analysis import _torch
 from vgcore.analysis._spectra import (
     ProgressCallback,
     check_model,
@@ -223,7 +224,8 @@ def jacobian_singular_values(
     dtype: Any = None,
     num_threads: int | None = None,
     progress: ProgressCallback | None = None,
-) -> JacobianSingularValues:
+    **torch_options: Any,
+) -> Any:
     """Singular values of the input-output Jacobian ``d h_L / d h_0`` (or ``d h_T / d h_0``).
 
     The product of per-step Jacobians is accumulated as a graded decomposition
@@ -233,7 +235,10 @@ def jacobian_singular_values(
 
     Parameters
     ----------
-    model : MLP, RNN, LSTM or GRU
+    model : MLP, RNN, LSTM, GRU, TorchModel or torch.nn.Module
+        A torch module the native kinds do not import exactly is analysed as
+        ``TorchModel(module)`` by :func:`vgcore.torchmodel.jacobians.singular_values` over its
+        blocks (``torch_options``: its ``k``, ``start``, ``stop``, ``per_block``, ...).
         (MLP layers may change width; BatchNorm layers are not supported. A stacked recurrent
         model is one system whose state is every layer's state, layer by layer
         ``[h^0, (c^0), h^1, ...]``; a bidirectional one is refused: it is not a dynamical
@@ -256,6 +261,17 @@ def jacobian_singular_values(
         ``(n0 + 1) x width`` blocks of tangent rows and two float64 ``n0 x n0`` factors, for
         input width ``n0``) would not fit in the memory available.
     """
+    model = _torch.resolve(model)
+    if _torch.is_torch_model(model):
+        from vgcore.torchmodel import jacobians as _jac
+
+        _torch.unsupported("a torch module", h0=h0, dtype=dtype)
+        with model.session(x) as chain:
+            return _jac.singular_values(chain.pairs, chain.inputs[0], model=model, **torch_options)
+    if torch_options:
+        raise TypeError(
+            f"unexpected keyword argument(s) {sorted(torch_options)} (they apply to torch modules)"
+        )
     check_model(model)
     dt = compute_dtype(model, dtype)
     threads = resolve_threads(num_threads)

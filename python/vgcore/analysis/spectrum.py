@@ -11,6 +11,7 @@ import numpy as np
 from vgcore._loader import _core
 from vgcore._runtime import resolve_threads
 from vgcore._validation import check_int_seed, check_memory, check_positive_int
+from vgcore.analysis import _torch
 from vgcore.analysis._spectra import (
     ProgressCallback,
     check_model,
@@ -222,12 +223,16 @@ def jacobian_spectrum(
     num_threads: int | None = None,
     progress: ProgressCallback | None = None,
     fallback_max_dim: int = AUTO_EXACT_MAX_DIM,
-) -> JacobianSpectrum:
+) -> Any:
     """Spectral radius and largest singular value of each per-step state Jacobian.
 
     Parameters
     ----------
-    model : MLP, RNN, LSTM or GRU
+    model : MLP, RNN, LSTM, GRU, TorchModel or torch.nn.Module
+        A torch module the native kinds do not import exactly is analysed per block as
+        ``TorchModel(module)`` by :func:`vgcore.torchmodel.jacobians.block_spectrum`
+        (``which`` may name blocks; ``method``, ``tol``, ``max_iter``, ``ncv``, ``seed`` are
+        passed on).
     x : array_like of shape (B, input_size) (MLP) or (T, B, input_size) (recurrent)
     h0 : array_like of shape (B, N), for an LSTM a pair ``(h0, c0)``; for a stacked model
         PyTorch's ``(num_layers, B, N)`` (LSTM: a pair of them); zeros by default.
@@ -279,6 +284,23 @@ def jacobian_spectrum(
     (and ``sigma_max^2`` far beyond it) is measured, and :attr:`JacobianSpectrum.log_sigma_max`
     is right even where ``sigma_max`` overflows float64.
     """
+    model = _torch.resolve(model)
+    if _torch.is_torch_model(model):
+        from vgcore.torchmodel import jacobians as _jac
+
+        _torch.unsupported("a torch module", h0=h0, dtype=dtype)
+        with model.session(x) as chain:
+            return _jac.block_spectrum(
+                chain.pairs,
+                chain.inputs[0],
+                which=which,
+                method=method,
+                tol=tol,
+                max_iter=max_iter,
+                ncv=ncv,
+                seed=seed,
+                model=model,
+            )
     check_model(model)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")

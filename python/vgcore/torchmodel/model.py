@@ -105,7 +105,7 @@ class TorchModel(Model):
                 f'blocks must be "auto" or a list of submodule names, got {type(blocks).__name__}'
             )
         self._module = module
-        self._bounds: dict[tuple[Any, ...], list[Boundary]] = {}
+        self._bounds: dict[tuple[Any, ...], tuple[list[Boundary], list[str]]] = {}
         self._chain: Chain | None = None
         self.notes: tuple[str, ...] = ()
         self.dtype = self._np_dtype()
@@ -314,17 +314,19 @@ class TorchModel(Model):
 
         chain, _, bounds = B.record(module, xt, self._requested_cuts(module, xt), verify=verify)
         chain.notes = list(self.notes)
-        self._bounds[self._key(module, xt)] = bounds
+        self._bounds[self._key(module, xt)] = (bounds, list(chain.names))
         self._chain = chain
         return chain
 
-    def bounds_for(self, module: Any, xt: torch.Tensor) -> list[Boundary]:
-        """The verified boundaries for this input (recorded once per input shape and dtype;
-        a half-precision module's float32 copy is recorded every time)."""
+    def bounds_for(self, module: Any, xt: torch.Tensor) -> tuple[list[Boundary], list[str]]:
+        """The verified boundaries for this input and the names of the blocks they make
+        (recorded once per input shape and dtype; a half-precision module's float32 copy is
+        recorded every time)."""
         key = self._key(module, xt)
         if key not in self._bounds or module is not self._module:
             self._record(module, xt)
-        return list(self._bounds[key])
+        bounds, names = self._bounds[key]
+        return list(bounds), list(names)
 
 
 def _half() -> tuple[Any, ...]:
