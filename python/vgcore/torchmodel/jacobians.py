@@ -869,93 +869,139 @@ def _krylov(
     op: Callable[[Any], Any],
     q0: Any,
     *,
-    symmetric: bool,
     ncv: int,
     max_iter: int,
     tol: float,
     eps: float,
 ) -> tuple[Any, ...]:
-    """The dominant eigenvalue of ``op`` per sample, by restarted Arnoldi (Lanczos with full
-    reorthogonalisation when ``symmetric``), batched over the samples.
+    """The largest-modulus eigenvalue of ``op`` per sample, by Krylov-Schur (Arnoldi with
+    thick restarts), the operator applied to all samples at once.
 
-    ``op`` maps (B, n) to (B, n); ``q0`` (B, n) start vectors. Each cycle builds ``m = min(ncv,
-    n)`` Krylov vectors (two passes of Gram-Schmidt), takes the largest-modulus Ritz pair of the
-    projected matrix and restarts from its Ritz vector (real and imaginary parts summed for a
-    complex pair). Returns ``lambda`` (B,) complex128, the operator applications (B,), the
-    relative residuals ``|h_{m+1,m} y_m| / |lambda|`` (B,), the eigenvalue condition estimate
-    from the projected matrix (B,) and the converged flags (B,).
+    ``op`` maps (B, n) to (B, n); ``q0`` (B, n) start vectors. A cycle extends the Krylov
+    decomposition ``A V_m = V_m H + v b^T`` to ``m = min(ncv, n)`` vectors (classical
+    Gram-Schmidt, twice), then keeps the ordered real Schur vectors of the ``m // 2`` largest
+    Ritz values (``scipy.linalg.schur`` of the small projected matrix, on the host once per
+    cycle; a sample that keeps fewer is padded with zero vectors, which change nothing).
+    Returns ``lambda`` (B,) complex128, operator applications (B,), relative residuals
+    ``|b^T y| / |lambda|`` (B,), the eigenvalue condition estimate in the projected matrix
+    (B,) and the converged flags (B,), all numpy.
     """
     import torch
 
     B, n = q0.shape
-    m = min(ncv, n)
+    m = max(2, min(ncv, n))
     dev, dt = q0.device, q0.dtype
-    lam = torch.zeros(B, dtype=torch.complex128, device=dev)
-    res = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
-    cond = torch.ones(B, dtype=torch.float64, device=dev)
-    its = torch.zeros(B, dtype=torch.int64, device=dev)
-    done = torch.zeros(B, dtype=torch.bool, device=dev)
-    q = q0 / torch.linalg.vector_norm(q0, dim=1, keepdim=True)
-    used = 0
-    while used < max_iter:
-        steps = min(m, max_iter - used)
-        Vk = torch.zeros(B, steps + 1, n, dtype=dt, device=dev)
-        H = torch.zeros(B, steps + 1, steps, dtype=torch.float64, device=dev)
-        Vk[:, 0] = q
-        for j in range(steps):
-            w = op(Vk[:, j])
+    lam = np.zeros(B, np.complex128)
+    res = np.full(B, np.inf)
+    cond = np.ones(B)
+    its = np.zeros(B, np.int64)
+    done = np.zeros(B, bool)
+    V = torch.zeros(B, m + 1, n, dtype=dt, device=dev)
+    H = torch.zeros(B, m + 1, m, dtype=torch.float64, device=dev)
+    V[:, 0] = q0 / torch.linalg.vector_norm(q0, dim=1, keepdim=True)
+    j0, used = 0, 0
+    while True:
+        jend = min(m, j0 + max_iter - used)
+        for j in range(j0, jend):
+            w = op(V[:, j])
             for _ in range(2):  # classical Gram-Schmidt, twice
-                h = torch.einsum("bjn,bn->bj", Vk[:, : j + 1], w)
-                w = w - torch.einsum("bjn,bj->bn", Vk[:, : j + 1], h)
+                h = torch.einsum("bjn,bn->bj", V[:, : j + 1], w)
+                w = w - torch.einsum("bjn,bj->bn", V[:, : j + 1], h)
                 H[:, : j + 1, j] += h.to(torch.float64)
             beta = torch.linalg.vector_norm(w, dim=1)
             H[:, j + 1, j] = beta.to(torch.float64)
-            # An invariant subspace (beta ~ 0): the Ritz values are exact, the basis stops.
+            # beta ~ 0: an invariant subspace, the Ritz values are exact; the basis stops.
             alive = beta > eps * torch.linalg.vector_norm(H[:, : j + 2, j], dim=1).to(dt)
-            Vk[:, j + 1] = torch.where(
+            V[:, j + 1] = torch.where(
                 alive.unsqueeze(1), w / beta.clamp_min(1e-300).unsqueeze(1), 0.0
             )
-        used += steps
-        Hm = H[:, :steps, :steps]
-        if symmetric:
-            Hs = 0.5 * (Hm + Hm.transpose(1, 2))
-            ev, Y = torch.linalg.eigh(Hs)
-            i = torch.argmax(ev.abs(), dim=1)
-            theta = ev.gather(1, i.unsqueeze(1)).squeeze(1).to(torch.complex128)
-            y = Y.gather(2, i.view(B, 1, 1).expand(-1, steps, 1)).squeeze(2).to(torch.complex128)
-            cnd = torch.ones(B, dtype=torch.float64, device=dev)
-        else:
-            ev, Y = torch.linalg.eig(Hm)
-            i = torch.argmax(ev.abs(), dim=1)
-            theta = ev.gather(1, i.unsqueeze(1)).squeeze(1)
-            y = Y.gather(2, i.view(B, 1, 1).expand(-1, steps, 1)).squeeze(2)
-            # Left eigenvector of the projected matrix for theta: the condition number of the
-            # Ritz value there (a lower bound of the true one).
-            evl, Yl = torch.linalg.eig(Hm.transpose(1, 2).conj())
-            il = torch.argmin((evl - theta.conj().unsqueeze(1)).abs(), dim=1)
-            yl = Yl.gather(2, il.view(B, 1, 1).expand(-1, steps, 1)).squeeze(2)
-            dot = (yl.conj() * y).sum(1).abs()
-            cnd = (
-                torch.linalg.vector_norm(yl, dim=1) * torch.linalg.vector_norm(y, dim=1)
-            ) / dot.clamp_min(1e-300)
-        y = y / torch.linalg.vector_norm(y, dim=1, keepdim=True)
-        r_abs = H[:, steps, steps - 1] * y[:, -1].abs()
-        r_rel = r_abs / theta.abs().clamp_min(1e-300)
-        upd = ~done
-        lam = torch.where(upd, theta, lam)
-        res = torch.where(upd, r_rel, res)
-        cond = torch.where(upd, cnd, cond)
-        its = torch.where(upd, its + steps, its)
-        done = done | (r_rel <= tol) | (theta == 0)
-        if bool(done.all()):  # one host sync per restart cycle
+        used += jend - j0
+        Hm = H[:, :jend, :jend].cpu().numpy()
+        brow = H[:, jend, :jend].cpu().numpy()
+        for b in range(B):
+            ev, Y = np.linalg.eig(Hm[b])
+            order = np.argsort(-np.abs(ev), kind="stable")
+            i = order[0]
+            y = Y[:, i] / np.linalg.norm(Y[:, i])
+            if done[b]:
+                continue
+            evl, Yl = np.linalg.eig(Hm[b].T)
+            yl = Yl[:, int(np.argmin(np.abs(evl - ev[i])))]
+            # Hm is real: the left eigenvector is conj(yl), so w^H y = yl^T y.
+            dot = abs(yl @ y)
+            lam[b] = ev[i]
+            res[b] = abs(brow[b] @ y) / max(abs(ev[i]), 1e-300)
+            cond[b] = np.linalg.norm(yl) / max(dot, 1e-300)
+            its[b] = used
+            done[b] = res[b] <= tol or ev[i] == 0
+        if done.all() or used >= max_iter:
             break
-        x = torch.einsum("bjn,bj->bn", Vk[:, :steps].to(torch.complex128), y)
-        q = (x.real + x.imag).to(dt)
-        nq = torch.linalg.vector_norm(q, dim=1, keepdim=True)
-        q = torch.where(
-            nq > 0, q / nq.clamp_min(1e-300), q0 / torch.linalg.vector_norm(q0, dim=1, keepdim=True)
-        )
+        # Thick restart: the ordered real Schur vectors of the wanted Ritz values.
+        Zs, keep = [], []
+        for b in range(B):
+            got = _ordered_schur(Hm[b], jend)
+            if got is None:  # reordering failed: restart from the top Ritz vector alone
+                break
+            Zs.append(got)
+            keep.append(got[2])
+        if len(Zs) < B:
+            x = torch.einsum(
+                "bjn,bj->bn",
+                V[:, :jend].to(torch.complex128),
+                torch.from_numpy(np.stack([_top_ritz_vector(Hm[b]) for b in range(B)])).to(dev),
+            )
+            q = (x.real + x.imag).to(dt)
+            V = torch.zeros_like(V)
+            V[:, 0] = q / torch.linalg.vector_norm(q, dim=1, keepdim=True).clamp_min(1e-300)
+            H = torch.zeros_like(H)
+            j0 = 0
+            continue
+        K = max(keep)
+        Zk = np.zeros((B, jend, K))
+        Sk = np.zeros((B, K, K))
+        rk = np.zeros((B, K))
+        for b, (T_b, Z_b, sdim) in enumerate(Zs):
+            Zk[b, :, :sdim] = Z_b[:, :sdim]
+            Sk[b, :sdim, :sdim] = T_b[:sdim, :sdim]
+            rk[b, :sdim] = brow[b] @ Z_b[:, :sdim]
+        Zt = torch.from_numpy(Zk).to(device=dev, dtype=dt)
+        Vn = torch.zeros_like(V)
+        Vn[:, :K] = torch.einsum("bjn,bjk->bkn", V[:, :jend], Zt)
+        Vn[:, K] = V[:, jend]
+        V = Vn
+        H = torch.zeros_like(H)
+        H[:, :K, :K] = torch.from_numpy(Sk).to(dev)
+        H[:, K, :K] = torch.from_numpy(rk).to(dev)
+        j0 = K
     return lam, its, res, cond, done
+
+
+def _ordered_schur(Hm: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Real Schur form of ``Hm`` with about ``m // 2`` largest-modulus eigenvalues leading
+    (complex pairs kept whole); the cut is placed in a gap of the moduli, tried at the nearest
+    gaps when rounding upsets the ordering. None when every try fails."""
+    import scipy.linalg
+
+    mod = np.sort(np.abs(np.linalg.eigvals(Hm)))[::-1]
+    want = max(1, m // 2)
+    cuts = [i for i in range(1, m) if mod[i] < mod[i - 1] * (1 - 1e-9)]
+    cuts.sort(key=lambda i: abs(i - want))
+    for i in cuts[:4]:
+        thr = math.sqrt(mod[i] * mod[i - 1]) if mod[i] > 0 else 0.5 * mod[i - 1]
+        try:
+            T, Z, sdim = scipy.linalg.schur(
+                Hm, output="real", sort=lambda re, im, t=thr: np.hypot(re, im) > t
+            )
+        except (np.linalg.LinAlgError, ValueError):
+            continue
+        if 1 <= sdim < m:
+            return T, Z, int(sdim)
+    return None
+
+
+def _top_ritz_vector(Hm: np.ndarray) -> np.ndarray:
+    ev, Y = np.linalg.eig(Hm)
+    return Y[:, int(np.argmax(np.abs(ev)))].astype(np.complex128)
 
 
 def block_spectrum(
@@ -1064,34 +1110,33 @@ def block_spectrum(
                 u = apply_j(cv * v) * cv
                 return fn(u.reshape(s_out))[0].reshape(B, -1)
 
-            lam, its, res, _, ok = _krylov(
-                gram, q0, symmetric=True, ncv=ncv, max_iter=max_iter, tol=tol, eps=eps
-            )
-            theta = lam.real.clamp_min(0)
-            lsig = 0.5 * torch.log(theta) - log_c
-            out["lsig"][row] = lsig.cpu().numpy()
-            out["sres"][row] = res.cpu().numpy()
-            out["serr"][row] = np.maximum(0.5 * res.cpu().numpy(), eps)
-            sit[row] = its.cpu().numpy()
-            s_ok = ok.cpu().numpy()
+            lam, its, res, _, s_ok = _krylov(gram, q0, ncv=ncv, max_iter=max_iter, tol=tol, eps=eps)
+            lc = log_c.cpu().numpy()
+            with np.errstate(divide="ignore"):
+                lsig = 0.5 * np.log(np.maximum(lam.real, 0.0)) - lc
+            out["lsig"][row] = lsig
+            out["sres"][row] = res
+            out["serr"][row] = np.maximum(0.5 * res, eps)
+            sit[row] = its
             r_ok = np.ones(B, bool)
             if n_in == n_out:
 
                 def scaled_j(v: Any, cv: Any = cv) -> Any:
                     return apply_j(cv * v)
 
-                lam, its, res, cnd, ok = _krylov(
-                    scaled_j, q0, symmetric=False, ncv=ncv, max_iter=max_iter, tol=tol, eps=eps
+                lam, its, res, cnd, r_ok = _krylov(
+                    scaled_j, q0, ncv=ncv, max_iter=max_iter, tol=tol, eps=eps
                 )
-                lrho = torch.log(lam.abs()) - log_c
-                out["lrho"][row] = lrho.cpu().numpy()
-                out["rres"][row] = res.cpu().numpy()
-                out["rcond"][row] = cnd.cpu().numpy()
+                with np.errstate(divide="ignore"):
+                    lrho = np.log(np.abs(lam)) - lc
+                out["lrho"][row] = lrho
+                out["rres"][row] = res
+                out["rcond"][row] = cnd
                 # cond x max(residual, eps ||J||) / |lambda|, all relative to |lambda|
-                ratio = torch.exp(lsig - lrho).cpu().numpy()
-                out["rerr"][row] = out["rcond"][row] * np.maximum(out["rres"][row], eps * ratio)
-                rit[row] = its.cpu().numpy()
-                r_ok = ok.cpu().numpy()
+                with np.errstate(over="ignore", invalid="ignore"):
+                    ratio = np.exp(lsig - lrho)
+                out["rerr"][row] = cnd * np.maximum(res, eps * ratio)
+                rit[row] = its
             conv[row] = s_ok & r_ok
     with np.errstate(over="ignore", under="ignore"):
         rho, sig = np.exp(out["lrho"]), np.exp(out["lsig"])
