@@ -535,6 +535,24 @@ def test_model_questions():
     assert isinstance(cell, vgcore.models.Model)
     with pytest.raises(TypeError, match="compiled core"):
         cell.to_spec()
+    from vgcore.models import is_model, model_kind
+
+    kind = model_kind("torch_cell")
+    assert kind.cls is TorchCell and kind.backend == "torch" and kind.axis == "time"
+    assert is_model(cell) and "GRUCell" in kind.torch_classes
+
+
+def test_public_analyses_dispatch_a_torch_cell():
+    _seed(16)
+    cell = nn.GRUCell(3, 4).to(F64)
+    x = torch.randn(12, 2, 3, dtype=F64)
+    tc = TorchCell(cell)
+    a = vgcore.lyapunov(tc, x, k=3, burn_in=2)
+    b = lyapunov(tc, x, k=3, burn_in=2)
+    np.testing.assert_array_equal(a.exponents, b.exponents)
+    f = vgcore.gradient_flow(tc, x)
+    np.testing.assert_array_equal(f.log_grad_norms, gradient_flow(tc, x).log_grad_norms)
+    assert f.kind == "torch_cell" and f.log_input_grad_norms is not None
 
 
 # -- bad input --------------------------------------------------------------------------------

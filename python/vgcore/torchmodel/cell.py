@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from vgcore._validation import check_int_seed, check_positive_int
 from vgcore.analysis.gradient_flow import GradientFlow
 from vgcore.analysis.lyapunov import LyapunovSpectrum
 from vgcore.models.base import Model
+from vgcore.models.registry import register_model_kind
 
 if TYPE_CHECKING:
     import torch
@@ -180,9 +181,9 @@ class TorchCell(Model):
     ``axis == "time"``, ``state_names``, ``state_dim``, ``input_size``, ``describe()``.
     """
 
-    kind = "torch_cell"
-    axis = "time"
-    gate_names = ()
+    kind: ClassVar[str] = "torch_cell"
+    axis: ClassVar[str] = "time"
+    gate_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -1317,3 +1318,11 @@ def _tuple_cotangent(
         return tuple(out)
     a = _as_tensor(cotangent, "cotangent", run)
     return (a, *(torch.zeros_like(v) for v in final[1:]))
+
+
+register_model_kind(
+    TorchCell,
+    torch_classes=("RNNCell", "GRUCell", "LSTMCell"),
+    description="a recurrent step written in torch (module or callable), analysed through time",
+    backend="torch",
+)
