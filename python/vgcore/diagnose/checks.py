@@ -29,6 +29,16 @@ class _Ctx:
     seed: int
     threads: int | None
     check: bool = True
+    #: How a model is measured, ``flow_fn(model, **kw)`` (a torch module's flow with the
+    #: diagnosis's loss); None: the native ``gradient_flow(model, x)``.
+    flow_fn: Callable[..., GradientFlow] | None = None
+
+
+def _flow(ctx: _Ctx, model: Any, **kw: Any) -> GradientFlow:
+    """The gradient flow of ``model`` on the diagnosis's inputs (and loss)."""
+    if ctx.flow_fn is not None:
+        return ctx.flow_fn(model, **kw)
+    return gradient_flow(model, ctx.x, num_threads=ctx.threads, **kw)
 
 
 def _measure(ctx: _Ctx, fix: Fix, build: Callable[[], Model]) -> Fix:
@@ -37,7 +47,7 @@ def _measure(ctx: _Ctx, fix: Fix, build: Callable[[], Model]) -> Fix:
         return fix
     try:
         model = build()
-        flow = gradient_flow(model, ctx.x, num_threads=ctx.threads)
+        flow = _flow(ctx, model)
         fix.after = _spread(flow)
         fix.before = ctx.ev["spread"]
         # an exact zero gradient has an infinite spread; inf - inf counts as no change
@@ -93,7 +103,7 @@ def _clip_fix(ctx: _Ctx) -> Fix:
         fix.note = "checks disabled"
         return fix
     try:
-        flow = gradient_flow(ctx.model, ctx.x, clip_norm=tau, num_threads=ctx.threads)
+        flow = _flow(ctx, ctx.model, clip_norm=tau)
         clip = flow.clip or {}
         after = math.log10(max(clip.get("total_norm", 0.0) * clip.get("clip_coef", 1.0), 1e-300))
         fix.before, fix.after = log10_total, after

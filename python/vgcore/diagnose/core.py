@@ -13,10 +13,34 @@ from vgcore.diagnose.evidence import _evidence, _lyapunov, _mean_field, _verdict
 from vgcore.diagnose.result import Diagnosis
 from vgcore.diagnose.rules_mlp import _mlp_fixes
 from vgcore.diagnose.rules_recurrent import _recurrent_fixes
-from vgcore.models import Model
+from vgcore.models import Model, model_kind
 
 #: The causes and fixes of each family of models, by the axis its steps run along.
 _RULES = {"depth": _mlp_fixes, "time": _recurrent_fixes}
+
+
+def _as_model(model: Any, blocks: Any) -> Any:
+    """A torch module as the model its analyses take (native kind or TorchModel)."""
+    from vgcore.analysis import _torch
+
+    if isinstance(blocks, str) and blocks == "auto":
+        return _torch.resolve(model)
+    if isinstance(model, Model) and model.kind == "torch":
+        raise ValueError("blocks applies to a torch.nn.Module; this TorchModel has its own blocks")
+    if not _torch._is_module(model):
+        raise ValueError(f"blocks applies to a torch.nn.Module, not a {type(model).__name__}")
+    from vgcore.torchmodel.model import TorchModel
+
+    return TorchModel(model, blocks=blocks)
+
+
+def unsupported(what: str, **given: Any) -> None:
+    """A ValueError naming the arguments that do not apply to ``what``."""
+    bad = [k for k, v in given.items() if v is not None]
+    if bad:
+        raise ValueError(
+            f"{', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not apply to {what}"
+        )
 
 
 def _can_be_inactive(model: Model) -> bool:
@@ -46,7 +70,7 @@ def _default_name(model: Model) -> str:
 
 
 def diagnose(
-    model: Model,
+    model: Any,
     x: Any = None,
     *,
     name: str | None = None,
@@ -58,15 +82,24 @@ def diagnose(
     seed: int = 0,
     keep_grads: bool = False,
     num_threads: int | None = None,
+    loss_fn: Any = None,
+    cotangent: Any = None,
+    blocks: Any = "auto",
 ) -> Diagnosis:
     """Diagnose vanishing / exploding gradients in a model and check the standard fixes.
 
     Parameters
     ----------
-    model : MLP, RNN, LSTM or GRU
+    model : MLP, RNN, LSTM, GRU, TorchModel or torch.nn.Module
+        A ``torch.nn.Module`` that a native kind imports exactly (a dense ``nn.Sequential``,
+        a single-layer ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``) is diagnosed natively; any other
+        module as ``vgcore.TorchModel(module, blocks)``: per block, with the fixes applied to
+        deep copies (see :mod:`vgcore.diagnose.rules_torch`); the module itself is never
+        changed.
     x : array_like, optional
         Inputs, ``(B, in)`` for an MLP or ``(T, B, in)`` for a recurrent model; standard
-        normal inputs (``batch`` x ``steps``, seeded ``seed + 1``) when omitted.
+        normal inputs (``batch`` x ``steps``, seeded ``seed + 1``) when omitted. Required for
+        a torch module (a tensor or array of the shape its forward takes).
     name : str, optional
         Label for tables and figures (default: a description of the model).
     ratio : float
@@ -85,7 +118,13 @@ def diagnose(
     keep_grads : bool
         Keep the per-unit gradients (for gradient histograms).
     num_threads : int, optional
-        Threads per gradient-flow call.
+        Threads per gradient-flow call (native models).
+    loss_fn : callable(y) -> scalar tensor, optional
+        Torch modules: the loss whose gradient is measured (default ``0.5 * ||y||^2``).
+    cotangent : tensor or array_like, optional
+        Torch modules: ``dL/dy`` instead of a loss.
+    blocks : "auto" or list of str
+        Torch modules: how the module is cut into blocks (see :class:`vgcore.TorchModel`).
 
     Returns
     -------
@@ -100,9 +139,16 @@ def diagnose(
     >>> d.best.fix  # doctest: +SKIP
     'ReLU + He init'
     """
+    model = _as_model(model, blocks)
     if not isinstance(model, Model):
-        raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
-    if model.stacked:
+        raise TypeError(
+            "model must be a vgcore MLP, RNN, LSTM or GRU, a TorchModel or a torch.nn.Module, "
+            f"got {type(model).__name__}"
+        )
+    torch_backed = model_kind(model.kind).backend == "torch"
+    if not torch_backed:
+        unsupported("a native model", loss_fn=loss_fn, cotangent=cotangent)
+    if not torch_backed and model.stacked:
         raise NotImplementedError(
             f"diagnose covers MLPs and single-layer recurrent models, not this {model!r}; "
             "vgcore.gradient_flow(model, x) measures every layer of it (flow.layer(l) is one "
@@ -117,6 +163,21 @@ def diagnose(
         raise TypeError("seed must be an integer >= 0, got None")
     if not isinstance(check, (bool, np.bool_)):
         raise TypeError(f"check must be True or False, got {check!r}")
+    if torch_backed:
+        from vgcore.diagnose.rules_torch import diagnose_torch
+
+        unsupported("a torch module", init=init, batch=batch, num_threads=num_threads)
+        return diagnose_torch(
+            model,
+            x,
+            name=name,
+            ratio=float(ratio),
+            check=bool(check),
+            seed=seed,
+            keep_grads=bool(keep_grads),
+            loss_fn=loss_fn,
+            cotangent=cotangent,
+        )
     xa = _default_input(model, steps, batch, seed) if x is None else x
     flow = gradient_flow(
         model,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["evidence_lines", "thresholds_line", "unit_lines"]
+__all__ = ["block_unit_lines", "evidence_lines", "thresholds_line", "unit_lines"]
 
 
 def unit_lines(e: dict[str, Any]) -> list[str]:
@@ -25,6 +25,29 @@ def unit_lines(e: dict[str, Any]) -> list[str]:
                 f"dead units (inactive for every sample): mean {e['dead_mean']:.1%}, "
                 f"max {e['dead_max']:.1%}"
             )
+    return out
+
+
+def _through(block: str | None) -> str:
+    """Where a torch module's gradient crosses a threshold: the block it passes back through."""
+    return "" if block is None else f", going back through block {block!r}"
+
+
+def block_unit_lines(e: dict[str, Any], top: int = 3) -> list[str]:
+    """A torch module's blocks with the most saturated / dead units (where it has any)."""
+    names = e.get("block_names")
+    if not names:
+        return []
+    out = []
+    for key, what in (("saturation_by_block", "saturated"), ("dead_by_block", "dead")):
+        vals = e.get(key)
+        if not vals or max(vals) <= 0:
+            continue
+        order = sorted(range(len(vals)), key=lambda i: -vals[i])[:top]
+        out.append(
+            f"most {what} units by block: "
+            + ", ".join(f"{names[i]} {vals[i]:.1%}" for i in order if vals[i] > 0)
+        )
     return out
 
 
@@ -50,14 +73,15 @@ def evidence_lines(e: dict[str, Any], ratio: float, *, plus_minus: str = "+/-") 
     if e["vanishing_depth"] is not None:
         lines.append(
             f"falls below {ratio:g} of its output value {e['vanishing_depth']} {per}s from the "
-            "output"
+            "output" + _through(e.get("vanishing_block"))
         )
     if e["exploding_depth"] is not None:
         lines.append(
             f"exceeds {1 / ratio:g} times its output value {e['exploding_depth']} {per}s from "
-            "the output"
+            "the output" + _through(e.get("exploding_block"))
         )
     lines += unit_lines(e)
+    lines += block_unit_lines(e)
     if e.get("gate_saturation"):
         lines.append(
             "gate saturation: " + ", ".join(f"{g} {v:.1%}" for g, v in e["gate_saturation"].items())
