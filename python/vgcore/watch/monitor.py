@@ -644,7 +644,7 @@ class Watch:
             "out_sq": out_sq,
             "fired": fired,
             "acts": acts,
-            "order": self._call_order or self._order_seen,
+            "act_block": dict(self._act_block),
         }
         self._block_fires = 0
         self._fwd_recorded = 0
@@ -734,6 +734,7 @@ class Watch:
             at += v.numel()
         self._record(
             step,
+            u["act_block"],
             entries,
             upd,
             g,
@@ -749,6 +750,7 @@ class Watch:
     def _record(
         self,
         step: int,
+        act_block: dict[tuple[int, int], int],
         entries: list[int],
         upd: list[int],
         g: np.ndarray,
@@ -808,7 +810,7 @@ class Watch:
         for ((j, c), _, has_dead), vec in zip(acts, act_host):
             mname, _, act, _ = self._acts[j]
             label = f"{mname}[{c}]" if j in self._act_multi else mname
-            b = self._act_block.get((j, c), self._acts[j][3])
+            b = act_block.get((j, c), self._acts[j][3])
             bn = self._names[b] if 0 <= b < nb else "(unknown)"
             m = activation_metrics(vec, has_dead)
             low = m.pop("act_low_derivative", math.nan)

@@ -1,0 +1,781 @@
+"""vgcore.watch inside real training loops, against direct float64 torch computations.
+
+Oracle: the same training run, unwatched, on a deep copy of the model with the same data;
+after each backward the gradients, the weights before the step and the step's difference are
+taken directly (``torch.linalg.vector_norm`` in float64), and the gradients at block outputs
+by ``torch.autograd.grad`` with respect to the outputs. Models are float64, so the recorded
+norms agree to 1e-10 relative (float32 / bfloat16 cases state their own tolerance).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import vgcore.watch as vw  # noqa: E402
+
+RTOL = 1e-10
+
+pytestmark = pytest.mark.needs_torch
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def mlp(widths=(6, 8, 8, 8, 3), act=nn.Tanh, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-2], widths[1:-1]):
+        layers.append(nn.Sequential(nn.Linear(a, b), act()))
+    layers.append(nn.Linear(widths[-2], widths[-1]))
+    return nn.Sequential(*layers).to(dtype)
+
+
+def data(n=16, d=6, k=3, seed=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=dtype), torch.randint(0, k, (n,), generator=g)
+
+
+def loss_fn(out, y):
+    return nn.functional.cross_entropy(out, y)
+
+
+OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1),
+    "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    "rmsprop": lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.5),
+}
+
+
+def oracle_run(model, make_opt, batches, *, micro=1, block_names=None):
+    """Train unwatched; per step: {param: (grad, weight, update)} norms and block-output
+    gradient norms (autograd.grad w.r.t. the outputs of ``block_names``' modules)."""
+    opt = make_opt(model.parameters())
+    mods = dict(model.named_modules())
+    steps = []
+    for x, y in batches:
+        opt.zero_grad()
+        outs_sq = {b: 0.0 for b in block_names or []}
+        for xm, ym in zip(x.chunk(micro), y.chunk(micro)):
+            store: dict[str, torch.Tensor] = {}
+            hs = [
+                mods[b].register_forward_hook(
+                    lambda m, i, o, b=b, store=store: store.__setitem__(b, o)
+                )
+                for b in block_names or []
+            ]
+            loss = loss_fn(model(xm), ym) / micro
+            for h in hs:
+                h.remove()
+            names = list(store)
+            gs = torch.autograd.grad(loss, [store[b] for b in names], retain_graph=True)
+            for b, g in zip(names, gs):
+                outs_sq[b] += float(torch.linalg.vector_norm(g.double())) ** 2
+            loss.backward()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        grads = {
+            n: float(torch.linalg.vector_norm(p.grad.double()))
+            for n, p in model.named_parameters()
+            if p.grad is not None
+        }
+        opt.step()
+        rec = {}
+        for n, p in model.named_parameters():
+            if n in grads:
+                rec[n] = (
+                    grads[n],
+                    float(torch.linalg.vector_norm(before[n].double())),
+                    float(torch.linalg.vector_norm((p.detach() - before[n]).double())),
+                )
+        steps.append((rec, {b: math.sqrt(v) for b, v in outs_sq.items()}))
+    return steps
+
+
+def watched_run(model, make_opt, batches, *, micro=1, **kw):
+    opt = make_opt(model.parameters())
+    with vw.watch(model, opt, **kw) as w:
+        for x, y in batches:
+            opt.zero_grad()
+            for xm, ym in zip(x.chunk(micro), y.chunk(micro)):
+                loss = loss_fn(model(xm), ym) / micro
+                loss.backward()
+                w.observe(loss=loss * micro)
+            opt.step()
+    return w
+
+
+def value(df, step, block, param, metric):
+    sel = df[(df.step == step) & (df.metric == metric)]
+    sel = sel[sel.block == block] if block is not None else sel[sel.block.isna()]
+    sel = sel[sel.parameter == param] if param is not None else sel[sel.parameter.isna()]
+    assert len(sel) == 1, (step, block, param, metric, len(sel))
+    return float(sel.value.iloc[0])
+
+
+def assert_matches_oracle(w, oracle, blocks_of, rtol=RTOL, steps=None):
+    df = w.history
+    for s, (rec, outs) in enumerate(oracle):
+        if steps is not None and s not in steps:
+            continue
+        bsum: dict[str, list[float]] = {}
+        for name, (g, wn, d) in rec.items():
+            b = blocks_of(name)
+            np.testing.assert_allclose(value(df, s, b, name, "grad_norm"), g, rtol=rtol)
+            np.testing.assert_allclose(value(df, s, b, name, "weight_norm"), wn, rtol=rtol)
+            np.testing.assert_allclose(
+                value(df, s, b, name, "update_norm"), d, rtol=rtol, atol=1e-300
+            )
+            acc = bsum.setdefault(b, [0.0, 0.0, 0.0])
+            acc[0] += g * g
+            acc[1] += wn * wn
+            acc[2] += d * d
+        for b, (g2, w2, d2) in bsum.items():
+            np.testing.assert_allclose(value(df, s, b, None, "grad_norm"), math.sqrt(g2), rtol=rtol)
+            np.testing.assert_allclose(
+                value(df, s, b, None, "update_ratio"), math.sqrt(d2) / math.sqrt(w2), rtol=rtol
+            )
+        for b, v in outs.items():
+            np.testing.assert_allclose(value(df, s, b, None, "output_grad_norm"), v, rtol=rtol)
+
+
+def fl(t) -> float:
+    return float(t.detach())
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def hook_state(model, opt=None):
+    from vgcore.watch._blocks import unwrap
+
+    names = (
+        "_forward_hooks",
+        "_forward_pre_hooks",
+        "_forward_hooks_with_kwargs",
+        "_backward_hooks",
+        "_backward_pre_hooks",
+    )
+    state = [
+        (n, tuple(getattr(m, k).keys()))
+        for n, m in model.named_modules()
+        for k in names
+        if hasattr(m, k)
+    ]
+    state += [(n, len(p._post_accumulate_grad_hooks or {})) for n, p in model.named_parameters()]
+    if opt is not None:
+        state.append(
+            ("opt", tuple(opt._optimizer_step_pre_hooks), tuple(opt._optimizer_step_post_hooks))
+        )
+    assert unwrap(model)[0] is not None
+    return state
+
+
+# -- the recorded numbers ----------------------------------------------------------------------
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+def test_norms_and_updates_match_direct_computation(opt_name):
+    make = OPTIMIZERS[opt_name]
+    model = mlp()
+    ref = copy.deepcopy(model)
+    batches = [data(seed=s) for s in range(4)]
+    w = watched_run(model, make, batches)
+    oracle = oracle_run(ref, make, batches, block_names=["0", "1", "2", "3"])
+    assert_matches_oracle(w, oracle, top)
+    # the same training: watched and unwatched parameters are bit for bit equal
+    for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        assert torch.equal(p, q), n
+    assert w.blocks == ["0", "1", "2", "3"]
+    loss = w.history.query("metric == 'loss'")
+    assert list(loss.step) == [0, 1, 2, 3]
+
+
+def test_adam_moves_early_blocks_that_sgd_leaves_still():
+    """The seeds' claim: with shrinking gradients an adaptive optimizer keeps the early layers
+    moving; visible in the update ratios."""
+    batches = [data(seed=s, d=6) for s in range(3)]
+    ratios = {}
+    for name in ("sgd", "adam"):
+        model = mlp(widths=(6, 16, 16, 16, 16, 16, 16, 3), act=nn.Sigmoid)
+        w = watched_run(model, OPTIMIZERS[name], batches, alerts=False)
+        df = w.history
+        ratios[name] = value(df, 2, "0", None, "update_ratio") / value(
+            df, 2, "6", None, "update_ratio"
+        )
+    assert ratios["sgd"] < 1e-3
+    assert ratios["adam"] > 1e-2
+
+
+def test_every_logs_every_nth_step_and_one_host_copy_per_logged_step(monkeypatch):
+    model = mlp()
+    batches = [data(seed=s) for s in range(7)]
+    copies = []
+    real = torch.Tensor.cpu
+
+    def counting(self, *a, **k):
+        copies.append(self.shape)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counting)
+    w = watched_run(model, OPTIMIZERS["sgd"], batches, every=3)
+    monkeypatch.undo()
+    assert sorted(w.history.step.unique()) == [0, 3, 6]
+    assert len(copies) == 3
+    ref = mlp()
+    oracle = oracle_run(ref, OPTIMIZERS["sgd"], batches, block_names=["0", "1", "2", "3"])
+    assert_matches_oracle(w, oracle, top, steps={0, 3, 6})
+
+
+def test_without_optimizer_each_backward_is_a_step():
+    model = mlp()
+    ref = copy.deepcopy(model)
+    batches = [data(seed=s) for s in range(3)]
+    with vw.watch(model) as w:
+        for x, y in batches:
+            model.zero_grad()
+            loss_fn(model(x), y).backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.1 * p.grad
+    oracle = oracle_run(ref, OPTIMIZERS["sgd"], batches, block_names=["0", "1", "2", "3"])
+    df = w.history
+    assert w.step == 3
+    assert "update_ratio" not in set(df.metric)
+    for s, (rec, outs) in enumerate(oracle):
+        for n, (g, wn, _) in rec.items():
+            np.testing.assert_allclose(value(df, s, top(n), n, "grad_norm"), g, rtol=RTOL)
+            np.testing.assert_allclose(value(df, s, top(n), n, "weight_norm"), wn, rtol=RTOL)
+        for b, v in outs.items():
+            np.testing.assert_allclose(value(df, s, b, None, "output_grad_norm"), v, rtol=RTOL)
+
+
+# -- cases that break monitors -------------------------------------------------------------------
+class Scale2InPlace(nn.Module):
+    def forward(self, h):
+        return h.mul_(2.0)
+
+
+def inplace_model(inplace: bool):
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Linear(6, 8),
+        nn.ReLU(inplace=inplace),
+        nn.Linear(8, 8),
+        Scale2InPlace() if inplace else nn.Identity(),
+        nn.Tanh(),
+        nn.Linear(8, 3),
+    ).double()
+
+
+def test_in_place_operations_after_blocks():
+    """A block's output overwritten in place by the next block (ReLU(inplace=True), mul_):
+    the recorded output gradient is that of the block's own output (full backward hooks fail
+    here)."""
+    model = inplace_model(True)
+    batches = [data(seed=s) for s in range(3)]
+    w = watched_run(model, OPTIMIZERS["sgd_momentum"], batches)
+    ref = inplace_model(False)
+    ref[3] = _Times2()
+    oracle = oracle_run(ref, OPTIMIZERS["sgd_momentum"], batches, block_names=["0", "2", "4"])
+    assert_matches_oracle(w, oracle, top)
+    # the in-place ReLU block's own output gradient is there too
+    assert not math.isnan(value(w.history, 0, "1", None, "output_grad_norm"))
+
+
+class _Times2(nn.Module):
+    def forward(self, h):
+        return h * 2.0
+
+
+def test_no_grad_and_inference_regions_are_not_counted():
+    model = mlp()
+    ref = copy.deepcopy(model)
+    batches = [data(seed=s) for s in range(3)]
+    opt = OPTIMIZERS["adam"](model.parameters())
+    x_eval, _ = data(seed=99)
+    with vw.watch(model, opt) as w:
+        for x, y in batches:
+            opt.zero_grad()
+            with torch.no_grad():
+                model(x_eval)  # evaluation before the training forward
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            with torch.inference_mode():
+                model(x_eval)  # and between backward and step
+            opt.step()
+            with torch.no_grad():
+                w.observe(loss=loss)
+    oracle = oracle_run(ref, OPTIMIZERS["adam"], batches, block_names=["0", "1", "2", "3"])
+    assert_matches_oracle(w, oracle, top)
+    # activation statistics are those of the training batch only
+    x, _ = batches[0]
+    h = torch.tanh(ref_first_layer(x))
+    np.testing.assert_allclose(value(w.history, 0, "0", "0.1", "act_mean"), fl(h.mean()), rtol=RTOL)
+
+
+def ref_first_layer(x):
+    return mlp()[0][0](x)
+
+
+def test_gradient_accumulation_over_micro_batches():
+    """Four micro-batches, loss / 4, one step: the norms are those of the full batch."""
+    model = mlp(act=nn.ReLU)
+    ref = copy.deepcopy(model)
+    batches = [data(n=32, seed=s) for s in range(3)]
+    w = watched_run(model, OPTIMIZERS["sgd_momentum"], batches, micro=4)
+    oracle = oracle_run(
+        ref, OPTIMIZERS["sgd_momentum"], batches, micro=1, block_names=["0", "1", "2", "3"]
+    )
+    assert_matches_oracle(w, oracle, top)
+    # activation statistics over the 32 samples of the step
+    x, _ = batches[0]
+    h = torch.relu(mlp(act=nn.ReLU)[0][0](x))
+    df = w.history
+    np.testing.assert_allclose(value(df, 0, "0", "0.1", "act_mean"), fl(h.mean()), rtol=RTOL)
+    np.testing.assert_allclose(
+        value(df, 0, "0", "0.1", "act_std"), fl(h.std(unbiased=False)), rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        value(df, 0, "0", "0.1", "act_inactive"), float((h <= 0).double().mean()), rtol=RTOL
+    )
+    dead = float((h <= 0).all(0).double().mean())
+    np.testing.assert_allclose(value(df, 0, "0", "0.1", "act_dead"), dead, rtol=RTOL)
+    # the loss is the mean of the micro-batches' (each observed times 4)
+    np.testing.assert_allclose(
+        value(df, 0, None, None, "loss"),
+        fl(loss_fn(mlp(act=nn.ReLU)(x), batches[0][1])),
+        rtol=1e-12,
+    )
+
+
+def test_amp_grad_scaler_norms_are_unscaled():
+    """bfloat16 autocast on the CPU with a GradScaler (scale 2**16): parameter gradients and
+    block-output gradients are reported unscaled. Oracle: the same float32 model and autocast
+    without a scaler (a power-of-two scale is exact), rtol 1e-6."""
+
+    def make():
+        torch.manual_seed(5)
+        return nn.Sequential(
+            nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)
+        )
+
+    batches = [data(seed=s, dtype=torch.float32) for s in range(3)]
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    with vw.watch(model, opt, scaler=scaler) as w:
+        for x, y in batches:
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = loss_fn(model(x).float(), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    ref = make()
+    ropt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    df = w.history
+    for s, (x, y) in enumerate(batches):
+        ropt.zero_grad()
+        store = {}
+        hs = [
+            ref[i].register_forward_hook(lambda m, a, o, i=i, store=store: store.__setitem__(i, o))
+            for i in (0, 2)
+        ]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_fn(ref(x).float(), y)
+        for h in hs:
+            h.remove()
+        gs = torch.autograd.grad(loss, [store[0], store[2]], retain_graph=True)
+        loss.backward()
+        for n, p in ref.named_parameters():
+            np.testing.assert_allclose(
+                value(df, s, top(n), n, "grad_norm"), float(p.grad.double().norm()), rtol=1e-6
+            )
+        for i, g in zip((0, 2), gs):
+            np.testing.assert_allclose(
+                value(df, s, str(i), None, "output_grad_norm"), float(g.double().norm()), rtol=1e-2
+            )
+        ropt.step()
+
+
+def test_frozen_parameters_and_parameters_without_grads():
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"body": mlp(), "unused": nn.Linear(3, 3).double()})
+    for p in model["body"][1].parameters():
+        p.requires_grad_(False)  # frozen block
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = model["body"]
+            self.unused = model["unused"]
+
+        def forward(self, x):
+            return self.body(x)
+
+    net = Net()
+    ref = copy.deepcopy(net)
+    batches = [data(seed=s) for s in range(6)]
+    w = watched_run(
+        net,
+        OPTIMIZERS["adam"],
+        batches,
+        blocks=["body.0", "body.1", "body.2", "body.3", "unused"],
+        alerts={"patience": 2},
+    )
+    oracle = oracle_run(
+        ref, OPTIMIZERS["adam"], batches, block_names=["body.0", "body.2", "body.3"]
+    )
+    df = w.history
+    assert not (df.block == "unused").any()  # no gradient: no rows, not zeros
+    norms = df[df.metric.isin(["grad_norm", "weight_norm", "update_ratio"])]
+    assert not norms.parameter.str.startswith("body.1.", na=False).any()  # frozen: no rows
+    assert not ((df.block == "body.1") & (df.metric == "grad_norm")).any()
+    assert set(df[(df.block == "body.1")].metric) == {
+        "output_grad_norm",
+        "act_mean",
+        "act_std",
+        "act_saturated",
+    }
+    assert_matches_oracle(
+        w,
+        [({k: v for k, v in rec.items()}, outs) for rec, outs in oracle],
+        lambda n: ".".join(n.split(".")[:2]),
+    )
+    assert not [a for a in w.alerts if a.block in ("unused", "body.1")]
+
+
+def test_torch_compile_gives_correct_numbers_or_warns():
+    """A torch.compile'd model (aot_eager backend: dynamo and AOT autograd, no C compiler):
+    the parameter norms come from the optimizer and are exact; block outputs are either
+    recorded correctly or a WatchWarning says they are missing, never silently empty."""
+    model = mlp()
+    ref = copy.deepcopy(model)
+    batches = [data(seed=s) for s in range(3)]
+    compiled = torch.compile(model, backend="aot_eager")
+    opt = OPTIMIZERS["sgd"](model.parameters())
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with vw.watch(compiled, opt) as w:
+            for x, y in batches:
+                opt.zero_grad()
+                loss_fn(compiled(x), y).backward()
+                opt.step()
+    oracle = oracle_run(ref, OPTIMIZERS["sgd"], batches, block_names=["0", "1", "2", "3"])
+    df = w.history
+    watch_warnings = [c for c in caught if issubclass(c.category, vw.WatchWarning)]
+    for s, (rec, outs) in enumerate(oracle):
+        for n, (g, _, d) in rec.items():
+            np.testing.assert_allclose(value(df, s, top(n), n, "grad_norm"), g, rtol=RTOL)
+            np.testing.assert_allclose(value(df, s, top(n), n, "update_norm"), d, rtol=RTOL)
+        if watch_warnings:  # pragma: no cover - depends on the torch version
+            assert not (df.metric == "output_grad_norm").any()
+        else:
+            for b, v in outs.items():
+                np.testing.assert_allclose(value(df, s, b, None, "output_grad_norm"), v, rtol=1e-9)
+
+
+class Bypass(nn.Module):
+    """Calls its submodules' weights functionally: forward hooks never run."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 8).double()
+        self.b = nn.Linear(8, 3).double()
+
+    def forward(self, x):
+        h = torch.tanh(nn.functional.linear(x, self.a.weight, self.a.bias))
+        return nn.functional.linear(h, self.b.weight, self.b.bias)
+
+
+def test_blocks_that_never_run_give_a_clear_warning():
+    model = Bypass()
+    opt = OPTIMIZERS["sgd"](model.parameters())
+    x, y = data()
+    with pytest.warns(vw.WatchWarning, match="did not run"):
+        with vw.watch(model, opt) as w:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+    df = w.history
+    assert set(df.metric) >= {"grad_norm", "update_ratio"}
+    assert 0 < value(df, 0, "a", "a.weight", "grad_norm") < np.inf
+    assert "output_grad_norm" not in set(df.metric)
+
+
+def test_close_removes_every_hook_and_training_is_bit_identical():
+    model = mlp(act=nn.ReLU)
+    ref = copy.deepcopy(model)
+    opt = OPTIMIZERS["adamw"](model.parameters())
+    ropt = OPTIMIZERS["adamw"](ref.parameters())
+    before = hook_state(model, opt)
+    w = vw.watch(model, opt, every=2, analyze_every=None)
+    assert hook_state(model, opt) != before
+    batches = [data(seed=s) for s in range(5)]
+    for x, y in batches:
+        for m, o in ((model, opt), (ref, ropt)):
+            o.zero_grad()
+            loss_fn(m(x), y).backward()
+            o.step()
+    w.close()
+    w.close()  # idempotent
+    assert hook_state(model, opt) == before
+    for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        assert torch.equal(p, q), n
+    # no-optimizer mode removes its gradient hooks too
+    w2 = vw.watch(model)
+    assert hook_state(model) != hook_state(ref)
+    w2.close()
+    assert hook_state(model) == hook_state(ref)
+
+
+def test_hooks_removed_when_the_loop_raises():
+    model = mlp()
+    opt = OPTIMIZERS["sgd"](model.parameters())
+    before = hook_state(model, opt)
+    with pytest.raises(RuntimeError, match="boom"):
+        with vw.watch(model, opt):
+            x, y = data()
+            loss_fn(model(x), y).backward()
+            raise RuntimeError("boom")
+    assert hook_state(model, opt) == before
+
+
+# -- activation statistics -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "act", [nn.Sigmoid, nn.Tanh, nn.ReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus]
+)
+def test_activation_statistics_match_closed_forms(act):
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(6, 64), act(), nn.Linear(64, 3)).double()
+    with torch.no_grad():
+        model[0].weight.mul_(8.0)  # push many units into saturation / off
+    ref = copy.deepcopy(model)
+    batches = [data(n=40, seed=0)]
+    w = watched_run(model, OPTIMIZERS["sgd"], batches, alerts=False)
+    x, _ = batches[0]
+    z = ref[0](x).detach().requires_grad_(True)
+    h = ref[1](z)
+    (d,) = torch.autograd.grad(h.sum(), z)
+    from vgcore.activations import from_torch_module
+    from vgcore.watch.stats import _max_derivative
+
+    a = from_torch_module(ref[1])
+    low = (d.abs() < 1e-3 * _max_derivative(a)).double()
+    df = w.history
+    np.testing.assert_allclose(value(df, 0, "1", "1", "act_mean"), fl(h.mean()), rtol=RTOL)
+    np.testing.assert_allclose(
+        value(df, 0, "1", "1", "act_std"), fl(h.std(unbiased=False)), rtol=1e-9
+    )
+    metric = "act_saturated" if a.low_derivative == "saturated" else "act_inactive"
+    assert low.mean() > 0.01  # the test means something
+    np.testing.assert_allclose(value(df, 0, "1", "1", metric), float(low.mean()), rtol=RTOL)
+    if a.low_derivative == "inactive":
+        np.testing.assert_allclose(
+            value(df, 0, "1", "1", "act_dead"), float(low.bool().all(0).double().mean()), rtol=RTOL
+        )
+
+
+def test_a_shared_activation_module_is_reported_per_call():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2, self.l3 = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+            self.act = nn.Tanh()
+
+        def forward(self, x):
+            return self.l3(self.act(self.l2(self.act(self.l1(x)))))
+
+    torch.manual_seed(0)
+    net = Net().double()
+    w = watched_run(net, OPTIMIZERS["sgd"], [data()], blocks=["l1", "l2", "l3"], alerts=False)
+    df = w.history
+    acts = df[df.metric == "act_mean"]
+    assert sorted(acts.parameter) == ["act[0]", "act[1]"]
+    assert list(acts.sort_values("parameter").block) == ["l1", "l2"]
+    x, _ = data()
+    np.testing.assert_allclose(
+        value(df, 0, "l2", "act[1]", "act_mean"),
+        fl(net.act(net.l2(net.act(net.l1(x)))).mean()),
+        rtol=1e-2,
+    )
+
+
+# -- alerts --------------------------------------------------------------------------------------
+def deep_sigmoid(depth=10, width=16):
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers.append(nn.Sequential(nn.Linear(6 if i == 0 else width, width), nn.Sigmoid()))
+    layers.append(nn.Linear(width, 3))
+    return nn.Sequential(*layers).double()
+
+
+def test_vanishing_alert_names_block_step_and_fixes(caplog):
+    model = deep_sigmoid()
+    batches = [data(seed=0)] * 6
+    with caplog.at_level(logging.WARNING, logger="vgcore.watch"):
+        w = watched_run(model, OPTIMIZERS["sgd"], batches, alerts={"patience": 3})
+    van = [a for a in w.alerts if a.kind == "vanishing" and a.metric == "grad_ratio"]
+    assert van and van[0].block == "0" and van[0].step == 2
+    assert "ReLU + He init" in van[0].fixes and "residual blocks" in van[0].fixes
+    # the ratio really is below 1e-6 at that step
+    df = w.history
+    r = value(df, 2, "0", None, "grad_norm") / value(df, 2, "10", None, "grad_norm")
+    np.testing.assert_allclose(van[0].value, r, rtol=1e-12)
+    assert r < 1e-6
+    assert any("vanishing gradient in block '0'" in m for m in caplog.messages)
+    # a healthy model raises nothing
+    w2 = watched_run(mlp(), OPTIMIZERS["sgd"], batches, alerts={"patience": 3})
+    assert not w2.alerts
+
+
+def test_exploding_alerts_growth_and_first_nonfinite():
+    model = mlp()
+    opt = OPTIMIZERS["sgd"](model.parameters())
+    x, y = data()
+    with vw.watch(model, opt) as w:
+        for s in range(6):
+            opt.zero_grad()
+            scale = 1e4 if s >= 2 else 1.0
+            loss = loss_fn(model(x), y) * scale
+            if s == 4:
+                loss = loss + model[1][0].weight.sum() * float("nan")
+            loss.backward()
+            if s < 4:
+                opt.step()
+            else:
+                with torch.no_grad():  # keep the weights; the optimizer still steps
+                    opt.step()
+    kinds = [(a.kind, a.metric, a.block, a.step) for a in w.alerts]
+    assert ("exploding", "grad_growth", "3", 2) in kinds
+    nonfinite = [a for a in w.alerts if a.metric == "nonfinite"]
+    assert len(nonfinite) == 1 and nonfinite[0].step == 4
+    # only block 1's weight meets the NaN
+    assert nonfinite[0].block == "1" and nonfinite[0].parameter == "1.0.weight"
+    assert "gradient clipping" in nonfinite[0].fixes
+
+
+def test_dead_and_saturated_alerts():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+    ).double()
+    with torch.no_grad():
+        model[0].weight.mul_(100.0)  # tanh saturated
+        model[2].bias.fill_(-100.0)  # every ReLU off
+    w = watched_run(
+        model, lambda p: torch.optim.SGD(p, lr=1e-3), [data()] * 3, alerts={"patience": 2}
+    )
+    by = {(a.kind, a.parameter): a for a in w.alerts}
+    assert ("dead", "3") in by and by[("dead", "3")].value == 1.0 and by[("dead", "3")].step == 1
+    assert "leaky ReLU" in by[("dead", "3")].fixes
+    assert ("saturated", "1") in by and by[("saturated", "1")].value > 0.5
+    assert "ReLU + He init" in by[("saturated", "1")].fixes
+
+
+def test_plateau_alert():
+    model = mlp()
+    opt = OPTIMIZERS["sgd"](model.parameters())
+    x, y = data()
+    with vw.watch(model, opt, alerts={"plateau_window": 6}) as w:
+        for s in range(10):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            w.observe(loss=2.0 - 1e-5 * s if s < 3 else 2.0)
+    pl = [a for a in w.alerts if a.kind == "plateau"]
+    assert len(pl) == 1 and pl[0].step == 5 and pl[0].block is None
+    # a falling loss raises none
+    with vw.watch(model, opt, alerts={"plateau_window": 6}) as w2:
+        for s in range(10):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            w2.observe(loss=2.0 * 0.9**s)
+    assert not [a for a in w2.alerts if a.kind == "plateau"]
+
+
+# -- results -------------------------------------------------------------------------------------
+def test_history_columns_plot_and_report(tmp_path):
+    w = watched_run(mlp(), OPTIMIZERS["sgd"], [data(seed=s) for s in range(3)])
+    df = w.history
+    assert list(df.columns) == ["step", "block", "parameter", "metric", "value"]
+    assert set(df.metric) <= set(vw.METRICS)
+    fig = w.plot()
+    assert len(fig.axes) >= 4
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    w2 = watched_run(deep_sigmoid(depth=4), OPTIMIZERS["adam"], [data(seed=s) for s in range(3)])
+    rep = vw.write_watch_report({"tanh": w, "sigmoid": w2}, tmp_path / "rep")
+    assert rep.html.exists() and rep.markdown.exists()
+    assert len(rep.figures) == 3 and all(p.exists() for p in rep.figures)
+    import pandas as pd
+
+    back = pd.read_csv(tmp_path / "rep" / "data" / "tanh_history.csv")
+    assert len(back) == len(df)
+    assert "sigmoid" in rep.markdown.read_text()
+    assert "watched Sequential" in w.summary()
+
+
+def test_tensorboard_scalars(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    model = mlp()
+    opt = OPTIMIZERS["sgd"](model.parameters())
+    with vw.watch(model, opt, tensorboard=tmp_path / "tb") as w:
+        x, y = data()
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        w.observe(loss=loss)
+    files = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert files
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tmp_path / "tb"))
+    ea.Reload()
+    tags = ea.Tags()["scalars"]
+    assert "grad_norm/0" in tags and "loss" in tags and "update_ratio/3" in tags
+    np.testing.assert_allclose(
+        ea.Scalars("grad_norm/0")[0].value, value(w.history, 0, "0", None, "grad_norm"), rtol=1e-6
+    )
+
+
+def test_tensorboard_missing_names_the_extra(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(ImportError, match=r"vgcore\[tensorboard\]"):
+        vw.watch(mlp(), tensorboard=tmp_path)
+
+
+def test_bad_input_names_the_argument():
+    model = mlp()
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
+        vw.watch("model")
+    with pytest.raises(TypeError, match="optimizer must be"):
+        vw.watch(model, optimizer=3)
+    with pytest.raises(ValueError, match="every must be an integer >= 1, got 0"):
+        vw.watch(model, every=0)
+    with pytest.raises(ValueError, match="analyze_every"):
+        vw.watch(model, analyze_every=-1)
+    with pytest.raises(ValueError, match="'nope' is not a submodule"):
+        vw.watch(model, blocks=["nope"])
+    with pytest.raises(ValueError, match="unknown setting"):
+        vw.watch(model, alerts={"patiense": 3})
+    with pytest.raises(ValueError, match="patience must be an integer >= 1"):
+        vw.watch(model, alerts={"patience": 0})
+    with pytest.raises(ValueError, match="observe: loss must be a scalar"):
+        with vw.watch(model) as w:
+            w.observe(loss=torch.ones(3))
+    assert hook_state(model) == hook_state(mlp())
