@@ -162,7 +162,7 @@ def test_bad_block_names_get_clear_errors():
         TorchModel(g, blocks=["h.1", "h.0"]).chain(torch.randint(0, 11, (1, 3)))
     with pytest.raises(ValueError, match='blocks must be "auto"'):
         TorchModel(g, blocks="layers")
-    with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"module must be a torch\.nn\.Module"):
         TorchModel(object())
     with pytest.raises(RuntimeError, match="no recorded chain"):
         TorchModel(g).blocks  # noqa: B018
