@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vgcore.diagnose.evidence import verdict_thresholds
 from vgcore.diagnose.text import evidence_lines, thresholds_line
 from vgcore.report._document import Document, render_html, render_markdown
@@ -92,6 +94,56 @@ def _summary_table(diagnoses: Sequence[Any]) -> tuple[list[str], list[list[str]]
     return header, rows
 
 
+def _block_table(d: Any) -> tuple[list[str], list[list[str]]]:
+    """A torch module's blocks: gradient, units, activations and parameter gradients."""
+    e = d.evidence
+    f = d.flow
+    names = e["block_names"]
+    lg = np.asarray(f.log_grad_norms, dtype=float) / math.log(10.0)
+    rel = lg - lg[-1]
+    pg = f.log10_param_grad_norms or {}
+    kinds = [k for k in ("weight", "bias") if k in pg]
+    dead = e.get("dead_by_block")
+    header = [
+        "block",
+        "log10 |dL/dh| rel.",
+        "saturated",
+        "inactive",
+        "dead",
+        "output mean",
+        "output std",
+        *[f"log10 |dL/d{k}|" for k in kinds],
+    ]
+    rows = [["input", _fmt(float(rel[0]), "+.2f"), "-", "-", "-", "-", "-", *["-" for _ in kinds]]]
+    for i, n in enumerate(names):
+        rows.append(
+            [
+                n,
+                _fmt(float(rel[i + 1]), "+.2f"),
+                f"{e['saturation_by_block'][i]:.1%}",
+                f"{e['inactive_by_block'][i]:.1%}",
+                "-" if dead is None else f"{dead[i]:.1%}",
+                _fmt(float(f.act_mean[i]), ".3g"),
+                _fmt(float(f.act_std[i]), ".3g"),
+                *[_fmt(float(np.asarray(pg[k])[i]), "+.2f") for k in kinds],
+            ]
+        )
+    return header, rows
+
+
+def _diagnosed(items: Sequence[Any], x: Any, loss_fn: Any) -> list[Any]:
+    """Diagnoses as given; a model or torch module is diagnosed first (on ``x``)."""
+    from vgcore.diagnose import Diagnosis, diagnose
+
+    out = []
+    for item in items:
+        if isinstance(item, Diagnosis):
+            out.append(item)
+        else:
+            out.append(diagnose(item, x, **({} if loss_fn is None else {"loss_fn": loss_fn})))
+    return out
+
+
 def _evidence_items(d: Any) -> list[str]:
     """The diagnosis's own evidence lines (the words of ``Diagnosis.summary``)."""
     return [*evidence_lines(d.evidence, d.ratio, plus_minus="±"), thresholds_line(d.evidence)]
@@ -149,6 +201,11 @@ def _build_document(
                     [[r.fix, r.cause, r.measured()] for r in d.not_helpful],
                 ),
             )
+        if d.evidence.get("block_names"):
+            doc.add(
+                "p", "Per block (h_i is the output of block i; gradients relative to the output's):"
+            )
+            doc.add("table", _block_table(d))
         for f in figs:
             if f.section == d.name:
                 doc.add("img", (f.path, f.caption))
@@ -176,13 +233,17 @@ def write_report(
     figures: bool = True,
     extras: Mapping[str, Any] | None = None,
     intro: str | None = None,
+    x: Any = None,
+    loss_fn: Any = None,
 ) -> Report:
     """Write a report folder for one or more diagnoses.
 
     Parameters
     ----------
-    diagnoses : sequence of Diagnosis
-        Results of :func:`vgcore.diagnose` (a single Diagnosis is accepted too).
+    diagnoses : sequence of Diagnosis, models or torch modules
+        Results of :func:`vgcore.diagnose` (a single Diagnosis is accepted too). A model or a
+        ``torch.nn.Module`` is diagnosed first, ``vgcore.diagnose(model, x)``; a torch
+        module's report has a table and figures per block.
     out : path
         Folder to write (created; existing report files are overwritten).
     title : str
@@ -194,6 +255,11 @@ def write_report(
         Further results to draw (Lyapunov spectra, phase diagrams, ...), one figure each.
     intro : str, optional
         A paragraph under the title.
+    x : tensor or array_like, optional
+        The input of models and modules given instead of diagnoses (required for a torch
+        module).
+    loss_fn : callable(y) -> scalar tensor, optional
+        The loss of torch modules given instead of diagnoses.
 
     Returns
     -------
@@ -203,6 +269,7 @@ def write_report(
         diagnoses = [diagnoses]
     if not diagnoses:
         raise ValueError("diagnoses must contain at least one Diagnosis")
+    diagnoses = _diagnosed(diagnoses, x, loss_fn)
     if data_format not in DATA_FORMATS:
         raise ValueError(
             f"data_format must be one of {', '.join(DATA_FORMATS)}, got {data_format!r}"

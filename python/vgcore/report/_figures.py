@@ -114,6 +114,63 @@ def _lyapunov_caption(name: str, res: Any, axis: str) -> str:
     )
 
 
+#: Most block names written under a per-block axis; longer chains get numbered ticks.
+_MAX_TICK_NAMES = 40
+
+
+def _name_margin(names: Sequence[str]) -> float:
+    """Extra figure height (inches) for rotated block names under the axis."""
+    if len(names) > _MAX_TICK_NAMES:
+        return 0.0
+    return min(2.0, 0.07 * max(len(n) for n in ["input", *names]))
+
+
+def _block_ticks(ax: Any, names: Sequence[str]) -> None:
+    """Label a per-block axis (``0`` = the input, ``i`` = the output of block ``i``) with
+    the block names, rotated; long chains keep numbered ticks."""
+    if len(names) > _MAX_TICK_NAMES:
+        return
+    fig = ax.figure
+    extra = _name_margin(names)
+    h = fig.get_size_inches()[1]
+    fig.subplots_adjust(bottom=(0.6 + extra) / h)
+    ax.set_xticks(range(len(names) + 1))
+    ax.set_xticklabels(["input", *names], rotation=60, ha="right", fontsize="x-small")
+    ax.set_xlabel("block output (input side left)")
+
+
+def _block_units_figure(plt: Any, d: Any, root: Path, rel: str, dpi: int) -> str:
+    """Per block: unit fractions (saturated, inactive, dead) and the output's std."""
+    e = d.evidence
+    names = e["block_names"]
+    extra = _name_margin(names)
+    fig, (a0, a1) = _frame(plt, (10.8, 3.9 + extra), ncols=2)
+    x = np.arange(1, len(names) + 1)
+    for key, label in (
+        ("saturation_by_block", "saturated"),
+        ("inactive_by_block", "inactive"),
+        ("dead_by_block", "dead (whole batch)"),
+    ):
+        vals = e.get(key)
+        if vals is not None:
+            a0.plot(x, np.asarray(vals) * 100, "o-", ms=3, lw=1.2, label=label)
+    a0.set_ylabel("% of activation units")
+    a0.set_ylim(bottom=0)
+    a0.legend(fontsize="small")
+    a0.grid(True, alpha=0.3)
+    a1.semilogy(x, np.maximum(np.asarray(d.flow.act_std, dtype=float), 1e-300), "o-", ms=3)
+    a1.set_ylabel("std of the block's output")
+    a1.grid(True, alpha=0.3)
+    for ax in (a0, a1):
+        if len(names) <= _MAX_TICK_NAMES:
+            ax.set_xticks(x)
+            ax.set_xticklabels(names, rotation=60, ha="right", fontsize="x-small")
+        ax.set_xlabel("block")
+    fig.subplots_adjust(bottom=(0.6 + extra) / fig.get_size_inches()[1])
+    a0.set_title(f"{d.name}: units per block", fontsize="medium")
+    return _save(fig, root, rel, dpi)
+
+
 def make_figures(
     diagnoses: Sequence[Any],
     extras: Mapping[str, Any],
@@ -151,6 +208,7 @@ def make_figures(
             "recurrent",
             "Gradient norm per time step (recurrent models), relative to the output",
         ),
+        ("block", "torch", "Gradient norm per block (torch modules), relative to the output"),
     ]
     for axis, stem, caption in groups:
         ds = [d for d in diagnoses if d.flow.axis == axis]
@@ -169,8 +227,11 @@ def make_figures(
         figs.append(Figure(rel, caption, "overview"))
     for d in diagnoses:
         s = _claim(slug(d.name), taken)
-        fig, ax = _frame(plt, (7, 4.2))
+        names = d.evidence.get("block_names")
+        fig, ax = _frame(plt, (7, 4.2 + (_name_margin(names) if names else 0.0)))
         plotting.plot_diagnosis(d, ax=ax)
+        if names:
+            _block_ticks(ax, names)
         figs.append(
             Figure(
                 _save(fig, root, f"figures/{s}.png", dpi),
@@ -179,6 +240,17 @@ def make_figures(
                 d.name,
             )
         )
+        if names:
+            figs.append(
+                Figure(
+                    _block_units_figure(
+                        plt, d, root, f"figures/{_claim(f'{s}-blocks', taken)}.png", dpi
+                    ),
+                    f"{d.name}: per block, the fraction of saturated, inactive and dead units of "
+                    "recognised activation modules, and the standard deviation of the block's output",
+                    d.name,
+                )
+            )
         lyap = getattr(d, "lyapunov", None)
         alt = replaced.get((d.name, "lyapunov"))
         if alt is not None:

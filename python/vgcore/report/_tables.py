@@ -86,12 +86,15 @@ def report_tables(diagnoses: Sequence[Any]) -> dict[str, list[dict[str, Any]]]:
             if f.log_cell_grad_norms is None
             else np.asarray(f.log_cell_grad_norms) / math.log(10.0)
         )
+        blocks = getattr(f, "block_names", None)
+        blocks = ["input", *blocks] if blocks is not None and len(blocks) == lg.size - 1 else None
         for i in range(lg.size):
             norms.append(
                 {
                     "model": d.name,
                     "axis": f.axis,
                     "index": i,
+                    **({} if blocks is None else {"block": blocks[i]}),
                     "log10_grad_norm": _num(lg[i]),
                     "log10_cell_grad_norm": None if lc is None else _num(lc[i]),
                     "saturated": None if i == 0 else _num(f.saturated[i - 1]),
