@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 from vgcore._modelspec import MODEL_KINDS
 from vgcore.cli._common import DEFAULT_REPORT_DIR, DEFAULT_SWEEP_DIR, UsageError, _Parser
+from vgcore.cli.cmd_analyze import _cmd_analyze, add_module_args, check_module_args
 from vgcore.cli.cmd_bench import _cmd_bench
-from vgcore.cli.cmd_demo import _cmd_analyze, _cmd_demo, _cmd_report
+from vgcore.cli.cmd_demo import _cmd_demo, _cmd_report
 from vgcore.cli.cmd_jacobian import _cmd_lyapunov, _cmd_singular, _cmd_spectrum
 from vgcore.cli.cmd_phase import _cmd_phase
 from vgcore.cli.cmd_sweep import _cmd_sweep
@@ -34,10 +35,11 @@ _DESCRIPTIONS = {
     "and LayerNorm blocks; RNN, LSTM, GRU over long sequences), apply and measure every "
     "recommended fix, and write an HTML and Markdown report with figures and data. "
     "Needs no input.",
-    "analyze": "Diagnose a model given by flags, the models of a TOML file (--config) or a "
-    "trained one (--torch state_dict.pt): where gradients vanish or explode, why, and which "
-    "fixes help (each applied and measured unless --no-check). Model flags that do not apply "
-    "to the model kind are refused.",
+    "analyze": "Diagnose a model given by flags, the models of a TOML file (--config), a "
+    "trained one (--torch state_dict.pt) or any torch.nn.Module (--module PKG.MOD:FACTORY "
+    "--input-shape 8,64,256, per block, with a report): where gradients vanish or explode, "
+    "why, and which fixes help (each applied to a copy and measured unless --no-check). "
+    "Model flags that do not apply to the model kind are refused.",
     "report": "Diagnose model(s) as 'analyze' does and write a report folder (report.html, "
     "report.md, figures/, data/). An earlier vgcore report in that folder is replaced.",
     "lyapunov": "Top-k Lyapunov exponents of the step-to-step (layer-to-layer) Jacobians by "
@@ -102,12 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, report=True)
 
     p = sub.add_parser(
-        "analyze", help="diagnose a model given by flags, a TOML file or a checkpoint"
+        "analyze",
+        help="diagnose a model given by flags, a TOML file, a checkpoint or a torch module",
     )
     _add_model_args(p)
     p.add_argument("--no-check", action="store_true", help="list fixes without measuring them")
     p.add_argument("--plot", metavar="FILE.png", help="save the gradient-flow figure")
     p.add_argument("--report", metavar="DIR", help="also write a report folder")
+    add_module_args(p)
     common(p, report=True)
 
     p = sub.add_parser("report", help="diagnose model(s) and write a report folder")
@@ -282,5 +286,7 @@ def _validate(args: argparse.Namespace) -> None:
     burn_in = getattr(args, "burn_in", None)
     if burn_in is not None and burn_in < 0:
         raise UsageError(f"--burn-in must be >= 0, got {burn_in}")
+    if args.command == "analyze":
+        check_module_args(args)
     if getattr(args, "model", None) is not None and args.model not in MODEL_KINDS:
         raise UsageError(f"--model must be one of {', '.join(MODEL_KINDS)}, got {args.model!r}")
