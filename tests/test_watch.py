@@ -549,6 +549,53 @@ def test_hooks_removed_when_the_loop_raises():
     assert hook_state(model, opt) == before
 
 
+def test_analyze_every_runs_gradient_flow_without_disturbing_training():
+    """analyze_every: vgcore.gradient_flow on a copy of the weights after the step, in eval
+    mode, on the step's input; the training run (dropout's random draws included) is bit for
+    bit the unwatched one."""
+    import vgcore
+
+    def make():
+        torch.manual_seed(4)
+        return nn.Sequential(
+            nn.Sequential(nn.Linear(6, 8), nn.Tanh()),
+            nn.Dropout(0.3),
+            nn.Sequential(nn.Linear(8, 8), nn.Tanh()),
+            nn.Linear(8, 3),
+        ).double()
+
+    model, ref = make(), make()
+    batches = [data(seed=s) for s in range(5)]
+    opt, ropt = OPTIMIZERS["adam"](model.parameters()), OPTIMIZERS["adam"](ref.parameters())
+    torch.manual_seed(11)
+    with vw.watch(model, opt, analyze_every=2) as w:
+        for x, y in batches:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+    torch.manual_seed(11)
+    flows = {}
+    for s, (x, y) in enumerate(batches):
+        ropt.zero_grad()
+        loss_fn(ref(x), y).backward()
+        ropt.step()
+        if s % 2 == 0:
+            with torch.random.fork_rng(devices=[]):
+                flows[s] = vgcore.gradient_flow(copy.deepcopy(ref).eval(), x)
+    for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        assert torch.equal(p, q), n
+    assert [s for s, _ in w.analyses] == [0, 2, 4]
+    assert model.training and all(m.training for m in model.modules())
+    for s, r in w.analyses:
+        np.testing.assert_allclose(r.log10_grad_norms, flows[s].log10_grad_norms, rtol=1e-12)
+    df = w.history
+    rows = df[df.metric == "flow_log10_grad_norm"]
+    assert sorted(rows.step.unique()) == [0, 2, 4]
+    np.testing.assert_allclose(
+        rows[rows.step == 2].value.to_numpy(), flows[2].log10_grad_norms[1:], rtol=1e-12
+    )
+
+
 # -- activation statistics -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "act", [nn.Sigmoid, nn.Tanh, nn.ReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus]

@@ -23,6 +23,7 @@ METRICS = {
     "act_inactive": "fraction of switched-off units (rectifiers)",
     "act_dead": "fraction of units inactive for every sample of the step (rectifiers)",
     "loss": "the observed loss (mean over the step's observe calls)",
+    "flow_log10_grad_norm": "analyze_every: log10 ||dL/dh|| at each block output (gradient_flow)",
 }
 
 

@@ -84,6 +84,7 @@ class Watch:
         blocks: Any = "auto",
         analyze_every: int | None = None,
         analyze_input: Any = None,
+        analyze: Any = ("gradient_flow",),
         scaler: Any = None,
         per_parameter: bool = True,
         activations: bool = True,
@@ -156,6 +157,7 @@ class Watch:
         self.every = every
         self.analyze_every = analyze_every
         self._analyze_input = analyze_input
+        self._analyze_fns = _analysis_functions(analyze)
         self.scaler = scaler
         self.per_parameter = bool(per_parameter)
         self.saturation_threshold = float(saturation_threshold)
@@ -860,9 +862,10 @@ class Watch:
 
     # -- deeper analysis ----------------------------------------------------------------------
     def _analyze(self, step: int) -> None:
-        """``vgcore.gradient_flow`` on a copy of the current weights and the step's batch,
-        with this monitor's hooks paused and the random state restored (the training run
-        does not see it)."""
+        """The deeper analyses (``analyze``) on a copy of the current weights and the step's
+        input, with this monitor's hooks paused and the random state restored (the training
+        run does not see them). Results go to ``analyses``; the gradient flow's per-block
+        log10 norms also to the history (metric ``flow_log10_grad_norm``)."""
         batch, self._batch = self._batch, None
         if self._dist.mode == "fsdp":
             self._note_once("analysis: skipped under FSDP (the weights are sharded)")
@@ -882,24 +885,64 @@ class Watch:
         torch = self._torch
         self._paused = True
         try:
-            import vgcore
-
             with torch.random.fork_rng(devices=[]):
+                # the copy carries this monitor's hook closures; they stay silent (paused)
                 cp = copy.deepcopy(self._inner, memo={id(self): self})
                 cp.eval()
-                try:
-                    result = vgcore.gradient_flow(cp, x.detach())
-                except (TypeError, NotImplementedError, ValueError) as exc:
-                    self._note_once(f"analysis: gradient_flow cannot take this module yet ({exc})")
-                    return
-            self.analyses.append((step, result))
+                xd = x.detach()
+                for name, fn in self._analyze_fns:
+                    try:
+                        result = fn(cp, xd)
+                    except (TypeError, NotImplementedError, ValueError, RuntimeError) as exc:
+                        self._note_once(f"analysis {name}: cannot run on this module ({exc})")
+                        continue
+                    self.analyses.append((step, result))
+                    self._flow_rows(step, result)
         finally:
             self._paused = False
+
+    def _flow_rows(self, step: int, result: Any) -> None:
+        names = getattr(result, "block_names", None)
+        logs = getattr(result, "log10_grad_norms", None)
+        if names is None or logs is None or len(logs) != len(names) + 1:
+            return
+        labels = [(str(n), None, "flow_log10_grad_norm") for n in names]
+        self._history.append(step, labels, np.asarray(logs[1:], dtype=np.float64))
 
     def _note_once(self, msg: str) -> None:
         if msg not in self._analysis_notes:
             self._analysis_notes.append(msg)
             logger.info(msg)
+
+
+_ANALYSES = ("gradient_flow", "jacobian_singular_values", "jacobian_spectrum", "lyapunov")
+
+
+def _analysis_functions(analyze: Any) -> list[tuple[str, Any]]:
+    """``analyze``: names of vgcore analyses or callables ``f(module_copy, x) -> result``."""
+    if isinstance(analyze, str) or callable(analyze):
+        analyze = (analyze,)
+    if not isinstance(analyze, Sequence):
+        raise TypeError(
+            f"analyze must be a name, a callable or a sequence of them, got {type(analyze).__name__}"
+        )
+    out: list[tuple[str, Any]] = []
+    for a in analyze:
+        if callable(a):
+            out.append((getattr(a, "__name__", "analysis"), a))
+        elif a in _ANALYSES:
+
+            def run(m: Any, x: Any, _name: str = a) -> Any:
+                import vgcore
+
+                return getattr(vgcore, _name)(m, x)
+
+            out.append((a, run))
+        else:
+            raise ValueError(
+                f"analyze: unknown analysis {a!r}; expected one of {_ANALYSES} or a callable"
+            )
+    return out
 
 
 def _tensorboard_writer(logdir: Any) -> Any:
@@ -952,8 +995,11 @@ def watch(
     blocks : "auto" or list of str
         The submodules to treat as blocks (see :func:`vgcore.watch._blocks.watch_blocks`).
     analyze_every : int, optional
-        Every that many steps (on a logged step), run :func:`vgcore.gradient_flow` on a copy
-        of the current weights with the step's input (results in ``Watch.analyses``).
+        Every that many steps (on a logged step), run the ``analyze`` analyses (default
+        :func:`vgcore.gradient_flow`: log-space gradient norms per block) on a copy of the
+        current weights, in eval mode, with the step's input (results in ``Watch.analyses``;
+        the flow's log10 norms also in the history as ``flow_log10_grad_norm``). The training
+        run is unaffected: its module, gradients and random state are left as they were.
     **options
         ``scaler`` (a GradScaler: block-output gradients are reported unscaled; parameter
         gradients are already unscaled when the optimizer steps), ``per_parameter`` (rows per
