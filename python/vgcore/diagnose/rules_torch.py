@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from vgcore.diagnose.checks import _best_of, _clip_fix, _Ctx, _measure, _rank
@@ -128,6 +129,12 @@ def _torch_fixes(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Fix]:
     def wrap(m: Any) -> TorchModel:
         return TorchModel(m, blocks=tm.blocks_arg)
 
+    def swapped_he(to: str) -> TorchModel:
+        return wrap(F.reinit(F.swap_activations(module, to)[0], "kaiming_normal", seed=ctx.seed))
+
+    def reinitialised(scheme: str) -> TorchModel:
+        return wrap(F.reinit(module, scheme, seed=ctx.seed))
+
     acts = {a.name for _, a in F._activations(module)}
     swappable = F.swappable_activations(module, ("sigmoid", "tanh"))
     layers = F.weight_layers(module)
@@ -159,11 +166,7 @@ def _torch_fixes(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Fix]:
                                 "modules": swappable,
                             },
                         ),
-                        lambda to=to: wrap(
-                            F.reinit(
-                                F.swap_activations(module, to)[0], "kaiming_normal", seed=ctx.seed
-                            )
-                        ),
+                        partial(swapped_he, to),
                     )
                 )
         else:
@@ -219,7 +222,7 @@ def _torch_fixes(ctx: _Ctx, causes: list[str], notes: list[str]) -> list[Fix]:
                         f"{what}, biases 0",
                         params={"init": scheme},
                     ),
-                    lambda scheme=scheme: wrap(F.reinit(module, scheme, seed=ctx.seed)),
+                    partial(reinitialised, scheme),
                 )
             )
 

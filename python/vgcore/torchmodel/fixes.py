@@ -54,16 +54,16 @@ _WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 _AFFINE_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
-def weight_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+def weight_layers(module: nn.Module) -> list[tuple[str, Any]]:
     """``(name, layer)`` of every ``nn.Linear`` / convolution in ``module`` (registration
     order; names as in ``module.named_modules()``)."""
     return [(n, m) for n, m in module.named_modules() if isinstance(m, _WEIGHT_LAYERS)]
 
 
-def affine_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+def affine_layers(module: nn.Module) -> list[tuple[str, Any]]:
     """Weight layers and normalisation layers with an affine weight: the layers whose output
     is zero when their weight and bias are."""
-    out = []
+    out: list[tuple[str, Any]] = []
     for n, m in module.named_modules():
         if isinstance(m, _WEIGHT_LAYERS):
             out.append((n, m))
@@ -126,7 +126,8 @@ def reinit(module: nn.Module, scheme: str, *, seed: int = 0) -> nn.Module:
         raise ValueError(f"scheme must be one of {', '.join(INIT_SCHEMES)}, got {scheme!r}")
     out = copy.deepcopy(module)
     act, slope = _gain_activation(out)
-    gain = nn.init.calculate_gain(act, slope) if act != "selu" else 3.0 / 4.0
+    nonlinearity: Any = act
+    gain = nn.init.calculate_gain(nonlinearity, slope) if act != "selu" else 3.0 / 4.0
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for _, layer in weight_layers(out):
@@ -136,7 +137,7 @@ def reinit(module: nn.Module, scheme: str, *, seed: int = 0) -> nn.Module:
                 nn.init.xavier_normal_(fresh, gain=gain, generator=gen)
             elif scheme == "kaiming_normal":
                 neg = slope if act == "leaky_relu" and slope is not None else 0.0
-                nl = "leaky_relu" if act == "leaky_relu" else "relu"
+                nl: Any = "leaky_relu" if act == "leaky_relu" else "relu"
                 nn.init.kaiming_normal_(fresh, a=neg, nonlinearity=nl, generator=gen)
             else:
                 nn.init.orthogonal_(fresh, gain=gain, generator=gen)
@@ -178,7 +179,7 @@ def swap_activations(
     return out, names
 
 
-def _zeroed(layers: Sequence[nn.Module]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _zeroed(layers: Sequence[Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     saved = []
     for m in layers:
         for p in (m.weight, getattr(m, "bias", None)):
@@ -193,7 +194,7 @@ def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         p.copy_(v)
 
 
-def _is_identity(block: nn.Module, h: torch.Tensor, zero: Sequence[nn.Module]) -> bool:
+def _is_identity(block: nn.Module, h: torch.Tensor, zero: Sequence[Any]) -> bool:
     saved = _zeroed(zero)
     try:
         y = block(h)
@@ -272,7 +273,7 @@ def scale_residual_branches(
     out = copy.deepcopy(module)
     with torch.no_grad():
         for n in dict.fromkeys(names):
-            m = out.get_submodule(n)
+            m: Any = out.get_submodule(n)
             for p in (m.weight, getattr(m, "bias", None)):
                 if p is not None:
                     p.mul_(alpha)
