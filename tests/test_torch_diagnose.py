@@ -359,3 +359,30 @@ def test_bad_input():
         vgcore.diagnose(mlp, blocks=["a"])
     with pytest.raises(TypeError, match="MLP, RNN, LSTM or GRU"):
         vgcore.diagnose(object())
+
+
+def test_sweep_takes_a_module_factory(tmp_path, monkeypatch):
+    pytest.importorskip("pandas")
+    (tmp_path / "h5sweepnets.py").write_text(
+        "from torch import nn\n"
+        "def make(depth=3, width=8):\n"
+        "    return nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.Sigmoid())\n"
+        "                           for _ in range(depth)]).double()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    grid = {"module": "h5sweepnets:make", "input_shape": "5,8", "depth": [2, 9]}
+    df = vgcore.sweep("gradient_flow", grid, seeds=[0, 3], executor="serial")
+    assert list(df.status) == ["ok"] * 4
+    import h5sweepnets
+
+    for _, row in df.iterrows():
+        torch.manual_seed(int(row.seed))
+        net = h5sweepnets.make(depth=int(row.depth))
+        gen = torch.Generator().manual_seed(int(row.seed) + 1)
+        x = torch.randn(5, 8, generator=gen, dtype=torch.float64)
+        lg = _oracle_log10(list(net), x)
+        assert row.spread == pytest.approx(float(np.max(np.abs(lg - lg[-1]))), rel=1e-10)
+    with pytest.raises(ValueError, match="needs input_shape"):
+        vgcore.sweep("gradient_flow", {"module": "h5sweepnets:make"}, executor="serial")
+    with pytest.raises(ValueError, match=r"module must be 'PKG\.MOD:FACTORY'"):
+        vgcore.sweep("diagnose", {"module": "h5sweepnets", "input_shape": "2,8"}, executor="serial")

@@ -98,22 +98,88 @@ def _spec(params: Mapping[str, Any], seed: int) -> Any:
     return ModelSpec({**params, "seed": seed})
 
 
-def _an_gradient_flow(params: Mapping[str, Any], seed: int) -> list[dict[str, Any]]:
+#: Settings of a torch-module point that are not passed to its factory.
+_TORCH_KEYS = ("module", "input_shape")
+
+
+def _shape_of(value: Any) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of positive ints (``"8,64"`` or a sequence)."""
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        shape = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        shape = ()
+    if not shape or any(n < 1 for n in shape):
+        raise ValueError(f"input_shape must be positive integers, e.g. '8,64', got {value!r}")
+    return shape
+
+
+def _check_torch_point(params: Mapping[str, Any]) -> None:
+    spec = params.get("module")
+    if not (isinstance(spec, str) and ":" in spec):
+        raise ValueError(
+            f"module must be 'PKG.MOD:FACTORY' (a string, so points hash and resume), got {spec!r}"
+        )
+    if "input_shape" not in params:
+        raise ValueError("a torch-module point needs input_shape, e.g. '8,64'")
+    _shape_of(params["input_shape"])
+
+
+def _torch_point(params: Mapping[str, Any], seed: int) -> tuple[Any, Any]:
+    """A torch-module point: ``module`` ("PKG.MOD:FACTORY") called with the other settings as
+    keyword arguments after ``torch.manual_seed(seed)`` (an attribute that is a module is
+    taken as is when there are none), and standard normal inputs of ``input_shape`` drawn in
+    float64 from a CPU generator seeded ``seed + 1``, in the module's dtype and device."""
+    import importlib
+
+    import torch
+
+    from vgcore.torchmodel._hygiene import HALF_DTYPES, module_dtype
+
+    _check_torch_point(params)
+    modname, _, attr = params["module"].partition(":")
+    obj: Any = importlib.import_module(modname)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    kw = {k: v for k, v in params.items() if k not in _TORCH_KEYS}
+    torch.manual_seed(seed)
+    module = obj if isinstance(obj, torch.nn.Module) and not kw else obj(**kw)
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(
+            f"module {params['module']!r} gave a {type(module).__name__}, not a torch.nn.Module"
+        )
+    dt, dev = module_dtype(module)
+    dt = torch.float32 if dt in HALF_DTYPES else dt
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(_shape_of(params["input_shape"]), generator=gen, dtype=torch.float64)
+    return module, x.to(dtype=dt, device=dev)
+
+
+def _point(params: Mapping[str, Any], seed: int) -> tuple[Any, Any, dict[str, Any]]:
+    """The model, its inputs and the gradient-flow options of one point."""
+    if "module" in params:
+        module, x = _torch_point(params, seed)
+        return module, x, {}
     from vgcore._modelspec import build
+
+    model, x = build(_spec(params, seed))
+    return model, x, {"num_threads": 1}
+
+
+def _an_gradient_flow(params: Mapping[str, Any], seed: int) -> list[dict[str, Any]]:
     from vgcore.analysis.gradient_flow import gradient_flow
     from vgcore.diagnose import summarize_flow
 
-    model, x = build(_spec(params, seed))
-    flow = gradient_flow(model, x, num_threads=1)
+    model, x, kw = _point(params, seed)
+    flow = gradient_flow(model, x, **kw)
     return [summarize_flow(flow)]
 
 
 def _an_profile(params: Mapping[str, Any], seed: int) -> list[dict[str, Any]]:
-    from vgcore._modelspec import build
     from vgcore.analysis.gradient_flow import gradient_flow
 
-    model, x = build(_spec(params, seed))
-    flow = gradient_flow(model, x, num_threads=1)
+    model, x, kw = _point(params, seed)
+    flow = gradient_flow(model, x, **kw)
     lg = flow.log_grad_norms / math.log(10.0)
     return [
         {
@@ -128,12 +194,11 @@ def _an_profile(params: Mapping[str, Any], seed: int) -> list[dict[str, Any]]:
 
 
 def _an_diagnose(params: Mapping[str, Any], seed: int) -> list[dict[str, Any]]:
-    from vgcore._modelspec import build
     from vgcore.diagnose import diagnose
     from vgcore.report._tables import summary_row
 
-    model, x = build(_spec(params, seed))
-    d = diagnose(model, x, seed=seed, num_threads=1)
+    model, x, kw = _point(params, seed)
+    d = diagnose(model, x, seed=seed, **kw)
     row = summary_row(d)
     for k in ("model", "kind", "axis"):
         row.pop(k)
@@ -848,7 +913,11 @@ def sweep(
         ``sigma_b2``)), whose settings are model settings (``model``, ``depth``, ``width``,
         ``activation``, ``init``, ``sigma_w2``, ``hidden_size``, ``steps``, ... ; see
         ``vgcore._modelspec``), or a function ``f(**settings, seed=seed)`` returning a mapping of
-        metrics, a list of them (several rows), a DataFrame or a number. For process or Dask
+        metrics, a list of them (several rows), a DataFrame or a number. A torch module
+        goes into ``"gradient_flow"``, ``"profile"`` and ``"diagnose"`` as the settings
+        ``module="PKG.MOD:FACTORY"`` and ``input_shape="8,64"``: the factory is called with
+        the point's other settings as keyword arguments after ``torch.manual_seed(seed)``,
+        on standard normal inputs seeded ``seed + 1``. For process or Dask
         executors it must be importable (defined at module level); one defined in the script
         being run needs the sweep call under ``if __name__ == "__main__":``.
     grid : mapping of setting -> values, or sequence of mappings
@@ -922,6 +991,9 @@ def sweep(
             raise ValueError("'seed' cannot be a grid setting; pass seeds= instead")
     if isinstance(analysis, str):  # validate settings up front: bad ones are argument errors
         for p in points:
+            if "module" in p and analysis != "mean_field":
+                _check_torch_point(p)
+                continue
             _spec(p, seed_list[0])
             if analysis == "mean_field" and p.get("sigma_w2") is None:
                 raise ValueError("the mean_field analysis needs sigma_w2 in every grid point")

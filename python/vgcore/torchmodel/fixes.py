@@ -246,7 +246,12 @@ def residual_branch_ends(model: Any, x: Any) -> dict[str, list[str]]:
     work = TorchModel(copy.deepcopy(model.module), blocks=model.blocks_arg)
     names_of = {id(m): n for n, m in work.module.named_modules()}
     out: dict[str, list[str]] = {}
-    with work.session(x, param_grads=False) as chain, torch.no_grad():
+    # The copy is ours: evaluation semantics (before recording, so a float32 copy of a
+    # half-precision module inherits it), and the zeroing below writes its parameters in place
+    # outside an analysis session (which refuses in-place writes).
+    work.module.eval()
+    chain = work.chain(x)
+    with torch.no_grad():
         for (bname, blk), h in zip(chain.pairs, chain.inputs):
             if isinstance(blk, Segment) or not h.is_floating_point():
                 continue  # a piece of the parent's forward: it holds every layer of the module
