@@ -318,7 +318,7 @@ class _Chain:
             return
         v = torch.zeros_like(h)
         v[0] = 1.0
-        _, t = jvp(lambda u: self._call(i, name, module, u), (h,), (v,))
+        t = jvp(lambda u: self._call(i, name, module, u), (h,), (v,))[1]
         if bool((t[1:] != 0).any()):
             raise ValueError(
                 f"block {name!r} mixes the samples of the batch (its output for one sample "
@@ -645,7 +645,7 @@ def _backward(chain: _Chain, W: Any, chunk_size: int | None) -> tuple[Any, ...]:
     T = torch.eye(r, dtype=torch.float64, device=W.device).expand(B, r, r).clone()
     finite = []
     for j in reversed(range(len(chain))):
-        _, fn = vjp(chain.fn(j), chain.inputs[j])
+        fn = vjp(chain.fn(j), chain.inputs[j])[1]
         cot = _as_tangents(W, chain.shape_out(j))
         out = vmap(lambda w, fn=fn: fn(w)[0], chunk_size=chunk_size)(cot)
         C = _as_matrix(out, B)
@@ -1121,7 +1121,7 @@ def block_spectrum(
             n_in, n_out = chain.dim_in(j), chain.dim_out(j)
             q0 = torch.randn(B, n_in, generator=gen, dtype=torch.float64)
             q0 = q0.to(device=chain.device, dtype=chain.dtype)
-            _, fn = vjp(f, h)
+            fn = vjp(f, h)[1]
 
             def apply_j(v: Any, f: Any = f, h: Any = h, s_in: Any = s_in) -> Any:
                 return jvp(f, (h,), (v.reshape(s_in),))[1].reshape(B, -1)
