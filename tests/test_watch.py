@@ -196,6 +196,27 @@ def test_norms_and_updates_match_direct_computation(opt_name):
     assert list(loss.step) == [0, 1, 2, 3]
 
 
+def test_step_with_closure_reads_the_gradients_it_computes():
+    """optimizer.step(closure) computes the gradients inside the step (Lightning's automatic
+    optimization): the recorded norms are still those of the step's gradients."""
+    model = mlp()
+    ref = copy.deepcopy(model)
+    batches = [data(seed=s) for s in range(3)]
+    opt = OPTIMIZERS["sgd_momentum"](model.parameters())
+    with vw.watch(model, opt) as w:
+        for x, y in batches:
+
+            def closure(x=x, y=y):
+                opt.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                return loss
+
+            w.observe(loss=opt.step(closure))
+    oracle = oracle_run(ref, OPTIMIZERS["sgd_momentum"], batches, block_names=["0", "1", "2", "3"])
+    assert_matches_oracle(w, oracle, top)
+
+
 def test_adam_moves_early_blocks_that_sgd_leaves_still():
     """The seeds' claim: with shrinking gradients an adaptive optimizer keeps the early layers
     moving; visible in the update ratios."""

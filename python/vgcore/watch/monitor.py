@@ -497,28 +497,41 @@ class Watch:
         if self.step % self.every != 0:
             return
         torch = self._torch
-        from vgcore.watch.stats import local
+        from vgcore.watch.stats import local, squared_norms
 
+        closure = (kwargs or {}).get("closure")
+        # the hook sees step's own arguments, the optimizer first: (opt, closure)
+        rest = [a for a in args if a is not opt]
+        if closure is None and rest and callable(rest[0]):
+            closure = rest[0]
+        in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+        scale = None
+        if self.scaler is not None and self.scaler.is_enabled():
+            s = getattr(self.scaler, "_scale", None)
+            scale = s.detach().clone().double() if isinstance(s, torch.Tensor) else None
         with torch.no_grad():
+            if closure is not None:
+                # step(closure) computes the gradients inside the step (Lightning's automatic
+                # optimization, LBFGS): keep the weights now, read the gradients after it
+                keys = [
+                    k
+                    for k, (_, p, _) in enumerate(self._params)
+                    if p.requires_grad and id(p) in in_opt
+                ]
+                snap = [local(self._params[k][1]).detach().clone() for k in keys]
+                self._pending = {"deferred": True, "keys": keys, "snap": snap, "scale": scale}
+                return
             entries = [
                 (k, p)
                 for k, (_, p, _) in enumerate(self._params)
                 if p.requires_grad and p.grad is not None
             ]
-            in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
             upd = [k for k, p in entries if id(p) in in_opt]
-            grads = [local(p.grad) for _, p in entries]
             weights = [local(p) for _, p in entries]
             dev = self._device(weights)
-            from vgcore.watch.stats import squared_norms
-
-            gsq = squared_norms(grads, dev)
+            gsq = squared_norms([local(p.grad) for _, p in entries], dev)
             wsq = squared_norms(weights, dev)
             snap = [local(self._params[k][1]).detach().clone() for k in upd]
-        scale = None
-        if self.scaler is not None and self.scaler.is_enabled():
-            s = getattr(self.scaler, "_scale", None)
-            scale = s.detach().clone().double() if isinstance(s, torch.Tensor) else None
         self._pending = {
             "entries": [k for k, _ in entries],
             "upd": upd,
@@ -539,6 +552,8 @@ class Watch:
             from vgcore.watch.stats import local, squared_norms
 
             with torch.no_grad():
+                if pend.get("deferred"):
+                    pend = self._deferred(pend)
                 after = [local(self._params[k][1]).detach() for k in pend["upd"]]
                 snap = pend["snap"]
                 if snap:
@@ -549,6 +564,30 @@ class Watch:
         self._end_step()
         if pend is not None and self.analyze_every is not None and step % self.analyze_every == 0:
             self._analyze(step)
+
+    def _deferred(self, pend: dict[str, Any]) -> dict[str, Any]:
+        """After a step(closure): gradients as they are now (the step does not change them),
+        weights from the copy taken before the step."""
+        from vgcore.watch.stats import local, squared_norms
+
+        at = {k: i for i, k in enumerate(pend["keys"])}
+        entries = [
+            k for k, (_, p, _) in enumerate(self._params) if p.requires_grad and p.grad is not None
+        ]
+        upd = [k for k in entries if k in at]
+        before = [
+            pend["snap"][at[k]] if k in at else local(self._params[k][1]).detach() for k in entries
+        ]
+        dev = self._device(before)
+        return {
+            "entries": entries,
+            "upd": upd,
+            "gsq": squared_norms([local(self._params[k][1].grad) for k in entries], dev),
+            "wsq": squared_norms(before, dev),
+            "snap": [pend["snap"][at[k]] for k in upd],
+            "scale": pend["scale"],
+            "dev": dev,
+        }
 
     # -- without an optimizer: one step per backward pass -------------------------------------
     def _on_grad(self, p: Any) -> None:
