@@ -67,9 +67,10 @@ def preserved(module: nn.Module, *, eval_mode: bool = True, grads: bool = True) 
     Inside, the module is in ``eval()`` mode (``eval_mode``) and, with ``grads``, every
     floating-point parameter requires grad (so per-block parameter gradients exist for frozen
     modules too). On exit, also after an exception: each submodule's training flag, each
-    parameter's ``requires_grad`` and ``.grad`` object, the values of parameters and buffers
-    written in place (detected by their version counters; restored from a copy taken on entry)
-    and every hook dictionary (hooks added inside are removed).
+    parameter's ``requires_grad`` and ``.grad`` object, the values of buffers written in place
+    (detected by their version counters; restored from a copy taken on entry) and every hook
+    dictionary (hooks added inside are removed). Parameters are never written by vgcore; a
+    forward that writes one in place in eval mode raises RuntimeError on exit.
 
     Parameters
     ----------
@@ -88,10 +89,11 @@ def preserved(module: nn.Module, *, eval_mode: bool = True, grads: bool = True) 
     params = list(module.parameters())
     flags = [p.requires_grad for p in params]
     grads_before = [p.grad for p in params]
-    # Values: a copy of every tensor, written back only where its version counter moved
-    # (an in-place write inside a forward, e.g. BatchNorm statistics in train mode).
-    tensors = [*params, *module.buffers()]
-    saved = [(t, t._version, t.detach().clone()) for t in tensors]
+    # Buffers (running statistics, counters): copied, written back where their version
+    # counter moved (an in-place write inside a forward). Parameters are never written by
+    # the analyses; their version counters catch a forward that writes one in place.
+    saved = [(t, t._version, t.detach().clone()) for t in module.buffers()]
+    versions = [(n, p, p._version) for n, p in module.named_parameters()]
     try:
         if eval_mode:
             module.eval()
@@ -115,6 +117,12 @@ def preserved(module: nn.Module, *, eval_mode: bool = True, grads: bool = True) 
         for p, f, g in zip(params, flags, grads_before):
             p.requires_grad_(f)
             p.grad = g
+    written = [n for n, p, v in versions if p._version != v]
+    if written:
+        raise RuntimeError(
+            f"the module's forward wrote its parameter(s) {', '.join(written[:3])} in place "
+            "during the analysis (in eval mode); vgcore cannot restore them"
+        )
 
 
 def hook_counts(module: nn.Module) -> dict[str, int]:

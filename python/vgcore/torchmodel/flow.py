@@ -98,10 +98,17 @@ class _Units:
             return
         act, top = self.acts[mod]
         with torch.no_grad():
-            d = _derivative(act, args[0].detach(), out.detach())
-            if d is None:
-                return
-            off = d.abs() < self.threshold * top
+            y = out.detach()
+            if act.name == "relu" or (
+                act.name == "leaky_relu"
+                and abs(act.params.get("negative_slope", 0.01)) < self.threshold * top
+            ):
+                off = y <= 0  # one comparison: the derivative is 0 (or below the threshold)
+            else:
+                d = _derivative(act, args[0].detach(), y)
+                if d is None:
+                    return
+                off = d.abs() < self.threshold * top
             self.low.setdefault(block, []).append(off.sum())
             self.total[block] = self.total.get(block, 0) + off.numel()
             self.kind.setdefault(block, act.low_derivative or "saturated")
