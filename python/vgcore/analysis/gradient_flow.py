@@ -636,7 +636,7 @@ def gradient_flow(
                 f"{model.dtype.name}: convert the module (module.double() / .float())"
             )
         return _flow.gradient_flow(
-            model,
+            model,  # type: ignore[arg-type]
             x,
             cotangent=cotangent,
             loss_fn=loss_fn,

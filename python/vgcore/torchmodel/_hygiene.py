@@ -108,8 +108,8 @@ def preserved(module: nn.Module, *, eval_mode: bool = True, grads: bool = True) 
                 d = getattr(m, name)
                 for k in [k for k in d if k not in before]:
                     del d[k]
-        for m, t in zip(mods, training):
-            m.training = t
+        for m, mode in zip(mods, training):
+            m.training = mode
         with torch.no_grad():
             for t, version, value in saved:
                 if t._version != version:

@@ -629,7 +629,7 @@ def record(
             "whose forward hands one tensor from block to block)"
         )
         keep_b = [c for c in range(len(bounds)) if c not in drop]
-        new_labels = []
+        new_labels: list[tuple[str, str]] = []
         for i in range(len(bounds) + 1):
             if i > 0 and (i - 1) in drop:
                 new_labels[-1] = (new_labels[-1][0], labels[i][1])

@@ -118,7 +118,9 @@ class _Units:
 
     def fractions(self, blocks: list[int], merged: dict[int, list[int]]) -> tuple[Any, ...]:
         """Per reported block: low-derivative fraction, its class, dead fraction."""
-        sat, kinds, dead = [], [], []
+        sat: list[torch.Tensor] = []
+        kinds: list[str | None] = []
+        dead: list[torch.Tensor] = []
         for b in blocks:
             parts = merged[b]
             tot = sum(self.total.get(i, 0) for i in parts)
@@ -313,12 +315,11 @@ def _backward(
         params = [t for _, t in p.params[i] if t.requires_grad] if param_grads else []
         pnames = [n for n, t in p.params[i] if t.requires_grad] if param_grads else []
         inputs = ([leaf] if has_input else []) + params
+        grads: tuple[torch.Tensor | None, ...] = (None,) * len(inputs)
         if inputs and p.outs[i].requires_grad:
             grads = torch.autograd.grad(
                 p.outs[i], inputs, grad_outputs=g, retain_graph=True, allow_unused=True
             )
-        else:
-            grads = (None,) * len(inputs)
         if param_grads:
             sq: dict[str, torch.Tensor] = {}
             for n, pg in zip(pnames, grads[1 if has_input else 0 :]):
