@@ -25,11 +25,14 @@ from vgcore.analysis import (
     jacobian_singular_values,
     jacobian_spectrum,
     lyapunov,
+    signal_propagation,
 )
 from vgcore.diagnose import Diagnosis, Fix, diagnose
 from vgcore.models import GRU, LSTM, MLP, RNN
 from vgcore.report import write_report
 from vgcore.sweep import sweep
+from vgcore.torchmodel import BlockChainWarning, TorchModel
+from vgcore.torchmodel.cell import TorchCell
 
 __version__: str = _core.__version__
 
@@ -69,6 +72,7 @@ __all__ = [
     "MLP",
     "RNN",
     "Activation",
+    "BlockChainWarning",
     "Diagnosis",
     "Fix",
     "GradientFlow",
@@ -76,6 +80,8 @@ __all__ = [
     "JacobianSingularValues",
     "JacobianSpectrum",
     "LyapunovSpectrum",
+    "TorchCell",
+    "TorchModel",
     "__version__",
     "compare_to_theory",
     "critical_sigma_w2",
@@ -90,6 +96,7 @@ __all__ = [
     "release_memory",
     "set_num_threads",
     "set_workspace_limit",
+    "signal_propagation",
     "sweep",
     "write_report",
 ]

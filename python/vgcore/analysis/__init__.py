@@ -2,6 +2,7 @@
 
 from vgcore.analysis.gradient_flow import GradientFlow, gradient_flow
 from vgcore.analysis.lyapunov import LyapunovSpectrum, lyapunov
+from vgcore.analysis.signal_propagation import signal_propagation
 from vgcore.analysis.singular_values import JacobianSingularValues, jacobian_singular_values
 from vgcore.analysis.spectrum import JacobianSpectrum, jacobian_spectrum
 
@@ -14,4 +15,5 @@ __all__ = [
     "jacobian_singular_values",
     "jacobian_spectrum",
     "lyapunov",
+    "signal_propagation",
 ]
