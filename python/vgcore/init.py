@@ -38,6 +38,12 @@ name                 weights
 ``negative_mean``    ``N(-mean_scale / fan_in, sigma_w2 / fan_in)`` for logistic networks
 ==================== ====================================================================
 
+Learnt from data
+    ``dbn`` is not a scheme of this table: Deep Belief Network pre-training
+    (:func:`dbn_pretrain`, greedy layer-wise RBMs trained by CD-1) needs the training data,
+    so only ``MLP.from_sizes(..., init="dbn", data=X)`` accepts it (or
+    ``{"name": "dbn", "epochs": ..., "lr": ..., "batch_size": ...}``).
+
 Parameters every scheme accepts
     ``bias``: ``"default"`` (the scheme's default: PyTorch's ``U(+-1/sqrt(fan_in))`` for a
     dense layer, ``U(+-1/sqrt(hidden_size))`` for a recurrent cell, ``N(0, sigma_b2)`` for
@@ -69,16 +75,24 @@ from typing import Any, Union
 
 import numpy as np
 
+# Deep Belief Network pre-training: an initialisation learnt from data (init="dbn" of
+# MLP.from_sizes), so it lives beside the schemes rather than among them.
+from vgcore._dbn import RBM, cd1_step, dbn_pretrain, train_rbm
+
 __all__ = [
     "ALIASES",
     "NEGATIVE_MEAN_CRITICAL_SCALE",
+    "RBM",
     "SCHEMES",
     "Init",
     "InitLike",
     "calculate_gain",
+    "cd1_step",
+    "dbn_pretrain",
     "initialize_dense",
     "initialize_recurrent",
     "resolve_init",
+    "train_rbm",
 ]
 
 #: Parameters shared by every scheme, with their defaults.

@@ -25,6 +25,25 @@ from vgcore.models.registry import register_model_kind
 __all__ = ["MLP"]
 
 
+_DBN_OPTIONS = ("epochs", "lr", "batch_size")
+
+
+def _dbn_options(init: Any) -> dict[str, Any] | None:
+    """``init="dbn"`` or ``{"name": "dbn", **options}``: the options; None for other inits."""
+    if isinstance(init, str) and init.strip().lower() == "dbn":
+        return {}
+    if isinstance(init, dict) and str(init.get("name", "")).strip().lower() == "dbn":
+        opts = {k: v for k, v in init.items() if k != "name"}
+        unknown = [k for k in opts if k not in _DBN_OPTIONS]
+        if unknown:
+            raise ValueError(
+                f"unknown parameter(s) {', '.join(map(repr, unknown))} for init 'dbn'; "
+                f"allowed: {', '.join(_DBN_OPTIONS)}"
+            )
+        return opts
+    return None
+
+
 class _LayerLists:
     """The per-layer lists of an MLP being read from a module or a state_dict: a Linear starts
     a layer, a normalisation directly after it completes the layer."""
@@ -293,6 +312,7 @@ class MLP(Model):
         highway: bool = False,
         highway_bias: float = -1.0,
         norm: str | None = None,
+        data: Any = None,
     ) -> MLP:
         """Build an MLP from layer sizes ``[in, h_1, ..., h_L]`` with a seeded init.
 
@@ -315,8 +335,26 @@ class MLP(Model):
             bias is ``highway_bias`` (negative: carry by default, Srivastava et al. 2015).
         norm : {None, "layernorm", "batchnorm"}
             Normalise every layer's pre-activation (gamma = 1, beta = 0).
+        data : array_like of shape (n_samples, sizes[0]), optional
+            Training data in [0, 1] for ``init="dbn"`` (Deep Belief Network pre-training,
+            :func:`vgcore.init.dbn_pretrain`: every layer an RBM trained by CD-1 on the
+            layer below; ``init={"name": "dbn", "epochs": 10, "lr": 0.1, "batch_size": 10}``
+            sets its options). DBN layers are sigmoid, plain blocks; the output layer is
+            pre-trained too, whatever ``output_activation``.
         """
         from vgcore.init import initialize_dense
+
+        dbn = _dbn_options(init)
+        if dbn is None and data is not None:
+            raise ValueError(
+                f"data is only used by init='dbn' (DBN pre-training), got init={init!r}"
+            )
+        if dbn is not None:
+            return cls._from_dbn(
+                sizes, activation, dbn, data, bias=bias, seed=seed, dtype=dtype,
+                output_activation=output_activation, residual=residual, highway=highway,
+                norm=norm,
+            )  # fmt: skip
 
         dt = resolve_dtype(dtype)
         sizes = _checked_sizes(sizes, dt, 2 if highway else 1)
@@ -371,6 +409,49 @@ class MLP(Model):
             norm_weights=None if norm is None else [np.ones(n, dt) for n in sizes[1:]],
             norm_biases=None if norm is None else [np.zeros(n, dt) for n in sizes[1:]],
         )
+
+    @classmethod
+    def _from_dbn(
+        cls,
+        sizes: Sequence[int],
+        activation: ActivationLike,
+        options: dict[str, Any],
+        data: Any,
+        *,
+        bias: bool,
+        seed: int | np.random.Generator | None,
+        dtype: object,
+        output_activation: ActivationLike | None,
+        residual: bool | float,
+        highway: bool,
+        norm: str | None,
+    ) -> MLP:
+        """``from_sizes`` with ``init="dbn"``: the weights of a DBN pre-trained on ``data``."""
+        from vgcore.init import dbn_pretrain
+
+        if data is None:
+            raise ValueError(
+                "init='dbn' pre-trains on data: pass data=X of shape (n_samples, sizes[0])"
+            )
+        act = as_activation(activation)
+        if act.name != "sigmoid":
+            raise ValueError(
+                f"init='dbn' builds sigmoid layers (RBM hidden units are logistic): "
+                f"activation must be 'sigmoid', got {act.name!r}"
+            )
+        if residual is not False or highway or norm is not None:
+            raise ValueError(
+                "init='dbn' builds plain layers: residual, highway and norm must be left off"
+            )
+        dt = resolve_dtype(dtype)
+        sizes = _checked_sizes(sizes, dt, 1)
+        layers = dbn_pretrain(sizes, data, seed=_rng(seed), dtype=dt, **options)
+        acts = [act] * len(layers)
+        if output_activation is not None:
+            acts[-1] = as_activation(output_activation, "output_activation")
+        ws = [w for w, _ in layers]
+        bs = [b if bias else None for _, b in layers]
+        return cls(ws, bs, acts, dtype=dt)
 
     @classmethod
     def from_torch(cls, module: Any, *, dtype: object = None) -> MLP:
