@@ -143,6 +143,20 @@ def test_streamed_chunks_equal_whole_sequence():
     assert seen[-1] == (40, 40)
 
 
+# torch.compile's own deprecation notices (inductor, torch.jit internals) on torch 2.13
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+def test_compiled_steps_give_the_eager_result():
+    """compile=True runs the same arithmetic through torch.compile (one compilation)."""
+    _seed(17)
+    cell = nn.LSTMCell(2, 3).to(F64)
+    x = torch.randn(30, 2, 2, dtype=F64)
+    eager = lyapunov(cell, x, k=4, qr_every=2, burn_in=3)
+    comp = lyapunov(cell, x, k=4, qr_every=2, burn_in=3, compile=True)
+    np.testing.assert_allclose(comp.exponents, eager.exponents, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(comp.running, eager.running, rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(comp.record_steps, eager.record_steps)
+
+
 # -- custom steps against a jacrev + QR oracle ----------------------------------------------
 
 
