@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     Tb = min(a.baseline_steps, T)
     cell = torch.nn.GRUCell(I, N)
     with torch.no_grad():
-        cell.weight_hh.mul_(4.0)  # a chaotic regime: the exponents are not all negative
+        cell.weight_hh.mul_(4.0)  # near the edge of chaos: the top exponent close to 0
     gru = torch.nn.GRU(I, N)
     with torch.no_grad():
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
