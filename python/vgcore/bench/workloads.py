@@ -448,6 +448,9 @@ def all_workloads(
         ("spectral-radius", partial(spectral_radius, quick)),
         ("singular-values", partial(singular_values, quick)),
     ]
+    from vgcore.bench.torch_workloads import torch_workloads  # needs this module's Workload
+
+    out += torch_workloads(quick)
     if sweep and not quick:
         for N in SWEEP_N:
             if N == 256:
