@@ -23,7 +23,7 @@ struct Inputs {
 };
 
 template <class T>
-Inputs<T> inputs(const TangentModel<T>& m, const py::array& x, const py::object& h0) {
+Inputs<T> inputs(const Model<T>& m, const py::array& x, const py::object& h0) {
   Inputs<T> in;
   if (m.is_dense()) {
     in.x = require<T>(x, "x", {-1, static_cast<py::ssize_t>(m.in_dim(0))});
@@ -44,7 +44,7 @@ template <class T>
 py::dict spectrum_impl(const py::dict& model, const py::array& x, const py::object& h0,
                        const std::vector<std::size_t>& which, const SpectrumOptions& opt,
                        const py::object& progress) {
-  const TangentModel<T> m = parse_tangent_model<T>(model);
+  const Model<T> m = parse_model<T>(model);
   const Inputs<T> in = inputs(m, x, h0);
   Control ctl = make_control(progress);
   SpectrumResult r;
@@ -83,7 +83,7 @@ py::dict spectrum_impl(const py::dict& model, const py::array& x, const py::obje
 template <class T>
 py::dict singular_impl(const py::dict& model, const py::array& x, const py::object& h0,
                        int num_threads, const py::object& progress) {
-  const TangentModel<T> m = parse_tangent_model<T>(model);
+  const Model<T> m = parse_model<T>(model);
   const Inputs<T> in = inputs(m, x, h0);
   SingularOptions opt;
   opt.num_threads = num_threads;
@@ -125,7 +125,7 @@ class PyLyapunov {
   template <class T>
   void init(const py::array& h0, const py::array& v0, std::size_t burn_in, std::size_t qr_every,
             std::size_t max_records, int num_threads) {
-    TangentModel<T> m = parse_tangent_model<T>(model_);
+    Model<T> m = parse_model<T>(model_);
     const auto D = static_cast<py::ssize_t>(m.in_dim(0));
     const T* hp = require<T>(h0, "h0", {-1, D});
     const T* vp = require<T>(v0, "v0", {h0.shape(0), -1, D});

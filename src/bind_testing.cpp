@@ -42,7 +42,7 @@ py::array_t<T> packed_product(const py::array& a, const py::array& b, bool trans
 template <class T>
 py::dict tangent_map_impl(const py::dict& model, std::size_t step, const py::object& x_t,
                           const py::array& state, const py::array& V, const py::array& W) {
-  const TangentModel<T> m = parse_tangent_model<T>(model);
+  const Model<T> m = parse_model<T>(model);
   if (m.is_dense() && step >= m.n_layers())
     throw py::value_error("step must be below the dense stack's " + std::to_string(m.n_layers()) +
                           " layers, got " + std::to_string(step));

@@ -18,7 +18,7 @@
 #include "vgcore/base/activations.hpp"
 #include "vgcore/model/dense_stack.hpp"
 #include "vgcore/model/recurrent_stack.hpp"
-#include "vgcore/model/tangent.hpp"
+#include "vgcore/model/model.hpp"
 
 namespace vgcore::bind {
 
@@ -264,14 +264,12 @@ inline bool is_float32(const py::dict& spec) {
 // The per-sample step maps of a description (Jacobian analyses): dense stacks and
 // unidirectional recurrent models.
 template <class T>
-TangentModel<T> parse_tangent_model(const py::dict& spec) {
+Model<T> parse_model(const py::dict& spec) {
   CellKind cell{};
   if (parse_model_kind(spec, cell))
-    return TangentModel<T>::dense(
-        parse_dense_layers<T>(as_list(entry(spec, "layers", ""), "layers"), -1));
+    return Model<T>::dense(parse_dense_layers<T>(as_list(entry(spec, "layers", ""), "layers"), -1));
   const RecurrentStack<T> st = parse_recurrent<T>(spec, cell, -1, false);
-  if (!is_stack(spec)) return TangentModel<T>::recurrent(st.layers[0]);
-  return TangentModel<T>::stack(st.layers);
+  return Model<T>::recurrent(st.layers);
 }
 
 }  // namespace vgcore::bind

@@ -17,7 +17,7 @@
 #include "vgcore/base/control.hpp"
 #include "vgcore/analysis/lyapunov.hpp"
 #include "vgcore/sweeps/recurrent.hpp"
-#include "vgcore/model/tangent.hpp"
+#include "vgcore/model/model.hpp"
 
 int main() {
   using T = double;
@@ -58,8 +58,7 @@ int main() {
   // 2. The k largest Lyapunov exponents of the same cell, driven by the same inputs.
   vgcore::LyapunovOptions lo;
   lo.k = k;
-  vgcore::LyapunovEngine<T> engine(vgcore::TangentModel<T>::recurrent(w), batch, h0.data(),
-                                   v0.data(), lo);
+  vgcore::LyapunovEngine<T> engine(vgcore::Model<T>::recurrent(w), batch, h0.data(), v0.data(), lo);
   engine.feed(x.data(), steps, steps, ctl);
   engine.finish();
   const std::vector<double> growth = engine.log_growth();  // (batch, k) sums of log|R_ii|

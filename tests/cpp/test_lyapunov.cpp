@@ -3,7 +3,7 @@
 // capped at what the machine has): the exponents of RNN (tanh, relu), LSTM and GRU cells, one and
 // several samples, k from 1 to 40 (ReLU: 7), qr_every 1 and 4, streamed in chunks, with the step
 // split in two halves (TSQR) or not and on 1 or 2 threads, against an independent textbook loop
-// (the general path: TangentModel::advance over [states; tangents] + householder::qr_replace_by_q),
+// (the general path: Model::advance over [states; tangents] + householder::qr_replace_by_q),
 // float64 to 1e-12; float32 to 2e-5 relative on contracting cells. Also: a NaN state names its
 // step. The Python tests run only the default instruction set and split decisions.
 //
@@ -20,14 +20,14 @@
 
 #include "vgcore/base/householder.hpp"
 #include "vgcore/analysis/lyapunov.hpp"
-#include "vgcore/model/tangent.hpp"
+#include "vgcore/model/model.hpp"
 
 using namespace vgcore;
 
 static int g_failures = 0, g_checks = 0;
 
 template <class T>
-struct Model {
+struct Weights {
   CellKind kind;
   std::size_t I, N, D;
   std::vector<T> wih, whh, bih, bhh;
@@ -45,8 +45,8 @@ struct Model {
 };
 
 template <class T>
-Model<T> make_model(CellKind kind, std::size_t I, std::size_t N, double gain, unsigned seed) {
-  Model<T> m{kind, I, N, kind == CellKind::lstm ? 2 * N : N, {}, {}, {}, {}};
+Weights<T> make_model(CellKind kind, std::size_t I, std::size_t N, double gain, unsigned seed) {
+  Weights<T> m{kind, I, N, kind == CellKind::lstm ? 2 * N : N, {}, {}, {}, {}};
   const std::size_t G = cell_gates(kind);
   std::mt19937 rng(seed);
   std::normal_distribution<double> nd;
@@ -61,14 +61,14 @@ Model<T> make_model(CellKind kind, std::size_t I, std::size_t N, double gain, un
   return m;
 }
 
-// The QR method, textbook: [h; V] -> [F(h); J V] by TangentModel::advance, Householder QR of
+// The QR method, textbook: [h; V] -> [F(h); J V] by Model::advance, Householder QR of
 // each sample's k x D block every qr_every steps (and at the end), logs summed in float64.
 // Returns (B, k) exponents (natural log per step), unsorted, in Gram-Schmidt order.
 template <class T>
-std::vector<double> reference(const Model<T>& mod, const std::vector<T>& x, std::size_t steps,
+std::vector<double> reference(const Weights<T>& mod, const std::vector<T>& x, std::size_t steps,
                               std::size_t B, const std::vector<T>& h0, const std::vector<T>& v0,
                               std::size_t k, std::size_t qr_every) {
-  TangentModel<T> m = TangentModel<T>::recurrent(mod.w());
+  vgcore::Model<T> m = vgcore::Model<T>::recurrent(mod.w());
   const std::size_t D = mod.D, GN = m.proj_cols(), rows = B * (k + 1);
   std::vector<T> X(rows * D), Y(rows * D), P(GN * B), tau(k);
   std::vector<double> rd(k), logs(B * k, 0.0);
@@ -99,14 +99,14 @@ std::vector<double> reference(const Model<T>& mod, const std::vector<T>& x, std:
 }
 
 template <class T>
-std::vector<double> engine(const Model<T>& mod, const std::vector<T>& x, std::size_t steps,
+std::vector<double> engine(const Weights<T>& mod, const std::vector<T>& x, std::size_t steps,
                            std::size_t B, const std::vector<T>& h0, const std::vector<T>& v0,
                            std::size_t k, std::size_t qr_every, int threads) {
   LyapunovOptions o;
   o.k = k;
   o.qr_every = qr_every;
   o.num_threads = threads;
-  LyapunovEngine<T> e(TangentModel<T>::recurrent(mod.w()), B, h0.data(), v0.data(), o);
+  LyapunovEngine<T> e(vgcore::Model<T>::recurrent(mod.w()), B, h0.data(), v0.data(), o);
   Control ctl;
   const std::size_t first = steps / 3;  // streamed: two chunks
   e.feed(x.data(), first, steps, ctl);
@@ -121,7 +121,7 @@ template <class T>
 void check_case(const char* name, CellKind kind, std::size_t N, std::size_t k, std::size_t B,
                 std::size_t qr_every, double gain, const char* split, int threads) {
   const std::size_t I = 5, steps = 41;
-  const Model<T> mod = make_model<T>(kind, I, N, gain, static_cast<unsigned>(N * 31 + k));
+  const Weights<T> mod = make_model<T>(kind, I, N, gain, static_cast<unsigned>(N * 31 + k));
   std::mt19937 rng(7);
   std::normal_distribution<double> nd;
   std::vector<T> x(steps * B * I), h0(B * mod.D), v0(B * k * mod.D);
@@ -135,7 +135,7 @@ void check_case(const char* name, CellKind kind, std::size_t N, std::size_t k, s
   const auto got = engine(mod, x, steps, B, h0, v0, k, qr_every, threads);
   unsetenv("VGCORE_LYAPUNOV_SPLIT");
   // Reference in float64 from the same (rounded) weights and inputs.
-  Model<double> md{kind, I, N, mod.D, {}, {}, {}, {}};
+  Weights<double> md{kind, I, N, mod.D, {}, {}, {}, {}};
   md.wih.assign(mod.wih.begin(), mod.wih.end());
   md.whh.assign(mod.whh.begin(), mod.whh.end());
   md.bih.assign(mod.bih.begin(), mod.bih.end());
@@ -164,7 +164,7 @@ void check_case(const char* name, CellKind kind, std::size_t N, std::size_t k, s
 template <class T>
 void check_nan_state() {
   // A ReLU RNN whose state overflows: h_t grows by ~1e12 per step and overflows at step 5.
-  Model<T> m{CellKind::rnn_relu, 1, 3, 3, {}, {}, {}, {}};
+  Weights<T> m{CellKind::rnn_relu, 1, 3, 3, {}, {}, {}, {}};
   m.wih.assign(3, T(1));
   m.whh.assign(9, T(1e12));
   m.bih.assign(3, T(0));
@@ -175,7 +175,7 @@ void check_nan_state() {
   LyapunovOptions o;
   o.k = 1;
   o.num_threads = 1;
-  LyapunovEngine<T> e(TangentModel<T>::recurrent(m.w()), 1, h0.data(), v0.data(), o);
+  LyapunovEngine<T> e(vgcore::Model<T>::recurrent(m.w()), 1, h0.data(), v0.data(), o);
   Control ctl;
   std::size_t step = 0;
   try {
@@ -251,7 +251,7 @@ void check_qr_extreme(double scale, double rtol) {
 // (a busy machine: the caller ran both halves), there is nothing to check.
 void check_helper_fault() {
   const std::size_t I = 5, N = 256, k = 32, steps = 200;
-  const Model<double> mod = make_model<double>(CellKind::rnn_tanh, I, N, 1.3, 5);
+  const Weights<double> mod = make_model<double>(CellKind::rnn_tanh, I, N, 1.3, 5);
   std::mt19937 rng(3);
   std::normal_distribution<double> nd;
   std::vector<double> x(steps * I), h0(N), v0(k * N);

@@ -9,8 +9,7 @@
 //    Householder QR on rows with float64 R diagonal and logs. The kernels are compiled for
 //    AVX-512, AVX2+FMA and the baseline and chosen at run time.
 //  * The general path (dense stacks, recurrent stacks, larger k, or VGCORE_LYAPUNOV_KERNELS=off):
-//  one
-//    TangentModel::advance over [states; tangents] and householder::qr_replace_by_q.
+//    one Model step (advance, model.hpp) over [states; tangents] and householder::qr_replace_by_q.
 //
 // Threads. Several samples: batch-parallel chunks, one thread each, no synchronisation inside
 // a step. One chunk and two or more threads, when the step is large enough (split_ok): each
@@ -543,7 +542,7 @@ class Team {
 
 template <class T>
 struct LyapunovEngine<T>::Impl {
-  TangentModel<T> m;
+  Model<T> m;
   std::size_t B = 0, k = 0, D = 0;
   LyapunovOptions opt;
 
@@ -599,15 +598,17 @@ struct LyapunovEngine<T>::Impl {
   // ---- fast path -------------------------------------------------------------------------
 
   void plan_fast(int threads) {
-    if (m.is_dense() || m.stacked()) return;  // stacks take the general path
-    const CellKind kind = m.cell();
+    const RecurrentWeights<T>* single = m.single_cell();
+    if (!single) return;  // dense and recurrent stacks take the general path
+    const RecurrentWeights<T>& rw = *single;
+    const CellKind kind = rw.kind;
     if (kind != CellKind::rnn_tanh && kind != CellKind::rnn_relu && kind != CellKind::lstm &&
         kind != CellKind::gru)
       return;
     if (!lyap_kernels<T>(k, kr)) return;
     fast = true;
     cell = kind == CellKind::lstm ? 1 : kind == CellKind::gru ? 2 : 0;
-    N = m.hidden();
+    N = rw.hidden;
     G = cell_gates(kind);
     GN = G * N;
     KP = kr.kp;
@@ -615,7 +616,7 @@ struct LyapunovEngine<T>::Impl {
     ntiles = (GN + MR - 1) / MR;
     ncoef = cell == 1 ? 6 : cell == 2 ? 4 : 1;
     act = make_activation(cell_activation(kind));
-    const T* W = m.weights().weight_hh;
+    const T* W = rw.weight_hh;
     orig.resize(GN);
     for (std::size_t pr = 0; pr < GN; ++pr) orig[pr] = static_cast<unsigned>((pr % G) * N + pr / G);
     Wp.assign(ntiles * N * MR + 4 * KP + 64, T(0));
@@ -627,10 +628,9 @@ struct LyapunovEngine<T>::Impl {
         T* dst = Wp.data() + t * N * MR + r;
         for (std::size_t kk = 0; kk < N; ++kk) dst[kk * MR] = src[kk];
       }
-    const auto& rw = m.weights();
     wih = PackedMatrix<T>::transposed(rw.weight_ih, GN, rw.input_size, rw.input_size);
     pbias.assign(GN, T(0));
-    for (std::size_t j = 0; j < GN; ++j) {  // as TangentModel::project_inputs
+    for (std::size_t j = 0; j < GN; ++j) {  // as Model::project_inputs
       if (rw.bias_ih) pbias[j] += rw.bias_ih[j];
       if (rw.bias_hh && cell != 2) pbias[j] += rw.bias_hh[j];  // GRU: b_hh sits inside r * (...)
     }
@@ -905,8 +905,8 @@ struct LyapunovEngine<T>::Impl {
 };
 
 template <class T>
-LyapunovEngine<T>::LyapunovEngine(TangentModel<T> model, std::size_t batch, const T* h0,
-                                  const T* v0, const LyapunovOptions& opt)
+LyapunovEngine<T>::LyapunovEngine(Model<T> model, std::size_t batch, const T* h0, const T* v0,
+                                  const LyapunovOptions& opt)
     : p_(new Impl) {
   Impl& p = *p_;
   p.m = std::move(model);

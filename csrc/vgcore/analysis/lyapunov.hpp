@@ -2,7 +2,7 @@
 //
 // Each sample b carries its trajectory h_t and a block of k tangent vectors V (k x D rows).
 // A step maps [h; V] -> [F(h); J V] with one GEMM for all samples and tangents (see
-// tangent.hpp); every qr_every steps each sample's block is re-orthonormalised by Householder
+// model.hpp); every qr_every steps each sample's block is re-orthonormalised by Householder
 // QR and log|diag R| is accumulated in float64 (after burn_in steps). The exponents are the
 // accumulated logs divided by the accumulated steps: natural log per step (per layer for a
 // dense stack, where depth plays the role of time).
@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "vgcore/base/control.hpp"
-#include "vgcore/model/tangent.hpp"
+#include "vgcore/model/model.hpp"
 
 namespace vgcore {
 
@@ -42,7 +42,7 @@ class LyapunovEngine {
  public:
   // h0: (B, D) initial states (for a dense stack: the input x); v0: (B, k, D) initial tangent
   // vectors (orthonormalised here; need not be orthonormal, must have full rank).
-  LyapunovEngine(TangentModel<T> model, std::size_t batch, const T* h0, const T* v0,
+  LyapunovEngine(Model<T> model, std::size_t batch, const T* h0, const T* v0,
                  const LyapunovOptions& opt);
   ~LyapunovEngine();
   LyapunovEngine(const LyapunovEngine&) = delete;

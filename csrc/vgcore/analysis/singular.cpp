@@ -285,7 +285,7 @@ int graded_jacobi(double* B, std::size_t n, std::size_t r, double* d) {
 }
 
 template <class T>
-SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x, std::size_t steps,
+SingularResult jacobian_log_singular_values(const Model<T>& m, const T* x, std::size_t steps,
                                             std::size_t batch, const T* h0,
                                             const SingularOptions& opt, Control& ctl) {
   const bool dense = m.is_dense();
@@ -397,13 +397,12 @@ SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x
   return res;
 }
 
-template SingularResult jacobian_log_singular_values<float>(const TangentModel<float>&,
-                                                            const float*, std::size_t, std::size_t,
-                                                            const float*, const SingularOptions&,
-                                                            Control&);
-template SingularResult jacobian_log_singular_values<double>(const TangentModel<double>&,
-                                                             const double*, std::size_t,
-                                                             std::size_t, const double*,
-                                                             const SingularOptions&, Control&);
+template SingularResult jacobian_log_singular_values<float>(const Model<float>&, const float*,
+                                                            std::size_t, std::size_t, const float*,
+                                                            const SingularOptions&, Control&);
+template SingularResult jacobian_log_singular_values<double>(const Model<double>&, const double*,
+                                                             std::size_t, std::size_t,
+                                                             const double*, const SingularOptions&,
+                                                             Control&);
 
 }  // namespace vgcore

@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "vgcore/base/control.hpp"
-#include "vgcore/model/tangent.hpp"
+#include "vgcore/model/model.hpp"
 
 namespace vgcore {
 
@@ -40,7 +40,7 @@ struct SingularResult {
 // x: recurrent (steps, B, input_size); dense: (B, in_0), the input, with steps = layers.
 // h0: recurrent initial states (B, D) or null (zeros); ignored for dense stacks.
 template <class T>
-SingularResult jacobian_log_singular_values(const TangentModel<T>& m, const T* x, std::size_t steps,
+SingularResult jacobian_log_singular_values(const Model<T>& m, const T* x, std::size_t steps,
                                             std::size_t batch, const T* h0,
                                             const SingularOptions& opt, Control& ctl);
 

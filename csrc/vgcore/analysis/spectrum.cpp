@@ -401,7 +401,7 @@ struct ApplyOverflow : std::runtime_error {
 // beyond the range of T (the product of a huge weight and an activation slope): it is then
 // rebuilt from JVPs of a scaled-down identity (J is linear in the tangent).
 template <class T>
-void exact_logs(const TangentModel<T>& m, std::size_t s, const T* cache, std::vector<T>& J,
+void exact_logs(const Model<T>& m, std::size_t s, const T* cache, std::vector<T>& J,
                 std::vector<T>& J2, std::vector<T>& U, bool want_radius, bool want_sigma,
                 double& log_radius, double& log_sigma, const std::string& where,
                 std::size_t step1) {
@@ -453,7 +453,7 @@ void exact_logs(const TangentModel<T>& m, std::size_t s, const T* cache, std::ve
 }  // namespace
 
 template <class T>
-SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size_t steps,
+SpectrumResult jacobian_spectrum(const Model<T>& m, const T* x, std::size_t steps,
                                  std::size_t batch, const T* h0,
                                  const std::vector<std::size_t>& which, const SpectrumOptions& opt,
                                  Control& ctl) {
@@ -752,12 +752,12 @@ SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size
   return res;
 }
 
-template SpectrumResult jacobian_spectrum<float>(const TangentModel<float>&, const float*,
-                                                 std::size_t, std::size_t, const float*,
+template SpectrumResult jacobian_spectrum<float>(const Model<float>&, const float*, std::size_t,
+                                                 std::size_t, const float*,
                                                  const std::vector<std::size_t>&,
                                                  const SpectrumOptions&, Control&);
-template SpectrumResult jacobian_spectrum<double>(const TangentModel<double>&, const double*,
-                                                  std::size_t, std::size_t, const double*,
+template SpectrumResult jacobian_spectrum<double>(const Model<double>&, const double*, std::size_t,
+                                                  std::size_t, const double*,
                                                   const std::vector<std::size_t>&,
                                                   const SpectrumOptions&, Control&);
 

@@ -32,7 +32,7 @@
 #include <vector>
 
 #include "vgcore/base/control.hpp"
-#include "vgcore/model/tangent.hpp"
+#include "vgcore/model/model.hpp"
 
 namespace vgcore {
 
@@ -65,7 +65,7 @@ struct SpectrumResult {
 // x: recurrent (steps, B, input_size); dense: (B, in_0) with steps = layers. h0: recurrent
 // initial states (B, D) or null. which: selected steps (ascending, each < steps).
 template <class T>
-SpectrumResult jacobian_spectrum(const TangentModel<T>& m, const T* x, std::size_t steps,
+SpectrumResult jacobian_spectrum(const Model<T>& m, const T* x, std::size_t steps,
                                  std::size_t batch, const T* h0,
                                  const std::vector<std::size_t>& which, const SpectrumOptions& opt,
                                  Control& ctl);

@@ -3,8 +3,8 @@
 //   r = sigmoid(p_r + q_r),  z = sigmoid(p_z + q_z),  n = tanh(p_n + r q_n)
 //   h' = (1 - z) n + z h
 // r multiplies the n-block of the recurrent product, so q_n is kept apart. Gates are stored
-// encoded (gates.hpp). These are the only copies of the formulas: the BPTT sweep, the tangent
-// model and the Lyapunov fast path call them from their own loops (loops, threads, memory and
+// encoded (gates.hpp). These are the only copies of the formulas: the BPTT sweep, the model's
+// layer ops and the Lyapunov fast path call them from their own loops (loops, threads, memory and
 // SIMD layouts live there).
 //
 // Cache a caller keeps per unit for the derivatives: the encoded gates (vr, vz, vn), q_n and h.
@@ -18,6 +18,14 @@
 namespace vgcore::layers {
 
 inline constexpr std::size_t gru_gates = 3;
+
+// What the model asks about the cell (model.hpp): gate blocks, state parts (h), cache units per
+// hidden unit ([r, z, n, q_n, h]), and whether the input projection enters outside the W_hh
+// product (yes: n = tanh(p_n + r q_n), and b_hh stays inside q).
+struct GruCell {
+  static constexpr std::size_t gates = gru_gates, parts = 1, cache_units = 5;
+  static constexpr bool input_outside = true;
+};
 
 template <class T>
 struct GruForward {

@@ -4,7 +4,7 @@
 //   c' = f c + i g,  h' = o tanh(c')
 // Gates and tanh(c') are stored encoded (gates.hpp) so that derivatives stay accurate in deep
 // saturation. State (h, c). These are the only copies of the formulas: the BPTT sweep, the
-// tangent model and the Lyapunov fast path call them from their own loops (loops, threads,
+// model's layer ops and the Lyapunov fast path call them from their own loops (loops, threads,
 // memory and SIMD layouts live there), so every path computes the same numbers.
 //
 // Cache a caller keeps per unit for the derivatives: the encoded gates (vi, vf, vg, vo),
@@ -19,6 +19,14 @@
 namespace vgcore::layers {
 
 inline constexpr std::size_t lstm_gates = 4;
+
+// What the model asks about the cell (model.hpp): gate blocks, state parts (h, c), cache units
+// per hidden unit ([i, f, g, o, c, tanh(c')]), and whether the input projection enters outside
+// the W_hh product.
+struct LstmCell {
+  static constexpr std::size_t gates = lstm_gates, parts = 2, cache_units = 6;
+  static constexpr bool input_outside = false;
+};
 
 // Forward of one unit from its four pre-activations and c.
 template <class T>

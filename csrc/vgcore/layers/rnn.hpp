@@ -5,9 +5,18 @@
 // dL/dz = phi'(z) g, then dL/dh = dL/dz W_hh (the sweeps' GEMM).
 #pragma once
 
+#include <cstddef>
+
 #include "vgcore/base/fastmath.hpp"
 
 namespace vgcore::layers {
+
+// What the model asks about the cell (model.hpp): gate blocks, state parts (h), cache units per
+// hidden unit ([phi'(z)]), and whether the input projection enters outside the W_hh product.
+struct RnnCell {
+  static constexpr std::size_t gates = 1, parts = 1, cache_units = 1;
+  static constexpr bool input_outside = false;
+};
 
 // Cotangent of one unit: dL/dz from g = dL/dh' times f (the pending power of two, flow.hpp).
 template <class T>

@@ -1,4 +1,4 @@
-// The description of a dense stack: its layers, as the sweeps and the tangent model take them.
+// The description of a dense stack: its layers, as the sweeps and Model take them.
 // Layer l maps h_{l-1} to h_l:
 //   z  = W h_{l-1} + b                      (nn.Linear layout: W is out x in)
 //   z' = Norm(z)                            (optional: LayerNorm per sample, or BatchNorm)

@@ -15,10 +15,10 @@ inline std::size_t cell_gates(CellKind k) {
   return k == CellKind::lstm ? 4 : (k == CellKind::gru ? 3 : 1);
 }
 
-// The cell table: what the sweeps and the tangent model ask about a kind, in one place.
+// The cell table: what the sweeps and the bindings ask about a kind, in one place.
 // State parts: (h) or, for an LSTM, (h, c).
 inline std::size_t cell_state_parts(CellKind k) { return k == CellKind::lstm ? 2 : 1; }
-// Units of the per-sample cache the tangent model keeps per hidden unit (layers/<kind>.hpp).
+// Units of the per-sample cache the model keeps per hidden unit (layers/<kind>.hpp).
 inline std::size_t cell_cache_units(CellKind k) {
   return k == CellKind::lstm ? 6 : (k == CellKind::gru ? 5 : 1);
 }

@@ -8,7 +8,7 @@
 namespace vgcore {
 
 template <class T>
-void tangent_map(const TangentModel<T>& m, std::size_t step, const T* x_t, const T* states,
+void tangent_map(const Model<T>& m, std::size_t step, const T* x_t, const T* states,
                  std::size_t batch, const T* V, const T* W, std::size_t k, T* y, T* jv, T* jtw) {
   if (m.is_dense() && step >= m.n_layers())
     throw std::invalid_argument("step out of range: the model has " + std::to_string(m.n_layers()) +
@@ -33,11 +33,11 @@ void tangent_map(const TangentModel<T>& m, std::size_t step, const T* x_t, const
   }
 }
 
-template void tangent_map<float>(const TangentModel<float>&, std::size_t, const float*,
-                                 const float*, std::size_t, const float*, const float*, std::size_t,
-                                 float*, float*, float*);
-template void tangent_map<double>(const TangentModel<double>&, std::size_t, const double*,
-                                  const double*, std::size_t, const double*, const double*,
-                                  std::size_t, double*, double*, double*);
+template void tangent_map<float>(const Model<float>&, std::size_t, const float*, const float*,
+                                 std::size_t, const float*, const float*, std::size_t, float*,
+                                 float*, float*);
+template void tangent_map<double>(const Model<double>&, std::size_t, const double*, const double*,
+                                  std::size_t, const double*, const double*, std::size_t, double*,
+                                  double*, double*);
 
 }  // namespace vgcore

@@ -5,7 +5,7 @@
 
 #include <cstddef>
 
-#include "vgcore/model/tangent.hpp"
+#include "vgcore/model/model.hpp"
 
 namespace vgcore {
 
@@ -20,13 +20,13 @@ namespace vgcore {
 //   jtw     (batch, k, in_dim)        out: J^T W
 // Throws std::invalid_argument for a dense step out of range or a recurrent model without x_t.
 template <class T>
-void tangent_map(const TangentModel<T>& m, std::size_t step, const T* x_t, const T* states,
+void tangent_map(const Model<T>& m, std::size_t step, const T* x_t, const T* states,
                  std::size_t batch, const T* V, const T* W, std::size_t k, T* y, T* jv, T* jtw);
 
-extern template void tangent_map<float>(const TangentModel<float>&, std::size_t, const float*,
+extern template void tangent_map<float>(const Model<float>&, std::size_t, const float*,
                                         const float*, std::size_t, const float*, const float*,
                                         std::size_t, float*, float*, float*);
-extern template void tangent_map<double>(const TangentModel<double>&, std::size_t, const double*,
+extern template void tangent_map<double>(const Model<double>&, std::size_t, const double*,
                                          const double*, std::size_t, const double*, const double*,
                                          std::size_t, double*, double*, double*);
 
