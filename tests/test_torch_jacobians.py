@@ -178,7 +178,7 @@ def test_conv_chain_full_and_top_k():
     assert res.log_singular_values.shape == (2, 50)
     _compare_logs(res.log_singular_values, _oracle_logs(blocks, x), TOL64)
     top = singular_values(blocks, x, k=6)
-    assert top.method == "subspace" and top.converged.all()
+    assert top.method == "krylov" and top.converged.all()
     np.testing.assert_allclose(
         top.log_singular_values, res.log_singular_values[:, :6], rtol=0, atol=TOL64
     )
@@ -226,22 +226,72 @@ def test_100_block_chain_spanning_hundreds_of_decades_matches_the_closed_form():
         w = np.sort(exps[: l + 1].sum(axis=0) * math.log(2.0))[::-1]
         np.testing.assert_allclose(res.block_log_singular_values[l, 0], w, rtol=0, atol=TOL64)
     top = singular_values(blocks, x, k=3, per_block=False)
-    assert top.converged.all()
+    # sigma_2 / sigma_1 ~ 1e-39: far below float64 rounding at sigma_1's scale, so "auto"
+    # leaves the Krylov method for the graded subspace iteration.
+    assert top.method == "subspace" and top.converged.all()
     np.testing.assert_allclose(top.log_singular_values, np.tile(want[:3], (2, 1)), atol=TOL64)
     assert np.isnan(top.block_log_singular_values[:-1]).all()
+    # Forced, the Krylov method gets sigma_1 and says that the others did not converge.
+    with pytest.warns(RuntimeWarning, match="krylov iteration stopped after 5 iterations"):
+        kr = singular_values(blocks, x, k=3, per_block=False, method="krylov", max_iter=5)
+    assert kr.method == "krylov" and not kr.converged.any()
+    np.testing.assert_allclose(kr.log_singular_values[:, 0], want[0], rtol=0, atol=TOL64)
+    assert (kr.residuals[:, 0] <= kr.tol).all() and (kr.residuals[:, 1:] > kr.tol).all()
+
+
+def test_krylov_restarts_float32_and_per_block_rows(monkeypatch):
+    from vgcore.torchmodel import jacobians
+
+    net = _mlp((64, 64, 64, 64), seed=10)
+    blocks = _blocks(net)
+    x = torch.randn(2, 64, dtype=F64)
+    want = _oracle_logs(blocks, x)
+    sub = singular_values(blocks, x, k=4, method="subspace")
+    kr = singular_values(blocks, x, k=4)
+    assert kr.method == "krylov" and kr.converged.all() and kr.iterations < sub.iterations
+    np.testing.assert_allclose(kr.log_singular_values, want[:, :4], rtol=0, atol=TOL64)
+    # Per block: the values of M_l V_k, V_k the top-k right singular vectors of M (oracle:
+    # dense Jacobians; the Ritz vectors carry about the square root of the values' error).
+    for b in range(2):
+        Vk = torch.linalg.svd(_sample_jacobian(_chain(blocks, 4), x, b))[2][:4].T
+        for l in (0, 1, 2, 4):
+            Ml = _sample_jacobian(_chain(blocks, l), x, b)
+            w = torch.log(torch.linalg.svdvals(Ml @ Vk)).numpy()
+            for res in (kr, sub):
+                got = res.block_log_singular_values[l, b]
+                np.testing.assert_allclose(got, w, rtol=0, atol=1e-6)
+    # A basis of at most 2 blocks: restarted cycles, the same values.
+    monkeypatch.setattr(jacobians, "KRYLOV_MAX_BLOCKS", 2)
+    small = singular_values(blocks, x, k=4, per_block=False)
+    assert small.converged.all() and small.iterations > kr.iterations
+    np.testing.assert_allclose(small.log_singular_values, want[:, :4], rtol=0, atol=TOL64)
+    # float32: float32 accuracy against the float64 oracle.
+    f32 = singular_values(_blocks(net.float()), x.float(), k=4, per_block=False)
+    assert f32.method == "krylov" and f32.converged.all()
+    np.testing.assert_allclose(f32.log_singular_values, want[:, :4], rtol=0, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------------- top-k
 
 
-@pytest.mark.parametrize("oversample", [0, 3])
-def test_top_k_agrees_with_the_full_spectrum(oversample):
+@pytest.mark.parametrize(
+    ("method", "oversample", "used"),
+    [
+        ("subspace", 0, "subspace"),
+        ("subspace", 3, "subspace"),
+        ("krylov", 0, "krylov"),
+        ("krylov", 3, "krylov"),
+        ("auto", 0, "krylov"),  # 3 blocks of 4 fit in rank 20
+        ("auto", 3, "subspace"),  # 3 blocks of 7 do not
+    ],
+)
+def test_top_k_agrees_with_the_full_spectrum(method, oversample, used):
     net = _mlp((24, 24, 24, 20), seed=4)
     blocks = _blocks(net)
     x = torch.randn(2, 24, dtype=F64)
     full = singular_values(blocks, x)
-    top = singular_values(blocks, x, k=4, oversample=oversample, max_iter=2000)
-    assert top.method == "subspace" and top.iterations >= 1
+    top = singular_values(blocks, x, k=4, oversample=oversample, max_iter=2000, method=method)
+    assert top.method == used and top.iterations >= 1
     assert top.converged.all() and (top.residuals <= top.tol).all()
     assert top.residuals.shape == (2, 4)
     np.testing.assert_allclose(
@@ -426,6 +476,8 @@ def test_bad_input_errors_name_the_argument():
         singular_values([("lin", nn.Linear(12, 12).double()), ("pair", _Pair())], x)
     with pytest.raises(ValueError, match="block 'mix' mixes the samples of the batch"):
         singular_values([("mix", _Mix())], x)
+    with pytest.raises(ValueError, match=r"method must be 'auto', 'krylov' or 'subspace', got 'x'"):
+        singular_values(blocks, x, k=2, method="x")
     with pytest.raises(ValueError, match=r"method must be 'auto' or 'arnoldi'.* got 'exact'"):
         block_spectrum(blocks, x, method="exact")
     with pytest.raises(ValueError, match=r"which must be a block index in \[-5, 4\], got 7"):

@@ -44,6 +44,8 @@ _LN10 = math.log(10.0)
 #: Full spectra (``k=None``) push one tangent vector per input entry; above this many the
 #: error message suggests ``k``.
 FULL_MAX_DIM = 4096
+#: Top-k by block Krylov: the basis holds at most this many blocks before a thick restart.
+KRYLOV_MAX_BLOCKS = 10
 
 
 # ---------------------------------------------------------------------------------- results
@@ -73,16 +75,17 @@ class TorchJacobianSingularValues(JacobianSingularValues):
     k : int or None
         The number of values asked for (None: all).
     method : str
-        ``"full"`` (one pass with a basis of the whole input space) or ``"subspace"``
-        (subspace iteration with forward and backward passes, in log space).
+        ``"full"`` (one pass with a basis of the whole input space), ``"krylov"`` (block
+        Golub-Kahan-Lanczos) or ``"subspace"`` (graded subspace iteration, in log space).
     iterations : int
-        Subspace iterations (forward + backward pass pairs); 0 for ``"full"``.
+        Forward + backward pass pairs through the chain; 0 for ``"full"``.
     residuals : ndarray of shape (B, k)
-        ``"subspace"``: estimated relative error of each top-k value, from its successive
-        changes (they fall geometrically with ratio ``q``: ``delta q / (1 - q)``); 0 for
-        ``"full"``. (The residual ``||M^T u_i - sigma_i v_i|| / sigma_i`` is not used: in
-        floating point it carries ``eps sigma_1 / sigma_i`` from the larger values, however
-        accurate ``sigma_i`` is.)
+        Estimated relative error of each top-k value; 0 for ``"full"``. ``"krylov"``: from the
+        Ritz residual ``r_i = ||M^T u_i - sigma_i v_i||``, ``min(r_i, r_i^2 / gap_i) /
+        sigma_i`` (``gap_i`` to the nearest other Ritz value). ``"subspace"``: from the
+        successive changes of each value (they fall geometrically with ratio ``q``: ``delta q
+        / (1 - q)``); the residual is not used there, since in floating point it carries
+        ``eps sigma_1 / sigma_i`` from the larger values, however accurate ``sigma_i`` is.
     converged : ndarray of bool, shape (B,)
         Whether every top-k error estimate reached ``tol`` (always True for ``"full"``).
     tol : float
@@ -172,10 +175,11 @@ class TorchJacobianSingularValues(JacobianSingularValues):
             f"{self.method}, {self.dtype.name})",
             f"  sigma in [10^{np.min(l10):.2f}, 10^{np.max(l10):.2f}]",
         ]
-        if self.method == "subspace":
+        if self.method in ("subspace", "krylov"):
             state = "converged" if bool(np.all(self.converged)) else "NOT converged"
+            what = "subspace iteration" if self.method == "subspace" else "block Krylov"
             lines.append(
-                f"  subspace iteration: {self.iterations} iterations, max error estimate "
+                f"  {what}: {self.iterations} iterations, max error estimate "
                 f"{float(np.max(self.residuals)):.2e} ({state}, tol {self.tol:g})"
             )
         else:
@@ -654,6 +658,173 @@ def _backward(chain: _Chain, W: Any, chunk_size: int | None) -> tuple[Any, ...]:
     return W, d, T, torch.stack(finite[::-1])
 
 
+def _apply(chain: _Chain, V: Any, chunk_size: int | None, transpose: bool) -> tuple[Any, ...]:
+    """``M V`` (``transpose=False``, ``V`` (B, n0, b), chained ``vmap(jvp)``) or ``M^T V``
+    (``V`` (B, m_L, b), chained ``vmap(vjp)``) as ``2^e C``: after every block the columns are
+    rescaled by one exact power of two per sample (the largest entry into [1/2, 1)), the
+    exponent accumulated in float64, so the product never over- or underflows however far its
+    scale lies outside the dtype's range. Returns ``C`` (B, m, b), ``e`` (B,) float64 and a
+    flag per block: whether the columns stayed finite."""
+    import torch
+    from torch.func import jvp, vjp, vmap
+
+    B = chain.batch
+    e = torch.zeros(B, dtype=torch.float64, device=V.device)
+    finite = []
+    order = reversed(range(len(chain))) if transpose else range(len(chain))
+    for j in order:
+        if transpose:
+            fn = vjp(chain.fn(j), chain.inputs[j])[1]
+            out = vmap(lambda w, fn=fn: fn(w)[0], chunk_size=chunk_size)(
+                _as_tangents(V, chain.shape_out(j))
+            )
+        else:
+            f, h = chain.fn(j), chain.inputs[j]
+            out = vmap(lambda v, f=f, h=h: jvp(f, (h,), (v,))[1], chunk_size=chunk_size)(
+                _as_tangents(V, chain.shape_in(j))
+            )
+        C = _as_matrix(out, B)
+        big = C.abs().amax(dim=(1, 2))
+        finite.append(torch.isfinite(big).all())
+        _, ex = torch.frexp(torch.where((big > 0) & torch.isfinite(big), big, 1.0))
+        V = torch.ldexp(C, -ex.view(B, 1, 1))
+        e = e + ex.to(torch.float64)
+    flags = torch.stack(finite)
+    return V, e, (flags.flip(0) if transpose else flags)
+
+
+def _orthonormalise(W: Any, basis: Any, gen: Any, eps: float) -> tuple[Any, Any, Any]:
+    """Block classical Gram-Schmidt, twice, of ``W`` (B, n, b) against the orthonormal
+    ``basis`` (B, n, D), then QR: ``W = basis H + Q R``. Columns that vanish (``|r_ii|`` at
+    rounding level: an invariant subspace) are replaced by random vectors orthogonal to
+    everything, with a zero row in ``R``, so the block keeps its size and the Krylov relation
+    holds. Returns ``Q`` (B, n, b), ``H`` (B, D, b) and ``R`` (B, b, b), both float64."""
+    import torch
+
+    B, n, b = W.shape
+    H = torch.zeros(B, basis.shape[2], b, dtype=torch.float64, device=W.device)
+    pre = torch.linalg.vector_norm(W, dim=1)  # (B, b)
+    for _ in range(2):
+        if basis.shape[2]:
+            h = basis.transpose(1, 2) @ W
+            W = W - basis @ h
+            H += h.to(torch.float64)
+    Q, R = torch.linalg.qr(W)
+    R = R.to(torch.float64)
+    rii = torch.diagonal(R, dim1=1, dim2=2).abs()
+    dead = rii <= 10.0 * math.sqrt(n) * eps * pre.to(torch.float64)
+    if bool(dead.any()):
+        rnd = torch.randn(B, n, b, generator=gen, dtype=torch.float64).to(W)
+        Q = torch.where(dead.unsqueeze(1), rnd, Q)
+        R = torch.where(dead.unsqueeze(2), 0.0, R)
+        for _ in range(2):
+            if basis.shape[2]:
+                Q = Q - basis @ (basis.transpose(1, 2) @ Q)
+        Q, R2 = torch.linalg.qr(Q)
+        R = R2.to(torch.float64) @ R
+    return Q, H, R
+
+
+def _krylov_top_k(
+    chain: _Chain,
+    k: int,
+    b: int,
+    restart: int,
+    *,
+    max_iter: int,
+    max_dim: int,
+    tol: float,
+    gen: Any,
+    chunk_size: int | None,
+    give_up: bool,
+) -> tuple[Any, ...]:
+    """Top-``k`` singular values by block Golub-Kahan-Lanczos bidiagonalisation with full
+    reorthogonalisation (block Lanczos on ``M^T M``, Golub & Kahan 1965; as a randomized block
+    Krylov method, Musco & Musco 2015), ``b`` random start vectors; when the basis would pass
+    ``max_dim`` vectors, the top ``restart`` right Ritz vectors (``restart >= k``) start the
+    next cycle as its block.
+
+    ``M V_j`` (chained jvps) extends ``U`` and fills the projected matrix ``K = U^T M V`` (its
+    scale ``2^{E0}`` factored out, float64); ``M^T U_j`` (chained vjps) extends ``V``. With
+    ``K = X diag(s) Y^T``, the Ritz triple ``(s_i, U x_i, V y_i)`` has ``M V y_i = s_i U x_i``
+    and ``||M^T U x_i - s_i V y_i|| = ||R_{j+1} x_i^{(j)}||`` (the coefficient of the next
+    block times the last block of ``x_i``); the error of ``s_i`` is at most that residual and
+    at most its square over the gap to the other Ritz values (relative: divided by ``s_i``).
+
+    Returns ``(logs (B, k), errors (B, k), iterations, V_k (B, n0, k), status)``: the top-k
+    log values, their error estimates, the iterations (forward + backward pass pairs), the
+    right Ritz vectors and ``"converged"`` (every estimate at most ``tol``), ``"range"`` (the
+    values lie too far below ``sigma_1`` for the dtype, ``s_k < 10 eps / tol s_1``: rounding
+    at ``sigma_1``'s scale swamps them; returned only with ``give_up``, the caller then uses
+    graded subspace iteration) or ``"max_iter"``.
+    """
+    import torch
+
+    B = chain.batch
+    dt, dev = chain.dtype, chain.device
+    eps = float(torch.finfo(dt).eps)
+    n0 = chain.dim_in(0)
+    ln2 = math.log(2.0)
+    G0 = torch.randn(B, n0, b, generator=gen, dtype=torch.float64)
+    Vj = torch.linalg.qr(G0)[0].to(device=dev, dtype=dt)
+    E0 = None
+    iterations = 0
+    while True:  # one restart cycle
+        Vs, Us = Vj, torch.zeros(B, chain.dim_out(len(chain) - 1), 0, dtype=dt, device=dev)
+        K = torch.zeros(B, 0, 0, dtype=torch.float64, device=dev)
+        while True:
+            iterations += 1
+            b = Vj.shape[2]
+            C, e, fin = _apply(chain, Vj, chunk_size, transpose=False)
+            _raise_non_finite(chain, fin, "forward")
+            if E0 is None:
+                E0 = e
+            W = torch.ldexp(C, (e - E0).to(torch.int64).view(B, 1, 1))
+            Uj, H, R = _orthonormalise(W, Us, gen, eps)
+            D = Us.shape[2]
+            Kn = torch.zeros(B, D + b, D + b, dtype=torch.float64, device=dev)
+            Kn[:, :D, :D] = K
+            Kn[:, :D, D:] = H
+            Kn[:, D:, D:] = R
+            K, Us = Kn, torch.cat([Us, Uj], dim=2)
+            C, e, fin = _apply(chain, Uj, chunk_size, transpose=True)
+            _raise_non_finite(chain, fin, "backward")
+            Z = torch.ldexp(C, (e - E0).to(torch.int64).view(B, 1, 1))
+            Vn, _, Rb = _orthonormalise(Z, Vs, gen, eps)
+            if D + b < k:  # fewer Ritz values than asked for: extend first
+                Vs, Vj = torch.cat([Vs, Vn], dim=2), Vn
+                continue
+            X, s, Yh = torch.linalg.svd(K)
+            res = torch.linalg.vector_norm(Rb @ X[:, D:, :], dim=1)  # (B, D + b)
+            gap = (s.unsqueeze(2) - s.unsqueeze(1)).abs()
+            gap = gap + torch.diag_embed(torch.full_like(s, math.inf))
+            gap = gap.amin(dim=2)
+            err = torch.minimum(res, res * res / gap) / s.clamp_min(1e-300)
+            err_k = torch.where(s[:, :k] > 0, err[:, :k], math.inf)
+            top_ratio = s[:, k - 1] / s[:, 0].clamp_min(1e-300)
+            status = None
+            if bool((err_k <= tol).all()):
+                status = "converged"
+            elif give_up and bool((top_ratio < 10.0 * eps / tol).any()) and iterations >= 2:
+                status = "range"
+            elif iterations >= max_iter:
+                status = "max_iter"
+            if status is not None:
+                logs = torch.log(s[:, :k]) + (E0 * ln2).unsqueeze(1)
+                Vk = Vs @ Yh.transpose(1, 2)[:, :, :k].to(dt)
+                return logs, err_k, iterations, Vk, status
+            if Vs.shape[2] + b > max_dim:
+                # Restart from M^T applied to the top ``restart`` left Ritz vectors:
+                # M^T U x_i = s_i V y_i + V_{j+1} R x_i^{(j)} (a subspace-iteration step on
+                # the Ritz vectors, so every cycle gains).
+                r = min(restart, s.shape[1])
+                Wr = Vs @ (Yh.transpose(1, 2)[:, :, :r] * s[:, None, :r]).to(dt)
+                Wr = Wr + Vn @ (Rb @ X[:, D:, :r]).to(dt)
+                Vj = torch.linalg.qr(Wr)[0]
+                break
+            Vs, Vj = torch.cat([Vs, Vn], dim=2), Vn
+
+
 def _raise_non_finite(chain: _Chain, finite: Any, direction: str) -> None:
     ok = finite.cpu().numpy()
     if not ok.all():
@@ -677,6 +848,7 @@ def singular_values(
     tol: float | None = None,
     seed: int = 0,
     chunk_size: int | None = None,
+    method: str = "auto",
     model: Any = None,
 ) -> TorchJacobianSingularValues:
     """Singular values of the Jacobian of a chain of blocks, per sample, in log space.
@@ -693,7 +865,7 @@ def singular_values(
     k : int, optional
         None: all ``r`` singular values (``r`` the smallest per-sample size along the chain;
         one tangent vector per input entry is pushed, so ``n0`` up to a few hundred). An int
-        in ``[1, r]``: the top ``k``, by subspace iteration (below).
+        in ``[1, r]``: the top ``k``, by block Krylov or subspace iteration (``method``).
     start, stop : int or str
         The Jacobian runs from the input of block ``start`` to the output of block ``stop``
         (inclusive; indices or block names; the whole chain by default).
@@ -701,19 +873,25 @@ def singular_values(
         Also the spectrum of the product after every block (``block_log_singular_values``);
         otherwise only the last row is filled.
     oversample : int, optional
-        Top-k: extra vectors iterated (default ``max(4, k // 2)``, capped at ``r``); the
-        convergence rate is ``(sigma_{k+oversample+1} / sigma_k)^2`` per iteration.
+        Top-k: ``p = k + oversample`` vectors (default ``oversample = max(4, k // 2)``, ``p``
+        capped at ``r``): the subspace iteration's width (its convergence rate is
+        ``(sigma_{p+1} / sigma_k)^2`` per iteration) and the width a Krylov restart keeps.
     max_iter : int
-        Top-k: forward + backward iterations allowed.
+        Top-k: forward + backward pass pairs allowed.
     tol : float, optional
         Top-k: estimated relative error to reach for each of the top ``k`` values (default
-        1e-12 in float64, 1e-4 in float32: the estimate is pessimistic near the float32
-        rounding floor); at least three iterations are made.
+        1e-12 in float64, 1e-4 in float32: the subspace estimate is pessimistic near the
+        float32 rounding floor).
     seed : int
         Top-k: seed of the start vectors.
     chunk_size : int, optional
         Tangent vectors pushed at once through a block (``vmap``'s ``chunk_size``); all by
         default. Lower it to bound memory.
+    method : {"auto", "krylov", "subspace"}
+        Top-k only. ``"krylov"``: block Golub-Kahan-Lanczos; ``"subspace"``: graded subspace
+        iteration; ``"auto"``: Krylov when three blocks fit in ``r``, falling back to the
+        subspace iteration when the values lie too far below ``sigma_1`` for the dtype
+        (below).
     model : object, optional
         Stored in the result's ``model`` field (the ``TorchModel`` the chain came from).
 
@@ -726,11 +904,31 @@ def singular_values(
     Method (as the native :func:`vgcore.jacobian_singular_values`): tangent columns are pushed
     through each block with ``vmap(jvp)``, the product kept as ``U diag(e^d) T`` with a
     pre-pivoted QR after each block and ``d`` in float64 logs; a graded one-sided Jacobi SVD
-    gives the values. Top-k: subspace iteration on ``M^T M`` with ``p = k + oversample``
-    columns: a forward pass gives ``M V = U_L G`` and the Ritz values ``sigma(G)`` with the
-    Ritz vectors, a backward pass (``vmap(vjp)``, the same graded QR) gives ``M^T U_L X = V' G'``;
-    ``V'`` spans ``M^T M V`` and starts the next iteration. Every quantity
-    stays in log-scaled form, so values far outside the float range are measured.
+    gives the values.
+
+    Top-k, ``"krylov"``: block Golub-Kahan-Lanczos bidiagonalisation with full
+    reorthogonalisation (block Lanczos on ``M^T M``; Musco & Musco 2015), ``max(8, k / 2)``
+    vectors per block (at most ``p``): each iteration pushes one block forward (``M V_j`` by
+    chained ``vmap(jvp)``) and one back (``M^T U_j`` by chained ``vmap(vjp)``), the columns
+    rescaled after every block by an exact power of two per sample with the exponent kept in
+    float64, so ``M`` may lie far outside the dtype's range; the Ritz values come from the
+    projected matrix ``U^T M V`` (float64, its scale factored out). The basis holds at most
+    ``10`` blocks; then it restarts from ``M^T`` applied to the top ``p`` left Ritz vectors.
+    The Krylov basis is orthonormal in working precision, so it resolves values down to
+    about ``eps sigma_1 / tol``: under ``"auto"``, once a ``k``-th Ritz value falls below
+    ``10 eps / tol`` times the first (after two iterations), the graded subspace iteration
+    takes over from a fresh start. On a 12-block Transformer encoder it needed 5-7
+    iterations where the subspace iteration needed 27.
+
+    Top-k, ``"subspace"``: subspace iteration on ``M^T M`` with ``p`` columns: a forward pass
+    gives ``M V = U_L G`` and the Ritz values ``sigma(G)`` with the Ritz vectors, a backward
+    pass (``vmap(vjp)``, the same graded QR) gives ``M^T U_L X = V' G'``; ``V'`` spans ``M^T
+    M V`` and starts the next iteration. Every quantity stays in log-scaled form, so values
+    far below ``sigma_1`` and far outside the float range are measured to high relative
+    accuracy.
+
+    ``per_block`` with top-k: the singular values of ``M_l V_k``, ``V_k`` the top-k right Ritz
+    vectors (for ``"krylov"``, one more forward pass of ``k`` vectors).
 
     Raises
     ------
@@ -747,6 +945,8 @@ def singular_values(
     import torch
 
     chain = _Chain(blocks, x, start, stop)
+    if method not in ("auto", "krylov", "subspace"):
+        raise ValueError(f"method must be 'auto', 'krylov' or 'subspace', got {method!r}")
     if not isinstance(per_block, bool):
         raise TypeError(f"per_block must be True or False, got {per_block!r}")
     max_iter = check_positive_int(max_iter, "max_iter")
@@ -794,6 +994,7 @@ def singular_values(
 
     dev = chain.device
     iterations = 0
+    kr: Any = None
     with torch.no_grad(), _functional_mode():
         if full:
             V = torch.eye(n0, dtype=chain.dtype, device=dev).expand(B, n0, n0)
@@ -807,6 +1008,41 @@ def singular_values(
             method = "full"
         else:
             gen = torch.Generator(device="cpu").manual_seed(seed)
+            assert k is not None  # not full
+            if method == "krylov" or (method == "auto" and 3 * p <= rank):
+                # Smaller blocks reach a higher Krylov degree for the same number of
+                # Jacobian-vector products (measured on a 12-block Transformer: half of k
+                # took 40% fewer products than k + k // 2).
+                kb = min(p, max(8, -(-k // 2)))
+                kr = _krylov_top_k(
+                    chain,
+                    k,
+                    kb,
+                    p,
+                    max_iter=max_iter,
+                    max_dim=min(rank, max(2 * p, KRYLOV_MAX_BLOCKS * kb)),
+                    tol=tol,
+                    gen=gen,
+                    chunk_size=chunk_size,
+                    give_up=method == "auto",
+                )
+                if kr[4] == "range" and method == "auto":
+                    kr = None  # graded subspace iteration below
+        if not full and kr is not None:
+            logs, residuals, iterations, Vk, _ = kr
+            converged = (residuals <= tol).all(dim=1)
+            sweeps = None
+            if per_block:
+                # The per-block spectra of M_l V_k, V_k the top-k right Ritz vectors.
+                _, _, _, states, fin = _forward(chain, Vk, chunk_size, keep=True)
+                _raise_non_finite(chain, fin, "forward")
+                block_logs, _ = _jacobi_per_block(states[:-1]) if len(states) > 1 else ([], None)
+            else:
+                block_logs = []
+            block_logs = [*block_logs, logs]
+            method = "krylov"
+        elif not full:
+            gen = torch.Generator(device="cpu").manual_seed(seed)
             G0 = torch.randn(B, n0, p, generator=gen, dtype=torch.float64)
             V = torch.linalg.qr(G0)[0].to(device=dev, dtype=chain.dtype)
             best, stale = math.inf, 0
@@ -815,7 +1051,7 @@ def singular_values(
                 iterations += 1
                 U, d, T, states, fin = _forward(chain, V, chunk_size, keep=per_block)
                 _raise_non_finite(chain, fin, "forward")
-                logs, sweeps, X, _ = _graded_svd(T, d, vectors=True)
+                logs, sweeps, X, Y = _graded_svd(T, d, vectors=True)
                 # The left Ritz vectors (orthonormal) go back: M^T U X = Vb e^{db} Tb, and
                 # Vb spans M^T M V, the next subspace.
                 Vb, _, _, fin = _backward(chain, U @ X.to(U.dtype), chunk_size)
@@ -848,7 +1084,11 @@ def singular_values(
             converged = (residuals <= tol).all(dim=1)
             if not per_block:
                 states = [(d, T)]
-            block_logs, _ = _jacobi_per_block(states[:-1]) if len(states) > 1 else ([], None)
+            # Per block: M_l V Y_k = U_l diag(e^{d_l}) T_l Y_k, with V Y_k the top-k right Ritz
+            # vectors (as for the Krylov method).
+            Yk = Y[:, :, :k]
+            states = [(dl, Tl @ Yk) for dl, Tl in states[:-1]]
+            block_logs, _ = _jacobi_per_block(states) if states else ([], None)
             block_logs = [*block_logs, logs]
             method = "subspace"
 
@@ -867,7 +1107,7 @@ def singular_values(
         stack[-1] = final
     if not bool(converged.all()):
         warnings.warn(
-            f"singular_values: the top-{k} subspace iteration stopped after {iterations} "
+            f"singular_values: the top-{k} {method} iteration stopped after {iterations} "
             f"iterations with error estimates up to {float(residuals.max()):.2e} above "
             f"tol={tol:g}; "
             "raise max_iter or oversample, or (float32) accept a larger tol",
