@@ -648,3 +648,16 @@ def test_nonfinite_state_is_reported():
         lyapunov(TorchCell(explode, state_sizes=3), x, k=2)
     with pytest.raises(FloatingPointError, match="forward pass produced NaN/Inf at step"):
         gradient_flow(TorchCell(explode, state_sizes=3), x)
+
+
+def test_a_bare_stock_cell_is_a_torch_cell_and_compile_is_refused_elsewhere() -> None:
+    torch.manual_seed(3)
+    cell = torch.nn.GRUCell(4, 6).double()
+    x = torch.randn(30, 2, 4, dtype=torch.float64)
+    direct = vgcore.lyapunov(vgcore.TorchCell(cell), x, k=3)
+    via_module = vgcore.lyapunov(cell, x, k=3)
+    np.testing.assert_array_equal(via_module.exponents, direct.exponents)
+    flow = vgcore.gradient_flow(cell, x)
+    assert "not measured" in repr(flow)
+    with pytest.raises(ValueError, match="compile=True applies to a TorchCell"):
+        vgcore.lyapunov(vgcore.RNN.from_sizes(4, 6, seed=0), x.numpy(), k=2, compile=True)

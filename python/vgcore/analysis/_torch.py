@@ -22,7 +22,8 @@ def _is_module(obj: object) -> bool:
 
 def resolve(model: Any) -> Any:
     """``model`` itself, or for a ``torch.nn.Module`` the native model its registered kind
-    imports exactly, else ``TorchModel(model)``."""
+    imports exactly, a ``TorchCell`` for a stock recurrent cell (``nn.RNNCell``,
+    ``nn.GRUCell``, ``nn.LSTMCell``), else ``TorchModel(model)``."""
     if not _is_module(model):
         return model
     name = type(model).__name__
@@ -32,6 +33,9 @@ def resolve(model: Any) -> Any:
                 return kind.cls.from_torch(model)  # type: ignore[attr-defined]
             except (NotImplementedError, TypeError, ValueError):
                 break  # a module the native kind does not represent: through torch
+    for kind in model_kinds(backend="torch"):
+        if kind.axis == "time" and name in kind.torch_classes:
+            return kind.cls(model)  # a stock cell (nn.GRUCell, ...): a TorchCell
     from vgcore.torchmodel.model import TorchModel
 
     return TorchModel(model)

@@ -378,6 +378,8 @@ class GradientFlow:
                 f"  dead units (inactive for every sample): mean {np.mean(self.dead):.1%}, "
                 f"max {np.max(self.dead):.1%}"
             )
+        if not lines and self.saturation.size and np.all(np.isnan(self.saturation)):
+            return ["  saturation: not measured (the units of a step written in torch are unknown)"]
         return lines or ["  saturation: none possible (linear units)"]
 
     def plot(self, ax: Any = None, **kw: Any) -> Any:
