@@ -299,6 +299,18 @@ def test_top_k_agrees_with_the_full_spectrum(method, oversample, used):
     )
 
 
+def test_krylov_with_one_vector_per_block_k_1():
+    # Lanczos proper (a block of one): the lone first Ritz value must not pass for converged.
+    net = _mlp((24, 24, 24, 20), seed=4)
+    x = torch.randn(2, 24, dtype=F64)
+    full = singular_values(_blocks(net), x)
+    top = singular_values(_blocks(net), x, k=1, oversample=0)
+    assert top.method == "krylov" and top.converged.all() and top.iterations > 1
+    np.testing.assert_allclose(
+        top.log_singular_values, full.log_singular_values[:, :1], rtol=0, atol=TOL64
+    )
+
+
 def test_top_k_equal_to_the_rank_is_one_exact_pass():
     net = _mlp()
     x = torch.randn(2, 12, dtype=F64)
