@@ -847,3 +847,26 @@ def test_bad_input_names_the_argument():
         with vw.watch(model) as w:
             w.observe(loss=torch.ones(3))
     assert hook_state(model) == hook_state(mlp())
+
+
+def test_digits_demo_shows_vanishing_and_recovery():
+    """The training comparison of the example and the demo (digits, or a synthetic task of the
+    same size without scikit-learn): the sigmoid MLP under SGD raises vanishing alerts and
+    leaves its first block still; BatchNorm keeps the gradient at the first block within a
+    few decades of the last."""
+    from vgcore.watch.demo import train_comparison
+
+    runs, acc, _ = train_comparison(
+        40, recipes=["sigmoid + SGD", "sigmoid + BatchNorm"], every=5, depth=10
+    )
+    sgd, bn = runs["sigmoid + SGD"], runs["sigmoid + BatchNorm"]
+    assert sgd.blocks[0] == "0" and sgd.blocks[-1] == "10"
+    assert any(a.kind == "vanishing" and a.block == "0" for a in sgd.alerts)
+    s = max(sgd.history.step)
+    df = sgd.history
+    assert value(df, s, "0", None, "update_ratio") < 1e-8
+    assert value(df, s, "0", None, "grad_norm") < 1e-6 * value(df, s, "10", None, "grad_norm")
+    dfb = bn.history
+    assert value(dfb, s, "0", None, "grad_norm") > 1e-3 * value(dfb, s, "10", None, "grad_norm")
+    assert not [a for a in bn.alerts if a.kind == "vanishing"]
+    assert set(acc) == {"sigmoid + SGD", "sigmoid + BatchNorm"}

@@ -89,6 +89,7 @@ class Watch:
         per_parameter: bool = True,
         activations: bool = True,
         output_grads: bool = True,
+        updates: bool = True,
         saturation_threshold: float = 1e-3,
         alerts: AlertConfig | Mapping[str, Any] | bool = True,
         tensorboard: Any = None,
@@ -160,6 +161,8 @@ class Watch:
         self._analyze_fns = _analysis_functions(analyze)
         self.scaler = scaler
         self.per_parameter = bool(per_parameter)
+        self._updates = bool(updates)
+        self._bufs: dict[int, Any] = {}
         self.saturation_threshold = float(saturation_threshold)
         inner, self._wrappers = _blocks.unwrap(model)
         self._inner = inner
@@ -295,6 +298,7 @@ class Watch:
             self._handles.clear()
             self._clear_tensor_handles()
             self._reset_window()
+            self._bufs.clear()
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
@@ -518,7 +522,7 @@ class Watch:
                     for k, (_, p, _) in enumerate(self._params)
                     if p.requires_grad and id(p) in in_opt
                 ]
-                snap = [local(self._params[k][1]).detach().clone() for k in keys]
+                snap = self._snapshot(keys)
                 self._pending = {"deferred": True, "keys": keys, "snap": snap, "scale": scale}
                 return
             entries = [
@@ -526,12 +530,12 @@ class Watch:
                 for k, (_, p, _) in enumerate(self._params)
                 if p.requires_grad and p.grad is not None
             ]
-            upd = [k for k, p in entries if id(p) in in_opt]
+            upd = [k for k, p in entries if id(p) in in_opt] if self._updates else []
             weights = [local(p) for _, p in entries]
             dev = self._device(weights)
             gsq = squared_norms([local(p.grad) for _, p in entries], dev)
             wsq = squared_norms(weights, dev)
-            snap = [local(self._params[k][1]).detach().clone() for k in upd]
+            snap = self._snapshot(upd)
         self._pending = {
             "entries": [k for k, _ in entries],
             "upd": upd,
@@ -565,6 +569,26 @@ class Watch:
         if pend is not None and self.analyze_every is not None and step % self.analyze_every == 0:
             self._analyze(step)
 
+    def _snapshot(self, keys: list[int]) -> list[Any]:
+        """The weights of ``keys`` copied into buffers kept between steps (one copy of the
+        trained parameters; no allocation per step). Empty with ``updates=False``."""
+        if not self._updates:
+            return []
+        torch = self._torch
+        from vgcore.watch.stats import local
+
+        srcs = [local(self._params[k][1]).detach() for k in keys]
+        bufs = []
+        for k, t in zip(keys, srcs):
+            b = self._bufs.get(k)
+            if b is None or b.shape != t.shape or b.dtype != t.dtype or b.device != t.device:
+                b = torch.empty_like(t)
+                self._bufs[k] = b
+            bufs.append(b)
+        if bufs:
+            torch._foreach_copy_(bufs, srcs)
+        return bufs
+
     def _deferred(self, pend: dict[str, Any]) -> dict[str, Any]:
         """After a step(closure): gradients as they are now (the step does not change them),
         weights from the copy taken before the step."""
@@ -574,7 +598,7 @@ class Watch:
         entries = [
             k for k, (_, p, _) in enumerate(self._params) if p.requires_grad and p.grad is not None
         ]
-        upd = [k for k in entries if k in at]
+        upd = [k for k in entries if k in at] if self._updates else []
         before = [
             pend["snap"][at[k]] if k in at else local(self._params[k][1]).detach() for k in entries
         ]
@@ -661,7 +685,9 @@ class Watch:
         with torch.no_grad():
             out_sq = torch.zeros(len(self._block_mods), dtype=torch.float64, device=dev)
             for i, norms in enumerate(self._out_norms):
-                if norms:
+                if len(norms) == 1 and norms[0].device == dev:
+                    out_sq[i] = norms[0].to(torch.float64) ** 2
+                elif norms:
                     v = torch.stack([n.to(device=dev, dtype=torch.float64) for n in norms])
                     out_sq[i] = (v * v).sum()
             if pend["scale"] is not None:
@@ -1043,7 +1069,8 @@ def watch(
         ``scaler`` (a GradScaler: block-output gradients are reported unscaled; parameter
         gradients are already unscaled when the optimizer steps), ``per_parameter`` (rows per
         tensor, default True), ``activations`` / ``output_grads`` (default True),
-        ``saturation_threshold`` (1e-3, as :func:`vgcore.gradient_flow`), ``alerts`` (True,
+        ``updates`` (default True: update norms and ratios, for which the monitor keeps one
+        copy of the trained parameters), ``saturation_threshold`` (1e-3, as :func:`vgcore.gradient_flow`), ``alerts`` (True,
         False, a dict of :class:`AlertConfig` thresholds), ``tensorboard`` (a log folder),
         ``distributed`` ("auto", None, "ddp", "fsdp"), ``analyze_input`` (the input for the
         analyses when the forward takes several).

@@ -52,7 +52,10 @@ def squared_norms(tensors: Sequence[torch.Tensor], device: torch.device) -> torc
     dense = [t.to_dense() if t.is_sparse else t for t in tensors]
     # One fused kernel per (device, dtype) group; the norms come back in the input's dtype.
     norms = torch._foreach_norm(dense)
-    out = torch.stack([n.to(device=device, dtype=torch.float64) for n in norms])
+    if all(n.device == device and n.dtype == norms[0].dtype for n in norms):
+        out = torch.stack(norms).to(torch.float64)  # the common case: one stack, one cast
+    else:
+        out = torch.stack([n.to(device=device, dtype=torch.float64) for n in norms])
     return out * out
 
 
@@ -130,20 +133,18 @@ def low_derivative_mask(
 class ActivationStats:
     """Running sums of one activation module's outputs over the forward passes of one step.
 
-    Kept as device tensors: ``count`` (elements), ``s1``, ``s2`` (sum and sum of squares via
-    per-call mean / variance, which avoids float32 cancellation), ``low`` (elements with a
-    small derivative) and ``alive`` (per unit: 1 where some sample was active; units are all
-    positions after the batch dimension 0). ``alive`` is dropped when the per-sample shape
-    changes between calls.
+    Kept as device tensors, one small group per call and combined once in :meth:`vector`:
+    the sum and the squared norm of the outputs (cheap reductions; the variance is taken in
+    float64 from them), the number of elements with a small derivative, and per unit whether
+    some sample was active (units are all positions after the batch dimension 0; dropped when
+    the per-sample shape changes between calls).
     """
 
-    __slots__ = ("alive", "count", "low", "s1", "s2", "track_dead")
+    __slots__ = ("alive", "count", "parts", "track_dead")
 
     def __init__(self, track_dead: bool) -> None:
         self.count = 0
-        self.s1: torch.Tensor | None = None
-        self.s2: torch.Tensor | None = None
-        self.low: torch.Tensor | None = None
+        self.parts: list[torch.Tensor] = []
         self.alive: torch.Tensor | None = None
         self.track_dead = track_dead
 
@@ -153,44 +154,52 @@ class ActivationStats:
         n = y.numel()
         if n == 0:
             return
-        var, mean = torch.var_mean(y, correction=0)
-        mean64 = mean.double()
-        s1 = mean64 * n
-        s2 = (var.double() + mean64 * mean64) * n
-        mask = low_derivative_mask(act, None if z is None else z.detach(), y, thr)
-        low = None if mask is None else mask.sum().double()
-        self.s1 = s1 if self.s1 is None else self.s1 + s1
-        self.s2 = s2 if self.s2 is None else self.s2 + s2
-        if low is not None:
-            self.low = low if self.low is None else self.low + low
+        norm = torch.linalg.vector_norm(y)
+        if act.name == "relu":
+            # y = 0 exactly where the unit is off: no mask tensor needed for the units
+            low = (y <= 0).sum()
+            unit = y.flatten(1).amax(0) if (self.track_dead and y.dim() >= 2) else None
+        else:
+            mask = low_derivative_mask(act, None if z is None else z.detach(), y, thr)
+            low = mask.sum() if mask is not None else torch.full((), math.nan, device=y.device)
+            unit = None
+            if self.track_dead and mask is not None and y.dim() >= 2:
+                unit = (~mask).flatten(1).any(0)
+        self.parts += [y.sum(), norm, low]
         self.count += n
-        if self.track_dead and mask is not None and y.dim() >= 2:
-            alive = (~mask).flatten(1).any(0).double()
+        if unit is not None:
+            alive = unit > 0 if unit.dtype != torch.bool else unit
             if self.alive is None and self.count == n:
                 self.alive = alive
             elif self.alive is not None and self.alive.shape == alive.shape:
-                self.alive = torch.maximum(self.alive, alive)
+                self.alive = self.alive | alive
             else:
                 self.alive = None
                 self.track_dead = False
+        elif self.track_dead:
+            self.alive = None
+            self.track_dead = False
 
     def vector(self) -> torch.Tensor | None:
         """[count, s1, s2, low, alive...] as one float64 vector (None when nothing was seen);
         every entry is a sum, so ranks combine them by all-reduce (``alive`` > 0 survives)."""
-        if self.s1 is None or self.s2 is None:
+        if not self.parts:
             return None
-        dev = self.s1.device
-        low = self.low if self.low is not None else torch.full((), math.nan, device=dev)
+        if all(t.dtype == self.parts[0].dtype for t in self.parts):
+            p = torch.stack(self.parts).to(torch.float64).view(-1, 3)
+        else:
+            p = torch.stack([t.to(torch.float64) for t in self.parts]).view(-1, 3)
+        dev = p.device
         head = torch.stack(
             [
                 torch.tensor(float(self.count), dtype=torch.float64, device=dev),
-                self.s1,
-                self.s2,
-                low,
+                p[:, 0].sum(),
+                (p[:, 1] * p[:, 1]).sum(),
+                p[:, 2].sum(),
             ]
         )
         if self.alive is not None:
-            return torch.cat([head, self.alive])
+            return torch.cat([head, self.alive.to(torch.float64)])
         return head
 
 
