@@ -34,16 +34,17 @@ def unwrap(model: nn.Module) -> tuple[nn.Module, list[str]]:
     wrappers: list[str] = []
     while True:
         cls = type(model).__name__
-        if cls in ("DistributedDataParallel", "DataParallel") and isinstance(
-            getattr(model, "module", None), nn.Module
-        ):
+        inner: Any = getattr(model, "module", None)
+        if cls in ("DistributedDataParallel", "DataParallel") and isinstance(inner, nn.Module):
             wrappers.append("ddp")
-            model = model.module
-        elif cls == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = inner
+            continue
+        inner = getattr(model, "_orig_mod", None)
+        if cls == "OptimizedModule" and isinstance(inner, nn.Module):
             wrappers.append("compile")
-            model = model._orig_mod
-        else:
-            return model, wrappers
+            model = inner
+            continue
+        return model, wrappers
 
 
 def _local_longest_runs(root: nn.Module) -> list[list[str]]:

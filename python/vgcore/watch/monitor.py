@@ -889,9 +889,9 @@ class Watch:
                 labels.append((bn, label, metric))
                 values.append(v)
             act_rows.append((bn, label, m))
-        for k, v in losses.items():
-            labels.append((None, None, k))
-            values.append(float(v))
+        for lk, lv in losses.items():
+            labels.append((None, None, lk))
+            values.append(float(lv))
         self._history.append(step, labels, np.asarray(values, dtype=np.float64))
 
         order = self._call_order or self._order_seen or list(range(len(self._block_mods)))
@@ -922,8 +922,8 @@ class Watch:
             for _bn, label, m in act_rows:
                 for metric, v in m.items():
                     wr.add_scalar(f"{metric}/{label}", float(v), step)
-            for k, v in losses.items():
-                wr.add_scalar(k, float(v), step)
+            for lk, lv in losses.items():
+                wr.add_scalar(lk, float(lv), step)
 
     # -- deeper analysis ----------------------------------------------------------------------
     def _analyze(self, step: int) -> None:
