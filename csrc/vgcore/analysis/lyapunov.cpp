@@ -44,15 +44,12 @@
 #include "vgcore/base/blas.hpp"
 #include "vgcore/base/fastmath.hpp"
 #include "vgcore/base/gates.hpp"
+#include "vgcore/base/helper_thread.hpp"
 #include "vgcore/layers/gru.hpp"
 #include "vgcore/layers/lstm.hpp"
 #include "vgcore/base/householder.hpp"
 #include "vgcore/base/packed_gemm.hpp"
 #include "vgcore/base/parallel_rows.hpp"
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>  // _mm_pause
-#endif
 
 namespace vgcore {
 
@@ -261,15 +258,10 @@ struct Aligned64 {
 template <class T>
 using AVec = std::vector<T, Aligned64<T>>;
 
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
-#endif
-}
-
-// The caller plus one helper thread running the two halves of a phase. The caller runs half 0,
-// then claims half 1 if the helper has not (claims are tagged with the phase number, so a late
-// helper can never take a finished phase); the arithmetic is the same either way.
+// The caller plus one helper thread (helper_thread.hpp) running the two halves of a phase. The
+// caller offers half 1, runs half 0, then claims half 1 back if the helper has not taken it; the
+// arithmetic is the same either way. What this adds to the helper is the policy of when to
+// offer at all.
 //
 // Thread-trap guard, two layers.
 //  * Measured choice: the engine marks every step; the median wall time per step over windows
@@ -291,7 +283,7 @@ inline void cpu_relax() {
 // after a sleep only wakes it: no judgement).
 class Team {
  public:
-  Team() : helper_(start_thread([this] { loop(); })) {
+  Team() : helper_(50000) {
     std::lock_guard<std::mutex> lock(policy_mutex());
     const Policy& g = policy();
     if (now_ns() - g.stamp < 2000000000) {
@@ -313,12 +305,6 @@ class Team {
       g.interval[1] = interval_[1];
       g.stamp = now_ns();
     }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_.store(true);
-    }
-    cv_.notify_one();
-    helper_.join();
   }
   Team(const Team&) = delete;
   Team& operator=(const Team&) = delete;
@@ -372,12 +358,7 @@ class Team {
       fn(1);
       return;
     }
-    job_ = [](void* c, int part) { (*static_cast<F*>(c))(part); };
-    ctx_ = &fn;
-    const std::uint64_t e = ++phase_;
-    epoch_.store(e, std::memory_order_seq_cst);
-    const bool asleep = sleeping_.load(std::memory_order_seq_cst);
-    if (asleep) wake();
+    const bool asleep = helper_.offer([](void* c) { (*static_cast<F*>(c))(1); }, &fn);
     // An exception from either half is rethrown here, on the calling thread, once the helper
     // is done with fn (it lives in the caller's frame): never std::terminate in the helper.
     std::exception_ptr err;
@@ -387,30 +368,18 @@ class Team {
       err = std::current_exception();
     }
     const std::int64_t t1 = now_ns();
-    std::uint64_t expect = e - 1;
-    if (claim_.compare_exchange_strong(expect, e, std::memory_order_acq_rel)) {
+    if (helper_.claim()) {
       if (err) std::rethrow_exception(err);
       fn(1);
       // Awake, yet it did not get to the phase: its core is busy (or stalled for a moment).
       if (!asleep) trapped(t1, t1 - now);
       return;
     }
-    // Spin while the helper is plausibly running (about as long as half 0 took); then block,
-    // so that this core goes idle and the scheduler can pull a preempted helper onto it.
+    // Spin while the helper is plausibly running (about as long as half 0 took); then block.
     const std::int64_t patience = 20000 + (t1 - now);
-    int spins = 0;
-    while (done_.load(std::memory_order_acquire) != e) {
-      cpu_relax();
-      if (++spins % 64 == 0 && now_ns() - t1 > patience) {
-        std::unique_lock<std::mutex> lock(mu_);
-        waiting_.store(true, std::memory_order_seq_cst);
-        cv_main_.wait(lock, [&] { return done_.load(std::memory_order_seq_cst) == e; });
-        waiting_.store(false, std::memory_order_seq_cst);
-        break;
-      }
-    }
+    std::exception_ptr helper_err = helper_.wait(t1, patience);
     if (err) std::rethrow_exception(err);
-    if (helper_error_) std::rethrow_exception(std::exchange(helper_error_, nullptr));
+    if (helper_err) std::rethrow_exception(helper_err);
     const std::int64_t t2 = now_ns();
     if (t2 - t1 > patience)
       trapped(t2, t2 - t1);  // preempted mid-half
@@ -433,11 +402,7 @@ class Team {
     static std::mutex m;
     return m;
   }
-  static std::int64_t now_ns() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-  }
+  static std::int64_t now_ns() { return steady_ns(); }
   static std::atomic<std::int64_t>& trap_until() {
     static std::atomic<std::int64_t> v{0};
     return v;
@@ -471,71 +436,13 @@ class Team {
     last_event_ = t;
   }
 
-  void wake() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-    }
-    cv_.notify_one();
-  }
-
-  void loop() {
-    std::uint64_t seen = 0;
-    for (;;) {
-      std::uint64_t e = epoch_.load(std::memory_order_acquire);
-      if (e == seen) {
-        const std::int64_t t0 = now_ns();
-        int spins = 0;
-        while ((e = epoch_.load(std::memory_order_acquire)) == seen && !stop_.load()) {
-          cpu_relax();
-          if (++spins % 256 == 0 && now_ns() - t0 > 50000) break;
-        }
-        if (e == seen && !stop_.load()) {
-          std::unique_lock<std::mutex> lock(mu_);
-          sleeping_.store(true, std::memory_order_seq_cst);
-          cv_.wait(lock,
-                   [&] { return stop_.load() || epoch_.load(std::memory_order_seq_cst) != seen; });
-          sleeping_.store(false, std::memory_order_seq_cst);
-          e = epoch_.load(std::memory_order_acquire);
-        }
-      }
-      if (stop_.load()) return;
-      seen = e;
-      std::uint64_t expect = e - 1;
-      if (!claim_.compare_exchange_strong(expect, e, std::memory_order_acq_rel)) continue;
-      try {
-        if (HelperFaultHook::instance().take()) throw std::bad_alloc();
-        job_(ctx_, 1);
-      } catch (...) {
-        helper_error_ = std::current_exception();  // published by the done_ store below
-      }
-      done_.store(e, std::memory_order_seq_cst);
-      if (waiting_.load(std::memory_order_seq_cst)) {
-        {
-          std::lock_guard<std::mutex> lock(mu_);
-        }
-        cv_main_.notify_one();
-      }
-    }
-  }
-
   // Caller-only state.
-  std::uint64_t phase_ = 0;
   std::int64_t last_event_ = 0, last_step_ = 0, win_[32] = {};
   int mode_ = 1, win_steps_ = 0, skip_ = 2;  // mode: 0 solo, 1 with the helper
   double est_[2] = {0, 0};                   // mean ns per step in each mode
   int age_[2] = {0, 0}, interval_[2] = {4, 4};
   bool probing_ = false;
-  // Shared.
-  void (*job_)(void*, int) = nullptr;
-  void* ctx_ = nullptr;
-  std::exception_ptr helper_error_;  // written by the helper before done_, read after it
-  alignas(64) std::atomic<std::uint64_t> epoch_{0};
-  alignas(64) std::atomic<std::uint64_t> claim_{0};
-  alignas(64) std::atomic<std::uint64_t> done_{0};
-  std::atomic<bool> sleeping_{false}, waiting_{false}, stop_{false};
-  std::mutex mu_;
-  std::condition_variable cv_, cv_main_;
-  std::thread helper_;  // last: starts after everything above is initialised
+  HelperThread helper_;  // last: starts after everything above is initialised
 };
 
 }  // namespace

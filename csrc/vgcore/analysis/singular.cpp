@@ -3,19 +3,17 @@
 
 #include <algorithm>
 #include <cmath>
-#include <condition_variable>
 #include <exception>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <numeric>
 #include <stdexcept>
 #include <string>
 #include <system_error>
-#include <thread>
 #include <utility>
 
 #include "vgcore/base/blas.hpp"
+#include "vgcore/base/helper_thread.hpp"
 #include "vgcore/base/lanes.hpp"
 #include "vgcore/base/lapack.hpp"
 #include "vgcore/base/parallel_rows.hpp"
@@ -56,27 +54,20 @@ void apply_t_update(const TUpdate& u, std::vector<double>& Tm, std::size_t n0,
 }
 
 // Runs the T updates of one sample in order, each overlapping the next step's JVP and QR on a
-// helper thread. The caller takes a posted update back and runs it itself when the helper has
-// not started it by the time the next one is due (its core is busy: the thread trap), so a
-// busy machine costs at most the hand-off. The arithmetic is the same whoever runs it.
+// helper thread (helper_thread.hpp). The caller takes a posted update back and runs it itself
+// when the helper has not started it by the time the next one is due (its core is busy: the
+// thread trap), so a busy machine costs at most the hand-off. The arithmetic is the same
+// whoever runs it. The helper sleeps between updates and the caller blocks when it waits (a
+// step is long next to a wake-up).
 class TUpdater {
  public:
   TUpdater(std::vector<double>& Tm, std::size_t n0, bool helper) : Tm_(Tm), n0_(n0) {
     if (!helper) return;
     try {
-      thread_ = start_thread([this] { loop(); });
+      helper_ = std::make_unique<HelperThread>(0);
     } catch (const std::system_error&) {
       // No helper thread to be had: post() runs the updates here (the same arithmetic).
     }
-  }
-  ~TUpdater() {
-    if (!thread_.joinable()) return;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
   }
   TUpdater(const TUpdater&) = delete;
   TUpdater& operator=(const TUpdater&) = delete;
@@ -84,66 +75,37 @@ class TUpdater {
   // Hand over u (swapped out: u comes back holding a spare buffer).
   void post(TUpdate& u) {
     finish();
-    if (!thread_.joinable()) {
+    if (!helper_) {
       apply_t_update(u, Tm_, n0_, Tp_main_);
       return;
     }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      std::swap(task_, u);
-      state_ = State::posted;
-    }
-    cv_.notify_all();
+    std::swap(task_, u);
+    pending_ = true;
+    helper_->offer(
+        [](void* c) {
+          auto* t = static_cast<TUpdater*>(c);
+          apply_t_update(t->task_, t->Tm_, t->n0_, t->Tp_helper_);
+        },
+        this);
   }
   // The pending update done (by the helper, or here when it has not started).
   void finish() {
-    if (!thread_.joinable()) return;
-    std::unique_lock<std::mutex> lock(mu_);
-    if (state_ == State::posted) {
-      state_ = State::running;
-      lock.unlock();
+    if (!pending_) return;
+    pending_ = false;
+    if (helper_->claim()) {
       apply_t_update(task_, Tm_, n0_, Tp_main_);
-      lock.lock();
-      state_ = State::idle;
+      return;
     }
-    cv_.wait(lock, [&] { return state_ == State::idle; });
-    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+    if (std::exception_ptr err = helper_->wait(steady_ns(), 0)) std::rethrow_exception(err);
   }
 
  private:
-  enum class State { idle, posted, running };
-  void loop() {
-    std::unique_lock<std::mutex> lock(mu_);
-    while (true) {
-      cv_.wait(lock, [&] { return stop_ || state_ == State::posted; });
-      if (state_ != State::posted) return;  // stop
-      state_ = State::running;
-      lock.unlock();
-      try {
-        apply_t_update(task_, Tm_, n0_, Tp_helper_);
-      } catch (...) {
-        lock.lock();
-        error_ = std::current_exception();
-        state_ = State::idle;
-        cv_.notify_all();
-        continue;
-      }
-      lock.lock();
-      state_ = State::idle;
-      cv_.notify_all();
-    }
-  }
-
   std::vector<double>& Tm_;
   const std::size_t n0_;
   std::vector<double> Tp_main_, Tp_helper_;
   TUpdate task_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  State state_ = State::idle;
-  bool stop_ = false;
-  std::exception_ptr error_;
-  std::thread thread_;
+  bool pending_ = false;
+  std::unique_ptr<HelperThread> helper_;  // last: joined before the buffers above go
 };
 
 // Work buffers of one chunk.

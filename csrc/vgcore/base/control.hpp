@@ -102,8 +102,9 @@ struct ThreadStartHook {
   }
 };
 
-// Test hook (C++ tests): the next `helper_job_failures` jobs run by the Lyapunov engine's
-// helper thread throw std::bad_alloc, as an allocation failure there would.
+// Test hook (C++ tests): the next `helper_job_failures` jobs run by a helper thread
+// (helper_thread.hpp: the Lyapunov engine's, the singular values') throw std::bad_alloc, as an
+// allocation failure there would.
 struct HelperFaultHook {
   std::atomic<long> helper_job_failures{0};
   static HelperFaultHook& instance() {
