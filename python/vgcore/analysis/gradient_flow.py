@@ -380,6 +380,8 @@ class GradientFlow:
             )
         if not lines and self.saturation.size and np.all(np.isnan(self.saturation)):
             return ["  saturation: not measured (the units of a step written in torch are unknown)"]
+        if not lines and self.kind == "torch":
+            return ["  saturation: no activation modules recognised in the blocks"]
         return lines or ["  saturation: none possible (linear units)"]
 
     def plot(self, ax: Any = None, **kw: Any) -> Any:

@@ -4,6 +4,8 @@
 (:class:`~vgcore.reference.ssm.DiagonalSSM`, S4D / LRU style) and a selective state-space block
 (:class:`~vgcore.reference.ssm.SelectiveSSM`, Mamba's block with a sequential scan). Each has a
 step form that :class:`vgcore.TorchCell` analyses through time (``layer.as_cell()``).
+:mod:`vgcore.reference.nets` holds small networks to try the analyses of any torch module on
+(a Transformer encoder, a deep sigmoid network, a plain or residual CNN).
 
 torch is imported when an attribute of this package is first used, not with ``vgcore``.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["DiagonalSSM", "SelectiveSSM", "hippo_legs", "s4d_init", "ssm", "zoh"]
+__all__ = ["DiagonalSSM", "SelectiveSSM", "hippo_legs", "nets", "s4d_init", "ssm", "zoh"]
 
 _LAZY = {
     "DiagonalSSM": "vgcore.reference.ssm",
@@ -25,8 +27,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name == "ssm":
-        return importlib.import_module("vgcore.reference.ssm")
+    if name in ("ssm", "nets"):
+        return importlib.import_module(f"vgcore.reference.{name}")
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
@@ -35,4 +37,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY, "ssm"])
+    return sorted([*globals(), *_LAZY, "ssm", "nets"])
