@@ -827,6 +827,14 @@ def test_tensorboard_missing_names_the_extra(monkeypatch, tmp_path):
         vw.watch(mlp(), tensorboard=tmp_path)
 
 
+def test_the_module_is_callable_as_the_function():
+    """vgcore.watch is both the package and the function: calling the module is watch()."""
+    model = mlp()
+    with vw(model, every=2) as w:
+        assert isinstance(w, vw.Watch) and w.every == 2
+    assert hook_state(model) == hook_state(mlp())
+
+
 def test_bad_input_names_the_argument():
     model = mlp()
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
