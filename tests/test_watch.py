@@ -253,6 +253,30 @@ def test_every_logs_every_nth_step_and_one_host_copy_per_logged_step(monkeypatch
     assert_matches_oracle(w, oracle, top, steps={0, 3, 6})
 
 
+def test_lean_options():
+    """updates=False keeps no parameter copy and records no updates; per_parameter=False
+    records block rows only (with the same block norms)."""
+    batches = [data(seed=s) for s in range(2)]
+    full = watched_run(mlp(), OPTIMIZERS["adam"], batches)
+    lean = watched_run(mlp(), OPTIMIZERS["adam"], batches, updates=False, per_parameter=False)
+    for updates in (True, False):
+        model = mlp()
+        opt = OPTIMIZERS["sgd"](model.parameters())
+        with vw.watch(model, opt, updates=updates) as w:
+            x, y = data()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            assert bool(w._bufs) == updates  # the parameter copy exists only for updates
+        assert not w._bufs  # released on close
+    df, dl = full.history, lean.history
+    assert not dl.metric.isin(["update_norm", "update_ratio"]).any()
+    assert dl[dl.metric.isin(["grad_norm", "weight_norm"])].parameter.isna().all()
+    for b in ("0", "1", "2", "3"):
+        np.testing.assert_allclose(
+            value(dl, 1, b, None, "grad_norm"), value(df, 1, b, None, "grad_norm"), rtol=1e-15
+        )
+
+
 def test_without_optimizer_each_backward_is_a_step():
     model = mlp()
     ref = copy.deepcopy(model)
@@ -589,26 +613,33 @@ def test_analyze_every_runs_gradient_flow_without_disturbing_training():
     batches = [data(seed=s) for s in range(5)]
     opt, ropt = OPTIMIZERS["adam"](model.parameters()), OPTIMIZERS["adam"](ref.parameters())
     torch.manual_seed(11)
-    with vw.watch(model, opt, analyze_every=2) as w:
+    names = ("gradient_flow", "jacobian_singular_values")
+    with vw.watch(model, opt, analyze_every=2, analyze=names) as w:
         for x, y in batches:
             opt.zero_grad()
             loss_fn(model(x), y).backward()
             opt.step()
     torch.manual_seed(11)
-    flows = {}
+    flows, svals = {}, {}
     for s, (x, y) in enumerate(batches):
         ropt.zero_grad()
         loss_fn(ref(x), y).backward()
         ropt.step()
         if s % 2 == 0:
             with torch.random.fork_rng(devices=[]):
-                flows[s] = vgcore.gradient_flow(copy.deepcopy(ref).eval(), x)
+                cp = copy.deepcopy(ref).eval()
+                flows[s] = vgcore.gradient_flow(cp, x)
+                svals[s] = vgcore.jacobian_singular_values(cp, x)
     for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
         assert torch.equal(p, q), n
-    assert [s for s, _ in w.analyses] == [0, 2, 4]
+    assert [s for s, _ in w.analyses] == [0, 0, 2, 2, 4, 4]
     assert model.training and all(m.training for m in model.modules())
-    for s, r in w.analyses:
+    for s, r in w.analyses[0::2]:
         np.testing.assert_allclose(r.log10_grad_norms, flows[s].log10_grad_norms, rtol=1e-12)
+    for s, r in w.analyses[1::2]:
+        np.testing.assert_allclose(
+            r.block_log_singular_values, svals[s].block_log_singular_values, rtol=1e-12
+        )
     df = w.history
     rows = df[df.metric == "flow_log10_grad_norm"]
     assert sorted(rows.step.unique()) == [0, 2, 4]
