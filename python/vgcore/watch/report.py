@@ -125,6 +125,9 @@ def compare_runs(watches: Any, *, title: str | None = None) -> Any:
             s = up[up.block == first[0]]
             axes[2].semilogy(s.step, s.value, label=label, lw=1.3)
     axes[0].set(xlabel="step", ylabel="loss", title="training loss")
+    ys = [y for ln in axes[0].lines for y in ln.get_ydata() if np.isfinite(y)]
+    if ys and min(ys) > 0 and max(ys) / min(ys) > 30:
+        axes[0].set_yscale("log")
     axes[1].set(
         xlabel="step",
         ylabel="log10 ||g first block|| / ||g last block||",
