@@ -824,6 +824,10 @@ def test_history_columns_plot_and_report(tmp_path):
     assert len(back) == len(df)
     assert "sigmoid" in rep.markdown.read_text()
     assert "watched Sequential" in w.summary()
+    from vgcore.watch.report import is_watch_input
+
+    assert is_watch_input(w) and is_watch_input([w, w2]) and is_watch_input({"a": w})
+    assert not is_watch_input([]) and not is_watch_input([w, 3]) and not is_watch_input("w")
 
 
 def test_tensorboard_scalars(tmp_path, monkeypatch):
@@ -864,6 +868,17 @@ def test_the_module_is_callable_as_the_function():
     with vw(model, every=2) as w:
         assert isinstance(w, vw.Watch) and w.every == 2
     assert hook_state(model) == hook_state(mlp())
+
+
+def test_importing_the_package_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vgcore.watch, vgcore.watch.report, vgcore.integrations; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_bad_input_names_the_argument():

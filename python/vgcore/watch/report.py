@@ -12,11 +12,27 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["compare_runs", "write_watch_report"]
+__all__ = ["compare_runs", "is_watch_input", "write_watch_report"]
 
 
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "run"
+
+
+def is_watch_input(obj: Any) -> bool:
+    """Whether ``obj`` is a Watch, or a non-empty list / dict of them (what
+    :func:`write_watch_report` takes); imports nothing heavy."""
+    from vgcore.watch.monitor import Watch
+
+    if isinstance(obj, Watch):
+        return True
+    if isinstance(obj, Mapping):
+        vals = list(obj.values())
+    elif isinstance(obj, (list, tuple)):
+        vals = list(obj)
+    else:
+        return False
+    return bool(vals) and all(isinstance(v, Watch) for v in vals)
 
 
 def _runs(watches: Any) -> list[tuple[str, Any]]:
