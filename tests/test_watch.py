@@ -449,6 +449,47 @@ def test_amp_grad_scaler_norms_are_unscaled():
         ropt.step()
 
 
+def test_a_step_the_grad_scaler_skips_leaves_nothing_behind():
+    """An inf loss makes the GradScaler skip the optimizer step: no record for it, and its
+    backward's block-output gradients (inf) do not leak into the next recorded step."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    ref = copy.deepcopy(model)
+    batches = [data(seed=s, dtype=torch.float32) for s in range(3)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    with vw.watch(model, opt, scaler=scaler) as w:
+        for s, (x, y) in enumerate(batches):
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            if s == 1:
+                loss = loss * float("inf")
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    assert w.step == 2 and sorted(w.history.step.unique()) == [0, 1]
+    assert not [a for a in w.alerts if a.metric == "nonfinite"]
+    ropt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    df = w.history
+    for s, (x, y) in zip((0, 1), (batches[0], batches[2])):
+        ropt.zero_grad()
+        store = {}
+        h = ref[0].register_forward_hook(lambda m, a, o, store=store: store.__setitem__(0, o))
+        loss = loss_fn(ref(x), y)
+        h.remove()
+        (g,) = torch.autograd.grad(loss, [store[0]], retain_graph=True)
+        loss.backward()
+        np.testing.assert_allclose(
+            value(df, s, "0", None, "output_grad_norm"), fl(g.double().norm()), rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            value(df, s, "0", "0.weight", "grad_norm"),
+            fl(ref[0].weight.grad.double().norm()),
+            rtol=1e-6,
+        )
+        ropt.step()
+
+
 def test_frozen_parameters_and_parameters_without_grads():
     torch.manual_seed(0)
     model = nn.ModuleDict({"body": mlp(), "unused": nn.Linear(3, 3).double()})
