@@ -11,7 +11,9 @@ The singular values follow the native method (``csrc/vgcore/analysis/singular.hp
 product ``M = J_L ... J_1`` applied to a block of tangent vectors is kept as a graded
 decomposition ``U diag(e^d) T`` (a pre-pivoted QR after each block, ``d`` in float64 logs), and a
 graded one-sided Jacobi SVD, with the scales kept apart, gives the values, each to high
-relative accuracy however far apart (Demmel & Veselic 1992). torch is imported lazily.
+relative accuracy however far apart (Demmel & Veselic 1992). The top-k values come from block
+Golub-Kahan-Lanczos with power-of-two rescaling per block, or, for values too far below the
+largest for the dtype, from a subspace iteration in that graded form. torch is imported lazily.
 """
 
 from __future__ import annotations
