@@ -43,6 +43,7 @@ _LAZY = {
     "critical_sigma_w2": "vgcore.theory",
     "mean_field": "vgcore.theory",
     "phase_diagram": "vgcore.theory",
+    "watch": "vgcore.watch",
 }
 
 
@@ -98,5 +99,6 @@ __all__ = [
     "set_workspace_limit",
     "signal_propagation",
     "sweep",
+    "watch",
     "write_report",
 ]

@@ -114,6 +114,31 @@ def _demo_extras(diags: list[Any], inputs: dict[str, Any]) -> dict[str, Any]:
     return _summaries.demo_extras(diags, inputs=inputs)
 
 
+def _training_demo(args: argparse.Namespace, out: Any) -> None:
+    """A deep sigmoid MLP trained on scikit-learn's digits under several recipes, watched by
+    vgcore.watch (a few seconds), in its own report beside the main one; needs torch."""
+    import importlib.util
+    import logging
+
+    if importlib.util.find_spec("torch") is None:
+        _info(args, "training comparison skipped: it needs PyTorch (pip install torch)")
+        return
+    from vgcore.watch import demo, write_watch_report
+
+    logging.getLogger("vgcore.watch").setLevel(logging.ERROR)  # the alerts go in the report
+    runs, acc, data = demo.train_comparison(150, every=5)
+    rep = write_watch_report(
+        runs, out, title=f"Watching a deep sigmoid MLP train ({data})", figures=True
+    )
+    best = max(acc, key=lambda k: acc[k])
+    _info(
+        args,
+        f"training comparison ({data}): test accuracy "
+        + ", ".join(f"{k} {v:.0%}" for k, v in acc.items())
+        + f"; best {best}; report: {rep.html}",
+    )
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import vgcore
     from vgcore._modelspec import build
@@ -146,6 +171,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"\nreport: {rep.html} (also {rep.markdown.name}, {len(rep.figures)} figures, "
             f"data in {rep.out / 'data'})",
         )
+        _training_demo(args, rep.out / "training")
     _info(args, f"done in {time.perf_counter() - t0:.1f} s")
     if args.json:
         _emit_json(

@@ -240,10 +240,12 @@ def write_report(
 
     Parameters
     ----------
-    diagnoses : sequence of Diagnosis, models or torch modules
+    diagnoses : sequence of Diagnosis, models or torch modules; or watched runs
         Results of :func:`vgcore.diagnose` (a single Diagnosis is accepted too). A model or a
         ``torch.nn.Module`` is diagnosed first, ``vgcore.diagnose(model, x)``; a torch
-        module's report has a table and figures per block.
+        module's report has a table and figures per block. A :func:`vgcore.watch` run (or a
+        list / dict of them) gives a training report
+        (:func:`vgcore.watch.write_watch_report`).
     out : path
         Folder to write (created; existing report files are overwritten).
     title : str
@@ -265,6 +267,19 @@ def write_report(
     -------
     Report
     """
+    from vgcore.watch.report import is_watch_input
+
+    if is_watch_input(diagnoses):  # watched training runs: their own report
+        from vgcore.watch.report import write_watch_report
+
+        return write_watch_report(  # type: ignore[no-any-return]
+            diagnoses,
+            out,
+            title="vgcore training report" if title == "vgcore gradient-flow report" else title,
+            data_format=data_format,
+            figures=figures,
+            intro=intro,
+        )
     if not isinstance(diagnoses, (list, tuple)):
         diagnoses = [diagnoses]
     if not diagnoses:
