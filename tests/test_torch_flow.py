@@ -365,3 +365,20 @@ def test_saturation_and_dead_units_of_recognised_activations():
     assert flow.saturation[0] == pytest.approx(ref_sat, abs=1e-15) and ref_sat > 0.5
     assert flow.low_derivative == ["saturated", "inactive"]
     assert flow.saturation[1] == 1.0 and flow.dead[1] == 1.0 and flow.dead[0] == 0.0
+
+
+def test_num_threads_sets_torchs_threads_for_the_call_only() -> None:
+    m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 4)).double()
+    seen: list[int] = []
+
+    def loss(y: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return 0.5 * (y * y).sum()
+
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    tm = vgcore.TorchModel(m)
+    vgcore.gradient_flow(tm, torch.randn(3, 4, dtype=torch.float64), loss_fn=loss, num_threads=want)
+    assert seen == [want] and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="num_threads"):
+        vgcore.gradient_flow(tm, torch.randn(3, 4, dtype=torch.float64), num_threads=0)

@@ -8,11 +8,13 @@ cannot exist otherwise), so ``import vgcore`` stays free of torch.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from vgcore.models.registry import model_kinds
 
-__all__ = ["is_torch_cell", "is_torch_model", "resolve", "unsupported"]
+__all__ = ["is_torch_cell", "is_torch_model", "resolve", "threads", "unsupported"]
 
 
 def _is_module(obj: object) -> bool:
@@ -35,7 +37,7 @@ def resolve(model: Any) -> Any:
                 break  # a module the native kind does not represent: through torch
     for kind in model_kinds(backend="torch"):
         if kind.axis == "time" and name in kind.torch_classes:
-            return kind.cls(model)  # a stock cell (nn.GRUCell, ...): a TorchCell
+            return kind.cls(model)  # type: ignore[call-arg]  # a stock cell: a TorchCell
     from vgcore.torchmodel.model import TorchModel
 
     return TorchModel(model)
@@ -61,3 +63,22 @@ def unsupported(what: str, **given: Any) -> None:
 def torch_input(model: Any, x: Any, name: str = "x") -> Any:
     """``x`` (numpy or torch) on the module's device and dtype."""
     return model.as_input(x, name=name)
+
+
+@contextmanager
+def threads(num_threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``num_threads`` for the block (validated as the
+    native analyses' ``num_threads``) and restored after; None leaves torch's setting alone."""
+    if num_threads is None:
+        yield
+        return
+    from vgcore._runtime import resolve_threads
+
+    n = resolve_threads(num_threads)
+    torch = sys.modules["torch"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -639,36 +639,38 @@ def gradient_flow(
                 f"dtype {resolve_dtype(dtype).name} differs from the module's "
                 f"{model.dtype.name}: convert the module (module.double() / .float())"
             )
-        return _flow.gradient_flow(
-            model,  # type: ignore[arg-type]
-            x,
-            cotangent=cotangent,
-            loss_fn=loss_fn,
-            param_grads=param_grads,
-            keep_grads=keep_grads,
-            saturation_threshold=saturation_threshold,
-            dead_units=dead_units,
-            rescale=rescale,
-            clip_norm=clip_norm,
-        )
+        with _torch.threads(num_threads):
+            return _flow.gradient_flow(
+                model,  # type: ignore[arg-type]
+                x,
+                cotangent=cotangent,
+                loss_fn=loss_fn,
+                param_grads=param_grads,
+                keep_grads=keep_grads,
+                saturation_threshold=saturation_threshold,
+                dead_units=dead_units,
+                rescale=rescale,
+                clip_norm=clip_norm,
+            )
     if _torch.is_torch_cell(model):
         from vgcore.torchmodel import cell as _cell
 
         _torch.unsupported("a TorchCell", clip_norm=clip_norm, dead_units=dead_units)
-        return _cell.gradient_flow(  # type: ignore[no-any-return]
-            model,
-            x,
-            h0=h0,
-            cotangent=cotangent,
-            loss_fn=loss_fn,
-            dtype=dtype,
-            param_grads=param_grads,
-            keep_grads=keep_grads,
-            keep_states=keep_states,
-            input_grads=True if input_grads is None else input_grads,
-            rescale=rescale,
-            progress=progress,
-        )
+        with _torch.threads(num_threads):
+            return _cell.gradient_flow(  # type: ignore[no-any-return]
+                model,
+                x,
+                h0=h0,
+                cotangent=cotangent,
+                loss_fn=loss_fn,
+                dtype=dtype,
+                param_grads=param_grads,
+                keep_grads=keep_grads,
+                keep_states=keep_states,
+                input_grads=True if input_grads is None else input_grads,
+                rescale=rescale,
+                progress=progress,
+            )
     if loss_fn is not None:
         raise ValueError(
             "loss_fn applies to torch modules and cells; for a native model pass cotangent"

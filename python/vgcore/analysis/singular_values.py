@@ -266,7 +266,7 @@ def jacobian_singular_values(
         from vgcore.torchmodel import jacobians as _jac
 
         _torch.unsupported("a torch module", h0=h0, dtype=dtype)
-        with model.session(x) as chain:  # type: ignore[attr-defined]
+        with _torch.threads(num_threads), model.session(x) as chain:  # type: ignore[attr-defined]
             return _jac.singular_values(chain.pairs, chain.inputs[0], model=model, **torch_options)
     if torch_options:
         raise TypeError(

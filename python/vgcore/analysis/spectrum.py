@@ -289,7 +289,7 @@ def jacobian_spectrum(
         from vgcore.torchmodel import jacobians as _jac
 
         _torch.unsupported("a torch module", h0=h0, dtype=dtype)
-        with model.session(x) as chain:  # type: ignore[attr-defined]
+        with _torch.threads(num_threads), model.session(x) as chain:  # type: ignore[attr-defined]
             return _jac.block_spectrum(
                 chain.pairs,
                 chain.inputs[0],

@@ -35,10 +35,12 @@ def _retain_grad_norms(torch: Any, module: Any, blocks: list[Any], x: Any) -> An
 
     def run() -> np.ndarray:
         outs: list[Any] = []
-        hs = [
-            blk.register_forward_hook(lambda m, a, o: (o.retain_grad(), outs.append(o))[1])
-            for blk in blocks
-        ]
+
+        def keep(mod: Any, args: Any, out: Any) -> None:
+            out.retain_grad()
+            outs.append(out)
+
+        hs = [blk.register_forward_hook(keep) for blk in blocks]
         try:
             h = x.clone().requires_grad_()
             y = module(h)
@@ -99,7 +101,7 @@ def torch_flow_transformer(quick: bool) -> Workload:
 def _resnet(torch: Any, c: int, blocks: int) -> Any:
     nn = torch.nn
 
-    class BasicBlock(nn.Module):
+    class BasicBlock(nn.Module):  # type: ignore[name-defined,misc]
         def __init__(self) -> None:
             super().__init__()
             self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
