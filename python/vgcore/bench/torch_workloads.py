@@ -139,6 +139,47 @@ def torch_flow_resnet(quick: bool) -> Workload:
     )
 
 
+def torch_singular_transformer(quick: bool) -> Workload:
+    """Top-32 singular values of a Transformer encoder's input-output Jacobian (one sample, the
+    whole (S, d) sequence): vgcore's block Krylov through jvp / vjp against the dense Jacobian
+    by jacrev and torch.linalg.svdvals. The issue's size (S = 64, a 16384 x 16384 Jacobian)
+    takes the dense peer about 20 minutes here, so the suite runs S = 16 (4096 x 4096);
+    bench/torch_jac_bench.py measures S = 16, 32 and 64."""
+    torch = P.torch_or_none()
+    assert torch is not None
+    L, d, S, k = (4, 64, 4, 8) if quick else (12, 256, 16, 32)
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(d, 8, 4 * d, dropout=0.0, batch_first=True)
+    module = torch.nn.TransformerEncoder(layer, L, enable_nested_tensor=False).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(1, S, d)
+    n = S * d
+
+    def ours(th: int) -> np.ndarray:
+        r = vgcore.jacobian_singular_values(module, x, k=k, num_threads=th)
+        return np.asarray(r.log_singular_values[0, :k], np.float64)
+
+    def dense() -> np.ndarray:
+        J = torch.func.jacrev(lambda v: module(v.reshape(1, S, d)).reshape(-1))(x.reshape(-1))
+        return np.log(torch.linalg.svdvals(J).double().numpy()[:k])
+
+    w = Workload(
+        "torch-singular-transformer",
+        f"top-{k} singular values TransformerEncoder L={L} d={d} S={S} (n={n})",
+        # one jvp + one vjp of k + 16 vectors per Krylov iteration (about 8), three forwards each
+        8.0 * 2 * 3 * (k + 16) * L * (2 * S * 12 * d * d + 4 * S * S * d),
+        ours,
+        family="torch-singular",
+        compare="logs",
+        tol=1e-3,
+        note="peer: the dense Jacobian (jacrev) and all its singular values (svdvals)",
+        N=n,
+    )
+    w.peers.append(P.Peer("torch jacrev+svdvals", dense, configure=P.torch_configure(torch)))
+    return w
+
+
 def torch_cell_lyapunov(quick: bool) -> Workload:
     torch = P.torch_or_none()
     assert torch is not None
@@ -213,5 +254,6 @@ def torch_workloads(quick: bool) -> list[tuple[str, Any]]:
     return [
         ("torch-flow-transformer", partial(torch_flow_transformer, quick)),
         ("torch-flow-resnet", partial(torch_flow_resnet, quick)),
+        ("torch-singular-transformer", partial(torch_singular_transformer, quick)),
         ("torch-cell-lyapunov-gru", partial(torch_cell_lyapunov, quick)),
     ]
