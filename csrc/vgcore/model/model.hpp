@@ -161,14 +161,9 @@ using Layer = std::variant<DenseOp<T>, RecurrentOp<T, RnnCell>, RecurrentOp<T, L
 // stack).
 template <class T>
 Layer<T> recurrent_layer_op(const RecurrentWeights<T>& w, bool reads_below) {
-  switch (w.kind) {
-    case CellKind::lstm:
-      return RecurrentOp<T, LstmCell>(w, reads_below);
-    case CellKind::gru:
-      return RecurrentOp<T, GruCell>(w, reads_below);
-    default:  // rnn_tanh, rnn_relu
-      return RecurrentOp<T, RnnCell>(w, reads_below);
-  }
+  return with_cell(w.kind, [&](auto cell) -> Layer<T> {
+    return RecurrentOp<T, decltype(cell)>(w, reads_below);
+  });
 }
 
 template <class T>
