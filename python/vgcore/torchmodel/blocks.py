@@ -39,6 +39,7 @@ __all__ = [
     "Chain",
     "Segment",
     "auto_boundaries",
+    "longest_runs",
     "record",
 ]
 
@@ -218,7 +219,7 @@ class Chain:
 
 
 # -- discovery ---------------------------------------------------------------------------------
-def _longest_runs(root: nn.Module) -> list[list[str]]:
+def longest_runs(root: nn.Module) -> list[list[str]]:
     """Maximal runs (length >= 2) of consecutive same-class children of every ModuleList /
     Sequential inside ``root``, longest first (ties: outermost first)."""
     runs: list[tuple[int, int, list[str]]] = []
@@ -275,7 +276,7 @@ def auto_boundaries(root: nn.Module, x: torch.Tensor) -> tuple[list[Cut], list[s
     if isinstance(root, nn.Sequential) and len(root) > 0:
         names = [n for n, _ in root.named_children()]
         return [*(Cut(n, "in") for n in names), Cut(names[-1], "out")], []
-    runs = _longest_runs(root)
+    runs = longest_runs(root)
     if runs:
         every = [n for r in runs for n in r]
         counts = _call_order(root, x, every)

@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from vgcore.torchmodel.blocks import longest_runs
+
 __all__ = ["OTHER", "clean_name", "param_owners", "unwrap", "watch_blocks"]
 
 #: The block that holds parameters outside every block (a root-level nn.Parameter).
@@ -47,37 +49,6 @@ def unwrap(model: nn.Module) -> tuple[nn.Module, list[str]]:
         return model, wrappers
 
 
-def _local_longest_runs(root: nn.Module) -> list[list[str]]:
-    """Maximal runs (length >= 2) of consecutive same-class children of every ModuleList /
-    Sequential inside ``root``, longest first (ties: outermost first)."""
-    runs: list[tuple[int, int, list[str]]] = []
-    for order, (name, m) in enumerate(root.named_modules()):
-        if not isinstance(m, (nn.ModuleList, nn.Sequential)) or m is root:
-            continue
-        kids = list(m.named_children())
-        i = 0
-        while i < len(kids):
-            j = i
-            while j + 1 < len(kids) and type(kids[j + 1][1]) is type(kids[i][1]):
-                j += 1
-            if j > i:
-                prefix = f"{name}." if name else ""
-                runs.append((j - i + 1, order, [prefix + k for k, _ in kids[i : j + 1]]))
-            i = j + 1
-    runs.sort(key=lambda r: (-r[0], r[1]))
-    return [r[2] for r in runs]
-
-
-def _repeated_runs(root: nn.Module) -> list[list[str]]:
-    """The runs of repeated blocks, as the any-model analyses find them (without a forward
-    pass: the monitor learns the call order from the training loop itself)."""
-    try:
-        from vgcore.torchmodel.blocks import _longest_runs
-    except ImportError:  # pragma: no cover - the any-model package not present
-        return _local_longest_runs(root)
-    return _longest_runs(root)
-
-
 def _auto_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """An ``nn.Sequential``: its children. Otherwise the longest run of repeated blocks
     (children of one class in a ModuleList / Sequential: ``TransformerEncoder.layers``, a GPT's
@@ -89,7 +60,7 @@ def _auto_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
         return [("model", model)]
     if isinstance(model, nn.Sequential):
         return kids
-    runs = _repeated_runs(model)
+    runs = longest_runs(model)  # the any-model analyses' runs, without a forward pass
     if not runs:
         return kids
     run = runs[0]
