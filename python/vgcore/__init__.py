@@ -6,6 +6,8 @@ activation saturation, parameter-gradient norms, from one compiled call per anal
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vgcore._loader import _core
 from vgcore._runtime import (
     MAX_THREADS,
@@ -31,14 +33,22 @@ from vgcore.diagnose import Diagnosis, Fix, diagnose
 from vgcore.models import GRU, LSTM, MLP, RNN
 from vgcore.report import write_report
 from vgcore.sweep import sweep
-from vgcore.torchmodel import BlockChainWarning, TorchModel
-from vgcore.torchmodel.cell import TorchCell
 
 __version__: str = _core.__version__
+
+if TYPE_CHECKING:  # the lazy names below, as type checkers should see them
+    from vgcore.theory import compare_to_theory, critical_sigma_w2, mean_field, phase_diagram
+    from vgcore.torchmodel import BlockChainWarning, TorchModel
+    from vgcore.torchmodel.cell import TorchCell
+    from vgcore.watch import watch
 
 #: Imported on first use: mean-field theory pulls in scipy.special / scipy.optimize, which a
 #: command-line call that does not need them should not pay for at start-up.
 _LAZY = {
+    # the torch backend's models: torch-free, but a tenth of the import time
+    "BlockChainWarning": "vgcore.torchmodel",
+    "TorchCell": "vgcore.torchmodel.cell",
+    "TorchModel": "vgcore.torchmodel",
     "compare_to_theory": "vgcore.theory",
     "critical_sigma_w2": "vgcore.theory",
     "mean_field": "vgcore.theory",

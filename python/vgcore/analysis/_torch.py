@@ -35,6 +35,8 @@ def resolve(model: Any) -> Any:
                 return kind.cls.from_torch(model)  # type: ignore[attr-defined]
             except (NotImplementedError, TypeError, ValueError):
                 break  # a module the native kind does not represent: through torch
+    import vgcore.torchmodel.cell  # noqa: F401  (registers the torch_cell kind)
+
     for kind in model_kinds(backend="torch"):
         if kind.axis == "time" and name in kind.torch_classes:
             return kind.cls(model)  # type: ignore[call-arg]  # a stock cell: a TorchCell
