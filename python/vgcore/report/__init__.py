@@ -22,7 +22,7 @@ import numpy as np
 
 from vgcore.diagnose.evidence import verdict_thresholds
 from vgcore.diagnose.text import evidence_lines, thresholds_line
-from vgcore.report._document import Document, render_html, render_markdown
+from vgcore.report._document import Document, write_pages
 from vgcore.report._figures import Figure, make_figures
 from vgcore.report._tables import DATA_FORMATS, report_tables, write_table
 
@@ -305,10 +305,7 @@ def write_report(
         for name, rows in report_tables(diagnoses).items()
     ]
     doc = _build_document(diagnoses, figs, data, out, title, notes, intro)
-    md = out / "report.md"
-    md.write_text(render_markdown(doc), encoding="utf-8")
-    page = out / "report.html"
-    page.write_text(render_html(doc, out), encoding="utf-8")
+    md, page = write_pages(doc, out)
     return Report(
         out=out,
         markdown=md,

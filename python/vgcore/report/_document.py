@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Document", "render_html", "render_markdown"]
+__all__ = ["Document", "render_html", "render_markdown", "write_pages"]
 
 
 @dataclass
@@ -118,3 +118,12 @@ def render_html(doc: Document, root: Path) -> str:
             raise ValueError(f"unknown block kind {kind!r}")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def write_pages(doc: Document, out: Path) -> tuple[Path, Path]:
+    """Write ``out / "report.md"`` and ``out / "report.html"`` (images embedded); their paths."""
+    md = out / "report.md"
+    md.write_text(render_markdown(doc), encoding="utf-8")
+    page = out / "report.html"
+    page.write_text(render_html(doc, out), encoding="utf-8")
+    return md, page

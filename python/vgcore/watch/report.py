@@ -191,7 +191,7 @@ def write_watch_report(
     """
     import vgcore
     from vgcore.report import Report
-    from vgcore.report._document import Document, render_html, render_markdown
+    from vgcore.report._document import Document, write_pages
     from vgcore.report._tables import DATA_FORMATS, write_table
 
     runs = _runs(watches)
@@ -281,10 +281,7 @@ def write_watch_report(
     if notes:
         doc.add("h2", "Notes")
         doc.add("ul", notes)
-    md = out / "report.md"
-    md.write_text(render_markdown(doc), encoding="utf-8")
-    page = out / "report.html"
-    page.write_text(render_html(doc, out), encoding="utf-8")
+    md, page = write_pages(doc, out)
     return Report(
         out=out,
         markdown=md,
