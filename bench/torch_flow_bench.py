@@ -14,36 +14,9 @@ import time
 import torch
 from torch import nn
 
+from vgcore.reference.nets import resnet, transformer
 from vgcore.torchmodel import TorchModel
 from vgcore.torchmodel.flow import gradient_flow
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, c: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c)
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c)
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + x)
-
-
-def resnet(c: int = 64, blocks: int = 8) -> nn.Module:
-    return nn.Sequential(
-        nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()),
-        *[BasicBlock(c) for _ in range(blocks)],
-        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)),
-    )
-
-
-def transformer(d: int = 256, layers: int = 12) -> nn.Module:
-    layer = nn.TransformerEncoderLayer(d, 8, 4 * d, dropout=0.0, batch_first=True)
-    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
 def _sync(dev: torch.device) -> None:
@@ -94,13 +67,13 @@ def main() -> None:
     print(f"torch {torch.__version__}, {dev}, threads {torch.get_num_threads()}, float32")
     bench(
         "Transformer encoder 12x d=256 T=128 B=8",
-        transformer().to(dev),
+        transformer(256, 12, heads=8).to(dev),
         torch.randn(8, 128, 256, device=dev),
         args.repeats,
     )
     bench(
         "ResNet-style CNN 8 blocks c=64 32x32 B=16",
-        resnet().to(dev),
+        resnet(64, 8).to(dev),
         torch.randn(16, 3, 32, 32, device=dev),
         args.repeats,
     )

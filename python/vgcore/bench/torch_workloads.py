@@ -23,6 +23,7 @@ import numpy as np
 import vgcore
 from vgcore.bench import peers as P
 from vgcore.bench.workloads import Workload
+from vgcore.reference import nets
 
 F32 = np.float32
 
@@ -83,8 +84,7 @@ def torch_flow_transformer(quick: bool) -> Workload:
     assert torch is not None
     L, d, S, B = (4, 64, 32, 4) if quick else (12, 256, 128, 8)
     torch.manual_seed(0)
-    layer = torch.nn.TransformerEncoderLayer(d, 8, 4 * d, dropout=0.0, batch_first=True)
-    module = torch.nn.TransformerEncoder(layer, L, enable_nested_tensor=False).eval()
+    module = nets.transformer(d, L, heads=8)
     x = torch.randn(B, S, d)
     flops = 3.0 * L * (2 * B * S * 12 * d * d + 4 * B * S * S * d)
     return _flow(
@@ -98,34 +98,12 @@ def torch_flow_transformer(quick: bool) -> Workload:
     )
 
 
-def _resnet(torch: Any, c: int, blocks: int) -> Any:
-    nn = torch.nn
-
-    class BasicBlock(nn.Module):  # type: ignore[name-defined,misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-            self.bn1 = nn.BatchNorm2d(c)
-            self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-            self.bn2 = nn.BatchNorm2d(c)
-
-        def forward(self, x: Any) -> Any:
-            out = torch.relu(self.bn1(self.conv1(x)))
-            return torch.relu(self.bn2(self.conv2(out)) + x)
-
-    return nn.Sequential(
-        nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()),
-        *[BasicBlock() for _ in range(blocks)],
-        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)),
-    ).eval()
-
-
 def torch_flow_resnet(quick: bool) -> Workload:
     torch = P.torch_or_none()
     assert torch is not None
     nb, c, H, B = (4, 16, 16, 8) if quick else (8, 64, 32, 16)
     torch.manual_seed(0)
-    module = _resnet(torch, c, nb)
+    module = nets.resnet(c, nb)
     x = torch.randn(B, 3, H, H)
     flops = 3.0 * 2 * B * H * H * 9 * c * c * (2 * nb)
     return _flow(
@@ -149,8 +127,7 @@ def torch_singular_transformer(quick: bool) -> Workload:
     assert torch is not None
     L, d, S, k = (4, 64, 4, 8) if quick else (12, 256, 16, 32)
     torch.manual_seed(0)
-    layer = torch.nn.TransformerEncoderLayer(d, 8, 4 * d, dropout=0.0, batch_first=True)
-    module = torch.nn.TransformerEncoder(layer, L, enable_nested_tensor=False).eval()
+    module = nets.transformer(d, L, heads=8)
     for p in module.parameters():
         p.requires_grad_(False)
     x = torch.randn(1, S, d)

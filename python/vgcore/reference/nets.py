@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["deep_sigmoid_net", "plain_cnn", "transformer"]
+__all__ = ["deep_sigmoid_net", "plain_cnn", "resnet", "transformer"]
 
 
-def transformer(d_model: int = 64, layers: int = 6, *, norm_first: bool = False) -> Any:
-    """A Transformer encoder, ``(B, S, d_model) -> (B, S, d_model)`` (batch first, 4 heads,
-    feed-forward ``4 d_model``, no dropout); post-LN by default, pre-LN with ``norm_first``."""
+def transformer(
+    d_model: int = 64, layers: int = 6, *, heads: int = 4, norm_first: bool = False
+) -> Any:
+    """A Transformer encoder, ``(B, S, d_model) -> (B, S, d_model)`` (batch first, ``heads``
+    heads, feed-forward ``4 d_model``, no dropout); post-LN by default, pre-LN with
+    ``norm_first``."""
     import torch
 
     layer = torch.nn.TransformerEncoderLayer(
-        d_model, 4, 4 * d_model, dropout=0.0, batch_first=True, norm_first=norm_first
+        d_model, heads, 4 * d_model, dropout=0.0, batch_first=True, norm_first=norm_first
     )
     return torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False).eval()
 
@@ -62,4 +65,31 @@ def plain_cnn(channels: int = 16, depth: int = 8, *, skips: bool = False) -> Any
 
     return nn.Sequential(
         nn.Conv2d(3, channels, 3, padding=1), *[Block() for _ in range(depth)]
+    ).eval()
+
+
+def resnet(channels: int = 64, blocks: int = 8, classes: int = 10) -> Any:
+    """A ResNet-style CNN on ``(B, 3, H, W)`` images: a 3x3 stem, ``blocks`` basic blocks
+    ``relu(x + bn(conv(relu(bn(conv(x))))))`` (He et al. 2016) and a pooled linear head."""
+    import torch
+    from torch import nn
+
+    class BasicBlock(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(channels)
+            self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(channels)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(out)) + x)
+
+    return nn.Sequential(
+        nn.Sequential(
+            nn.Conv2d(3, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()
+        ),
+        *[BasicBlock() for _ in range(blocks)],
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes)),
     ).eval()
