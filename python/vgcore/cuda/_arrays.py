@@ -1,0 +1,75 @@
+"""The array seam of the CUDA backend: one object that holds the array module (CuPy on a
+device, NumPy in Numba's simulator) and launches the Numba kernels.
+
+Everything the drivers do between kernels goes through ``Arrays.xp`` with NumPy's API:
+matrix products (cuBLAS through CuPy), batched QR (cuSOLVER), reductions. Kernels receive
+the arrays themselves (``__cuda_array_interface__`` on a device: no copies). Per-step scalars
+(norms, scales) stay 0-d device arrays: no host round trip inside a sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vgcore.cuda._probe import CudaUnavailableError, cuda_status
+
+__all__ = ["Arrays", "arrays"]
+
+
+class Arrays:
+    """Array module and kernel launcher of one backend.
+
+    Attributes
+    ----------
+    xp : module
+        ``cupy`` (device) or ``numpy`` (simulator).
+    simulator : bool
+    threads : int
+        Threads per block (the simulator runs one Python thread per CUDA thread: few).
+    """
+
+    def __init__(self, xp: Any, simulator: bool) -> None:
+        self.xp = xp
+        self.simulator = simulator
+        self.threads = 32 if simulator else 256
+        self.max_blocks = 4 if simulator else 65535
+
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
+        """``a`` on the device (C-contiguous, of ``dtype``)."""
+        return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
+
+    def to_host(self, a: Any) -> np.ndarray:
+        """A NumPy copy of a device array."""
+        if isinstance(a, np.ndarray):
+            return a.copy()
+        return a.get()  # type: ignore[no-any-return]
+
+    def launch(self, kernel: Any, n: int, *args: Any) -> None:
+        """Run ``kernel(*args)`` over ``n`` elements (kernels loop with a grid stride)."""
+        if n <= 0:
+            return
+        tpb = self.threads
+        blocks = min(self.max_blocks, (n + tpb - 1) // tpb)
+        kernel[blocks, tpb](*args)
+
+
+_CACHE: dict[bool, Arrays] = {}
+
+
+def arrays() -> Arrays:
+    """The seam for this machine; :class:`CudaUnavailableError` when CUDA cannot run."""
+    info = cuda_status()
+    if not info.available:
+        raise CudaUnavailableError(f'backend="cuda" cannot run here: {info.reason}')
+    got = _CACHE.get(info.simulator)
+    if got is None:
+        if info.simulator:
+            got = Arrays(np, True)
+        else:
+            import cupy
+
+            got = Arrays(cupy, False)
+        _CACHE[info.simulator] = got
+    return got

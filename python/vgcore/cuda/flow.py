@@ -1,0 +1,389 @@
+"""gradient_flow on the CUDA backend: the BPTT sweep (recurrent models) and the depth sweep
+(dense stacks) with the caches on the device, one elementwise kernel per layer and step, the
+matrix products through the array seam, power-of-two rescaling of the backpropagated vectors.
+
+Results are dictionaries with the keys of the core's ``stats`` (``log_grad_norms``,
+``act_mean``, ...), so the analysis builds its result as for the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from vgcore.cuda._arrays import arrays
+from vgcore.cuda._logscale import LIMITS, LN2, measure, rescale_exponent, rescale_window
+from vgcore.cuda.layers import layer_module
+
+__all__ = ["dense_flow", "recurrent_flow", "unsupported_options"]
+
+
+def unsupported_options(**given: Any) -> None:
+    """A ValueError naming the first option the CUDA backend does not have yet."""
+    for name, value in given.items():
+        if value:
+            raise ValueError(
+                f"{name} is not available on the cuda backend yet; use backend='cpu' for it"
+            )
+
+
+def _errstate() -> Any:
+    # NumPy (the simulator's array library) warns where CuPy does not; the results are checked
+    # for non-finite values afterwards, as the core's are.
+    return np.errstate(all="ignore")
+
+
+def _act(core_args: tuple[str, float, float]) -> tuple[int, float, float]:
+    """(kernel code, parameter, max derivative) of an activation from its ``core_args()``."""
+    from vgcore.cuda.layers._common import ACT_CODES
+
+    name, a, _ = core_args
+    if name not in ACT_CODES:
+        raise ValueError(
+            f"activation {name!r} has no CUDA kernel yet (the CUDA activations are "
+            f"{', '.join(ACT_CODES)}); use backend='cpu'"
+        )
+    alpha = float(a) if name == "leaky_relu" else 0.0
+    maxd = max(1.0, abs(alpha)) if name == "leaky_relu" else (0.25 if name == "sigmoid" else 1.0)
+    return ACT_CODES[name], alpha, maxd
+
+
+def _moments(xp: Any, h: Any) -> tuple[Any, Any]:
+    h64 = h.astype(np.float64)
+    return xp.sum(h64), xp.sum(h64 * h64)
+
+
+def _gain_log2_recurrent(kind: str, spec: dict[str, Any], T: int, h0: Any, c0: Any) -> float:
+    """log2 of a bound on one backward step's gain (set_rescale_window of the core)."""
+    w = np.asarray(spec["weight_hh"], dtype=np.float64)
+    fro = float(np.sqrt(np.sum(w * w)))
+    if not (fro > 0 and math.isfinite(fro)):
+        return -math.inf
+    N = w.shape[1]
+    kcell = 1.0
+    if kind == "lstm":
+        cmax = 0.0 if c0 is None else float(np.max(np.abs(c0)))
+        kcell = math.sqrt(2.0) * (1.5 + 0.25 * (cmax + T))
+    elif kind == "gru":
+        hmax = max(1.0, 0.0 if h0 is None else float(np.max(np.abs(h0))))
+        bhh = spec.get("bias_hh")
+        q = np.sum(np.abs(w[2 * N :]), axis=1) * hmax
+        if bhh is not None:
+            q = q + np.abs(np.asarray(bhh, np.float64)[2 * N :])
+        kcell = 0.25 * float(np.max(q)) + 0.25 * (hmax + 1.0) + 1.0
+    lg = math.log2(fro) + math.log2(kcell)
+    if kind == "gru":
+        lg = 1.0 + max(lg, 0.0)
+    return lg
+
+
+def recurrent_flow(
+    kind: str,
+    spec: dict[str, Any],
+    x: np.ndarray,
+    h0: np.ndarray | None,
+    c0: np.ndarray | None,
+    cot: np.ndarray | None,
+    ccot: np.ndarray | None,
+    saturation_threshold: float,
+    act: Any,
+    rescale: bool = True,
+) -> dict[str, Any]:
+    """BPTT through a single-layer RNN / LSTM / GRU on the device.
+
+    Parameters
+    ----------
+    kind : {"rnn", "lstm", "gru"}
+    spec : dict
+        The model's ``to_spec(dtype)`` (PyTorch layouts; gates i, f, g, o / r, z, n).
+    x : ndarray of shape (T, B, I)
+    h0, c0 : ndarray of shape (B, N) or None (zeros)
+    cot : ndarray of shape (B, N) or (T, B, N), or None
+        dL/dh_T, or dL/dh_t at every step; None: the loss 0.5 ||h_T||^2.
+    ccot : ndarray of shape (B, N) or None
+        LSTM: dL/dc_T.
+    saturation_threshold : float
+    act : Activation or None
+        The RNN's nonlinearity.
+    rescale : bool
+
+    Returns
+    -------
+    dict
+        ``log_grad_norms`` (T+1,), ``log_cell_grad_norms`` (T+1,) or None, ``act_mean``,
+        ``act_std``, ``saturation`` (T,), ``gate_saturation`` (T, G), ``preact_nonfinite``
+        (T,), ``h_n`` (B, N), all NumPy.
+    """
+    ar = arrays()
+    xp = ar.xp
+    mod = layer_module(kind)
+    dt = x.dtype
+    T, B, I = x.shape
+    Wih = ar.asarray(spec["weight_ih"], dt)
+    Whh = ar.asarray(spec["weight_hh"], dt)
+    GN, N = Whh.shape
+    G = GN // N
+    bih = spec.get("bias_ih")
+    bhh = spec.get("bias_hh")
+    lstm, gru = kind == "lstm", kind == "gru"
+    with _errstate():
+        # (1) the input projections of every step in one GEMM (b_hh folded in, except GRU's)
+        bias = np.zeros(GN, dt)
+        if bih is not None:
+            bias += bih
+        if bhh is not None and not gru:
+            bias += bhh
+        A = xp.matmul(ar.asarray(x, dt).reshape(T * B, I), Wih.T) + ar.asarray(bias, dt)
+        A = xp.ascontiguousarray(A.reshape(T, B, GN))
+        WhhT = xp.ascontiguousarray(Whh.T)
+        bhh_d = ar.asarray(bhh, dt) if (gru and bhh is not None) else None
+        H = xp.zeros((T + 1, B, N), dt)
+        if h0 is not None:
+            H[0] = ar.asarray(h0, dt)
+        C = xp.zeros((T + 1, B, N), dt) if lstm else None
+        if lstm and c0 is not None:
+            C[0] = ar.asarray(c0, dt)
+        HN = xp.zeros((T, B, N), dt) if gru else None
+        U = xp.zeros((B, GN), dt)
+        SAT = xp.zeros((B, GN), dt)
+        s1 = xp.zeros(T, np.float64)
+        s2 = xp.zeros(T, np.float64)
+        gsat = xp.zeros((T, G), np.float64)
+        bad = xp.zeros(T, bool)
+        thr = float(saturation_threshold)
+        if kind == "rnn":
+            code, alpha, maxd = _act(act.core_args())
+            level = thr * maxd
+        for t in range(T):
+            xp.matmul(H[t], WhhT, out=U)
+            if bhh_d is not None:
+                U += bhh_d
+            if lstm:
+                ar.launch(mod.forward_kernel, B * N, A, U, H, C, SAT, t, N, 0.25 * thr, thr)
+            elif gru:
+                ar.launch(mod.forward_kernel, B * N, A, U, H, HN, SAT, t, N, 0.25 * thr, thr)
+            else:
+                ar.launch(mod.forward_kernel, B * N, A, U, H, SAT, t, N, code, alpha, level)
+            bad[t] = ~xp.all(xp.isfinite(A[t])) | (~xp.all(xp.isfinite(U)) if gru else False)
+            s1[t], s2[t] = _moments(xp, H[t + 1])
+            gsat[t] = SAT.reshape(B, G, N).sum(axis=(0, 2))
+        # (2) the backward sequence
+        lg, lgc = _bptt(ar, mod, kind, spec, A, H, C, HN, Whh, T, B, N, h0, c0, cot, ccot, rescale)
+        out = {
+            "log_grad_norms": ar.to_host(lg),
+            "log_cell_grad_norms": ar.to_host(lgc) if lstm else None,
+            "h_n": ar.to_host(H[T]),
+        }
+        n_units = float(B * N)
+        s1h, s2h, gs = ar.to_host(s1), ar.to_host(s2), ar.to_host(gsat)
+    mean = s1h / n_units
+    out["act_mean"] = mean
+    out["act_std"] = np.sqrt(np.maximum(0.0, s2h / n_units - mean * mean))
+    out["saturation"] = gs.sum(axis=1) / (n_units * G)
+    out["gate_saturation"] = gs / n_units
+    out["preact_nonfinite"] = ar.to_host(bad)
+    return out
+
+
+def _bptt(
+    ar: Any,
+    mod: Any,
+    kind: str,
+    spec: dict[str, Any],
+    A: Any,
+    H: Any,
+    C: Any,
+    HN: Any,
+    Whh: Any,
+    T: int,
+    B: int,
+    N: int,
+    h0: Any,
+    c0: Any,
+    cot: np.ndarray | None,
+    ccot: np.ndarray | None,
+    rescale: bool,
+) -> tuple[Any, Any]:
+    """The backward pass: log ||dL/dh_t|| (and ||dL/dc_t||) for t = 0..T on the device."""
+    xp = ar.xp
+    dt = A.dtype
+    lstm, gru = kind == "lstm", kind == "gru"
+    rl = LIMITS[dt]
+    hi, target = rescale_window(dt, _gain_log2_recurrent(kind, spec, T, h0, c0))
+    per_step = cot is not None and cot.ndim == 3
+    if per_step:
+        cseq = ar.asarray(cot, dt)
+        cmax = xp.abs(cseq).astype(np.float64).max(axis=(1, 2))
+        cexp = xp.where(cmax > 0, xp.frexp(cmax)[1].astype(np.int64) - 1, 0)
+        g = xp.zeros((B, N), dt)
+    else:
+        g = xp.array(H[T]) if cot is None else ar.asarray(cot, dt)
+    dc = None
+    if lstm:
+        dc = ar.asarray(ccot, dt) if ccot is not None else xp.zeros((B, N), dt)
+    dp = xp.zeros((B, N), dt) if gru else None
+    scale = xp.zeros((), np.int64)
+    lg = xp.zeros(T + 1, np.float64)
+    lgc = xp.zeros(T + 1, np.float64) if lstm else None
+    for s in range(T, -1, -1):
+        if per_step and s > 0:
+            _, logs = measure(xp, *((g, dc) if lstm else (g,)))
+            zero = xp.isneginf(logs[0]) & (xp.isneginf(logs[1]) if lstm else True)
+            scale = xp.where(zero, 0, scale)
+            shift = xp.minimum(0, (rl.emax - 4) - (cexp[s - 1] + scale))
+            g = xp.ldexp(g, shift).astype(dt, copy=False)
+            if lstm:
+                dc = xp.ldexp(dc, shift).astype(dt, copy=False)
+            scale = scale + shift
+            g = g + xp.ldexp(cseq[s - 1], scale).astype(dt, copy=False)
+        parts = (g, dc) if lstm else (g,)
+        e, logs = measure(xp, *parts)
+        lg[s] = logs[0] - scale * LN2
+        if lstm:
+            lgc[s] = logs[1] - scale * LN2
+        if rescale:
+            d = rescale_exponent(xp, e, rl.lo, hi, target)
+            g = xp.ldexp(g, d).astype(dt, copy=False)
+            if lstm:
+                dc = xp.ldexp(dc, d).astype(dt, copy=False)
+            scale = scale + d
+        if s == 0:
+            break
+        t = s - 1
+        g = xp.ascontiguousarray(g)
+        if lstm:
+            ar.launch(mod.backward_kernel, B * N, A, C, g, dc, t, N)
+            g = xp.matmul(A[t], Whh)
+        elif gru:
+            ar.launch(mod.backward_kernel, B * N, A, H, HN, g, dp, t, N)
+            g = dp + xp.matmul(A[t], Whh)
+        else:
+            code, alpha, _ = _act_of_spec(spec)
+            ar.launch(mod.backward_kernel, B * N, A, g, t, N, code, alpha)
+            g = xp.matmul(A[t], Whh)
+    return lg, lgc
+
+
+def _act_of_spec(spec: dict[str, Any]) -> tuple[int, float, float]:
+    return _act(("relu" if spec["kind"] == "rnn_relu" else "tanh", math.nan, math.nan))
+
+
+def dense_flow(
+    spec: dict[str, Any],
+    x: np.ndarray,
+    cot: np.ndarray | None,
+    saturation_threshold: float,
+    rescale: bool = True,
+) -> dict[str, Any]:
+    """The depth sweep of a dense stack (plain and residual blocks) on the device.
+
+    Parameters
+    ----------
+    spec : dict
+        ``MLP.to_spec(dtype)``.
+    x : ndarray of shape (B, in)
+    cot : ndarray of shape (B, out) or None
+        dL/dy; None: the loss 0.5 ||y||^2.
+    saturation_threshold : float
+    rescale : bool
+
+    Returns
+    -------
+    dict
+        ``log_grad_norms`` (L+1,), ``act_mean``, ``act_std``, ``saturation``,
+        ``preact_nonfinite`` (L,), ``y`` (B, out), all NumPy.
+    """
+    ar = arrays()
+    xp = ar.xp
+    mod = layer_module("mlp")
+    dt = x.dtype
+    layers = spec["layers"]
+    for i, ly in enumerate(layers):
+        if ly["block"] not in ("plain", "residual") or ly["norm"] != "none":
+            what = ly["block"] if ly["block"] not in ("plain", "residual") else ly["norm"]
+            raise ValueError(
+                f"layer {i} is a {what!r} layer, which has no CUDA kernel yet (plain and "
+                "residual blocks without normalisation do); use backend='cpu'"
+            )
+    L = len(layers)
+    B = x.shape[0]
+    with _errstate():
+        W = [ar.asarray(ly["weight"], dt) for ly in layers]
+        bs = [None if ly["bias"] is None else ar.asarray(ly["bias"], dt) for ly in layers]
+        acts = [_act(ly["act"]) for ly in layers]
+        res = [ly["block"] == "residual" for ly in layers]
+        alphas = [float(ly["alpha"]) for ly in layers]
+        Hs = [ar.asarray(x, dt)]
+        Zs = []
+        s1 = xp.zeros(L, np.float64)
+        s2 = xp.zeros(L, np.float64)
+        sat = xp.zeros(L, np.float64)
+        bad = xp.zeros(L, bool)
+        thr = float(saturation_threshold)
+        for i in range(L):
+            z = xp.matmul(Hs[-1], W[i].T)
+            if bs[i] is not None:
+                z += bs[i]
+            z = xp.ascontiguousarray(z)
+            hout = xp.empty_like(z)
+            S = xp.empty_like(z)
+            code, a, maxd = acts[i]
+            bad[i] = ~xp.all(xp.isfinite(z))
+            ar.launch(
+                mod.forward_kernel,
+                z.size,
+                z,
+                Hs[-1],
+                hout,
+                S,
+                code,
+                a,
+                res[i],
+                alphas[i],
+                thr * maxd,
+            )
+            s1[i], s2[i] = _moments(xp, hout)
+            sat[i] = xp.sum(S, dtype=np.float64)
+            Zs.append(z)
+            Hs.append(hout)
+        # backward
+        rl = LIMITS[dt]
+        gain = 0.0
+        for i in range(L):
+            w64 = np.asarray(layers[i]["weight"], np.float64)
+            fro = float(np.sqrt(np.sum(w64 * w64)))
+            gl = math.log2(fro * acts[i][2] * abs(alphas[i]) + (1.0 if res[i] else 0.0) + 1e-300)
+            gain = max(gain, gl)
+        hi, target = rescale_window(dt, gain)
+        g = xp.array(Hs[L]) if cot is None else ar.asarray(cot, dt)
+        scale = xp.zeros((), np.int64)
+        lg = xp.zeros(L + 1, np.float64)
+        for s in range(L, -1, -1):
+            e, (cur,) = measure(xp, g)
+            lg[s] = cur - scale * LN2
+            if rescale:
+                d = rescale_exponent(xp, e, rl.lo, hi, target)
+                g = xp.ldexp(g, d).astype(dt, copy=False)
+                scale = scale + d
+            if s == 0:
+                break
+            i = s - 1
+            g = xp.ascontiguousarray(g)
+            z = Zs[i]
+            code, a, _ = acts[i]
+            ar.launch(mod.backward_kernel, z.size, z, g, code, a, res[i], alphas[i])
+            gp = xp.matmul(z, W[i])
+            g = gp + g if res[i] else gp
+        n = np.array([B * ly["weight"].shape[0] for ly in layers], np.float64)
+        s1h, s2h = ar.to_host(s1), ar.to_host(s2)
+        mean = s1h / n
+        return {
+            "log_grad_norms": ar.to_host(lg),
+            "act_mean": mean,
+            "act_std": np.sqrt(np.maximum(0.0, s2h / n - mean * mean)),
+            "saturation": ar.to_host(sat) / n,
+            "preact_nonfinite": ar.to_host(bad),
+            "y": ar.to_host(Hs[L]),
+        }
