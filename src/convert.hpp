@@ -44,8 +44,10 @@ inline constexpr Named<DenseNorm> kNorms[] = {{"none", DenseNorm::none},
 inline constexpr Named<SpectrumMethod> kSpectrumMethods[] = {{"exact", SpectrumMethod::exact},
                                                              {"arnoldi", SpectrumMethod::arnoldi},
                                                              {"power", SpectrumMethod::power}};
-// The dense stack's kind; every other kind is a cell of kCells.
+// The dense stack's kind; the state-space layers' kinds; every other kind is a cell of kCells.
 inline constexpr const char* kDenseKind = "mlp";
+inline constexpr const char* kSsmKind = "ssm";
+inline constexpr const char* kSelectiveSsmKind = "selective_ssm";
 
 // "'a', 'b' or 'c'", after `first` names when given.
 template <class E, std::size_t K>
@@ -226,8 +228,9 @@ inline bool parse_model_kind(const py::dict& spec, CellKind& cell) {
       cell = e.value;
       return false;
     }
-  throw py::value_error("model kind must be " + choices(kCells, {kDenseKind}) + ", got '" + kind +
-                        "'");
+  throw py::value_error("model kind must be " +
+                        choices(kCells, {kDenseKind, kSsmKind, kSelectiveSsmKind}) + ", got '" +
+                        kind + "'");
 }
 
 // The cell of a recurrent description.
@@ -246,8 +249,87 @@ inline py::list dense_layer_list(const py::object& spec) {
   return as_list(entry(d, "layers", ""), "layers");
 }
 
+// ---- state-space layers ------------------------------------------------------------------
+//
+// {"kind": "ssm", "complex", "a" (S,), "B" (S, d), "C" (d, S), "D" (d,) or None}: the diagonal
+// LTI layer discretised (model.hpp's SsmWeights; S = N real modes or 2N for N complex ones).
+// {"kind": "selective_ssm", "in_proj_weight", "in_proj_bias", "conv_weight" (d_inner, d_conv),
+// "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "A" (d_inner, d_state),
+// "D", "out_proj_weight", "out_proj_bias"}: Mamba's selective layer (SelectiveSsmWeights).
+
+// 1: an LTI SSM description, 2: a selective one, 0: neither.
+inline int ssm_kind(const py::dict& spec) {
+  if (!spec.contains("kind")) return 0;
+  const auto kind = spec["kind"].cast<std::string>();
+  return kind == kSsmKind ? 1 : kind == kSelectiveSsmKind ? 2 : 0;
+}
+
+template <class T>
+SsmWeights<T> parse_ssm(const py::dict& d) {
+  SsmWeights<T> w;
+  w.complex = entry(d, "complex", "").cast<bool>();
+  const auto a = as_ndarray(entry(d, "a", ""), "a");
+  if (a.ndim() != 1 || a.shape(0) < 1 || (w.complex && a.shape(0) % 2))
+    throw py::value_error(std::string("a must have shape (S,) with S ") +
+                          (w.complex ? "= 2 N > 0 (complex modes as pairs)" : "> 0") + ", got " +
+                          shape_str(a));
+  const py::ssize_t S = a.shape(0);
+  w.a = require<T>(a, "a", {S});
+  const auto B = as_ndarray(entry(d, "B", ""), "B");
+  w.B = require<T>(B, "B", {S, -1});
+  const py::ssize_t I = B.shape(1);
+  if (I < 1) throw py::value_error("B must have at least one input column, got " + shape_str(B));
+  w.C = require<T>(as_ndarray(entry(d, "C", ""), "C"), "C", {I, S});
+  w.D = optional_array<T>(entry(d, "D", ""), "D", {I});
+  w.input_size = static_cast<std::size_t>(I);
+  w.modes = static_cast<std::size_t>(w.complex ? S / 2 : S);
+  return w;
+}
+
+template <class T>
+SelectiveSsmWeights<T> parse_selective_ssm(const py::dict& d) {
+  SelectiveSsmWeights<T> w;
+  auto arr = [&](const char* key) { return as_ndarray(entry(d, key, ""), key); };
+  const auto A = arr("A");
+  if (A.ndim() != 2 || A.shape(0) < 1 || A.shape(1) < 1)
+    throw py::value_error("A must have shape (d_inner, d_state), got " + shape_str(A));
+  const py::ssize_t di = A.shape(0), n = A.shape(1);
+  w.A = require<T>(A, "A", {di, n});
+  const auto win = arr("in_proj_weight");
+  w.in_proj_weight = require<T>(win, "in_proj_weight", {2 * di, -1});
+  const py::ssize_t dm = win.shape(1);
+  if (dm < 1) throw py::value_error("in_proj_weight has no input columns: " + shape_str(win));
+  w.in_proj_bias = optional_array<T>(entry(d, "in_proj_bias", ""), "in_proj_bias", {2 * di});
+  const auto cw = arr("conv_weight");
+  w.conv_weight = require<T>(cw, "conv_weight", {di, -1});
+  const py::ssize_t dc = cw.shape(1);
+  if (dc < 2)
+    throw py::value_error("conv_weight must have shape (d_inner, d_conv) with d_conv >= 2, got " +
+                          shape_str(cw));
+  w.conv_bias = optional_array<T>(entry(d, "conv_bias", ""), "conv_bias", {di});
+  const auto wdt = arr("dt_proj_weight");
+  w.dt_proj_weight = require<T>(wdt, "dt_proj_weight", {di, -1});
+  const py::ssize_t R = wdt.shape(1);
+  if (R < 1) throw py::value_error("dt_proj_weight has no columns (dt_rank = 0)");
+  w.dt_proj_bias = require<T>(arr("dt_proj_bias"), "dt_proj_bias", {di});
+  w.x_proj_weight = require<T>(arr("x_proj_weight"), "x_proj_weight", {R + 2 * n, di});
+  w.D = optional_array<T>(entry(d, "D", ""), "D", {di});
+  w.out_proj_weight = require<T>(arr("out_proj_weight"), "out_proj_weight", {dm, di});
+  w.out_proj_bias = optional_array<T>(entry(d, "out_proj_bias", ""), "out_proj_bias", {dm});
+  w.d_model = static_cast<std::size_t>(dm);
+  w.d_inner = static_cast<std::size_t>(di);
+  w.d_state = static_cast<std::size_t>(n);
+  w.d_conv = static_cast<std::size_t>(dc);
+  w.dt_rank = static_cast<std::size_t>(R);
+  return w;
+}
+
 // Whether a description holds float32 parameters (else float64): its first weight's dtype.
 inline bool is_float32(const py::dict& spec) {
+  if (const int sk = ssm_kind(spec)) {
+    const char* key = sk == 1 ? "a" : "A";
+    return has_dtype<float>(as_ndarray(entry(spec, key, ""), key));
+  }
   CellKind cell{};
   const bool dense = parse_model_kind(spec, cell);
   py::object w;
@@ -261,10 +343,13 @@ inline bool is_float32(const py::dict& spec) {
   return has_dtype<float>(as_ndarray(w, dense ? "layers[0].weight" : "weight_hh"));
 }
 
-// The per-sample step maps of a description (Jacobian analyses): dense stacks and
-// unidirectional recurrent models.
+// The per-sample step maps of a description (Jacobian analyses): dense stacks, unidirectional
+// recurrent models and state-space layers.
 template <class T>
 Model<T> parse_model(const py::dict& spec) {
+  if (const int sk = ssm_kind(spec))
+    return sk == 1 ? Model<T>::ssm(parse_ssm<T>(spec))
+                   : Model<T>::ssm(parse_selective_ssm<T>(spec));
   CellKind cell{};
   if (parse_model_kind(spec, cell))
     return Model<T>::dense(parse_dense_layers<T>(as_list(entry(spec, "layers", ""), "layers"), -1));

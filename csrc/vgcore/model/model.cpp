@@ -92,12 +92,47 @@ Model<T> Model<T>::recurrent(const std::vector<RecurrentWeights<T>>& layers) {
   return m;
 }
 
+// A time-axis model of one state-space layer (its validation is the description's parser's;
+// here only what the op's arithmetic relies on).
+template <class T>
+Model<T> Model<T>::ssm(const SsmWeights<T>& w) {
+  if (!w.a || !w.B || !w.C) throw std::invalid_argument("SSM weights are null");
+  if (w.modes == 0 || w.input_size == 0)
+    throw std::invalid_argument("SSM sizes must be positive, got " + std::to_string(w.modes) +
+                                " modes and " + std::to_string(w.input_size) + " inputs");
+  Model m;
+  m.axis_ = Axis::time;
+  m.layers_.emplace_back(SsmOp<T>(w));
+  m.so_ = m.uo_ = m.co_ = {0};
+  m.dim_ = w.state_dim();
+  return m;
+}
+
+template <class T>
+Model<T> Model<T>::ssm(const SelectiveSsmWeights<T>& w) {
+  if (!w.in_proj_weight || !w.conv_weight || !w.x_proj_weight || !w.dt_proj_weight ||
+      !w.dt_proj_bias || !w.A || !w.out_proj_weight)
+    throw std::invalid_argument("selective SSM weights are null");
+  if (w.d_model == 0 || w.d_inner == 0 || w.d_state == 0 || w.dt_rank == 0 || w.d_conv < 2)
+    throw std::invalid_argument("selective SSM sizes must be positive (d_conv >= 2)");
+  Model m;
+  m.axis_ = Axis::time;
+  m.layers_.emplace_back(SelectiveSsmOp<T>(w));
+  const auto& op = std::get<SelectiveSsmOp<T>>(m.layers_.back());
+  m.so_ = m.uo_ = m.co_ = {0};
+  m.dim_ = op.out_dim();
+  m.cols_ = op.gemm_cols();
+  m.cache_ = op.cache_size();
+  return m;
+}
+
 template <class T>
 const RecurrentWeights<T>* Model<T>::recurrent_layer(std::size_t l) const {
   if (axis_ != Axis::time) return nullptr;
   return std::visit(
       [](const auto& op) -> const RecurrentWeights<T>* {
-        if constexpr (std::is_same_v<std::decay_t<decltype(op)>, DenseOp<T>>)
+        if constexpr (std::is_same_v<std::decay_t<decltype(op)>, DenseOp<T>> ||
+                      is_ssm_op_v<decltype(op)>)
           return nullptr;
         else
           return &op.weights();
@@ -107,8 +142,17 @@ const RecurrentWeights<T>* Model<T>::recurrent_layer(std::size_t l) const {
 
 template <class T>
 std::size_t Model<T>::input_size() const {
-  const RecurrentWeights<T>* w = recurrent_layer(0);
-  return w ? w->input_size : 0;
+  if (axis_ != Axis::time) return 0;
+  return std::visit(
+      [](const auto& op) -> std::size_t {
+        if constexpr (is_ssm_op_v<decltype(op)>)
+          return op.input_size();
+        else if constexpr (std::is_same_v<std::decay_t<decltype(op)>, DenseOp<T>>)
+          return 0;
+        else
+          return op.weights().input_size;
+      },
+      layers_[0]);
 }
 
 template <class T>
@@ -138,7 +182,14 @@ std::size_t Model<T>::cache_size(std::size_t s) const {
 template <class T>
 std::size_t Model<T>::proj_cols() const {
   if (axis_ != Axis::time) return 0;
-  return std::visit([](const auto& op) { return op.gemm_cols(); }, layers_[0]);
+  return std::visit(
+      [](const auto& op) {
+        if constexpr (is_ssm_op_v<decltype(op)>)
+          return op.proj_cols();
+        else
+          return op.gemm_cols();
+      },
+      layers_[0]);
 }
 
 // ---- steps --------------------------------------------------------------------------------
@@ -247,7 +298,8 @@ void Model<T>::vjp(std::size_t s, const T* cache, const T* Win, T* Wout, std::si
         std::copy(Win + r * dout + so_[l], Win + r * dout + so_[l] + N, acc + r * gc);
       std::visit(
           [&](const auto& op) {
-            if constexpr (!std::is_same_v<std::decay_t<decltype(op)>, DenseOp<T>>)
+            if constexpr (!std::is_same_v<std::decay_t<decltype(op)>, DenseOp<T>> &&
+                          !is_ssm_op_v<decltype(op)>)
               op.input_vjp(k, G + uo_[l + 1], A, gc, acc, gc);
           },
           layers_[l + 1]);

@@ -26,12 +26,15 @@
 //   GRU   [r, z, n, q_n = W_hn h + b_hn, h_prev]        5N
 //   (gates and tanh values encoded, gates.hpp: accurate derivatives in saturation)
 //   dense [phi'(z')] + highway [t (encoded), a - h] + LayerNorm [xhat, 1/std]
+//   SSM   none (its Jacobian is the constant diag(a))
+//   selective SSM [a, h, Delta, sigmoid(.), xc, silu'(pre), silu(z), B, C]   (selective_ssm.hpp)
 //   a step of several layers: its layers' caches side by side
 #pragma once
 
 #include <cstddef>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
@@ -40,6 +43,8 @@
 #include "vgcore/layers/gru.hpp"
 #include "vgcore/layers/lstm.hpp"
 #include "vgcore/layers/rnn.hpp"
+#include "vgcore/layers/selective_ssm.hpp"
+#include "vgcore/layers/ssm.hpp"
 #include "vgcore/model/dense_stack.hpp"
 #include "vgcore/model/recurrent_stack.hpp"
 
@@ -152,10 +157,107 @@ class RecurrentOp {
   std::vector<T> pbias_;  // reads_below: b_ih (+ b_hh where it folds)
 };
 
+// A diagonal linear time-invariant state-space layer (layers/ssm.hpp), discretised: N modes,
+// real (state N) or complex (state 2N, (Re, Im) of each mode side by side), d inputs.
+template <class T>
+struct SsmWeights {
+  bool complex = false;
+  std::size_t input_size = 0, modes = 0;
+  const T* a = nullptr;  // (S): a_n, or (Re a_n, Im a_n) pairs; S = modes (real), 2 modes
+  const T* B = nullptr;  // (S, d): B_bar's rows (a complex mode: Re, then Im)
+  const T* C = nullptr;  // (d, S): y = C h + D x (a complex mode's columns: Re C, -Im C)
+  const T* D = nullptr;  // (d) or null
+  std::size_t state_dim() const { return complex ? 2 * modes : modes; }
+};
+
+// Mamba's selective layer (layers/selective_ssm.hpp), mamba_simple.Mamba's parameters with A
+// = -exp(A_log) and conv1d.weight's singleton axis dropped.
+template <class T>
+struct SelectiveSsmWeights {
+  std::size_t d_model = 0, d_inner = 0, d_state = 0, d_conv = 0, dt_rank = 0;
+  const T* in_proj_weight = nullptr;   // (2 d_inner, d_model)
+  const T* in_proj_bias = nullptr;     // (2 d_inner) or null
+  const T* conv_weight = nullptr;      // (d_inner, d_conv)
+  const T* conv_bias = nullptr;        // (d_inner) or null
+  const T* x_proj_weight = nullptr;    // (dt_rank + 2 d_state, d_inner)
+  const T* dt_proj_weight = nullptr;   // (d_inner, dt_rank)
+  const T* dt_proj_bias = nullptr;     // (d_inner)
+  const T* A = nullptr;                // (d_inner, d_state), negative
+  const T* D = nullptr;                // (d_inner) or null
+  const T* out_proj_weight = nullptr;  // (d_model, d_inner)
+  const T* out_proj_bias = nullptr;    // (d_model) or null
+  std::size_t state_dim() const { return d_inner * (d_state + d_conv - 1); }
+};
+
+// The diagonal LTI layer's op: the input projection B_bar x for all steps in one GEMM, then
+// per mode a (complex) multiply; no GEMM against the state (there is no dense state matrix) and
+// no cache. gemm_cols is 0.
+template <class T>
+class SsmOp {
+ public:
+  explicit SsmOp(const SsmWeights<T>& w) : w_(w) {}
+  const SsmWeights<T>& weights() const { return w_; }
+  std::size_t input_size() const { return w_.input_size; }
+  std::size_t in_dim() const { return w_.state_dim(); }
+  std::size_t out_dim() const { return w_.state_dim(); }
+  std::size_t gemm_cols() const { return 0; }
+  std::size_t proj_cols() const { return w_.state_dim(); }
+  std::size_t cache_size() const { return 0; }
+  void project_inputs(const T* x, std::size_t rows, T* P) const;
+  void gemm_rows(std::size_t, const T*, std::size_t, T*, std::size_t) const {}
+  void step(const LayerRows<T>& r) const;
+  void vjp(const LayerCotangent<T>& c) const;
+  void jacobian(const T* cache, T* J, T* U) const;
+  // y (rows x d) = C h + D x for new states h (stride ldh) and the step's inputs x (stride ldx).
+  void output(std::size_t rows, const T* h, std::size_t ldh, const T* x, std::size_t ldx,
+              T* y) const;
+
+ private:
+  SsmWeights<T> w_;
+};
+
+// The selective layer's op: the input projection in_proj(u) for all steps; per step the two
+// GEMMs of the selection (x_proj, dt_proj) on every row (states and tangents alike), the rest
+// per channel. gemm_rows does nothing: U is the step's scratch, per row [xc or its tangent
+// (d_inner) | x_proj(.) (dt_rank + 2 d_state) | dt_proj(.) (d_inner)].
+template <class T>
+class SelectiveSsmOp {
+ public:
+  explicit SelectiveSsmOp(const SelectiveSsmWeights<T>& w);
+  const SelectiveSsmWeights<T>& weights() const { return w_; }
+  std::size_t input_size() const { return w_.d_model; }
+  std::size_t in_dim() const { return w_.state_dim(); }
+  std::size_t out_dim() const { return w_.state_dim(); }
+  std::size_t gemm_cols() const { return 2 * w_.d_inner + w_.dt_rank + 2 * w_.d_state; }
+  std::size_t proj_cols() const { return 2 * w_.d_inner; }
+  std::size_t cache_size() const { return layers::selective_cache_size(w_.d_inner, w_.d_state); }
+  void project_inputs(const T* x, std::size_t rows, T* P) const;
+  void gemm_rows(std::size_t, const T*, std::size_t, T*, std::size_t) const {}
+  void step(const LayerRows<T>& r) const;
+  void vjp(const LayerCotangent<T>& c) const;
+  void jacobian(const T* cache, T* J, T* U) const;
+  // out (d_model) = out_proj((C h' + D xc) * silu(z)) of one sample from its cache and new
+  // state h' (the layer's output y_t, what the reference module returns).
+  void output(const T* cache, const T* hn, T* out) const;
+
+ private:
+  SelectiveSsmWeights<T> w_;
+  PackedMatrix<T> xproj_t_, xproj_, dtproj_t_, dtproj_;
+};
+
+template <class Op>
+struct is_ssm_op : std::false_type {};
+template <class T>
+struct is_ssm_op<SsmOp<T>> : std::true_type {};
+template <class T>
+struct is_ssm_op<SelectiveSsmOp<T>> : std::true_type {};
+template <class Op>
+inline constexpr bool is_ssm_op_v = is_ssm_op<std::decay_t<Op>>::value;
+
 // The one list of supported layer kinds.
 template <class T>
 using Layer = std::variant<DenseOp<T>, RecurrentOp<T, RnnCell>, RecurrentOp<T, LstmCell>,
-                           RecurrentOp<T, GruCell>>;
+                           RecurrentOp<T, GruCell>, SsmOp<T>, SelectiveSsmOp<T>>;
 
 // The op of a recurrent layer of the kind its description names (reads_below: layer l > 0 of a
 // stack).
@@ -178,6 +280,12 @@ class Model {
   static Model recurrent(const RecurrentWeights<T>& w) {
     return recurrent(std::vector<RecurrentWeights<T>>{w});
   }
+
+  // One state-space layer, time axis (layers/ssm.hpp, layers/selective_ssm.hpp). The state a
+  // Jacobian analysis sees is the layer's state (real; complex modes as pairs); its output y_t
+  // is not part of it (output() computes it).
+  static Model ssm(const SsmWeights<T>& w);
+  static Model ssm(const SelectiveSsmWeights<T>& w);
 
   Axis axis() const { return axis_; }
   bool is_dense() const { return axis_ == Axis::depth; }
@@ -273,6 +381,10 @@ extern template class RecurrentOp<float, LstmCell>;
 extern template class RecurrentOp<double, LstmCell>;
 extern template class RecurrentOp<float, GruCell>;
 extern template class RecurrentOp<double, GruCell>;
+extern template class SsmOp<float>;
+extern template class SsmOp<double>;
+extern template class SelectiveSsmOp<float>;
+extern template class SelectiveSsmOp<double>;
 extern template class Model<float>;
 extern template class Model<double>;
 
