@@ -541,6 +541,7 @@ def gradient_flow(
     dead_units: bool = False,
     input_grads: bool | None = None,
     loss_fn: Callable[[Any], Any] | None = None,
+    backend: str = "cpu",
 ) -> GradientFlow:
     """Forward and backward pass in one compiled call; gradient norms per layer or step.
 
@@ -603,6 +604,13 @@ def gradient_flow(
     loss_fn : callable(y) -> scalar tensor, optional
         Torch modules and cells only: a loss on the output (e.g. cross-entropy with targets)
         whose gradient replaces the default cotangent.
+    backend : {"cpu", "cuda", "auto"}
+        Native models: the compiled core (``"cpu"``), the CUDA kernels (``"cuda"``: single-layer
+        RNN / LSTM / GRU and MLPs of plain or residual blocks without normalisation; the
+        norms, statistics and output, not yet ``param_grads``, ``keep_grads``,
+        ``keep_states``, ``clip_norm``, ``dead_units``, ``input_grads`` or ``progress``), or
+        ``"auto"`` (CUDA on a device when the work is large enough; see docs/cuda.md).
+        :func:`vgcore.backends` says what this machine has.
 
     Returns
     -------
@@ -628,6 +636,9 @@ def gradient_flow(
         the logs marks an exactly zero gradient.
     """
     model = _torch.resolve(model)
+    from vgcore.cuda.analyses import flow_backend
+
+    on = flow_backend(backend, model, x)
     if _torch.is_torch_model(model):
         from vgcore.torchmodel import flow as _flow
 
@@ -705,6 +716,29 @@ def gradient_flow(
                 model._params_as(dt, check_finite=True)
             raise
 
+    if on == "cuda":
+        from vgcore.cuda import analyses as _cuda
+
+        return _cuda.gradient_flow(  # type: ignore[no-any-return]
+            model,
+            m,
+            x,
+            dt,
+            h0=h0,
+            cotangent=cotangent,
+            saturation_threshold=float(saturation_threshold),
+            rescale=bool(rescale),
+            check_result=check_result,
+            unsupported={
+                "clip_norm": clip_norm is not None,
+                "param_grads": param_grads,
+                "keep_grads": keep_grads,
+                "keep_states": keep_states,
+                "dead_units": dead_units,
+                "input_grads": bool(input_grads),
+                "progress": progress is not None,
+            },
+        )
     if m.axis == "depth":  # a dense stack: one pass through the layers, h_0 = x
         m = narrow(m, MLP)
         if h0 is not None:

@@ -259,6 +259,7 @@ def lyapunov(
     num_threads: int | None = None,
     progress: ProgressCallback | None = None,
     compile: bool = False,
+    backend: str = "cpu",
 ) -> Any:
     """Top-k Lyapunov exponents of the tangent dynamics driven by the inputs.
 
@@ -307,6 +308,10 @@ def lyapunov(
     compile : bool
         TorchCell only: run the tangent step through ``torch.compile`` (compiled once per
         cell, dtype and shape; several times faster on small batches once compiled).
+    backend : {"cpu", "cuda", "auto"}
+        Native models: the compiled core (``"cpu"``), the CUDA kernels (``"cuda"``:
+        single-layer RNN / LSTM / GRU; states and tangents on the device, batched QR), or
+        ``"auto"`` (CUDA on a device when the work is large enough; see docs/cuda.md).
 
     Returns
     -------
@@ -321,6 +326,9 @@ def lyapunov(
         whose records would not fit.
     """
     model = _torch.resolve(model)
+    from vgcore.cuda.analyses import lyapunov_backend
+
+    on = lyapunov_backend(backend, model, x, k)
     if _torch.is_torch_cell(model):
         from vgcore.torchmodel import cell as _cell
 
@@ -366,6 +374,10 @@ def lyapunov(
         need = _engine_bytes(spec, B, k, dt.itemsize, threads)
         check_memory(need + _record_bytes(records(total), B, k), "lyapunov")
         v0 = rng.standard_normal((B, k, D)).astype(dt)
+        if on == "cuda":
+            from vgcore.cuda.analyses import lyapunov_engine
+
+            return lyapunov_engine(model, spec, h0a, v0, burn_in, qr_every, max_records)
         return _core.LyapunovEngine(spec, h0a, v0, burn_in, qr_every, max_records, threads)
 
     if model.axis == "depth":  # one pass through the layers, h_0 = x

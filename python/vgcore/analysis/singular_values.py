@@ -224,6 +224,7 @@ def jacobian_singular_values(
     dtype: Any = None,
     num_threads: int | None = None,
     progress: ProgressCallback | None = None,
+    backend: str = "cpu",
     **torch_options: Any,
 ) -> Any:
     """Singular values of the input-output Jacobian ``d h_L / d h_0`` (or ``d h_T / d h_0``).
@@ -249,6 +250,9 @@ def jacobian_singular_values(
     dtype : float32 or float64, optional
     num_threads : int, optional
     progress : callable(done, total), optional
+    backend : {"cpu", "auto"}
+        ``"cuda"`` is not available for this analysis yet (a ValueError says so); ``"auto"``
+        runs on the CPU.
 
     Returns
     -------
@@ -261,6 +265,9 @@ def jacobian_singular_values(
         ``(n0 + 1) x width`` blocks of tangent rows and two float64 ``n0 x n0`` factors, for
         input width ``n0``) would not fit in the memory available.
     """
+    from vgcore.cuda.analyses import jacobian_backend
+
+    jacobian_backend(backend, "jacobian_singular_values")
     model = _torch.resolve(model)
     if _torch.is_torch_model(model):
         from vgcore.torchmodel import jacobians as _jac

@@ -223,6 +223,7 @@ def jacobian_spectrum(
     num_threads: int | None = None,
     progress: ProgressCallback | None = None,
     fallback_max_dim: int = AUTO_EXACT_MAX_DIM,
+    backend: str = "cpu",
 ) -> Any:
     """Spectral radius and largest singular value of each per-step state Jacobian.
 
@@ -265,6 +266,9 @@ def jacobian_spectrum(
         Matrix-free: a value that is not reliable is recomputed by the exact method when the
         Jacobian's larger dimension is at most this (default :data:`AUTO_EXACT_MAX_DIM`);
         0 never falls back (unreliable values are then only flagged and warned about).
+    backend : {"cpu", "auto"}
+        ``"cuda"`` is not available for this analysis yet (a ValueError says so); ``"auto"``
+        runs on the CPU.
 
     Returns
     -------
@@ -284,6 +288,9 @@ def jacobian_spectrum(
     (and ``sigma_max^2`` far beyond it) is measured, and :attr:`JacobianSpectrum.log_sigma_max`
     is right even where ``sigma_max`` overflows float64.
     """
+    from vgcore.cuda.analyses import jacobian_backend
+
+    jacobian_backend(backend, "jacobian_spectrum")
     model = _torch.resolve(model)
     if _torch.is_torch_model(model):
         from vgcore.torchmodel import jacobians as _jac

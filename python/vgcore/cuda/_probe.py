@@ -3,6 +3,7 @@ imported only to ask for a device, and only when it is installed."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -88,14 +89,20 @@ def simulator_requested() -> bool:
 
 
 def cuda_status() -> BackendInfo:
-    """The CUDA backend's state on this machine (imports numba only when it is installed)."""
+    """The CUDA backend's state on this machine (imports numba only when it is installed; the
+    answer is kept for the process: a device does not come and go)."""
+    return _cuda_status(simulator_requested())
+
+
+@functools.lru_cache(maxsize=2)
+def _cuda_status(simulator: bool) -> BackendInfo:
     if importlib.util.find_spec("numba") is None:
         return BackendInfo("cuda", False, f"numba is not installed ({_EXTRA})")
     if not _installed("numba-cuda"):
         return BackendInfo(
             "cuda", False, f"numba-cuda (the maintained CUDA target) is not installed ({_EXTRA})"
         )
-    if simulator_requested():
+    if simulator:
         return BackendInfo(
             "cuda",
             True,

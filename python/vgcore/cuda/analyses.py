@@ -1,0 +1,212 @@
+"""What the analyses call for ``backend="cuda"`` / ``"auto"``: the work estimates of the auto
+policy, the checks of what the CUDA backend does not have yet, and the results built from the
+drivers' arrays (the same result classes as the CPU's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vgcore.cuda._probe import check_backend, resolve_backend
+
+__all__ = [
+    "flow_backend",
+    "gradient_flow",
+    "jacobian_backend",
+    "lyapunov_backend",
+    "lyapunov_engine",
+]
+
+
+def _native(model: Any) -> bool:
+    from vgcore.models import Model
+
+    return isinstance(model, Model)
+
+
+def _recurrent_work(model: Any, steps: int, batch: int) -> float:
+    N = int(model.hidden_size)
+    G = len(getattr(model, "gate_names", ())) or 1
+    return float(steps) * batch * G * N * N
+
+
+def flow_backend(backend: object, model: Any, x: Any) -> str:
+    """``"cpu"`` or ``"cuda"`` for gradient_flow (validates ``backend``; a torch module or cell
+    runs on torch's own device: ``"cuda"`` is refused for it)."""
+    b = check_backend(backend)
+    if b == "cpu":
+        return b
+    if not _native(model):
+        if b == "cuda":
+            raise ValueError(
+                "backend='cuda' applies to native models (MLP, RNN, LSTM, GRU); a torch module "
+                "runs on its own device"
+            )
+        return "cpu"
+    shape = tuple(getattr(x, "shape", ()))
+    if model.axis == "depth":
+        B = shape[0] if shape else 1
+        work = float(B) * sum(int(a) * int(b) for a, b in zip(model.sizes[:-1], model.sizes[1:]))
+    else:
+        T, B = (shape[0], shape[1]) if len(shape) == 3 else (1, 1)
+        work = _recurrent_work(model, int(T), int(B))
+    return resolve_backend(b, 3.0 * work)  # forward, backward and the backward GEMM
+
+
+def lyapunov_backend(backend: object, model: Any, x: Any, k: int | None) -> str:
+    """``"cpu"`` or ``"cuda"`` for lyapunov (work: steps * batch * G N (N + k))."""
+    b = check_backend(backend)
+    if b == "cpu":
+        return b
+    if not _native(model):
+        if b == "cuda":
+            raise ValueError("backend='cuda' applies to native models (RNN, LSTM, GRU)")
+        return "cpu"
+    if b == "cuda" and model.axis == "depth":
+        raise ValueError(
+            "lyapunov of an MLP (through depth) is not on the cuda backend yet; use backend='cpu'"
+        )
+    if model.axis == "depth":
+        return "cpu"
+    shape = tuple(getattr(x, "shape", ()))
+    T, B = (shape[0], shape[1]) if len(shape) == 3 else (1, 1)
+    kk = int(model.state_dim if k is None else k)
+    G = len(getattr(model, "gate_names", ())) or 1
+    N = int(model.hidden_size)
+    return resolve_backend(b, float(T) * B * G * N * (N + kk))
+
+
+def jacobian_backend(backend: object, analysis: str) -> str:
+    """``"cpu"`` for the Jacobian analyses the CUDA backend does not have yet (a ValueError
+    for ``backend="cuda"``)."""
+    b = check_backend(backend)
+    if b == "cuda":
+        resolve_backend(b, 0.0)  # a missing backend is reported first
+        raise ValueError(
+            f"{analysis} is not on the cuda backend yet (gradient_flow and lyapunov are); "
+            "use backend='cpu'"
+        )
+    return "cpu"
+
+
+def lyapunov_engine(
+    model: Any,
+    spec: dict[str, Any],
+    h0: np.ndarray,
+    v0: np.ndarray,
+    burn_in: int,
+    qr_every: int,
+    max_records: int,
+) -> Any:
+    """The CUDA engine with the core engine's interface (``feed(x, total, progress)``,
+    ``result()``)."""
+    from vgcore.cuda.lyapunov import LyapunovEngine
+
+    if getattr(model, "stacked", False):
+        raise ValueError(
+            "lyapunov on the cuda backend takes single-layer recurrent models; use "
+            "backend='cpu' for a stacked one"
+        )
+    return LyapunovEngine(model.kind, spec, h0, v0, burn_in, qr_every, max_records)
+
+
+def gradient_flow(
+    model: Any,
+    m: Any,
+    x: Any,
+    dt: np.dtype,
+    *,
+    h0: Any,
+    cotangent: Any,
+    saturation_threshold: float,
+    rescale: bool,
+    check_result: Any,
+    unsupported: dict[str, Any],
+) -> Any:
+    """gradient_flow of a native model on the CUDA backend (see
+    :func:`vgcore.gradient_flow`); options it does not have yet raise a ValueError."""
+    import importlib
+
+    from vgcore._validation import as_float_array
+    from vgcore.analysis._layout import time_major
+
+    gf = importlib.import_module("vgcore.analysis.gradient_flow")  # the module, not the function
+    from vgcore.cuda import flow
+
+    flow.unsupported_options(**unsupported)
+    if m.axis == "depth":
+        if h0 is not None:
+            raise ValueError("h0 is only meaningful for recurrent models; an MLP takes x alone")
+        xa = as_float_array(x, "x", dt, ndim=2, shape=(None, m.input_size))
+        B = xa.shape[0]
+        cot = None
+        if cotangent is not None:
+            cot = as_float_array(cotangent, "cotangent", dt, shape=(B, m.output_size))
+        stats = flow.dense_flow(
+            m.to_spec(dt, check_finite=False), xa, cot, saturation_threshold, rescale
+        )
+        check_result(stats, "layer")
+        return gf.GradientFlow(
+            model=model,
+            kind="mlp",
+            dtype=dt,
+            batch_size=B,
+            log_grad_norms=stats["log_grad_norms"],
+            act_mean=stats["act_mean"],
+            act_std=stats["act_std"],
+            saturation=stats["saturation"],
+            output=stats["y"],
+            low_derivative=[a.low_derivative for a in m.activations],
+        )
+    if m.stacked:
+        raise ValueError(
+            "gradient_flow on the cuda backend takes single-layer recurrent models (stacked and "
+            "bidirectional ones are not there yet); use backend='cpu'"
+        )
+    N = m.hidden_size
+    is_lstm = len(m.state_names) == 2
+    xa = time_major(m, x, "x", dt, m.input_size)
+    T, B, _ = xa.shape
+    h0a, c0a = gf._initial_states(m, h0, dt, B)
+    cot = ccot = None
+    if cotangent is not None:
+        if is_lstm and isinstance(cotangent, (tuple, list)):
+            if len(cotangent) != 2:
+                raise ValueError("an LSTM cotangent pair must be (dL/dh_T, dL/dc_T)")
+            cot = as_float_array(cotangent[0], "cotangent[0]", dt, shape=(B, N))
+            ccot = as_float_array(cotangent[1], "cotangent[1]", dt, shape=(B, N))
+        else:
+            c = np.asarray(cotangent)
+            if c.ndim == 3:
+                cot = time_major(m, c, "cotangent", dt, N, steps=T, batch=B)
+            else:
+                cot = as_float_array(c, "cotangent", dt, shape=(B, N))
+    act = gf._cell_activation(m)
+    stats = flow.recurrent_flow(
+        m.kind,
+        m.to_spec(dt, check_finite=False),
+        xa,
+        None if h0a is None else h0a[0],
+        None if c0a is None else c0a[0],
+        cot,
+        ccot,
+        saturation_threshold,
+        act,
+        rescale,
+    )
+    check_result(stats, "step")
+    return gf.GradientFlow(
+        model=model,
+        kind=model.kind,
+        dtype=dt,
+        batch_size=B,
+        log_grad_norms=stats["log_grad_norms"],
+        act_mean=stats["act_mean"],
+        act_std=stats["act_std"],
+        saturation=stats["saturation"],
+        output=stats["h_n"],
+        log_cell_grad_norms=stats["log_cell_grad_norms"] if is_lstm else None,
+        gate_saturation=stats["gate_saturation"] if m.gates > 1 else None,
+        low_derivative=[gf._cell_low_derivative(m)] * T,
+    )
