@@ -41,6 +41,7 @@ __all__ = [
     "auto_boundaries",
     "longest_runs",
     "record",
+    "replay_blocks",
 ]
 
 
@@ -112,6 +113,9 @@ class Segment(nn.Module):
         self._end = end
         self._stubs = stubs
         self._by_name = modules
+        #: RNG state to restore where the block starts (a recomputation replaying the
+        #: recorded pass: the parent's code before the start may draw random numbers too).
+        self.rng: RngState | None = None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         handles: list[Any] = []
@@ -123,12 +127,13 @@ class Segment(nn.Module):
                 values[start.module] = h
             for name, value in values.items():
                 m = self._by_name[name]
-                m.forward = _constant(value)  # type: ignore[method-assign]
+                rng = self.rng if start is not None and name == start.module else None
+                m.forward = _constant(value, rng)  # type: ignore[method-assign]
                 patched.append(m)
             if start is not None and start.where == "in":
                 handles.append(
                     self._by_name[start.module].register_forward_pre_hook(
-                        _replace_first(h), with_kwargs=True
+                        _replace_first(h, self.rng), with_kwargs=True
                     )
                 )
             if end is not None:
@@ -137,6 +142,8 @@ class Segment(nn.Module):
                     handles.append(em.register_forward_hook(_stop_out))
                 else:
                     handles.append(em.register_forward_pre_hook(_stop_in, with_kwargs=True))
+            if start is None and self.rng is not None:
+                self.rng.restore()
             try:
                 out = self.root(h if start is None else self._x)
             except _Stop as stop:
@@ -151,8 +158,10 @@ class Segment(nn.Module):
                 m.__dict__.pop("forward", None)
 
 
-def _constant(value: torch.Tensor) -> Any:
+def _constant(value: torch.Tensor, rng: RngState | None = None) -> Any:
     def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+        if rng is not None:
+            rng.restore()
         return value
 
     return forward
@@ -162,8 +171,10 @@ def _stop_out(mod: nn.Module, args: Any, out: Any) -> Any:
     raise _Stop(out)
 
 
-def _replace_first(h: torch.Tensor) -> Any:
+def _replace_first(h: torch.Tensor, rng: RngState | None = None) -> Any:
     def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if rng is not None:
+            rng.restore()
         return (h, *args[1:]), kwargs
 
     return hook
@@ -413,6 +424,30 @@ def resolve(
     return bounds, first_label, problems
 
 
+@dataclass(frozen=True)
+class RngState:
+    """The default random generators' states at one point of a forward pass: the CPU's and,
+    for a pass on a CUDA device, that device's. Restoring it before re-running a block makes
+    the block draw the random numbers it drew in the pass (dropout in a forward that ignores
+    ``eval()``, sampling noise), so the re-run reproduces the recorded forward."""
+
+    cpu: torch.Tensor
+    cuda: torch.Tensor | None = None
+    device: int | None = None
+
+    @classmethod
+    def capture(cls, device: torch.device) -> RngState:
+        if device.type == "cuda":
+            idx = device.index if device.index is not None else torch.cuda.current_device()
+            return cls(torch.get_rng_state(), torch.cuda.get_rng_state(idx), idx)
+        return cls(torch.get_rng_state())
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+
+
 @dataclass
 class Pass:
     """One forward pass cut at the boundaries (see :func:`run_pass`).
@@ -422,7 +457,10 @@ class Pass:
     (``outs[-1]`` the module's output); ``reach[i]`` the leaf indices block i's graph
     reaches, ``params[i]`` its parameters (name, parameter); ``calls[name]`` what a
     boundary's module was called with ``(args, kwargs)``; ``problems`` boundaries that
-    cannot be cut (index: why).
+    cannot be cut (index: why). A pass that keeps no graph (``keep_graph=False``) holds
+    ``outs[i]`` detached (but the last) and the RNG states where each block started:
+    ``rng_start[i]`` when the forward reached block i's input, ``rng_call[i]`` when it
+    called the submodule that ends block i.
     """
 
     leaves: list[torch.Tensor]
@@ -432,6 +470,8 @@ class Pass:
     problems: dict[int, str]
     reach: list[set[int]] = field(default_factory=list)
     params: list[list[tuple[str, nn.Parameter]]] = field(default_factory=list)
+    rng_start: list[RngState | None] = field(default_factory=list)
+    rng_call: list[RngState | None] = field(default_factory=list)
 
 
 def run_pass(
@@ -441,6 +481,7 @@ def run_pass(
     *,
     walk: bool = True,
     extra_hooks: Sequence[tuple[nn.Module, Any]] = (),
+    keep_graph: bool = True,
 ) -> Pass:
     """One forward pass of ``root`` with grad enabled where each boundary tensor (a
     submodule's output) is replaced by a leaf requiring grad; its clone goes on, so in-place
@@ -449,6 +490,11 @@ def run_pass(
     ``extra_hooks``: ``(module, fn)``, ``fn(module, args, output, block)`` called after each
     call of ``module`` with the index of the block the forward is in. Boundary ``c`` ends
     block ``c`` and starts block ``c + 1``.
+
+    ``keep_graph=False`` keeps the graph of the last block only: each other block's graph is
+    walked (``reach``, ``params``) when the forward leaves the block and then dropped, so the
+    pass holds one block's activations at a time beyond the block inputs; the RNG states
+    where the blocks start are recorded for re-running them (:func:`replay_blocks`).
     """
     mods = dict(root.named_modules())
     n = len(bounds)
@@ -460,6 +506,12 @@ def run_pass(
     counts: dict[int, int] = {}
     current = [0]  # the block the forward is in
     handles = []
+    named = dict(root.named_parameters())
+    pnames = {id(t): k for k, t in named.items()}
+    reach_at: dict[int, set[int]] = {}
+    params_at: dict[int, list[tuple[str, nn.Parameter]]] = {}
+    rng_start: list[RngState | None] = [None] * (n + 1)
+    rng_call: list[RngState | None] = [None] * (n + 1)
 
     def cut(c: int, t: Any, what: str) -> Any:
         counts[c] = counts.get(c, 0) + 1
@@ -473,17 +525,25 @@ def run_pass(
                 "the part you want as the next block)"
             )
             return None
-        outs[c] = t
+        if keep_graph or t is entries[c]:
+            outs[c] = t
+        else:  # walk block c's graph now, then let it go
+            _walk_one(t, leaves, named, pnames, reach_at, params_at, c)
+            outs[c] = t.detach()
         current[0] = c + 1
         leaf = t.detach().requires_grad_(True)
         leaves[c + 1] = leaf
         entries[c + 1] = leaf.clone()
+        if not keep_graph:
+            rng_start[c + 1] = RngState.capture(leaf.device)
         return entries[c + 1]
 
     def pre(c: int, b: Boundary) -> Any:
         def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if b.module not in calls:
                 calls[b.module] = (args, dict(kwargs), None)
+                if not keep_graph and b.where == "out" and args:
+                    rng_call[c] = RngState.capture(args[0].device)
             if b.where != "in":
                 return None
             if not args:
@@ -500,7 +560,7 @@ def run_pass(
     def post(c: int, b: Boundary) -> Any:
         def hook(mod: nn.Module, args: Any, out: Any) -> Any:
             a, k, _ = calls.get(b.module, ((), {}, None))
-            calls[b.module] = (a, k, out)
+            calls[b.module] = (a, k, out if keep_graph else _detached(out))
             if b.where != "out":
                 return None
             return cut(c, out, f"the output of {b.module!r}")
@@ -519,6 +579,8 @@ def run_pass(
             entries[0] = leaves[0].clone()
         else:  # token ids and the like: no gradient at the input
             leaves[0] = entries[0] = x
+        if not keep_graph:
+            rng_start[0] = RngState.capture(x.device)
         with torch.enable_grad():
             y = root(entries[0])
     finally:
@@ -533,8 +595,25 @@ def run_pass(
     for c, b in enumerate(bounds):
         if c not in problems and leaves[c + 1] is None:
             problems[c] = f"{b.module!r} is not called by the forward"
-    p = Pass(leaves=leaves, entries=entries, outs=outs, calls=calls, problems=problems)
-    if walk and not problems:
+    p = Pass(
+        leaves=leaves,
+        entries=entries,
+        outs=outs,
+        calls=calls,
+        problems=problems,
+        rng_start=rng_start,
+        rng_call=rng_call,
+    )
+    if problems:
+        return p
+    if not keep_graph:  # the blocks left behind were walked on the way; the last one now
+        _walk_one(y, leaves, named, pnames, reach_at, params_at, n)
+        for c in range(n + 1):
+            if c not in reach_at:  # an identity block: it reaches its own input
+                _walk_one(outs[c], leaves, named, pnames, reach_at, params_at, c)
+        p.reach = [reach_at[c] for c in range(n + 1)]
+        p.params = [params_at[c] for c in range(n + 1)]
+    elif walk:
         _walk(root, p)
     return p
 
@@ -548,31 +627,48 @@ def _with_block(fn: Any, current: list[int]) -> Any:
 
 def _walk(root: nn.Module, p: Pass) -> None:
     """Which leaves (block inputs) and parameters each block's output graph reaches."""
-    leaf_ids = {id(t): i for i, t in enumerate(p.leaves) if t is not None and t.requires_grad}
     named = dict(root.named_parameters())
     pnames = {id(t): k for k, t in named.items()}
-    for out in p.outs:
-        reach: set[int] = set()
-        params: list[str] = []
-        if out.grad_fn is None and id(out) in leaf_ids:
-            reach.add(leaf_ids[id(out)])
-        stack = [out.grad_fn]
-        seen: dict[int, Any] = {}
-        while stack:
-            f = stack.pop()
-            if f is None or id(f) in seen:
-                continue
-            seen[id(f)] = f  # keeps the node alive: ids stay unique
-            var = getattr(f, "variable", None)
-            if var is not None:
-                if id(var) in leaf_ids:
-                    reach.add(leaf_ids[id(var)])
-                elif id(var) in pnames:
-                    params.append(pnames[id(var)])
-                continue
-            stack.extend(nf for nf, _ in f.next_functions)
-        p.reach.append(reach)
-        p.params.append([(k, named[k]) for k in params])
+    reach: dict[int, set[int]] = {}
+    params: dict[int, list[tuple[str, nn.Parameter]]] = {}
+    for c, out in enumerate(p.outs):
+        _walk_one(out, p.leaves, named, pnames, reach, params, c)
+    p.reach = [reach[c] for c in range(len(p.outs))]
+    p.params = [params[c] for c in range(len(p.outs))]
+
+
+def _walk_one(
+    out: torch.Tensor,
+    leaves: list[Any],
+    named: dict[str, nn.Parameter],
+    pnames: dict[int, str],
+    reach_at: dict[int, set[int]],
+    params_at: dict[int, list[tuple[str, nn.Parameter]]],
+    c: int,
+) -> None:
+    """The leaves (block inputs) and parameters the graph of block c's output reaches."""
+    leaf_ids = {id(t): i for i, t in enumerate(leaves) if t is not None and t.requires_grad}
+    reach: set[int] = set()
+    params: list[str] = []
+    if out.grad_fn is None and id(out) in leaf_ids:
+        reach.add(leaf_ids[id(out)])
+    stack = [out.grad_fn]
+    seen: dict[int, Any] = {}
+    while stack:
+        f = stack.pop()
+        if f is None or id(f) in seen:
+            continue
+        seen[id(f)] = f  # keeps the node alive: ids stay unique
+        var = getattr(f, "variable", None)
+        if var is not None:
+            if id(var) in leaf_ids:
+                reach.add(leaf_ids[id(var)])
+            elif id(var) in pnames:
+                params.append(pnames[id(var)])
+            continue
+        stack.extend(nf for nf, _ in f.next_functions)
+    reach_at[c] = reach
+    params_at[c] = [(k, named[k]) for k in params]
 
 
 def _merge_plan(p: Pass) -> tuple[set[int], list[str]]:
@@ -655,6 +751,43 @@ def record(
             chain = _build(root, x, bounds, p, [("module", "module")])
             chain.coarsened = [*coarsened, msg]
     return chain, p, bounds
+
+
+class _Replay:
+    """``block(h)`` with the RNG state the recorded pass had when it called the block."""
+
+    def __init__(self, block: nn.Module, rng: RngState | None) -> None:
+        self.block = block
+        self.rng = rng
+
+    def __call__(self, h: torch.Tensor) -> Any:
+        if self.rng is not None:
+            self.rng.restore()
+        return self.block(h)
+
+
+def replay_blocks(
+    root: nn.Module, x: torch.Tensor, bounds: list[Boundary], p: Pass
+) -> list[Any | None]:
+    """Per block of a pass run with ``keep_graph=False``: a callable ``h -> output`` that
+    re-runs the block as the pass ran it (its recorded extra arguments, the RNG state where
+    it started), or None for an identity block and for the last block (whose graph the pass
+    keeps). Built from the pass's records; afterwards the pass's ``entries`` and ``calls``
+    are no longer needed."""
+    mods = dict(root.named_modules())
+    n = len(p.outs)
+    out: list[Any | None] = []
+    for b in range(n):
+        if b == n - 1 or p.outs[b] is p.entries[b]:
+            out.append(None)
+            continue
+        m = _block_module(root, x, bounds, p, b, mods)
+        if isinstance(m, Segment):
+            m.rng = p.rng_start[b]
+            out.append(m)
+        else:
+            out.append(_Replay(m, p.rng_call[b]))
+    return out
 
 
 def blocks_of_pass(p: Pass) -> list[int]:

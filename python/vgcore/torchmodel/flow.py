@@ -21,12 +21,19 @@ from torch import nn
 
 from vgcore.activations import Activation, from_torch_module
 from vgcore.analysis.gradient_flow import GradientFlow, _apply_clip
-from vgcore.torchmodel.blocks import blocks_of_pass, run_pass
+from vgcore.torchmodel.blocks import RngState, blocks_of_pass, replay_blocks, run_pass
 from vgcore.torchmodel.model import TorchModel
 
-__all__ = ["gradient_flow"]
+__all__ = ["MEMORY_MODES", "gradient_flow"]
 
 _LN2 = math.log(2.0)
+
+#: ``memory=`` of :func:`gradient_flow`: re-run one block at a time, or keep one graph.
+MEMORY_MODES = ("blocks", "graph")
+
+
+class _NotReproduced(Exception):
+    """A re-run block gave another output than the recorded pass."""
 
 
 def _max_derivative(act: Activation) -> float:
@@ -164,6 +171,7 @@ def gradient_flow(
     dead_units: bool = False,
     rescale: bool = True,
     clip_norm: float | None = None,
+    memory: str = "blocks",
 ) -> GradientFlow:
     """Per-block gradient norms of a torch module, exact below and above float range.
 
@@ -197,6 +205,14 @@ def gradient_flow(
         cotangent as autograd does (float32 gradients below ~1e-38 become exact zeros).
     clip_norm : float, optional
         Global-norm clipping as ``torch.nn.utils.clip_grad_norm_`` (implies ``param_grads``).
+    memory : {"blocks", "graph"}
+        ``"blocks"`` (default): the forward pass keeps each block's input and drops the
+        block's graph when it leaves the block; the backward pass re-runs one block at a
+        time from the last (with the random generators' states of the recorded pass, so
+        the re-run reproduces it bit for bit, checked) and frees its graph before the next.
+        Memory: the block inputs plus one block's activations; time: about one more forward
+        pass. ``"graph"``: the graph of the whole forward pass is kept (the memory of a plain
+        ``loss.backward()``), nothing is recomputed. Both give the same numbers.
 
     Returns
     -------
@@ -212,7 +228,10 @@ def gradient_flow(
     Runs in evaluation semantics on the module's device and dtype (float16 / bfloat16
     modules in a float32 copy); the module is left as it was. The first call for an input
     shape discovers and checks the blocks (a few extra forward passes); later calls cost one
-    forward and one backward pass.
+    forward and one backward pass (``memory="graph"``) or about two forwards and one
+    backward (``memory="blocks"``). Where a re-run block does not reproduce its recorded
+    output bit for bit (a forward that keeps state between calls, nondeterministic
+    kernels), the call is repeated with ``memory="graph"`` and a note says so.
     """
     if not isinstance(model, TorchModel):
         raise TypeError(f"model must be a TorchModel, got {type(model).__name__}")
@@ -229,20 +248,37 @@ def gradient_flow(
     for flag, name in ((rescale, "rescale"), (dead_units, "dead_units")):
         if not isinstance(flag, (bool, np.bool_)):
             raise TypeError(f"{name} must be True or False, got {flag!r}")
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
 
     with model._analysis(x, param_grads=param_grads) as (module, xt):
-        bounds, names = model.bounds_for(module, xt)
-        units = _Units(module, float(saturation_threshold), bool(dead_units))
-        p = run_pass(module, xt, bounds, extra_hooks=units.hooks())
-        if p.problems or any(j < i for i, r in enumerate(p.reach) for j in r):
-            # This input is cut differently than the one recorded first: record it afresh.
-            chain = model._record(module, xt)
-            bounds, names = chain.bounds, list(chain.names)
+        keep = memory == "graph"
+        while True:
+            bounds, names = model.bounds_for(module, xt)
             units = _Units(module, float(saturation_threshold), bool(dead_units))
-            p = run_pass(module, xt, bounds, extra_hooks=units.hooks())
-        y = p.outs[-1]
-        g = _cotangent(y, cotangent, loss_fn, model)
-        return _backward(model, p, y, g, units, names, param_grads, keep_grads, rescale, clip_norm)
+            p = run_pass(module, xt, bounds, extra_hooks=units.hooks(), keep_graph=keep)
+            if p.problems or any(j < i for i, r in enumerate(p.reach) for j in r):
+                # This input is cut differently than the one recorded first: record it afresh.
+                chain = model._record(module, xt)
+                bounds, names = chain.bounds, list(chain.names)
+                units = _Units(module, float(saturation_threshold), bool(dead_units))
+                p = run_pass(module, xt, bounds, extra_hooks=units.hooks(), keep_graph=keep)
+            shown = blocks_of_pass(p)
+            replay = None if keep else replay_blocks(module, xt, bounds, p)
+            # What the backward pass needs of the pass: its block inputs, outputs, graph.
+            identity = [p.outs[c] is p.entries[c] for c in range(len(p.outs))]
+            p.entries, p.calls = [], {}
+            y = p.outs[-1]
+            g = _cotangent(y, cotangent, loss_fn, model)
+            try:
+                return _backward(
+                    model, p, y, g, units, names, shown, identity, replay,
+                    param_grads, keep_grads, rescale, clip_norm,
+                )  # fmt: skip
+            except _NotReproduced as exc:
+                keep = True
+                del p, replay, y, g
+                model.notes = (*model.notes, str(exc))
 
 
 def _cotangent(y: torch.Tensor, cotangent: Any, loss_fn: Any, model: TorchModel) -> torch.Tensor:
@@ -296,6 +332,9 @@ def _backward(
     cot: torch.Tensor,
     units: _Units,
     names: list[str],
+    shown: list[int],
+    identity: list[bool],
+    replay: list[Any] | None,
     param_grads: bool,
     keep_grads: bool,
     rescale: bool,
@@ -309,38 +348,57 @@ def _backward(
         kept[nb] = _ldexp(g.to(torch.float64), E)
     kinds: dict[str, int] = {}
     psq: dict[int, dict[str, torch.Tensor]] = {}
-    for i in range(nb - 1, -1, -1):
-        leaf = p.leaves[i]
-        has_input = leaf.requires_grad
-        params = [t for _, t in p.params[i] if t.requires_grad] if param_grads else []
-        pnames = [n for n, t in p.params[i] if t.requires_grad] if param_grads else []
-        inputs = ([leaf] if has_input else []) + params
-        grads: tuple[torch.Tensor | None, ...] = (None,) * len(inputs)
-        if inputs and p.outs[i].requires_grad:
-            grads = torch.autograd.grad(
-                p.outs[i], inputs, grad_outputs=g, retain_graph=True, allow_unused=True
-            )
-        if param_grads:
-            sq: dict[str, torch.Tensor] = {}
-            for n, pg in zip(pnames, grads[1 if has_input else 0 :]):
-                if pg is None:
-                    continue
-                k = _kind(n)
-                kinds.setdefault(k, len(kinds))
-                v = torch.linalg.vector_norm(pg).to(torch.float64) ** 2
-                sq[k] = sq[k] + v if k in sq else v
-            psq[i] = {k: 0.5 * torch.log(v) + E.to(torch.float64) * _LN2 for k, v in sq.items()}
-        if not has_input:
-            log_at[i] = torch.full((), math.nan, dtype=torch.float64)
-            break
-        gi = grads[0] if grads and grads[0] is not None else torch.zeros_like(leaf)
-        g, e = _scaled(gi, rescale)
-        E = E + e
-        log_at[i] = _lognorm(g, E)
-        if keep_grads:
-            kept[i] = _ldexp(g.to(torch.float64), E)
+    # memory="blocks": whether every re-run block reproduced its recorded output (one host
+    # read at the end); the global RNG state is restored after the re-runs.
+    same = torch.ones((), dtype=torch.bool, device=y.device)
+    rng = RngState.capture(y.device) if replay is not None else None
+    try:
+        for i in range(nb - 1, -1, -1):
+            leaf = p.leaves[i]
+            has_input = leaf.requires_grad
+            params = [t for _, t in p.params[i] if t.requires_grad] if param_grads else []
+            pnames = [n for n, t in p.params[i] if t.requires_grad] if param_grads else []
+            inputs = ([leaf] if has_input else []) + params
+            grads: tuple[torch.Tensor | None, ...] = (None,) * len(inputs)
+            out = p.outs[i]
+            if replay is not None and replay[i] is not None:
+                with torch.enable_grad():
+                    out = replay[i](leaf.clone() if has_input else leaf)
+                ref = p.outs[i]
+                if not isinstance(out, torch.Tensor) or out.shape != ref.shape:
+                    raise _NotReproduced(_not_reproduced(names, shown, i))
+                same = same & torch.eq(out.detach(), ref).all()
+            if identity[i]:
+                grads = (g,) if has_input else ()
+            elif inputs and out.requires_grad:
+                grads = torch.autograd.grad(out, inputs, grad_outputs=g, allow_unused=True)
+            del out  # frees this block's graph
+            if param_grads:
+                sq: dict[str, torch.Tensor] = {}
+                for n, pg in zip(pnames, grads[1 if has_input else 0 :]):
+                    if pg is None:
+                        continue
+                    k = _kind(n)
+                    kinds.setdefault(k, len(kinds))
+                    v = torch.linalg.vector_norm(pg).to(torch.float64) ** 2
+                    sq[k] = sq[k] + v if k in sq else v
+                psq[i] = {k: 0.5 * torch.log(v) + E.to(torch.float64) * _LN2 for k, v in sq.items()}
+            if not has_input:
+                log_at[i] = torch.full((), math.nan, dtype=torch.float64)
+                break
+            gi = grads[0] if grads and grads[0] is not None else torch.zeros_like(leaf)
+            g, e = _scaled(gi, rescale)
+            E = E + e
+            log_at[i] = _lognorm(g, E)
+            if keep_grads:
+                kept[i] = _ldexp(g.to(torch.float64), E)
+    finally:
+        if rng is not None:
+            rng.restore()
+    if replay is not None and not bool(same):
+        bad = [i for i in range(nb) if replay[i] is not None]
+        raise _NotReproduced(_not_reproduced(names, shown, bad[0] if bad else 0))
     # Reported blocks: the non-identity ones; an identity block's output is the next input.
-    shown = blocks_of_pass(p)
     merged: dict[int, list[int]] = {}
     prev = -1
     for b in shown:
@@ -400,6 +458,16 @@ def _backward(
         notes=tuple(model.notes),
     )
     return _apply_clip(flow, clip_norm)
+
+
+def _not_reproduced(names: list[str], shown: list[int], i: int) -> str:
+    j = next((k for k, b in enumerate(shown) if b >= i), len(shown) - 1)
+    where = repr(names[j]) if j < len(names) else f"block {i}"
+    return (
+        f"memory='blocks': re-running {where} alone did not reproduce the recorded forward bit "
+        "for bit (state kept between calls, or nondeterministic kernels); computed with "
+        "memory='graph' instead"
+    )
 
 
 def _check(logs: np.ndarray, means: np.ndarray, names: list[str]) -> None:
