@@ -18,15 +18,18 @@ from vgcore.models.registry import (
     model_kinds,
     register_model_kind,
 )
+from vgcore.models.ssm import SSM, SelectiveSSM
 
 __all__ = [
     "GRU",
     "LSTM",
     "MLP",
     "RNN",
+    "SSM",
     "Model",
     "ModelKind",
     "RecurrentModel",
+    "SelectiveSSM",
     "is_model",
     "model_kind",
     "model_kinds",
