@@ -9,7 +9,15 @@ from torch import nn
 
 from vgcore.torchmodel.blocks import longest_runs
 
-__all__ = ["OTHER", "clean_name", "param_owners", "unwrap", "watch_blocks"]
+__all__ = [
+    "OTHER",
+    "clean_name",
+    "flat_param_parts",
+    "owner_by_name",
+    "param_owners",
+    "unwrap",
+    "watch_blocks",
+]
 
 #: The block that holds parameters outside every block (a root-level nn.Parameter).
 OTHER = "(other)"
@@ -138,3 +146,31 @@ def param_owners(blocks: Sequence[tuple[str, nn.Module]]) -> dict[int, int]:
                 owners[id(p)] = i
                 sizes[id(p)] = len(ps)
     return owners
+
+
+def flat_param_parts(p: Any) -> list[tuple[str, int, int]] | None:
+    """The tensors inside a flat parameter of the ``FullyShardedDataParallel`` wrapper
+    (``use_orig_params=False``): ``(name relative to the wrapped module, offset, numel)`` of
+    each one's part of this rank's shard (numel 0 where the shard holds none of it). None for
+    an ordinary parameter."""
+    fqns = getattr(p, "_fqns", None)
+    infos = getattr(p, "_shard_param_infos", None)
+    if fqns is None or infos is None or len(fqns) != len(infos):
+        return None
+    out = []
+    for fqn, info in zip(fqns, infos):
+        if getattr(info, "in_shard", False):
+            out.append((str(fqn), int(info.offset_in_shard), int(info.numel_in_shard)))
+        else:
+            out.append((str(fqn), 0, 0))
+    return out
+
+
+def owner_by_name(name: str, blocks: Sequence[str]) -> int:
+    """Index of the block whose name is the longest prefix of the parameter ``name`` (the
+    innermost), -1 if none."""
+    best, size = -1, -1
+    for i, b in enumerate(blocks):
+        if (name == b or name.startswith(b + ".")) and len(b) > size:
+            best, size = i, len(b)
+    return best

@@ -90,6 +90,7 @@ class Watch:
         activations: bool = True,
         output_grads: bool = True,
         updates: bool = True,
+        update_every: int = 1,
         saturation_threshold: float = 1e-3,
         alerts: AlertConfig | Mapping[str, Any] | bool = True,
         tensorboard: Any = None,
@@ -103,6 +104,7 @@ class Watch:
         from vgcore.activations import from_torch_module
         from vgcore.watch import _blocks
         from vgcore.watch.distributed import detect
+        from vgcore.watch.stats import local
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -115,6 +117,10 @@ class Watch:
             )
         if not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        if not (
+            isinstance(update_every, int) and not isinstance(update_every, bool) and update_every >= 1
+        ):
+            raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
         if analyze_every is not None and not (
             isinstance(analyze_every, int)
             and not isinstance(analyze_every, bool)
@@ -153,6 +159,7 @@ class Watch:
             cfg.validate()
 
         self._torch = torch
+        self._local = local
         self.model = model
         self.optimizer = optimizer
         self.every = every
@@ -162,6 +169,7 @@ class Watch:
         self.scaler = scaler
         self.per_parameter = bool(per_parameter)
         self._updates = bool(updates)
+        self.update_every = update_every
         self._bufs: dict[int, Any] = {}
         self.saturation_threshold = float(saturation_threshold)
         inner, self._wrappers = _blocks.unwrap(model)
@@ -170,24 +178,41 @@ class Watch:
         self._block_mods = [m for _, m in found]
         names = [n for n, _ in found]
 
-        # parameters: (clean name, tensor, block index); shared tensors once
+        # parameters: (clean name, tensor, block index); shared tensors once. A flat parameter
+        # (the FullyShardedDataParallel wrapper without use_orig_params) holds several
+        # tensors: one slot each, its part of the rank's shard in self._slices
         owners = _blocks.param_owners(found)
         seen: set[int] = set()
         plist: list[tuple[str, Any, int]] = []
+        self._slices: dict[int, tuple[int, int]] = {}
         other = False
         for pname, p in inner.named_parameters():
             if id(p) in seen:
                 continue
             seen.add(id(p))
-            b = owners.get(id(p), -1)
-            if b < 0:
-                other = True
-                b = len(names)
-            plist.append((_blocks.clean_name(pname), p, b))
+            parts = _blocks.flat_param_parts(p)
+            if parts is None:
+                b = owners.get(id(p), -1)
+                slots = [(_blocks.clean_name(pname), b, None)]
+            else:
+                prefix = pname[: len(pname) - len(pname.rsplit(".", 1)[-1])]
+                slots = []
+                for fqn, off, n in parts:
+                    name = _blocks.clean_name(prefix + fqn)
+                    slots.append((name, _blocks.owner_by_name(name, names), (off, n)))
+            for name, b, sl in slots:
+                if b < 0:
+                    other = True
+                    b = len(names)
+                if sl is not None:
+                    self._slices[len(plist)] = sl
+                plist.append((name, p, b))
         if other:
             names.append(_blocks.OTHER)
         self._names = names
         self._params = plist
+        self._slot_block = np.array([b for _, _, b in plist], dtype=np.int64)
+        self._plans: dict[Any, Any] = {}
         self._dist, sharded = detect(model, [p for _, p, _ in plist], distributed)
         self._sharded = sharded
         self._recurrent = [
@@ -233,11 +258,8 @@ class Watch:
         self._closed = False
         self._paused = False
         self._dirty = False  # accumulators hold something for the current window
-        self._out_norms: list[list[Any]] = [[] for _ in self._block_mods]
-        self._act_stats: dict[tuple[int, int], Any] = {}
         self._act_calls: list[int] = [0] * len(self._acts)
         self._act_multi: set[int] = set()
-        self._act_block: dict[tuple[int, int], int] = {}
         self._last_block = -1
         self._call_order: list[int] | None = None
         self._order_seen: list[int] = []
@@ -250,6 +272,7 @@ class Watch:
         self._batch: Any = None
         self._warned: set[str] = set()
         self._bw_queued = False
+        self._reset_window()
 
         # hooks; everything we add is in self._handles and goes in close()
         self._handles: list[Any] = []
@@ -427,8 +450,8 @@ class Watch:
             self._reset_window()
         self._fwd_step = self.step
         self._recording = self.step % self.every == 0
-        self._act_calls = [0] * len(self._acts)
         if self._recording:
+            self._act_calls = [0] * len(self._acts)
             self._fwd_recorded += 1
             self._dirty = True
         if self.analyze_every is not None and self.step % self.analyze_every == 0:
@@ -448,49 +471,108 @@ class Watch:
             self._order_seen.append(i)
 
     def _block_hook(self, i: int) -> Any:
+        grad_hook = self._grad_hook(i)
+
         def hook(mod: Any, args: Any, out: Any) -> None:
             if not (self._recording and self._training_forward()):
                 return
             self._note_block(i)
             for t in _tensors(out, []):
-                self._tensor_handles.append(t.register_hook(self._grad_hook(i)))
+                self._tensor_handles.append(t.register_hook(grad_hook))
 
         return hook
 
     def _grad_hook(self, i: int) -> Any:
+        torch = self._torch
+        exact = (torch.float32, torch.float64)
+
         def hook(g: Any) -> None:
             if g is not None and not self._paused:
-                self._out_norms[i].append(self._torch.linalg.vector_norm(g.detach()))
+                g = g.detach()
+                # half-precision norms accumulate and come back in float32 (not rounded to 8 bits)
+                dt = None if g.dtype in exact else torch.float32
+                self._og_norms.append(torch.linalg.vector_norm(g, dtype=dt))
+                self._og_block.append(i)
 
         return hook
 
     def _act_hook(self, j: int) -> Any:
+        from vgcore.watch.stats import activation_parts
+
+        torch = self._torch
+        act = self._acts[j][2]
+        rectifier = act.low_derivative == "inactive"
+
         def hook(mod: Any, args: Any, out: Any) -> None:
             if not (self._recording and self._training_forward()):
                 return
-            torch = self._torch
-            if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            if not isinstance(out, torch.Tensor) or not out.is_floating_point() or not out.numel():
                 return
             c = self._act_calls[j]
             self._act_calls[j] = c + 1
             if c:
                 self._act_multi.add(j)
             key = (j, c)
-            st = self._act_stats.get(key)
-            if st is None:
-                from vgcore.watch.stats import ActivationStats
-
-                act = self._acts[j][2]
-                st = ActivationStats(track_dead=act.low_derivative == "inactive")
-                self._act_stats[key] = st
+            if key not in self._act_block:
                 owner = self._acts[j][3]
                 self._act_block[key] = owner if owner >= 0 else self._last_block
+                self._act_track[key] = rectifier
             z = args[0] if args and isinstance(args[0], torch.Tensor) else None
             if z is not None and (z is out or (z.numel() and z.data_ptr() == out.data_ptr())):
                 z = None  # ran in place: the input is gone
-            st.add(self._acts[j][2], z, out, self.saturation_threshold)
+            track = self._act_track[key]
+            parts, alive = activation_parts(act, z, out, self.saturation_threshold, track)
+            self._act_parts += parts
+            self._act_meta.append((key, out.numel()))
+            if track:
+                prev = self._act_alive.get(key)
+                if alive is None or (prev is not None and prev.shape != alive.shape):
+                    # the per-sample shape changed between calls: no dead fraction
+                    self._act_track[key] = False
+                    self._act_alive.pop(key, None)
+                elif prev is None:
+                    self._act_alive[key] = alive
+                elif alive.dtype == torch.bool:
+                    self._act_alive[key] = prev | alive
+                else:
+                    self._act_alive[key] = torch.maximum(prev, alive)
 
         return hook
+
+    # -- parameters ---------------------------------------------------------------------------
+    def _data(self, k: int) -> Any:
+        """The rank-local values of parameter slot ``k`` (a flat parameter's slice for FSDP's
+        flat parameters)."""
+        t = self._local(self._params[k][1]).detach()
+        sl = self._slices.get(k)
+        return t if sl is None else t[sl[0] : sl[0] + sl[1]]
+
+    def _grad(self, k: int) -> Any:
+        g = self._params[k][1].grad
+        if g is None:
+            return None
+        g = self._local(g)
+        sl = self._slices.get(k)
+        return g if sl is None else g[sl[0] : sl[0] + sl[1]]
+
+    def _grads(self) -> tuple[list[int], list[Any]]:
+        """Parameter slots with a gradient and their gradients. Under FSDP every trainable slot
+        (a rank's shard can be empty, without a gradient: a zero here, its presence counted
+        over ranks); elsewhere those whose gradient exists."""
+        every = self._dist.active and self._dist.mode == "fsdp"
+        entries, grads = [], []
+        for k, (_, p, _) in enumerate(self._params):
+            if not p.requires_grad:
+                continue
+            g = self._grad(k)
+            if g is None and not every:
+                continue
+            entries.append(k)
+            grads.append(g)
+        return entries, grads
+
+    def _updates_at(self, step: int) -> bool:
+        return self._updates and step % (self.every * self.update_every) == 0
 
     # -- hooks: optimizer ---------------------------------------------------------------------
     def _pre_step(self, opt: Any, args: Any, kwargs: Any) -> None:
@@ -501,7 +583,7 @@ class Watch:
         if self.step % self.every != 0:
             return
         torch = self._torch
-        from vgcore.watch.stats import local, squared_norms
+        from vgcore.watch.stats import norms
 
         closure = (kwargs or {}).get("closure")
         # the hook sees step's own arguments, the optimizer first: (opt, closure)
@@ -509,6 +591,7 @@ class Watch:
         if closure is None and rest and callable(rest[0]):
             closure = rest[0]
         in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+        upd_now = self._updates_at(self.step)
         scale = None
         if self.scaler is not None and self.scaler.is_enabled():
             s = getattr(self.scaler, "_scale", None)
@@ -516,35 +599,32 @@ class Watch:
         with torch.no_grad():
             if closure is not None:
                 # step(closure) computes the gradients inside the step (Lightning's automatic
-                # optimization, LBFGS): keep the weights now, read the gradients after it
-                keys = [
-                    k
-                    for k, (_, p, _) in enumerate(self._params)
-                    if p.requires_grad and id(p) in in_opt
-                ]
-                snap = self._snapshot(keys)
-                self._pending = {"deferred": True, "keys": keys, "snap": snap, "scale": scale}
+                # optimization, LBFGS): weights now, the gradients after it
+                cand = [k for k, (_, p, _) in enumerate(self._params) if p.requires_grad]
+                weights = [self._data(k) for k in cand]
+                keys = [k for k in cand if id(self._params[k][1]) in in_opt] if upd_now else []
+                self._pending = {
+                    "deferred": True,
+                    "cand": cand,
+                    "wn": norms(weights),
+                    "keys": keys,
+                    "snap": self._snapshot(keys),
+                    "scale": scale,
+                    "dev": self._device(weights),
+                }
                 return
-            entries = [
-                (k, p)
-                for k, (_, p, _) in enumerate(self._params)
-                if p.requires_grad and p.grad is not None
-            ]
-            upd = [k for k, p in entries if id(p) in in_opt] if self._updates else []
-            weights = [local(p) for _, p in entries]
-            dev = self._device(weights)
-            gsq = squared_norms([local(p.grad) for _, p in entries], dev)
-            wsq = squared_norms(weights, dev)
-            snap = self._snapshot(upd)
-        self._pending = {
-            "entries": [k for k, _ in entries],
-            "upd": upd,
-            "gsq": gsq,
-            "wsq": wsq,
-            "snap": snap,
-            "scale": scale,
-            "dev": dev,
-        }
+            entries, grads = self._grads()
+            upd = [k for k in entries if id(self._params[k][1]) in in_opt] if upd_now else []
+            weights = [self._data(k) for k in entries]
+            self._pending = {
+                "entries": entries,
+                "upd": upd,
+                "gn": norms(grads),
+                "wn": norms(weights),
+                "snap": self._snapshot(upd),
+                "scale": scale,
+                "dev": self._device(weights),
+            }
 
     def _post_step(self, opt: Any, args: Any, kwargs: Any) -> None:
         if self._paused or self._closed:
@@ -553,16 +633,17 @@ class Watch:
         step = self.step
         if pend is not None:
             torch = self._torch
-            from vgcore.watch.stats import local, squared_norms
+            from vgcore.watch.stats import norms
 
             with torch.no_grad():
                 if pend.get("deferred"):
                     pend = self._deferred(pend)
-                after = [local(self._params[k][1]).detach() for k in pend["upd"]]
                 snap = pend["snap"]
+                pend["dn"] = []
                 if snap:
-                    torch._foreach_sub_(snap, after)  # theta_before - theta_after
-                pend["dsq"] = squared_norms(snap, pend["dev"])
+                    # theta_before - theta_after in the copy, elementwise: exact for tiny steps
+                    torch._foreach_sub_(snap, [self._data(k) for k in pend["upd"]])
+                    pend["dn"] = norms(snap)
                 pend["snap"] = None
             self._stage(step, pend)
         self._end_step()
@@ -571,13 +652,11 @@ class Watch:
 
     def _snapshot(self, keys: list[int]) -> list[Any]:
         """The weights of ``keys`` copied into buffers kept between steps (one copy of the
-        trained parameters; no allocation per step). Empty with ``updates=False``."""
-        if not self._updates:
+        trained parameters; no allocation per step)."""
+        if not keys:
             return []
         torch = self._torch
-        from vgcore.watch.stats import local
-
-        srcs = [local(self._params[k][1]).detach() for k in keys]
+        srcs = [self._data(k) for k in keys]
         bufs = []
         for k, t in zip(keys, srcs):
             b = self._bufs.get(k)
@@ -585,32 +664,27 @@ class Watch:
                 b = torch.empty_like(t)
                 self._bufs[k] = b
             bufs.append(b)
-        if bufs:
-            torch._foreach_copy_(bufs, srcs)
+        torch._foreach_copy_(bufs, srcs)
         return bufs
 
     def _deferred(self, pend: dict[str, Any]) -> dict[str, Any]:
         """After a step(closure): gradients as they are now (the step does not change them),
-        weights from the copy taken before the step."""
-        from vgcore.watch.stats import local, squared_norms
+        weight norms from before the step."""
+        from vgcore.watch.stats import norms
 
+        entries, grads = self._grads()
+        pos = {k: i for i, k in enumerate(pend["cand"])}
+        entries_in = [(k, g) for k, g in zip(entries, grads) if k in pos]
         at = {k: i for i, k in enumerate(pend["keys"])}
-        entries = [
-            k for k, (_, p, _) in enumerate(self._params) if p.requires_grad and p.grad is not None
-        ]
-        upd = [k for k in entries if k in at] if self._updates else []
-        before = [
-            pend["snap"][at[k]] if k in at else local(self._params[k][1]).detach() for k in entries
-        ]
-        dev = self._device(before)
+        upd = [k for k, _ in entries_in if k in at]
         return {
-            "entries": entries,
+            "entries": [k for k, _ in entries_in],
             "upd": upd,
-            "gsq": squared_norms([local(self._params[k][1].grad) for k in entries], dev),
-            "wsq": squared_norms(before, dev),
+            "gn": norms([g for _, g in entries_in]),
+            "wn": [pend["wn"][pos[k]] for k, _ in entries_in],
             "snap": [pend["snap"][at[k]] for k in upd],
             "scale": pend["scale"],
-            "dev": dev,
+            "dev": pend["dev"],
         }
 
     # -- without an optimizer: one step per backward pass -------------------------------------
@@ -627,24 +701,19 @@ class Watch:
         step = self.step
         if step % self.every == 0:
             torch = self._torch
-            from vgcore.watch.stats import local, squared_norms
+            from vgcore.watch.stats import norms
 
             with torch.no_grad():
-                entries = [
-                    (k, p)
-                    for k, (_, p, _) in enumerate(self._params)
-                    if p.requires_grad and p.grad is not None
-                ]
-                weights = [local(p) for _, p in entries]
-                dev = self._device(weights)
+                entries, grads = self._grads()
+                weights = [self._data(k) for k in entries]
                 pend = {
-                    "entries": [k for k, _ in entries],
+                    "entries": entries,
                     "upd": [],
-                    "gsq": squared_norms([local(p.grad) for _, p in entries], dev),
-                    "wsq": squared_norms(weights, dev),
-                    "dsq": None,
+                    "gn": norms(grads),
+                    "wn": norms(weights),
+                    "dn": [],
                     "scale": None,
-                    "dev": dev,
+                    "dev": self._device(weights),
                 }
             self._stage(step, pend)
         self._end_step()
@@ -666,9 +735,13 @@ class Watch:
 
     def _reset_window(self) -> None:
         self._clear_tensor_handles()
-        self._out_norms = [[] for _ in self._block_mods]
-        self._act_stats = {}
-        self._act_block = {}
+        self._og_norms: list[Any] = []
+        self._og_block: list[int] = []
+        self._act_parts: list[Any] = []
+        self._act_meta: list[tuple[tuple[int, int], int]] = []
+        self._act_alive: dict[tuple[int, int], Any] = {}
+        self._act_track: dict[tuple[int, int], bool] = {}
+        self._act_block: dict[tuple[int, int], int] = {}
         self._dirty = False
 
     def _clear_tensor_handles(self) -> None:
@@ -677,26 +750,9 @@ class Watch:
         self._tensor_handles = []
 
     def _stage(self, step: int, pend: dict[str, Any]) -> None:
-        """Device-side sums of one logged step; the host copy waits for :meth:`_finalize`
-        (so that a loss observed after ``optimizer.step()`` still joins its step)."""
-        torch = self._torch
-        dev = pend["dev"]
-        fired = [bool(n) for n in self._out_norms]
-        with torch.no_grad():
-            out_sq = torch.zeros(len(self._block_mods), dtype=torch.float64, device=dev)
-            for i, norms in enumerate(self._out_norms):
-                if len(norms) == 1 and norms[0].device == dev:
-                    out_sq[i] = norms[0].to(torch.float64) ** 2
-                elif norms:
-                    v = torch.stack([n.to(device=dev, dtype=torch.float64) for n in norms])
-                    out_sq[i] = (v * v).sum()
-            if pend["scale"] is not None:
-                out_sq = out_sq / (pend["scale"].to(dev) ** 2)
-            acts = []
-            for key in sorted(self._act_stats):
-                vec = self._act_stats[key].vector()
-                if vec is not None:
-                    acts.append((key, vec.to(dev), self._act_stats[key].alive is not None))
+        """Keep one logged step's device tensors; the sums and the host copy wait for
+        :meth:`_finalize` (so that a loss observed after ``optimizer.step()`` still joins its
+        step)."""
         if self._fwd_recorded and not self._block_fires and self._block_mods:
             self._warn_once(
                 "compile",
@@ -708,10 +764,12 @@ class Watch:
         self._unflushed = {
             "step": step,
             "pend": pend,
-            "out_sq": out_sq,
-            "fired": fired,
-            "acts": acts,
-            "act_block": dict(self._act_block),
+            "og_norms": self._og_norms,
+            "og_block": self._og_block,
+            "act_parts": self._act_parts,
+            "act_meta": self._act_meta,
+            "act_alive": {k: v for k, v in self._act_alive.items() if self._act_track.get(k)},
+            "act_block": self._act_block,
         }
         self._block_fires = 0
         self._fwd_recorded = 0
@@ -722,97 +780,163 @@ class Watch:
             warnings.warn(msg, WatchWarning, stacklevel=4)
 
     def _finalize(self) -> None:
-        """Combine over ranks (one all_reduce), copy to the host once, add the rows, check
-        the alerts, write TensorBoard scalars."""
+        """Sum the step's pieces into one float64 vector (squared norms per parameter, per
+        block output, per activation call; sums of activations; losses), combine it over ranks
+        (one all_reduce), copy it to the host once, add the rows, check the alerts, write
+        TensorBoard scalars.
+
+        Outside distributed runs the device only stacks the 0-d results (one stack, one cast)
+        and the host does the sums; with several ranks the sums are formed on the device
+        (one ``index_add_`` into a layout every rank shares) before the all_reduce.
+        """
         u, self._unflushed = self._unflushed, None
         if u is None:
             return
         torch = self._torch
+        from vgcore.watch.stats import stack64
+
         step, pend = u["step"], u["pend"]
         dev = pend["dev"]
         dist = self._dist
         entries, upd = pend["entries"], pend["upd"]
-        gsq, wsq, dsq = pend["gsq"], pend["wsq"], pend["dsq"]
-        if dsq is None:
-            dsq = torch.zeros(0, dtype=torch.float64, device=dev)
+        P, Q = len(entries), len(upd)
+        nbm = len(self._block_mods)
+        og_norms, og_block = u["og_norms"], u["og_block"]
+        parts, meta = u["act_parts"], u["act_meta"]
+        keys = sorted({k for k, _ in meta})
+        kpos = {k: i for i, k in enumerate(keys)}
+        alive_keys = [k for k in keys if k in u["act_alive"]]
         losses = self._losses.pop(step, {})
         for s in [s for s in self._losses if s < step]:
             del self._losses[s]
         loss_keys = sorted(losses)
-        with torch.no_grad():
-            loss_vals = [
-                torch.stack(
-                    [
-                        v.to(device=dev, dtype=torch.float64)
-                        if isinstance(v, torch.Tensor)
-                        else torch.tensor(v, dtype=torch.float64, device=dev)
-                        for v in losses[k]
-                    ]
-                ).mean()
-                for k in loss_keys
+        fsdp = dist.active and dist.mode == "fsdp"
+
+        # the layout every rank shares: [g^2 (P) | w^2 (P) | d^2 (Q) | block outputs' g^2 |
+        # per activation key (count, sum, sum of squares, low count) | losses | presence (P)]
+        o_og = 2 * P + Q
+        o_act = o_og + nbm
+        o_loss = o_act + 4 * len(keys)
+        o_pres = o_loss + len(loss_keys)
+        size = o_pres + (P if fsdp else 0)
+        kk = np.array([kpos[k] for k, _ in meta], dtype=np.int64)
+        loss_t, it_loss, loss_f, if_loss = [], [], [], []
+        for i, k in enumerate(loss_keys):
+            for v in losses[k]:
+                if isinstance(v, torch.Tensor):
+                    loss_t.append(v)
+                    it_loss.append(o_loss + i)
+                else:
+                    loss_f.append(float(v))
+                    if_loss.append(o_loss + i)
+        # device values: norms first (squared before summing), then sums
+        dvals = [*pend["gn"], *pend["wn"], *pend["dn"], *og_norms, *parts[1::3]]
+        n_sq = len(dvals)
+        dvals += [*parts[0::3], *parts[2::3], *loss_t]
+        idx_d = np.concatenate(
+            [
+                np.arange(o_og, dtype=np.int64),
+                o_og + np.asarray(og_block, dtype=np.int64),
+                o_act + 4 * kk + 2,
+                o_act + 4 * kk + 1,
+                o_act + 4 * kk + 3,
+                np.asarray(it_loss, dtype=np.int64),
             ]
-            lossv = (
-                torch.stack(loss_vals)
-                if loss_vals
-                else torch.zeros(0, dtype=torch.float64, device=dev)
-            )
-            param_sq = torch.cat([gsq, wsq, dsq])
-            act_vecs = [v for _, v, _ in u["acts"]]
+        )
+        # host values: element counts, float losses, presence of the shards' gradients
+        idx_h = np.concatenate(
+            [
+                o_act + 4 * kk,
+                np.asarray(if_loss, dtype=np.int64),
+                o_pres + np.arange(P if fsdp else 0, dtype=np.int64),
+            ]
+        )
+        pres = [] if not fsdp else [float(g is not None) for g in self._presence(entries)]
+        hvals = np.array([c for _, c in meta] + loss_f + pres, dtype=np.float64)
+        scale = pend["scale"]
+        with torch.no_grad():
+            vec = stack64(dvals, dev)
+            alive = [u["act_alive"][k].reshape(-1) for k in alive_keys]
+            if alive:
+                a0 = alive[0]
+                alive_v = (
+                    torch.cat(alive).to(torch.float64)
+                    if all(a.dtype == a0.dtype and a.device == dev for a in alive)
+                    else torch.cat([a.to(device=dev, dtype=torch.float64) for a in alive])
+                )
+            else:
+                alive_v = torch.zeros(0, dtype=torch.float64, device=dev)
+            tail = [scale.reshape(1).to(dev)] if scale is not None else []
             if dist.active:
+                vec[:n_sq].square_()
+                full = torch.cat([vec, torch.as_tensor(hvals, device=dev)])
+                idx = torch.as_tensor(np.concatenate([idx_d, idx_h]), device=dev)
+                fixed = torch.zeros(size, dtype=torch.float64, device=dev).index_add_(0, idx, full)
                 # squared sums of sharded tensors add over ranks; replicated ones are equal on
                 # every rank and pass through (mask 1 / 0: exact)
-                mask_e = torch.tensor(
-                    [float(self._sharded[k]) for k in entries], dtype=torch.float64, device=dev
-                )
-                mask_u = torch.tensor(
-                    [float(self._sharded[k]) for k in upd], dtype=torch.float64, device=dev
-                )
-                mask = torch.cat([mask_e, mask_e, mask_u])
-                summed = torch.cat([param_sq * mask, u["out_sq"], lossv, *act_vecs])
-                dist.all_reduce_sum(summed)
-                n_p = param_sq.numel()
-                param_sq = summed[:n_p] + param_sq * (1 - mask)
-                rest = summed[n_p:]
-                w2 = float(dist.world) ** 2
-                out_sq = rest[: len(self._block_mods)] / w2
-                rest = rest[len(self._block_mods) :]
-                lossv = rest[: lossv.numel()] / dist.world
-                rest = rest[lossv.numel() :]
-                act_vecs, at = [], 0
-                for _, v, _ in u["acts"]:
-                    act_vecs.append(rest[at : at + v.numel()])
-                    at += v.numel()
+                m = np.ones(size)
+                m[: 2 * P] = np.tile([float(self._sharded[k]) for k in entries], 2) if P else 0
+                m[2 * P : o_og] = [float(self._sharded[k]) for k in upd]
+                mt = torch.as_tensor(m, device=dev)
+                red = torch.cat([fixed * mt, alive_v])
+                dist.all_reduce_sum(red)
+                red[:size] += fixed * (1 - mt)
+                flat = torch.cat([red, *tail])
             else:
-                out_sq = u["out_sq"]
-            flat = torch.cat([param_sq, out_sq, lossv, *act_vecs])
-        host = flat.detach().cpu().numpy()  # the one copy to the host of this step
-        P, Q = len(entries), len(upd)
-        g = np.sqrt(host[:P])
-        w = np.sqrt(host[P : 2 * P])
-        d = np.sqrt(host[2 * P : 2 * P + Q])
-        at = 2 * P + Q
-        out = np.sqrt(host[at : at + len(self._block_mods)])
-        at += len(self._block_mods)
-        lv = host[at : at + len(loss_keys)]
-        at += len(loss_keys)
-        act_host = []
-        for _, v, _ in u["acts"]:
-            act_host.append(host[at : at + v.numel()])
-            at += v.numel()
-        self._record(
-            step,
-            u["act_block"],
-            entries,
-            upd,
-            g,
-            w,
-            d,
-            out,
-            u["fired"],
-            dict(zip(loss_keys, lv)),
-            u["acts"],
-            act_host,
-        )
+                flat = torch.cat([vec, alive_v, *tail])
+            host = flat.detach().cpu().numpy()  # the one copy to the host of this step
+        if dist.active:
+            fixed_h = host[:size]
+            at = size
+        else:
+            v = host[: len(dvals)].copy()
+            v[:n_sq] *= v[:n_sq]
+            fixed_h = np.bincount(idx_d, weights=v, minlength=size)
+            if len(hvals):
+                fixed_h += np.bincount(idx_h, weights=hvals, minlength=size)
+            at = len(dvals)
+        alive_h = host[at : at + alive_v.numel()]
+        scale_h = float(host[-1]) if scale is not None else None
+
+        g = np.sqrt(fixed_h[:P])
+        w = np.sqrt(fixed_h[P : 2 * P])
+        d = np.sqrt(fixed_h[2 * P : o_og])
+        out_sq = fixed_h[o_og:o_act]
+        if dist.active:
+            out_sq = out_sq / float(dist.world) ** 2
+        if scale_h is not None:
+            out_sq = out_sq / (scale_h * scale_h)
+        out = np.sqrt(out_sq)
+        fired = [False] * nbm
+        for b in og_block:
+            fired[b] = True
+        if fsdp:
+            # a tensor without a gradient on every rank is not recorded
+            keep = fixed_h[o_pres : o_pres + P] > 0
+            if not keep.all():
+                kept = {k for k, ok in zip(entries, keep) if ok}
+                uk = np.array([k in kept for k in upd], dtype=bool)
+                entries = [k for k in entries if k in kept]
+                g, w, d = g[keep], w[keep], d[uk]
+                upd = [k for k in upd if k in kept]
+        loss_vals = {}
+        for i, k in enumerate(loss_keys):
+            lv = fixed_h[o_loss + i] / len(losses[k])
+            loss_vals[k] = lv / dist.world if dist.active else lv
+        acts = []
+        a_at = 0
+        for k in keys:
+            i = o_act + 4 * kpos[k]
+            al = None
+            if k in u["act_alive"]:
+                n_al = u["act_alive"][k].numel()
+                al = alive_h[a_at : a_at + n_al]
+                a_at += n_al
+            acts.append((k, fixed_h[i : i + 4], al))
+        self._record(step, u["act_block"], entries, upd, g, w, d, out, fired, loss_vals, acts)
+
+    def _presence(self, entries: list[int]) -> list[Any]:
+        return [self._grad(k) for k in entries]
 
     def _record(
         self,
@@ -826,24 +950,21 @@ class Watch:
         out: np.ndarray,
         fired: list[bool],
         losses: dict[str, float],
-        acts: list[Any],
-        act_host: list[np.ndarray],
+        acts: list[tuple[tuple[int, int], np.ndarray, np.ndarray | None]],
     ) -> None:
         from vgcore.watch.stats import activation_metrics
 
         nb = len(self._names)
-        labels: list[tuple[str | None, str | None, str]] = []
-        values: list[float] = []
-        blk = np.array([self._params[k][2] for k in entries], dtype=np.int64)
-        gsq_b = np.bincount(blk, weights=g * g, minlength=nb) if len(blk) else np.zeros(nb)
-        wsq_b = np.bincount(blk, weights=w * w, minlength=nb) if len(blk) else np.zeros(nb)
-        has_b = np.bincount(blk, minlength=nb) > 0 if len(blk) else np.zeros(nb, bool)
+        blk = self._slot_block[entries] if entries else np.zeros(0, np.int64)
+        gsq_b = np.bincount(blk, weights=g * g, minlength=nb)
+        wsq_b = np.bincount(blk, weights=w * w, minlength=nb)
+        has_b = np.bincount(blk, minlength=nb) > 0
         pos = {k: i for i, k in enumerate(entries)}
-        ublk = np.array([self._params[k][2] for k in upd], dtype=np.int64)
-        uw = np.array([w[pos[k]] for k in upd])
-        dsq_b = np.bincount(ublk, weights=d * d, minlength=nb) if len(upd) else np.zeros(nb)
-        uwsq_b = np.bincount(ublk, weights=uw * uw, minlength=nb) if len(upd) else np.zeros(nb)
-        has_u = np.bincount(ublk, minlength=nb) > 0 if len(upd) else np.zeros(nb, bool)
+        ublk = self._slot_block[upd] if upd else np.zeros(0, np.int64)
+        uw = w[[pos[k] for k in upd]] if upd else np.zeros(0)
+        dsq_b = np.bincount(ublk, weights=d * d, minlength=nb)
+        uwsq_b = np.bincount(ublk, weights=uw * uw, minlength=nb)
+        has_u = np.bincount(ublk, minlength=nb) > 0
         with np.errstate(divide="ignore", invalid="ignore"):
             uratio = np.where(uw > 0, d / np.where(uw > 0, uw, 1.0), np.nan)
             bratio = np.where(
@@ -851,48 +972,58 @@ class Watch:
             )
         grad_b = np.where(has_b, np.sqrt(gsq_b), np.nan)
         upd_b = np.where(has_u, bratio, np.nan)
+        fired_b = np.zeros(nb, dtype=bool)
+        fired_b[: len(fired)] = fired
         out_b = np.full(nb, np.nan)
         out_b[: len(out)] = np.where(fired, out, np.nan)
-        if self.per_parameter:
-            upos = {k: i for i, k in enumerate(upd)}
-            for i, k in enumerate(entries):
-                name, _, b = self._params[k]
-                bn = self._names[b]
-                labels += [(bn, name, "grad_norm"), (bn, name, "weight_norm")]
-                values += [g[i], w[i]]
-                if k in upos:
-                    labels += [(bn, name, "update_norm"), (bn, name, "update_ratio")]
-                    values += [d[upos[k]], uratio[upos[k]]]
-        for b, bn in enumerate(self._names):
-            if has_b[b]:
-                labels += [(bn, None, "grad_norm"), (bn, None, "weight_norm")]
-                values += [grad_b[b], math.sqrt(wsq_b[b])]
-            if has_u[b]:
-                labels += [(bn, None, "update_norm"), (bn, None, "update_ratio")]
-                values += [math.sqrt(dsq_b[b]), upd_b[b]]
-            if b < len(fired) and fired[b]:
-                labels.append((bn, None, "output_grad_norm"))
-                values.append(out_b[b])
+
+        # the row labels and where each value comes from, cached per layout (the same every
+        # step of an ordinary loop)
+        sig = (tuple(entries), tuple(upd), has_b.tobytes(), has_u.tobytes(), fired_b.tobytes())
+        plan = self._plans.get(sig)
+        if plan is None:
+            plan = self._plan(entries, upd, has_b, has_u, fired_b)
+            if len(self._plans) > 16:
+                self._plans.clear()
+            self._plans[sig] = plan
+        labels_pb, take = plan
+        pool = np.concatenate(
+            [
+                g,
+                w,
+                d,
+                uratio,
+                grad_b,
+                np.sqrt(wsq_b),
+                np.sqrt(dsq_b),
+                upd_b,
+                out_b,
+            ]
+        )
+        labels: list[tuple[str | None, str | None, str]] = list(labels_pb)
+        values = [pool[take]]
         act_rows: list[tuple[str, str, dict[str, float]]] = []
-        for ((j, c), _, has_dead), vec in zip(acts, act_host):
+        act_vals: list[float] = []
+        for (j, c), (count, s1, s2, low), alive in acts:
             mname, _, act, _ = self._acts[j]
             label = f"{mname}[{c}]" if j in self._act_multi else mname
             b = act_block.get((j, c), self._acts[j][3])
             bn = self._names[b] if 0 <= b < nb else "(unknown)"
-            m = activation_metrics(vec, has_dead)
-            low = m.pop("act_low_derivative", math.nan)
+            m = activation_metrics(count, s1, s2, low, alive)
+            lowf = m.pop("act_low_derivative", math.nan)
             if act.low_derivative == "saturated":
-                m["act_saturated"] = low
+                m["act_saturated"] = lowf
             elif act.low_derivative == "inactive":
-                m["act_inactive"] = low
+                m["act_inactive"] = lowf
             for metric, v in m.items():
                 labels.append((bn, label, metric))
-                values.append(v)
+                act_vals.append(v)
             act_rows.append((bn, label, m))
         for lk, lv in losses.items():
             labels.append((None, None, lk))
-            values.append(float(lv))
-        self._history.append(step, labels, np.asarray(values, dtype=np.float64))
+            act_vals.append(float(lv))
+        values.append(np.asarray(act_vals, dtype=np.float64))
+        self._history.append(step, labels, np.concatenate(values))
 
         order = self._call_order or self._order_seen or list(range(len(self._block_mods)))
         idx = [*order, *(i for i in range(nb) if i not in order)]
@@ -917,13 +1048,50 @@ class Watch:
                     wr.add_scalar(f"grad_norm/{bn}", float(grad_b[b]), step)
                 if has_u[b]:
                     wr.add_scalar(f"update_ratio/{bn}", float(upd_b[b]), step)
-                if b < len(fired) and fired[b]:
+                if fired_b[b]:
                     wr.add_scalar(f"output_grad_norm/{bn}", float(out_b[b]), step)
             for _bn, label, m in act_rows:
                 for metric, v in m.items():
                     wr.add_scalar(f"{metric}/{label}", float(v), step)
             for lk, lv in losses.items():
                 wr.add_scalar(lk, float(lv), step)
+
+    def _plan(
+        self,
+        entries: list[int],
+        upd: list[int],
+        has_b: np.ndarray,
+        has_u: np.ndarray,
+        fired: np.ndarray,
+    ) -> tuple[list[tuple[str | None, str | None, str]], np.ndarray]:
+        """Row labels of the parameter and block metrics, and the index of each row's value in
+        the pool ``[g (P), w (P), d (Q), ratio (Q), then per block (nb each): grad, weight,
+        update, ratio, output grad]``."""
+        P, Q, nb = len(entries), len(upd), len(self._names)
+        labels: list[tuple[str | None, str | None, str]] = []
+        take: list[int] = []
+        if self.per_parameter:
+            upos = {k: i for i, k in enumerate(upd)}
+            for i, k in enumerate(entries):
+                name, _, b = self._params[k]
+                bn = self._names[b]
+                labels += [(bn, name, "grad_norm"), (bn, name, "weight_norm")]
+                take += [i, P + i]
+                if k in upos:
+                    labels += [(bn, name, "update_norm"), (bn, name, "update_ratio")]
+                    take += [2 * P + upos[k], 2 * P + Q + upos[k]]
+        base = 2 * P + 2 * Q
+        for b, bn in enumerate(self._names):
+            if has_b[b]:
+                labels += [(bn, None, "grad_norm"), (bn, None, "weight_norm")]
+                take += [base + b, base + nb + b]
+            if has_u[b]:
+                labels += [(bn, None, "update_norm"), (bn, None, "update_ratio")]
+                take += [base + 2 * nb + b, base + 3 * nb + b]
+            if fired[b]:
+                labels.append((bn, None, "output_grad_norm"))
+                take.append(base + 4 * nb + b)
+        return labels, np.asarray(take, dtype=np.int64)
 
     # -- deeper analysis ----------------------------------------------------------------------
     def _analyze(self, step: int) -> None:

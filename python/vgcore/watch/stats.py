@@ -17,11 +17,12 @@ import torch
 from vgcore.activations import Activation
 
 __all__ = [
-    "ActivationStats",
-    "block_sums",
+    "activation_metrics",
+    "activation_parts",
     "local",
     "low_derivative_mask",
-    "squared_norms",
+    "norms",
+    "stack64",
 ]
 
 
@@ -33,38 +34,27 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def squared_norms(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Squared Frobenius norms of ``tensors`` as one float64 vector on ``device``.
+def norms(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+    """Euclidean norms of ``tensors`` as 0-d tensors on their devices, in their dtypes, from one
+    ``torch._foreach_norm`` call (one fused kernel per device and dtype group).
 
     Parameters
     ----------
-    tensors : sequence of Tensor
-        Any shapes and floating dtypes (dense; sparse tensors are densified one by one).
-    device : torch.device
-        Where the result lives (the tensors' device when they share one).
+    tensors : sequence of Tensor or None
+        Any shapes and floating dtypes (sparse tensors are densified one by one); None (a
+        missing gradient, a rank's empty shard) gives a zero.
 
     Returns
     -------
-    Tensor of shape (len(tensors),), float64
+    list of 0-d Tensor, one per input
     """
-    if not tensors:
-        return torch.zeros(0, dtype=torch.float64, device=device)
-    dense = [t.to_dense() if t.is_sparse else t for t in tensors]
-    # One fused kernel per (device, dtype) group; the norms come back in the input's dtype.
-    norms = torch._foreach_norm(dense)
-    if all(n.device == device and n.dtype == norms[0].dtype for n in norms):
-        out = torch.stack(norms).to(torch.float64)  # the common case: one stack, one cast
-    else:
-        out = torch.stack([n.to(device=device, dtype=torch.float64) for n in norms])
-    return out * out
-
-
-def block_sums(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
-    """Sum ``values`` (shape (P,)) into ``n`` bins given by ``index`` (shape (P,), int64)."""
-    out = torch.zeros(n, dtype=values.dtype, device=values.device)
-    if values.numel():
-        out.index_add_(0, index, values)
-    return out
+    dense = [t.to_dense() if t.is_sparse else t for t in tensors if t is not None]
+    got = list(torch._foreach_norm(dense)) if dense else []
+    if len(got) == len(tensors):
+        return got
+    zero = got[0].new_zeros(()) if got else torch.zeros(())
+    it = iter(got)
+    return [zero if t is None else next(it) for t in tensors]
 
 
 def _max_derivative(act: Activation) -> float:
@@ -130,82 +120,63 @@ def low_derivative_mask(
     return None
 
 
-class ActivationStats:
-    """Running sums of one activation module's outputs over the forward passes of one step.
+def _sum_dtype(t: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype of a reduction over ``t``: its own for float32 / float64 (torch
+    accumulates in it), float32 for half types (whose 0-d results would round to 8 bits)."""
+    return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
 
-    Kept as device tensors, one small group per call and combined once in :meth:`vector`:
-    the sum and the squared norm of the outputs (cheap reductions; the variance is taken in
-    float64 from them), the number of elements with a small derivative, and per unit whether
-    some sample was active (units are all positions after the batch dimension 0; dropped when
-    the per-sample shape changes between calls).
+
+def activation_parts(
+    act: Activation, z: torch.Tensor | None, y: torch.Tensor, thr: float, units: bool
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """One call's reductions of an activation module's output ``y`` (any shape, batch first).
+
+    Returns
+    -------
+    (parts, alive) : ``parts`` = [sum, Euclidean norm, number of elements with a small
+        derivative] as 0-d tensors (summed over calls and ranks by the monitor, the norm
+        squared first); ``alive`` (shape ``y.shape[1:]`` flattened, or None when ``units`` is
+        False or the mask cannot be formed) is > 0 where some sample had the unit active.
+
+    A rectifier needs no mask: ``y = 0`` exactly where the unit is off, so the count is
+    ``numel - sum(sign(y))`` and the per-unit activity ``max over the batch`` (a comparison
+    producing a bool tensor costs several times these reductions on the CPU).
     """
-
-    __slots__ = ("alive", "count", "parts", "track_dead")
-
-    def __init__(self, track_dead: bool) -> None:
-        self.count = 0
-        self.parts: list[torch.Tensor] = []
-        self.alive: torch.Tensor | None = None
-        self.track_dead = track_dead
-
-    def add(self, act: Activation, z: torch.Tensor | None, y: torch.Tensor, thr: float) -> None:
-        """Fold one call's output ``y`` (any shape, batch first) into the sums."""
-        y = y.detach()
-        n = y.numel()
-        if n == 0:
-            return
-        norm = torch.linalg.vector_norm(y)
-        if act.name == "relu":
-            # y = 0 exactly where the unit is off: no mask tensor needed for the units
-            low = (y <= 0).sum()
-            unit = y.flatten(1).amax(0) if (self.track_dead and y.dim() >= 2) else None
+    y = y.detach()
+    n = y.numel()
+    dt = _sum_dtype(y) if n < 2**24 else torch.float64  # counts stay exact
+    if act.name == "relu":
+        low = torch.rsub(torch.sign(y).sum(dtype=dt), n)
+        alive = y.flatten(1).amax(0) if (units and y.dim() >= 2) else None
+    else:
+        mask = low_derivative_mask(act, None if z is None else z.detach(), y, thr)
+        if mask is None:
+            low = torch.full((), math.nan, dtype=dt, device=y.device)
+            alive = None
         else:
-            mask = low_derivative_mask(act, None if z is None else z.detach(), y, thr)
-            low = mask.sum() if mask is not None else torch.full((), math.nan, device=y.device)
-            unit = None
-            if self.track_dead and mask is not None and y.dim() >= 2:
-                unit = (~mask).flatten(1).any(0)
-        self.parts += [y.sum(), norm, low]
-        self.count += n
-        if unit is not None:
-            alive = unit > 0 if unit.dtype != torch.bool else unit
-            if self.alive is None and self.count == n:
-                self.alive = alive
-            elif self.alive is not None and self.alive.shape == alive.shape:
-                self.alive = self.alive | alive
-            else:
-                self.alive = None
-                self.track_dead = False
-        elif self.track_dead:
-            self.alive = None
-            self.track_dead = False
-
-    def vector(self) -> torch.Tensor | None:
-        """[count, s1, s2, low, alive...] as one float64 vector (None when nothing was seen);
-        every entry is a sum, so ranks combine them by all-reduce (``alive`` > 0 survives)."""
-        if not self.parts:
-            return None
-        if all(t.dtype == self.parts[0].dtype for t in self.parts):
-            p = torch.stack(self.parts).to(torch.float64).view(-1, 3)
-        else:
-            p = torch.stack([t.to(torch.float64) for t in self.parts]).view(-1, 3)
-        dev = p.device
-        head = torch.stack(
-            [
-                torch.tensor(float(self.count), dtype=torch.float64, device=dev),
-                p[:, 0].sum(),
-                (p[:, 1] * p[:, 1]).sum(),
-                p[:, 2].sum(),
-            ]
-        )
-        if self.alive is not None:
-            return torch.cat([head, self.alive.to(torch.float64)])
-        return head
+            low = mask.sum(dtype=dt)
+            alive = (~mask).flatten(1).any(0) if (units and y.dim() >= 2) else None
+    sd = _sum_dtype(y)
+    return [y.sum(dtype=sd), torch.linalg.vector_norm(y, dtype=sd), low], alive
 
 
-def activation_metrics(vec: Any, has_dead: bool) -> dict[str, float]:
-    """Host-side: mean, std, low-derivative and dead fractions from a (reduced) ``vector``."""
-    count, s1, s2, low = (float(v) for v in vec[:4])
+def stack64(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """0-d tensors as one float64 vector on ``device`` (one stack and one cast when they
+    share a dtype and device, the common case)."""
+    if not tensors:
+        return torch.zeros(0, dtype=torch.float64, device=device)
+    t0 = tensors[0]
+    if all(t.dtype == t0.dtype and t.device == device for t in tensors):
+        return torch.stack(list(tensors)).to(torch.float64)
+    return torch.stack([t.to(device=device, dtype=torch.float64) for t in tensors])
+
+
+def activation_metrics(
+    count: float, s1: float, s2: float, low: float, alive: Any = None
+) -> dict[str, float]:
+    """Host-side: mean, std, low-derivative and dead fractions from the summed parts (over the
+    step's calls and the ranks): element count, sum, sum of squares, low-derivative count and
+    the per-unit activity (a unit is dead where it is <= 0; None: not tracked)."""
     out: dict[str, float] = {}
     if count <= 0:
         return out
@@ -213,7 +184,6 @@ def activation_metrics(vec: Any, has_dead: bool) -> dict[str, float]:
     out["act_mean"] = mean
     out["act_std"] = math.sqrt(max(s2 / count - mean * mean, 0.0))
     out["act_low_derivative"] = low / count
-    if has_dead and len(vec) > 4:
-        alive = vec[4:]
+    if alive is not None and len(alive):
         out["act_dead"] = float((alive <= 0).sum()) / len(alive)
     return out
