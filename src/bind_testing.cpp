@@ -3,6 +3,8 @@
 // the graded Jacobi SVD, the scratch memory cache) so that it can be checked on its own.
 #include <algorithm>
 #include <string>
+#include <type_traits>
+#include <variant>
 #include <vector>
 
 #include "convert.hpp"
@@ -73,6 +75,47 @@ py::dict tangent_map_impl(const py::dict& model, std::size_t step, const py::obj
   return d;
 }
 
+// One step of a state-space layer for a batch: the new state and the layer's output y_t (the
+// LTI layer's C h_t + D x_t; the selective block's out_proj(...)).
+template <class T>
+py::tuple ssm_output_impl(const py::dict& model, const py::array& x_t, const py::array& state) {
+  if (!ssm_kind(model))
+    throw py::value_error("model must be an 'ssm' or 'selective_ssm' description, got kind '" +
+                          entry(model, "kind", "").cast<std::string>() + "'");
+  const Model<T> m = parse_model<T>(model);
+  const auto S = static_cast<py::ssize_t>(m.in_dim(0)),
+             I = static_cast<py::ssize_t>(m.input_size());
+  const T* h = require<T>(state, "state", {-1, S});
+  const auto B = state.shape(0);
+  const T* x = require<T>(as_ndarray(x_t, "x_t"), "x_t", {B, I});
+  const auto& layer = m.layer(0);
+  const py::ssize_t O =
+      std::holds_alternative<SsmOp<T>>(layer)
+          ? I
+          : static_cast<py::ssize_t>(std::get<SelectiveSsmOp<T>>(layer).weights().d_model);
+  py::array_t<T> hn({B, S}), y({B, O});
+  T *ph = hn.mutable_data(), *py_ = y.mutable_data();
+  {
+    py::gil_scoped_release release;
+    const std::size_t nb = static_cast<std::size_t>(B), C = m.cache_size(0), gc = m.gemm_cols(0);
+    std::vector<T> proj(nb * m.proj_cols()), cache(nb * C), U(nb * gc);
+    m.project_inputs(x, nb, proj.data());
+    m.state_update(0, proj.data(), U.data(), gc, h, m.in_dim(0), ph, m.out_dim(0), cache.data(),
+                   nb);
+    std::visit(
+        [&](const auto& op) {
+          using Op = std::decay_t<decltype(op)>;
+          if constexpr (std::is_same_v<Op, SsmOp<T>>)
+            op.output(nb, ph, m.out_dim(0), x, static_cast<std::size_t>(I), py_);
+          else if constexpr (std::is_same_v<Op, SelectiveSsmOp<T>>)
+            for (std::size_t b = 0; b < nb; ++b)
+              op.output(cache.data() + b * C, ph + b * m.out_dim(0), py_ + b * O);
+        },
+        layer);
+  }
+  return py::make_tuple(hn, y);
+}
+
 }  // namespace
 
 void bind_testing(py::module_& m) {
@@ -125,6 +168,14 @@ void bind_testing(py::module_& m) {
       },
       py::arg("model"), py::arg("step"), py::arg("x_t"), py::arg("state"), py::arg("V"),
       py::arg("W"), "One step of the model for a batch of states, with J V and J^T W.");
+  t.def(
+      "ssm_output",
+      [](const py::dict& model, const py::array& x_t, const py::array& state) {
+        if (is_float32(model)) return ssm_output_impl<float>(model, x_t, state);
+        return ssm_output_impl<double>(model, x_t, state);
+      },
+      py::arg("model"), py::arg("x_t"), py::arg("state"),
+      "One step of a state-space layer: (new state (B, S), output y_t (B, d)).");
   t.def(
       "graded_jacobi",
       [](const py::array_t<double, py::array::c_style | py::array::forcecast>& B,
