@@ -18,9 +18,22 @@ from torch.nn import functional as F  # noqa: E402
 
 import vgcore  # noqa: E402
 from vgcore.torchmodel import TorchModel  # noqa: E402
+from vgcore.torchmodel import flow as flow_mod  # noqa: E402
+from vgcore.torchmodel._hygiene import hook_counts  # noqa: E402
 from vgcore.torchmodel.flow import gradient_flow  # noqa: E402
 
 D64 = torch.float64
+
+
+@pytest.fixture(autouse=True, params=["blocks", "graph"])
+def memory(request):
+    """Every test runs in both memory modes (also through vgcore.gradient_flow): the default
+    of torchmodel.flow.gradient_flow is switched for the test."""
+    kw = flow_mod.gradient_flow.__kwdefaults__
+    before = kw["memory"]
+    kw["memory"] = request.param
+    yield request.param
+    kw["memory"] = before
 
 
 # -- models ---------------------------------------------------------------------------------
@@ -121,7 +134,8 @@ class SSMStack(nn.Module):
 
 # -- oracle ---------------------------------------------------------------------------------
 def autograd_grads(module, x, boundary_modules, where="out", loss=None):
-    """dL/dh at x, at the outputs (or inputs) of the boundary modules, and at y."""
+    """dL/dh at x, at the outputs (or inputs) of the boundary modules, and at y (``where``:
+    "out", "in", or one of them per boundary module)."""
     seen = []
 
     def post(m, a, out):
@@ -132,9 +146,10 @@ def autograd_grads(module, x, boundary_modules, where="out", loss=None):
         a[0].retain_grad()
         seen.append(a[0])
 
+    wheres = [where] * len(boundary_modules) if isinstance(where, str) else where
     hooks = [
-        b.register_forward_hook(post) if where == "out" else b.register_forward_pre_hook(pre)
-        for b in boundary_modules
+        b.register_forward_hook(post) if w == "out" else b.register_forward_pre_hook(pre)
+        for b, w in zip(boundary_modules, wheres)
     ]
     xx = x.clone().requires_grad_(True)
     try:
@@ -149,6 +164,8 @@ def autograd_grads(module, x, boundary_modules, where="out", loss=None):
 
 
 def check_flow(flow, grads, norm_tol=1e-10, full_tol=1e-9):
+    # memory="blocks" re-ran every block bit for bit (no fallback to the whole graph)
+    assert not any("memory='graph' instead" in n for n in flow.notes)
     ref = np.log([float(g.norm()) for g in grads])
     assert flow.log_grad_norms.shape == ref.shape
     np.testing.assert_allclose(flow.log_grad_norms, ref, rtol=norm_tol, atol=norm_tol)
@@ -382,3 +399,184 @@ def test_num_threads_sets_torchs_threads_for_the_call_only() -> None:
     assert seen == [want] and torch.get_num_threads() == before
     with pytest.raises(ValueError, match="num_threads"):
         vgcore.gradient_flow(tm, torch.randn(3, 4, dtype=torch.float64), num_threads=0)
+
+
+# -- memory="blocks": re-running the blocks ----------------------------------------------------
+class NoisyBlock(nn.Module):
+    """Random numbers inside the forward whatever the mode (dropout forced on, noise)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(d, d)
+
+    def forward(self, x):
+        h = F.dropout(torch.tanh(self.lin(x)), 0.5, training=True)
+        return h + 0.1 * torch.randn_like(h)
+
+
+class NoisyParent(nn.Module):
+    """Noise drawn by the parent's forward between the blocks, too (blocks re-run as
+    segments of the parent's forward)."""
+
+    def __init__(self, d: int = 6, n: int = 3) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([NoisyBlock(d) for _ in range(n)])
+        self.head = nn.Linear(d, 2)
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x) * (1 + 0.1 * torch.rand(1, dtype=x.dtype))
+        return self.head(x)
+
+
+@pytest.mark.parametrize("net", ["sequential", "parent"])
+def test_random_forward_is_replayed_exactly(net, memory):
+    torch.manual_seed(11)
+    m = (
+        nn.Sequential(*[NoisyBlock(6) for _ in range(3)], nn.Linear(6, 2))
+        if net == "sequential"
+        else NoisyParent()
+    ).double()
+    # the parent's blocks end where the next one starts (after the parent's noise)
+    bounds, where = (
+        (list(m)[:-1], "out")
+        if net == "sequential"
+        else ([m.blocks[1], m.blocks[2], m.blocks[2]], ["in", "in", "out"])
+    )
+    x = torch.randn(4, 6, dtype=D64)
+    tm = TorchModel(m)
+    gradient_flow(tm, x)  # block discovery (draws random numbers of its own)
+    torch.manual_seed(12)
+    flow = gradient_flow(tm, x, keep_grads=True, param_grads=True)
+    after = torch.rand(3)
+    torch.manual_seed(12)  # the oracle draws the same numbers in the same order
+    grads = autograd_grads(m, x, bounds, where=where)
+    assert torch.equal(after, torch.rand(3))  # the re-runs left the generator where it was
+    check_flow(flow, grads)
+    assert len(flow.block_names) == 4
+
+
+def test_train_mode_batchnorm_and_dropout_are_analysed_in_eval_semantics(memory):
+    torch.manual_seed(13)
+    m = nn.Sequential(
+        nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5)),
+        nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.5)),
+        nn.Linear(8, 3),
+    ).double()
+    with torch.no_grad():
+        for bn in (m[0][1], m[1][1]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    m.train()
+    stats = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.randn(6, 5, dtype=D64)
+    flow = gradient_flow(TorchModel(m), x, keep_grads=True)
+    assert m.training and all(torch.equal(v, m.state_dict()[k]) for k, v in stats.items())
+    assert any("train() mode" in n for n in flow.notes)
+    m.eval()
+    grads = autograd_grads(m, x, list(m)[:-1])
+    check_flow(flow, grads)
+
+
+class Counter(nn.Module):
+    """Keeps state between calls (a buffer counting them): a re-run differs."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(d, d)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls += 1
+        # a trace of the count: within rounding of the recorded output, not bit for bit
+        return torch.tanh(self.lin(x)) * (1 + 1e-15 * self.calls)
+
+
+def test_a_block_that_does_not_reproduce_falls_back_to_the_graph(memory):
+    torch.manual_seed(14)
+    m = nn.Sequential(Counter(4), Counter(4), nn.Linear(4, 2)).double()
+    x = torch.randn(3, 4, dtype=D64)
+    flow = gradient_flow(TorchModel(m), x, keep_grads=True)
+    fell_back = any("memory='graph' instead" in n for n in flow.notes)
+    assert fell_back == (memory == "blocks")
+    assert float(m[0].calls) == 0  # buffers written in place are restored
+    grads = autograd_grads(m, x, list(m)[:-1])  # the count changes the gradient by 1e-15
+    ref = np.log([float(g.norm()) for g in grads])
+    np.testing.assert_allclose(flow.log_grad_norms, ref, rtol=1e-10)
+
+
+def test_blocks_keep_one_blocks_graph_at_a_time(memory):
+    """Peak bytes held for the backward pass (saved tensors, counted per storage): one
+    block's graph with memory="blocks", every block's with "graph"."""
+    torch.manual_seed(15)
+    L, B, d = 8, 64, 32
+    m = nn.Sequential(*[nn.Sequential(nn.Linear(d, d), nn.Tanh()) for _ in range(L)]).double()
+    x = torch.randn(B, d, dtype=D64)
+    tm = TorchModel(m)
+    gradient_flow(tm, x)  # discovery keeps a whole graph once
+    live: dict[int, list[int]] = {}
+    now, peak = [0], [0]
+
+    class Ref:
+        def __init__(self, key, t):
+            self.key, self.t = key, t
+
+        def __del__(self):
+            ent = live[self.key]
+            ent[1] -= 1
+            if ent[1] == 0:
+                now[0] -= ent[0]
+                del live[self.key]
+
+    def pack(t):
+        key = t.untyped_storage().data_ptr()
+        if key not in live:
+            live[key] = [t.untyped_storage().nbytes(), 0]
+            now[0] += live[key][0]
+            peak[0] = max(peak[0], now[0])
+        live[key][1] += 1
+        return Ref(key, t.detach())
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda r: r.t):
+        gradient_flow(tm, x, param_grads=True)
+    act = B * d * 8  # one (B, d) float64 activation
+    # a block saves its input and its tanh output (the weights are the module's own)
+    assert peak[0] <= (3 * act if memory == "blocks" else 3 * L * act)
+    assert peak[0] >= (act if memory == "blocks" else L * act)
+    assert now[0] == 0
+
+
+class FailsOnRerun(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.calls = 0
+        self.fail_at = -1
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("boom")
+        return torch.tanh(self.lin(x))
+
+
+def test_an_exception_in_a_rerun_leaves_module_and_generator_as_they_were(memory):
+    m = nn.Sequential(FailsOnRerun(), nn.Dropout(0.3), nn.Linear(3, 2)).train()
+    x = torch.randn(4, 3)
+    tm = TorchModel(m)
+    gradient_flow(tm, x)
+    m[0].fail_at = m[0].calls + 2  # the recording pass runs, the re-run raises
+    torch.manual_seed(16)
+    state = torch.get_rng_state()
+    if memory == "blocks":
+        with pytest.raises(RuntimeError, match="boom"):
+            gradient_flow(tm, x)
+    else:
+        gradient_flow(tm, x)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert m.training and sum(hook_counts(m).values()) == 0
+
+
+def test_memory_must_be_a_known_mode():
+    with pytest.raises(ValueError, match=r"memory must be one of \('blocks', 'graph'\), got 'low'"):
+        gradient_flow(TorchModel(nn.Linear(2, 2)), torch.randn(1, 2), memory="low")

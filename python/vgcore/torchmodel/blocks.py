@@ -457,10 +457,10 @@ class Pass:
     (``outs[-1]`` the module's output); ``reach[i]`` the leaf indices block i's graph
     reaches, ``params[i]`` its parameters (name, parameter); ``calls[name]`` what a
     boundary's module was called with ``(args, kwargs)``; ``problems`` boundaries that
-    cannot be cut (index: why). A pass that keeps no graph (``keep_graph=False``) holds
-    ``outs[i]`` detached (but the last) and the RNG states where each block started:
-    ``rng_start[i]`` when the forward reached block i's input, ``rng_call[i]`` when it
-    called the submodule that ends block i.
+    cannot be cut (index: why); the RNG states where each block started: ``rng_start[i]``
+    when the forward reached block i's input, ``rng_call[i]`` when it called the submodule
+    that ends block i. A pass that keeps no graph (``keep_graph=False``) holds ``outs[i]``
+    detached (but the last).
     """
 
     leaves: list[torch.Tensor]
@@ -534,15 +534,15 @@ def run_pass(
         leaf = t.detach().requires_grad_(True)
         leaves[c + 1] = leaf
         entries[c + 1] = leaf.clone()
-        if not keep_graph:
-            rng_start[c + 1] = RngState.capture(leaf.device)
+        rng_start[c + 1] = RngState.capture(leaf.device)
         return entries[c + 1]
 
     def pre(c: int, b: Boundary) -> Any:
         def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if b.module not in calls:
                 calls[b.module] = (args, dict(kwargs), None)
-                if not keep_graph and b.where == "out" and args:
+            if rng_call[c] is None and b.where == "out" and args:
+                if isinstance(args[0], torch.Tensor):  # (a module may end two boundaries)
                     rng_call[c] = RngState.capture(args[0].device)
             if b.where != "in":
                 return None
@@ -579,8 +579,7 @@ def run_pass(
             entries[0] = leaves[0].clone()
         else:  # token ids and the like: no gradient at the input
             leaves[0] = entries[0] = x
-        if not keep_graph:
-            rng_start[0] = RngState.capture(x.device)
+        rng_start[0] = RngState.capture(x.device)
         with torch.enable_grad():
             y = root(entries[0])
     finally:
@@ -739,7 +738,8 @@ def record(
     chain = _build(root, x, bounds, p, labels)
     chain.coarsened = coarsened
     if verify:
-        bad = _verify(chain)
+        replay = replay_blocks(root, x, bounds, p, last=True)
+        bad = _verify(chain, [replay[b] for b in blocks_of_pass(p)])
         if bad is not None:
             msg = (
                 f"composing the blocks {chain.names} does not reproduce the module's output "
@@ -767,18 +767,18 @@ class _Replay:
 
 
 def replay_blocks(
-    root: nn.Module, x: torch.Tensor, bounds: list[Boundary], p: Pass
+    root: nn.Module, x: torch.Tensor, bounds: list[Boundary], p: Pass, *, last: bool = False
 ) -> list[Any | None]:
-    """Per block of a pass run with ``keep_graph=False``: a callable ``h -> output`` that
-    re-runs the block as the pass ran it (its recorded extra arguments, the RNG state where
-    it started), or None for an identity block and for the last block (whose graph the pass
-    keeps). Built from the pass's records; afterwards the pass's ``entries`` and ``calls``
-    are no longer needed."""
+    """Per block of a pass: a callable ``h -> output`` that re-runs the block as the pass ran
+    it (its recorded extra arguments, the RNG state where it started), or None for an
+    identity block and, unless ``last``, for the last block (whose graph a pass run with
+    ``keep_graph=False`` keeps). Built from the pass's records; afterwards the pass's
+    ``entries`` and ``calls`` are no longer needed."""
     mods = dict(root.named_modules())
     n = len(p.outs)
     out: list[Any | None] = []
     for b in range(n):
-        if b == n - 1 or p.outs[b] is p.entries[b]:
+        if (b == n - 1 and not last) or p.outs[b] is p.entries[b]:
             out.append(None)
             continue
         m = _block_module(root, x, bounds, p, b, mods)
@@ -786,7 +786,8 @@ def replay_blocks(
             m.rng = p.rng_start[b]
             out.append(m)
         else:
-            out.append(_Replay(m, p.rng_call[b]))
+            rng = p.rng_call[b] if b < len(bounds) else p.rng_start[b]
+            out.append(_Replay(m, rng))
     return out
 
 
@@ -879,11 +880,21 @@ def _block_module(
     return Segment(root, x.detach(), start, end, stubs, mods)
 
 
-def _verify(chain: Chain) -> str | None:
-    """None if composing the blocks reproduces the recorded output, else what differs."""
+def _verify(chain: Chain, replay: Sequence[Any]) -> str | None:
+    """None if composing the blocks reproduces the recorded output, else what differs.
+    ``replay``: the blocks as :func:`replay_blocks` re-runs them (random numbers drawn as in
+    the recording pass; the generators are restored afterwards)."""
+    rng = RngState.capture(chain.inputs[0].device)
+    try:
+        return _compose_differs(chain, replay)
+    finally:
+        rng.restore()
+
+
+def _compose_differs(chain: Chain, replay: Sequence[Any]) -> str | None:
     h = chain.inputs[0]
     with torch.enable_grad():  # the same kernels as the recording pass
-        for i, blk in enumerate(chain.blocks):
+        for i, blk in enumerate(replay):
             try:
                 h = blk(h)
             except Exception as exc:
