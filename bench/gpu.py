@@ -1,0 +1,186 @@
+"""The CUDA backend on one GPU against its peers, for BENCHMARKS.md.
+
+Workloads (issue: canonical GPU sizes): BPTT gradient flow of LSTM / GRU / RNN with
+N = 256..4096, B = 32, T = 1000; Lyapunov exponents top-32 and top-256 (LSTM, N = 1024);
+the device's GEMM throughput (float32, N = 4096) measured in the same run. Peers on the same
+device: PyTorch CUDA (eager cell loop with per-step gradients; ``torch.func.jvp`` for the
+tangent steps) and JAX when installed. Singular values of a 1000-layer MLP are listed as not
+on the CUDA backend yet.
+
+    python bench/gpu.py              # needs a CUDA device, CuPy, numba-cuda; prints a table
+    python bench/gpu.py --quick      # N = 256 and 1024 only
+    NUMBA_ENABLE_CUDASIM=1 python bench/gpu.py --simulate   # tiny sizes in the simulator
+
+Every row checks its result against the CPU backend (a smaller T for the check where the CPU
+would take minutes). Timings exclude a warm-up call (kernel compilation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import vgcore
+from vgcore.cuda import backends
+
+
+def _time(fn: Callable[[], Any], repeat: int, sync: Callable[[], None]) -> float:
+    fn()  # warm-up: compilation, caches
+    sync()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _sync_device() -> None:
+    try:
+        import cupy
+
+        cupy.cuda.Device().synchronize()
+    except ImportError:  # pragma: no cover - the simulator
+        pass
+
+
+def gemm_tflops(n: int = 4096) -> float:
+    """float32 GEMM throughput of the device (CuPy / cuBLAS), TFLOP/s."""
+    import cupy
+
+    a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
+    b = cupy.random.standard_normal((n, n), dtype=cupy.float32)
+    t = _time(lambda: a @ b, 5, _sync_device)
+    return 2.0 * n**3 / t / 1e12
+
+
+def _torch_bptt(kind: str, N: int, B: int, T: int) -> Callable[[], Any] | None:
+    """PyTorch CUDA peer: the cell stepped in an eager loop, per-step gradient norms."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    cls = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell, "rnn": torch.nn.RNNCell}[kind]
+    cell = cls(N, N).cuda()
+    x = torch.randn(T, B, N, device="cuda")
+
+    def run() -> Any:
+        h = torch.zeros(B, N, device="cuda", requires_grad=True)
+        state: Any = (h, torch.zeros(B, N, device="cuda")) if kind == "lstm" else h
+        hs = []
+        for t in range(T):
+            state = cell(x[t], state)
+            hh = state[0] if kind == "lstm" else state
+            hh.retain_grad()
+            hs.append(hh)
+        (0.5 * (hs[-1] ** 2).sum()).backward()
+        return torch.stack([hh.grad.norm() for hh in hs]).cpu()
+
+    return run
+
+
+def _models(kind: str, N: int, seed: int = 0) -> Any:
+    cls = {"lstm": vgcore.LSTM, "gru": vgcore.GRU, "rnn": vgcore.RNN}[kind]
+    return cls.from_sizes(N, N, seed=seed, dtype=np.float32)
+
+
+def _agrees_flow(m: Any, x: np.ndarray) -> bool:
+    a = vgcore.gradient_flow(m, x)
+    b = vgcore.gradient_flow(m, x, backend="cuda")
+    return bool(np.allclose(a.log_grad_norms, b.log_grad_norms, rtol=0, atol=1e-4))
+
+
+def _agrees_lyapunov(m: Any, x: np.ndarray, k: int) -> bool:
+    a = vgcore.lyapunov(m, x, k=k)
+    b = vgcore.lyapunov(m, x, k=k, backend="cuda")
+    scale = max(1.0, float(np.max(np.abs(a.exponents))))
+    return bool(np.max(np.abs(a.exponents - b.exponents)) <= 1e-4 * scale)
+
+
+def run(simulate: bool, quick: bool) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    rng = np.random.default_rng(0)
+    if simulate:
+        sizes, B, T, Tcheck, ks, repeat = [4], 2, 5, 5, [2], 1
+    else:
+        sizes = [256, 1024] if quick else [256, 512, 1024, 2048, 4096]
+        B, T, Tcheck, ks, repeat = 32, 1000, 20, [32, 256], 3
+    sync = (lambda: None) if simulate else _sync_device
+    for kind in ("lstm", "gru", "rnn"):
+        for N in sizes:
+            m = _models(kind, N)
+            x = rng.standard_normal((T, B, N)).astype(np.float32)
+            t_cuda = _time(
+                lambda m=m, x=x: vgcore.gradient_flow(m, x, backend="cuda"), repeat, sync
+            )
+            peer = None if simulate else _torch_bptt(kind, N, B, T)
+            t_peer = _time(peer, repeat, sync) if peer is not None else float("nan")
+            rows.append(
+                {
+                    "workload": f"BPTT {kind} N={N} B={B} T={T}",
+                    "vgcore_cuda_s": t_cuda,
+                    "torch_cuda_s": t_peer,
+                    "agrees": _agrees_flow(m, x[:Tcheck]),
+                }
+            )
+    for k in ks:
+        N = sizes[-1] if simulate else 1024
+        m = _models("lstm", N)
+        x = rng.standard_normal((T, B, N)).astype(np.float32)
+        kk = min(k, m.state_dim)
+        t_cuda = _time(
+            lambda m=m, x=x, kk=kk: vgcore.lyapunov(m, x, k=kk, backend="cuda"), repeat, sync
+        )
+        rows.append(
+            {
+                "workload": f"Lyapunov lstm N={N} top-{kk} B={B} T={T}",
+                "vgcore_cuda_s": t_cuda,
+                "torch_cuda_s": float("nan"),
+                "agrees": _agrees_lyapunov(m, x[:Tcheck], kk),
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict[str, Any]], gemm: float | None) -> str:
+    lines = [
+        "| workload | vgcore cuda (s) | torch cuda (s) | speed-up | agrees with cpu |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        sp = r["torch_cuda_s"] / r["vgcore_cuda_s"]
+        lines.append(
+            f"| {r['workload']} | {r['vgcore_cuda_s']:.4g} | {r['torch_cuda_s']:.4g} | "
+            f"{sp:.3g} | {r['agrees']} |"
+        )
+    lines.append("| singular values, 1000-layer MLP | not on the cuda backend yet | | | |")
+    if gemm is not None:
+        lines.append(f"\nDevice GEMM (float32, N = 4096): {gemm:.1f} TFLOP/s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--simulate", action="store_true", help="tiny sizes in Numba's simulator")
+    p.add_argument("--quick", action="store_true", help="N = 256 and 1024 only")
+    args = p.parse_args(argv)
+    cuda = backends()[1]
+    if not cuda.available or cuda.simulator != args.simulate:
+        need = "NUMBA_ENABLE_CUDASIM=1" if args.simulate else "a CUDA device"
+        raise SystemExit(f"bench/gpu.py needs {need}: {cuda}")
+    rows = run(args.simulate, args.quick)
+    gemm = None if args.simulate else gemm_tflops()
+    print(table(rows, gemm))
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
