@@ -2,8 +2,11 @@
 
 The recorded norms must equal those of one process training on the full batch (DDP averages
 gradients; FSDP shards parameters and gradients, whose squared sums are combined), and only
-rank 0 writes. Oracle: the single-process run of tests/test_watch.py's ``oracle_run``. (The older
-``FullyShardedDataParallel`` wrapper needs an accelerator, so only ``fully_shard`` runs here.)
+rank 0 writes. Oracle: the single-process run of tests/test_watch.py's ``oracle_run``. FSDP runs
+both as ``fully_shard`` and as the ``FullyShardedDataParallel`` wrapper (on the CPU with
+``device_id=cpu``), with the original parameters (``use_orig_params=True``: one rank's shard of a
+tensor can be empty, without a gradient) and with flat parameters (each wrapped block's tensors
+concatenated: the monitor splits the rank's shard back into them).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ STEPS = 3
 WORLD = 2
 
 
-MODES = ("ddp", "fsdp2")
+MODES = ("ddp", "fsdp2", "fsdp1_orig", "fsdp1_flat")
 
 
 def _worker(rank: int, tmp: str) -> None:
@@ -76,6 +79,14 @@ def _train(rank: int, mode: str, tmp: str) -> None:
             fully_shard(block, mesh=mesh)
         wrapped = fully_shard(model, mesh=mesh)
         params = wrapped.parameters()
+    elif mode in ("fsdp1_orig", "fsdp1_flat"):
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        kw = {"use_orig_params": mode == "fsdp1_orig", "device_id": torch.device("cpu")}
+        for i in range(len(model) - 1):  # nested units: blocks 0-2 own flat parameters
+            model[i] = FSDP(model[i], **kw)
+        wrapped = FSDP(model, **kw)  # the root's flat parameter: the last block's tensors
+        params = wrapped.parameters()
     else:
         raise ValueError(mode)
     opt = OPTIMIZERS["sgd_momentum"](params)
@@ -86,6 +97,7 @@ def _train(rank: int, mode: str, tmp: str) -> None:
             opt.zero_grad()
             loss = loss_fn(wrapped(xs), ys)
             loss.backward()
+            no_grad = sum(p.grad is None for p in wrapped.parameters())
             opt.step()
             w.observe(loss=loss)
     hist = w.history
@@ -96,6 +108,8 @@ def _train(rank: int, mode: str, tmp: str) -> None:
                 "mode": w._dist.mode,
                 "writer": w._dist.writer,
                 "blocks": w.blocks,
+                "no_grad": no_grad,
+                "flat": sum(hasattr(p, "_fqns") for p in wrapped.parameters()),
             },
             fh,
         )
@@ -127,7 +141,7 @@ def runs(tmp_path_factory):
 def test_distributed_norms_equal_single_process_full_batch(mode, runs):
     tmp_path = runs / mode
     res = [pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes()) for r in range(WORLD)]
-    expected = {"ddp": "ddp", "fsdp2": "fsdp"}[mode]
+    expected = "ddp" if mode == "ddp" else "fsdp"
     assert [r["mode"] for r in res] == [expected] * WORLD
     assert [r["writer"] for r in res] == [True, False]
     # rank 0 alone writes TensorBoard events
@@ -138,6 +152,13 @@ def test_distributed_norms_equal_single_process_full_batch(mode, runs):
         copy.deepcopy(ref), OPTIMIZERS["sgd_momentum"], batches, block_names=["0", "1", "2", "3"]
     )
     df = res[0]["history"]
+    assert res[0]["blocks"] == ["0", "1", "2", "3"]
+    # the cases mean something: an empty shard without a gradient; flat parameters
+    assert (sum(r["no_grad"] for r in res) > 0) == (mode == "fsdp1_orig")
+    assert all((r["flat"] == 4) == (mode == "fsdp1_flat") for r in res)
+    # every tensor recorded once, under its own name (no flat parameter, no wrapper prefix)
+    names = set(df[df.metric == "grad_norm"].parameter.dropna())
+    assert names == {n for n, _ in ref.named_parameters()}
     ropt = OPTIMIZERS["sgd_momentum"](ref.parameters())
     for s, (rec, outs) in enumerate(oracle):
         for name, (g, wn, d) in rec.items():

@@ -118,7 +118,9 @@ class Watch:
         if not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
         if not (
-            isinstance(update_every, int) and not isinstance(update_every, bool) and update_every >= 1
+            isinstance(update_every, int)
+            and not isinstance(update_every, bool)
+            and update_every >= 1
         ):
             raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
         if analyze_every is not None and not (
@@ -191,6 +193,15 @@ class Watch:
                 continue
             seen.add(id(p))
             parts = _blocks.flat_param_parts(p)
+            if parts is None and pname.rsplit(".", 1)[-1] == "_flat_param":
+                warnings.warn(
+                    f"vgcore.watch: cannot split the flat parameter {pname!r} into its tensors "
+                    "(this torch's FullyShardedDataParallel keeps no shard layout on it); it is "
+                    "recorded as one tensor of the block that holds it. Wrap with "
+                    "use_orig_params=True for per-tensor rows.",
+                    WatchWarning,
+                    stacklevel=3,
+                )
             if parts is None:
                 b = owners.get(id(p), -1)
                 slots = [(_blocks.clean_name(pname), b, None)]
@@ -616,11 +627,13 @@ class Watch:
             entries, grads = self._grads()
             upd = [k for k in entries if id(self._params[k][1]) in in_opt] if upd_now else []
             weights = [self._data(k) for k in entries]
+            gw = norms([*grads, *weights])  # one fused call for both
             self._pending = {
                 "entries": entries,
                 "upd": upd,
-                "gn": norms(grads),
-                "wn": norms(weights),
+                "gn": gw[: len(entries)],
+                "present": [g is not None for g in grads],
+                "wn": gw[len(entries) :],
                 "snap": self._snapshot(upd),
                 "scale": scale,
                 "dev": self._device(weights),
@@ -681,6 +694,7 @@ class Watch:
             "entries": [k for k, _ in entries_in],
             "upd": upd,
             "gn": norms([g for _, g in entries_in]),
+            "present": [g is not None for _, g in entries_in],
             "wn": [pend["wn"][pos[k]] for k, _ in entries_in],
             "snap": [pend["snap"][at[k]] for k in upd],
             "scale": pend["scale"],
@@ -710,6 +724,7 @@ class Watch:
                     "entries": entries,
                     "upd": [],
                     "gn": norms(grads),
+                    "present": [g is not None for g in grads],
                     "wn": norms(weights),
                     "dn": [],
                     "scale": None,
@@ -851,7 +866,7 @@ class Watch:
                 o_pres + np.arange(P if fsdp else 0, dtype=np.int64),
             ]
         )
-        pres = [] if not fsdp else [float(g is not None) for g in self._presence(entries)]
+        pres = [float(x) for x in pend["present"]] if fsdp else []
         hvals = np.array([c for _, c in meta] + loss_f + pres, dtype=np.float64)
         scale = pend["scale"]
         with torch.no_grad():
@@ -932,11 +947,12 @@ class Watch:
                 n_al = u["act_alive"][k].numel()
                 al = alive_h[a_at : a_at + n_al]
                 a_at += n_al
-            acts.append((k, fixed_h[i : i + 4], al))
+            sums = fixed_h[i : i + 4]
+            if self._acts[k[0]][2].name == "relu":
+                sums = sums.copy()
+                sums[3] = sums[0] - sums[3]  # active -> inactive elements
+            acts.append((k, sums, al))
         self._record(step, u["act_block"], entries, upd, g, w, d, out, fired, loss_vals, acts)
-
-    def _presence(self, entries: list[int]) -> list[Any]:
-        return [self._grad(k) for k in entries]
 
     def _record(
         self,

@@ -139,14 +139,15 @@ def activation_parts(
         False or the mask cannot be formed) is > 0 where some sample had the unit active.
 
     A rectifier needs no mask: ``y = 0`` exactly where the unit is off, so the count is
-    ``numel - sum(sign(y))`` and the per-unit activity ``max over the batch`` (a comparison
+    ``numel - sum(sign(y))`` (formed on the host) and the per-unit activity ``max over the batch`` (a comparison
     producing a bool tensor costs several times these reductions on the CPU).
     """
     y = y.detach()
     n = y.numel()
     dt = _sum_dtype(y) if n < 2**24 else torch.float64  # counts stay exact
     if act.name == "relu":
-        low = torch.rsub(torch.sign(y).sum(dtype=dt), n)
+        # the count of active units (sign is 1 or 0); the monitor takes it from the count
+        low = torch.sign(y).sum(dtype=dt)
         alive = y.flatten(1).amax(0) if (units and y.dim() >= 2) else None
     else:
         mask = low_derivative_mask(act, None if z is None else z.detach(), y, thr)
