@@ -20,9 +20,10 @@ __all__ = [
 
 
 def _native(model: Any) -> bool:
-    from vgcore.models import Model
+    """A model of a kind the compiled core analyses (not a torch module, TorchModel or cell)."""
+    from vgcore.models.registry import is_model, model_kind
 
-    return isinstance(model, Model)
+    return is_model(model) and model_kind(model.kind).backend == "core"
 
 
 def _recurrent_work(model: Any, steps: int, batch: int) -> float:
