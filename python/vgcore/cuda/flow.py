@@ -142,7 +142,7 @@ def recurrent_flow(
         H = xp.zeros((T + 1, B, N), dt)
         if h0 is not None:
             H[0] = ar.asarray(h0, dt)
-        C = xp.zeros((T + 1, B, N), dt) if lstm else None
+        C: Any = xp.zeros((T + 1, B, N), dt) if lstm else None
         if lstm and c0 is not None:
             C[0] = ar.asarray(c0, dt)
         HN = xp.zeros((T, B, N), dt) if gru else None
@@ -226,7 +226,7 @@ def _bptt(
     dp = xp.zeros((B, N), dt) if gru else None
     scale = xp.zeros((), np.int64)
     lg = xp.zeros(T + 1, np.float64)
-    lgc = xp.zeros(T + 1, np.float64) if lstm else None
+    lgc: Any = xp.zeros(T + 1, np.float64) if lstm else None
     for s in range(T, -1, -1):
         if per_step and s > 0:
             _, logs = measure(xp, *((g, dc) if lstm else (g,)))

@@ -168,7 +168,8 @@ class LyapunovEngine:
             )
         # The record book of analysis/lyapunov.cpp: every stride-th accumulated block, the
         # stride doubling (and the kept records halving) when max_records are full.
-        stride, rec_steps = 1, []
+        stride = 1
+        rec_steps: list[int] = []
         running: list[np.ndarray] = []
         rates: list[np.ndarray] = []
         logsum = np.zeros((B, k))
