@@ -277,6 +277,62 @@ def test_lean_options():
         )
 
 
+def test_update_every_records_updates_on_every_kth_logged_step():
+    """update_every=k: update norms and ratios on every k-th logged step (exact there; the
+    parameter copy is taken only for those steps), gradient and weight norms on every one."""
+    model = mlp()
+    ref = copy.deepcopy(model)
+    batches = [data(seed=s) for s in range(6)]
+    w = watched_run(model, OPTIMIZERS["adam"], batches, every=1, update_every=2)
+    df = w.history
+    assert sorted(df[df.metric == "grad_norm"].step.unique()) == [0, 1, 2, 3, 4, 5]
+    assert sorted(df[df.metric == "update_ratio"].step.unique()) == [0, 2, 4]
+    oracle = oracle_run(ref, OPTIMIZERS["adam"], batches, block_names=["0", "1", "2", "3"])
+    assert_matches_oracle(w, oracle, top, steps={0, 2, 4})
+    for s in (1, 3, 5):
+        for n, (g, wn, _) in oracle[s][0].items():
+            np.testing.assert_allclose(value(df, s, top(n), n, "grad_norm"), g, rtol=RTOL)
+            np.testing.assert_allclose(value(df, s, top(n), n, "weight_norm"), wn, rtol=RTOL)
+    # every=2, update_every=3: updates on steps 0 and 6 of 0, 2, 4, 6
+    w = watched_run(
+        mlp(), OPTIMIZERS["sgd"], [data(seed=s) for s in range(8)], every=2, update_every=3
+    )
+    df = w.history
+    assert sorted(df[df.metric == "grad_norm"].step.unique()) == [0, 2, 4, 6]
+    assert sorted(df[df.metric == "update_ratio"].step.unique()) == [0, 6]
+
+
+def test_tiny_float32_updates_are_exact():
+    """An update ratio near 1e-8 in float32 weights: ||theta_before - theta_after|| is formed
+    elementwise (exact differences of nearby floats), not from ||a||, ||b|| and <a, b>, whose
+    cancellation would leave nothing of it. Oracle: the float64 norm of the float32 weights'
+    differences; tolerance 1e-5 relative (float32 norms)."""
+    model = mlp(dtype=torch.float32)
+    ref = copy.deepcopy(model)
+    batches = [data(seed=s, dtype=torch.float32) for s in range(3)]
+
+    def make(p):
+        return torch.optim.SGD(p, lr=1e-6)
+
+    w = watched_run(model, make, batches, alerts=False)
+    oracle = oracle_run(ref, make, batches, block_names=["0"])
+    df = w.history
+    ratios = []
+    for s, (rec, _) in enumerate(oracle):
+        for n, (_, wn, d) in rec.items():
+            got = value(df, s, top(n), n, "update_ratio")
+            assert 0 < d / wn < 1e-6  # tiny, and not rounded away entirely
+            np.testing.assert_allclose(got, d / wn, rtol=1e-5)
+            ratios.append(d / wn)
+    assert min(ratios) < 3e-8
+    # the cancelling formula in float32 is far off there (the test can tell them apart)
+    p = dict(ref.named_parameters())["0.0.weight"].detach()
+    a, b = p + 1e-7 * p, p
+    naive = torch.sqrt((a * a).sum() + (b * b).sum() - 2 * (a * b).sum())
+    exact = torch.linalg.vector_norm(a.double() - b.double())
+    assert not abs(float(naive) - float(exact)) <= 0.5 * float(exact)  # or NaN
+
+
 def test_without_optimizer_each_backward_is_a_step():
     model = mlp()
     ref = copy.deepcopy(model)
@@ -932,6 +988,8 @@ def test_bad_input_names_the_argument():
         vw.watch(model, every=0)
     with pytest.raises(ValueError, match="analyze_every"):
         vw.watch(model, analyze_every=-1)
+    with pytest.raises(ValueError, match="update_every must be an integer >= 1, got 0"):
+        vw.watch(model, update_every=0)
     with pytest.raises(ValueError, match="'nope' is not a submodule"):
         vw.watch(model, blocks=["nope"])
     with pytest.raises(ValueError, match="unknown setting"):
