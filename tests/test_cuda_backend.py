@@ -222,3 +222,20 @@ def test_device_mlp_matches_cpu() -> None:
     x = np.random.default_rng(1).standard_normal((16, 32))
     a, b = vgcore.gradient_flow(m, x), vgcore.gradient_flow(m, x, backend="cuda")
     np.testing.assert_allclose(b.log_grad_norms, a.log_grad_norms, rtol=0, atol=1e-10)
+
+
+def test_kinds_without_cuda_formulas_are_refused_or_stay_on_the_cpu(fake_device: None) -> None:
+    from types import SimpleNamespace
+
+    from vgcore.cuda.analyses import _without_kernels
+    from vgcore.cuda.layers import cuda_kinds
+    from vgcore.models import model_kinds
+
+    for k in model_kinds():
+        model = SimpleNamespace(kind=k.name)
+        if k.name in cuda_kinds():
+            assert not _without_kernels("cuda", model)
+            continue
+        assert _without_kernels("auto", model)
+        with pytest.raises(ValueError, match=f"model kind '{k.name}' has no CUDA kernels yet"):
+            _without_kernels("cuda", model)

@@ -26,6 +26,21 @@ def _native(model: Any) -> bool:
     return is_model(model) and model_kind(model.kind).backend == "core"
 
 
+def _without_kernels(b: str, model: Any) -> bool:
+    """Whether ``model``'s kind has no CUDA formulas (a ValueError naming the CUDA kinds for
+    ``backend="cuda"``; ``"auto"`` then stays on the CPU)."""
+    from vgcore.cuda.layers import CUDA_KINDS
+
+    if model.kind in CUDA_KINDS:
+        return False
+    if b == "cuda":
+        raise ValueError(
+            f"model kind {model.kind!r} has no CUDA kernels yet; the CUDA kinds are "
+            f"{', '.join(map(repr, CUDA_KINDS))} (use backend='cpu')"
+        )
+    return True
+
+
 def _recurrent_work(model: Any, steps: int, batch: int) -> float:
     N = int(model.hidden_size)
     G = len(getattr(model, "gate_names", ())) or 1
@@ -45,6 +60,8 @@ def flow_backend(backend: object, model: Any, x: Any) -> str:
                 "runs on its own device"
             )
         return "cpu"
+    if _without_kernels(b, model):
+        return "cpu"
     shape = tuple(getattr(x, "shape", ()))
     if model.axis == "depth":
         B = shape[0] if shape else 1
@@ -63,6 +80,8 @@ def lyapunov_backend(backend: object, model: Any, x: Any, k: int | None) -> str:
     if not _native(model):
         if b == "cuda":
             raise ValueError("backend='cuda' applies to native models (RNN, LSTM, GRU)")
+        return "cpu"
+    if _without_kernels(b, model):
         return "cpu"
     if b == "cuda" and model.axis == "depth":
         raise ValueError(
