@@ -23,54 +23,15 @@ from typing import Any
 
 
 def _workloads(device: str) -> dict[str, Any]:
-    import torch
-    from torch import nn
+    """The loops of ``vgcore bench``'s watch rows (one definition):
+    name -> () -> (model, loss_fn)."""
+    from vgcore.bench.watch_workloads import LOOPS, training_loop
 
-    def mlp() -> tuple[nn.Module, Any]:
-        torch.manual_seed(0)
-        layers: list[nn.Module] = []
-        for _ in range(8):
-            layers += [nn.Linear(512, 512), nn.ReLU()]
-        model = nn.Sequential(*layers, nn.Linear(512, 10)).to(device)
-        x = torch.randn(128, 512, device=device)
-        y = torch.randint(0, 10, (128,), device=device)
-        return model, lambda: nn.functional.cross_entropy(model(x), y)
+    def make(name: str) -> Any:
+        model, loss_of, _, _ = training_loop(name, device)
+        return model, lambda: loss_of(model)
 
-    class LSTMNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lstm = nn.LSTM(64, 256, num_layers=2, batch_first=True)
-            self.head = nn.Linear(256, 10)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out, _ = self.lstm(x)
-            return self.head(out[:, -1])
-
-    def lstm() -> tuple[nn.Module, Any]:
-        torch.manual_seed(0)
-        model = LSTMNet().to(device)
-        x = torch.randn(32, 100, 64, device=device)
-        y = torch.randint(0, 10, (32,), device=device)
-        return model, lambda: nn.functional.cross_entropy(model(x), y)
-
-    class Encoder(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            layer = nn.TransformerEncoderLayer(256, 4, 1024, dropout=0.1, batch_first=True)
-            self.encoder = nn.TransformerEncoder(layer, 6, enable_nested_tensor=False)
-            self.head = nn.Linear(256, 256)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.encoder(x))
-
-    def transformer() -> tuple[nn.Module, Any]:
-        torch.manual_seed(0)
-        model = Encoder().to(device)
-        x = torch.randn(8, 128, 256, device=device)
-        t = torch.randn(8, 128, 256, device=device)
-        return model, lambda: nn.functional.mse_loss(model(x), t)
-
-    return {"mlp": mlp, "lstm": lstm, "transformer": transformer}
+    return {name: (lambda name=name: make(name)) for name in LOOPS}
 
 
 def _time_steps(
@@ -136,12 +97,14 @@ def run(
         "rows": {},
     }
     # (label, every, watch options); "every1_lean": no activation statistics and no gradients
-    # at block outputs (parameter norms and update ratios only)
+    # at block outputs (parameter norms and update ratios only); "every1_upd10": everything,
+    # the update norms and ratios on every 10th logged step
     configs: list[tuple[str, int | None, dict[str, Any]]] = [
         ("plain", None, {}),
         ("every1", 1, {}),
         ("every10", 10, {}),
         ("every1_lean", 1, {"activations": False, "output_grads": False}),
+        ("every1_upd10", 1, {"update_every": 10}),
     ]
     for name in names:
         model, loss_fn = _workloads(device)[name]()

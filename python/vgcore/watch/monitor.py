@@ -293,19 +293,22 @@ class Watch:
         self._reset_window()
 
         # hooks; everything we add is in self._handles and goes in close()
+        # The blocks' and activation modules' forward hooks are installed for logged steps only
+        # (a module with hooks takes torch's slow call path, about as costly as the hook): the
+        # root's pre-hook installs them when a logged step starts, the step's end removes them
+        # when the next one is not logged. A compiled model keeps them (dynamo guards on them).
         self._handles: list[Any] = []
+        self._mod_handles: list[Any] = []
+        hook_of = self._block_hook if output_grads else self._order_hook
+        self._mod_hooks: list[tuple[Any, Any]] = [
+            (mod, hook_of(i)) for i, mod in enumerate(self._block_mods)
+        ] + [(mod, self._act_hook(j)) for j, (_, mod, _, _) in enumerate(self._acts)]
+        self._toggle_hooks = "compile" not in self._wrappers and every > 1
         try:
             self._handles.append(
                 model.register_forward_pre_hook(self._on_forward_start, with_kwargs=True)
             )
-            if output_grads:
-                for i, mod in enumerate(self._block_mods):
-                    self._handles.append(mod.register_forward_hook(self._block_hook(i)))
-            else:
-                for i, mod in enumerate(self._block_mods):
-                    self._handles.append(mod.register_forward_hook(self._order_hook(i)))
-            for j, (_, mod, _, _) in enumerate(self._acts):
-                self._handles.append(mod.register_forward_hook(self._act_hook(j)))
+            self._install_module_hooks()
             if optimizer is not None:
                 self._handles.append(optimizer.register_step_pre_hook(self._pre_step))
                 self._handles.append(optimizer.register_step_post_hook(self._post_step))
@@ -316,6 +319,16 @@ class Watch:
         except BaseException:
             self.close()
             raise
+
+    def _install_module_hooks(self) -> None:
+        if not self._mod_handles:
+            for mod, hook in self._mod_hooks:
+                self._mod_handles.append(mod.register_forward_hook(hook))
+
+    def _remove_module_hooks(self) -> None:
+        for h in self._mod_handles:
+            h.remove()
+        self._mod_handles = []
 
     # -- context manager ----------------------------------------------------------------------
     def __enter__(self) -> Watch:
@@ -337,6 +350,7 @@ class Watch:
             for h in self._handles:
                 h.remove()
             self._handles.clear()
+            self._remove_module_hooks()
             self._clear_tensor_handles()
             self._reset_window()
             self._bufs.clear()
@@ -469,6 +483,7 @@ class Watch:
         self._fwd_step = self.step
         self._recording = self.step % self.every == 0
         if self._recording:
+            self._install_module_hooks()
             self._act_calls = [0] * len(self._acts)
             self._fwd_recorded += 1
             self._dirty = True
@@ -751,6 +766,8 @@ class Watch:
 
     def _end_step(self) -> None:
         self.step += 1
+        if self._toggle_hooks and self.step % self.every != 0:
+            self._remove_module_hooks()
         if self._call_order is None and self._order_seen:
             self._call_order = list(self._order_seen)
         self._reset_window()
