@@ -18,6 +18,8 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -815,6 +817,7 @@ def lyapunov(
     num_threads: int | None = None,
     progress: ProgressCallback | None = None,
     compile: bool = False,
+    trace: bool = True,
 ) -> LyapunovSpectrum:
     """Top-k Lyapunov exponents of a recurrent step written in PyTorch, by the QR method.
 
@@ -857,6 +860,16 @@ def lyapunov(
         GRUCell of 256 units, CPU), at a one-off compilation of some seconds per cell, dtype
         and shape (reused by later calls on the same module). Worth it for long sequences or
         repeated analyses. The step must be traceable by ``torch.compile``.
+    trace : bool
+        Without ``compile``: run the tangent step as one graph of aten operations, traced
+        once per cell, dtype and shape with ``make_fx`` on fake tensors (about a second;
+        reused by later calls, the module's parameters and buffers are its inputs) and
+        simplified (no functorch wrappers per operation, no work on the weights' zero
+        tangents): about 4x faster on a GRUCell of 256 units (CPU). Checked against the
+        eager step on the first step of every call; a step that cannot be traced (control
+        flow on tensor values), that changes its modules' attributes while traced, or that
+        disagrees runs eagerly. A traced plain callable must be a pure function of its
+        inputs and the tensors it reads. False: always eager.
 
     Returns
     -------
@@ -885,6 +898,7 @@ def lyapunov(
     if num_threads is not None:
         check_positive_int(num_threads, "num_threads")
     compile = _check_bool(compile, "compile")
+    trace = _check_bool(trace, "trace")
     with c._session() as run, torch.no_grad():
         jvp, vmap = torch.func.jvp, torch.func.vmap
         call = run.call
@@ -968,6 +982,8 @@ def lyapunov(
                 d0 = R0.diagonal(dim1=-2, dim2=-1)
                 if not bool((torch.isfinite(d0) & (d0 != 0)).all()):
                     raise ValueError("the initial tangent vectors are linearly dependent")
+                if trace and not compile:
+                    push = _traced_push(c, run, layout, push, state, xc[0], V)
                 logsum = torch.zeros((B, kk), dtype=torch.float64, device=run.device)
                 book = _RecordBook(max_records, B, kk, run.device)
                 first_bad = torch.full((), -1, dtype=torch.int64, device=run.device)
@@ -1019,6 +1035,106 @@ def lyapunov(
             record_steps=record_steps,
             final_state=state.cpu().numpy(),
         )
+
+
+#: Traced tangent steps per step object (module or callable), by dtype, device and shapes.
+_TRACED: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+
+
+def _traced_push(
+    c: TorchCell, run: _Runner, lay: _Layout, eager: Any, h: Any, xt: Any, V: Any
+) -> Any:
+    """The tangent step ``(h, x_t, V) -> (h', J V)`` as a traced aten graph
+    (:mod:`vgcore.torchmodel._trace`), or ``eager`` where the step cannot be traced or the
+    graph does not reproduce the eager step on ``(h, xt, V)``."""
+    torch = _torch()
+    from vgcore.torchmodel import _trace
+
+    mod = run.module
+    names: list[str] = []
+    tensors: list[Any] = []
+    if mod is not None:  # parameters and buffers are inputs of the graph: read every call
+        for n, t in (*mod.named_parameters(), *mod.named_buffers()):
+            names.append(n)
+            tensors.append(t.detach())
+    tup, first = c.tuple_state, c.signature == "input_first"
+    fn = c.step
+
+    def fpush(ts: list[Any], h: Any, xt: Any, V: Any) -> Any:
+        def call(state: tuple[Any, ...], x: Any) -> tuple[Any, ...]:
+            s = state if tup else state[0]
+            args = (x, s) if first else (s, x)
+            if mod is not None:
+                out = torch.func.functional_call(mod, dict(zip(names, ts)), args)
+            else:
+                out = fn(*args)
+            return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+        def F(hf: Any) -> Any:
+            return lay.flat(call(lay.unflat(hf), xt))
+
+        def one(v: Any) -> Any:
+            return torch.func.jvp(F, (h,), (v,))
+
+        return torch.func.vmap(one, in_dims=-1, out_dims=(None, -1))(V)
+
+    owner = c.module if c.module is not None else c.step
+    key = (
+        run.dtype,
+        str(run.device),
+        tuple(h.shape),
+        tuple(xt.shape),
+        tuple(V.shape),
+        lay.shapes,
+        tup,
+        first,
+        tuple(names),
+        tuple((tuple(t.shape), t.dtype) for t in tensors),
+    )
+    try:
+        cache = _TRACED.setdefault(owner, {})
+    except TypeError:  # not weakly referenceable: trace every call
+        cache = {}
+    gm = cache.get(key)
+    if gm is None:
+        # A step that changes its modules' Python attributes (a call counter, a cache) has
+        # effects a graph would run once: it keeps the eager path.
+        mods = list(mod.modules()) if mod is not None else []
+        before = [dict(vars(m)) for m in mods]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                gm = _trace.trace_tangent_step(fpush, tensors, h, xt, V)
+                gm.graph._codegen = torch.fx.graph.CodeGen()  # flat arguments: no pytree
+                gm.recompile()
+        except Exception:
+            gm = False  # untraceable: eager from now on
+        for m, attrs in zip(mods, before):
+            now = vars(m)
+            if now.keys() != attrs.keys() or any(now[k] is not v for k, v in attrs.items()):
+                gm = False
+                m.__dict__.update(attrs)  # what the trace changed, as it was
+        cache[key] = gm
+    if gm is False:
+        return eager
+    nt = len(tensors)
+
+    def push(h: Any, xt: Any, V: Any) -> tuple[Any, Any]:
+        return gm(*tensors, h, xt, V)  # type: ignore[no-any-return]
+
+    try:
+        got = push(h, xt, V)
+    except Exception:
+        cache[key] = False
+        return eager
+    ref = eager(h, xt, V)
+    eps = torch.finfo(run.dtype).eps
+    for a, b in zip(got, ref):
+        scale = b.abs().amax() if b.numel() else 0
+        if a.shape != b.shape or not bool(((a - b).abs() <= 1e3 * eps * (scale + 1e-30)).all()):
+            return eager  # the graph no longer matches the step (changed attributes?)
+    del nt
+    return push
 
 
 def _check_nonneg_int(value: Any, name: str) -> int:
