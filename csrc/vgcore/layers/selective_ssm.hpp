@@ -15,19 +15,21 @@
 // plus the shift on buf: a tangent needs the two GEMMs of the selection (x_proj, dt_proj) on k
 // rows, never a dense state matrix.
 //
-// Cache a caller keeps per sample (selective_cache_size): [a (d_inner d_state), h (the state
-// entering, d_inner d_state), Delta, sigmoid(dt_proj(dt) + bias) (= dDelta / d its argument),
-// xc, silu'(pre), silu(z) (d_inner each), B, C (d_state each)].
+// Cache a caller keeps per sample (selective_cache_size): [h (the state entering, d_inner
+// d_state), Delta, sigmoid(dt_proj(dt) + bias) (= dDelta / d its argument), xc, silu'(pre),
+// silu(z) (d_inner each), B, C (d_state each)]. The derivatives recompute a = exp(Delta A)
+// (selective_transition) once per sample rather than keep d_inner d_state more values per step.
 #pragma once
 
 #include <cstddef>
 
 #include "vgcore/base/fastmath.hpp"
+#include "vgcore/base/lanes.hpp"
 
 namespace vgcore::layers {
 
 inline std::size_t selective_cache_size(std::size_t d_inner, std::size_t d_state) {
-  return 2 * d_inner * d_state + 5 * d_inner + 2 * d_state;
+  return d_inner * d_state + 5 * d_inner + 2 * d_state;
 }
 
 // The causal depthwise convolution of one channel: w (d_conv) on [buf (d_conv - 1), x].
@@ -60,18 +62,25 @@ VGCORE_FM_INLINE void selective_delta(T v, T& delta, T& sig) {
   fastmath::detail::softplus_sigmoid(v, delta, sig);
 }
 
-// One channel's step: hn = a h + Delta xc B (a written too); returns sum_m hn_m C_m.
+// One channel's transition a = exp(Delta A).
 template <class T>
-VGCORE_FM_INLINE T selective_forward(const T* A, const T* B, const T* C, T delta, T xc, const T* h,
-                                     T* hn, T* a, std::size_t n) {
+VGCORE_FM_INLINE void selective_transition(const T* A, T delta, T* a, std::size_t n) {
+  for (std::size_t m = 0; m < n; ++m) a[m] = fastmath::exp(delta * A[m]);
+}
+
+// One channel's step: hn = exp(Delta A) h + Delta xc B.
+template <class T>
+VGCORE_FM_INLINE void selective_forward(const T* A, const T* B, T delta, T xc, const T* h, T* hn,
+                                        std::size_t n) {
   const T dx = delta * xc;
-  T y = T(0);
-  for (std::size_t m = 0; m < n; ++m) {
-    a[m] = fastmath::exp(delta * A[m]);
-    hn[m] = a[m] * h[m] + dx * B[m];
-    y += hn[m] * C[m];
-  }
-  return y;
+  for (std::size_t m = 0; m < n; ++m) hn[m] = fastmath::exp(delta * A[m]) * h[m] + dx * B[m];
+}
+
+// One channel's output before the skip and the gate: sum_m hn_m C_m.
+template <class T>
+VGCORE_FM_INLINE T selective_output(const T* hn, const T* C, std::size_t n) {
+  return reduce_lanes<8>(
+      n, T(0), [&](T& s, std::size_t m) { s += hn[m] * C[m]; }, [](T& s, T v) { s += v; });
 }
 
 // One channel's tangent: dhn = a dh + dDelta (A a h + xc B) + Delta dxc B + Delta xc dB.
@@ -86,18 +95,20 @@ VGCORE_FM_INLINE void selective_jvp(const T* A, const T* a, const T* h, const T*
 
 // One channel's cotangent from w = dL/dhn: gh = a w (the entering h), and the cotangents of
 // Delta and xc (returned through gdelta, gxc); gB (n) accumulates Delta xc w over the channels.
+// The sums over m run in 8 lanes (vectorised without reassociation).
 template <class T>
 VGCORE_FM_INLINE void selective_vjp(const T* A, const T* a, const T* h, const T* B, T delta, T xc,
                                     const T* w, T* gh, T* gB, T& gdelta, T& gxc, std::size_t n) {
-  T sd = T(0), sb = T(0);
+  const auto fold = [](T& s, T v) { s += v; };
+  const T sa =
+      reduce_lanes<8>(n, T(0), [&](T& s, std::size_t m) { s += w[m] * A[m] * a[m] * h[m]; }, fold);
+  const T sb = reduce_lanes<8>(n, T(0), [&](T& s, std::size_t m) { s += w[m] * B[m]; }, fold);
   const T cx = delta * xc;
   for (std::size_t m = 0; m < n; ++m) {
     gh[m] = a[m] * w[m];
-    sd += w[m] * (A[m] * a[m] * h[m] + xc * B[m]);
-    sb += w[m] * B[m];
     gB[m] += cx * w[m];
   }
-  gdelta = sd;
+  gdelta = sa + xc * sb;
   gxc = delta * sb;
 }
 

@@ -5,6 +5,10 @@
 // multiplies the state by a dense matrix.
 #include <algorithm>
 #include <vector>
+#if defined(__SSE__) || defined(__x86_64__)
+#include <immintrin.h>
+#define VGCORE_SSM_MXCSR 1
+#endif
 
 #include "vgcore/base/blas.hpp"
 #include "vgcore/base/fastmath.hpp"
@@ -16,6 +20,25 @@ namespace vgcore {
 namespace {
 
 using blas::Op;
+
+// Flush-to-zero and denormals-are-zero for the scope of a step or VJP of a state-space layer.
+// Its modes decay at different rates (a selective layer's a = exp(Delta A) from exp(-Delta) to
+// exp(-16 Delta)), so tangent and cotangent entries of the fast modes become subnormal while
+// the block's norm is kept near 1 by the callers' re-orthonormalisation or power-of-two
+// rescaling (float: within 2^-40..2^40 of 1): each subnormal operand costs a microcode assist,
+// a 25x slower VJP. The entries flushed are below 2^-86 (float; double 2^-822) of their row's
+// norm, so no norm, exponent or singular value moves at the type's precision. The caller's
+// floating-point mode is restored on exit.
+class FlushSubnormals {
+ public:
+#ifdef VGCORE_SSM_MXCSR
+  FlushSubnormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }  // FTZ | DAZ
+  ~FlushSubnormals() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned saved_;
+#endif
+};
 
 // o = a h + u over one row (u null: a tangent), real modes.
 template <class T>
@@ -51,11 +74,10 @@ VGCORE_TARGET_CLONES void ssm_vjp_row(const T* __restrict a, const T* __restrict
 // The selective layer's cache of one sample (selective_ssm.hpp's layout).
 template <class T, class P>
 struct SelCache {
-  P a, h, delta, sig, xc, ds, gz, B, C;
+  P h, delta, sig, xc, ds, gz, B, C;
   SelCache(P c, std::size_t di, std::size_t n)
-      : a(c),
-        h(c + di * n),
-        delta(c + 2 * di * n),
+      : h(c),
+        delta(c + di * n),
         sig(delta + di),
         xc(delta + 2 * di),
         ds(delta + 3 * di),
@@ -63,6 +85,121 @@ struct SelCache {
         B(delta + 5 * di),
         C(delta + 5 * di + n) {}
 };
+
+// ---- the selective layer's rows (one sample's d_inner channels), multi-versioned --------------
+
+// A state row's convolution: xc (into u and the cache), silu'(pre), silu(z).
+template <class T>
+VGCORE_TARGET_CLONES void sel_conv_state_row(const T* __restrict wc, const T* __restrict cb,
+                                             const T* __restrict buf, const T* __restrict xz,
+                                             T* __restrict u, T* __restrict xc, T* __restrict ds,
+                                             T* __restrict gz, std::size_t di, std::size_t dc) {
+  const std::size_t nb = dc - 1;
+  for (std::size_t i = 0; i < di; ++i) {
+    const T pre = layers::selective_conv(wc + i * dc, buf + i * nb, xz[i], cb ? cb[i] : T(0), dc);
+    layers::silu_forward(pre, xc[i], ds[i]);
+    u[i] = xc[i];
+  }
+  for (std::size_t i = 0; i < di; ++i) {
+    T d;
+    layers::silu_forward(xz[di + i], gz[i], d);
+  }
+}
+
+// A tangent row's dxc from its buffer's tangent.
+template <class T>
+VGCORE_TARGET_CLONES void sel_conv_tangent_row(const T* __restrict wc, const T* __restrict dbuf,
+                                               const T* __restrict ds, T* __restrict u,
+                                               std::size_t di, std::size_t dc) {
+  const std::size_t nb = dc - 1;
+  for (std::size_t i = 0; i < di; ++i)
+    u[i] = layers::selective_conv_jvp(wc + i * dc, dbuf + i * nb, ds[i], dc);
+}
+
+// A state row's step: Delta from dt_proj's output (udt) and bias, h' and the shifted buffer.
+template <class T>
+VGCORE_TARGET_CLONES void sel_state_row(const T* __restrict A, const T* __restrict bdt,
+                                        const T* __restrict udt, const T* __restrict B,
+                                        const T* __restrict xc, const T* __restrict x,
+                                        const T* __restrict h, T* __restrict hn,
+                                        T* __restrict delta, T* __restrict sig, std::size_t di,
+                                        std::size_t n, std::size_t dc) {
+  for (std::size_t i = 0; i < di; ++i) layers::selective_delta(udt[i] + bdt[i], delta[i], sig[i]);
+  for (std::size_t i = 0; i < di; ++i)
+    layers::selective_forward(A + i * n, B, delta[i], xc[i], h + i * n, hn + i * n, n);
+  const std::size_t nb = dc - 1, Sh = di * n;
+  for (std::size_t i = 0; i < di; ++i) {
+    const T* bo = h + Sh + i * nb;
+    T* bn = hn + Sh + i * nb;
+    for (std::size_t j = 0; j + 1 < nb; ++j) bn[j] = bo[j + 1];
+    bn[nb - 1] = x[i];
+  }
+}
+
+// One sample's transition a = exp(Delta A) (d_inner x d_state), for its tangent or cotangent
+// rows.
+template <class T>
+VGCORE_TARGET_CLONES void sel_transition(const T* __restrict A, const T* __restrict delta,
+                                         T* __restrict a, std::size_t di, std::size_t n) {
+  for (std::size_t i = 0; i < di; ++i)
+    layers::selective_transition(A + i * n, delta[i], a + i * n, n);
+}
+
+// Per-thread scratch for a (the ops are shared by the threads of an analysis).
+template <class T>
+T* transition_scratch(std::size_t size) {
+  thread_local std::vector<T> a;
+  if (a.size() < size) a.resize(size);
+  return a.data();
+}
+
+// A tangent row: u = [dxc | d x_proj | d dt_proj] of this row.
+template <class T>
+VGCORE_TARGET_CLONES void sel_tangent_row(const T* __restrict A, const T* __restrict a,
+                                          const T* __restrict h, const T* __restrict B,
+                                          const T* __restrict delta, const T* __restrict sig,
+                                          const T* __restrict xc, const T* __restrict u,
+                                          const T* __restrict v, T* __restrict o, std::size_t di,
+                                          std::size_t n, std::size_t dc, std::size_t R) {
+  const T* dB = u + di + R;
+  const T* udt = u + di + R + 2 * n;
+  for (std::size_t i = 0; i < di; ++i)
+    layers::selective_jvp(A + i * n, a + i * n, h + i * n, B, delta[i], xc[i], sig[i] * udt[i],
+                          u[i], dB, v + i * n, o + i * n, n);
+  const std::size_t nb = dc - 1, Sh = di * n;
+  for (std::size_t i = 0; i < di; ++i)
+    layers::selective_shift_jvp(v + Sh + i * nb, o + Sh + i * nb, dc);
+}
+
+// A cotangent row, before the selection's GEMMs: gh into o, g = [gxc | 0, gB, 0 | gdtp].
+template <class T>
+VGCORE_TARGET_CLONES void sel_vjp_row(const T* __restrict A, const T* __restrict a,
+                                      const T* __restrict h, const T* __restrict B,
+                                      const T* __restrict delta, const T* __restrict sig,
+                                      const T* __restrict xc, const T* __restrict w,
+                                      T* __restrict o, T* __restrict g, std::size_t di,
+                                      std::size_t n, std::size_t R) {
+  T* gB = g + di + R;
+  T* gdt = g + di + R + 2 * n;
+  std::fill(gB, gB + 2 * n, T(0));
+  for (std::size_t i = 0; i < di; ++i) {
+    T gdelta, gxc;
+    layers::selective_vjp(A + i * n, a + i * n, h + i * n, B, delta[i], xc[i], w + i * n, o + i * n,
+                          gB, gdelta, gxc, n);
+    gdt[i] = gdelta * sig[i];
+    g[i] = gxc;
+  }
+}
+
+// A cotangent row, after them: the buffer's part from dL/dxc (g) and the shift.
+template <class T>
+VGCORE_TARGET_CLONES void sel_vjp_buffer_row(const T* __restrict wc, const T* __restrict ds,
+                                             const T* __restrict g, const T* __restrict w,
+                                             T* __restrict o, std::size_t di, std::size_t dc) {
+  const std::size_t nb = dc - 1;
+  for (std::size_t i = 0; i < di; ++i)
+    layers::selective_shift_vjp(wc + i * dc, g[i] * ds[i], w + i * nb, o + i * nb, dc);
+}
 
 }  // namespace
 
@@ -76,6 +213,7 @@ void SsmOp<T>::project_inputs(const T* x, std::size_t rows, T* P) const {
 
 template <class T>
 void SsmOp<T>::step(const LayerRows<T>& r) const {
+  const FlushSubnormals ftz;
   const std::size_t N = w_.modes, rows = r.ns + r.nt * r.k;
   for (std::size_t b = 0; b < rows; ++b) {
     const T* u = b < r.ns ? r.proj + b * r.ldp : nullptr;
@@ -88,6 +226,7 @@ void SsmOp<T>::step(const LayerRows<T>& r) const {
 
 template <class T>
 void SsmOp<T>::vjp(const LayerCotangent<T>& c) const {
+  const FlushSubnormals ftz;
   for (std::size_t r = 0; r < c.k; ++r)
     ssm_vjp_row(w_.a, c.wstate + r * c.lds, c.o + r * c.ldo, w_.modes, w_.complex);
 }
@@ -147,66 +286,41 @@ void SelectiveSsmOp<T>::project_inputs(const T* x, std::size_t rows, T* P) const
 // channel; the selection's two GEMMs; the per-channel step (or tangent) and the buffer's shift.
 template <class T>
 void SelectiveSsmOp<T>::step(const LayerRows<T>& r) const {
-  const std::size_t di = w_.d_inner, n = w_.d_state, dc = w_.d_conv, nb = dc - 1, R = w_.dt_rank;
+  const FlushSubnormals ftz;
+  const std::size_t di = w_.d_inner, n = w_.d_state, dc = w_.d_conv, R = w_.dt_rank;
   const std::size_t Sh = di * n, oxd = di, odt = di + R + 2 * n, rows = r.ns + r.nt * r.k;
-  const T* wc = w_.conv_weight;
   for (std::size_t b = 0; b < r.ns; ++b) {
-    const T* x = r.proj + b * r.ldp;
-    const T* buf = r.X + b * r.ldx + Sh;
     SelCache<T, T*> c(r.cache_w + b * r.ldc, di, n);
-    T* u = r.U + b * r.ldu;
-    for (std::size_t i = 0; i < di; ++i) {
-      const T pre = layers::selective_conv(wc + i * dc, buf + i * nb, x[i],
-                                           w_.conv_bias ? w_.conv_bias[i] : T(0), dc);
-      T d;
-      layers::silu_forward(pre, c.xc[i], c.ds[i]);
-      layers::silu_forward(x[di + i], c.gz[i], d);
-      u[i] = c.xc[i];
-    }
+    sel_conv_state_row(w_.conv_weight, w_.conv_bias, r.X + b * r.ldx + Sh, r.proj + b * r.ldp,
+                       r.U + b * r.ldu, c.xc, c.ds, c.gz, di, dc);
   }
   for (std::size_t g = 0; g < r.nt; ++g) {
     const SelCache<T, const T*> c(r.cache_r + g * r.ldc, di, n);
     for (std::size_t q = 0; q < r.k; ++q) {
       const std::size_t row = r.ns + g * r.k + q;
-      const T* dbuf = r.X + row * r.ldx + Sh;
-      T* u = r.U + row * r.ldu;
-      for (std::size_t i = 0; i < di; ++i)
-        u[i] = layers::selective_conv_jvp(wc + i * dc, dbuf + i * nb, c.ds[i], dc);
+      sel_conv_tangent_row(w_.conv_weight, r.X + row * r.ldx + Sh, c.ds, r.U + row * r.ldu, di, dc);
     }
   }
   // The selection of every row: (dt, B, C) = x_proj(xc), then dt_proj(dt).
   gemm_packed(rows, r.U, r.ldu, xproj_t_, T(0), r.U + oxd, r.ldu);
   gemm_packed(rows, r.U + oxd, r.ldu, dtproj_t_, T(0), r.U + odt, r.ldu);
   for (std::size_t b = 0; b < r.ns; ++b) {
-    const T* x = r.proj + b * r.ldp;
     const T* h = r.X + b * r.ldx;
-    T* hn = r.Y + b * r.ldy;
     const T* u = r.U + b * r.ldu;
     SelCache<T, T*> c(r.cache_w + b * r.ldc, di, n);
     std::copy(u + oxd + R, u + oxd + R + 2 * n, c.B);  // B, C side by side
     std::copy(h, h + Sh, c.h);
-    for (std::size_t i = 0; i < di; ++i) {
-      layers::selective_delta(u[odt + i] + w_.dt_proj_bias[i], c.delta[i], c.sig[i]);
-      layers::selective_forward(w_.A + i * n, c.B, c.C, c.delta[i], c.xc[i], h + i * n, hn + i * n,
-                                c.a + i * n, n);
-      const T* buf = h + Sh + i * nb;
-      T* bn = hn + Sh + i * nb;
-      for (std::size_t j = 0; j + 1 < nb; ++j) bn[j] = buf[j + 1];
-      bn[nb - 1] = x[i];
-    }
+    sel_state_row(w_.A, w_.dt_proj_bias, u + odt, c.B, c.xc, r.proj + b * r.ldp, h, r.Y + b * r.ldy,
+                  c.delta, c.sig, di, n, dc);
   }
+  T* a = r.nt ? transition_scratch<T>(Sh) : nullptr;
   for (std::size_t g = 0; g < r.nt; ++g) {
     const SelCache<T, const T*> c(r.cache_r + g * r.ldc, di, n);
+    sel_transition(w_.A, c.delta, a, di, n);
     for (std::size_t q = 0; q < r.k; ++q) {
       const std::size_t row = r.ns + g * r.k + q;
-      const T* v = r.X + row * r.ldx;
-      T* o = r.Y + row * r.ldy;
-      const T* u = r.U + row * r.ldu;
-      for (std::size_t i = 0; i < di; ++i) {
-        layers::selective_jvp(w_.A + i * n, c.a + i * n, c.h + i * n, c.B, c.delta[i], c.xc[i],
-                              c.sig[i] * u[odt + i], u[i], u + oxd + R, v + i * n, o + i * n, n);
-        layers::selective_shift_jvp(v + Sh + i * nb, o + Sh + i * nb, dc);
-      }
+      sel_tangent_row(w_.A, a, c.h, c.B, c.delta, c.sig, c.xc, r.U + row * r.ldu, r.X + row * r.ldx,
+                      r.Y + row * r.ldy, di, n, dc, R);
     }
   }
 }
@@ -214,32 +328,20 @@ void SelectiveSsmOp<T>::step(const LayerRows<T>& r) const {
 // G per row: [dL/dxc | dL/d x_proj(xc) | dL/d dt_proj(dt)]; C does not reach the state.
 template <class T>
 void SelectiveSsmOp<T>::vjp(const LayerCotangent<T>& cv) const {
-  const std::size_t di = w_.d_inner, n = w_.d_state, dc = w_.d_conv, nb = dc - 1, R = w_.dt_rank;
+  const FlushSubnormals ftz;
+  const std::size_t di = w_.d_inner, n = w_.d_state, dc = w_.d_conv, R = w_.dt_rank;
   const std::size_t Sh = di * n, oxd = di, odt = di + R + 2 * n;
   const SelCache<T, const T*> c(cv.cache, di, n);
-  for (std::size_t r = 0; r < cv.k; ++r) {
-    const T* w = cv.wstate + r * cv.lds;
-    T* g = cv.G + r * cv.ldg;
-    T* o = cv.o + r * cv.ldo;
-    std::fill(g + oxd + R, g + oxd + R + 2 * n, T(0));
-    for (std::size_t i = 0; i < di; ++i) {
-      T gdelta, gxc;
-      layers::selective_vjp(w_.A + i * n, c.a + i * n, c.h + i * n, c.B, c.delta[i], c.xc[i],
-                            w + i * n, o + i * n, g + oxd + R, gdelta, gxc, n);
-      g[odt + i] = gdelta * c.sig[i];
-      g[i] = gxc;
-    }
-  }
+  T* a = transition_scratch<T>(Sh);
+  sel_transition(w_.A, c.delta, a, di, n);
+  for (std::size_t r = 0; r < cv.k; ++r)
+    sel_vjp_row(w_.A, a, c.h, c.B, c.delta, c.sig, c.xc, cv.wstate + r * cv.lds, cv.o + r * cv.ldo,
+                cv.G + r * cv.ldg, di, n, R);
   gemm_packed(cv.k, cv.G + odt, cv.ldg, dtproj_, T(0), cv.G + oxd, cv.ldg);
   gemm_packed(cv.k, cv.G + oxd, cv.ldg, xproj_, T(1), cv.G, cv.ldg);
-  for (std::size_t r = 0; r < cv.k; ++r) {
-    const T* w = cv.wstate + r * cv.lds;
-    const T* g = cv.G + r * cv.ldg;
-    T* o = cv.o + r * cv.ldo;
-    for (std::size_t i = 0; i < di; ++i)
-      layers::selective_shift_vjp(w_.conv_weight + i * dc, g[i] * c.ds[i], w + Sh + i * nb,
-                                  o + Sh + i * nb, dc);
-  }
+  for (std::size_t r = 0; r < cv.k; ++r)
+    sel_vjp_buffer_row(w_.conv_weight, c.ds, cv.G + r * cv.ldg, cv.wstate + r * cv.lds + Sh,
+                       cv.o + r * cv.ldo + Sh, di, dc);
 }
 
 template <class T>
@@ -266,8 +368,7 @@ void SelectiveSsmOp<T>::output(const T* cache, const T* hn, T* out) const {
   const SelCache<T, const T*> c(cache, di, n);
   std::vector<T> yg(di);
   for (std::size_t i = 0; i < di; ++i) {
-    T y = w_.D ? w_.D[i] * c.xc[i] : T(0);
-    for (std::size_t m = 0; m < n; ++m) y += hn[i * n + m] * c.C[m];
+    const T y = layers::selective_output(hn + i * n, c.C, n) + (w_.D ? w_.D[i] * c.xc[i] : T(0));
     yg[i] = y * c.gz[i];
   }
   for (std::size_t j = 0; j < dm; ++j) {

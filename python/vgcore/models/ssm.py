@@ -782,5 +782,5 @@ def spec_step_dims(spec: dict[str, Any]) -> tuple[int, int, int, int, int]:
         dc = int(spec["conv_weight"].shape[1])
         R = int(spec["dt_proj_weight"].shape[1])
         D = di * (n + dc - 1)
-        return D, D, 2 * di + R + 2 * n, 2 * di * n + 5 * di + 2 * n, 2 * di
+        return D, D, 2 * di + R + 2 * n, di * n + 5 * di + 2 * n, 2 * di
     raise ValueError(f"spec kind must be 'ssm' or 'selective_ssm', got {spec['kind']!r}")
