@@ -157,6 +157,105 @@ def test_compiled_steps_give_the_eager_result():
     np.testing.assert_array_equal(comp.record_steps, eager.record_steps)
 
 
+# -- the traced tangent step ----------------------------------------------------------------
+
+
+def _graphs(owner):
+    """What the trace cache holds for a step object: graphs, or False (eager)."""
+    from vgcore.torchmodel.cell import _TRACED
+
+    return list(_TRACED.get(owner, {}).values())
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm", "rnn", "peephole"])
+def test_traced_tangent_step_is_used_and_equals_the_eager_step(kind):
+    _seed(21)
+    I, N, B, T = 3, 5, 2, 40
+    if kind == "peephole":
+        m = PeepholeLSTM(I, N).to(F64)
+        cell = TorchCell(m, state_sizes=[N, N])
+    else:
+        m = {"gru": nn.GRUCell, "lstm": nn.LSTMCell, "rnn": nn.RNNCell}[kind](I, N).to(F64)
+        cell = TorchCell(m)
+    x = torch.randn(T, B, I, dtype=F64)
+    traced = lyapunov(cell, x, k=4, qr_every=2, burn_in=3)
+    gms = _graphs(m)
+    assert len(gms) == 1 and isinstance(gms[0], torch.fx.GraphModule)
+    eager = lyapunov(cell, x, k=4, qr_every=2, burn_in=3, trace=False)
+    np.testing.assert_allclose(traced.exponents, eager.exponents, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(traced.running, eager.running, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(traced.final_state, eager.final_state, rtol=1e-13, atol=1e-15)
+    # the parameters are inputs of the graph: a change of the weights is seen
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(1.5)
+    again = lyapunov(cell, x, k=4, qr_every=2, burn_in=3)
+    assert len(_graphs(m)) == 1  # the same graph, no second trace
+    ref = lyapunov(cell, x, k=4, qr_every=2, burn_in=3, trace=False)
+    np.testing.assert_allclose(again.exponents, ref.exponents, rtol=1e-12, atol=1e-14)
+    assert np.max(np.abs(again.exponents - traced.exponents)) > 1e-3
+
+
+class Branchy(nn.Module):
+    """Control flow on the values of the input (fine for jvp, whose tangents are the
+    state's): cannot be traced on fake tensors."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2 * n, n)
+
+    def forward(self, h, x):
+        z = self.lin(torch.cat([h, x], dim=1))
+        return torch.tanh(z) if float(x.sum()) > 0 else torch.sigmoid(z)
+
+
+def test_untraceable_step_falls_back_to_the_eager_step():
+    _seed(22)
+    m = Branchy(3).to(F64)
+    x = torch.randn(20, 2, 3, dtype=F64).abs()  # the tanh branch at every step
+    got = lyapunov(TorchCell(m, state_sizes=3), x, k=3)
+    assert _graphs(m) == [False]
+    ref = lyapunov(TorchCell(m, state_sizes=3), x, k=3, trace=False)
+    np.testing.assert_array_equal(got.exponents, ref.exponents)
+
+    def twin(h, xt):  # the same step without the branch (traced)
+        return torch.tanh(m.lin(torch.cat([h, xt], dim=1)))
+
+    tw = lyapunov(TorchCell(twin, state_sizes=3, dtype=F64), x, k=3)
+    assert isinstance(_graphs(twin)[0], torch.fx.GraphModule)
+    np.testing.assert_allclose(got.exponents, tw.exponents, rtol=1e-12, atol=1e-14)
+
+
+def test_a_stale_graph_is_caught_on_the_first_step():
+    """A plain callable's tensors are constants of its graph: rebinding one changes the
+    step, which the first-step check notices (the call then runs eagerly)."""
+    _seed(23)
+    N = 4
+    held = {"W": torch.randn(N, N, dtype=F64)}
+
+    def step(h, x):
+        return torch.tanh(h @ held["W"].T + x)
+
+    cell = TorchCell(step, state_sizes=N, dtype=F64)
+    x = torch.randn(15, 2, N, dtype=F64)
+    first = lyapunov(cell, x, k=2)
+    assert isinstance(_graphs(step)[0], torch.fx.GraphModule)
+    held["W"] = 2.0 * held["W"]
+    got = lyapunov(cell, x, k=2)
+    ref = lyapunov(cell, x, k=2, trace=False)
+    np.testing.assert_array_equal(got.exponents, ref.exponents)
+    assert np.max(np.abs(got.exponents - first.exponents)) > 1e-3
+
+
+def test_a_step_with_python_side_effects_stays_eager():
+    _seed(24)
+    m = Flaky().train()
+    x = torch.randn(9, 2, 2)
+    lyapunov(TorchCell(m, state_sizes=4), x, k=2)
+    assert _graphs(m) == [False]
+    assert m.n == 1 + 9  # the output check and the steps: the trace's call was undone
+
+
 # -- custom steps against a jacrev + QR oracle ----------------------------------------------
 
 

@@ -932,8 +932,11 @@ def lyapunov(
             Q, R = torch.linalg.qr(V)
             logs = torch.log(R.diagonal(dim1=-2, dim2=-1).abs().to(torch.float64))
             blocks = blocks + 1
-            ok = (~torch.isnan(logs) & (logs != math.inf)).all() & torch.isfinite(state).all()
-            first_bad = torch.where((first_bad < 0) & ~ok, blocks, first_bad)
+            # NaN exactly when a log is NaN or +inf or the state is not finite (a -inf log,
+            # an exactly zero diagonal entry, is allowed): one value to test
+            chk = logs.sum() + state.abs().amax() * 0
+            bad = (chk != chk) | (chk == math.inf)
+            first_bad = torch.where((first_bad < 0) & bad, blocks, first_bad)
             if accumulate:
                 logsum = logsum + logs
             return Q, logs, logsum, blocks, first_bad
@@ -992,8 +995,8 @@ def lyapunov(
                 raise ValueError(
                     f"{name} has batch size {xc.shape[1]}, but earlier chunks had {state.shape[0]}"
                 )
-            for t in range(xc.shape[0]):
-                state, V = push(state, xc[t], V)  # type: ignore[misc]
+            for xt in xc.unbind(0):
+                state, V = push(state, xt, V)  # type: ignore[misc]
                 steps += 1
                 since_qr += 1
                 if since_qr == qr_every:
@@ -1117,10 +1120,10 @@ def _traced_push(
         cache[key] = gm
     if gm is False:
         return eager
-    nt = len(tensors)
+    run_graph = gm.forward  # (not through nn.Module.__call__: no hooks on a private graph)
 
     def push(h: Any, xt: Any, V: Any) -> tuple[Any, Any]:
-        return gm(*tensors, h, xt, V)  # type: ignore[no-any-return]
+        return run_graph(*tensors, h, xt, V)  # type: ignore[no-any-return]
 
     try:
         got = push(h, xt, V)
@@ -1133,7 +1136,6 @@ def _traced_push(
         scale = b.abs().amax() if b.numel() else 0
         if a.shape != b.shape or not bool(((a - b).abs() <= 1e3 * eps * (scale + 1e-30)).all()):
             return eager  # the graph no longer matches the step (changed attributes?)
-    del nt
     return push
 
 
