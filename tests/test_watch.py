@@ -253,6 +253,30 @@ def test_every_logs_every_nth_step_and_one_host_copy_per_logged_step(monkeypatch
     assert_matches_oracle(w, oracle, top, steps={0, 3, 6})
 
 
+def test_module_hooks_only_on_logged_steps():
+    """every > 1: the blocks' and activation modules' forward hooks exist during logged steps
+    only (steps in between take torch's hook-free call path); the root keeps its pre-hook."""
+    model = mlp()
+    opt = OPTIMIZERS["sgd"](model.parameters())
+    x, y = data()
+
+    def hooked():
+        return sum(len(m._forward_hooks) for m in model.modules() if m is not model)
+
+    with vw.watch(model, opt, every=3) as w:
+        seen = []
+        for _ in range(7):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            seen.append(hooked())
+            opt.step()
+        assert len(model._forward_pre_hooks) == 1
+    assert seen[0] == seen[3] == seen[6] > 0
+    assert seen[1] == seen[2] == seen[4] == seen[5] == 0
+    assert hooked() == 0 and not model._forward_pre_hooks
+    assert sorted(w.history.step.unique()) == [0, 3, 6]
+
+
 def test_lean_options():
     """updates=False keeps no parameter copy and records no updates; per_parameter=False
     records block rows only (with the same block norms)."""

@@ -41,6 +41,7 @@ def training_loop(
     from torch import nn
 
     torch.manual_seed(0)
+    model: Any
     if name == "mlp":
         L, W, B = (4, 64, 16) if quick else (8, 512, 128)
         layers: list[nn.Module] = []

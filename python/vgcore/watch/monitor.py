@@ -209,12 +209,11 @@ class Watch:
                     WatchWarning,
                     stacklevel=3,
                 )
+            slots: list[tuple[str, int, tuple[int, int] | None]] = []
             if parts is None:
-                b = owners.get(id(p), -1)
-                slots = [(_blocks.clean_name(pname), b, None)]
+                slots.append((_blocks.clean_name(pname), owners.get(id(p), -1), None))
             else:
                 prefix = pname[: len(pname) - len(pname.rsplit(".", 1)[-1])]
-                slots = []
                 for fqn, off, n in parts:
                     name = _blocks.clean_name(prefix + fqn)
                     slots.append((name, _blocks.owner_by_name(name, names), (off, n)))
