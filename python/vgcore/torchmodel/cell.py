@@ -803,6 +803,43 @@ class _RecordBook:
         )
 
 
+class _FirstBad:
+    """The first QR block (1-based) whose check value is NaN or +inf, found without a host
+    synchronisation per block: the values are kept as they come and reduced on the device
+    every 1024 blocks (so memory does not grow with the stream); read once at the end."""
+
+    _CHUNK = 1024
+
+    def __init__(self) -> None:
+        self.pending: list[Any] = []
+        self.found: list[Any] = []  # per reduced chunk: its first bad block, or a large value
+        self.done = 0
+
+    def add(self, chk: Any) -> None:
+        self.pending.append(chk)
+        if len(self.pending) == self._CHUNK:
+            self._reduce()
+
+    def _reduce(self) -> None:
+        torch = _torch()
+        v = torch.stack(self.pending)
+        bad = (v != v) | (v == math.inf)
+        idx = torch.arange(1, v.numel() + 1, device=v.device) + self.done
+        big = torch.iinfo(torch.int64).max
+        self.found.append(torch.where(bad, idx, big).amin())
+        self.done += v.numel()
+        self.pending = []
+
+    def first(self) -> int:
+        """The first bad block, -1 if none."""
+        if self.pending:
+            self._reduce()
+        if not self.found:
+            return -1
+        first = int(_torch().stack(self.found).amin())
+        return -1 if first == _torch().iinfo(_torch().int64).max else first
+
+
 def lyapunov(
     cell: Any,
     x: Any,
@@ -907,7 +944,8 @@ def lyapunov(
         layout: _Layout | None = None
         total = 0
         steps = acc_steps = acc_blocks = since_qr = 0
-        V = logsum = book = first_bad = blocks = None
+        V = logsum = book = None
+        watch: _FirstBad | None = None
         kk = 0
 
         push: Callable[[Any, Any, Any], tuple[Any, Any]] | None = None
@@ -924,30 +962,25 @@ def lyapunov(
 
             return torch.compile(push, dynamic=False) if compile else push
 
-        def qr_update(
-            V: Any, state: Any, logsum: Any, blocks: Any, first_bad: Any, accumulate: bool
-        ) -> tuple[Any, ...]:
-            # One QR block on the device: re-orthonormalise, log|diag R| in float64, and
-            # note the first block whose state or logs are NaN/+inf (no host sync).
+        def qr_update(V: Any, state: Any, logsum: Any, accumulate: bool) -> tuple[Any, ...]:
+            # One QR block on the device: re-orthonormalise, log|diag R| in float64, and a
+            # value that is NaN or +inf exactly when a log is NaN or +inf or the state is not
+            # finite (a -inf log, an exactly zero diagonal entry, is allowed): no host sync.
             Q, R = torch.linalg.qr(V)
             logs = torch.log(R.diagonal(dim1=-2, dim2=-1).abs().to(torch.float64))
-            blocks = blocks + 1
-            # NaN exactly when a log is NaN or +inf or the state is not finite (a -inf log,
-            # an exactly zero diagonal entry, is allowed): one value to test
             chk = logs.sum() + state.abs().amax() * 0
-            bad = (chk != chk) | (chk == math.inf)
-            first_bad = torch.where((first_bad < 0) & bad, blocks, first_bad)
             if accumulate:
                 logsum = logsum + logs
-            return Q, logs, logsum, blocks, first_bad
+            return Q, logs, logsum, chk
 
         qr = torch.compile(qr_update, dynamic=False) if compile else qr_update
 
         def qr_block(length: int) -> None:
-            nonlocal V, logsum, acc_blocks, acc_steps, first_bad, blocks
-            assert book is not None
+            nonlocal V, logsum, acc_blocks, acc_steps
+            assert book is not None and watch is not None
             accumulate = steps - length >= burn_in
-            V, logs, logsum, blocks, first_bad = qr(V, state, logsum, blocks, first_bad, accumulate)
+            V, logs, logsum, chk = qr(V, state, logsum, accumulate)
+            watch.add(chk)
             if not accumulate:
                 return
             acc_blocks += 1
@@ -989,8 +1022,7 @@ def lyapunov(
                     push = _traced_push(c, run, layout, push, state, xc[0], V)
                 logsum = torch.zeros((B, kk), dtype=torch.float64, device=run.device)
                 book = _RecordBook(max_records, B, kk, run.device)
-                first_bad = torch.full((), -1, dtype=torch.int64, device=run.device)
-                blocks = torch.zeros((), dtype=torch.int64, device=run.device)
+                watch = _FirstBad()
             elif xc.shape[1] != state.shape[0]:
                 raise ValueError(
                     f"{name} has batch size {xc.shape[1]}, but earlier chunks had {state.shape[0]}"
@@ -1007,8 +1039,8 @@ def lyapunov(
             raise ValueError("x is an empty sequence (no steps); at least one step is needed")
         if since_qr:  # a partial block: every step taken is accounted for
             qr_block(since_qr)
-        assert book is not None and logsum is not None and first_bad is not None
-        bad_block = int(first_bad)
+        assert book is not None and logsum is not None and watch is not None
+        bad_block = watch.first()
         if bad_block >= 0:  # every block has qr_every steps but a last partial one
             bad = min(bad_block * qr_every, steps)
             raise FloatingPointError(
