@@ -760,3 +760,24 @@ def test_a_bare_stock_cell_is_a_torch_cell_and_compile_is_refused_elsewhere() ->
     assert "not measured" in repr(flow)
     with pytest.raises(ValueError, match="compile=True applies to a TorchCell"):
         vgcore.lyapunov(vgcore.RNN.from_sizes(4, 6, seed=0), x.numpy(), k=2, compile=True)
+
+
+def test_first_non_finite_block_across_reduced_chunks():
+    from vgcore.torchmodel.cell import _FirstBad
+
+    w = _FirstBad()
+    vals = torch.zeros(2500, dtype=F64)
+    vals[100] = -math.inf  # an exactly zero diagonal entry: allowed
+    vals[1499] = math.nan  # block 1500 (1-based), after the first reduced chunk
+    vals[1999] = math.inf
+    for v in vals:
+        w.add(v)
+    assert w.first() == 1500
+    ok = _FirstBad()
+    for v in vals[:1400]:
+        ok.add(v)
+    assert ok.first() == -1 and _FirstBad().first() == -1
+    late = _FirstBad()
+    for v in torch.tensor([0.0, 1.0, math.inf], dtype=F64):
+        late.add(v)
+    assert late.first() == 3

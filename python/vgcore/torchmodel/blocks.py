@@ -445,7 +445,7 @@ class RngState:
     def restore(self) -> None:
         torch.set_rng_state(self.cpu)
         if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
+            torch.cuda.set_rng_state(self.cuda, 0 if self.device is None else self.device)
 
 
 @dataclass

@@ -1148,9 +1148,11 @@ def _traced_push(
             now = vars(m)
             if now.keys() != attrs.keys() or any(now[k] is not v for k, v in attrs.items()):
                 gm = False
+                for k in [k for k in now if k not in attrs]:
+                    del m.__dict__[k]
                 m.__dict__.update(attrs)  # what the trace changed, as it was
         cache[key] = gm
-    if gm is False:
+    if not isinstance(gm, torch.fx.GraphModule):
         return eager
     run_graph = gm.forward  # (not through nn.Module.__call__: no hooks on a private graph)
 
