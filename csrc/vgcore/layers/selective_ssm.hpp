@@ -83,6 +83,18 @@ VGCORE_FM_INLINE T selective_output(const T* hn, const T* C, std::size_t n) {
       n, T(0), [&](T& s, std::size_t m) { s += hn[m] * C[m]; }, [](T& s, T v) { s += v; });
 }
 
+// One channel's output cotangent: from gy = dL/dy_i (y_i = sum_m hn_m C_m + D_i xc_i, before
+// the gate), ghn += gy C (onto the new state) and gC (n) accumulates gy hn over the channels;
+// the skip's part D_i gy goes to xc by the caller.
+template <class T>
+VGCORE_FM_INLINE void selective_output_vjp(const T* hn, const T* C, T gy, T* ghn, T* gC,
+                                           std::size_t n) {
+  for (std::size_t m = 0; m < n; ++m) {
+    ghn[m] += gy * C[m];
+    gC[m] += gy * hn[m];
+  }
+}
+
 // One channel's tangent: dhn = a dh + dDelta (A a h + xc B) + Delta dxc B + Delta xc dB.
 template <class T>
 VGCORE_FM_INLINE void selective_jvp(const T* A, const T* a, const T* h, const T* B, T delta, T xc,
