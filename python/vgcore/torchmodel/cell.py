@@ -9,8 +9,9 @@ analyses' result classes (:class:`~vgcore.LyapunovSpectrum`, :class:`~vgcore.Gra
 
 The step runs where its parameters live (CPU or CUDA) and in their dtype; float16 / bfloat16
 modules are analysed in a float32 copy. Per-step Jacobians are never formed: tangents go
-through ``torch.func.jvp`` (``vmap`` over the k tangent vectors), cotangents through autograd
-on the graph of one step. torch is imported when an analysis runs, not with this module.
+through ``torch.func.jvp`` (``vmap`` over the k tangent vectors; by default traced once into a
+graph of aten operations, :mod:`vgcore.torchmodel._trace`), cotangents through autograd on the
+graph of one step. torch is imported when an analysis runs, not with this module.
 """
 
 from __future__ import annotations

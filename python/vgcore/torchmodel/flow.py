@@ -2,11 +2,16 @@
 
 One forward pass with grad enabled in which every block input is a leaf (the recording pass of
 :mod:`vgcore.torchmodel.blocks`), then ``torch.autograd.grad`` block by block from the top:
-each call returns the block's input cotangent and its parameter gradients at once, so the cost
-is one forward and one backward, nothing recomputed. Between blocks the cotangent is rescaled
-by an exact power of two (``torch.frexp``) and the exponent accumulated, so norms far below
-(or above) the dtype's range stay finite and exact. Reductions stay on the device; the host
-reads the results once at the end.
+each call returns the block's input cotangent and its parameter gradients at once. With
+``memory="blocks"`` (the default) the forward pass keeps only each block's input (its graph is
+walked for the chain check and dropped as the forward leaves the block) and the backward pass
+re-runs one block at a time, with the random generators' states the forward had there, checked
+to reproduce the recorded output bit for bit: the block inputs plus one block's activations, for
+about one more forward pass. ``memory="graph"`` keeps the graph of the whole forward pass and
+recomputes nothing. Between blocks the cotangent is rescaled by an exact power of two
+(``torch.frexp``) and the exponent accumulated, so norms far below (or above) the dtype's range
+stay finite and exact. Reductions stay on the device; the host reads the results once at the
+end.
 """
 
 from __future__ import annotations
