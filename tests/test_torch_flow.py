@@ -580,3 +580,49 @@ def test_an_exception_in_a_rerun_leaves_module_and_generator_as_they_were(memory
 def test_memory_must_be_a_known_mode():
     with pytest.raises(ValueError, match=r"memory must be one of \('blocks', 'graph'\), got 'low'"):
         gradient_flow(TorchModel(nn.Linear(2, 2)), torch.randn(1, 2), memory="low")
+
+
+class TinyLM(nn.Module):
+    """Token ids in: the first block (the embedding) has no input gradient."""
+
+    def __init__(self, vocab: int = 11, d: int = 6, n: int = 3) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.h = nn.ModuleList([nn.Sequential(nn.Linear(d, d), nn.GELU()) for _ in range(n)])
+        self.out = nn.Linear(d, vocab)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        for b in self.h:
+            x = b(x)
+        return self.out(x)
+
+
+def test_token_ids_in_both_memory_modes():
+    torch.manual_seed(17)
+    m = TinyLM().double()
+    idx = torch.randint(0, 11, (2, 5))
+    flow = gradient_flow(TorchModel(m), idx, keep_grads=True, param_grads=True)
+    assert flow.block_names == ["before", "h.0", "h.1", "h.2", "after"]
+    assert np.isnan(flow.log_grad_norms[0])  # integer input: no gradient there
+    assert np.isfinite(flow.log_param_grad_norms["weight"][0])  # the embedding's
+    # the oracle: dL/dh at the inputs of h.0, h.1, h.2, out and at the output
+    seen = []
+
+    def keep(mod, a):
+        a[0].retain_grad()
+        seen.append(a[0])
+
+    hooks = [b.register_forward_pre_hook(keep) for b in (*m.h, m.out)]
+    try:
+        y = m(idx)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    y.retain_grad()
+    (0.5 * (y**2).sum()).backward()
+    ref = np.log([float(t.grad.norm()) for t in (*seen, y)])
+    np.testing.assert_allclose(flow.log_grad_norms[1:], ref, rtol=1e-10)
+    emb = math.log(float(m.emb.weight.grad.norm()))
+    assert flow.log_param_grad_norms["weight"][0] == pytest.approx(emb, rel=1e-10)
+    assert not any("memory='graph' instead" in n for n in flow.notes)
