@@ -1,9 +1,12 @@
 """Device-side reductions for the training monitor.
 
 Everything here stays on the device of the tensors it is given: norms of many tensors in one
-``torch._foreach_norm`` call, per-block sums by ``index_add``, activation statistics as a few
-0-d tensors. The monitor concatenates the results of one logged step and moves them to the
-host once (no ``.item()`` per tensor).
+``torch._foreach_norm`` call, activation statistics as three 0-d reductions per call (plus a
+per-unit maximum for rectifiers), no bool masks where the output tells (a comparison producing
+a bool tensor costs several reductions on the CPU). The monitor stacks the 0-d results of one
+logged step into one float64 vector (:func:`stack64`) and moves it to the host once (no
+``.item()`` per tensor); the sums per block and per module are formed there
+(:func:`activation_metrics`).
 """
 
 from __future__ import annotations
