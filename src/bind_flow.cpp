@@ -2,6 +2,7 @@
 #include "convert.hpp"
 #include "pybind11.hpp"
 #include "vgcore/sweeps/dense.hpp"
+#include "vgcore/sweeps/model_flow.hpp"
 #include "vgcore/sweeps/recurrent.hpp"
 
 namespace vgcore::bind {
@@ -155,6 +156,69 @@ py::dict stack_impl(const py::dict& spec, const py::array& x, const py::object& 
   return d;
 }
 
+// Any model the description names, through the generic sweep over Model<T> (model_flow.hpp).
+template <class T>
+py::dict model_impl(const py::dict& spec, const py::array& x, const py::object& h0,
+                    const py::object& cotangent, bool keep_grads, const FlowOptions& opt,
+                    const py::object& progress) {
+  const Model<T> m = parse_model<T>(spec);
+  const bool time = m.axis() == Axis::time;
+  const T* xp = time ? require<T>(x, "x", {-1, -1, static_cast<py::ssize_t>(m.input_size())})
+                     : require<T>(x, "x", {-1, static_cast<py::ssize_t>(m.in_dim(0))});
+  const auto Ts = time ? x.shape(0) : static_cast<py::ssize_t>(m.n_layers());
+  const auto B = time ? x.shape(1) : x.shape(0);
+  const auto D = static_cast<py::ssize_t>(m.in_dim(0));
+  const StateSegment out_seg = output_segment(m);
+  const auto n_out = static_cast<py::ssize_t>(out_seg.width);
+  ModelFlowIO<T> io;
+  io.x = xp;
+  io.steps = static_cast<std::size_t>(Ts);
+  io.batch = static_cast<std::size_t>(B);
+  if (time)
+    io.h0 = optional_array<T>(h0, "h0", {B, D});
+  else if (!h0.is_none())
+    throw py::value_error("h0 is only meaningful for a model over time");
+  if (!cotangent.is_none()) {
+    const auto cot = as_ndarray(cotangent, "cotangent");
+    io.cotangent_per_step = time && cot.ndim() == 3;
+    io.cotangent = io.cotangent_per_step ? require<T>(cot, "cotangent", {Ts, B, n_out})
+                                         : require<T>(cot, "cotangent", {B, n_out});
+  }
+  py::array_t<T> y({B, n_out});
+  io.y = y.mutable_data();
+  py::object grads = py::none();
+  if (keep_grads) {
+    if (!time) throw py::value_error("keep_grads needs a model over time");
+    py::array_t<T> g({Ts + 1, B, D});
+    io.grads = g.mutable_data();
+    grads = g;
+  }
+  Control ctl = make_control(progress);
+  ModelFlowStats s;
+  {
+    py::gil_scoped_release release;
+    s = model_gradient_flow(m, io, opt, ctl);
+  }
+  const auto n_seg = static_cast<py::ssize_t>(s.segments.size());
+  const auto S = static_cast<py::ssize_t>(s.n_states) - 1;
+  py::list segments;
+  for (const auto& g : s.segments)
+    segments.append(py::make_tuple(g.layer, g.part, g.offset, g.width));
+  py::dict d;
+  d["segments"] = segments;
+  d["log_grad_norms"] = to_numpy(s.log_grad_norms).reshape({n_seg, S + 1});
+  d["act_mean"] = to_numpy(s.act_mean).reshape({n_seg, S});
+  d["act_std"] = to_numpy(s.act_std).reshape({n_seg, S});
+  py::array_t<bool> bad(S);
+  for (py::ssize_t i = 0; i < S; ++i)
+    bad.mutable_data()[i] = s.nonfinite[static_cast<std::size_t>(i)] != 0;
+  d["nonfinite"] = bad;
+  d["output_segment"] = py::make_tuple(out_seg.layer, out_seg.part, out_seg.offset, out_seg.width);
+  d["y"] = y;
+  d["grads"] = grads;
+  return d;
+}
+
 bool x_is_float32(const py::array& x) { return has_dtype<float>(x); }
 
 }  // namespace
@@ -191,6 +255,18 @@ void bind_flow(py::module_& m) {
       py::arg("spec"), py::arg("x"), py::arg("h0"), py::arg("c0"), py::arg("cotangent"),
       py::arg("cell_cotangent"), py::arg("keep_grads"), py::arg("keep_states"),
       py::arg("input_grad_norms"), py::arg("param_grads"), py::arg("saturation_threshold"),
+      py::arg("num_threads"), py::arg("progress"), py::arg("rescale") = true);
+  m.def(
+      "model_gradient_flow",
+      [](const py::dict& spec, const py::array& x, const py::object& h0,
+         const py::object& cotangent, bool keep_grads, int num_threads, const py::object& progress,
+         bool rescale) {
+        const FlowOptions opt = make_options(false, 1e-3, num_threads, rescale);
+        if (x_is_float32(x))
+          return model_impl<float>(spec, x, h0, cotangent, keep_grads, opt, progress);
+        return model_impl<double>(spec, x, h0, cotangent, keep_grads, opt, progress);
+      },
+      py::arg("spec"), py::arg("x"), py::arg("h0"), py::arg("cotangent"), py::arg("keep_grads"),
       py::arg("num_threads"), py::arg("progress"), py::arg("rescale") = true);
 }
 

@@ -74,6 +74,16 @@ def stacked_gradient_flow(
     progress: Callable[[int, int], Any] | None,
     rescale: bool = True,
 ) -> dict[str, Any]: ...
+def model_gradient_flow(
+    spec: dict[str, Any],
+    x: np.ndarray,
+    h0: np.ndarray | None,
+    cotangent: np.ndarray | None,
+    keep_grads: bool,
+    num_threads: int,
+    progress: Callable[[int, int], Any] | None,
+    rescale: bool = True,
+) -> dict[str, Any]: ...
 def jacobian_spectrum(
     model: dict[str, Any],
     x: np.ndarray,

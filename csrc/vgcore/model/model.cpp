@@ -265,10 +265,11 @@ void Model<T>::jvp(std::size_t s, const T* cache, const T* Vin, T* Vout, std::si
 // Cotangents run down a stack: layer l's new h receives Win's part plus what layer l + 1's input
 // projection sends back (G_in W_ih_{l+1}).
 template <class T>
-void Model<T>::vjp(std::size_t s, const T* cache, const T* Win, T* Wout, std::size_t k,
-                   T* G) const {
+void Model<T>::vjp(std::size_t s, const T* cache, const T* Win, T* Wout, std::size_t k, T* G,
+                   T* Wtotal) const {
   if (k == 0) return;
   const std::size_t gc = gemm_cols(s), din = in_dim(s), dout = out_dim(s);
+  if (Wtotal) std::copy(Win, Win + k * dout, Wtotal);
   LayerCotangent<T> c;
   c.k = k;
   c.ldw = dout;
@@ -305,6 +306,9 @@ void Model<T>::vjp(std::size_t s, const T* cache, const T* Win, T* Wout, std::si
           layers_[l + 1]);
       c.w = acc;
       c.ldw = gc;
+      if (Wtotal)
+        for (std::size_t r = 0; r < k; ++r)
+          std::copy(acc + r * gc, acc + r * gc + N, Wtotal + r * dout + so_[l]);
     } else {  // the top layer: Win's part only
       c.w = Win + so_[l];
       c.ldw = dout;

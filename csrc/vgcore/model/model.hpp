@@ -341,8 +341,12 @@ class Model {
 
   // JVP including the GEMM: Vout (k x out_dim) = J_s Vin (k x in_dim). U: k * gemm_cols scratch.
   void jvp(std::size_t s, const T* cache, const T* Vin, T* Vout, std::size_t k, T* U) const;
-  // VJP: Wout (k x in_dim) = J_s^T Win (k x out_dim). G: k * gemm_cols scratch.
-  void vjp(std::size_t s, const T* cache, const T* Win, T* Wout, std::size_t k, T* G) const;
+  // VJP: Wout (k x in_dim) = J_s^T Win (k x out_dim). G: k * gemm_cols scratch. Wtotal (k x
+  // out_dim, or null) receives the cotangent of the state leaving the step including what the
+  // step itself sends back to it: in a stack, layer l + 1 reads the new h^l within the step, so
+  // h^l's part is Win's plus layer l + 1's input VJP (the total dL/dh^l of that state).
+  void vjp(std::size_t s, const T* cache, const T* Win, T* Wout, std::size_t k, T* G,
+           T* Wtotal = nullptr) const;
   // The Jacobian J_s itself, column-major (out_dim x in_dim, leading dimension out_dim). A step
   // of one layer needs no GEMM (the JVP of the identity needs only W^T). U: in_dim * gemm_cols
   // scratch.
