@@ -60,7 +60,10 @@ def test_recurrent_flow_refuses_a_dense_description():
 def test_unknown_model_kind_lists_the_kinds():
     with pytest.raises(
         ValueError,
-        match="model kind must be 'mlp', 'rnn_tanh', 'rnn_relu', 'lstm' or 'gru', got 'tcn'",
+        match=(
+            "model kind must be 'mlp', 'ssm', 'selective_ssm', 'rnn_tanh', 'rnn_relu', 'lstm' or "
+            "'gru', got 'tcn'"
+        ),
     ):
         _core.jacobian_log_singular_values({**_gru_spec(), "kind": "tcn"}, X_SEQ, None, 1, None)
 

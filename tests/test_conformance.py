@@ -55,6 +55,7 @@ from oracles.kinds import (
     case_id,
     cases,
 )
+from oracles.ssm import ssm_state_flow
 from tolerances import assert_rel_close
 from vgcore._loader import _core
 from vgcore.analysis._spectra import core_model
@@ -91,6 +92,11 @@ def _log_norms(arrays):
 # -- gradient flow -------------------------------------------------------------------------
 def _flow_oracle(torch, kind, model, x, h0, cotangent=None):
     """dL/dh per layer / step (time-major), dL/dc_t (LSTM), output and log parameter norms."""
+    if model.flow_sweep == "generic":  # the loss on the layer's state (oracles.ssm)
+        cot = None if cotangent is None else kind.time_major(cotangent)
+        h = kind.state_rows(model, h0)
+        grads, y = ssm_state_flow(torch, model, kind.time_major(x), h0=h, cotangent=cot)
+        return grads, None, y, {}
     if not kind.recurrent:
         grads, y, pn, _ = torch_block_flow(torch, model, x, cotangent)
         with np.errstate(divide="ignore"):
@@ -105,7 +111,7 @@ def _flow_oracle(torch, kind, model, x, h0, cotangent=None):
 def _check_flow(torch, kind, model, x, h0, cotangent, dtype):
     rtol, full = RTOL[dtype], RTOL_FULL[dtype]
     flow = vgcore.gradient_flow(
-        model, x, h0=h0, cotangent=cotangent, keep_grads=True, param_grads=True
+        model, x, h0=h0, cotangent=cotangent, keep_grads=True, param_grads=kind.param_grads
     )
     grads, cgrads, y, log_pn = _flow_oracle(torch, kind, model, x, h0, cotangent)
     assert_rel_close(flow.output, y, full, "output")
@@ -113,7 +119,7 @@ def _check_flow(torch, kind, model, x, h0, cotangent, dtype):
     kept = flow.grads if not kind.recurrent else kind.time_major(flow.grads)
     for i, g in enumerate(grads):
         assert_rel_close(kept[i], g, full, f"kept dL/dh[{i}]")
-    assert set(flow.log_param_grad_norms) == set(log_pn), "parameter kinds"
+    assert set(flow.log_param_grad_norms or {}) == set(log_pn), "parameter kinds"
     for k, want in log_pn.items():
         _assert_log_close(flow.log_param_grad_norms[k], want, rtol, f"log ||dL/d{k}||")
     if model.kind == "lstm":
@@ -193,7 +199,7 @@ def test_tangent_map(torch, kind, dtype):
     cellf = torch_cell_fn(torch, m64) if kind.recurrent else None
     for step in steps:
         if kind.recurrent:
-            din = dout = m64.state_size
+            din = dout = m64.state_dim
             x_t = xtm[step]
         else:
             din, dout = m64.weights[step].shape[1], m64.weights[step].shape[0]
@@ -224,7 +230,7 @@ def test_lyapunov(torch, kind, dtype):
     model = kind.model(dtype)
     x, h0 = kind.inputs(model)
     m64 = model.astype(np.float64)
-    D = m64.state_size if kind.recurrent else m64.input_size
+    D = m64.state_dim if kind.recurrent else m64.input_size
     k = kind.lyapunov_k or D
     res = vgcore.lyapunov(model, x, h0=h0, k=k)
     xo = kind.time_major(x).astype(np.float64) if kind.recurrent else x.astype(np.float64)

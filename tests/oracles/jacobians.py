@@ -71,7 +71,12 @@ def torch_layer_fn(torch, model, i):
 def torch_cell_fn(torch, model):
     """The recurrent cell of a vgcore RNN/LSTM/GRU as a float64 PyTorch function
     ``f(state, x_t) -> next state`` built on torch.nn's cell modules; an LSTM's state is
-    ``[h, c]`` concatenated along the last axis."""
+    ``[h, c]`` concatenated along the last axis. A state-space layer: the reference module's
+    step on its state rows (oracles.ssm)."""
+    if model.kind in ("ssm", "selective_ssm"):
+        from oracles.ssm import ssm_step_fn
+
+        return ssm_step_fn(torch, model)
     N = model.hidden_size
     cell = torch_cell_module(torch, model, torch.float64)
     for p in cell.parameters():
@@ -105,7 +110,7 @@ def torch_trajectory_jacobians(torch, model, x, h0=None):
     f = torch_cell_fn(torch, model)
     T, B, _ = x.shape
     s = (
-        torch.zeros(B, model.state_size, dtype=torch.float64)
+        torch.zeros(B, model.state_dim, dtype=torch.float64)
         if h0 is None
         else torch.from_numpy(np.asarray(h0, np.float64))
     )

@@ -54,6 +54,9 @@ class Kind:
         Jacobian product has -inf or rounding-level exponents below the top ones); None: all.
     h0 : bool
         Recurrent kinds: start from a random initial state (h0, and c0 for an LSTM).
+    param_grads : bool
+        Its gradient flow measures parameter-gradient norms (the fused sweeps do; the generic
+        sweep measures the state's).
     """
 
     id: str
@@ -63,6 +66,7 @@ class Kind:
     analyses: frozenset[str] = frozenset(ANALYSES)
     lyapunov_k: int | None = None
     h0: bool = False
+    param_grads: bool = True
     steps: int = 6
     batch: int = 3
 
@@ -84,6 +88,8 @@ class Kind:
         x = rng.standard_normal(shape).astype(model.dtype)
         if not self.h0:
             return x, None
+        if model.kind in ("ssm", "selective_ssm"):  # state rows (B, state_dim)
+            return x, (0.5 * rng.standard_normal((B, model.state_dim))).astype(model.dtype)
         N = model.hidden_size
         h0 = 0.5 * rng.standard_normal((B, N))
         if model.kind == "lstm":
@@ -190,6 +196,33 @@ KINDS: list[Kind] = [
     Kind("gru", _recurrent(vgcore.GRU), _to_torch, TIME_MAJOR, h0=True),
     Kind("lstm_batch_first", _batch_first(vgcore.LSTM, 5), _to_torch, BATCH_FIRST, h0=True),
     Kind("gru_batch_first", _batch_first(vgcore.GRU, 6), _to_torch, BATCH_FIRST),
+    # state-space layers (oracles: tests/oracles/ssm.py, the reference modules' step); their
+    # gradient flow runs the core's generic sweep, its loss on the layer's state
+    Kind(
+        "ssm_complex",
+        lambda: vgcore.models.SSM.from_sizes(3, 3, init="s4d_lin", dt_min=0.05, dt_max=0.5, seed=1),
+        layout=TIME_MAJOR,
+        param_grads=False,
+        h0=True,
+    ),
+    Kind(
+        "ssm_real",
+        lambda: vgcore.models.SSM.from_sizes(
+            3, 4, init="s4d_real", dt_min=0.05, dt_max=0.5, seed=2
+        ),
+        layout=TIME_MAJOR,
+        param_grads=False,
+    ),
+    # the selective block's convolution buffer is a nilpotent shift: only the top
+    # d_inner * d_state exponents are finite
+    Kind(
+        "selective_ssm",
+        lambda: vgcore.models.SelectiveSSM.from_sizes(3, 2, expand=1, d_conv=2, dt_rank=1, seed=3),
+        layout=TIME_MAJOR,
+        param_grads=False,
+        lyapunov_k=6,
+        h0=True,
+    ),
 ]
 
 DTYPES = (np.dtype(np.float64), np.dtype(np.float32))

@@ -1,5 +1,5 @@
 """Oracles for the state-space layers: the reference torch modules' step (vgcore.reference.ssm)
-on the flat state rows the core uses, and the SSM entries for the conformance battery.
+on the flat state rows the core uses, and their gradient flow by autograd over the steps.
 
 State rows: an LTI layer's ``h`` (N real coordinates, or (Re, Im) pairs for complex modes: the
 module's ``(N, 2)`` flattened); a selective block's ``(h, conv)``, ``h`` row-major ``(d_inner,
@@ -11,9 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-import vgcore
-from oracles.kinds import JACOBIAN_ANALYSES, TIME_MAJOR, Kind
 
 
 def _rows(f: Any) -> Any:
@@ -71,29 +68,34 @@ def ssm_output_fn(torch: Any, model: Any) -> Any:
     return _rows(g)
 
 
-# The battery's entries (tests/oracles/kinds.py): the Jacobian analyses; gradient flow follows
-# the generic sweep over Model<T>. The selective block's buffer is a nilpotent shift: only the
-# top d_inner * d_state exponents are finite.
-SSM_KINDS: list[Kind] = [
-    Kind(
-        "ssm_complex",
-        lambda: vgcore.models.SSM.from_sizes(3, 3, init="s4d_lin", dt_min=0.05, dt_max=0.5, seed=1),
-        layout=TIME_MAJOR,
-        analyses=frozenset(JACOBIAN_ANALYSES),
-    ),
-    Kind(
-        "ssm_real",
-        lambda: vgcore.models.SSM.from_sizes(
-            3, 4, init="s4d_real", dt_min=0.05, dt_max=0.5, seed=2
-        ),
-        layout=TIME_MAJOR,
-        analyses=frozenset(JACOBIAN_ANALYSES),
-    ),
-    Kind(
-        "selective_ssm",
-        lambda: vgcore.models.SelectiveSSM.from_sizes(3, 2, expand=1, d_conv=2, dt_rank=1, seed=3),
-        layout=TIME_MAJOR,
-        analyses=frozenset(JACOBIAN_ANALYSES),
-        lyapunov_k=6,
-    ),
-]
+def ssm_state_flow(torch, model, x, h0=None, cotangent=None):
+    """Gradient flow of a state-space layer by float64 autograd through the reference step:
+    ``dL/ds_t`` for every state ``s_0..s_T`` (a list of (B, D) arrays) and the last state, for
+    ``L = 0.5 ||s_T||^2``, a given ``dL/ds_T`` (B, D) or per-step ``dL/ds_t`` (T, B, D) added
+    at every step's new state (the loss the generic sweep takes on the layer's state).
+    ``x``: (T, B, I) time-major; ``h0``: (B, D) state rows or None (zeros)."""
+    f = ssm_step_fn(torch, model)
+    x = torch.from_numpy(np.asarray(x, np.float64))
+    T, B = x.shape[0], x.shape[1]
+    D = model.state_dim
+    s0 = (
+        torch.zeros(B, D, dtype=torch.float64)
+        if h0 is None
+        else torch.tensor(h0, dtype=torch.float64)
+    )
+    states = [s0.clone().requires_grad_()]
+    for t in range(T):
+        s = f(states[-1], x[t])
+        s.retain_grad()
+        states.append(s)
+    if cotangent is None:
+        loss = 0.5 * (states[-1] ** 2).sum()
+    else:
+        c = torch.from_numpy(np.asarray(cotangent, np.float64))
+        if c.dim() == 3:
+            loss = sum((c[t] * states[t + 1]).sum() for t in range(T))
+        else:
+            loss = (c * states[-1]).sum()
+    loss.backward()
+    grads = [np.zeros((B, D)) if s.grad is None else s.grad.numpy().copy() for s in states]
+    return grads, states[-1].detach().numpy()

@@ -14,9 +14,11 @@ from vgcore._runtime import resolve_threads
 from vgcore._validation import as_float_array, check_memory, resolve_dtype
 from vgcore.activations import Activation
 from vgcore.analysis import _torch
+from vgcore.analysis._generic_flow import generic_flow
 from vgcore.analysis._layout import time_major
 from vgcore.models import MLP, Model, RecurrentModel
 from vgcore.models.base import narrow
+from vgcore.models.registry import model_kinds
 
 __all__ = ["GradientFlow", "gradient_flow"]
 
@@ -687,7 +689,10 @@ def gradient_flow(
             "loss_fn applies to torch modules and cells; for a native model pass cotangent"
         )
     if not isinstance(model, Model):
-        raise TypeError(f"model must be a vgcore MLP, RNN, LSTM or GRU, got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a vgcore model ({', '.join(k.cls.__name__ for k in model_kinds())}), "
+            f"got {type(model).__name__}"
+        )
     dt = model.dtype if dtype is None else resolve_dtype(dtype)
     if not (isinstance(saturation_threshold, (int, float)) and 0 <= saturation_threshold <= 1):
         raise ValueError(f"saturation_threshold must be in [0, 1], got {saturation_threshold!r}")
@@ -739,7 +744,28 @@ def gradient_flow(
                 "progress": progress is not None,
             },
         )
-    if m.axis == "depth":  # a dense stack: one pass through the layers, h_0 = x
+    if m.flow_sweep == "generic":  # a kind without a fused sweep: the core's generic one
+        return generic_flow(
+            model,
+            m,
+            x,
+            dt,
+            h0=h0,
+            cotangent=cotangent,
+            keep_grads=keep_grads,
+            threads=threads,
+            progress=progress,
+            rescale=bool(rescale),
+            asked={
+                "param_grads": param_grads,
+                "keep_states": keep_states,
+                "clip_norm": clip_norm is not None,
+                "dead_units": dead_units,
+                "input_grads": bool(input_grads),
+            },
+            check_result=check_result,
+        )
+    if m.flow_sweep == "dense":  # a dense stack: one pass through the layers, h_0 = x
         m = narrow(m, MLP)
         if h0 is not None:
             raise ValueError("h0 is only meaningful for recurrent models; an MLP takes x alone")

@@ -107,6 +107,9 @@ class Model:
     state_names: ClassVar[tuple[str, ...]] = ("h",)
     #: Gate blocks of a gated cell in PyTorch's order (LSTM ``i, f, g, o``; GRU ``r, z, n``).
     gate_names: ClassVar[tuple[str, ...]] = ()
+    #: The core's gradient-flow sweep for this kind: ``"generic"`` (the one BPTT sweep over the
+    #: layer ops, any kind) or a fused fast path (``"dense"``, ``"recurrent"``).
+    flow_sweep: ClassVar[str] = "generic"
     dtype: np.dtype
     #: Notes on how an imported module was mapped (e.g. dropout skipped), shown in results.
     notes: tuple[str, ...] = ()

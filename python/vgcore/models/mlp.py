@@ -133,6 +133,7 @@ class MLP(Model):
     """
 
     kind = "mlp"
+    flow_sweep = "dense"
 
     def __init__(
         self,

@@ -77,6 +77,7 @@ class RecurrentModel(Model):
     """
 
     axis: ClassVar[str] = "time"
+    flow_sweep: ClassVar[str] = "recurrent"
     gates: ClassVar[int] = 1
     torch_class: ClassVar[str] = ""
     # single layer: arrays; stacked: lists of arrays in PyTorch order (biases: None or a list)
