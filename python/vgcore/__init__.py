@@ -30,13 +30,14 @@ from vgcore.analysis import (
     signal_propagation,
 )
 from vgcore.diagnose import Diagnosis, Fix, diagnose
-from vgcore.models import GRU, LSTM, MLP, RNN
+from vgcore.models import GRU, LSTM, MLP, RNN, SSM, SelectiveSSM
 from vgcore.report import write_report
 from vgcore.sweep import sweep
 
 __version__: str = _core.__version__
 
 if TYPE_CHECKING:  # the lazy names below, as type checkers should see them
+    from vgcore.cuda import backends
     from vgcore.theory import compare_to_theory, critical_sigma_w2, mean_field, phase_diagram
     from vgcore.torchmodel import BlockChainWarning, TorchModel
     from vgcore.torchmodel.cell import TorchCell
@@ -49,6 +50,7 @@ _LAZY = {
     "BlockChainWarning": "vgcore.torchmodel",
     "TorchCell": "vgcore.torchmodel.cell",
     "TorchModel": "vgcore.torchmodel",
+    "backends": "vgcore.cuda",  # probes numba / CuPy only when asked
     "compare_to_theory": "vgcore.theory",
     "critical_sigma_w2": "vgcore.theory",
     "mean_field": "vgcore.theory",
@@ -82,6 +84,7 @@ __all__ = [
     "MAX_THREADS",
     "MLP",
     "RNN",
+    "SSM",
     "Activation",
     "BlockChainWarning",
     "Diagnosis",
@@ -91,9 +94,11 @@ __all__ = [
     "JacobianSingularValues",
     "JacobianSpectrum",
     "LyapunovSpectrum",
+    "SelectiveSSM",
     "TorchCell",
     "TorchModel",
     "__version__",
+    "backends",
     "compare_to_theory",
     "critical_sigma_w2",
     "diagnose",
