@@ -217,3 +217,32 @@ def test_state_space_gradient_flow_refuses_what_it_does_not_measure():
         with pytest.raises(ValueError, match=next(iter(kw))):
             vgcore.gradient_flow(model, x, **kw)
     assert kind.layout == TIME_MAJOR
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_gradient_flow_on_the_generic_sweep_matches_the_fused_result(layers):
+    """A kind whose class sets ``flow_sweep = "generic"`` (what a new cell does before it has
+    fused rows) gets the fused sweep's grid of h and c norms, kept gradients and output."""
+
+    class GenericLSTM(vgcore.LSTM):
+        flow_sweep = "generic"
+
+    m = vgcore.LSTM.from_sizes(3, 4, num_layers=layers, seed=7)
+    g = GenericLSTM(m.weight_ih, m.weight_hh, m.bias_ih, m.bias_hh, num_layers=layers)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((6, 3, 3))
+    cot = rng.standard_normal((6, 3, 4))
+    want = vgcore.gradient_flow(m, x, cotangent=cot, keep_grads=True)
+    got = vgcore.gradient_flow(g, x, cotangent=cot, keep_grads=True)
+    _log_close(got.log_grad_norms, want.log_grad_norms, 1e-12, "log ||dL/dh||")
+    _log_close(got.log_cell_grad_norms, want.log_cell_grad_norms, 1e-12, "log ||dL/dc||")
+    assert_rel_close(got.grads, want.grads, 1e-12, "dL/dh")
+    assert_rel_close(got.cell_grads, want.cell_grads, 1e-12, "dL/dc")
+    assert_rel_close(got.output, want.output, 1e-12, "output")
+    assert got.log_grad_norms.shape == want.log_grad_norms.shape
+
+
+def test_diagnose_refuses_a_state_space_layer_naming_what_measures_it():
+    m = vgcore.SSM.from_sizes(3, 4, seed=0)
+    with pytest.raises(NotImplementedError, match="gradient_flow"):
+        vgcore.diagnose(m, np.zeros((5, 2, 3)))

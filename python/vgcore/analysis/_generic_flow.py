@@ -51,6 +51,8 @@ def generic_flow(
         The model as given and its checked copy.
     x : array_like of shape (T, B, input_size)
     h0 : array_like of shape (B, state_dim), or None (zeros)
+        The state rows the core steps: every layer's parts side by side (``[h^0, c^0, h^1,
+        ...]``).
     cotangent : array_like of shape (B, n_out) or (T, B, n_out), or None
         ``n_out``: the output segment's width (``model.hidden_size``).
     asked : dict of str to bool
@@ -93,29 +95,67 @@ def generic_flow(
         progress,
         rescale,
     )
-    if len(stats["segments"]) != 1:  # a single layer of one part: the models routed here
-        raise NotImplementedError(
-            f"the generic sweep returned {len(stats['segments'])} state segments; "
-            "gradient_flow reports single-layer, single-part models through it"
+    # Segments (layer, part, offset, width): part 0 is a layer's output state (h), part 1 a
+    # second state part (an LSTM-like cell's c); more parts are not reported separately yet.
+    segs = [tuple(int(v) for v in g) for g in stats["segments"]]
+    layers = 1 + max(g[0] for g in segs)
+    if any(g[1] > 1 for g in segs):
+        raise NotImplementedError("gradient_flow reports states of at most two parts (h, c)")
+    rows = {(g[0], g[1]): i for i, g in enumerate(segs)}
+
+    def grid(a: np.ndarray, part: int) -> np.ndarray | None:
+        if (0, part) not in rows:
+            return None
+        out = np.stack([a[rows[(layer, part)]] for layer in range(layers)])
+        return out[0] if layers == 1 else out
+
+    def kept(part: int) -> np.ndarray | None:
+        g = stats["grads"]
+        if g is None or (0, part) not in rows:
+            return None
+        out = np.stack(
+            [
+                g[..., segs[rows[(l, part)]][2] : sum(segs[rows[(l, part)]][2:])]
+                for l in range(layers)
+            ]
         )
+        return out[0] if layers == 1 else out
+
     row = {
-        "log_grad_norms": stats["log_grad_norms"][0],
-        "act_mean": stats["act_mean"][0],
-        "act_std": stats["act_std"][0],
+        "log_grad_norms": grid(stats["log_grad_norms"], 0),
+        "log_cell_grad_norms": grid(stats["log_grad_norms"], 1),
+        "act_mean": grid(stats["act_mean"], 0),
+        "act_std": grid(stats["act_std"], 0),
         "preact_nonfinite": stats["nonfinite"],
-        "grads": stats["grads"],
+        "grads": kept(0),
+        "cell_grads": kept(1),
     }
-    check_result(row, "step")
+    if layers == 1:
+        check_result(row, "step")
+    else:
+        for layer in range(layers):
+            per = {
+                k: (v[layer] if k != "preact_nonfinite" and v is not None else v)
+                for k, v in row.items()
+            }
+            try:
+                check_result(per, "step")
+            except FloatingPointError as exc:
+                raise FloatingPointError(f"layer {layer}: {exc}") from None
+    T = xa.shape[0]
+    shape = (T,) if layers == 1 else (layers, T)
     return GradientFlow(
         model=model,
         kind=model.kind,
         dtype=dt,
         batch_size=B,
         log_grad_norms=row["log_grad_norms"],
+        log_cell_grad_norms=row["log_cell_grad_norms"],
         act_mean=row["act_mean"],
         act_std=row["act_std"],
-        saturation=np.full(T, np.nan),
+        saturation=np.full(shape, np.nan),
         output=stats["y"],
-        grads=stats["grads"],
+        grads=row["grads"],
+        cell_grads=row["cell_grads"],
         low_derivative=[None] * T,
     )

@@ -381,6 +381,8 @@ class GradientFlow:
                 f"max {np.max(self.dead):.1%}"
             )
         if not lines and self.saturation.size and np.all(np.isnan(self.saturation)):
+            if getattr(self.model, "flow_sweep", None) == "generic":
+                return ["  saturation: not measured (the generic sweep over the layer ops)"]
             return ["  saturation: not measured (the units of a step written in torch are unknown)"]
         if not lines and self.kind == "torch":
             return ["  saturation: no activation modules recognised in the blocks"]

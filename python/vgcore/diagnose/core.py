@@ -154,6 +154,12 @@ def diagnose(
             "vgcore.gradient_flow(model, x) measures every layer of it (flow.layer(l) is one "
             "layer's result), and diagnose(model.layer(l), x_l) diagnoses one layer on its input"
         )
+    if not torch_backed and model.flow_sweep == "generic":
+        raise NotImplementedError(
+            f"diagnose has no rules for a {type(model).__name__} yet (its causes and fixes are "
+            "written for MLPs and RNN / LSTM / GRU cells); vgcore.gradient_flow(model, x) and "
+            "vgcore.lyapunov(model, x) measure it"
+        )
     if not (isinstance(ratio, (int, float)) and 0 < ratio < 1):
         raise ValueError(f"ratio must be in (0, 1), got {ratio!r}")
     steps = check_positive_int(steps, "steps")
