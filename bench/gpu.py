@@ -150,6 +150,43 @@ def run(simulate: bool, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def overhead(repeat: int = 2000) -> dict[str, float]:
+    """Microseconds per call of what a step is made of on this device: a CuPy elementwise op
+    on a (32, 1024) array, a Numba kernel launch through the backend's launcher on it, and the
+    step's GEMM (32 x 1024) @ (1024 x 4096); and the LSTM flow's time per step (N = 1024,
+    B = 32), to read how many such calls a step costs."""
+    import cupy
+    from numba import cuda
+
+    from vgcore.cuda._arrays import arrays
+
+    ar = arrays()
+    a = cupy.zeros((32, 1024), cupy.float32)
+    w = cupy.zeros((1024, 4096), cupy.float32)
+
+    flat = cupy.zeros(32 * 1024, cupy.float32)
+
+    @cuda.jit
+    def touch(x):  # type: ignore[no-untyped-def]
+        i = cuda.grid(1)
+        if i < x.size:
+            x[i] = x[i] + 1.0
+
+    def per_call(fn: Callable[[], Any]) -> float:
+        return _time(lambda: [fn() for _ in range(repeat)], 1, _sync_device) / repeat * 1e6
+
+    out = {
+        "cupy elementwise op (us)": per_call(lambda: a * 2.0),
+        "numba kernel launch (us)": per_call(lambda: ar.launch(touch, flat.size, flat)),
+        "cupy gemm 32x1024x4096 (us)": per_call(lambda: a @ w),
+    }
+    m = _models("lstm", 1024)
+    x = np.random.default_rng(0).standard_normal((200, 32, 1024)).astype(np.float32)
+    t = _time(lambda: vgcore.gradient_flow(m, x, backend="cuda"), 2, _sync_device)
+    out["lstm flow per step, N=1024 B=32 (us)"] = t / 200 * 1e6
+    return out
+
+
 def table(rows: list[dict[str, Any]], gemm: float | None) -> str:
     lines = [
         "| workload | vgcore cuda (s) | torch cuda (s) | speed-up | agrees with cpu |",
@@ -171,11 +208,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--simulate", action="store_true", help="tiny sizes in Numba's simulator")
     p.add_argument("--quick", action="store_true", help="N = 256 and 1024 only")
+    p.add_argument(
+        "--overhead", action="store_true", help="per-call costs of a step's parts, then exit"
+    )
     args = p.parse_args(argv)
     cuda = backends()[1]
     if not cuda.available or cuda.simulator != args.simulate:
         need = "NUMBA_ENABLE_CUDASIM=1" if args.simulate else "a CUDA device"
         raise SystemExit(f"bench/gpu.py needs {need}: {cuda}")
+    if args.overhead:
+        for k, v in overhead().items():
+            print(f"{k}: {v:.1f}")
+        return []
     rows = run(args.simulate, args.quick)
     gemm = None if args.simulate else gemm_tflops()
     print(table(rows, gemm))

@@ -12,8 +12,7 @@ Run: ``python bench/ssm_bench.py [--quick] [--rounds 3] [--compile]``.
    ``vgcore.SelectiveSSM`` (the generic BPTT sweep over the core's model) against the reference
    module's sequential scan with autograd (the state's gradient at every step kept with
    ``retain_grad``), at the best of 1 and all threads, and against a ``torch.compile``d step
-   (``--compile``) where that builds. Until gradient flow reaches the state-space layers the
-   vgcore side is reported as pending and the torch side is still timed.
+   (``--compile``) where that builds.
 
 Every timing is a median over ``--rounds`` after one warm-up run; both sides' gradient norms
 are compared (asserted to agree) before anything is timed.
@@ -33,31 +32,6 @@ import torch
 
 import vgcore
 from vgcore.models import SSM, SelectiveSSM
-
-
-def _route_step_dims() -> None:
-    """Until the analyses size the state-space kinds' buffers themselves: route their
-    descriptions to :func:`vgcore.models.ssm.spec_step_dims` (the same numbers)."""
-    import sys
-
-    import vgcore.analysis.singular_values  # noqa: F401
-    from vgcore.models.ssm import spec_step_dims
-
-    sv = sys.modules["vgcore.analysis.singular_values"]
-    orig = sv.step_dims
-    try:
-        orig(SSM.from_sizes(1, 1).to_spec())
-        return  # already routed
-    except KeyError:
-        pass
-
-    def dims(spec: dict[str, Any]) -> tuple[int, int, int, int, int]:
-        if spec["kind"] in (SSM.kind, SelectiveSSM.kind):
-            return spec_step_dims(spec)
-        return orig(spec)  # type: ignore[no-any-return]
-
-    for mod in ("lyapunov", "spectrum", "singular_values"):
-        sys.modules[f"vgcore.analysis.{mod}"].step_dims = dims  # type: ignore[attr-defined]
 
 
 def _median_seconds(fn: Callable[[], Any], rounds: int) -> float:
@@ -195,7 +169,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="T of the BPTT comparison")
     ap.add_argument("--no-lyapunov", action="store_true", help="skip part 1")
     args = ap.parse_args()
-    _route_step_dims()
     if not args.no_lyapunov:
         lti_lyapunov(args.quick, args.rounds)
     selective_bptt(args.quick, args.rounds, args.compile, args.steps)

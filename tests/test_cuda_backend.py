@@ -144,9 +144,11 @@ def test_auto_policy(fake_device: None, monkeypatch: pytest.MonkeyPatch) -> None
     assert resolve_backend("cpu", 1e30) == "cpu"
     small = vgcore.LSTM.from_sizes(4, 8)
     big = vgcore.LSTM.from_sizes(4, 1024)
-    xs, xb = np.zeros((10, 2, 4)), np.zeros((1000, 32, 4))
+    xs, xb = np.zeros((10000, 2, 4)), np.zeros((10, 256, 4))
+    # the work of one step decides, not the length of the sequence
     assert flow_backend("auto", small, xs) == "cpu"
-    assert flow_backend("auto", big, xb) == "cuda"  # 1000 * 32 * 4 * 1024^2 * 3 >= 2^30
+    assert flow_backend("auto", big, np.zeros((1000, 32, 4))) == "cpu"  # 4e8 < 2^29 per step
+    assert flow_backend("auto", big, xb) == "cuda"  # 256 * 4 * 1024^2 * 3 >= 2^29
     assert lyapunov_backend("auto", big, xb, 32) == "cuda"
     assert lyapunov_backend("auto", vgcore.MLP.from_sizes([8, 8]), np.zeros((2, 8)), 2) == "cpu"
     # the simulator is never picked by auto

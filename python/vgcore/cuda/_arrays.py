@@ -9,6 +9,7 @@ the arrays themselves (``__cuda_array_interface__`` on a device: no copies). Per
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,9 @@ class Arrays:
         self.simulator = simulator
         self.threads = 32 if simulator else 256
         self.max_blocks = 4 if simulator else 65535
+        # kernel[blocks, threads] objects, built once per kernel and grid (numba builds a new
+        # launch configuration, with its occupancy check, at every subscript)
+        self._launchers: dict[tuple[int, int], tuple[Any, Any]] = {}
 
     def asarray(self, a: Any, dtype: Any = None) -> Any:
         """``a`` on the device (C-contiguous, of ``dtype``)."""
@@ -52,7 +56,18 @@ class Arrays:
             return
         tpb = self.threads
         blocks = min(self.max_blocks, (n + tpb - 1) // tpb)
-        kernel[blocks, tpb](*args)
+        key = (id(kernel), blocks)
+        run = self._launchers.get(key)
+        if run is None:
+            # Small grids are by design here (one launch per layer and step, sized to the
+            # state): numba's low-occupancy advice is not for the user of an analysis.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*under-utilization")
+                run = kernel[blocks, tpb]
+            self._launchers[key] = (kernel, run)  # the kernel kept alive: its id stays unique
+        else:
+            run = run[1]
+        run(*args)
 
 
 _CACHE: dict[bool, Arrays] = {}

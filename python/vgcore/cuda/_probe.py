@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 
+import numpy as np
+
 __all__ = [
     "AUTO_MIN_WORK",
     "BACKENDS",
@@ -24,12 +26,13 @@ __all__ = [
 #: The values the analyses' ``backend=`` takes.
 BACKENDS = ("cpu", "cuda", "auto")
 
-#: ``backend="auto"`` picks CUDA when a real device is present and the work of the call (about
-#: ``steps * batch * state**2`` multiply-adds, see each analysis) reaches this. Below it, kernel
-#: launches and transfers cost more than the C++ core's whole call (estimated from the CPU's
-#: ~50 GFLOP/s per core against ~20 us per CUDA step of launches; not yet measured on a GPU:
-#: bench/gpu.py measures the crossover).
-AUTO_MIN_WORK = 2**30
+#: ``backend="auto"`` picks CUDA when a real device is present and the work of one step of the
+#: call (a time step, or a layer of a dense stack: about ``batch * state**2`` multiply-adds, see
+#: each analysis) reaches this. Measured on an H200 (2026-12, bench/gpu.py --overhead): a CUDA
+#: step costs 1.5-2.6 ms however small (about a hundred CuPy operations and Numba launches at
+#: 12-38 us each), where a multi-core CPU does ~5e8 multiply-adds in that time: below it the
+#: C++ core is faster.
+AUTO_MIN_WORK = 2**29
 
 _EXTRA = "pip install 'vgcore[cuda]'"
 
@@ -117,6 +120,15 @@ def _cuda_status(simulator: bool) -> BackendInfo:
         return BackendInfo("cuda", False, f"no usable CUDA device ({type(exc).__name__}: {exc})")
     if not present:
         return BackendInfo("cuda", False, "no CUDA device (numba.cuda.is_available() is False)")
+    try:  # the kernels' typing registries: what fails when numba-cuda and NumPy disagree
+        importlib.import_module("numba.cuda.cudaimpl")
+    except Exception as exc:
+        return BackendInfo(
+            "cuda",
+            False,
+            f"numba-cuda cannot compile kernels with this NumPy {np.__version__} "
+            f"({type(exc).__name__}: {exc}); numba-cuda 0.30 needs numpy<2.5",
+        )
     if importlib.util.find_spec("cupy") is None:
         return BackendInfo(
             "cuda",
@@ -154,7 +166,7 @@ def resolve_backend(backend: object, work: float) -> str:
     """``"cpu"`` or ``"cuda"`` for a call of about ``work`` multiply-adds.
 
     ``"cuda"`` raises :class:`CudaUnavailableError` naming what is missing; ``"auto"`` is CUDA
-    only on a real device (never the simulator) and when ``work >= AUTO_MIN_WORK``.
+    only on a real device (never the simulator) and when ``work >= AUTO_MIN_WORK`` (per step).
     """
     b = check_backend(backend)
     if b == "cpu":

@@ -63,17 +63,19 @@ def flow_backend(backend: object, model: Any, x: Any) -> str:
     if _without_kernels(b, model):
         return "cpu"
     shape = tuple(getattr(x, "shape", ()))
-    if model.axis == "depth":
+    if model.axis == "depth":  # per layer, on average
         B = shape[0] if shape else 1
-        work = float(B) * sum(int(a) * int(b) for a, b in zip(model.sizes[:-1], model.sizes[1:]))
+        sizes = model.sizes
+        work = float(B) * sum(int(a) * int(b) for a, b in zip(sizes[:-1], sizes[1:]))
+        work /= max(1, len(sizes) - 1)
     else:
-        T, B = (shape[0], shape[1]) if len(shape) == 3 else (1, 1)
-        work = _recurrent_work(model, int(T), int(B))
-    return resolve_backend(b, 3.0 * work)  # forward, backward and the backward GEMM
+        B = shape[1] if len(shape) == 3 else 1
+        work = _recurrent_work(model, 1, int(B))
+    return resolve_backend(b, 3.0 * work)  # forward, backward and the backward GEMM, per step
 
 
 def lyapunov_backend(backend: object, model: Any, x: Any, k: int | None) -> str:
-    """``"cpu"`` or ``"cuda"`` for lyapunov (work: steps * batch * G N (N + k))."""
+    """``"cpu"`` or ``"cuda"`` for lyapunov (work per step: batch * G N (N + k))."""
     b = check_backend(backend)
     if b == "cpu":
         return b
@@ -90,11 +92,11 @@ def lyapunov_backend(backend: object, model: Any, x: Any, k: int | None) -> str:
     if model.axis == "depth":
         return "cpu"
     shape = tuple(getattr(x, "shape", ()))
-    T, B = (shape[0], shape[1]) if len(shape) == 3 else (1, 1)
+    B = shape[1] if len(shape) == 3 else 1
     kk = int(model.state_dim if k is None else k)
     G = len(getattr(model, "gate_names", ())) or 1
     N = int(model.hidden_size)
-    return resolve_backend(b, float(T) * B * G * N * (N + kk))
+    return resolve_backend(b, float(B) * G * N * (N + kk))  # per step
 
 
 def jacobian_backend(backend: object, analysis: str) -> str:
