@@ -172,6 +172,10 @@ ModelFlowStats model_gradient_flow(const Model<T>& m, const ModelFlowIO<T>& io,
         std::copy(src, src + n_out, g + b * wS + out_seg.offset);
       }
     int scale = 0;
+    // Only a stack over time sends cotangent back into a state within a step (layer l + 1 reads
+    // the new h^l); elsewhere dL/dh_s is g itself, measured by the norm the rescaling takes.
+    const bool within = time && m.n_layers() > 1;
+    const bool whole_row = n_seg == 1 && (!time || (segs[0].offset == 0));
     for (std::size_t s = S;; --s) {
       const std::size_t w = width(s), n = nb * w;
       if (io.cotangent_per_step && s > 0) {  // the loss on the output of step s - 1
@@ -202,6 +206,11 @@ ModelFlowStats model_gradient_flow(const Model<T>& m, const ModelFlowIO<T>& io,
       // The norms of state s: of dL/dh_s in full (a stack's lower layers also receive, within
       // step s - 1, what the layer above sends back; Model::vjp's Wtotal).
       auto record = [&](const T* v) {
+        if (!within && whole_row && (!time || segs[0].width == w)) {  // v is g: s2 is its norm
+          st.log_norms[s] = log_norm(s2, scale + k);
+          if (io.grads) store_scaled(io.grads + (s * B + b0) * w, v, n, -scale);
+          return;
+        }
         for (std::size_t j = 0; j < n_seg; ++j) {
           int ks = 0;
           const double q = segment_sum_squares(v, nb, w, time ? segs[j].offset : 0,
@@ -218,8 +227,10 @@ ModelFlowStats model_gradient_flow(const Model<T>& m, const ModelFlowIO<T>& io,
       const T* cache = caches.data() + cache_off[s - 1] + b0 * C;
       auto pull = [&]() {
         for (std::size_t b = 0; b < nb; ++b)
-          m.vjp(ms, cache + b * C, g + b * w, gn + b * din, 1, G.data(), total.data() + b * w);
+          m.vjp(ms, cache + b * C, g + b * w, gn + b * din, 1, G.data(),
+                within ? total.data() + b * w : nullptr);
       };
+      if (!within) record(g);  // before a redo below rescales g
       pull();
       if (opt.rescale && s2 > 0.0 && std::isfinite(s2) && !all_finite(gn, nb * din)) {
         // The gain of this one step overflowed the type at this scale: redo it from a smaller
@@ -234,7 +245,7 @@ ModelFlowStats model_gradient_flow(const Model<T>& m, const ModelFlowIO<T>& io,
           if (all_finite(gn, nb * din)) break;
         }
       }
-      record(total.data());
+      if (within) record(total.data());
       std::swap(g, gn);
       progress(2 * S - s + 1);
     }
