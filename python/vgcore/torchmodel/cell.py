@@ -509,6 +509,10 @@ class TorchCell(Model):
 
                 fn = functional
 
+            if not param_leaves and module is not None and self._device.type != "cpu":
+                # torch's fused CUDA cell kernels have no forward-mode rule (jvp fails): the
+                # same formula in plain operations
+                fn = unfused_cell(module) or fn
             tup, first = self._tuple, self.signature == "input_first"
 
             def call(state: tuple[Any, ...], x: Any) -> tuple[Any, ...]:
@@ -519,6 +523,48 @@ class TorchCell(Model):
                 return (out,)
 
             yield _Runner(call, self._tdtype, self._device, module, params)
+
+
+def unfused_cell(cell: Any) -> Callable[..., Any] | None:
+    """``cell(x, state)`` of a stock ``nn.RNNCell`` / ``nn.LSTMCell`` / ``nn.GRUCell`` written in
+    plain operations (PyTorch's formulas and gate order), which forward-mode AD can go through;
+    None for any other module."""
+    torch = _torch()
+    F = torch.nn.functional
+    if not isinstance(cell, (torch.nn.RNNCell, torch.nn.LSTMCell, torch.nn.GRUCell)):
+        return None
+
+    def gates(x: Any, h: Any) -> tuple[Any, Any]:
+        return F.linear(x, cell.weight_ih, cell.bias_ih), F.linear(h, cell.weight_hh, cell.bias_hh)
+
+    if isinstance(cell, torch.nn.LSTMCell):
+
+        def lstm(x: Any, state: Any) -> Any:
+            h, c = state
+            gi, gh = gates(x, h)
+            i, f, g, o = (gi + gh).chunk(4, dim=-1)
+            c2 = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            return torch.sigmoid(o) * torch.tanh(c2), c2
+
+        return lstm
+    if isinstance(cell, torch.nn.GRUCell):
+
+        def gru(x: Any, h: Any) -> Any:
+            gi, gh = gates(x, h)
+            ir, iz, in_ = gi.chunk(3, dim=-1)
+            hr, hz, hn = gh.chunk(3, dim=-1)
+            r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+            n = torch.tanh(in_ + r * hn)
+            return (1 - z) * n + z * h
+
+        return gru
+    act = torch.tanh if cell.nonlinearity == "tanh" else torch.relu
+
+    def rnn(x: Any, h: Any) -> Any:
+        gi, gh = gates(x, h)
+        return act(gi + gh)
+
+    return rnn
 
 
 def _fn_name(fn: Any) -> str:
