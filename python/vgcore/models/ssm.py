@@ -31,7 +31,7 @@ from vgcore._validation import as_float_array, check_positive_int
 from vgcore.models.base import Model, _infer_dtype, _rng, _torch_to_numpy
 from vgcore.models.registry import register_model_kind
 
-__all__ = ["INITS", "SSM", "SelectiveSSM", "s4d_init", "spec_step_dims"]
+__all__ = ["INITS", "SSM", "SelectiveSSM", "hippo_legs", "s4d_init", "spec_step_dims"]
 
 #: Initialisations of :class:`SSM`'s continuous diagonal ``A`` (as the reference module's).
 INITS = ("s4d_lin", "s4d_inv", "s4d_real", "hippo")
@@ -46,12 +46,44 @@ def _check_pos_float(value: Any, name: str) -> float:
     return float(value)
 
 
+def hippo_legs(state_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The diagonal (S4D-LegS) form of HiPPO-LegS with ``state_size`` complex modes.
+
+    HiPPO-LegS of size ``M = 2 * state_size`` is ``A_nk = -sqrt(2n+1) sqrt(2k+1)`` for
+    ``n > k``, ``-(n+1)`` for ``n = k``, 0 above the diagonal, ``B_n = sqrt(2n+1)``. With
+    ``P_n = sqrt(n + 1/2)``, ``A + P P^T = -I/2 + S`` where ``S`` is skew-symmetric (its normal
+    part, Gu et al. 2022, section 4); ``S = V diag(i w) V^*``. S4D-LegS keeps the ``M / 2``
+    eigenvalues with ``w > 0`` (the others are their conjugates).
+
+    Parameters
+    ----------
+    state_size : int
+        N, the number of complex modes kept.
+
+    Returns
+    -------
+    A : ndarray of complex128, shape (N,)
+        ``-1/2 + i w_n``, ``w_n > 0`` ascending.
+    B : ndarray of complex128, shape (N,)
+        ``(V^* B_LegS)_n`` for the kept modes.
+    """
+    N = check_positive_int(state_size, "state_size")
+    M = 2 * N
+    s = np.sqrt(2.0 * np.arange(M) + 1.0)
+    n = np.arange(M)
+    S = -0.5 * np.outer(s, s) * np.sign(n[:, None] - n[None, :])
+    w, V = np.linalg.eigh(-1j * S)  # -iS is Hermitian: S = V diag(i w) V^*
+    keep = np.argsort(w)[N:]  # the N largest, all > 0 (conjugate pairs +-w)
+    Bt = V.conj().T @ s
+    return (-0.5 + 1j * w[keep]).astype(np.complex128), Bt[keep].astype(np.complex128)
+
+
 def s4d_init(init: str, state_size: int) -> np.ndarray:
     """Continuous diagonal ``A`` of the S4D initialisations (Gu et al. 2022, section 4).
 
     With ``n = 0 .. N-1``: ``"s4d_lin"`` ``-1/2 + i pi n``; ``"s4d_inv"``
     ``-1/2 + i (N/pi)(N/(2n+1) - 1)``; ``"s4d_real"`` ``-(n+1)``; ``"hippo"`` the eigenvalues
-    with positive imaginary part of HiPPO-LegS's normal part (S4D-LegS).
+    with positive imaginary part of HiPPO-LegS's normal part (S4D-LegS, :func:`hippo_legs`).
 
     Parameters
     ----------
@@ -72,12 +104,7 @@ def s4d_init(init: str, state_size: int) -> np.ndarray:
     if init == "s4d_real":
         return -(n + 1.0) + 0j
     if init == "hippo":
-        # A + P P^T = -I/2 + S, S skew-symmetric (HiPPO-LegS's normal part, size 2N).
-        s = np.sqrt(2.0 * np.arange(2 * N) + 1.0)
-        m = np.arange(2 * N)
-        S = -0.5 * np.outer(s, s) * np.sign(m[:, None] - m[None, :])
-        w = np.linalg.eigvalsh(-1j * S)
-        return (-0.5 + 1j * np.sort(w)[N:]).astype(np.complex128)
+        return hippo_legs(N)[0]
     raise ValueError(f"init must be one of {INITS}, got {init!r}")
 
 

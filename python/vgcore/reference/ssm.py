@@ -44,11 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["INITS", "DiagonalSSM", "SelectiveSSM", "hippo_legs", "s4d_init", "zoh"]
+# the initialisations of DiagonalSSM's continuous state matrix A: one definition, numpy only
+from vgcore.models.ssm import _COMPLEX_INITS, INITS, hippo_legs, s4d_init
 
-#: Initialisations of :class:`DiagonalSSM`'s continuous state matrix ``A``.
-INITS = ("s4d_lin", "s4d_inv", "s4d_real", "hippo")
-_COMPLEX_INITS = ("s4d_lin", "s4d_inv", "hippo")
+__all__ = ["INITS", "DiagonalSSM", "SelectiveSSM", "hippo_legs", "s4d_init", "zoh"]
 
 
 def _check_pos_int(value: Any, name: str) -> int:
@@ -88,71 +87,6 @@ class _SeedCtx:
 
 
 # -- initialisations -----------------------------------------------------------------------
-
-
-def hippo_legs(state_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The diagonal (S4D-LegS) form of HiPPO-LegS with ``state_size`` complex modes.
-
-    HiPPO-LegS of size ``M = 2 * state_size`` is ``A_nk = -sqrt(2n+1) sqrt(2k+1)`` for
-    ``n > k``, ``-(n+1)`` for ``n = k``, 0 above the diagonal, ``B_n = sqrt(2n+1)``. With
-    ``P_n = sqrt(n + 1/2)``, ``A + P P^T = -I/2 + S`` where ``S`` is skew-symmetric (its normal
-    part, Gu et al. 2022, section 4); ``S = V diag(i w) V^*``. S4D-LegS keeps the ``M / 2``
-    eigenvalues with ``w > 0`` (the others are their conjugates).
-
-    Parameters
-    ----------
-    state_size : int
-        N, the number of complex modes kept.
-
-    Returns
-    -------
-    A : ndarray of complex128, shape (N,)
-        ``-1/2 + i w_n``, ``w_n > 0`` ascending.
-    B : ndarray of complex128, shape (N,)
-        ``(V^* B_LegS)_n`` for the kept modes.
-    """
-    N = _check_pos_int(state_size, "state_size")
-    M = 2 * N
-    s = np.sqrt(2.0 * np.arange(M) + 1.0)
-    n = np.arange(M)
-    S = -0.5 * np.outer(s, s) * np.sign(n[:, None] - n[None, :])
-    w, V = np.linalg.eigh(-1j * S)  # -iS is Hermitian: S = V diag(i w) V^*
-    keep = np.argsort(w)[N:]  # the N largest, all > 0 (conjugate pairs +-w)
-    Bt = V.conj().T @ s
-    return (-0.5 + 1j * w[keep]).astype(np.complex128), Bt[keep].astype(np.complex128)
-
-
-def s4d_init(init: str, state_size: int) -> np.ndarray:
-    """Continuous diagonal ``A`` of the S4D initialisations (Gu et al. 2022, section 4).
-
-    With ``n = 0 .. N-1``:
-
-    * ``"s4d_lin"``: ``A_n = -1/2 + i pi n`` (S4D-Lin);
-    * ``"s4d_inv"``: ``A_n = -1/2 + i (N / pi) (N / (2n + 1) - 1)`` (S4D-Inv);
-    * ``"s4d_real"``: ``A_n = -(n + 1)`` (S4D-Real: HiPPO-LegS's diagonal; real);
-    * ``"hippo"``: the eigenvalues of HiPPO-LegS's normal part (S4D-LegS, :func:`hippo_legs`).
-
-    Parameters
-    ----------
-    init : {"s4d_lin", "s4d_inv", "s4d_real", "hippo"}
-    state_size : int
-        N.
-
-    Returns
-    -------
-    ndarray of complex128, shape (N,)
-    """
-    N = _check_pos_int(state_size, "state_size")
-    n = np.arange(N, dtype=np.float64)
-    if init == "s4d_lin":
-        return -0.5 + 1j * math.pi * n
-    if init == "s4d_inv":
-        return -0.5 + 1j * (N / math.pi) * (N / (2.0 * n + 1.0) - 1.0)
-    if init == "s4d_real":
-        return -(n + 1.0) + 0j
-    if init == "hippo":
-        return hippo_legs(N)[0]
-    raise ValueError(f"init must be one of {INITS}, got {init!r}")
 
 
 # -- zero-order hold -----------------------------------------------------------------------
