@@ -241,3 +241,32 @@ def test_kinds_without_cuda_formulas_are_refused_or_stay_on_the_cpu(fake_device:
         assert _without_kernels("auto", model)
         with pytest.raises(ValueError, match=f"model kind '{k.name}' has no CUDA kernels yet"):
             _without_kernels("cuda", model)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("numba") is None, reason="numba is not installed (vgcore[cuda])"
+)
+def test_the_probe_names_a_numba_cuda_that_cannot_load_with_this_numpy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen on a device: numba-cuda 0.30 with NumPy 2.5 fails at its first kernel (np.row_stack
+    is gone); the probe says so instead of reporting CUDA as available."""
+    from numba import cuda
+
+    monkeypatch.setattr(cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda, "gpus", [object()], raising=False)
+    real = _probe.importlib.import_module
+
+    def fake_import(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "numba.cuda.cudaimpl":
+            raise AttributeError("module 'numpy' has no attribute 'row_stack'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(_probe.importlib, "import_module", fake_import)
+    _probe._cuda_status.cache_clear()
+    try:
+        info = _probe._cuda_status(False)
+    finally:
+        _probe._cuda_status.cache_clear()
+    assert not info.available
+    assert "row_stack" in info.reason and "numpy<2.5" in info.reason
