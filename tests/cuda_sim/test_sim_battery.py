@@ -262,3 +262,15 @@ def test_bench_gpu_simulate(capsys: pytest.CaptureFixture[str]) -> None:
     rows = gpu.main(["--simulate"])
     assert rows and all(r["agrees"] for r in rows), rows
     assert "| workload |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_statistics_reduced_in_chunks_of_steps(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forward statistics are reduced every K steps: K = 4 over T = 10 (two whole chunks
+    and a partial one) gives the CPU's per-step numbers."""
+    from vgcore.cuda import flow
+
+    monkeypatch.setattr(flow, "_STATS_EVERY", 4)
+    m = CONFIGS[kind][0][1]()
+    x = _inputs(m, np.float64, T=10)
+    _compare_flow(m, x, np.float64)

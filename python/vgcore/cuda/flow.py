@@ -50,6 +50,10 @@ def _act(core_args: tuple[str, float, float]) -> tuple[int, float, float]:
     return ACT_CODES[name], alpha, maxd
 
 
+#: Steps between two reductions of the forward pass's statistics (a (K, B, G N) buffer).
+_STATS_EVERY = 64
+
+
 def _moments(xp: Any, h: Any) -> tuple[Any, Any]:
     h64 = h.astype(np.float64)
     return xp.sum(h64), xp.sum(h64 * h64)
@@ -147,7 +151,10 @@ def recurrent_flow(
             C[0] = ar.asarray(c0, dt)
         HN = xp.zeros((T, B, N), dt) if gru else None
         U = xp.zeros((B, GN), dt)
-        SAT = xp.zeros((B, GN), dt)
+        # The per-step statistics are reduced every K steps, not every step: each array
+        # operation costs ~10-40 us of host time on a device, more than a small step's work.
+        K = min(T, _STATS_EVERY)
+        SAT = xp.zeros((K, B, GN), dt)
         s1 = xp.zeros(T, np.float64)
         s2 = xp.zeros(T, np.float64)
         gsat = xp.zeros((T, G), np.float64)
@@ -160,15 +167,25 @@ def recurrent_flow(
             xp.matmul(H[t], WhhT, out=U)
             if bhh_d is not None:
                 U += bhh_d
+            sat = SAT[t % K]
             if lstm:
-                ar.launch(mod.forward_kernel, B * N, A, U, H, C, SAT, t, N, 0.25 * thr, thr)
+                ar.launch(mod.forward_kernel, B * N, A, U, H, C, sat, t, N, 0.25 * thr, thr)
             elif gru:
-                ar.launch(mod.forward_kernel, B * N, A, U, H, HN, SAT, t, N, 0.25 * thr, thr)
+                ar.launch(mod.forward_kernel, B * N, A, U, H, HN, sat, t, N, 0.25 * thr, thr)
             else:
-                ar.launch(mod.forward_kernel, B * N, A, U, H, SAT, t, N, code, alpha, level)
-            bad[t] = ~xp.all(xp.isfinite(A[t])) | (~xp.all(xp.isfinite(U)) if gru else False)
-            s1[t], s2[t] = _moments(xp, H[t + 1])
-            gsat[t] = SAT.reshape(B, G, N).sum(axis=(0, 2))
+                ar.launch(mod.forward_kernel, B * N, A, U, H, sat, t, N, code, alpha, level)
+            if (t + 1) % K == 0 or t + 1 == T:  # steps t0 .. t, before the backward reuses A, HN
+                t0 = t - t % K
+                steps = slice(t0, t + 1)
+                # non-finite pre-activations (a GRU's W_hh h + b_hh sits in A's r, z and in HN)
+                nonfinite = ~xp.isfinite(A[steps]).all(axis=(1, 2))
+                if HN is not None:
+                    nonfinite |= ~xp.isfinite(HN[steps]).all(axis=(1, 2))
+                bad[steps] = nonfinite
+                h64 = H[t0 + 1 : t + 2].astype(np.float64)
+                s1[steps] = h64.sum(axis=(1, 2))
+                s2[steps] = (h64 * h64).sum(axis=(1, 2))
+                gsat[steps] = SAT[: t + 1 - t0].reshape(-1, B, G, N).sum(axis=(1, 3))
         # (2) the backward sequence
         lg, lgc = _bptt(ar, mod, kind, spec, A, H, C, HN, Whh, T, B, N, h0, c0, cot, ccot, rescale)
         out = {
