@@ -246,3 +246,25 @@ def test_diagnose_refuses_a_state_space_layer_naming_what_measures_it():
     m = vgcore.SSM.from_sizes(3, 4, seed=0)
     with pytest.raises(NotImplementedError, match="gradient_flow"):
         vgcore.diagnose(m, np.zeros((5, 2, 3)))
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        vgcore.SSM.from_sizes(3, 4, seed=0),
+        vgcore.RNN(np.zeros((4, 3)), np.eye(4), None, None),
+    ],
+    ids=["ssm", "rnn"],
+)
+def test_a_zero_output_gradient_is_reported_not_divided(model):
+    """A zero state under the default loss 0.5 ||y||^2: every gradient is exactly zero. The
+    result says so (no 'gain 10^nan', no warning), the gain is NaN and nothing vanishes."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flow = vgcore.gradient_flow(model, np.zeros((5, 2, 3)))
+        text = repr(flow)
+        assert np.isneginf(flow.log_grad_norms).all()
+        assert "exactly zero" in text and "nan" not in text
+        assert np.isnan(flow.log_gain) and flow.vanishing_depth() is None

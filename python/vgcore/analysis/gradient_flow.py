@@ -192,7 +192,9 @@ class GradientFlow:
 
     def _split(self, kind: str) -> np.ndarray:
         mask = np.array([c == kind for c in self._classes()], dtype=bool)
-        return np.where(mask, self.saturation, 0.0)  # along the last (layer / step) axis
+        sat = np.asarray(self.saturation, dtype=np.float64)
+        # along the last (layer / step) axis; NaN stays NaN (not measured, not "none")
+        return np.where(mask | np.isnan(sat), sat, 0.0)
 
     def _classes(self) -> list[str | None]:
         n = np.shape(self.saturation)[-1]
@@ -301,6 +303,8 @@ class GradientFlow:
         """``log(||dL/dh_0|| / ||dL/dh_last||)``: total log gain of the backward pass
         (stacked models: along the top layer, forward direction)."""
         lg = self._trace
+        if np.isneginf(lg[-1]):  # a zero gradient at the output: no gain to measure
+            return math.nan
         return float(lg[0] - lg[-1])
 
     def vanishing_depth(self, ratio: float = 1e-6) -> int | None:
@@ -308,6 +312,8 @@ class GradientFlow:
         norm falls below ``ratio`` times its value at the output, or None (stacked models:
         along the top layer, forward direction)."""
         lg = self._trace
+        if np.isneginf(lg[-1]):  # a zero gradient at the output: nothing propagates
+            return None
         rel = lg[::-1] - lg[-1]
         idx = np.nonzero(rel < math.log(ratio))[0]
         return int(idx[0]) if idx.size else None
@@ -374,7 +380,9 @@ class GradientFlow:
         for kind, what in (("saturated", "saturated units"), ("inactive", "inactive units")):
             if kind in classes:
                 v = self._split(kind)
-                lines.append(f"  {what}: mean {np.mean(v):.1%}, max {np.max(v):.1%}")
+                v = v[~np.isnan(v)]  # the steps where it was measured
+                if v.size:
+                    lines.append(f"  {what}: mean {np.mean(v):.1%}, max {np.max(v):.1%}")
         if self.dead is not None and "inactive" in classes:
             lines.append(
                 f"  dead units (inactive for every sample): mean {np.mean(self.dead):.1%}, "
@@ -403,11 +411,21 @@ class GradientFlow:
             desc += f" T={len(self.log_grad_norms) - 1}"
         lg = self.log10_grad_norms
         last = "L" if self.kind in ("mlp", "torch") else "T"
+        if np.isneginf(lg[-1]):
+            norms = (
+                f"  ||dL/dh_{last}|| = 0: the loss's gradient at the output is exactly zero "
+                "(e.g. a zero output under the default loss 0.5 ||y||^2), nothing propagates; "
+                "pass a cotangent"
+            )
+        else:
+            norms = (
+                f"  ||dL/dh_{last}|| = 10^{lg[-1]:.2f}  ->  ||dL/dh_0|| = 10^{lg[0]:.2f}"
+                f"  (gain 10^{lg[0] - lg[-1]:.2f} over {len(lg) - 1} {self.axis}s; "
+                "log_* attributes are natural logs)"
+            )
         lines = [
             f"GradientFlow({desc}, B={self.batch_size}, {self.dtype.name})",
-            f"  ||dL/dh_{last}|| = 10^{lg[-1]:.2f}  ->  ||dL/dh_0|| = 10^{lg[0]:.2f}"
-            f"  (gain 10^{lg[0] - lg[-1]:.2f} over {len(lg) - 1} {self.axis}s; "
-            "log_* attributes are natural logs)",
+            norms,
             *self._unit_lines(),
         ]
         vd = self.vanishing_depth()
