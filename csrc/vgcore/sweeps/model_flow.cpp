@@ -175,7 +175,9 @@ ModelFlowStats model_gradient_flow(const Model<T>& m, const ModelFlowIO<T>& io,
     // Only a stack over time sends cotangent back into a state within a step (layer l + 1 reads
     // the new h^l); elsewhere dL/dh_s is g itself, measured by the norm the rescaling takes.
     const bool within = time && m.n_layers() > 1;
-    const bool whole_row = n_seg == 1 && (!time || (segs[0].offset == 0));
+    // Then, with one segment covering the whole row, a state's norm is the rescaling's s2.
+    const bool norm_is_s2 =
+        !within && n_seg == 1 && (!time || (segs[0].offset == 0 && segs[0].width == width(0)));
     for (std::size_t s = S;; --s) {
       const std::size_t w = width(s), n = nb * w;
       if (io.cotangent_per_step && s > 0) {  // the loss on the output of step s - 1
@@ -206,7 +208,7 @@ ModelFlowStats model_gradient_flow(const Model<T>& m, const ModelFlowIO<T>& io,
       // The norms of state s: of dL/dh_s in full (a stack's lower layers also receive, within
       // step s - 1, what the layer above sends back; Model::vjp's Wtotal).
       auto record = [&](const T* v) {
-        if (!within && whole_row && (!time || segs[0].width == w)) {  // v is g: s2 is its norm
+        if (norm_is_s2) {  // v is g
           st.log_norms[s] = log_norm(s2, scale + k);
           if (io.grads) store_scaled(io.grads + (s * B + b0) * w, v, n, -scale);
           return;

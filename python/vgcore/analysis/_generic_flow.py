@@ -21,10 +21,10 @@ import numpy as np
 
 from vgcore._loader import _core
 from vgcore._validation import as_float_array, check_memory
-from vgcore.analysis._layout import time_major
+from vgcore.analysis._layout import output_cotangent, time_major
 from vgcore.models import Model
 
-#: gradient_flow options the generic sweep does not measure (name -> what was asked).
+#: gradient_flow options the generic sweep does not measure (refused by name when asked).
 _EXTRAS = ("param_grads", "keep_states", "clip_norm", "dead_units", "input_grads")
 
 
@@ -78,13 +78,7 @@ def generic_flow(
     xa = time_major(m, x, "x", dt, m.input_size)
     T, B, _ = xa.shape
     h0a = None if h0 is None else as_float_array(h0, "h0", dt, shape=(B, D))
-    cot = None
-    if cotangent is not None:
-        c = np.asarray(cotangent)
-        if c.ndim == 3:
-            cot = time_major(m, c, "cotangent", dt, n_out, steps=T, batch=B)
-        else:
-            cot = as_float_array(c, "cotangent", dt, shape=(B, n_out))
+    cot = None if cotangent is None else output_cotangent(m, cotangent, dt, n_out, T, B)
     stats = _core.model_gradient_flow(
         m.to_spec(dt, check_finite=False),
         xa,
@@ -113,12 +107,8 @@ def generic_flow(
         g = stats["grads"]
         if g is None or (0, part) not in rows:
             return None
-        out = np.stack(
-            [
-                g[..., segs[rows[(l, part)]][2] : sum(segs[rows[(l, part)]][2:])]
-                for l in range(layers)
-            ]
-        )
+        cols = [segs[rows[(layer, part)]][2:] for layer in range(layers)]  # (offset, width)
+        out = np.stack([g[..., off : off + w] for off, w in cols])
         return out[0] if layers == 1 else out
 
     row = {
@@ -142,7 +132,6 @@ def generic_flow(
                 check_result(per, "step")
             except FloatingPointError as exc:
                 raise FloatingPointError(f"layer {layer}: {exc}") from None
-    T = xa.shape[0]
     shape = (T,) if layers == 1 else (layers, T)
     return GradientFlow(
         model=model,

@@ -56,3 +56,15 @@ def time_major(
     if batch_first:
         arr = np.ascontiguousarray(arr.transpose(1, 0, 2))
     return arr
+
+
+def output_cotangent(
+    model: Any, cotangent: Any, dtype: np.dtype, width: int, steps: int, batch: int
+) -> np.ndarray:
+    """A loss's cotangent on a sequence model's output, as the core takes it: ``(T, B, width)``
+    time-major (a loss on every step, in the model's layout) or ``(B, width)`` (on the last
+    output), C-contiguous, of ``dtype``."""
+    c = np.asarray(cotangent)
+    if c.ndim == 3:
+        return time_major(model, c, "cotangent", dtype, width, steps=steps, batch=batch)
+    return as_float_array(c, "cotangent", dtype, shape=(batch, width))

@@ -15,7 +15,7 @@ from vgcore._validation import as_float_array, check_memory, resolve_dtype
 from vgcore.activations import Activation
 from vgcore.analysis import _torch
 from vgcore.analysis._generic_flow import generic_flow
-from vgcore.analysis._layout import time_major
+from vgcore.analysis._layout import output_cotangent, time_major
 from vgcore.models import MLP, Model, RecurrentModel
 from vgcore.models.base import narrow
 from vgcore.models.registry import model_kinds
@@ -936,11 +936,7 @@ def _recurrent_flow(
             cot = as_float_array(cotangent[0], "cotangent[0]", dt, shape=(B, N))
             ccot = as_float_array(cotangent[1], "cotangent[1]", dt, shape=(B, N))
         else:
-            c = np.asarray(cotangent)
-            if c.ndim == 3:
-                cot = time_major(m, c, "cotangent", dt, out_width, steps=T, batch=B)
-            else:
-                cot = as_float_array(c, "cotangent", dt, shape=(B, out_width))
+            cot = output_cotangent(m, cotangent, dt, out_width, T, B)
     spec = m.to_spec(dt, check_finite=False)
     stats = _core.stacked_gradient_flow(
         spec,

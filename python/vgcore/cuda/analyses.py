@@ -151,7 +151,7 @@ def gradient_flow(
     import importlib
 
     from vgcore._validation import as_float_array
-    from vgcore.analysis._layout import time_major
+    from vgcore.analysis._layout import output_cotangent, time_major
 
     gf = importlib.import_module("vgcore.analysis.gradient_flow")  # the module, not the function
     from vgcore.cuda import flow
@@ -199,11 +199,7 @@ def gradient_flow(
             cot = as_float_array(cotangent[0], "cotangent[0]", dt, shape=(B, N))
             ccot = as_float_array(cotangent[1], "cotangent[1]", dt, shape=(B, N))
         else:
-            c = np.asarray(cotangent)
-            if c.ndim == 3:
-                cot = time_major(m, c, "cotangent", dt, N, steps=T, batch=B)
-            else:
-                cot = as_float_array(c, "cotangent", dt, shape=(B, N))
+            cot = output_cotangent(m, cotangent, dt, N, T, B)
     act = gf._cell_activation(m)
     stats = flow.recurrent_flow(
         m.kind,
