@@ -80,8 +80,10 @@ py::dict tangent_map_impl(const py::dict& model, std::size_t step, const py::obj
 template <class T>
 py::tuple ssm_output_impl(const py::dict& model, const py::array& x_t, const py::array& state) {
   if (!ssm_kind(model))
-    throw py::value_error("model must be an 'ssm' or 'selective_ssm' description, got kind '" +
-                          entry(model, "kind", "").cast<std::string>() + "'");
+    throw py::value_error(
+        "model must be an 'ssm', 'selective_ssm' or 'ssm_stack' description, "
+        "got kind '" +
+        entry(model, "kind", "").cast<std::string>() + "'");
   const Model<T> m = parse_model<T>(model);
   const auto S = static_cast<py::ssize_t>(m.in_dim(0)),
              I = static_cast<py::ssize_t>(m.input_size());
@@ -90,9 +92,9 @@ py::tuple ssm_output_impl(const py::dict& model, const py::array& x_t, const py:
   const T* x = require<T>(as_ndarray(x_t, "x_t"), "x_t", {B, I});
   const auto& layer = m.layer(0);
   const py::ssize_t O =
-      std::holds_alternative<SsmOp<T>>(layer)
-          ? I
-          : static_cast<py::ssize_t>(std::get<SelectiveSsmOp<T>>(layer).weights().d_model);
+      std::holds_alternative<SelectiveSsmOp<T>>(layer)
+          ? static_cast<py::ssize_t>(std::get<SelectiveSsmOp<T>>(layer).weights().d_model)
+          : I;
   py::array_t<T> hn({B, S}), y({B, O});
   T *ph = hn.mutable_data(), *py_ = y.mutable_data();
   {
@@ -110,6 +112,9 @@ py::tuple ssm_output_impl(const py::dict& model, const py::array& x_t, const py:
           else if constexpr (std::is_same_v<Op, SelectiveSsmOp<T>>)
             for (std::size_t b = 0; b < nb; ++b)
               op.output(cache.data() + b * C, ph + b * m.out_dim(0), py_ + b * O);
+          else if constexpr (std::is_same_v<Op, SsmStackOp<T>>)
+            for (std::size_t b = 0; b < nb; ++b)  // the stream leaving the top block
+              std::copy(U.data() + b * gc, U.data() + b * gc + O, py_ + b * O);
         },
         layer);
   }

@@ -48,6 +48,7 @@ inline constexpr Named<SpectrumMethod> kSpectrumMethods[] = {{"exact", SpectrumM
 inline constexpr const char* kDenseKind = "mlp";
 inline constexpr const char* kSsmKind = "ssm";
 inline constexpr const char* kSelectiveSsmKind = "selective_ssm";
+inline constexpr const char* kSsmStackKind = "ssm_stack";
 
 // "'a', 'b' or 'c'", after `first` names when given.
 template <class E, std::size_t K>
@@ -229,8 +230,8 @@ inline bool parse_model_kind(const py::dict& spec, CellKind& cell) {
       return false;
     }
   throw py::value_error("model kind must be " +
-                        choices(kCells, {kDenseKind, kSsmKind, kSelectiveSsmKind}) + ", got '" +
-                        kind + "'");
+                        choices(kCells, {kDenseKind, kSsmKind, kSelectiveSsmKind, kSsmStackKind}) +
+                        ", got '" + kind + "'");
 }
 
 // The cell of a recurrent description.
@@ -257,11 +258,15 @@ inline py::list dense_layer_list(const py::object& spec) {
 // "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_proj_bias", "A" (d_inner, d_state),
 // "D", "out_proj_weight", "out_proj_bias"}: Mamba's selective layer (SelectiveSsmWeights).
 
-// 1: an LTI SSM description, 2: a selective one, 0: neither.
+// {"kind": "ssm_stack", "blocks": [{"layer": an "ssm" or "selective_ssm" description, "norm":
+// bool, "norm_weight" (d,) or None, "norm_bias" (d,) or None, "eps", "residual": bool}, ...]}: a
+// stack of state-space blocks over time (model.hpp's SsmStackOp).
+
+// 1: an LTI SSM description, 2: a selective one, 3: a stack of them, 0: none of these.
 inline int ssm_kind(const py::dict& spec) {
   if (!spec.contains("kind")) return 0;
   const auto kind = spec["kind"].cast<std::string>();
-  return kind == kSsmKind ? 1 : kind == kSelectiveSsmKind ? 2 : 0;
+  return kind == kSsmKind ? 1 : kind == kSelectiveSsmKind ? 2 : kind == kSsmStackKind ? 3 : 0;
 }
 
 template <class T>
@@ -324,8 +329,55 @@ SelectiveSsmWeights<T> parse_selective_ssm(const py::dict& d) {
   return w;
 }
 
+template <class T>
+std::vector<SsmBlockWeights<T>> parse_ssm_stack(const py::dict& spec) {
+  const py::list list = as_list(entry(spec, "blocks", ""), "blocks");
+  if (list.empty()) throw py::value_error("blocks must hold at least one block, got none");
+  std::vector<SsmBlockWeights<T>> out;
+  py::ssize_t d = -1;
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    const std::string p = "blocks[" + std::to_string(i) + "].";
+    const py::dict b = as_dict(list[i], "blocks[" + std::to_string(i) + "]");
+    const py::dict layer = as_dict(entry(b, "layer", p), p + "layer");
+    SsmBlockWeights<T> w;
+    const int sk = ssm_kind(layer);
+    if (sk == 1)
+      w.layer = parse_ssm<T>(layer);
+    else if (sk == 2)
+      w.layer = parse_selective_ssm<T>(layer);
+    else
+      throw py::value_error(p + "layer must be an 'ssm' or 'selective_ssm' description");
+    const py::ssize_t di = static_cast<py::ssize_t>(std::visit(
+        [](const auto& lw) {
+          if constexpr (std::is_same_v<std::decay_t<decltype(lw)>, SsmWeights<T>>)
+            return lw.input_size;
+          else
+            return lw.d_model;
+        },
+        w.layer));
+    if (d >= 0 && di != d)
+      throw py::value_error(p + "layer has " + std::to_string(di) + " features, blocks[0] has " +
+                            std::to_string(d) + " (a stack keeps the stream's width)");
+    d = di;
+    w.norm = entry(b, "norm", p).cast<bool>();
+    w.norm_weight = optional_array<T>(entry(b, "norm_weight", p), (p + "norm_weight").c_str(), {d});
+    w.norm_bias = optional_array<T>(entry(b, "norm_bias", p), (p + "norm_bias").c_str(), {d});
+    w.eps = entry(b, "eps", p).cast<double>();
+    if (!(w.eps > 0)) throw py::value_error(p + "eps must be positive");
+    w.residual = entry(b, "residual", p).cast<bool>();
+    out.push_back(w);
+  }
+  return out;
+}
+
 // Whether a description holds float32 parameters (else float64): its first weight's dtype.
 inline bool is_float32(const py::dict& spec) {
+  if (ssm_kind(spec) == 3) {
+    const py::list blocks = as_list(entry(spec, "blocks", ""), "blocks");
+    if (blocks.empty()) throw py::value_error("blocks must hold at least one block, got none");
+    return is_float32(
+        as_dict(entry(as_dict(blocks[0], "blocks[0]"), "layer", "blocks[0]."), "blocks[0].layer"));
+  }
   if (const int sk = ssm_kind(spec)) {
     const char* key = sk == 1 ? "a" : "A";
     return has_dtype<float>(as_ndarray(entry(spec, key, ""), key));
@@ -348,8 +400,9 @@ inline bool is_float32(const py::dict& spec) {
 template <class T>
 Model<T> parse_model(const py::dict& spec) {
   if (const int sk = ssm_kind(spec))
-    return sk == 1 ? Model<T>::ssm(parse_ssm<T>(spec))
-                   : Model<T>::ssm(parse_selective_ssm<T>(spec));
+    return sk == 1   ? Model<T>::ssm(parse_ssm<T>(spec))
+           : sk == 2 ? Model<T>::ssm(parse_selective_ssm<T>(spec))
+                     : Model<T>::ssm_stack(parse_ssm_stack<T>(spec));
   CellKind cell{};
   if (parse_model_kind(spec, cell))
     return Model<T>::dense(parse_dense_layers<T>(as_list(entry(spec, "layers", ""), "layers"), -1));

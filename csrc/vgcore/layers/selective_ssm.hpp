@@ -48,6 +48,14 @@ VGCORE_FM_INLINE T selective_conv_jvp(const T* w, const T* dbuf, T dsilu, std::s
   return dsilu * s;
 }
 
+// The same inside a stack, where the input has a tangent dx too.
+template <class T>
+VGCORE_FM_INLINE T selective_conv_jvp_in(const T* w, const T* dbuf, T dx, T dsilu, std::size_t dc) {
+  T s = w[dc - 1] * dx;
+  for (std::size_t j = 0; j + 1 < dc; ++j) s += w[j] * dbuf[j];
+  return dsilu * s;
+}
+
 // silu(v) = v sigmoid(v) and silu'(v) = s (1 + v (1 - s)).
 template <class T>
 VGCORE_FM_INLINE void silu_forward(T v, T& y, T& dy) {
@@ -81,6 +89,22 @@ template <class T>
 VGCORE_FM_INLINE T selective_output(const T* hn, const T* C, std::size_t n) {
   return reduce_lanes<8>(
       n, T(0), [&](T& s, std::size_t m) { s += hn[m] * C[m]; }, [](T& s, T v) { s += v; });
+}
+
+// One channel's output tangent before the skip and the gate: sum_m dhn_m C_m + hn_m dC_m.
+template <class T>
+VGCORE_FM_INLINE T selective_output_jvp(const T* hn, const T* C, const T* dhn, const T* dC,
+                                        std::size_t n) {
+  T s = T(0);
+  for (std::size_t m = 0; m < n; ++m) s += dhn[m] * C[m] + hn[m] * dC[m];
+  return s;
+}
+
+// The gate out_i = y_i silu(z_i): its tangent dy silu(z) + y silu'(z) dz, and its cotangent
+// (gy = g silu(z) to y, gz = g y silu'(z) to z).
+template <class T>
+VGCORE_FM_INLINE T selective_gate_jvp(T y, T dy, T sz, T dsz, T dz) {
+  return dy * sz + y * dsz * dz;
 }
 
 // One channel's output cotangent: from gy = dL/dy_i (y_i = sum_m hn_m C_m + D_i xc_i, before
@@ -124,12 +148,12 @@ VGCORE_FM_INLINE void selective_vjp(const T* A, const T* a, const T* h, const T*
   gxc = delta * sb;
 }
 
-// The buffer's shift: tangent out_j = v_{j+1} (the last entry, the input, has none); cotangent
-// g_0 = conv part, g_{j+1} = w_j.
+// The buffer's shift: tangent out_j = v_{j+1}, the last entry the input's tangent dx (0 for a
+// lone layer: its input has none); cotangent g_0 = conv part, g_{j+1} = w_j.
 template <class T>
-VGCORE_FM_INLINE void selective_shift_jvp(const T* v, T* o, std::size_t dc) {
+VGCORE_FM_INLINE void selective_shift_jvp(const T* v, T* o, std::size_t dc, T dx = T(0)) {
   for (std::size_t j = 0; j + 2 < dc; ++j) o[j] = v[j + 1];
-  o[dc - 2] = T(0);
+  o[dc - 2] = dx;
 }
 
 template <class T>

@@ -127,6 +127,19 @@ Model<T> Model<T>::ssm(const SelectiveSsmWeights<T>& w) {
 }
 
 template <class T>
+Model<T> Model<T>::ssm_stack(const std::vector<SsmBlockWeights<T>>& blocks) {
+  Model m;
+  m.axis_ = Axis::time;
+  m.layers_.emplace_back(SsmStackOp<T>(blocks));
+  const auto& op = std::get<SsmStackOp<T>>(m.layers_.back());
+  m.so_ = m.uo_ = m.co_ = {0};
+  m.dim_ = op.out_dim();
+  m.cols_ = op.gemm_cols();
+  m.cache_ = op.cache_size();
+  return m;
+}
+
+template <class T>
 const RecurrentWeights<T>* Model<T>::recurrent_layer(std::size_t l) const {
   if (axis_ != Axis::time) return nullptr;
   return std::visit(
@@ -293,6 +306,8 @@ void Model<T>::vjp(std::size_t s, const T* cache, const T* Win, T* Wout, std::si
     c.G = G + uo_[l];
     c.gin = l > 0 ? A : nullptr;
     c.o = Wout + so_[l];
+    c.total = Wtotal ? Wtotal + so_[l] : nullptr;
+    c.ldt = dout;
     if (l + 1 < L) {
       const std::size_t N = recurrent_layer(l)->hidden;
       for (std::size_t r = 0; r < k; ++r)

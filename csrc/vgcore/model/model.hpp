@@ -75,6 +75,9 @@ struct LayerRows {
   T* Y = nullptr;  // the layer's block of the rows leaving it
   std::size_t ldy = 0;
   const T* below = nullptr;  // the new output of the layer below (time axis, l > 0), stride ldy
+  // The tangent rows' input-projection tangents (stride ldp; a state-space layer inside a stack,
+  // whose input depends on the state), else null: tangent rows have no input.
+  const T* tproj = nullptr;
   std::size_t ns = 0, nt = 0, k = 0;
   T* cache_w = nullptr;
   const T* cache_r = nullptr;
@@ -99,6 +102,10 @@ struct LayerCotangent {
   T* o = nullptr;
   std::size_t ldo = 0;
   std::size_t k = 0;
+  // The total cotangent of the new state (Model::vjp's Wtotal), written by an op whose step
+  // reads its own new state (a state-space stack's blocks read the blocks below); null: none.
+  T* total = nullptr;
+  std::size_t ldt = 0;
 };
 
 // A dense layer (dense_stack.hpp): plain, residual or highway block, optional LayerNorm or
@@ -239,10 +246,69 @@ class SelectiveSsmOp {
   // out (d_model) = out_proj((C h' + D xc) * silu(z)) of one sample from its cache and new
   // state h' (the layer's output y_t, what the reference module returns).
   void output(const T* cache, const T* hn, T* out) const;
+  // The VJP of the layer inside a stack: vjp with the cotangents its output sends to C (gC,
+  // d_state per row) and to xc (gxc, d_inner per row; both stride ldx, null: none) added, and
+  // the cotangent of in_proj's x part written to gx (d_inner per row, stride ldgx, or null).
+  void vjp_in_stack(const LayerCotangent<T>& c, const T* gC, const T* gxc, std::size_t ldx, T* gx,
+                    std::size_t ldgx) const;
 
  private:
   SelectiveSsmWeights<T> w_;
   PackedMatrix<T> xproj_t_, xproj_, dtproj_t_, dtproj_;
+};
+
+// One block of a state-space stack (SsmStackOp): on the residual stream u (d features),
+//   v = LayerNorm(u) (or u),  the layer's state step on v,  y = the layer's output,
+//   u' = u + y (residual) or y.
+template <class T>
+struct SsmBlockWeights {
+  std::variant<SsmWeights<T>, SelectiveSsmWeights<T>> layer;
+  bool norm = false;
+  const T* norm_weight = nullptr;  // (d) or null (1)
+  const T* norm_bias = nullptr;    // (d) or null (0)
+  double eps = 1e-5;
+  bool residual = false;
+};
+
+// A stack of state-space blocks over time (Mamba / S4 style: each block's layer reads the
+// stream the blocks below wrote), as one op: its state is the blocks' states side by side, its
+// step runs the blocks in order on every row (state rows: the stream starts at x_t; tangent
+// rows: at 0), so a JVP / VJP of a step couples a block to those below through their outputs.
+// The layers' maths stays theirs (SsmOp, SelectiveSsmOp and their headers); the stack only
+// adds the LayerNorm, the output maps' rows and the stream. Per row of U: [u (d) | v (d) | p
+// (the largest proj_cols) | y / the gate (max(d, d_inner)) | the layers' scratch].
+template <class T>
+class SsmStackOp {
+ public:
+  explicit SsmStackOp(const std::vector<SsmBlockWeights<T>>& blocks);
+  std::size_t n_blocks() const { return blocks_.size(); }
+  std::size_t input_size() const { return d_; }
+  std::size_t in_dim() const { return dim_; }
+  std::size_t out_dim() const { return dim_; }
+  std::size_t gemm_cols() const { return cols_; }
+  std::size_t proj_cols() const { return d_; }
+  std::size_t cache_size() const { return cache_; }
+  // The stream enters as x itself (P = x).
+  void project_inputs(const T* x, std::size_t rows, T* P) const;
+  void gemm_rows(std::size_t, const T*, std::size_t, T*, std::size_t) const {}
+  void step(const LayerRows<T>& r) const;
+  void vjp(const LayerCotangent<T>& c) const;
+  void jacobian(const T* cache, T* J, T* U) const;
+  // The step leaves each row's stream leaving the top block (d) in U's first columns.
+
+ private:
+  struct Block {
+    std::variant<SsmOp<T>, SelectiveSsmOp<T>> op;
+    SsmBlockWeights<T> w;
+    // state offset; cache offsets: LayerNorm (xhat, 1/std), the layer's, the output's
+    // (selective: y before the gate, silu'(z), the new h)
+    std::size_t so = 0, cn = 0, cl = 0, ce = 0;
+  };
+  std::vector<Block> blocks_;
+  std::size_t d_ = 0, dim_ = 0, cols_ = 0, cache_ = 0;
+  // U's (and a VJP's G's) blocks per row: v, p, y, the gate, the total state cotangent, the
+  // output's cotangents of C and xc, the layer's own scratch
+  std::size_t ov_ = 0, op_ = 0, oy_ = 0, og_ = 0, ow_ = 0, oc_ = 0, ox_ = 0, os_ = 0;
 };
 
 template <class Op>
@@ -251,13 +317,15 @@ template <class T>
 struct is_ssm_op<SsmOp<T>> : std::true_type {};
 template <class T>
 struct is_ssm_op<SelectiveSsmOp<T>> : std::true_type {};
+template <class T>
+struct is_ssm_op<SsmStackOp<T>> : std::true_type {};
 template <class Op>
 inline constexpr bool is_ssm_op_v = is_ssm_op<std::decay_t<Op>>::value;
 
 // The one list of supported layer kinds.
 template <class T>
 using Layer = std::variant<DenseOp<T>, RecurrentOp<T, RnnCell>, RecurrentOp<T, LstmCell>,
-                           RecurrentOp<T, GruCell>, SsmOp<T>, SelectiveSsmOp<T>>;
+                           RecurrentOp<T, GruCell>, SsmOp<T>, SelectiveSsmOp<T>, SsmStackOp<T>>;
 
 // The op of a recurrent layer of the kind its description names (reads_below: layer l > 0 of a
 // stack).
@@ -286,6 +354,8 @@ class Model {
   // is not part of it (output() computes it).
   static Model ssm(const SsmWeights<T>& w);
   static Model ssm(const SelectiveSsmWeights<T>& w);
+  // A stack of state-space blocks (SsmStackOp), time axis: the state is the blocks' states.
+  static Model ssm_stack(const std::vector<SsmBlockWeights<T>>& blocks);
 
   Axis axis() const { return axis_; }
   bool is_dense() const { return axis_ == Axis::depth; }
@@ -389,6 +459,8 @@ extern template class SsmOp<float>;
 extern template class SsmOp<double>;
 extern template class SelectiveSsmOp<float>;
 extern template class SelectiveSsmOp<double>;
+extern template class SsmStackOp<float>;
+extern template class SsmStackOp<double>;
 extern template class Model<float>;
 extern template class Model<double>;
 

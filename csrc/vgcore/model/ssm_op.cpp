@@ -116,6 +116,16 @@ VGCORE_TARGET_CLONES void sel_conv_tangent_row(const T* __restrict wc, const T* 
     u[i] = layers::selective_conv_jvp(wc + i * dc, dbuf + i * nb, ds[i], dc);
 }
 
+// The same inside a stack: the input's tangent dx (its in_proj x part) enters the convolution.
+template <class T>
+VGCORE_TARGET_CLONES void sel_conv_tangent_in_row(const T* __restrict wc, const T* __restrict dbuf,
+                                                  const T* __restrict dx, const T* __restrict ds,
+                                                  T* __restrict u, std::size_t di, std::size_t dc) {
+  const std::size_t nb = dc - 1;
+  for (std::size_t i = 0; i < di; ++i)
+    u[i] = layers::selective_conv_jvp_in(wc + i * dc, dbuf + i * nb, dx[i], ds[i], dc);
+}
+
 // A state row's step: Delta from dt_proj's output (udt) and bias, h' and the shifted buffer.
 template <class T>
 VGCORE_TARGET_CLONES void sel_state_row(const T* __restrict A, const T* __restrict bdt,
@@ -159,8 +169,9 @@ VGCORE_TARGET_CLONES void sel_tangent_row(const T* __restrict A, const T* __rest
                                           const T* __restrict h, const T* __restrict B,
                                           const T* __restrict delta, const T* __restrict sig,
                                           const T* __restrict xc, const T* __restrict u,
-                                          const T* __restrict v, T* __restrict o, std::size_t di,
-                                          std::size_t n, std::size_t dc, std::size_t R) {
+                                          const T* __restrict v, const T* __restrict dx,
+                                          T* __restrict o, std::size_t di, std::size_t n,
+                                          std::size_t dc, std::size_t R) {
   const T* dB = u + di + R;
   const T* udt = u + di + R + 2 * n;
   for (std::size_t i = 0; i < di; ++i)
@@ -168,7 +179,7 @@ VGCORE_TARGET_CLONES void sel_tangent_row(const T* __restrict A, const T* __rest
                           u[i], dB, v + i * n, o + i * n, n);
   const std::size_t nb = dc - 1, Sh = di * n;
   for (std::size_t i = 0; i < di; ++i)
-    layers::selective_shift_jvp(v + Sh + i * nb, o + Sh + i * nb, dc);
+    layers::selective_shift_jvp(v + Sh + i * nb, o + Sh + i * nb, dc, dx ? dx[i] : T(0));
 }
 
 // A cotangent row, before the selection's GEMMs: gh into o, g = [gxc | 0, gB, 0 | gdtp].
@@ -216,7 +227,7 @@ void SsmOp<T>::step(const LayerRows<T>& r) const {
   const FlushSubnormals ftz;
   const std::size_t N = w_.modes, rows = r.ns + r.nt * r.k;
   for (std::size_t b = 0; b < rows; ++b) {
-    const T* u = b < r.ns ? r.proj + b * r.ldp : nullptr;
+    const T* u = b < r.ns ? r.proj + b * r.ldp : r.tproj ? r.tproj + (b - r.ns) * r.ldp : nullptr;
     if (w_.complex)
       ssm_complex_row(w_.a, r.X + b * r.ldx, u, r.Y + b * r.ldy, N);
     else
@@ -298,7 +309,12 @@ void SelectiveSsmOp<T>::step(const LayerRows<T>& r) const {
     const SelCache<T, const T*> c(r.cache_r + g * r.ldc, di, n);
     for (std::size_t q = 0; q < r.k; ++q) {
       const std::size_t row = r.ns + g * r.k + q;
-      sel_conv_tangent_row(w_.conv_weight, r.X + row * r.ldx + Sh, c.ds, r.U + row * r.ldu, di, dc);
+      if (r.tproj)
+        sel_conv_tangent_in_row(w_.conv_weight, r.X + row * r.ldx + Sh,
+                                r.tproj + (g * r.k + q) * r.ldp, c.ds, r.U + row * r.ldu, di, dc);
+      else
+        sel_conv_tangent_row(w_.conv_weight, r.X + row * r.ldx + Sh, c.ds, r.U + row * r.ldu, di,
+                             dc);
     }
   }
   // The selection of every row: (dt, B, C) = x_proj(xc), then dt_proj(dt).
@@ -320,7 +336,8 @@ void SelectiveSsmOp<T>::step(const LayerRows<T>& r) const {
     for (std::size_t q = 0; q < r.k; ++q) {
       const std::size_t row = r.ns + g * r.k + q;
       sel_tangent_row(w_.A, a, c.h, c.B, c.delta, c.sig, c.xc, r.U + row * r.ldu, r.X + row * r.ldx,
-                      r.Y + row * r.ldy, di, n, dc, R);
+                      r.tproj ? r.tproj + (g * r.k + q) * r.ldp : nullptr, r.Y + row * r.ldy, di, n,
+                      dc, R);
     }
   }
 }
@@ -328,20 +345,39 @@ void SelectiveSsmOp<T>::step(const LayerRows<T>& r) const {
 // G per row: [dL/dxc | dL/d x_proj(xc) | dL/d dt_proj(dt)]; C does not reach the state.
 template <class T>
 void SelectiveSsmOp<T>::vjp(const LayerCotangent<T>& cv) const {
+  vjp_in_stack(cv, nullptr, nullptr, 0, nullptr, 0);
+}
+
+// Inside a stack the output's cotangents reach C (gC: into x_proj's C slot before its GEMM) and
+// xc (gxc, the skip D xc), and the input x: dL/dx = dL/dxc silu'(pre) w_last + the cotangent of
+// the buffer's newest entry (x itself).
+template <class T>
+void SelectiveSsmOp<T>::vjp_in_stack(const LayerCotangent<T>& cv, const T* gC, const T* gxc,
+                                     std::size_t ldx, T* gx, std::size_t ldgx) const {
   const FlushSubnormals ftz;
   const std::size_t di = w_.d_inner, n = w_.d_state, dc = w_.d_conv, R = w_.dt_rank;
-  const std::size_t Sh = di * n, oxd = di, odt = di + R + 2 * n;
+  const std::size_t Sh = di * n, oxd = di, odt = di + R + 2 * n, nb = dc - 1;
   const SelCache<T, const T*> c(cv.cache, di, n);
   T* a = transition_scratch<T>(Sh);
   sel_transition(w_.A, c.delta, a, di, n);
-  for (std::size_t r = 0; r < cv.k; ++r)
+  for (std::size_t r = 0; r < cv.k; ++r) {
+    T* g = cv.G + r * cv.ldg;
     sel_vjp_row(w_.A, a, c.h, c.B, c.delta, c.sig, c.xc, cv.wstate + r * cv.lds, cv.o + r * cv.ldo,
-                cv.G + r * cv.ldg, di, n, R);
+                g, di, n, R);
+    if (gC) std::copy(gC + r * ldx, gC + r * ldx + n, g + oxd + R + n);
+  }
   gemm_packed(cv.k, cv.G + odt, cv.ldg, dtproj_, T(0), cv.G + oxd, cv.ldg);
   gemm_packed(cv.k, cv.G + oxd, cv.ldg, xproj_, T(1), cv.G, cv.ldg);
-  for (std::size_t r = 0; r < cv.k; ++r)
-    sel_vjp_buffer_row(w_.conv_weight, c.ds, cv.G + r * cv.ldg, cv.wstate + r * cv.lds + Sh,
-                       cv.o + r * cv.ldo + Sh, di, dc);
+  for (std::size_t r = 0; r < cv.k; ++r) {
+    T* g = cv.G + r * cv.ldg;
+    if (gxc)
+      for (std::size_t i = 0; i < di; ++i) g[i] += gxc[r * ldx + i];
+    const T* wb = cv.wstate + r * cv.lds + Sh;
+    sel_vjp_buffer_row(w_.conv_weight, c.ds, g, wb, cv.o + r * cv.ldo + Sh, di, dc);
+    if (gx)
+      for (std::size_t i = 0; i < di; ++i)
+        gx[r * ldgx + i] = g[i] * c.ds[i] * w_.conv_weight[i * dc + dc - 1] + wb[i * nb + nb - 1];
+  }
 }
 
 template <class T>

@@ -15,11 +15,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["DiagonalSSM", "SelectiveSSM", "hippo_legs", "nets", "s4d_init", "ssm", "zoh"]
+__all__ = ["DiagonalSSM", "SSMStack", "SelectiveSSM", "hippo_legs", "nets", "s4d_init", "ssm", "zoh"]
 
 _LAZY = {
     "DiagonalSSM": "vgcore.reference.ssm",
     "SelectiveSSM": "vgcore.reference.ssm",
+    "SSMStack": "vgcore.reference.ssm",
     "hippo_legs": "vgcore.reference.ssm",
     "s4d_init": "vgcore.reference.ssm",
     "zoh": "vgcore.reference.ssm",

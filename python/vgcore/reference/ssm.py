@@ -47,7 +47,7 @@ from torch import nn
 # the initialisations of DiagonalSSM's continuous state matrix A: one definition, numpy only
 from vgcore.models.ssm import _COMPLEX_INITS, INITS, hippo_legs, s4d_init
 
-__all__ = ["INITS", "DiagonalSSM", "SelectiveSSM", "hippo_legs", "s4d_init", "zoh"]
+__all__ = ["INITS", "DiagonalSSM", "SSMStack", "SelectiveSSM", "hippo_legs", "s4d_init", "zoh"]
 
 
 def _check_pos_int(value: Any, name: str) -> int:
@@ -669,3 +669,113 @@ class _SelectiveStep(nn.Module):
         self, state: tuple[torch.Tensor, torch.Tensor], u_t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.block.step(state, u_t)
+
+
+# -- stacks of blocks --------------------------------------------------------------------------
+
+
+class SSMStack(nn.Module):
+    """State-space layers stacked over depth, each block ``u <- u + layer(LayerNorm(u))``
+    (Mamba's ``Block``: pre-norm and residual; either can be switched off), all running over
+    time: ``x`` (B, T, d) -> (B, T, d).
+
+    Parameters
+    ----------
+    layers : sequence of DiagonalSSM or SelectiveSSM
+        The blocks' layers, all with ``d_model`` features.
+    norm : bool
+        A ``LayerNorm(d_model, eps)`` on each block's input.
+    residual : bool
+        ``u + layer(.)`` (else the layer's output replaces the stream).
+    eps : float
+
+    Notes
+    -----
+    The step form works on flat state rows: a block's state flattened (a DiagonalSSM's ``h``;
+    a SelectiveSSM's ``h`` then its convolution buffer), the blocks' side by side, bottom first:
+    what :class:`vgcore.SSMStack` calls its state.
+    """
+
+    def __init__(
+        self,
+        layers: Any,
+        *,
+        norm: bool = True,
+        residual: bool = True,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        layers = list(layers)
+        if not layers or not all(isinstance(m, (DiagonalSSM, SelectiveSSM)) for m in layers):
+            raise TypeError("layers must be a non-empty sequence of DiagonalSSM / SelectiveSSM")
+        d = layers[0].d_model
+        if any(m.d_model != d for m in layers):
+            raise ValueError(f"every layer must have d_model = {d}")
+        self.d_model = d
+        self.layers = nn.ModuleList(layers)
+        p = next(layers[0].parameters())
+        self.norms = (
+            nn.ModuleList(
+                nn.LayerNorm(d, eps=eps, dtype=p.dtype, device=p.device) for _ in layers
+            )
+            if norm
+            else None
+        )
+        self.residual = bool(residual)
+
+    @staticmethod
+    def _shapes(layer: nn.Module) -> list[tuple[int, ...]]:
+        if isinstance(layer, DiagonalSSM):
+            return [tuple(layer.state_shape)]
+        return [tuple(s) for s in layer.state_shapes]
+
+    @property
+    def state_dim(self) -> int:
+        """Coordinates of the flat state: the blocks' states side by side."""
+        return sum(math.prod(s) for m in self.layers for s in self._shapes(m))
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        """Zeros of shape ``(batch, state_dim)``."""
+        p = next(self.parameters())
+        return torch.zeros((batch, self.state_dim), dtype=p.dtype, device=p.device)
+
+    def step_output(self, state: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """One step: ``(state (B, D), x_t (B, d)) -> (state' (B, D), out_t (B, d))``."""
+        B = state.shape[0]
+        u, new, i = x_t, [], 0
+        for l, layer in enumerate(self.layers):
+            parts = []
+            for s in self._shapes(layer):
+                n = math.prod(s)
+                parts.append(state[:, i : i + n].reshape(B, *s))
+                i += n
+            v = u if self.norms is None else self.norms[l](u)
+            if isinstance(layer, DiagonalSSM):
+                h = layer.step(parts[0], v)
+                y, hs = layer.output(h, v), (h,)
+            else:
+                hs, y = layer.step_output((parts[0], parts[1]), v)
+            new.extend(h.reshape(B, -1) for h in hs)
+            u = u + y if self.residual else y
+        return torch.cat(new, dim=1), u
+
+    def step(self, state: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """The state update of :meth:`step_output`."""
+        return self.step_output(state, x_t)[0]
+
+    def forward(
+        self, x: torch.Tensor, state: torch.Tensor | None = None, *, return_state: bool = False
+    ) -> Any:
+        """Scan ``x`` (B, T, d) -> ``y`` (B, T, d) (and the final state (B, D))."""
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must have shape (B, T, {self.d_model}), got {tuple(x.shape)}")
+        s = self.initial_state(x.shape[0]) if state is None else state
+        ys = []
+        for t in range(x.shape[1]):
+            s, y = self.step_output(s, x[:, t])
+            ys.append(y)
+        y = torch.stack(ys, dim=1) if ys else x.new_zeros(x.shape)
+        return (y, s) if return_state else y
+
+    def extra_repr(self) -> str:
+        return f"norm={self.norms is not None}, residual={self.residual}"
