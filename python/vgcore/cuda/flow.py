@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from vgcore.cuda._arrays import arrays
+from vgcore.cuda._fused import BackwardScale
 from vgcore.cuda._logscale import LIMITS, LN2, measure, rescale_exponent, rescale_window
 from vgcore.cuda.layers import layer_module
 
@@ -223,17 +224,18 @@ def _bptt(
     ccot: np.ndarray | None,
     rescale: bool,
 ) -> tuple[Any, Any]:
-    """The backward pass: log ||dL/dh_t|| (and ||dL/dc_t||) for t = 0..T on the device."""
+    """The backward pass: log ||dL/dh_t|| (and ||dL/dc_t||) for t = 0..T on the device.
+
+    Per step three calls: the fused measure-and-rescale kernel (``_fused``: the per-step
+    cotangent, GRU's direct term, the logs and the power-of-two scale, all on the device),
+    the layer's backward kernel and the product against W_hh."""
     xp = ar.xp
+    kv = ar.kernel_view
     dt = A.dtype
     lstm, gru = kind == "lstm", kind == "gru"
-    rl = LIMITS[dt]
     hi, target = rescale_window(dt, _gain_log2_recurrent(kind, spec, T, h0, c0))
     per_step = cot is not None and cot.ndim == 3
     if per_step:
-        cseq = ar.asarray(cot, dt)
-        cmax = xp.abs(cseq).astype(np.float64).max(axis=(1, 2))
-        cexp = xp.where(cmax > 0, xp.frexp(cmax)[1].astype(np.int64) - 1, 0)
         g = xp.zeros((B, N), dt)
     else:
         g = xp.array(H[T]) if cot is None else ar.asarray(cot, dt)
@@ -241,46 +243,36 @@ def _bptt(
     if lstm:
         dc = ar.asarray(ccot, dt) if ccot is not None else xp.zeros((B, N), dt)
     dp = xp.zeros((B, N), dt) if gru else None
-    scale = xp.zeros((), np.int64)
-    lg = xp.zeros(T + 1, np.float64)
-    lgc: Any = xp.zeros(T + 1, np.float64) if lstm else None
+    sc = BackwardScale(
+        ar,
+        dt,
+        T + 1,
+        2 if lstm else 1,
+        rescale,
+        hi,
+        target,
+        ar.asarray(cot, dt) if per_step else None,
+    )
+    # kernel views made once: Numba would convert a CuPy argument at every launch
+    kA, kg, kdc, kdp = kv(A), kv(g), kv(dc), kv(dp)
+    kC, kH, kHN = kv(C), kv(H), kv(HN)
+    if kind == "rnn":
+        code, alpha, _ = _act_of_spec(spec)
     for s in range(T, -1, -1):
-        if per_step and s > 0:
-            _, logs = measure(xp, *((g, dc) if lstm else (g,)))
-            zero = xp.isneginf(logs[0]) & (xp.isneginf(logs[1]) if lstm else True)
-            scale = xp.where(zero, 0, scale)
-            shift = xp.minimum(0, (rl.emax - 4) - (cexp[s - 1] + scale))
-            g = xp.ldexp(g, shift).astype(dt, copy=False)
-            if lstm:
-                dc = xp.ldexp(dc, shift).astype(dt, copy=False)
-            scale = scale + shift
-            g = g + xp.ldexp(cseq[s - 1], scale).astype(dt, copy=False)
-        parts = (g, dc) if lstm else (g,)
-        e, logs = measure(xp, *parts)
-        lg[s] = logs[0] - scale * LN2
-        if lstm:
-            lgc[s] = logs[1] - scale * LN2
-        if rescale:
-            d = rescale_exponent(xp, e, rl.lo, hi, target)
-            g = xp.ldexp(g, d).astype(dt, copy=False)
-            if lstm:
-                dc = xp.ldexp(dc, d).astype(dt, copy=False)
-            scale = scale + d
+        # GRU: g = dp + A[t] W_hh from the step before, summed in the kernel
+        add = kdp if (gru and s < T) else None
+        sc.step(s, kg, kdc, add, per_step and s > 0)
         if s == 0:
             break
         t = s - 1
-        g = xp.ascontiguousarray(g)
         if lstm:
-            ar.launch(mod.backward_kernel, B * N, A, C, g, dc, t, N)
-            g = xp.matmul(A[t], Whh)
+            ar.launch(mod.backward_kernel, B * N, kA, kC, kg, kdc, t, N)
         elif gru:
-            ar.launch(mod.backward_kernel, B * N, A, H, HN, g, dp, t, N)
-            g = dp + xp.matmul(A[t], Whh)
+            ar.launch(mod.backward_kernel, B * N, kA, kH, kHN, kg, kdp, t, N)
         else:
-            code, alpha, _ = _act_of_spec(spec)
-            ar.launch(mod.backward_kernel, B * N, A, g, t, N, code, alpha)
-            g = xp.matmul(A[t], Whh)
-    return lg, lgc
+            ar.launch(mod.backward_kernel, B * N, kA, kg, t, N, code, alpha)
+        xp.matmul(A[t], Whh, out=g)
+    return sc.lg, sc.lgc
 
 
 def _act_of_spec(spec: dict[str, Any]) -> tuple[int, float, float]:
