@@ -188,6 +188,22 @@ class PyLyapunov {
 
 }  // namespace
 
+// The sizes behind a model's per-step buffers (memory estimates): the state entering step 0,
+// the widest state, the widest step scratch (gemm_cols), the largest per-sample cache and the
+// input-projection columns, as Model<T> lays them out.
+template <class T>
+py::tuple step_dims_impl(const py::dict& model) {
+  const Model<T> m = parse_model<T>(model);
+  const std::size_t steps = m.is_dense() ? m.n_layers() : 1;
+  std::size_t width = m.in_dim(0), cols = 0, cache = 0;
+  for (std::size_t s = 0; s < steps; ++s) {
+    width = std::max({width, m.in_dim(s), m.out_dim(s)});
+    cols = std::max(cols, m.gemm_cols(s));
+    cache = std::max(cache, m.cache_size(s));
+  }
+  return py::make_tuple(m.in_dim(0), width, cols, cache, m.proj_cols());
+}
+
 void bind_spectra(py::module_& m) {
   py::register_local_exception_translator([](std::exception_ptr p) {
     try {
@@ -225,6 +241,14 @@ void bind_spectra(py::module_& m) {
         return singular_impl<double>(model, x, h0, num_threads, progress);
       },
       py::arg("model"), py::arg("x"), py::arg("h0"), py::arg("num_threads"), py::arg("progress"));
+  m.def(
+      "model_step_dims",
+      [](const py::dict& model) {
+        return is_float32(model) ? step_dims_impl<float>(model) : step_dims_impl<double>(model);
+      },
+      py::arg("model"),
+      "(initial state width, widest state, step scratch columns, cache per sample, input "
+      "projection columns) of a model description.");
   py::class_<PyLyapunov>(m, "LyapunovEngine")
       .def(py::init<const py::dict&, const py::array&, const py::array&, std::size_t, std::size_t,
                     std::size_t, int>(),

@@ -61,8 +61,8 @@ def test_unknown_model_kind_lists_the_kinds():
     with pytest.raises(
         ValueError,
         match=(
-            "model kind must be 'mlp', 'ssm', 'selective_ssm', 'rnn_tanh', 'rnn_relu', 'lstm' or "
-            "'gru', got 'tcn'"
+            "model kind must be 'mlp', 'ssm', 'selective_ssm', 'ssm_stack', 'rnn_tanh', "
+            "'rnn_relu', 'lstm' or 'gru', got 'tcn'"
         ),
     ):
         _core.jacobian_log_singular_values({**_gru_spec(), "kind": "tcn"}, X_SEQ, None, 1, None)

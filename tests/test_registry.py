@@ -17,7 +17,7 @@ def _small(kind: str) -> Model:
 
 def test_registry_lists_every_kind_once():
     names = [k.name for k in model_kinds()]
-    assert names == ["mlp", "rnn", "lstm", "gru", "ssm", "selective_ssm"]
+    assert names == ["mlp", "rnn", "lstm", "gru", "ssm", "selective_ssm", "ssm_stack"]
     for k in model_kinds():
         assert k.cls.kind == k.name and issubclass(k.cls, Model)
         assert k.axis in ("depth", "time")
@@ -53,7 +53,8 @@ def test_state_dim_and_spec(kind):
 
 def test_jacobian_analyses_refuse_non_models_naming_the_kinds():
     with pytest.raises(
-        TypeError, match="vgcore model \\(MLP, RNN, LSTM, GRU, SSM, SelectiveSSM\\), got dict"
+        TypeError,
+        match="vgcore model \\(MLP, RNN, LSTM, GRU, SSM, SelectiveSSM, SSMStack\\), got dict",
     ):
         vgcore.lyapunov({"kind": "mlp"}, np.zeros((2, 3)))
 

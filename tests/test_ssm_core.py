@@ -4,7 +4,6 @@ closed forms (the LTI layer's Lyapunov exponents are log|a|)."""
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
@@ -14,28 +13,30 @@ torch = pytest.importorskip("torch")
 
 import vgcore  # noqa: E402
 from vgcore import _core  # noqa: E402
-from vgcore.models.ssm import SSM, SelectiveSSM, s4d_init, spec_step_dims  # noqa: E402
+from vgcore.models.ssm import SSM, SelectiveSSM, s4d_init  # noqa: E402
 from vgcore.reference import ssm as ref  # noqa: E402
 
 LTI_CASES = [("s4d_lin", True), ("s4d_inv", True), ("hippo", True), ("s4d_real", False)]
 
 
-@pytest.fixture(autouse=True)
-def _ssm_buffer_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The analyses size their buffers with ``step_dims``, which reads recurrent and dense
-    descriptions; route the SSM kinds to :func:`spec_step_dims` (the same numbers once the
-    analyses do that themselves)."""
-    import vgcore.analysis.singular_values  # noqa: F401
-
-    orig = sys.modules["vgcore.analysis.singular_values"].step_dims
-
-    def dims(spec: dict[str, Any]) -> tuple[int, int, int, int, int]:
-        if spec["kind"] in (SSM.kind, SelectiveSSM.kind):
-            return spec_step_dims(spec)
-        return orig(spec)  # type: ignore[no-any-return]
-
-    for mod in ("lyapunov", "spectrum", "singular_values"):
-        monkeypatch.setattr(sys.modules[f"vgcore.analysis.{mod}"], "step_dims", dims)
+def test_step_dims_are_the_core_layouts() -> None:
+    """The buffer sizes the analyses' memory estimates read (``_core.model_step_dims``) are
+    the layouts of model.hpp: LTI: state S, no scratch or cache; selective: state d_inner
+    (d_state + d_conv - 1), scratch 2 d_inner + dt_rank + 2 d_state, cache d_inner d_state +
+    5 d_inner + 2 d_state, input projection 2 d_inner."""
+    lti = _lti()
+    S = lti.state_dim
+    assert _core.model_step_dims(lti.to_spec()) == (S, S, 0, 0, S)
+    sel = _selective()
+    di, n, dc, R = sel.d_inner, sel.d_state, sel.d_conv, sel.dt_rank
+    D = di * (n + dc - 1)
+    assert _core.model_step_dims(sel.to_spec()) == (
+        D,
+        D,
+        2 * di + R + 2 * n,
+        di * n + 5 * di + 2 * n,
+        2 * di,
+    )
 
 
 def _lti(init: str = "s4d_lin", cplx: bool = True, d: int = 3, N: int = 4) -> SSM:

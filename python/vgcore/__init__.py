@@ -30,7 +30,7 @@ from vgcore.analysis import (
     signal_propagation,
 )
 from vgcore.diagnose import Diagnosis, Fix, diagnose
-from vgcore.models import GRU, LSTM, MLP, RNN, SSM, SelectiveSSM
+from vgcore.models import GRU, LSTM, MLP, RNN, SSM, SelectiveSSM, SSMStack
 from vgcore.report import write_report
 from vgcore.sweep import sweep
 
@@ -94,6 +94,7 @@ __all__ = [
     "JacobianSingularValues",
     "JacobianSpectrum",
     "LyapunovSpectrum",
+    "SSMStack",
     "SelectiveSSM",
     "TorchCell",
     "TorchModel",

@@ -84,6 +84,7 @@ def model_gradient_flow(
     progress: Callable[[int, int], Any] | None,
     rescale: bool = True,
 ) -> dict[str, Any]: ...
+def model_step_dims(model: dict[str, Any]) -> tuple[int, int, int, int, int]: ...
 def jacobian_spectrum(
     model: dict[str, Any],
     x: np.ndarray,

@@ -73,7 +73,7 @@ def torch_cell_fn(torch, model):
     ``f(state, x_t) -> next state`` built on torch.nn's cell modules; an LSTM's state is
     ``[h, c]`` concatenated along the last axis. A state-space layer: the reference module's
     step on its state rows (oracles.ssm)."""
-    if model.kind in ("ssm", "selective_ssm"):
+    if model.kind in ("ssm", "selective_ssm", "ssm_stack"):
         from oracles.ssm import ssm_step_fn
 
         return ssm_step_fn(torch, model)

@@ -88,7 +88,7 @@ class Kind:
         x = rng.standard_normal(shape).astype(model.dtype)
         if not self.h0:
             return x, None
-        if model.kind in ("ssm", "selective_ssm"):  # state rows (B, state_dim)
+        if model.kind in ("ssm", "selective_ssm", "ssm_stack"):  # state rows (B, state_dim)
             return x, (0.5 * rng.standard_normal((B, model.state_dim))).astype(model.dtype)
         N = model.hidden_size
         h0 = 0.5 * rng.standard_normal((B, N))
@@ -221,6 +221,46 @@ KINDS: list[Kind] = [
         layout=TIME_MAJOR,
         param_grads=False,
         lyapunov_k=6,
+        h0=True,
+    ),
+    # stacks of state-space blocks (LayerNorm, layer, residual) over time: the blocks couple
+    # through their outputs; a selective block's buffer keeps its -inf exponents
+    Kind(
+        "ssm_stack_lti",
+        lambda: vgcore.SSMStack(
+            [
+                vgcore.models.SSM.from_sizes(3, 2, init="s4d_lin", dt_min=0.05, dt_max=0.5, seed=5),
+                vgcore.models.SSM.from_sizes(
+                    3, 3, init="s4d_real", dt_min=0.05, dt_max=0.5, seed=6
+                ),
+            ],
+            norm_weights=[np.array([1.2, 0.8, 1.0]), np.array([0.9, 1.1, 1.3])],
+            norm_biases=[np.array([0.1, -0.2, 0.0]), np.array([0.0, 0.3, -0.1])],
+        ),
+        layout=TIME_MAJOR,
+        param_grads=False,
+        h0=True,
+    ),
+    Kind(
+        "ssm_stack_mixed",
+        lambda: vgcore.SSMStack(
+            [
+                vgcore.models.SelectiveSSM.from_sizes(3, 2, expand=1, d_conv=2, dt_rank=1, seed=7),
+                vgcore.models.SSM.from_sizes(3, 2, init="s4d_lin", dt_min=0.05, dt_max=0.5, seed=8),
+            ]
+        ),
+        layout=TIME_MAJOR,
+        param_grads=False,
+        lyapunov_k=6,
+    ),
+    Kind(
+        "ssm_stack_plain",
+        lambda: vgcore.SSMStack.from_sizes(
+            3, 2, 2, expand=1, d_conv=3, dt_rank=1, norm=False, residual=False, seed=9
+        ),
+        layout=TIME_MAJOR,
+        param_grads=False,
+        lyapunov_k=4,
         h0=True,
     ),
 ]

@@ -31,6 +31,8 @@ def ssm_step_fn(torch: Any, model: Any) -> Any:
     module = model.astype(np.float64).to_torch()
     for p in module.parameters():
         p.requires_grad_(False)
+    if model.kind == "ssm_stack":  # the reference stack steps flat state rows itself
+        return _rows(module.step)
     if model.kind == "ssm":
         shape = module.state_shape
 
@@ -55,6 +57,8 @@ def ssm_output_fn(torch: Any, model: Any) -> Any:
     (``(B, D)``, ``(B, input_size)`` -> ``(B, d)``): what a layer above reads."""
     module = model.astype(np.float64).to_torch()
     f = ssm_step_fn(torch, model)
+    if model.kind == "ssm_stack":
+        return _rows(lambda s, x: module.step_output(s, x)[1])
     if model.kind == "ssm":
         shape = module.state_shape
         return _rows(lambda s, x: module.output(f(s, x).reshape(s.shape[0], *shape), x))

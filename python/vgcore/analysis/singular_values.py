@@ -20,7 +20,8 @@ from vgcore.analysis._spectra import (
     step_inputs,
 )
 from vgcore.models import Model
-from vgcore.models.ssm import SSM, SelectiveSSM, spec_step_dims
+from vgcore.models.ssm import SSM, SelectiveSSM
+from vgcore.models.ssm_stack import SSMStack
 
 __all__ = [
     "ISOMETRY_MAX_MEAN_DECADES",
@@ -182,8 +183,8 @@ def step_dims(spec: dict[str, Any]) -> tuple[int, int, int, int, int]:
     """Sizes behind the core's per-step buffers (tangent.cpp) for a model spec: the initial
     state width, the widest state, the step GEMM's columns, cached values per sample and
     input-projection columns (0 for an MLP)."""
-    if spec["kind"] in (SSM.kind, SelectiveSSM.kind):
-        return spec_step_dims(spec)
+    if spec["kind"] in (SSM.kind, SelectiveSSM.kind, SSMStack.kind):
+        return _core.model_step_dims(spec)  # type: ignore[no-any-return]
     if spec["kind"] == "mlp":
         n0 = int(spec["layers"][0]["weight"].shape[1])
         max_w, gc, cache = n0, 0, 0

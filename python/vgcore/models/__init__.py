@@ -19,6 +19,7 @@ from vgcore.models.registry import (
     register_model_kind,
 )
 from vgcore.models.ssm import SSM, SelectiveSSM
+from vgcore.models.ssm_stack import SSMStack
 
 __all__ = [
     "GRU",
@@ -29,6 +30,7 @@ __all__ = [
     "Model",
     "ModelKind",
     "RecurrentModel",
+    "SSMStack",
     "SelectiveSSM",
     "is_model",
     "model_kind",

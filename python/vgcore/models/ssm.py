@@ -31,7 +31,7 @@ from vgcore._validation import as_float_array, check_positive_int
 from vgcore.models.base import Model, _infer_dtype, _rng, _torch_to_numpy
 from vgcore.models.registry import register_model_kind
 
-__all__ = ["INITS", "SSM", "SelectiveSSM", "hippo_legs", "s4d_init", "spec_step_dims"]
+__all__ = ["INITS", "SSM", "SelectiveSSM", "hippo_legs", "s4d_init"]
 
 #: Initialisations of :class:`SSM`'s continuous diagonal ``A`` (as the reference module's).
 INITS = ("s4d_lin", "s4d_inv", "s4d_real", "hippo")
@@ -794,20 +794,3 @@ register_model_kind(
     torch_classes=("SelectiveSSM",),
     description="Mamba's selective state-space block (S6)",
 )
-
-
-def spec_step_dims(spec: dict[str, Any]) -> tuple[int, int, int, int, int]:
-    """The core's per-step buffer sizes for an ``"ssm"`` or ``"selective_ssm"`` description
-    (as ``vgcore.analysis.singular_values.step_dims`` reports them for the other kinds): the
-    state width (twice: entering and widest), the step's scratch columns, cached values per
-    sample and input-projection columns."""
-    if spec["kind"] == SSM.kind:
-        S = int(spec["a"].shape[0])
-        return S, S, 0, 0, S
-    if spec["kind"] == SelectiveSSM.kind:
-        di, n = (int(v) for v in spec["A"].shape)
-        dc = int(spec["conv_weight"].shape[1])
-        R = int(spec["dt_proj_weight"].shape[1])
-        D = di * (n + dc - 1)
-        return D, D, 2 * di + R + 2 * n, di * n + 5 * di + 2 * n, 2 * di
-    raise ValueError(f"spec kind must be 'ssm' or 'selective_ssm', got {spec['kind']!r}")

@@ -714,17 +714,15 @@ class SSMStack(nn.Module):
         self.d_model = d
         self.layers = nn.ModuleList(layers)
         p = next(layers[0].parameters())
-        self.norms = (
-            nn.ModuleList(
-                nn.LayerNorm(d, eps=eps, dtype=p.dtype, device=p.device) for _ in layers
-            )
+        self.norms: nn.ModuleList | None = (
+            nn.ModuleList(nn.LayerNorm(d, eps=eps, dtype=p.dtype, device=p.device) for _ in layers)
             if norm
             else None
         )
         self.residual = bool(residual)
 
     @staticmethod
-    def _shapes(layer: nn.Module) -> list[tuple[int, ...]]:
+    def _shapes(layer: Any) -> list[tuple[int, ...]]:
         if isinstance(layer, DiagonalSSM):
             return [tuple(layer.state_shape)]
         return [tuple(s) for s in layer.state_shapes]
@@ -742,8 +740,10 @@ class SSMStack(nn.Module):
     def step_output(self, state: torch.Tensor, x_t: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """One step: ``(state (B, D), x_t (B, d)) -> (state' (B, D), out_t (B, d))``."""
         B = state.shape[0]
-        u, new, i = x_t, [], 0
-        for l, layer in enumerate(self.layers):
+        u, i = x_t, 0
+        new: list[torch.Tensor] = []
+        layers: list[Any] = list(self.layers)
+        for l, layer in enumerate(layers):
             parts = []
             for s in self._shapes(layer):
                 n = math.prod(s)
