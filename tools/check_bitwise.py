@@ -55,9 +55,23 @@ def _models() -> Iterator[tuple[str, Any, np.ndarray]]:
     )
     bi = vgcore.LSTM.from_sizes(8, 16, num_layers=2, bidirectional=True, seed=11)
     yield "lstm-2layer-bidirectional", bi, x_seq
+    # state-space layers (the generic sweep) and, where the build has them, their stacks
+    yield "ssm-complex", vgcore.SSM.from_sizes(8, 16, seed=12), x_seq
+    yield "ssm-real", vgcore.SSM.from_sizes(8, 16, init="s4d_real", seed=13), x_seq
+    yield "selective-ssm", vgcore.SelectiveSSM.from_sizes(8, 4, expand=2, seed=14), x_seq
+    if hasattr(vgcore, "SSMStack"):
+        yield "ssm-stack", vgcore.SSMStack.from_sizes(8, 4, 2, expand=2, seed=15), x_seq
 
 
 def _analyses(model: Any) -> Iterator[tuple[str, Callable[..., Any]]]:
+    if model.flow_sweep == "generic":  # state gradients only (no parameter or input norms)
+        yield "flow", lambda x, dt: vgcore.gradient_flow(model, x, dtype=dt, keep_grads=True)
+        yield "lyapunov", lambda x, dt: vgcore.lyapunov(model, x, k=4, dtype=dt)
+        yield (
+            "singular",
+            lambda x, dt: vgcore.jacobian_singular_values(model, x[..., :2, :], dtype=dt),
+        )
+        return
     yield (
         "flow",
         lambda x, dt: vgcore.gradient_flow(
