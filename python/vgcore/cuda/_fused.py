@@ -20,7 +20,7 @@ from numba import cuda
 
 from vgcore.cuda._logscale import LIMITS, LN2
 
-__all__ = ["BackwardScale", "fused_kernel"]
+__all__ = ["BackwardScale", "fused_kernel", "stats_kernel"]
 
 
 @cuda.jit(device=True)
@@ -207,6 +207,51 @@ def fused_kernel(threads: int) -> Any:
 
     _KERNELS[threads] = measure_rescale
     return measure_rescale
+
+
+_STATS: dict[int, Any] = {}
+
+
+def stats_kernel(threads: int) -> Any:
+    """The statistics of one dense layer in one launch, for blocks of ``threads`` threads."""
+    got = _STATS.get(threads)
+    if got is not None:
+        return got
+
+    @cuda.jit
+    def layer_stats(Z, H, S, STATS, i):  # type: ignore[no-untyped-def]
+        """STATS[i] = (sum h, sum h^2, sum S, number of non-finite z), summed in float64."""
+        sa = cuda.shared.array(threads, np.float64)
+        sb = cuda.shared.array(threads, np.float64)
+        tid = cuda.threadIdx.x
+        M = Z.shape[1]
+        n = Z.shape[0] * M
+        s1 = 0.0
+        s2 = 0.0
+        sat = 0.0
+        bad = 0.0
+        k = tid
+        while k < n:
+            b = k // M
+            j = k - b * M
+            h = float(H[b, j])
+            s1 += h
+            s2 += h * h
+            sat += float(S[b, j])
+            z = float(Z[b, j])
+            if not abs(z) < math.inf:  # NaN or Inf
+                bad += 1.0
+            k += cuda.blockDim.x
+        s1, s2 = block_sum2(sa, sb, s1, s2)
+        sat, bad = block_sum2(sa, sb, sat, bad)
+        if tid == 0:
+            STATS[i, 0] = s1
+            STATS[i, 1] = s2
+            STATS[i, 2] = sat
+            STATS[i, 3] = bad
+
+    _STATS[threads] = layer_stats
+    return layer_stats
 
 
 class BackwardScale:

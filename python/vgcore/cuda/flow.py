@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from vgcore.cuda._arrays import arrays
-from vgcore.cuda._fused import BackwardScale
-from vgcore.cuda._logscale import LIMITS, LN2, measure, rescale_exponent, rescale_window
+from vgcore.cuda._fused import BackwardScale, stats_kernel
+from vgcore.cuda._logscale import rescale_window
 from vgcore.cuda.layers import layer_module
 
 __all__ = ["dense_flow", "recurrent_flow", "unsupported_options"]
@@ -53,11 +53,6 @@ def _act(core_args: tuple[str, float, float]) -> tuple[int, float, float]:
 
 #: Steps between two reductions of the forward pass's statistics (a (K, B, G N) buffer).
 _STATS_EVERY = 64
-
-
-def _moments(xp: Any, h: Any) -> tuple[Any, Any]:
-    h64 = h.astype(np.float64)
-    return xp.sum(h64), xp.sum(h64 * h64)
 
 
 def _gain_log2_recurrent(kind: str, spec: dict[str, Any], T: int, h0: Any, c0: Any) -> float:
@@ -143,7 +138,8 @@ def recurrent_flow(
         A = xp.matmul(ar.asarray(x, dt).reshape(T * B, I), Wih.T) + ar.asarray(bias, dt)
         A = xp.ascontiguousarray(A.reshape(T, B, GN))
         WhhT = xp.ascontiguousarray(Whh.T)
-        bhh_d = ar.asarray(bhh, dt) if (gru and bhh is not None) else None
+        # GRU: b_hh, which the reset gate multiplies, is added in the kernel (zeros: none)
+        bhh_d = ar.asarray(bhh if bhh is not None else np.zeros(GN), dt) if gru else None
         H = xp.zeros((T + 1, B, N), dt)
         if h0 is not None:
             H[0] = ar.asarray(h0, dt)
@@ -164,17 +160,22 @@ def recurrent_flow(
         if kind == "rnn":
             code, alpha, maxd = _act(act.core_args())
             level = thr * maxd
+        # per step two calls: the product against W_hh and the layer's kernel, on kernel views
+        # made once (Numba would convert a CuPy argument at every launch)
+        kv = ar.kernel_view
+        kA, kU, kH, kC, kHN, kbhh = kv(A), kv(U), kv(H), kv(C), kv(HN), kv(bhh_d)
+        ksat = [kv(SAT[k]) for k in range(K)]
         for t in range(T):
             xp.matmul(H[t], WhhT, out=U)
-            if bhh_d is not None:
-                U += bhh_d
-            sat = SAT[t % K]
+            sat = ksat[t % K]
             if lstm:
-                ar.launch(mod.forward_kernel, B * N, A, U, H, C, sat, t, N, 0.25 * thr, thr)
+                ar.launch(mod.forward_kernel, B * N, kA, kU, kH, kC, sat, t, N, 0.25 * thr, thr)
             elif gru:
-                ar.launch(mod.forward_kernel, B * N, A, U, H, HN, sat, t, N, 0.25 * thr, thr)
+                ar.launch(
+                    mod.forward_kernel, B * N, kA, kU, kbhh, kH, kHN, sat, t, N, 0.25 * thr, thr
+                )
             else:
-                ar.launch(mod.forward_kernel, B * N, A, U, H, sat, t, N, code, alpha, level)
+                ar.launch(mod.forward_kernel, B * N, kA, kU, kH, sat, t, N, code, alpha, level)
             if (t + 1) % K == 0 or t + 1 == T:  # steps t0 .. t, before the backward reuses A, HN
                 t0 = t - t % K
                 steps = slice(t0, t + 1)
@@ -320,45 +321,51 @@ def dense_flow(
     B = x.shape[0]
     with _errstate():
         W = [ar.asarray(ly["weight"], dt) for ly in layers]
-        bs = [None if ly["bias"] is None else ar.asarray(ly["bias"], dt) for ly in layers]
+        # a missing bias as zeros: the forward kernel adds it
+        bs = [
+            ar.asarray(np.zeros(w.shape[0]) if ly["bias"] is None else ly["bias"], dt)
+            for ly, w in zip(layers, W)
+        ]
         acts = [_act(ly["act"]) for ly in layers]
         res = [ly["block"] == "residual" for ly in layers]
         alphas = [float(ly["alpha"]) for ly in layers]
+        kv = ar.kernel_view
         Hs = [ar.asarray(x, dt)]
-        Zs = []
-        s1 = xp.zeros(L, np.float64)
-        s2 = xp.zeros(L, np.float64)
-        sat = xp.zeros(L, np.float64)
-        bad = xp.zeros(L, bool)
+        kHs = [kv(Hs[0])]
+        Zs: list[Any] = []
+        kZs: list[Any] = []
+        # per layer: sum h, sum h^2, saturated units, non-finite pre-activations
+        STATS = xp.zeros((L, 4), np.float64)
+        kST = kv(STATS)
+        stats = stats_kernel(ar.block_threads)
         thr = float(saturation_threshold)
+        # per layer three calls: the product, the layer's kernel, the statistics' kernel
         for i in range(L):
             z = xp.matmul(Hs[-1], W[i].T)
-            if bs[i] is not None:
-                z += bs[i]
-            z = xp.ascontiguousarray(z)
             hout = xp.empty_like(z)
             S = xp.empty_like(z)
+            kz, kh, kS = kv(z), kv(hout), kv(S)
             code, a, maxd = acts[i]
-            bad[i] = ~xp.all(xp.isfinite(z))
             ar.launch(
                 mod.forward_kernel,
                 z.size,
-                z,
-                Hs[-1],
-                hout,
-                S,
+                kz,
+                kv(bs[i]),
+                kHs[-1],
+                kh,
+                kS,
                 code,
                 a,
                 res[i],
                 alphas[i],
                 thr * maxd,
             )
-            s1[i], s2[i] = _moments(xp, hout)
-            sat[i] = xp.sum(S, dtype=np.float64)
+            ar.launch_block(stats, kz, kh, kS, kST, i)
             Zs.append(z)
+            kZs.append(kz)
             Hs.append(hout)
+            kHs.append(kh)
         # backward
-        rl = LIMITS[dt]
         gain = 0.0
         for i in range(L):
             w64 = np.asarray(layers[i]["weight"], np.float64)
@@ -366,33 +373,33 @@ def dense_flow(
             gl = math.log2(fro * acts[i][2] * abs(alphas[i]) + (1.0 if res[i] else 0.0) + 1e-300)
             gain = max(gain, gl)
         hi, target = rescale_window(dt, gain)
+        # per layer three calls: the fused measure-and-rescale kernel (a residual block's skip
+        # term added there), the layer's backward kernel, the product against W
+        kv = ar.kernel_view
         g = xp.array(Hs[L]) if cot is None else ar.asarray(cot, dt)
-        scale = xp.zeros((), np.int64)
-        lg = xp.zeros(L + 1, np.float64)
+        kg = kv(g)
+        sc = BackwardScale(ar, dt, L + 1, 1, rescale, hi, target)
+        Gs = [xp.empty(h.shape, dt) for h in Hs[:L]]  # dL/dh of each layer's input
+        add = None
         for s in range(L, -1, -1):
-            e, (cur,) = measure(xp, g)
-            lg[s] = cur - scale * LN2
-            if rescale:
-                d = rescale_exponent(xp, e, rl.lo, hi, target)
-                g = xp.ldexp(g, d).astype(dt, copy=False)
-                scale = scale + d
+            sc.step(s, kg, None, add)
             if s == 0:
                 break
             i = s - 1
-            g = xp.ascontiguousarray(g)
-            z = Zs[i]
             code, a, _ = acts[i]
-            ar.launch(mod.backward_kernel, z.size, z, g, code, a, res[i], alphas[i])
-            gp = xp.matmul(z, W[i])
-            g = gp + g if res[i] else gp
+            ar.launch(mod.backward_kernel, Zs[i].size, kZs[i], kg, code, a, res[i], alphas[i])
+            xp.matmul(Zs[i], W[i], out=Gs[i])
+            add = kg if res[i] else None  # the skip's g, summed in the next step's kernel
+            kg = kv(Gs[i])
+        lg = sc.lg
         n = np.array([B * ly["weight"].shape[0] for ly in layers], np.float64)
-        s1h, s2h = ar.to_host(s1), ar.to_host(s2)
-        mean = s1h / n
+        st = ar.to_host(STATS)
+        mean = st[:, 0] / n
         return {
             "log_grad_norms": ar.to_host(lg),
             "act_mean": mean,
-            "act_std": np.sqrt(np.maximum(0.0, s2h / n - mean * mean)),
-            "saturation": ar.to_host(sat) / n,
-            "preact_nonfinite": ar.to_host(bad),
+            "act_std": np.sqrt(np.maximum(0.0, st[:, 1] / n - mean * mean)),
+            "saturation": st[:, 2] / n,
+            "preact_nonfinite": st[:, 3] > 0,
             "y": ar.to_host(Hs[L]),
         }

@@ -39,16 +39,19 @@ def vjp(dphi, g, residual, alpha):  # type: ignore[no-untyped-def]
 
 
 @cuda.jit
-def forward_kernel(Z, Hin, Hout, SAT, code, alpha_act, residual, alpha, level):  # type: ignore[no-untyped-def]
-    """Hout = block(Z, Hin) (Z = Hin W^T + b stays as the cache); SAT = [|phi'| < level]."""
+def forward_kernel(Z, BIAS, Hin, Hout, SAT, code, alpha_act, residual, alpha, level):  # type: ignore[no-untyped-def]
+    """Z = Hin W^T becomes z = Z + BIAS (kept as the cache; BIAS added here rather than by
+    an array operation), Hout = block(z, Hin); SAT = [|phi'| < level]."""
     B = Z.shape[0]
     M = Z.shape[1]
     n = cuda.grid(1)
     while n < B * M:
         b = n // M
         j = n - b * M
+        z = Z[b, j] + BIAS[j]
+        Z[b, j] = z
         h = Hin[b, j] if residual else 0.0
-        y, d = forward(code, alpha_act, Z[b, j], h, residual, alpha)
+        y, d = forward(code, alpha_act, z, h, residual, alpha)
         Hout[b, j] = y
         SAT[b, j] = 1.0 if (d < level and d > -level) else 0.0
         n += cuda.gridsize(1)

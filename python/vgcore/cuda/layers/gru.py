@@ -53,17 +53,18 @@ def jvp(k0, k1, k2, k3, ur, uz, un, dh):  # type: ignore[no-untyped-def]
 
 
 @cuda.jit
-def forward_kernel(A, U, H, HN, SAT, t, N, sat_sig, sat_tanh):  # type: ignore[no-untyped-def]
-    """Step t from A[t] = p and U = h_t W_hh^T + b_hh: h_{t+1}; caches (see the module)."""
+def forward_kernel(A, U, BHH, H, HN, SAT, t, N, sat_sig, sat_tanh):  # type: ignore[no-untyped-def]
+    """Step t from A[t] = p and U = h_t W_hh^T, BHH = b_hh (3N,): h_{t+1}; caches (see the
+    module). b_hh is added here, not by an array operation per step."""
     B = H.shape[1]
     n = cuda.grid(1)
     while n < B * N:
         b = n // N
         j = n - b * N
-        ar = A[t, b, j] + U[b, j]
-        az = A[t, b, N + j] + U[b, N + j]
+        ar = A[t, b, j] + (U[b, j] + BHH[j])
+        az = A[t, b, N + j] + (U[b, N + j] + BHH[N + j])
         xn = A[t, b, 2 * N + j]
-        qn = U[b, 2 * N + j]
+        qn = U[b, 2 * N + j] + BHH[2 * N + j]
         A[t, b, j] = ar
         A[t, b, N + j] = az
         HN[t, b, j] = qn
