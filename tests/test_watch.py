@@ -1047,3 +1047,29 @@ def test_digits_demo_shows_vanishing_and_recovery():
     assert value(dfb, s, "0", None, "grad_norm") > 1e-3 * value(dfb, s, "10", None, "grad_norm")
     assert not [a for a in bn.alerts if a.kind == "vanishing"]
     assert set(acc) == {"sigmoid + SGD", "sigmoid + BatchNorm"}
+
+
+def test_relu_parts_and_mixed_dtype_stacking_are_exact():
+    """A rectifier's per-unit activity (its sum over the batch) is > 0 exactly where some
+    sample has the unit on, tiny values included; 0-d results of several float dtypes stack
+    into float64 without rounding."""
+    from vgcore.activations import from_torch_module
+    from vgcore.watch.stats import activation_metrics, activation_parts, stack64
+
+    y = torch.zeros(5, 4)
+    y[2, 0] = 1e-30  # one sample, a tiny value: alive
+    y[:, 1] = torch.tensor([0.5, 0.0, 2.0, 0.0, 1.0])
+    y[4, 3] = 3.0  # column 2 all zero: dead
+    act = from_torch_module(nn.ReLU())
+    (s1, s2, active), alive = activation_parts(act, None, y, 1e-3, True)
+    assert alive is not None and (alive > 0).tolist() == [True, True, False, True]
+    assert float(s1) == pytest.approx(float(y.double().sum()), rel=1e-7)
+    assert float(s2) == pytest.approx(float(y.double().norm()), rel=1e-7)
+    assert float(active) == 5.0
+    m = activation_metrics(y.numel(), float(s1), float(s2) ** 2, y.numel() - float(active), alive)
+    assert m["act_dead"] == 0.25
+    assert m["act_low_derivative"] == 15 / 20
+    vals = [torch.tensor(0.1, dtype=torch.float16), torch.tensor(1 / 3), torch.tensor(2.5)]
+    v = stack64(vals, torch.device("cpu"))
+    assert v.dtype == torch.float64
+    assert v.tolist() == [float(t) for t in vals]

@@ -505,10 +505,16 @@ class Watch:
     def _block_hook(self, i: int) -> Any:
         grad_hook = self._grad_hook(i)
 
+        tensor = self._torch.Tensor
+
         def hook(mod: Any, args: Any, out: Any) -> None:
             if not (self._recording and self._training_forward()):
                 return
             self._note_block(i)
+            if type(out) is tensor:  # the common case, without the walk through containers
+                if out.requires_grad and out.is_floating_point():
+                    self._tensor_handles.append(out.register_hook(grad_hook))
+                return
             for t in _tensors(out, []):
                 self._tensor_handles.append(t.register_hook(grad_hook))
 

@@ -139,28 +139,34 @@ def activation_parts(
     (parts, alive) : ``parts`` = [sum, Euclidean norm, number of elements with a small
         derivative] as 0-d tensors (summed over calls and ranks by the monitor, the norm
         squared first); ``alive`` (shape ``y.shape[1:]`` flattened, or None when ``units`` is
-        False or the mask cannot be formed) is > 0 where some sample had the unit active.
+        False or the mask cannot be formed) is > 0 where some sample had the unit active (for
+        a rectifier the unit's sum over the batch).
 
     A rectifier needs no mask: ``y = 0`` exactly where the unit is off, so the count is
-    ``numel - sum(sign(y))`` (formed on the host) and the per-unit activity ``max over the batch`` (a comparison
-    producing a bool tensor costs several times these reductions on the CPU).
+    ``numel - sum(sign(y))`` (formed on the host) and the per-unit activity the sum over the batch
+    (a comparison producing a bool tensor costs several times these reductions on the CPU).
     """
     y = y.detach()
     n = y.numel()
     dt = _sum_dtype(y) if n < 2**24 else torch.float64  # counts stay exact
+    sd = _sum_dtype(y)
+    alive: torch.Tensor | None = None
     if act.name == "relu":
         # the count of active units (sign is 1 or 0); the monitor takes it from the count
         low = torch.sign(y).sum(dtype=dt)
-        alive = y.flatten(1).amax(0) if (units and y.dim() >= 2) else None
+        if units and y.dim() >= 2:
+            # y >= 0: a unit's sum over the batch is > 0 exactly where some sample has it
+            # active (a sum of non-negative numbers is at least their maximum), and the sums
+            # add up to the total: one pass for both
+            alive = y.flatten(1).sum(0, dtype=sd)
+            return [alive.sum(), torch.linalg.vector_norm(y, dtype=sd), low], alive
     else:
         mask = low_derivative_mask(act, None if z is None else z.detach(), y, thr)
         if mask is None:
             low = torch.full((), math.nan, dtype=dt, device=y.device)
-            alive = None
         else:
             low = mask.sum(dtype=dt)
             alive = (~mask).flatten(1).any(0) if (units and y.dim() >= 2) else None
-    sd = _sum_dtype(y)
     return [y.sum(dtype=sd), torch.linalg.vector_norm(y, dtype=sd), low], alive
 
 
@@ -169,10 +175,13 @@ def stack64(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tens
     share a dtype and device, the common case)."""
     if not tensors:
         return torch.zeros(0, dtype=torch.float64, device=device)
-    t0 = tensors[0]
-    if all(t.dtype == t0.dtype and t.device == device for t in tensors):
-        return torch.stack(list(tensors)).to(torch.float64)
-    return torch.stack([t.to(device=device, dtype=torch.float64) for t in tensors])
+    try:
+        # one stack; mixed float dtypes promote to the widest, which holds the others exactly
+        # (checking each tensor's device and dtype first costs as much as the stack)
+        v = torch.stack(list(tensors))
+    except RuntimeError:  # tensors on several devices
+        return torch.stack([t.to(device=device, dtype=torch.float64) for t in tensors])
+    return v.to(device=device, dtype=torch.float64)
 
 
 def activation_metrics(
