@@ -20,7 +20,7 @@ from numba import cuda
 
 from vgcore.cuda._logscale import LIMITS, LN2
 
-__all__ = ["BackwardScale", "fused_kernel", "stats_kernel"]
+__all__ = ["BackwardScale", "fused_kernel", "qr_finish", "stats_kernel"]
 
 
 @cuda.jit(device=True)
@@ -207,6 +207,32 @@ def fused_kernel(threads: int) -> Any:
 
     _KERNELS[threads] = measure_rescale
     return measure_rescale
+
+
+@cuda.jit
+def qr_finish(Q, R, V, LOGS, row):  # type: ignore[no-untyped-def]
+    """After a batched QR of the tangent blocks: V (B, k, D) = Q^T per sample (Q: (B, D, k)),
+    LOGS[row] (B, k) = log|R_jj| in float64; one launch instead of a transposing copy and
+    the diagonal's abs, cast, log and store."""
+    B = V.shape[0]
+    k = V.shape[1]
+    D = V.shape[2]
+    n = cuda.grid(1)
+    while n < B * k * D:
+        b = n // (k * D)
+        r = n - b * k * D
+        q = r // D
+        j = r - q * D
+        V[b, q, j] = Q[b, j, q]
+        if j == 0:
+            a = abs(float(R[b, q, q]))
+            if a > 0.0:
+                LOGS[row, b, q] = math.log(a)
+            elif a == 0.0:
+                LOGS[row, b, q] = -math.inf
+            else:
+                LOGS[row, b, q] = math.nan
+        n += cuda.gridsize(1)
 
 
 _STATS: dict[int, Any] = {}

@@ -1,8 +1,9 @@
 """Lyapunov exponents on the CUDA backend: the state and k tangent vectors of every sample stay
-on the device; per step one GEMM for the state, one for the tangent block (both against W_hh),
-one elementwise kernel each (the layer kind's ``step_kernel`` and ``tangent_kernel``); every
-``qr_every`` steps a batched Householder QR (cuSOLVER through the array seam) and
-``log|R_jj|`` accumulated in float64, as analysis/lyapunov.cpp does.
+on the device; per step one GEMM for the state, one for the tangent block (both against W_hh)
+and one kernel (the layer kind's ``step_tangent_kernel``: the state's step and the tangent map,
+the coefficients in registers); every ``qr_every`` steps a batched Householder QR (cuSOLVER
+through the array seam) and one kernel that stores Q back and ``log|R_jj|`` in float64
+(``_fused.qr_finish``), accumulated as analysis/lyapunov.cpp does.
 
 :class:`LyapunovEngine` has the interface of the core's engine (``feed``, ``result``), so the
 analysis streams chunks to either the same way.
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from vgcore.cuda._arrays import arrays
+from vgcore.cuda._fused import qr_finish
 from vgcore.cuda.layers import layer_module
 
 __all__ = ["LyapunovEngine"]
@@ -71,49 +73,56 @@ class LyapunovEngine:
         if spec.get("bias_hh") is not None and not gru:
             bias += spec["bias_hh"]
         self.bias = ar.asarray(bias, dt)
-        self.bhh = (
-            ar.asarray(spec["bias_hh"], dt) if gru and spec.get("bias_hh") is not None else None
-        )
+        # GRU: b_hh (zeros: none) is added in the kernel, which the reset gate multiplies
+        bhh = spec.get("bias_hh")
+        self.bhh = ar.asarray(bhh if bhh is not None else np.zeros(self.GN), dt) if gru else None
         self.B, self.k, self.D = v0.shape
         self.burn_in, self.qr_every, self.max_records = burn_in, qr_every, max_records
         self.X = ar.asarray(h0, dt)
         self.V = ar.asarray(v0, dt)
-        n_coef = {"rnn": 1, "lstm": 6, "gru": 4}[kind]
         self.extra: tuple[Any, ...] = ()
         if kind == "rnn":  # the nonlinearity's code and parameter
             from vgcore.cuda.flow import _act_of_spec
 
             self.extra = _act_of_spec(spec)[:2]
-        self.COEF = xp.zeros((n_coef, self.B, self.N), dt)
+        kv = ar.kernel_view
+        # the products' outputs, and views of the state and tangents' h part (their inputs)
+        self.U = xp.empty((self.B, self.GN), dt)
+        self.UV = xp.empty((self.B, self.k, self.GN), dt)
+        self.Xh = self.X[:, : self.N]
+        self.Vh = self.V[:, :, : self.N]
+        self.k_ = (kv(self.U), kv(self.bhh), kv(self.X), kv(self.UV), kv(self.V))
         self.steps = 0
         self.since_qr = 0
         self.acc_steps = 0
         # the accumulated blocks' log|R_jj| (device buffer, flushed to the host in batches)
         self.buf = xp.zeros((_FLUSH_BLOCKS, self.B, self.k), np.float64)
+        self.kbuf = kv(self.buf)
         self.n_buf = 0
         self.host_logs: list[np.ndarray] = []
         self.block_meta: list[tuple[int, int]] = []  # (step at the QR, block length)
         with np.errstate(all="ignore"):
-            _, logs = self._qr()
-        if not bool(np.all(np.isfinite(ar.to_host(logs)))):
+            self._qr(0)  # into the buffer's first row, overwritten by the first block
+        if not bool(np.all(np.isfinite(ar.to_host(self.buf[0])))):
             raise ValueError(
                 "the initial tangent vectors contain NaN/Inf or are linearly dependent"
             )
 
-    def _qr(self) -> tuple[Any, Any]:
-        """Re-orthonormalise V per sample; (R diagonal, log|R_jj| in float64)."""
-        xp = self.ar.xp
-        q, r = xp.linalg.qr(xp.swapaxes(self.V, 1, 2))  # (B, D, k), (B, k, k)
-        self.V = xp.ascontiguousarray(xp.swapaxes(q, 1, 2))
-        d = xp.abs(xp.diagonal(r, axis1=1, axis2=2)).astype(np.float64)
-        return d, xp.log(d)
+    def _qr(self, row: int) -> None:
+        """Re-orthonormalise V per sample in place; log|R_jj| (float64) into ``buf[row]``."""
+        ar = self.ar
+        q, r = ar.xp.linalg.qr(ar.xp.swapaxes(self.V, 1, 2))  # (B, D, k), (B, k, k)
+        kV = self.k_[4]
+        ar.launch(qr_finish, self.V.size, ar.kernel_view(q), ar.kernel_view(r), kV, self.kbuf, row)
 
     def _qr_block(self, length: int) -> None:
-        _, logs = self._qr()
-        if self.steps - length < self.burn_in:
+        keep = self.steps - length >= self.burn_in
+        # a block inside the burn-in is re-orthonormalised only: its logs, in the next free
+        # row, are overwritten by the next kept block's
+        self._qr(self.n_buf)
+        if not keep:
             return
         self.acc_steps += length
-        self.buf[self.n_buf] = logs
         self.n_buf += 1
         self.block_meta.append((self.steps, length))
         if self.n_buf == _FLUSH_BLOCKS:
@@ -128,19 +137,19 @@ class LyapunovEngine:
         """Run the steps of ``x`` (T, B, input_size)."""
         ar, xp, mod = self.ar, self.ar.xp, self.mod
         T, B, I = x.shape
-        N, GN, k = self.N, self.GN, self.k
+        N, GN = self.N, self.GN
         with np.errstate(all="ignore"):
             P = xp.matmul(ar.asarray(x, self.dt).reshape(T * B, I), self.Wih.T) + self.bias
             P = xp.ascontiguousarray(P.reshape(T, B, GN))
-            U = xp.empty((B, GN), self.dt)
+            kP = ar.kernel_view(P)
+            kU, kbhh, kX, kUV, kV = self.k_
+            head = (kP, kU, kbhh) if self.bhh is not None else (kP, kU)
+            # per step three calls: the two products against W_hh (the tangents' use the state
+            # before the step: J_t = dh_{t+1}/dh_t) and the layer's step-and-tangent kernel
             for t in range(T):
-                xp.matmul(self.X[:, :N], self.WhhT, out=U)
-                if self.bhh is not None:
-                    U += self.bhh
-                # the tangents' products use the state before the step: J_t = dh_{t+1}/dh_t
-                UV = xp.ascontiguousarray(xp.matmul(self.V[:, :, :N], self.WhhT))
-                ar.launch(mod.step_kernel, B * N, P, U, self.X, self.COEF, t, N, *self.extra)
-                ar.launch(mod.tangent_kernel, B * k * N, self.COEF, UV, self.V, N)
+                xp.matmul(self.Xh, self.WhhT, out=self.U)
+                xp.matmul(self.Vh, self.WhhT, out=self.UV)
+                ar.launch(mod.step_tangent_kernel, B * N, *head, kX, kUV, kV, t, N, *self.extra)
                 self.steps += 1
                 self.since_qr += 1
                 if self.since_qr == self.qr_every:

@@ -96,47 +96,26 @@ def backward_kernel(A, H, HN, G, DP, t, N):  # type: ignore[no-untyped-def]
 
 
 @cuda.jit
-def step_kernel(P, U, X, COEF, t, N):  # type: ignore[no-untyped-def]
-    """Lyapunov state step: X (B, N) becomes h_{t+1}; COEF (4, B, N)."""
+def step_tangent_kernel(P, U, BHH, X, UV, V, t, N):  # type: ignore[no-untyped-def]
+    """Lyapunov step t: X (B, N) becomes h_{t+1} and the tangents V (B, k, N) become J V,
+    from U = h_t W_hh^T (b_hh = BHH added here) and UV = dh W_hh^T (B, k, 3N). One thread per
+    unit (b, j), looping over the k tangents: the coefficients stay in registers."""
     B = X.shape[0]
+    k = V.shape[1]
     n = cuda.grid(1)
     while n < B * N:
         b = n // N
         j = n - b * N
         h, k0, k1, k2, k3 = tangent_coefficients(
-            P[t, b, j] + U[b, j],
-            P[t, b, N + j] + U[b, N + j],
+            P[t, b, j] + (U[b, j] + BHH[j]),
+            P[t, b, N + j] + (U[b, N + j] + BHH[N + j]),
             P[t, b, 2 * N + j],
-            U[b, 2 * N + j],
+            U[b, 2 * N + j] + BHH[2 * N + j],
             X[b, j],
         )
         X[b, j] = h
-        COEF[0, b, j] = k0
-        COEF[1, b, j] = k1
-        COEF[2, b, j] = k2
-        COEF[3, b, j] = k3
-        n += cuda.gridsize(1)
-
-
-@cuda.jit
-def tangent_kernel(COEF, UV, V, N):  # type: ignore[no-untyped-def]
-    """V (B, k, N) becomes J V, from UV = dh W_hh^T (B, k, 3N)."""
-    B = V.shape[0]
-    k = V.shape[1]
-    n = cuda.grid(1)
-    while n < B * k * N:
-        b = n // (k * N)
-        r = n - b * k * N
-        q = r // N
-        j = r - q * N
-        V[b, q, j] = jvp(
-            COEF[0, b, j],
-            COEF[1, b, j],
-            COEF[2, b, j],
-            COEF[3, b, j],
-            UV[b, q, j],
-            UV[b, q, N + j],
-            UV[b, q, 2 * N + j],
-            V[b, q, j],
-        )
+        for q in range(k):
+            V[b, q, j] = jvp(
+                k0, k1, k2, k3, UV[b, q, j], UV[b, q, N + j], UV[b, q, 2 * N + j], V[b, q, j]
+            )
         n += cuda.gridsize(1)

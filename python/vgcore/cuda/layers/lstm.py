@@ -115,9 +115,13 @@ def backward_kernel(A, C, G, DC, t, N):  # type: ignore[no-untyped-def]
 
 
 @cuda.jit
-def step_kernel(P, U, X, COEF, t, N):  # type: ignore[no-untyped-def]
-    """Lyapunov state step: X (B, 2N) = [h, c] becomes the next state; COEF (6, B, N)."""
+def step_tangent_kernel(P, U, X, UV, V, t, N):  # type: ignore[no-untyped-def]
+    """Lyapunov step t: X (B, 2N) = [h, c] becomes the next state and the tangents
+    V (B, k, 2N) = [dh, dc] become J V, from U = h_t W_hh^T and UV = dh W_hh^T (B, k, 4N).
+    One thread per unit (b, j), looping over the k tangents: the six coefficients stay in
+    registers (one launch per step, no coefficient buffer)."""
     B = X.shape[0]
+    k = V.shape[1]
     n = cuda.grid(1)
     while n < B * N:
         b = n // N
@@ -131,39 +135,20 @@ def step_kernel(P, U, X, COEF, t, N):  # type: ignore[no-untyped-def]
         )
         X[b, j] = h
         X[b, N + j] = c
-        COEF[0, b, j] = k0
-        COEF[1, b, j] = k1
-        COEF[2, b, j] = k2
-        COEF[3, b, j] = k3
-        COEF[4, b, j] = k4
-        COEF[5, b, j] = k5
-        n += cuda.gridsize(1)
-
-
-@cuda.jit
-def tangent_kernel(COEF, UV, V, N):  # type: ignore[no-untyped-def]
-    """V (B, k, 2N) = [dh, dc] becomes J V, from UV = dh W_hh^T (B, k, 4N)."""
-    B = V.shape[0]
-    k = V.shape[1]
-    n = cuda.grid(1)
-    while n < B * k * N:
-        b = n // (k * N)
-        r = n - b * k * N
-        q = r // N
-        j = r - q * N
-        dh, dc = jvp(
-            COEF[0, b, j],
-            COEF[1, b, j],
-            COEF[2, b, j],
-            COEF[3, b, j],
-            COEF[4, b, j],
-            COEF[5, b, j],
-            UV[b, q, j],
-            UV[b, q, N + j],
-            UV[b, q, 2 * N + j],
-            UV[b, q, 3 * N + j],
-            V[b, q, N + j],
-        )
-        V[b, q, j] = dh
-        V[b, q, N + j] = dc
+        for q in range(k):
+            dh, dc = jvp(
+                k0,
+                k1,
+                k2,
+                k3,
+                k4,
+                k5,
+                UV[b, q, j],
+                UV[b, q, N + j],
+                UV[b, q, 2 * N + j],
+                UV[b, q, 3 * N + j],
+                V[b, q, N + j],
+            )
+            V[b, q, j] = dh
+            V[b, q, N + j] = dc
         n += cuda.gridsize(1)

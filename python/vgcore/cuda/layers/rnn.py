@@ -61,29 +61,18 @@ def backward_kernel(A, G, t, N, code, alpha):  # type: ignore[no-untyped-def]
 
 
 @cuda.jit
-def step_kernel(P, U, H, COEF, t, N, code, alpha):  # type: ignore[no-untyped-def]
-    """Lyapunov state step: H (B, N) becomes h_{t+1}; COEF[0] = phi'(z) (tangent map)."""
+def step_tangent_kernel(P, U, H, UV, V, t, N, code, alpha):  # type: ignore[no-untyped-def]
+    """Lyapunov step t: H (B, N) becomes h_{t+1} and the tangents V (B, k, N) become J V, from
+    U = h_t W_hh^T and UV = V W_hh^T. One thread per unit (b, j), looping over the k tangents:
+    phi'(z) stays in a register (one launch per step, no coefficient buffer)."""
     B = H.shape[0]
+    k = V.shape[1]
     i = cuda.grid(1)
     while i < B * N:
         b = i // N
         j = i - b * N
         y, d = forward(code, alpha, P[t, b, j] + U[b, j])
         H[b, j] = y
-        COEF[0, b, j] = d
-        i += cuda.gridsize(1)
-
-
-@cuda.jit
-def tangent_kernel(COEF, UV, V, N):  # type: ignore[no-untyped-def]
-    """V (B, k, N) becomes J V from UV = V W_hh^T (B, k, N)."""
-    B = V.shape[0]
-    k = V.shape[1]
-    i = cuda.grid(1)
-    while i < B * k * N:
-        b = i // (k * N)
-        r = i - b * k * N
-        q = r // N
-        j = r - q * N
-        V[b, q, j] = jvp(COEF[0, b, j], UV[b, q, j])
+        for q in range(k):
+            V[b, q, j] = jvp(d, UV[b, q, j])
         i += cuda.gridsize(1)
