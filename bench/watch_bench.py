@@ -4,8 +4,9 @@ Three loops (Adam, cross-entropy / MSE): an 8-layer MLP (width 512, batch 128), 
 (N=256, T=100, batch 32) and a 6-block Transformer encoder (d=256, sequence 128, batch 8).
 Each round times ``--steps`` steps unwatched, watched with ``every=1`` and with ``every=10``,
 in a rotating order (paired and alternated, so drifts of a shared machine hit all three);
-the overhead is the median over rounds of (watched / unwatched - 1). Targets: at most 10%
-with every=1 and 2% with every=10.
+the overhead is the median over rounds of (watched / unwatched - 1), printed with its spread
+over the rounds (the middle half and the extremes). Targets: at most 10% with every=1 and 2%
+with every=10.
 
     python bench/watch_bench.py                 # all three, default rounds
     python bench/watch_bench.py --only mlp --rounds 9 --steps 10 --json out.json
@@ -124,14 +125,28 @@ def run(
         }
         for label, _, _ in configs[1:]:
             # paired: each round's watched time against the same round's unwatched time
-            row[f"overhead_{label}"] = statistics.median(
-                t / b - 1.0 for t, b in zip(times[label], base)
-            )
+            ratios = sorted(t / b - 1.0 for t, b in zip(times[label], base))
+            row[f"overhead_{label}"] = statistics.median(ratios)
+            # the spread over rounds: the middle half and the extremes
+            q = len(ratios) // 4
+            row[f"spread_{label}"] = [ratios[0], ratios[q], ratios[-1 - q], ratios[-1]]
         out["rows"][name] = row
         print(
             f"{name:12s} step {row['step_ms']:8.2f} ms   overhead "
             + "   ".join(
                 f"{lab} {100 * row[f'overhead_{lab}']:+6.2f}%" for lab, _, _ in configs[1:]
+            ),
+            flush=True,
+        )
+        print(
+            f"{'':12s} spread over rounds (middle half; min..max) "
+            + "   ".join(
+                "{} {:+.1f}..{:+.1f} ({:+.1f}..{:+.1f})".format(
+                    lab,
+                    *(100 * v for v in row[f"spread_{lab}"][1:3]),
+                    *(100 * v for v in row[f"spread_{lab}"][::3]),
+                )
+                for lab, _, _ in configs[1:]
             ),
             flush=True,
         )
