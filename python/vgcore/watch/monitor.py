@@ -20,7 +20,10 @@ How it measures (and why it stays cheap and correct):
   weights (read + write) and their difference after the step (two reads + a write) with its
   norm: about eight passes over the parameters' bytes, which on a small, memory-bound step
   (an MLP of 2M parameters) is 10% and more of the step; ``update_every`` takes the last three
-  off the steps in between.
+  off the steps in between. The weights are read afresh at each logged step rather than
+  reused from the previous step's post-hook: ``Tensor._version`` does not see in-place changes
+  made through ``.data`` (``p.data.clamp_(...)`` weight clipping), so a kept copy or norm could
+  be stale without any sign of it.
 - Forward passes without gradient (``torch.no_grad``, ``inference_mode``: evaluation) are
   not counted.
 """
