@@ -303,6 +303,8 @@ class BackwardScale:
     ----------
     lg, lgc : device arrays of shape (n_logs,)
         log ||dL/dh_s|| (and ||dL/dc_s||, parts = 2) at their true scale.
+    scale : device array of shape (1,), int64
+        The vectors are stored as ``true * 2^scale[0]``.
     """
 
     def __init__(
@@ -322,7 +324,7 @@ class BackwardScale:
         self.kernel = fused_kernel(ar.block_threads)
         self.lg = xp.zeros(n_logs, np.float64)
         self.lgc = xp.zeros(n_logs, np.float64) if parts == 2 else None
-        scale = xp.zeros(1, np.int64)
+        self.scale = scale = xp.zeros(1, np.int64)
         if cseq is not None:
             # each step's cotangent's exponent, once for the sequence
             cmax = xp.abs(cseq).astype(np.float64).max(axis=(1, 2))
