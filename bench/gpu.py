@@ -152,13 +152,17 @@ def run(simulate: bool, quick: bool) -> list[dict[str, Any]]:
 
 def overhead(repeat: int = 2000) -> dict[str, float]:
     """Microseconds per call of what a step is made of on this device: a CuPy elementwise op
-    on a (32, 1024) array, a Numba kernel launch through the backend's launcher on it, and the
-    step's GEMM (32 x 1024) @ (1024 x 4096); and the LSTM flow's time per step (N = 1024,
-    B = 32), to read how many such calls a step costs."""
+    on a (32, 1024) array, a Numba kernel launch through the backend's launcher on it (given
+    the CuPy array, and given the kernel view the drivers make once per buffer), the step's
+    GEMM (32 x 1024) @ (1024 x 4096), the fused measure-and-rescale kernel of the backward
+    step (one block, an LSTM's g and dc); and the LSTM flow's time per step (N = 1024, B = 32).
+    A BPTT step is 2 calls forward and 3 backward, a Lyapunov step 3 (plus 3 per QR block):
+    tests/cuda_sim/test_fused_step.py counts them."""
     import cupy
     from numba import cuda
 
     from vgcore.cuda._arrays import arrays
+    from vgcore.cuda._fused import BackwardScale
 
     ar = arrays()
     a = cupy.zeros((32, 1024), cupy.float32)
@@ -175,10 +179,21 @@ def overhead(repeat: int = 2000) -> dict[str, float]:
     def per_call(fn: Callable[[], Any]) -> float:
         return _time(lambda: [fn() for _ in range(repeat)], 1, _sync_device) / repeat * 1e6
 
+    kflat = ar.kernel_view(flat)
+    g = cupy.ones((32, 1024), cupy.float32)
+    dc = cupy.ones((32, 1024), cupy.float32)
+    kg, kdc = ar.kernel_view(g), ar.kernel_view(dc)
+    sc = BackwardScale(ar, np.dtype(np.float32), 2, 2, True, 40, 0)
     out = {
         "cupy elementwise op (us)": per_call(lambda: a * 2.0),
-        "numba kernel launch (us)": per_call(lambda: ar.launch(touch, flat.size, flat)),
+        "numba kernel launch, cupy argument (us)": per_call(
+            lambda: ar.launch(touch, flat.size, flat)
+        ),
+        "numba kernel launch, kernel view (us)": per_call(
+            lambda: ar.launch(touch, flat.size, kflat)
+        ),
         "cupy gemm 32x1024x4096 (us)": per_call(lambda: a @ w),
+        "fused measure-and-rescale, 2 x (32, 1024) (us)": per_call(lambda: sc.step(1, kg, kdc)),
     }
     m = _models("lstm", 1024)
     x = np.random.default_rng(0).standard_normal((200, 32, 1024)).astype(np.float32)

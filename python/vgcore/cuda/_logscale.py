@@ -1,8 +1,10 @@
 """Log-scale helpers of the CUDA drivers, on device arrays (base/logscale.hpp's rules).
 
-Backpropagated vectors are stored as ``true * 2^scale``; ``scale`` is a 0-d int64 device
-array, so deciding and applying a rescaling needs no host round trip. Multiplying by a power of
-two is exact: in range nothing changes.
+Backpropagated vectors are stored as ``true * 2^scale``; ``scale`` is an int64 device array,
+so deciding and applying a rescaling needs no host round trip. Multiplying by a power of two is
+exact: in range nothing changes. :func:`measure` and :func:`rescale_exponent` state the rules
+as array operations; the drivers run them fused in one kernel (``_fused.measure_rescale``),
+which tests/cuda_sim/test_fused_step.py checks against these.
 """
 
 from __future__ import annotations
