@@ -23,9 +23,13 @@ namespace vgcore {
 // and marked for transparent huge pages where the kernel only grants them on request
 // (transparent_hugepage = madvise): a step that streams a 16 MB packed W_hh otherwise walks
 // 4096 pages and misses the TLB on most of them. Smaller blocks are 64-byte aligned.
-inline void* allocate_aligned(std::size_t bytes, std::size_t* got = nullptr) {
+// `huge_pages = false` for blocks that are streamed once per call (a sweep's per-step caches):
+// faulting a fresh gigabyte in as huge pages compacts memory on the way (defrag = madvise), a
+// first call twice as slow for no TLB gain.
+inline void* allocate_aligned(std::size_t bytes, std::size_t* got = nullptr,
+                              bool huge_pages = true) {
   constexpr std::size_t kHuge = std::size_t(2) << 20;
-  const bool huge = bytes >= 2 * kHuge;
+  const bool huge = huge_pages && bytes >= 2 * kHuge;
   const std::size_t align = huge ? kHuge : 64;
   const std::size_t rounded = (bytes + align - 1) / align * align;
   void* p = std::aligned_alloc(align, rounded);
@@ -63,7 +67,7 @@ class WorkspacePool {
     return pool;
   }
 
-  void* acquire(std::size_t bytes) {
+  void* acquire(std::size_t bytes, bool huge_pages = true) {
     if (bytes == 0) return nullptr;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -78,7 +82,7 @@ class WorkspacePool {
       }
     }
     std::size_t rounded = 0;
-    void* p = allocate_aligned(bytes, &rounded);
+    void* p = allocate_aligned(bytes, &rounded, huge_pages);
     std::lock_guard<std::mutex> lock(mutex_);
     sizes_[p] = rounded;
     return p;
@@ -137,7 +141,7 @@ template <class T>
 class Buffer {
  public:
   Buffer() = default;
-  explicit Buffer(std::size_t n) { resize(n); }
+  explicit Buffer(std::size_t n, bool huge_pages = true) { resize(n, huge_pages); }
   ~Buffer() { reset(); }
   Buffer(Buffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
   Buffer& operator=(Buffer&& o) noexcept {
@@ -152,9 +156,9 @@ class Buffer {
   Buffer& operator=(const Buffer&) = delete;
 
   // Discards the contents.
-  void resize(std::size_t n) {
+  void resize(std::size_t n, bool huge_pages = true) {
     reset();
-    if (n) p_ = static_cast<T*>(WorkspacePool::instance().acquire(n * sizeof(T)));
+    if (n) p_ = static_cast<T*>(WorkspacePool::instance().acquire(n * sizeof(T), huge_pages));
     n_ = n;
   }
   void assign(std::size_t n, T value) {

@@ -12,6 +12,7 @@
 #include "vgcore/base/blas.hpp"
 #include "vgcore/base/lanes.hpp"
 #include "vgcore/base/parallel_rows.hpp"
+#include "vgcore/base/workspace.hpp"
 
 namespace vgcore {
 namespace {
@@ -104,12 +105,16 @@ ModelFlowStats model_gradient_flow(const Model<T>& m, const ModelFlowIO<T>& io,
 
   // The input projections of every step in one GEMM (time axis).
   const std::size_t pc = m.proj_cols(), I = time ? m.input_size() : 0;
-  std::vector<T> P(time ? S * B * pc : 0);
+  // P and the caches (every step's, for the backward pass: the bulk of the memory) come from
+  // the workspace pool uninitialised and in small pages: every entry is written before it is
+  // read, and zeroing a fresh gigabyte (page faults and a memset) cost a quarter of a selective
+  // layer's sweep; a later call reuses the pages.
+  Buffer<T> P(time ? S * B * pc : 0, false);
   if (time)
     parallel_rows(opt.num_threads, S * B, 64, ctl, [&](std::size_t r0, std::size_t r1) {
       m.project_inputs(io.x + r0 * I, r1 - r0, P.data() + r0 * pc);
     });
-  std::vector<T> caches(cache_off[S]);
+  Buffer<T> caches(cache_off[S], false);
 
   const int budget = static_cast<int>(resolve_threads(opt.num_threads, 1 << 20));
   const std::size_t n_chunks = resolve_threads(opt.num_threads, B);
