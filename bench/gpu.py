@@ -105,16 +105,33 @@ def _agrees_lyapunov(m: Any, x: np.ndarray, k: int) -> bool:
     return bool(np.max(np.abs(a.exponents - b.exponents)) <= 1e-4 * scale)
 
 
-def run(simulate: bool, quick: bool) -> list[dict[str, Any]]:
+def _row_line(r: dict[str, Any]) -> str:
+    sp = r["torch_cuda_s"] / r["vgcore_cuda_s"]
+    return (
+        f"| {r['workload']} | {r['vgcore_cuda_s']:.4g} | {r['torch_cuda_s']:.4g} | "
+        f"{sp:.3g} | {r['agrees']} |"
+    )
+
+
+def run(
+    simulate: bool,
+    quick: bool,
+    kinds: tuple[str, ...] = ("lstm", "gru", "rnn"),
+    sizes: list[int] | None = None,
+    ks: list[int] | None = None,
+) -> list[dict[str, Any]]:
+    """The table's rows, each printed as soon as it is measured (a run cut short by a time
+    limit keeps what it measured)."""
     rows: list[dict[str, Any]] = []
     rng = np.random.default_rng(0)
     if simulate:
         sizes, B, T, Tcheck, ks, repeat = [4], 2, 5, 5, [2], 1
     else:
-        sizes = [256, 1024] if quick else [256, 512, 1024, 2048, 4096]
-        B, T, Tcheck, ks, repeat = 32, 1000, 20, [32, 256], 3
+        sizes = sizes or ([256, 1024] if quick else [256, 512, 1024, 2048, 4096])
+        B, T, Tcheck, repeat = 32, 1000, 20, 3
+        ks = [32, 256] if ks is None else ks
     sync = (lambda: None) if simulate else _sync_device
-    for kind in ("lstm", "gru", "rnn"):
+    for kind in kinds:
         for N in sizes:
             m = _models(kind, N)
             x = rng.standard_normal((T, B, N)).astype(np.float32)
@@ -131,6 +148,7 @@ def run(simulate: bool, quick: bool) -> list[dict[str, Any]]:
                     "agrees": _agrees_flow(m, x[:Tcheck]),
                 }
             )
+            print(_row_line(rows[-1]), flush=True)
     for k in ks:
         N = sizes[-1] if simulate else 1024
         m = _models("lstm", N)
@@ -147,6 +165,7 @@ def run(simulate: bool, quick: bool) -> list[dict[str, Any]]:
                 "agrees": _agrees_lyapunov(m, x[:Tcheck], kk),
             }
         )
+        print(_row_line(rows[-1]), flush=True)
     return rows
 
 
@@ -207,12 +226,7 @@ def table(rows: list[dict[str, Any]], gemm: float | None) -> str:
         "| workload | vgcore cuda (s) | torch cuda (s) | speed-up | agrees with cpu |",
         "|---|---|---|---|---|",
     ]
-    for r in rows:
-        sp = r["torch_cuda_s"] / r["vgcore_cuda_s"]
-        lines.append(
-            f"| {r['workload']} | {r['vgcore_cuda_s']:.4g} | {r['torch_cuda_s']:.4g} | "
-            f"{sp:.3g} | {r['agrees']} |"
-        )
+    lines.extend(_row_line(r) for r in rows)
     lines.append("| singular values, 1000-layer MLP | not on the cuda backend yet | | | |")
     if gemm is not None:
         lines.append(f"\nDevice GEMM (float32, N = 4096): {gemm:.1f} TFLOP/s")
@@ -226,6 +240,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument(
         "--overhead", action="store_true", help="per-call costs of a step's parts, then exit"
     )
+    p.add_argument("--kinds", default="lstm,gru,rnn", help="BPTT rows: comma-separated kinds")
+    p.add_argument("--sizes", default=None, help="hidden sizes, comma-separated")
+    p.add_argument("--ks", default=None, help="Lyapunov rows' k, comma-separated ('' for none)")
     args = p.parse_args(argv)
     cuda = backends()[1]
     if not cuda.available or cuda.simulator != args.simulate:
@@ -235,7 +252,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for k, v in overhead().items():
             print(f"{k}: {v:.1f}")
         return []
-    rows = run(args.simulate, args.quick)
+    rows = run(
+        args.simulate,
+        args.quick,
+        tuple(k for k in args.kinds.split(",") if k),
+        None if args.sizes is None else [int(v) for v in args.sizes.split(",")],
+        None if args.ks is None else [int(v) for v in args.ks.split(",") if v],
+    )
     gemm = None if args.simulate else gemm_tflops()
     print(table(rows, gemm))
     return rows

@@ -121,50 +121,63 @@ def fused_kernel(threads: int) -> Any:
         sb = cuda.shared.array(threads, np.float64)
         tid = cuda.threadIdx.x
         nt = cuda.blockDim.x
+        B = G.shape[0]
         M = G.shape[1]
-        n = G.shape[0] * M
         two = parts == 2
         scale = int(SCALE[0])  # a Python int in the simulator (ldexp takes no np.int64)
         shift = 0
+        # Rows by rows, columns by threads: no integer division per entry (a single block
+        # runs on one multiprocessor, where the per-entry work is the cost).
         if inject:
             # was the carried vector exactly zero (its log -inf)? NaN is not zero
             ma = 0.0
             mb = 0.0
-            i = tid
-            while i < n:
-                b = i // M
-                j = i - b * M
-                gv = float(G[b, j])
-                if add:
-                    gv += float(ADD[b, j])
-                ma = nanmax(ma, abs(gv))
-                if two:
-                    mb = nanmax(mb, abs(float(DC[b, j])))
-                i += nt
+            for b in range(B):
+                j = tid
+                while j < M:
+                    gv = float(G[b, j])
+                    if add:
+                        gv += float(ADD[b, j])
+                    ma = nanmax(ma, abs(gv))
+                    if two:
+                        mb = nanmax(mb, abs(float(DC[b, j])))
+                    j += nt
             ma, mb = block_max2(sa, sb, ma, mb)
             if ma == 0.0 and mb == 0.0:
                 scale = 0
             shift = min(0, (emax - 4) - (int(CEXP[s - 1]) + scale))
             scale += shift
+        # Powers of two as factors where they are normal numbers: x * 2^k rounds once, as
+        # ldexp(x, k) does (also into the subnormals); ldexp where 2^k itself is out of range.
+        fast_shift = -1000 < shift < 1000
+        f_shift = math.ldexp(1.0, shift) if fast_shift else 1.0
+        fast_scale = -1000 < scale < 1000
+        f_scale = math.ldexp(1.0, scale) if fast_scale else 1.0
         ma = 0.0
         mb = 0.0
-        i = tid
-        while i < n:
-            b = i // M
-            j = i - b * M
-            if add or inject:
-                gv = float(G[b, j])
-                if add:
-                    gv += float(ADD[b, j])
-                if inject:
-                    gv = math.ldexp(gv, shift) + math.ldexp(float(CSEQ[s - 1, b, j]), scale)
-                G[b, j] = gv
-            ma = nanmax(ma, abs(float(G[b, j])))  # as stored (rounded to the dtype)
-            if two:
-                if shift != 0:
-                    DC[b, j] = math.ldexp(float(DC[b, j]), shift)
-                mb = nanmax(mb, abs(float(DC[b, j])))
-            i += nt
+        for b in range(B):
+            j = tid
+            while j < M:
+                if add or inject:
+                    gv = float(G[b, j])
+                    if add:
+                        gv += float(ADD[b, j])
+                    if inject:
+                        cv = float(CSEQ[s - 1, b, j])
+                        if fast_shift and fast_scale:
+                            gv = gv * f_shift + cv * f_scale
+                        else:
+                            gv = math.ldexp(gv, shift) + math.ldexp(cv, scale)
+                    G[b, j] = gv
+                ma = nanmax(ma, abs(float(G[b, j])))  # as stored (rounded to the dtype)
+                if two:
+                    if shift != 0:
+                        if fast_shift:
+                            DC[b, j] = float(DC[b, j]) * f_shift
+                        else:
+                            DC[b, j] = math.ldexp(float(DC[b, j]), shift)
+                    mb = nanmax(mb, abs(float(DC[b, j])))
+                j += nt
         ma, mb = block_max2(sa, sb, ma, mb)
         exa = part_exponent(ma)
         exb = part_exponent(mb)
@@ -180,24 +193,27 @@ def fused_kernel(threads: int) -> Any:
         d = 0
         if rescale and (e > hi or e < lo):
             d = target - e
+        fast = -1000 < exa < 1000 and -1000 < exb < 1000 and -1000 < d < 1000
+        ia = math.ldexp(1.0, -exa) if fast else 1.0
+        ib = math.ldexp(1.0, -exb) if fast else 1.0
+        fd = math.ldexp(1.0, d) if fast else 1.0
         sq_a = 0.0
         sq_b = 0.0
-        i = tid
-        while i < n:
-            b = i // M
-            j = i - b * M
-            gv = float(G[b, j])
-            u = math.ldexp(abs(gv), -exa)
-            sq_a += u * u
-            if d != 0:
-                G[b, j] = math.ldexp(gv, d)
-            if two:
-                cv = float(DC[b, j])
-                u = math.ldexp(abs(cv), -exb)
-                sq_b += u * u
+        for b in range(B):
+            j = tid
+            while j < M:
+                gv = float(G[b, j])
+                u = abs(gv) * ia if fast else math.ldexp(abs(gv), -exa)
+                sq_a += u * u
                 if d != 0:
-                    DC[b, j] = math.ldexp(cv, d)
-            i += nt
+                    G[b, j] = gv * fd if fast else math.ldexp(gv, d)
+                if two:
+                    cv = float(DC[b, j])
+                    u = abs(cv) * ib if fast else math.ldexp(abs(cv), -exb)
+                    sq_b += u * u
+                    if d != 0:
+                        DC[b, j] = cv * fd if fast else math.ldexp(cv, d)
+                j += nt
         sq_a, sq_b = block_sum2(sa, sb, sq_a, sq_b)
         if tid == 0:
             LG[s] = part_log(ma, exa, sq_a) - scale * LN2
