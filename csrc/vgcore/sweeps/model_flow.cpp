@@ -185,6 +185,7 @@ ModelFlowStats model_gradient_flow(const Model<T>& m, const ModelFlowIO<T>& io,
         !within && n_seg == 1 && (!time || (segs[0].offset == 0 && segs[0].width == width(0)));
     for (std::size_t s = S;; --s) {
       const std::size_t w = width(s), n = nb * w;
+      int top = 0;  // where a per-step term's largest entry was placed, 2^top (0: not moved)
       if (io.cotangent_per_step && s > 0) {  // the loss on the output of step s - 1
         const T* cot = io.cotangent + ((s - 1) * B + b0) * n_out;
         const double mx = max_abs(cot, nb * n_out);
@@ -192,8 +193,14 @@ ModelFlowStats model_gradient_flow(const Model<T>& m, const ModelFlowIO<T>& io,
           const int em = exponent_of(mx);
           int kz = 0;
           const bool zero = !(sum_squares_scaled(g, n, kz) != 0.0);
-          if (zero || em + scale > RL::emax - 4) {  // take the term's scale (g is far smaller)
-            const int d = -(em + scale);
+          if (zero || em + scale > RL::emax - 4) {
+            // g is zero (take the term's scale) or far smaller than the term: shift g down only
+            // as far as the term needs to stay below 2^(emax - 3), so that a segment far below
+            // the others (a cell state's under an injected h) keeps its digits until it is
+            // measured below; the window rescaling then brings g back before the step.
+            // Without rescaling (the plain product) the term's largest entry goes to 2^0.
+            top = zero || !opt.rescale ? 0 : RL::emax - 4;
+            const int d = top - (em + scale);
             if (!zero) scale_pow2_wide(g, n, d);
             scale += d;
           }
@@ -204,12 +211,6 @@ ModelFlowStats model_gradient_flow(const Model<T>& m, const ModelFlowIO<T>& io,
       int k = 0;
       double s2 = sum_squares_scaled(g, n, k);
       int e = norm_exponent(s2, k);
-      if (opt.rescale && s2 > 0.0 && std::isfinite(s2) && (e > RL::window || e < -RL::window)) {
-        scale_pow2_wide(g, n, -e);  // bring the norm near 1
-        scale -= e;
-        s2 = sum_squares_scaled(g, n, k);
-        e = norm_exponent(s2, k);
-      }
       // The norms of state s: of dL/dh_s in full (a stack's lower layers also receive, within
       // step s - 1, what the layer above sends back; Model::vjp's Wtotal).
       auto record = [&](const T* v) {
@@ -226,9 +227,19 @@ ModelFlowStats model_gradient_flow(const Model<T>& m, const ModelFlowIO<T>& io,
         }
         if (io.grads) store_scaled(io.grads + (s * B + b0) * w, v, n, -scale);
       };
-      if (s == 0) {
-        record(g);
-        break;
+      // Measured and kept before the window rescaling (which serves only the next steps'
+      // safety, and can push a segment far below the others into the subnormals).
+      if (!within || s == 0) record(g);
+      if (s == 0) break;
+      const bool finite = s2 > 0.0 && std::isfinite(s2);
+      if (opt.rescale && (finite ? e > RL::window || e < -RL::window : top != 0)) {
+        // Bring the norm near 1; a norm that is not finite (inf / NaN entries) has no
+        // exponent: a term placed near the top goes back to 2^0.
+        const int d = finite ? -e : -top;
+        scale_pow2_wide(g, n, d);
+        scale += d;
+        s2 = sum_squares_scaled(g, n, k);
+        e = norm_exponent(s2, k);
       }
       const std::size_t ms = step_of(s - 1), din = width(s - 1), C = m.cache_size(ms);
       const T* cache = caches.data() + cache_off[s - 1] + b0 * C;
@@ -237,7 +248,6 @@ ModelFlowStats model_gradient_flow(const Model<T>& m, const ModelFlowIO<T>& io,
           m.vjp(ms, cache + b * C, g + b * w, gn + b * din, 1, G.data(),
                 within ? total.data() + b * w : nullptr);
       };
-      if (!within) record(g);  // before a redo below rescales g
       pull();
       if (opt.rescale && s2 > 0.0 && std::isfinite(s2) && !all_finite(gn, nb * din)) {
         // The gain of this one step overflowed the type at this scale: redo it from a smaller

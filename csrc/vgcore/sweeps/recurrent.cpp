@@ -529,6 +529,8 @@ void run_backward(Run<T>& p, const FlowOptions& opt, Control& ctl, std::size_t n
     bool zero = !(s2 + c2 != 0.0);
     // State s = T..0: dh = dL/dh_s (before the loss term at s), dc = dL/dc_s; then step s-1.
     for (std::size_t st_i = T_;; --st_i) {
+      // Where a per-step term was placed: its largest entry near 2^top (0: not shifted for it).
+      int top = 0;
       if (per_step && st_i > 0) {  // add dL/dh_s from the loss (or the layer above) at that step
         const std::size_t t = st_i - 1;
         const int cs_t = cot_scale(t);
@@ -537,8 +539,14 @@ void run_backward(Run<T>& p, const FlowOptions& opt, Control& ctl, std::size_t n
           pending = 0;
         }
         if (cot_exp[t] != kNoExponent && cot_exp[t] - cs_t + scale > RL::emax - 4) {
-          // dL/dh so far is far smaller than this term: move to the term's scale
-          scale_state(cs_t - cot_exp[t] - scale);
+          // dL/dh so far is far smaller than this term: shift (dh, dc) down only as far as the
+          // term needs to stay below 2^(emax - 3), not to the term's scale, so that a part far
+          // below the other (dc under an injected dh) keeps its digits until it is measured
+          // below; the window rescaling then brings the state back before the step. Without
+          // rescaling (the plain product) the term's largest entry goes to 2^0, as the product
+          // must not overflow.
+          top = opt.rescale ? RL::emax - 4 : 0;
+          scale_state(top - (cot_exp[t] - cs_t + scale));
           pending = 0;
         }
         if (contiguous) {
@@ -549,13 +557,9 @@ void run_backward(Run<T>& p, const FlowOptions& opt, Control& ctl, std::size_t n
         }
       }
       e = measure();
-      if (opt.rescale && (pending > RL::pow2max || pending < -RL::pow2max || e + pending > hi_w ||
-                          e + pending < -RL::window)) {
-        // The factor from the previous norm does not fit this vector: rescale it now.
-        scale_state(target - e);
-        pending = 0;
-        e = measure();
-      }
+      // The norms and kept gradients of state s, from the vector before any window rescaling
+      // (which serves only the next steps' safety, and can push a part far below the other
+      // into the subnormals).
       const std::size_t at_pos = p.pos(st_i);
       if (out.grads) store_scaled(out.grads + (at_pos * B + b0) * N, dh, n, -scale);
       if (out.cell_grads)
@@ -565,6 +569,16 @@ void run_backward(Run<T>& p, const FlowOptions& opt, Control& ctl, std::size_t n
       st.grad_scale[st_i] = scale + k;
       st.cell_scale[st_i] = scale + kc;
       if (st_i == 0) break;
+      if (opt.rescale && (top != 0 || pending > RL::pow2max || pending < -RL::pow2max ||
+                          e + pending > hi_w || e + pending < -RL::window)) {
+        // The factor from the previous norm does not fit this vector (or a term was placed near
+        // the top of the range): rescale it now. A norm that is not finite (inf / NaN entries)
+        // has no exponent: the term goes back to 2^0.
+        const bool finite = std::isfinite(s2) && std::isfinite(c2);
+        scale_state(top != 0 && !finite ? -top : target - e);
+        pending = 0;
+        e = measure();
+      }
       const std::size_t t = st_i - 1;
       const T f = pow2<T>(pending);
       if (lstm)
