@@ -182,9 +182,9 @@ def test_lstm_contraction_beyond_the_range_with_per_step_cotangents(dt: Any) -> 
     seq = rng.standard_normal((60, 2, 3))
     seq[:30] *= 1e-30  # small, then ordinary cotangents
     seq[35:40] = 0.0  # and zero ones
-    # Against float64: where the cotangents restart after the zeros (step 35) the CPU's
-    # float32 sweep's cell norm is 0.17 off its float64 one; this backend's is within 3e-7.
-    _compare(m, x, dt, ref_dt=np.float64, cotangent=seq)
+    # where the cotangents restart after the zeros (step 35) dL/dc is ~1e-45 of dL/dh: both
+    # backends measure it before the window's rescaling, so it is no float32 subnormal
+    _compare(m, x, dt, cotangent=seq)
 
 
 @pytest.mark.parametrize("dt", DTYPES, ids=["f64", "f32"])

@@ -15,7 +15,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["DiagonalSSM", "SSMStack", "SelectiveSSM", "hippo_legs", "nets", "s4d_init", "ssm", "zoh"]
+__all__ = [
+    "DiagonalSSM",
+    "SSMStack",
+    "SelectiveSSM",
+    "hippo_legs",
+    "nets",
+    "s4d_init",
+    "ssm",
+    "zoh",
+]
 
 _LAZY = {
     "DiagonalSSM": "vgcore.reference.ssm",
