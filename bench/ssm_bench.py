@@ -1,7 +1,7 @@
 """State-space layers in the compiled core (float32): the LTI layer's Lyapunov spectrum against
 its state size, and the selective layer's BPTT gradient norms against the torch reference.
 
-Run: ``python bench/ssm_bench.py [--quick] [--rounds 3] [--compile]``.
+Run: ``python bench/ssm_bench.py [--quick] [--rounds 3] [--compile] [--stack]``.
 
 1. LTI Lyapunov (``vgcore.lyapunov`` on ``vgcore.SSM``, complex S4D-Lin modes, k = 8 tangent
    vectors, B = 4): seconds per step for three state sizes, and per step and state coordinate
@@ -13,6 +13,9 @@ Run: ``python bench/ssm_bench.py [--quick] [--rounds 3] [--compile]``.
    module's sequential scan with autograd (the state's gradient at every step kept with
    ``retain_grad``), at the best of 1 and all threads, and against a ``torch.compile``d step
    (``--compile``) where that builds.
+3. A stack of 4 selective blocks (``vgcore.SSMStack``: LayerNorm, layer, residual; d_model
+   128, d_state 16, B = 8, T = 1024): ``vgcore.gradient_flow`` against autograd through the
+   reference stack's steps (``--stack``: only this part).
 
 Every timing is a median over ``--rounds`` after one warm-up run; both sides' gradient norms
 are compared (asserted to agree) before anything is timed.
@@ -161,6 +164,46 @@ def selective_bptt(quick: bool, rounds: int, compile_: bool, steps: int | None) 
         print(f"  vgcore.gradient_flow: {sec:.3f} s ({best / sec:.1f}x the best torch)")
 
 
+# -- 3. a stack of selective blocks ---------------------------------------------------------
+
+
+def stack_bptt(quick: bool, rounds: int) -> None:
+    """BPTT state gradients of a 4-block Mamba-style ``SSMStack`` (LayerNorm, selective layer,
+    residual) against autograd through the reference stack's steps, checked first."""
+    dm, n, L, B, T = (32, 8, 2, 2, 64) if quick else (128, 16, 4, 8, 1024)
+    model = vgcore.SSMStack.from_sizes(dm, n, L, seed=0, dtype=np.float32)
+    module = model.to_torch()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    x = np.random.default_rng(0).standard_normal((T, B, dm)).astype(np.float32)
+    xt = torch.from_numpy(x)
+
+    def torch_run() -> np.ndarray:
+        states = [module.initial_state(B).requires_grad_()]
+        for t in range(T):
+            s = module.step(states[-1], xt[t])
+            s.retain_grad()
+            states.append(s)
+        (0.5 * (states[-1] ** 2).sum()).backward()
+        return np.array([float(s.grad.norm()) for s in states])
+
+    print(
+        f"SSMStack BPTT norms (float32, {L} selective blocks, d_model={dm}, d_state={n}, B={B}, T={T})"
+    )
+    want = torch_run()
+    got = np.exp(vgcore.gradient_flow(model, x).log_grad_norms)
+    np.testing.assert_allclose(got, want, rtol=2e-3)
+    best = None
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        sec = _median_seconds(torch_run, max(1, rounds // 2))
+        print(f"  torch reference stack, autograd, {threads} thread(s): {sec:.3f} s")
+        best = sec if best is None else min(best, sec)
+    assert best is not None
+    sec = _median_seconds(lambda: vgcore.gradient_flow(model, x), rounds)
+    print(f"  vgcore.gradient_flow: {sec:.3f} s ({best / sec:.1f}x the best torch)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
@@ -168,10 +211,15 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time a torch.compile'd step")
     ap.add_argument("--steps", type=int, default=None, help="T of the BPTT comparison")
     ap.add_argument("--no-lyapunov", action="store_true", help="skip part 1")
+    ap.add_argument("--stack", action="store_true", help="only part 3 (an SSMStack)")
     args = ap.parse_args()
+    if args.stack:
+        stack_bptt(args.quick, args.rounds)
+        return
     if not args.no_lyapunov:
         lti_lyapunov(args.quick, args.rounds)
     selective_bptt(args.quick, args.rounds, args.compile, args.steps)
+    stack_bptt(args.quick, args.rounds)
 
 
 if __name__ == "__main__":
