@@ -32,6 +32,21 @@ inline std::size_t selective_cache_size(std::size_t d_inner, std::size_t d_state
   return d_inner * d_state + 5 * d_inner + 2 * d_state;
 }
 
+// That cache's parts for one sample at c (P: T* to write it, const T* to read it).
+template <class T, class P>
+struct SelectiveCache {
+  P h, delta, sig, xc, ds, gz, B, C;
+  SelectiveCache(P c, std::size_t di, std::size_t n)
+      : h(c),
+        delta(c + di * n),
+        sig(delta + di),
+        xc(delta + 2 * di),
+        ds(delta + 3 * di),
+        gz(delta + 4 * di),
+        B(delta + 5 * di),
+        C(delta + 5 * di + n) {}
+};
+
 // The causal depthwise convolution of one channel: w (d_conv) on [buf (d_conv - 1), x].
 template <class T>
 VGCORE_FM_INLINE T selective_conv(const T* w, const T* buf, T x, T bias, std::size_t dc) {

@@ -180,19 +180,7 @@ void DenseOp<T>::jacobian(const T* cache, T* J, T* U) const {
       U[j * gc + c] = ly.weight[c * ly.in + j];
       if (ly.block == DenseBlock::highway) U[j * gc + ly.out + c] = ly.gate_weight[c * ly.in + j];
     }
-  std::vector<T> eye(din * din, T(0));
-  for (std::size_t j = 0; j < din; ++j) eye[j * din + j] = T(1);
-  LayerRows<T> r;
-  r.U = U;
-  r.ldu = gc;
-  r.X = eye.data();
-  r.ldx = din;
-  r.Y = J;
-  r.ldy = ly.out;
-  r.nt = 1;
-  r.k = din;
-  r.cache_r = cache;
-  step(r);
+  jacobian_as_jvp(*this, cache, J, U);
 }
 
 template class DenseOp<float>;

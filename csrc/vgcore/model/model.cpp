@@ -100,12 +100,7 @@ Model<T> Model<T>::ssm(const SsmWeights<T>& w) {
   if (w.modes == 0 || w.input_size == 0)
     throw std::invalid_argument("SSM sizes must be positive, got " + std::to_string(w.modes) +
                                 " modes and " + std::to_string(w.input_size) + " inputs");
-  Model m;
-  m.axis_ = Axis::time;
-  m.layers_.emplace_back(SsmOp<T>(w));
-  m.so_ = m.uo_ = m.co_ = {0};
-  m.dim_ = w.state_dim();
-  return m;
+  return single_op(SsmOp<T>(w));
 }
 
 template <class T>
@@ -115,27 +110,27 @@ Model<T> Model<T>::ssm(const SelectiveSsmWeights<T>& w) {
     throw std::invalid_argument("selective SSM weights are null");
   if (w.d_model == 0 || w.d_inner == 0 || w.d_state == 0 || w.dt_rank == 0 || w.d_conv < 2)
     throw std::invalid_argument("selective SSM sizes must be positive (d_conv >= 2)");
-  Model m;
-  m.axis_ = Axis::time;
-  m.layers_.emplace_back(SelectiveSsmOp<T>(w));
-  const auto& op = std::get<SelectiveSsmOp<T>>(m.layers_.back());
-  m.so_ = m.uo_ = m.co_ = {0};
-  m.dim_ = op.out_dim();
-  m.cols_ = op.gemm_cols();
-  m.cache_ = op.cache_size();
-  return m;
+  return single_op(SelectiveSsmOp<T>(w));
 }
 
 template <class T>
 Model<T> Model<T>::ssm_stack(const std::vector<SsmBlockWeights<T>>& blocks) {
+  return single_op(SsmStackOp<T>(blocks));
+}
+
+template <class T>
+Model<T> Model<T>::single_op(Layer<T> op) {
   Model m;
   m.axis_ = Axis::time;
-  m.layers_.emplace_back(SsmStackOp<T>(blocks));
-  const auto& op = std::get<SsmStackOp<T>>(m.layers_.back());
+  m.layers_.push_back(std::move(op));
   m.so_ = m.uo_ = m.co_ = {0};
-  m.dim_ = op.out_dim();
-  m.cols_ = op.gemm_cols();
-  m.cache_ = op.cache_size();
+  std::visit(
+      [&](const auto& o) {
+        m.dim_ = o.out_dim();
+        m.cols_ = o.gemm_cols();
+        m.cache_ = o.cache_size();
+      },
+      m.layers_.back());
   return m;
 }
 

@@ -108,6 +108,28 @@ struct LayerCotangent {
   std::size_t ldt = 0;
 };
 
+// The Jacobian of an op's step for one sample (column-major, out_dim x in_dim) as the JVP of
+// the identity: its in_dim rows stepped as tangent rows against the sample's cache. U: in_dim
+// rows of gemm_cols scratch, holding the identity's gemm_rows where the op's step reads them.
+template <class T, class Op>
+void jacobian_as_jvp(const Op& op, const T* cache, T* J, T* U) {
+  const std::size_t din = op.in_dim();
+  std::vector<T> eye(din * din, T(0));
+  for (std::size_t j = 0; j < din; ++j) eye[j * din + j] = T(1);
+  LayerRows<T> r;
+  r.U = U;
+  r.ldu = op.gemm_cols();
+  r.X = eye.data();
+  r.ldx = din;
+  r.Y = J;
+  r.ldy = op.out_dim();
+  r.nt = 1;
+  r.k = din;
+  r.cache_r = cache;
+  r.ldc = op.cache_size();
+  op.step(r);
+}
+
 // A dense layer (dense_stack.hpp): plain, residual or highway block, optional LayerNorm or
 // eval-mode BatchNorm. Its state is its output.
 template <class T>
@@ -308,7 +330,7 @@ class SsmStackOp {
   std::size_t d_ = 0, dim_ = 0, cols_ = 0, cache_ = 0;
   // U's (and a VJP's G's) blocks per row: v, p, y, the gate, the total state cotangent, the
   // output's cotangents of C and xc, the layer's own scratch
-  std::size_t ov_ = 0, op_ = 0, oy_ = 0, og_ = 0, ow_ = 0, oc_ = 0, ox_ = 0, os_ = 0;
+  std::size_t ov_ = 0, op_ = 0, oy_ = 0, og_ = 0, ow_ = 0, oc_ = 0, os_ = 0;
 };
 
 template <class Op>
@@ -423,6 +445,10 @@ class Model {
   void jacobian(std::size_t s, const T* cache, T* J, T* U) const;
 
  private:
+  // A time-axis model of one op (a state-space layer or stack): the op's state, scratch and
+  // cache are the model's.
+  static Model single_op(Layer<T> op);
+
   Axis axis_ = Axis::depth;
   std::vector<Layer<T>> layers_;
   // Time axis: each layer's offsets in a state row, a gemm_rows row and a cache row; the

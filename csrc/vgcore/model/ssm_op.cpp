@@ -71,21 +71,6 @@ VGCORE_TARGET_CLONES void ssm_vjp_row(const T* __restrict a, const T* __restrict
     layers::ssm_complex_vjp(a[2 * j], a[2 * j + 1], w[2 * j], w[2 * j + 1], g[2 * j], g[2 * j + 1]);
 }
 
-// The selective layer's cache of one sample (selective_ssm.hpp's layout).
-template <class T, class P>
-struct SelCache {
-  P h, delta, sig, xc, ds, gz, B, C;
-  SelCache(P c, std::size_t di, std::size_t n)
-      : h(c),
-        delta(c + di * n),
-        sig(delta + di),
-        xc(delta + 2 * di),
-        ds(delta + 3 * di),
-        gz(delta + 4 * di),
-        B(delta + 5 * di),
-        C(delta + 5 * di + n) {}
-};
-
 // ---- the selective layer's rows (one sample's d_inner channels), multi-versioned --------------
 
 // A state row's convolution: xc (into u and the cache), silu'(pre), silu(z).
@@ -106,24 +91,19 @@ VGCORE_TARGET_CLONES void sel_conv_state_row(const T* __restrict wc, const T* __
   }
 }
 
-// A tangent row's dxc from its buffer's tangent.
+// A tangent row's dxc from its buffer's tangent and, inside a stack, the input's tangent dx
+// (its in_proj x part; null for a lone layer, whose input has none).
 template <class T>
 VGCORE_TARGET_CLONES void sel_conv_tangent_row(const T* __restrict wc, const T* __restrict dbuf,
-                                               const T* __restrict ds, T* __restrict u,
-                                               std::size_t di, std::size_t dc) {
+                                               const T* __restrict dx, const T* __restrict ds,
+                                               T* __restrict u, std::size_t di, std::size_t dc) {
   const std::size_t nb = dc - 1;
-  for (std::size_t i = 0; i < di; ++i)
-    u[i] = layers::selective_conv_jvp(wc + i * dc, dbuf + i * nb, ds[i], dc);
-}
-
-// The same inside a stack: the input's tangent dx (its in_proj x part) enters the convolution.
-template <class T>
-VGCORE_TARGET_CLONES void sel_conv_tangent_in_row(const T* __restrict wc, const T* __restrict dbuf,
-                                                  const T* __restrict dx, const T* __restrict ds,
-                                                  T* __restrict u, std::size_t di, std::size_t dc) {
-  const std::size_t nb = dc - 1;
-  for (std::size_t i = 0; i < di; ++i)
-    u[i] = layers::selective_conv_jvp_in(wc + i * dc, dbuf + i * nb, dx[i], ds[i], dc);
+  if (dx)
+    for (std::size_t i = 0; i < di; ++i)
+      u[i] = layers::selective_conv_jvp_in(wc + i * dc, dbuf + i * nb, dx[i], ds[i], dc);
+  else
+    for (std::size_t i = 0; i < di; ++i)
+      u[i] = layers::selective_conv_jvp(wc + i * dc, dbuf + i * nb, ds[i], dc);
 }
 
 // A state row's step: Delta from dt_proj's output (udt) and bias, h' and the shifted buffer.
@@ -301,20 +281,17 @@ void SelectiveSsmOp<T>::step(const LayerRows<T>& r) const {
   const std::size_t di = w_.d_inner, n = w_.d_state, dc = w_.d_conv, R = w_.dt_rank;
   const std::size_t Sh = di * n, oxd = di, odt = di + R + 2 * n, rows = r.ns + r.nt * r.k;
   for (std::size_t b = 0; b < r.ns; ++b) {
-    SelCache<T, T*> c(r.cache_w + b * r.ldc, di, n);
+    layers::SelectiveCache<T, T*> c(r.cache_w + b * r.ldc, di, n);
     sel_conv_state_row(w_.conv_weight, w_.conv_bias, r.X + b * r.ldx + Sh, r.proj + b * r.ldp,
                        r.U + b * r.ldu, c.xc, c.ds, c.gz, di, dc);
   }
   for (std::size_t g = 0; g < r.nt; ++g) {
-    const SelCache<T, const T*> c(r.cache_r + g * r.ldc, di, n);
+    const layers::SelectiveCache<T, const T*> c(r.cache_r + g * r.ldc, di, n);
     for (std::size_t q = 0; q < r.k; ++q) {
       const std::size_t row = r.ns + g * r.k + q;
-      if (r.tproj)
-        sel_conv_tangent_in_row(w_.conv_weight, r.X + row * r.ldx + Sh,
-                                r.tproj + (g * r.k + q) * r.ldp, c.ds, r.U + row * r.ldu, di, dc);
-      else
-        sel_conv_tangent_row(w_.conv_weight, r.X + row * r.ldx + Sh, c.ds, r.U + row * r.ldu, di,
-                             dc);
+      const T* dx = r.tproj ? r.tproj + (g * r.k + q) * r.ldp : nullptr;
+      sel_conv_tangent_row(w_.conv_weight, r.X + row * r.ldx + Sh, dx, c.ds, r.U + row * r.ldu, di,
+                           dc);
     }
   }
   // The selection of every row: (dt, B, C) = x_proj(xc), then dt_proj(dt).
@@ -323,7 +300,7 @@ void SelectiveSsmOp<T>::step(const LayerRows<T>& r) const {
   for (std::size_t b = 0; b < r.ns; ++b) {
     const T* h = r.X + b * r.ldx;
     const T* u = r.U + b * r.ldu;
-    SelCache<T, T*> c(r.cache_w + b * r.ldc, di, n);
+    layers::SelectiveCache<T, T*> c(r.cache_w + b * r.ldc, di, n);
     std::copy(u + oxd + R, u + oxd + R + 2 * n, c.B);  // B, C side by side
     std::copy(h, h + Sh, c.h);
     sel_state_row(w_.A, w_.dt_proj_bias, u + odt, c.B, c.xc, r.proj + b * r.ldp, h, r.Y + b * r.ldy,
@@ -331,7 +308,7 @@ void SelectiveSsmOp<T>::step(const LayerRows<T>& r) const {
   }
   T* a = r.nt ? transition_scratch<T>(Sh) : nullptr;
   for (std::size_t g = 0; g < r.nt; ++g) {
-    const SelCache<T, const T*> c(r.cache_r + g * r.ldc, di, n);
+    const layers::SelectiveCache<T, const T*> c(r.cache_r + g * r.ldc, di, n);
     sel_transition(w_.A, c.delta, a, di, n);
     for (std::size_t q = 0; q < r.k; ++q) {
       const std::size_t row = r.ns + g * r.k + q;
@@ -357,7 +334,7 @@ void SelectiveSsmOp<T>::vjp_in_stack(const LayerCotangent<T>& cv, const T* gC, c
   const FlushSubnormals ftz;
   const std::size_t di = w_.d_inner, n = w_.d_state, dc = w_.d_conv, R = w_.dt_rank;
   const std::size_t Sh = di * n, oxd = di, odt = di + R + 2 * n, nb = dc - 1;
-  const SelCache<T, const T*> c(cv.cache, di, n);
+  const layers::SelectiveCache<T, const T*> c(cv.cache, di, n);
   T* a = transition_scratch<T>(Sh);
   sel_transition(w_.A, c.delta, a, di, n);
   for (std::size_t r = 0; r < cv.k; ++r) {
@@ -382,26 +359,13 @@ void SelectiveSsmOp<T>::vjp_in_stack(const LayerCotangent<T>& cv, const T* gC, c
 
 template <class T>
 void SelectiveSsmOp<T>::jacobian(const T* cache, T* J, T* U) const {
-  const std::size_t din = in_dim();
-  std::vector<T> eye(din * din, T(0));
-  for (std::size_t j = 0; j < din; ++j) eye[j * din + j] = T(1);
-  LayerRows<T> r;
-  r.U = U;
-  r.ldu = gemm_cols();
-  r.X = eye.data();
-  r.ldx = din;
-  r.Y = J;
-  r.ldy = din;
-  r.nt = 1;
-  r.k = din;
-  r.cache_r = cache;
-  step(r);
+  jacobian_as_jvp(*this, cache, J, U);
 }
 
 template <class T>
 void SelectiveSsmOp<T>::output(const T* cache, const T* hn, T* out) const {
   const std::size_t di = w_.d_inner, n = w_.d_state, dm = w_.d_model;
-  const SelCache<T, const T*> c(cache, di, n);
+  const layers::SelectiveCache<T, const T*> c(cache, di, n);
   std::vector<T> yg(di);
   for (std::size_t i = 0; i < di; ++i) {
     const T y = layers::selective_output(hn + i * n, c.C, n) + (w_.D ? w_.D[i] * c.xc[i] : T(0));

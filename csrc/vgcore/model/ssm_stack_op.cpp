@@ -87,8 +87,7 @@ SsmStackOp<T>::SsmStackOp(const std::vector<SsmBlockWeights<T>>& blocks) {
   oy_ = op_ + P;
   og_ = oy_ + d_;
   ow_ = og_ + G;
-  oc_ = ow_ + W;
-  ox_ = oc_;  // the C part first, xc's after it (set per block)
+  oc_ = ow_ + W;  // per row: the output's cotangent of C (d_state), then of xc (d_inner)
   os_ = oc_ + E;
   cols_ = os_ + S;
 }
@@ -171,12 +170,11 @@ void SsmStackOp<T>::step(const LayerRows<T>& r) const {
         T* g = gate + b * ld;
         const T* hn = lr.Y + b * r.ldy;  // the new h (state rows) or its tangent
         if (b < r.ns) {
-          const T* c = lr.cache_w + b * r.ldc;
+          const layers::SelectiveCache<T, const T*> c(lr.cache_w + b * r.ldc, di, n);
           T* e = r.cache_w + b * r.ldc + bl.ce;
-          const T* C = c + Sh + 5 * di + n;
-          const T* xc = c + Sh + 2 * di;
           for (std::size_t i = 0; i < di; ++i) {
-            const T yp = layers::selective_output(hn + i * n, C, n) + (w.D ? w.D[i] * xc[i] : T(0));
+            const T yp =
+                layers::selective_output(hn + i * n, c.C, n) + (w.D ? w.D[i] * c.xc[i] : T(0));
             T sz, dsz;
             layers::silu_forward(z[i], sz, dsz);
             e[i] = yp;
@@ -185,16 +183,14 @@ void SsmStackOp<T>::step(const LayerRows<T>& r) const {
           }
           std::copy(hn, hn + Sh, e + 2 * di);
         } else {
-          const T* c = tcache(b) + bl.cl;
+          const layers::SelectiveCache<T, const T*> c(tcache(b) + bl.cl, di, n);
           const T* e = tcache(b) + bl.ce;
-          const T* C = c + Sh + 5 * di + n;
-          const T* gz = c + Sh + 4 * di;
           const T* uo = lr.U + b * ld;  // [dxc | d x_proj (dt, B, C) | d dt_proj]
           const T* dC = uo + di + R + n;
           for (std::size_t i = 0; i < di; ++i) {
-            const T dy = layers::selective_output_jvp(e + 2 * di + i * n, C, hn + i * n, dC, n) +
+            const T dy = layers::selective_output_jvp(e + 2 * di + i * n, c.C, hn + i * n, dC, n) +
                          (w.D ? w.D[i] * uo[i] : T(0));
-            g[i] = layers::selective_gate_jvp(e[i], dy, gz[i], e[di + i], z[i]);
+            g[i] = layers::selective_gate_jvp(e[i], dy, c.gz[i], e[di + i], z[i]);
           }
         }
       }
@@ -249,13 +245,11 @@ void SsmStackOp<T>::vjp(const LayerCotangent<T>& cv) const {
     } else {
       const auto& sop = std::get<SelectiveSsmOp<T>>(bl.op);
       const SelectiveSsmWeights<T>& w = sop.weights();
-      const std::size_t di = w.d_inner, n = w.d_state, Sh = di * n;
+      const std::size_t di = w.d_inner, n = w.d_state;
       T* gg = G + og_;
       blas::gemm(Op::N, Op::N, k, di, d, T(1), gy, ld, w.out_proj_weight, di, T(0), gg, ld);
-      const T* cl = cv.cache + bl.cl;
+      const layers::SelectiveCache<T, const T*> cs(cv.cache + bl.cl, di, n);
       const T* e = cv.cache + bl.ce;
-      const T* C = cl + Sh + 5 * di + n;
-      const T* gz = cl + Sh + 4 * di;
       T* gp = G + op_;
       for (std::size_t r = 0; r < k; ++r) {
         T* gC = G + r * ld + oc_;
@@ -263,9 +257,9 @@ void SsmStackOp<T>::vjp(const LayerCotangent<T>& cv) const {
         std::fill(gC, gC + n, T(0));
         const T* g = gg + r * ld;
         for (std::size_t i = 0; i < di; ++i) {
-          const T gyi = g[i] * gz[i];
+          const T gyi = g[i] * cs.gz[i];
           gp[r * ld + di + i] = g[i] * e[i] * e[di + i];  // dL/dz
-          layers::selective_output_vjp(e + 2 * di + i * n, C, gyi, wt + r * ld + i * n, gC, n);
+          layers::selective_output_vjp(e + 2 * di + i * n, cs.C, gyi, wt + r * ld + i * n, gC, n);
           gxc[i] = w.D ? gyi * w.D[i] : T(0);
         }
       }
@@ -292,21 +286,7 @@ void SsmStackOp<T>::vjp(const LayerCotangent<T>& cv) const {
 
 template <class T>
 void SsmStackOp<T>::jacobian(const T* cache, T* J, T* U) const {
-  const std::size_t din = in_dim();
-  std::vector<T> eye(din * din, T(0));
-  for (std::size_t j = 0; j < din; ++j) eye[j * din + j] = T(1);
-  LayerRows<T> r;
-  r.U = U;
-  r.ldu = gemm_cols();
-  r.X = eye.data();
-  r.ldx = din;
-  r.Y = J;
-  r.ldy = din;
-  r.nt = 1;
-  r.k = din;
-  r.cache_r = cache;
-  r.ldc = cache_;
-  step(r);
+  jacobian_as_jvp(*this, cache, J, U);
 }
 
 template class SsmStackOp<float>;

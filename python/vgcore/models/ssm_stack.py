@@ -24,7 +24,7 @@ import numpy as np
 from vgcore._validation import as_float_array, check_positive_int
 from vgcore.models.base import Model, _infer_dtype, _rng, _torch_to_numpy
 from vgcore.models.registry import register_model_kind
-from vgcore.models.ssm import SSM, SelectiveSSM
+from vgcore.models.ssm import SSM, SelectiveSSM, _check_pos_float
 
 __all__ = ["SSMStack"]
 
@@ -87,8 +87,7 @@ class SSMStack(Model):
         for name, flag in (("norm", norm), ("residual", residual)):
             if not isinstance(flag, (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not eps > 0:
-            raise ValueError(f"eps must be a positive number, got {eps!r}")
+        eps = _check_pos_float(eps, "eps")
         self.dtype = dt = _infer_dtype([ly.dtype for ly in layers], dtype)
         self.layers: list[SSM | SelectiveSSM] = [
             ly if ly.dtype == dt else cast("SSM | SelectiveSSM", ly.astype(dt)) for ly in layers
@@ -100,7 +99,7 @@ class SSMStack(Model):
                     f"layers[{i}] has input_size {ly.input_size}, layers[0] has {d} (the blocks "
                     "share the stream's width)"
                 )
-        self.norm, self.residual, self.eps = bool(norm), bool(residual), float(eps)
+        self.norm, self.residual, self.eps = bool(norm), bool(residual), eps
         L = len(self.layers)
 
         def per_block(values: Sequence[Any] | None, name: str, fill: float) -> list[np.ndarray]:
