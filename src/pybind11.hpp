@@ -91,14 +91,16 @@ py::array_t<T> to_numpy(const std::vector<T>& v, std::vector<py::ssize_t> shape)
 }
 
 // A Control that checks for Ctrl-C and calls `progress(done, total)` (if not None) about
-// every 0.1 s, holding the GIL only for that moment. Must be created with the GIL held.
+// every 0.1 s, holding the GIL only for that moment; not before a total is known (a check
+// between blocks of a call's first phase only looks for Ctrl-C). Must be created with the GIL
+// held.
 inline Control make_control(const py::object& progress) {
   const py::object* cb = &progress;
   return Control(
       [cb](std::size_t done, std::size_t total) {
         py::gil_scoped_acquire gil;
         if (PyErr_CheckSignals() != 0) throw py::error_already_set();
-        if (!cb->is_none()) (*cb)(done, total);
+        if (total > 0 && !cb->is_none()) (*cb)(done, total);
       },
       0.1);
 }

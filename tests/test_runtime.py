@@ -87,22 +87,31 @@ def test_set_num_threads():
 
 
 def test_ctrl_c_interrupts_a_long_call(sigint_raises):
-    """_thread.interrupt_main() is what Ctrl-C does: the C++ loop notices within ~0.1 s."""
+    """_thread.interrupt_main() is what Ctrl-C does: the C++ loop notices within ~0.1 s.
+
+    The latency is measured from the moment the interrupt is sent, not from the call's start,
+    so a slow set-up (a sanitized build, a loaded machine) does not count against it; the
+    uninterrupted call takes several seconds more than the bound allows."""
     import _thread
 
     rng = np.random.default_rng(0)
     N = 64
     model = LSTM(rng.normal(0, 0.1, (4 * N, 8)), rng.normal(0, 0.1, (4 * N, N)))
     x = rng.normal(size=(100_000, 4, 8))  # several seconds of work
-    timer = threading.Timer(0.3, _thread.interrupt_main)
-    start = time.perf_counter()
+    sent: list[float] = []
+
+    def ctrl_c() -> None:
+        sent.append(time.perf_counter())
+        _thread.interrupt_main()
+
+    timer = threading.Timer(0.3, ctrl_c)
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             vgcore.gradient_flow(model, x, num_threads=2)
     finally:
         timer.cancel()
-    assert time.perf_counter() - start < 3.0
+    assert time.perf_counter() - sent[0] < 1.5
 
 
 def test_workspace_reuse_gives_identical_results():

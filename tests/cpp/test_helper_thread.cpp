@@ -3,7 +3,9 @@
 // that claims it back, with and without the helper's idle spin; an exception thrown on the
 // helper (the fault hook's bad_alloc) comes back from wait(); the singular values of a Jacobian
 // product (one sample on two threads: the T updates go to the helper) hand a helper's bad_alloc
-// to their caller, and a later call gives the same numbers as a single-threaded one.
+// to their caller, and a later call gives the same numbers as a single-threaded one;
+// parallel_rows covers every row once in bounded blocks and lets its caller's Control stop a
+// long phase between blocks (the progress known so far, (0, 0) before any).
 //
 // Returns 0 if every check passed. Build: see tests/cpp/README.md.
 
@@ -12,11 +14,14 @@
 #include <cstdio>
 #include <new>
 #include <random>
+#include <stdexcept>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "vgcore/analysis/singular.hpp"
 #include "vgcore/base/helper_thread.hpp"
+#include "vgcore/base/parallel_rows.hpp"
 #include "vgcore/model/model.hpp"
 
 using namespace vgcore;
@@ -138,7 +143,44 @@ void check_singular_values() {
   check(again == one, "singular values: the same numbers after a helper fault");
 }
 
+static void check_parallel_rows() {
+  const std::size_t rows = 5 * kParallelRowsBlock + 123;
+  for (int threads : {1, 2}) {
+    std::vector<std::atomic<int>> seen(rows);
+    std::atomic<bool> too_big{false};
+    std::vector<std::pair<std::size_t, std::size_t>> reported;
+    Control ctl([&](std::size_t d, std::size_t t) { reported.emplace_back(d, t); }, 0.0);
+    parallel_rows(threads, rows, 64, ctl, [&](std::size_t r0, std::size_t r1) {
+      if (r1 - r0 > kParallelRowsBlock) too_big = true;
+      for (std::size_t r = r0; r < r1; ++r) seen[r].fetch_add(1);
+    });
+    bool once = true;
+    for (auto& s : seen) once = once && s.load() == 1;
+    check(once && !too_big, "parallel_rows: every row exactly once, in bounded blocks");
+    check(!reported.empty() && reported.front() == std::make_pair<std::size_t, std::size_t>(0, 0),
+          "parallel_rows: the caller's Control is checked between blocks, (0, 0) before any tick");
+    ctl.tick(7, 9);
+    ctl.check();
+    check(reported.back() == std::make_pair<std::size_t, std::size_t>(7, 9),
+          "Control::check repeats the last progress reported");
+  }
+  // a callback that throws (Ctrl-C) stops the phase between blocks, on every thread
+  std::atomic<std::size_t> done_rows{0};
+  Control stop([](std::size_t, std::size_t) { throw std::runtime_error("stop"); }, 0.0);
+  bool caught = false;
+  try {
+    parallel_rows(2, rows, 64, stop, [&](std::size_t r0, std::size_t r1) {
+      done_rows += r1 - r0;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    });
+  } catch (const std::runtime_error&) {
+    caught = true;
+  }
+  check(caught && done_rows.load() < rows, "parallel_rows: a throwing callback stops the phase");
+}
+
 int main() {
+  check_parallel_rows();
   check_exactly_once(0);
   check_exactly_once(50000);
   check_exception();

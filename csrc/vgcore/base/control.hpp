@@ -42,13 +42,18 @@ class Control {
     if (!callback_) return;
     const auto now = Clock::now();
     if (now - last_ < interval_ && done < total) return;
-    last_ = now;
-    try {
-      callback_(done, total);
-    } catch (...) {
-      cancel();
-      throw;
-    }
+    done_ = done;
+    total_ = total;
+    fire(now);
+  }
+  // Called from the owning thread between blocks of work that report no progress of their own
+  // (a long input projection): as tick, with the last progress reported, (0, 0) before any.
+  void check() {
+    if (cancelled_.load(std::memory_order_relaxed)) throw Cancelled();
+    if (!callback_) return;
+    const auto now = Clock::now();
+    if (now - last_ < interval_) return;
+    fire(now);
   }
   // Called from worker threads: cheap.
   void poll() const {
@@ -59,9 +64,19 @@ class Control {
 
  private:
   using Clock = std::chrono::steady_clock;
+  void fire(Clock::time_point now) {
+    last_ = now;
+    try {
+      callback_(done_, total_);
+    } catch (...) {
+      cancel();
+      throw;
+    }
+  }
   Callback callback_;
   Clock::duration interval_{};
   Clock::time_point last_ = Clock::now();
+  std::size_t done_ = 0, total_ = 0;
   std::atomic<bool> cancelled_{false};
 };
 

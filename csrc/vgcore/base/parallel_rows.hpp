@@ -15,9 +15,14 @@
 
 namespace vgcore {
 
-// fn(r0, r1) on contiguous row ranges covering [0, rows), on up to `requested` threads
-// (0 = hardware concurrency), at least `min_rows` rows per thread; BLAS single-threaded inside
-// unless one thread does it all (then with the whole budget).
+// Rows one fn call gets at most: a whole-sequence projection (10^5 steps x a batch) is cut into
+// blocks so that Ctrl-C and the progress callback are seen between them, not after seconds.
+constexpr std::size_t kParallelRowsBlock = 4096;
+
+// fn(r0, r1) on contiguous row ranges covering [0, rows), each of at most kParallelRowsBlock
+// rows, on up to `requested` threads (0 = hardware concurrency), at least `min_rows` rows per
+// thread; BLAS single-threaded inside unless one thread does it all (then with the whole
+// budget). Between blocks the calling thread checks `ctl` (Ctrl-C, progress), the others poll it.
 template <class Fn>
 void parallel_rows(int requested, std::size_t rows, std::size_t min_rows, Control& ctl, Fn&& fn) {
   const std::size_t n = resolve_threads(
@@ -25,7 +30,13 @@ void parallel_rows(int requested, std::size_t rows, std::size_t min_rows, Contro
   blas::BlasThreadsScope threads(n > 1 ? 1 : static_cast<int>(resolve_threads(requested, 1 << 20)));
   run_chunks(n, ctl, [&](std::size_t ci) {
     const auto [r0, r1] = split_range(rows, n, ci);
-    if (r1 > r0) fn(r0, r1);
+    for (std::size_t b0 = r0; b0 < r1; b0 += kParallelRowsBlock) {
+      if (ci == 0)
+        ctl.check();
+      else
+        ctl.poll();
+      fn(b0, std::min(r1, b0 + kParallelRowsBlock));
+    }
   });
 }
 
