@@ -223,15 +223,22 @@ def test_ctrl_c_interrupts_a_long_run(sigint_raises):
 
     model = vgcore.LSTM.from_sizes(4, 64, seed=0)
     x = np.random.default_rng(0).standard_normal((200_000, 1, 4))  # many seconds of work
-    timer = threading.Timer(0.3, _thread.interrupt_main)
-    start = time.perf_counter()
+    sent: list[float] = []
+
+    def ctrl_c() -> None:
+        sent.append(time.perf_counter())
+        _thread.interrupt_main()
+
+    # measured from the interrupt, not the call's start: a slow set-up (a sanitized build, a
+    # loaded machine) is not what this checks
+    timer = threading.Timer(0.3, ctrl_c)
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             vgcore.lyapunov(model, x, k=16)
     finally:
         timer.cancel()
-    assert time.perf_counter() - start < 3.0
+    assert time.perf_counter() - sent[0] < 1.5
 
 
 def test_result_type():
