@@ -1073,3 +1073,98 @@ def test_relu_parts_and_mixed_dtype_stacking_are_exact():
     v = stack64(vals, torch.device("cpu"))
     assert v.dtype == torch.float64
     assert v.tolist() == [float(t) for t in vals]
+
+
+def test_one_pass_parameter_sums_against_float64():
+    """The compiled one-pass sums (weights' and gradients' sums of squares with the weights'
+    copy before a step, the difference's after it) against math.fsum of the float64 values:
+    1e-12 relative (float64 sums in a fixed order); the copy bit for bit; refusals name the
+    argument."""
+    from vgcore import _core
+
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float64):
+        xs = [rng.standard_normal(n).astype(dt) for n in (0, 1, 7, 8, 1001)]
+        gs = [rng.standard_normal(x.size).astype(dt) for x in xs]
+        cs = [np.full_like(x, np.nan) for x in xs]
+        got = _core.snapshot_sums(xs, [*gs[:-1], None], cs)
+        assert got.shape == (len(xs), 2) and got.dtype == np.float64
+        for i, (x, g, c) in enumerate(zip(xs, gs, cs)):
+            np.testing.assert_allclose(got[i, 0], math.fsum(x.astype(float) ** 2), rtol=1e-12)
+            want_g = math.fsum(g.astype(float) ** 2) if i < len(xs) - 1 else 0.0
+            np.testing.assert_allclose(got[i, 1], want_g, rtol=1e-12)
+            assert np.array_equal(c, x)
+        after = [(x * (1 + 1e-7) + 1e-9).astype(dt) for x in xs]
+        diff = _core.difference_sums(after, xs)
+        for d, a, b in zip(diff, after, xs):
+            want = math.fsum((a.astype(float) - b.astype(float)) ** 2)
+            np.testing.assert_allclose(d, want, rtol=1e-12)
+    x = np.ones(4, np.float32)
+    with pytest.raises(TypeError, match=r"xs\[0\] must have dtype float32 or float64"):
+        _core.snapshot_sums([np.ones(4, np.int64)], [None], [None])
+    with pytest.raises(ValueError, match=r"gs\[0\] must match"):
+        _core.snapshot_sums([x], [np.ones(5, np.float32)], [None])
+    with pytest.raises(ValueError, match=r"copies\[0\] must match"):
+        _core.snapshot_sums([x], [None], [np.ones(4, np.float64)])
+    ro = np.ones(4, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"copies\[0\] must be writeable"):
+        _core.snapshot_sums([x], [None], [ro])
+    with pytest.raises(ValueError, match=r"xs\[0\] must be C-contiguous"):
+        _core.snapshot_sums([np.ones((4, 4), np.float32).T], [None], [None])
+    with pytest.raises(ValueError, match="same length"):
+        _core.difference_sums([x], [])
+    with pytest.raises(TypeError, match=r"b\[0\] must be a numpy array"):
+        _core.difference_sums([x], [None])
+
+
+class _MixedLayouts(nn.Module):
+    """Parameters the one-pass sums take (contiguous float64) beside ones they leave to torch:
+    a transposed (non-contiguous) weight and a bfloat16 scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.a = nn.Linear(6, 8).double()
+        self.w_t = nn.Parameter(torch.randn(3, 8, dtype=torch.float64).t())  # (8, 3), strided
+        self.scale = nn.Parameter(torch.tensor([1.5, 0.5, 2.0], dtype=torch.bfloat16))
+
+    def forward(self, x):
+        return (torch.tanh(self.a(x)) @ self.w_t) * self.scale.double()
+
+
+@pytest.mark.parametrize("opt_name", ["sgd_momentum", "adam"])
+def test_norms_match_on_the_compiled_pass_and_torchs_alike(opt_name, monkeypatch):
+    """Contiguous float64 parameters go through the compiled one-pass sums, a non-contiguous
+    weight and a bfloat16 parameter through torch's foreach norms, in the same step: every
+    recorded norm and update matches the direct float64 computation (1e-10; the bfloat16
+    parameter's norms, rounded to its 8 bits, 1e-2), and training is unchanged."""
+    make = OPTIMIZERS[opt_name]
+    model = _MixedLayouts()
+    assert not model.w_t.is_contiguous()
+    ref = copy.deepcopy(model)
+    batches = [data(seed=s) for s in range(3)]
+    from vgcore import _core
+
+    sizes: list[list[int]] = []
+    one_pass = _core.snapshot_sums
+
+    def spy(xs, gs, cs):
+        sizes.append([x.size for x in xs])
+        return one_pass(xs, gs, cs)
+
+    monkeypatch.setattr(_core, "snapshot_sums", spy)
+    w = watched_run(model, make, batches, activations=False, output_grads=False)
+    oracle = oracle_run(ref, make, batches, block_names=["a"])
+    # the Linear's weight and bias took the compiled pass, the other two torch's
+    assert sizes and all(sz == [48, 8] for sz in sizes)
+    df = w.history
+    for s, (rec, _) in enumerate(oracle):
+        for name, (g, wn, d) in rec.items():
+            rtol = 1e-2 if name == "scale" else RTOL
+            for metric, want in (("grad_norm", g), ("weight_norm", wn), ("update_norm", d)):
+                got = df[(df.step == s) & (df.metric == metric) & (df.parameter == name)]
+                assert len(got) == 1, (s, name, metric)
+                np.testing.assert_allclose(float(got.value.iloc[0]), want, rtol=rtol)
+    for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        assert torch.equal(p, q), n

@@ -12,18 +12,21 @@ How it measures (and why it stays cheap and correct):
   forward hook (not a full backward hook, which breaks on in-place operations). It is summed
   over the forward passes of the step (micro-batches). Activation statistics come from
   forward hooks on the recognised activation modules (:func:`vgcore.activations.from_torch_module`).
-- Norms are reduced on the device (``torch._foreach_norm`` over all tensors at once); one
-  logged step's 0-d results are stacked into one vector and moved to the host once (the sums
-  per block and per activation module are formed there; under several ranks on the device,
-  before one all_reduce). Steps that are not logged cost a few Python calls in the hooks.
-- Cost on a logged step, parameters: gradient and weight norms (one read each), a copy of the
-  weights (read + write) and their difference after the step (two reads + a write) with its
-  norm: about eight passes over the parameters' bytes, which on a small, memory-bound step
-  (an MLP of 2M parameters) is 10% and more of the step; ``update_every`` takes the last three
-  off the steps in between. The weights are read afresh at each logged step rather than
-  reused from the previous step's post-hook: ``Tensor._version`` does not see in-place changes
-  made through ``.data`` (``p.data.clamp_(...)`` weight clipping), so a kept copy or norm could
-  be stale without any sign of it.
+- Norms are reduced on the device: dense float32 / float64 CPU parameters in one compiled pass
+  per tensor (the gradient's and weight's sums of squares and the weight's copy before the
+  step, the difference's sum of squares after it, in float64), others by
+  ``torch._foreach_norm`` over all tensors at once; one logged step's 0-d results are stacked
+  into one vector and moved to the host once (the sums per block and per activation module
+  are formed there; under several ranks on the device, before one all_reduce). Steps that are
+  not logged cost a few Python calls in the hooks.
+- Cost on a logged step, parameters: five passes over the parameters' bytes on the CPU (the
+  gradient, the weight and its copy before the step; the weight and the copy after it),
+  which on a small, memory-bound step (an MLP of 2M parameters) is still several percent of
+  the step; ``update_every`` takes the copy and the difference off the steps in between. The
+  weights are read afresh at each logged step rather than reused from the previous step's
+  post-hook: ``Tensor._version`` does not see in-place changes made through ``.data``
+  (``p.data.clamp_(...)`` weight clipping), so a kept copy or norm could be stale without any
+  sign of it.
 - Forward passes without gradient (``torch.no_grad``, ``inference_mode``: evaluation) are
   not counted.
 """
@@ -624,7 +627,7 @@ class Watch:
         if self.step % self.every != 0:
             return
         torch = self._torch
-        from vgcore.watch.stats import norms
+        from vgcore.watch.stats import snapshot_norms
 
         closure = (kwargs or {}).get("closure")
         # the hook sees step's own arguments, the optimizer first: (opt, closure)
@@ -644,12 +647,15 @@ class Watch:
                 cand = [k for k, (_, p, _) in enumerate(self._params) if p.requires_grad]
                 weights = [self._data(k) for k in cand]
                 keys = [k for k in cand if id(self._params[k][1]) in in_opt] if upd_now else []
+                bufs = self._buffers(keys)
+                copies = [bufs.get(k) for k in cand]
+                wn, _ = snapshot_norms(weights, [None] * len(cand), copies)
                 self._pending = {
                     "deferred": True,
                     "cand": cand,
-                    "wn": norms(weights),
+                    "wn": wn,
                     "keys": keys,
-                    "snap": self._snapshot(keys),
+                    "snap": [bufs[k] for k in keys],
                     "scale": scale,
                     "dev": self._device(weights),
                 }
@@ -657,14 +663,16 @@ class Watch:
             entries, grads = self._grads()
             upd = [k for k in entries if id(self._params[k][1]) in in_opt] if upd_now else []
             weights = [self._data(k) for k in entries]
-            gw = norms([*grads, *weights])  # one fused call for both
+            bufs = self._buffers(upd)
+            # one pass per tensor: the gradient's and the weight's norms, the weight's copy
+            wn, gn = snapshot_norms(weights, grads, [bufs.get(k) for k in entries])
             self._pending = {
                 "entries": entries,
                 "upd": upd,
-                "gn": gw[: len(entries)],
+                "gn": gn,
                 "present": [g is not None for g in grads],
-                "wn": gw[len(entries) :],
-                "snap": self._snapshot(upd),
+                "wn": wn,
+                "snap": [bufs[k] for k in upd],
                 "scale": scale,
                 "dev": self._device(weights),
             }
@@ -676,7 +684,7 @@ class Watch:
         step = self.step
         if pend is not None:
             torch = self._torch
-            from vgcore.watch.stats import norms
+            from vgcore.watch.stats import difference_norms
 
             with torch.no_grad():
                 if pend.get("deferred"):
@@ -684,48 +692,51 @@ class Watch:
                 snap = pend["snap"]
                 pend["dn"] = []
                 if snap:
-                    # theta_before - theta_after in the copy, elementwise: exact for tiny steps
-                    torch._foreach_sub_(snap, [self._data(k) for k in pend["upd"]])
-                    pend["dn"] = norms(snap)
+                    # ||theta_after - theta_before||, elementwise differences: exact for tiny steps
+                    pend["dn"] = difference_norms([self._data(k) for k in pend["upd"]], snap)
                 pend["snap"] = None
             self._stage(step, pend)
         self._end_step()
         if pend is not None and self.analyze_every is not None and step % self.analyze_every == 0:
             self._analyze(step)
 
-    def _snapshot(self, keys: list[int]) -> list[Any]:
-        """The weights of ``keys`` copied into buffers kept between steps (one copy of the
-        trained parameters; no allocation per step)."""
-        if not keys:
-            return []
+    def _buffers(self, keys: list[int]) -> dict[int, Any]:
+        """Buffers for the weights of ``keys``, kept between steps (one copy of the trained
+        parameters; no allocation per step)."""
         torch = self._torch
-        srcs = [self._data(k) for k in keys]
-        bufs = []
-        for k, t in zip(keys, srcs):
+        out = {}
+        for k in keys:
+            t = self._data(k)
             b = self._bufs.get(k)
             if b is None or b.shape != t.shape or b.dtype != t.dtype or b.device != t.device:
-                b = torch.empty_like(t)
+                b = torch.empty_like(t, memory_format=torch.contiguous_format)
                 self._bufs[k] = b
-            bufs.append(b)
-        torch._foreach_copy_(bufs, srcs)
-        return bufs
+            out[k] = b
+        return out
 
     def _deferred(self, pend: dict[str, Any]) -> dict[str, Any]:
         """After a step(closure): gradients as they are now (the step does not change them),
         weight norms from before the step."""
-        from vgcore.watch.stats import norms
+        from vgcore.watch.stats import norms, snapshot_norms
 
         entries, grads = self._grads()
         pos = {k: i for i, k in enumerate(pend["cand"])}
         entries_in = [(k, g) for k, g in zip(entries, grads) if k in pos]
         at = {k: i for i, k in enumerate(pend["keys"])}
         upd = [k for k, _ in entries_in if k in at]
+        gs = [g for _, g in entries_in]
+        if all(g is not None for g in gs):
+            gn, _ = snapshot_norms(gs, [None] * len(gs), [None] * len(gs))
+        else:
+            gn = norms(gs)
+        wn = pend["wn"]
+        take = [pos[k] for k, _ in entries_in]
         return {
             "entries": [k for k, _ in entries_in],
             "upd": upd,
-            "gn": norms([g for _, g in entries_in]),
-            "present": [g is not None for _, g in entries_in],
-            "wn": [pend["wn"][pos[k]] for k, _ in entries_in],
+            "gn": gn,
+            "present": [g is not None for g in gs],
+            "wn": wn[take] if isinstance(wn, np.ndarray) else [wn[i] for i in take],
             "snap": [pend["snap"][at[k]] for k in upd],
             "scale": pend["scale"],
             "dev": pend["dev"],
@@ -745,17 +756,18 @@ class Watch:
         step = self.step
         if step % self.every == 0:
             torch = self._torch
-            from vgcore.watch.stats import norms
+            from vgcore.watch.stats import snapshot_norms
 
             with torch.no_grad():
                 entries, grads = self._grads()
                 weights = [self._data(k) for k in entries]
+                wn, gn = snapshot_norms(weights, grads, [None] * len(entries))
                 pend = {
                     "entries": entries,
                     "upd": [],
-                    "gn": norms(grads),
+                    "gn": gn,
                     "present": [g is not None for g in grads],
-                    "wn": norms(weights),
+                    "wn": wn,
                     "dn": [],
                     "scale": None,
                     "dev": self._device(weights),
@@ -876,13 +888,21 @@ class Watch:
                 else:
                     loss_f.append(float(v))
                     if_loss.append(o_loss + i)
+        # the parameters' norms: on the host already where they took the compiled pass
+        pnorms = _host_norms(pend["gn"], pend["wn"], pend["dn"])
+        if pnorms is None:
+            pvals = [t for x in (pend["gn"], pend["wn"], pend["dn"]) for t in _as_scalars(x)]
+            p_idx = np.arange(o_og, dtype=np.int64)
+            pnorms = np.zeros(0)
+        else:
+            pvals, p_idx = [], np.zeros(0, dtype=np.int64)
         # device values: norms first (squared before summing), then sums
-        dvals = [*pend["gn"], *pend["wn"], *pend["dn"], *og_norms, *parts[1::3]]
+        dvals = [*pvals, *og_norms, *parts[1::3]]
         n_sq = len(dvals)
         dvals += [*parts[0::3], *parts[2::3], *loss_t]
         idx_d = np.concatenate(
             [
-                np.arange(o_og, dtype=np.int64),
+                p_idx,
                 o_og + np.asarray(og_block, dtype=np.int64),
                 o_act + 4 * kk + 2,
                 o_act + 4 * kk + 1,
@@ -890,16 +910,20 @@ class Watch:
                 np.asarray(it_loss, dtype=np.int64),
             ]
         )
-        # host values: element counts, float losses, presence of the shards' gradients
+        # host values: the parameters' squared norms (compiled pass), element counts, float
+        # losses, presence of the shards' gradients
         idx_h = np.concatenate(
             [
+                np.arange(len(pnorms), dtype=np.int64),
                 o_act + 4 * kk,
                 np.asarray(if_loss, dtype=np.int64),
                 o_pres + np.arange(P if fsdp else 0, dtype=np.int64),
             ]
         )
         pres = [float(x) for x in pend["present"]] if fsdp else []
-        hvals = np.array([c for _, c in meta] + loss_f + pres, dtype=np.float64)
+        hvals = np.concatenate(
+            [pnorms * pnorms, np.array([c for _, c in meta] + loss_f + pres, dtype=np.float64)]
+        )
         scale = pend["scale"]
         with torch.no_grad():
             vec = stack64(dvals, dev)
@@ -938,7 +962,8 @@ class Watch:
         else:
             v = host[: len(dvals)].copy()
             v[:n_sq] *= v[:n_sq]
-            fixed_h = np.bincount(idx_d, weights=v, minlength=size)
+            # float64 even without device values (bincount of nothing gives integers)
+            fixed_h = np.bincount(idx_d, weights=v, minlength=size).astype(np.float64)
             if len(hvals):
                 fixed_h += np.bincount(idx_h, weights=hvals, minlength=size)
             at = len(dvals)
@@ -1197,6 +1222,23 @@ class Watch:
 
 
 _ANALYSES = ("gradient_flow", "jacobian_singular_values", "jacobian_spectrum", "lyapunov")
+
+
+def _host_norms(*groups: Any) -> np.ndarray | None:
+    """The groups' norms as one host float64 array when every group is a host array (or
+    empty), else None."""
+    if not all(isinstance(g, np.ndarray) or len(g) == 0 for g in groups):
+        return None
+    return np.concatenate([np.asarray(g, dtype=np.float64).reshape(-1) for g in groups])
+
+
+def _as_scalars(group: Any) -> list[Any]:
+    """A group of norms as 0-d tensors (a host array's entries as views)."""
+    if isinstance(group, np.ndarray):
+        import torch
+
+        return list(torch.from_numpy(np.ascontiguousarray(group, dtype=np.float64)).unbind(0))
+    return list(group)
 
 
 def _analysis_functions(analyze: Any) -> list[tuple[str, Any]]:

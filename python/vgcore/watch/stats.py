@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from vgcore.activations import Activation
@@ -22,9 +23,11 @@ from vgcore.activations import Activation
 __all__ = [
     "activation_metrics",
     "activation_parts",
+    "difference_norms",
     "local",
     "low_derivative_mask",
     "norms",
+    "snapshot_norms",
     "stack64",
 ]
 
@@ -58,6 +61,128 @@ def norms(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
     zero = got[0].new_zeros(()) if got else torch.zeros(())
     it = iter(got)
     return [zero if t is None else next(it) for t in tensors]
+
+
+_PASS_DTYPES = (torch.float32, torch.float64)
+
+
+def _one_pass(t: torch.Tensor | None) -> bool:
+    """Whether ``t`` can go to the compiled one-pass sums: a dense, contiguous float32 / float64
+    CPU tensor that numpy can view (no lazy negation or conjugation)."""
+    return (
+        t is not None
+        and t.device.type == "cpu"
+        and t.dtype in _PASS_DTYPES
+        and t.layout == torch.strided
+        and t.is_contiguous()
+        and not t.is_neg()
+        and not t.is_conj()
+    )
+
+
+def _alike(a: torch.Tensor | None, x: torch.Tensor) -> bool:
+    return a is None or (_one_pass(a) and a.dtype == x.dtype and a.numel() == x.numel())
+
+
+def _view(t: torch.Tensor | None) -> Any:
+    return None if t is None else t.detach().numpy()
+
+
+def _scalars(values: Any) -> list[torch.Tensor]:
+    """Host float64 values as 0-d CPU tensors (views of one array)."""
+    return list(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).unbind(0))
+
+
+def snapshot_norms(
+    weights: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor | None],
+    copies: Sequence[torch.Tensor | None],
+) -> tuple[Any, Any]:
+    """Norms of ``weights`` and ``grads``, each weight copied into its ``copies`` entry (None:
+    no copy).
+
+    Dense contiguous float32 / float64 CPU tensors take one compiled pass each (the weight read
+    once for its norm and its copy, float64 sums); the others torch's foreach norms and copy.
+    A None gradient gives a zero.
+
+    Returns
+    -------
+    (weight norms, gradient norms) : float64 arrays of shape (len(weights),) on the host when
+        every tensor took the compiled pass, else lists of 0-d tensors on the tensors' devices
+    """
+    from vgcore import _core
+
+    n = len(weights)
+    fast = [
+        i
+        for i in range(n)
+        if _one_pass(weights[i]) and _alike(grads[i], weights[i]) and _alike(copies[i], weights[i])
+    ]
+    roots = np.zeros((2, 0))
+    if fast:
+        sums = _core.snapshot_sums(
+            [_view(weights[i]) for i in fast],
+            [_view(grads[i]) for i in fast],
+            [_view(copies[i]) for i in fast],
+        )
+        roots = np.sqrt(sums.T)
+    if len(fast) == n:
+        return roots[0], roots[1]
+    wn: list[Any] = [None] * n
+    gn: list[Any] = [None] * n
+    for j, (w, g) in enumerate(zip(_scalars(roots[0]), _scalars(roots[1]))):
+        wn[fast[j]], gn[fast[j]] = w, g
+    done = set(fast)
+    rest = [i for i in range(n) if i not in done]
+    got = norms([*(weights[i] for i in rest), *(grads[i] for i in rest)])
+    for j, i in enumerate(rest):
+        wn[i] = got[j]
+        gn[i] = got[len(rest) + j]
+    dst: list[torch.Tensor] = []
+    src: list[torch.Tensor] = []
+    for i in rest:
+        c = copies[i]
+        if c is not None:
+            dst.append(c)
+            src.append(weights[i])
+    if dst:
+        torch._foreach_copy_(dst, src)
+    return wn, gn
+
+
+def difference_norms(after: Sequence[torch.Tensor], before: Sequence[torch.Tensor]) -> Any:
+    """``||after[i] - before[i]||``; ``before`` may be overwritten.
+
+    Dense contiguous float32 / float64 CPU pairs take one compiled pass each (both read once,
+    the difference formed in float64, exact for float32); the others are subtracted in place
+    into ``before`` (exact for a small step) and normed by torch.
+
+    Returns
+    -------
+    float64 array of shape (len(after),) on the host when every pair took the compiled pass,
+    else a list of 0-d tensors
+    """
+    from vgcore import _core
+
+    n = len(after)
+    fast = [i for i in range(n) if _one_pass(after[i]) and _alike(before[i], after[i])]
+    roots = np.zeros(0)
+    if fast:
+        roots = np.sqrt(
+            _core.difference_sums([_view(after[i]) for i in fast], [_view(before[i]) for i in fast])
+        )
+    if len(fast) == n:
+        return roots
+    out: list[Any] = [None] * n
+    for i, r in zip(fast, _scalars(roots)):
+        out[i] = r
+    done = set(fast)
+    rest = [i for i in range(n) if i not in done]
+    diffs = [before[i] for i in rest]
+    torch._foreach_sub_(diffs, [after[i] for i in rest])
+    for i, r in zip(rest, norms(diffs)):
+        out[i] = r
+    return out
 
 
 def _max_derivative(act: Activation) -> float:

@@ -1,0 +1,28 @@
+// One-pass sums over whole arrays for the training monitor (vgcore.watch): the statistics of a
+// parameter tensor before and after an optimizer step.
+//
+// Each pass reads its arrays once (the step's parameters do not fit in cache: a statistic costs
+// the memory traffic it makes). Sums are formed in double with 8 independent accumulators folded
+// in a fixed order, so results are reproducible bit for bit whatever the instruction set.
+#pragma once
+
+#include <cstddef>
+
+namespace vgcore {
+
+struct SnapshotSums {
+  double x2 = 0.0;  // sum x_i^2
+  double g2 = 0.0;  // sum g_i^2 (0 without g)
+};
+
+// sum x_i^2 and sum g_i^2 over n entries in one pass; when copy is given, x is copied into it
+// in the same pass. g and copy may be null; copy must not overlap x.
+template <class T>
+SnapshotSums snapshot_sums(const T* x, const T* g, T* copy, std::size_t n);
+
+// sum (a_i - b_i)^2 over n entries, each difference formed in double (exact for float; for
+// double exact where a_i and b_i are within a factor 2 of each other, as a small step's are).
+template <class T>
+double difference_sum_squares(const T* a, const T* b, std::size_t n);
+
+}  // namespace vgcore

@@ -1,0 +1,111 @@
+// The training monitor's one-pass sums (vgcore.watch): parameters before and after an optimizer
+// step. Arrays come as lists (one call per logged step, one GIL release).
+#include <string>
+#include <vector>
+
+#include "pybind11.hpp"
+#include "vgcore/base/array_sums.hpp"
+
+namespace vgcore::bind {
+namespace {
+
+// One entry of a list argument: numpy array, C-contiguous, float32 or float64.
+struct Item {
+  const void* data = nullptr;
+  std::size_t n = 0;
+  bool f32 = false;
+};
+
+Item item(const py::handle& o, const std::string& name) {
+  const py::array a = as_ndarray(o, name.c_str());
+  const bool f32 = has_dtype<float>(a);
+  if (!f32 && !has_dtype<double>(a))
+    throw py::type_error(name + " must have dtype float32 or float64, got " +
+                         std::string(py::str(a.dtype())));
+  if (!(a.flags() & py::array::c_style)) throw py::value_error(name + " must be C-contiguous");
+  return {a.data(), static_cast<std::size_t>(a.size()), f32};
+}
+
+// An optional entry matching x in dtype and size (None: absent).
+Item matching(const py::handle& o, const Item& x, const std::string& name, bool writeable) {
+  if (o.is_none()) return {};
+  const Item it = item(o, name);
+  if (it.f32 != x.f32 || it.n != x.n)
+    throw py::value_error(name + " must match its parameter's dtype and size (" +
+                          std::to_string(x.n) + " entries)");
+  if (writeable && !py::reinterpret_borrow<py::array>(o).writeable())
+    throw py::value_error(name + " must be writeable");
+  return it;
+}
+
+std::string at(const char* name, std::size_t i) {
+  return std::string(name) + "[" + std::to_string(i) + "]";
+}
+
+py::array_t<double> snapshot(const py::list& xs, const py::list& gs, const py::list& copies) {
+  const std::size_t n = xs.size();
+  if (gs.size() != n || copies.size() != n)
+    throw py::value_error("xs, gs and copies must have the same length, got " + std::to_string(n) +
+                          ", " + std::to_string(gs.size()) + ", " + std::to_string(copies.size()));
+  std::vector<Item> x(n), g(n), c(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    x[i] = item(xs[i], at("xs", i));
+    g[i] = matching(gs[i], x[i], at("gs", i), false);
+    c[i] = matching(copies[i], x[i], at("copies", i), true);
+  }
+  py::array_t<double> out({static_cast<py::ssize_t>(n), py::ssize_t{2}});
+  double* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    for (std::size_t i = 0; i < n; ++i) {
+      SnapshotSums s;
+      if (x[i].f32)
+        s = snapshot_sums(static_cast<const float*>(x[i].data),
+                          static_cast<const float*>(g[i].data),
+                          static_cast<float*>(const_cast<void*>(c[i].data)), x[i].n);
+      else
+        s = snapshot_sums(static_cast<const double*>(x[i].data),
+                          static_cast<const double*>(g[i].data),
+                          static_cast<double*>(const_cast<void*>(c[i].data)), x[i].n);
+      o[2 * i] = s.x2;
+      o[2 * i + 1] = s.g2;
+    }
+  }
+  return out;
+}
+
+py::array_t<double> difference(const py::list& as, const py::list& bs) {
+  const std::size_t n = as.size();
+  if (bs.size() != n)
+    throw py::value_error("a and b must have the same length, got " + std::to_string(n) + " and " +
+                          std::to_string(bs.size()));
+  std::vector<Item> a(n), b(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    a[i] = item(as[i], at("a", i));
+    b[i] = matching(bs[i], a[i], at("b", i), false);
+    if (b[i].data == nullptr) throw py::type_error(at("b", i) + " must be a numpy array, got None");
+  }
+  py::array_t<double> out(static_cast<py::ssize_t>(n));
+  double* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    for (std::size_t i = 0; i < n; ++i)
+      o[i] = a[i].f32 ? difference_sum_squares(static_cast<const float*>(a[i].data),
+                                               static_cast<const float*>(b[i].data), a[i].n)
+                      : difference_sum_squares(static_cast<const double*>(a[i].data),
+                                               static_cast<const double*>(b[i].data), a[i].n);
+  }
+  return out;
+}
+
+}  // namespace
+
+void bind_monitor(py::module_& m) {
+  m.def("snapshot_sums", &snapshot, py::arg("xs"), py::arg("gs"), py::arg("copies"),
+        "Per array of xs: (sum x^2, sum g^2) as rows of a (len(xs), 2) float64 array, one pass "
+        "each; x copied into copies[i] in the same pass. gs[i], copies[i] may be None.");
+  m.def("difference_sums", &difference, py::arg("a"), py::arg("b"),
+        "Per pair: sum (a_i - b_i)^2, each difference formed in float64.");
+}
+
+}  // namespace vgcore::bind
