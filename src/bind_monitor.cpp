@@ -1,5 +1,6 @@
 // The training monitor's one-pass sums (vgcore.watch): parameters before and after an optimizer
-// step. Arrays come as lists (one call per logged step, one GIL release).
+// step, rectifier outputs. Arrays come as lists (one call per logged step, one GIL release).
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -98,6 +99,31 @@ py::array_t<double> difference(const py::list& as, const py::list& bs) {
   return out;
 }
 
+template <class T>
+py::tuple rectifier_impl(const py::array& y) {
+  const std::size_t rows = static_cast<std::size_t>(y.shape(0));
+  const std::size_t cols = rows ? static_cast<std::size_t>(y.size()) / rows : 0;
+  py::array_t<T> colsum(static_cast<py::ssize_t>(cols));
+  T* cs = colsum.mutable_data();
+  const T* yp = static_cast<const T*>(y.data());
+  RectifierSums s;
+  {
+    py::gil_scoped_release release;
+    std::fill(cs, cs + cols, T(0));
+    s = rectifier_sums(yp, rows, cols, cs);
+  }
+  return py::make_tuple(s.sum, s.sum2, s.active, colsum);
+}
+
+py::tuple rectifier(const py::object& y_in) {
+  const Item y = item(y_in, "y");
+  const py::array a = py::reinterpret_borrow<py::array>(y_in);
+  if (a.ndim() < 2)
+    throw py::value_error("y must have at least 2 dimensions (batch first), got shape " +
+                          shape_str(a));
+  return y.f32 ? rectifier_impl<float>(a) : rectifier_impl<double>(a);
+}
+
 }  // namespace
 
 void bind_monitor(py::module_& m) {
@@ -106,6 +132,9 @@ void bind_monitor(py::module_& m) {
         "each; x copied into copies[i] in the same pass. gs[i], copies[i] may be None.");
   m.def("difference_sums", &difference, py::arg("a"), py::arg("b"),
         "Per pair: sum (a_i - b_i)^2, each difference formed in float64.");
+  m.def("rectifier_sums", &rectifier, py::arg("y"),
+        "(sum y, sum y^2, number of entries > 0, per-unit sums over the batch in y's dtype) of "
+        "a batch-first array y (at least 2-D), in one pass.");
 }
 
 }  // namespace vgcore::bind

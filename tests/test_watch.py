@@ -1168,3 +1168,38 @@ def test_norms_match_on_the_compiled_pass_and_torchs_alike(opt_name, monkeypatch
                 np.testing.assert_allclose(float(got.value.iloc[0]), want, rtol=rtol)
     for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
         assert torch.equal(p, q), n
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rectifier_sums_in_one_pass_match_torch(dtype):
+    """A ReLU output on the CPU takes the compiled pass (sum, sum of squares, active count,
+    per-unit sums): against float64 torch reductions, 1e-12 relative in float64 and 1e-6 in
+    float32 (lanes summed in float32 within a row); the count exact; a 4-D output (batch,
+    channels, h, w) per unit of its flattened sample; a non-contiguous output goes to torch's
+    reductions with the same numbers."""
+    from vgcore import _core
+    from vgcore.activations import from_torch_module
+    from vgcore.watch.stats import activation_parts
+
+    act = from_torch_module(nn.ReLU())
+    g = torch.Generator().manual_seed(4)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-6
+    for shape in [(37, 53), (5, 3, 4, 7), (1, 16), (9, 1)]:
+        y = torch.relu(torch.randn(shape, generator=g, dtype=dtype))
+        y64 = y.double()
+        s1, s2, active, colsum = _core.rectifier_sums(y.numpy())
+        np.testing.assert_allclose(s1, float(y64.sum()), rtol=rtol)
+        np.testing.assert_allclose(s2, float((y64 * y64).sum()), rtol=rtol)
+        assert active == float((y > 0).sum())
+        assert colsum.dtype == y.numpy().dtype and colsum.shape == (y[0].numel(),)
+        np.testing.assert_allclose(colsum, y64.flatten(1).sum(0).numpy(), rtol=rtol)
+        fast, alive = activation_parts(act, None, y, 1e-3, True)
+        slow, _ = activation_parts(act, None, y.t() if y.dim() == 2 else y[:, ::1], 1e-3, True)
+        assert all(isinstance(v, float) for v in fast)
+        if y.dim() == 2 and min(shape) > 1:
+            # the transposed output: torch's path, the same statistics of other units
+            assert all(isinstance(v, torch.Tensor) for v in slow)
+            np.testing.assert_allclose([float(v) for v in slow], fast, rtol=rtol)
+        assert alive is not None and (alive > 0).tolist() == (y64.flatten(1).sum(0) > 0).tolist()
+    with pytest.raises(ValueError, match="y must have at least 2 dimensions"):
+        _core.rectifier_sums(np.ones(3, np.float32))

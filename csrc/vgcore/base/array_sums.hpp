@@ -1,5 +1,5 @@
 // One-pass sums over whole arrays for the training monitor (vgcore.watch): the statistics of a
-// parameter tensor before and after an optimizer step.
+// parameter tensor before and after an optimizer step, and of a rectifier's output.
 //
 // Each pass reads its arrays once (the step's parameters do not fit in cache: a statistic costs
 // the memory traffic it makes). Sums are formed in double with 8 independent accumulators folded
@@ -24,5 +24,18 @@ SnapshotSums snapshot_sums(const T* x, const T* g, T* copy, std::size_t n);
 // double exact where a_i and b_i are within a factor 2 of each other, as a small step's are).
 template <class T>
 double difference_sum_squares(const T* a, const T* b, std::size_t n);
+
+struct RectifierSums {
+  double sum = 0.0;     // sum y
+  double sum2 = 0.0;    // sum y^2
+  double active = 0.0;  // number of entries > 0
+};
+
+// Over a rows x cols row-major array y (a batch of rectifier outputs, any sign): the sums
+// above, and each column's sum over the rows added to colsum[0..cols) (for y >= 0, > 0 exactly
+// where some row has the unit active). Within a row the sums run in T over 16 lanes (exact
+// counts below 2^24 per lane), across rows in double.
+template <class T>
+RectifierSums rectifier_sums(const T* y, std::size_t rows, std::size_t cols, T* colsum);
 
 }  // namespace vgcore

@@ -896,25 +896,35 @@ class Watch:
             pnorms = np.zeros(0)
         else:
             pvals, p_idx = [], np.zeros(0, dtype=np.int64)
+        # activation calls whose parts are on the device (0-d tensors) or on the host (floats)
+        on_dev = np.array([isinstance(parts[3 * i], torch.Tensor) for i in range(len(meta))])
+        dev_c = np.flatnonzero(on_dev) if len(meta) else np.zeros(0, np.int64)
+        host_c = np.flatnonzero(~on_dev) if len(meta) else np.zeros(0, np.int64)
+        kd, kh = kk[dev_c], kk[host_c]
         # device values: norms first (squared before summing), then sums
-        dvals = [*pvals, *og_norms, *parts[1::3]]
+        dvals = [*pvals, *og_norms, *(parts[3 * i + 1] for i in dev_c)]
         n_sq = len(dvals)
-        dvals += [*parts[0::3], *parts[2::3], *loss_t]
+        dvals += [*(parts[3 * i] for i in dev_c), *(parts[3 * i + 2] for i in dev_c), *loss_t]
         idx_d = np.concatenate(
             [
                 p_idx,
                 o_og + np.asarray(og_block, dtype=np.int64),
-                o_act + 4 * kk + 2,
-                o_act + 4 * kk + 1,
-                o_act + 4 * kk + 3,
+                o_act + 4 * kd + 2,
+                o_act + 4 * kd + 1,
+                o_act + 4 * kd + 3,
                 np.asarray(it_loss, dtype=np.int64),
             ]
         )
-        # host values: the parameters' squared norms (compiled pass), element counts, float
-        # losses, presence of the shards' gradients
+        # host values: the parameters' squared norms and the activations' parts (compiled
+        # passes), element counts, float losses, presence of the shards' gradients
+        h_act = np.array([parts[3 * i : 3 * i + 3] for i in host_c], dtype=np.float64)
+        h_act = h_act.reshape(-1, 3)
         idx_h = np.concatenate(
             [
                 np.arange(len(pnorms), dtype=np.int64),
+                o_act + 4 * kh + 1,
+                o_act + 4 * kh + 2,
+                o_act + 4 * kh + 3,
                 o_act + 4 * kk,
                 np.asarray(if_loss, dtype=np.int64),
                 o_pres + np.arange(P if fsdp else 0, dtype=np.int64),
@@ -922,7 +932,13 @@ class Watch:
         )
         pres = [float(x) for x in pend["present"]] if fsdp else []
         hvals = np.concatenate(
-            [pnorms * pnorms, np.array([c for _, c in meta] + loss_f + pres, dtype=np.float64)]
+            [
+                pnorms * pnorms,
+                h_act[:, 0],
+                h_act[:, 1] * h_act[:, 1],
+                h_act[:, 2],
+                np.array([c for _, c in meta] + loss_f + pres, dtype=np.float64),
+            ]
         )
         scale = pend["scale"]
         with torch.no_grad():

@@ -256,14 +256,14 @@ def _sum_dtype(t: torch.Tensor) -> torch.dtype:
 
 def activation_parts(
     act: Activation, z: torch.Tensor | None, y: torch.Tensor, thr: float, units: bool
-) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+) -> tuple[list[Any], torch.Tensor | None]:
     """One call's reductions of an activation module's output ``y`` (any shape, batch first).
 
     Returns
     -------
     (parts, alive) : ``parts`` = [sum, Euclidean norm, number of elements with a small
-        derivative] as 0-d tensors (summed over calls and ranks by the monitor, the norm
-        squared first); ``alive`` (shape ``y.shape[1:]`` flattened, or None when ``units`` is
+        derivative] as 0-d tensors, or as floats where a rectifier's output on the CPU took
+        the compiled pass (summed over calls and ranks by the monitor, the norm squared first); ``alive`` (shape ``y.shape[1:]`` flattened, or None when ``units`` is
         False or the mask cannot be formed) is > 0 where some sample had the unit active (for
         a rectifier the unit's sum over the batch).
 
@@ -277,6 +277,12 @@ def activation_parts(
     sd = _sum_dtype(y)
     alive: torch.Tensor | None = None
     if act.name == "relu":
+        if units and y.dim() >= 2 and _one_pass(y) and n < 2**24:
+            # one compiled pass on the CPU: host numbers, the per-unit sums as a tensor
+            from vgcore import _core
+
+            s1, s2, active, colsum = _core.rectifier_sums(_view(y))
+            return [s1, math.sqrt(s2), active], torch.from_numpy(colsum)
         # the count of active units (sign is 1 or 0); the monitor takes it from the count
         low = torch.sign(y).sum(dtype=dt)
         if units and y.dim() >= 2:
