@@ -254,9 +254,11 @@ def jacobian_singular_values(
     dtype : float32 or float64, optional
     num_threads : int, optional
     progress : callable(done, total), optional
-    backend : {"cpu", "auto"}
-        ``"cuda"`` is not available for this analysis yet (a ValueError says so); ``"auto"``
-        runs on the CPU.
+    backend : {"cpu", "cuda", "auto"}
+        Native models: the compiled core (``"cpu"``), the CUDA kernels (``"cuda"``: MLPs of
+        plain and residual blocks, single-layer RNN / LSTM / GRU; anything else is a
+        ValueError naming it) or ``"auto"`` (CUDA on a device when the work is large enough;
+        see docs/cuda.md).
 
     Returns
     -------
@@ -269,10 +271,10 @@ def jacobian_singular_values(
         ``(n0 + 1) x width`` blocks of tangent rows and two float64 ``n0 x n0`` factors, for
         input width ``n0``) would not fit in the memory available.
     """
-    from vgcore.cuda.analyses import jacobian_backend
+    from vgcore.cuda.analyses import singular_backend
 
-    jacobian_backend(backend, "jacobian_singular_values")
     model = _torch.resolve(model)
+    on = singular_backend(backend, model, x)
     if _torch.is_torch_model(model):
         from vgcore.torchmodel import jacobians as _jac
 
@@ -289,8 +291,15 @@ def jacobian_singular_values(
     report = check_progress(progress)
     spec = core_model(model, dt)
     inp = step_inputs(model, x, h0, dt)
-    check_memory(_working_bytes(spec, inp.batch, dt.itemsize, threads), "jacobian_singular_values")
-    out = _core.jacobian_log_singular_values(spec, inp.x, inp.h0, threads, report)
+    if on == "cuda":
+        from vgcore.cuda import analyses as _cuda
+
+        out = _cuda.jacobian_singular_values(model, spec, inp.x, inp.h0, report)
+    else:
+        check_memory(
+            _working_bytes(spec, inp.batch, dt.itemsize, threads), "jacobian_singular_values"
+        )
+        out = _core.jacobian_log_singular_values(spec, inp.x, inp.h0, threads, report)
     return JacobianSingularValues(
         model=model,
         kind=model.kind,

@@ -20,7 +20,7 @@ from numba import cuda
 
 from vgcore.cuda._logscale import LIMITS, LN2
 
-__all__ = ["BackwardScale", "fused_kernel", "qr_finish", "stats_kernel"]
+__all__ = ["BackwardScale", "fused_kernel", "graded_finish", "qr_finish", "stats_kernel"]
 
 
 @cuda.jit(device=True)
@@ -248,6 +248,60 @@ def qr_finish(Q, R, V, LOGS, row):  # type: ignore[no-untyped-def]
                 LOGS[row, b, q] = -math.inf
             else:
                 LOGS[row, b, q] = math.nan
+        n += cuda.gridsize(1)
+
+
+@cuda.jit
+def graded_finish(Q, R, DP, DMAX, DMIN, V, RT, DNEW):  # type: ignore[no-untyped-def]
+    """After the batched QR of the pivoted tangent blocks of a graded product U diag(e^d) T
+    (analysis/singular.cpp's udt_update): V (B, kk, m) = Q^T per sample (Q: (B, m, kk));
+    RT (B, kk, r) float64 = |diag R|^{-1} R scaled by e^{d_p(j) - d_p(i)} (upper trapezoidal,
+    a zero row for a zero direction); DNEW (B, kk) = log|R_ii| + d_p(i). DP (B, r): the
+    scales d in the pivot order; DMAX, DMIN (B,): their extremes. The core's formulas and
+    branches: one exp per entry where the scales span less than 600 e-folds, else logs."""
+    B = RT.shape[0]
+    kk = RT.shape[1]
+    r = RT.shape[2]
+    m = V.shape[2]
+    n = cuda.grid(1)
+    while n < B * kk * r:
+        b = n // (kk * r)
+        rem = n - b * kk * r
+        i = rem // r
+        j = rem - i * r
+        rii = float(R[b, i, i])
+        dpi = DP[b, i]
+        val = 0.0
+        if rii == 0.0 or dpi == -math.inf:
+            if j == i:
+                DNEW[b, i] = -math.inf
+        elif j >= i:
+            lr = math.log(abs(rii))
+            if j == i:
+                DNEW[b, i] = lr + dpi
+            rij = float(R[b, i, j])
+            dmax = DMAX[b]
+            if DMIN[b] != -math.inf and dmax - DMIN[b] < 600.0:
+                inv_r = 1.0 / abs(rii)
+                inv_e = 1.0 / math.exp(dpi - dmax)
+                val = (rij * inv_r) * (math.exp(DP[b, j] - dmax) * inv_e)
+            else:
+                dpj = DP[b, j]
+                if rij != 0.0 and dpj != -math.inf:
+                    delta = dpj - dpi
+                    if abs(delta) < 600.0:
+                        val = rij / abs(rii) * math.exp(delta)
+                    else:  # scale factors beyond double range: combine in logs
+                        val = math.copysign(math.exp(math.log(abs(rij)) - lr + delta), rij)
+        RT[b, i, j] = val
+        n += cuda.gridsize(1)
+    n = cuda.grid(1)
+    while n < B * kk * m:
+        b = n // (kk * m)
+        rem = n - b * kk * m
+        q = rem // m
+        j = rem - q * m
+        V[b, q, j] = Q[b, j, q]
         n += cuda.gridsize(1)
 
 

@@ -14,8 +14,10 @@ __all__ = [
     "flow_backend",
     "gradient_flow",
     "jacobian_backend",
+    "jacobian_singular_values",
     "lyapunov_backend",
     "lyapunov_engine",
+    "singular_backend",
 ]
 
 
@@ -99,6 +101,70 @@ def lyapunov_backend(backend: object, model: Any, x: Any, k: int | None) -> str:
     return resolve_backend(b, float(B) * G * N * (N + kk))  # per step
 
 
+def _singular_obstacle(model: Any) -> str | None:
+    """Why jacobian_singular_values of ``model`` cannot run on CUDA (None when it can)."""
+    if model.axis == "depth":
+        from vgcore.cuda.singular import unsupported_layers
+
+        return unsupported_layers({"layers": model.layer_specs()})  # no conversion
+    if getattr(model, "stacked", False):
+        return (
+            "jacobian_singular_values on the cuda backend takes single-layer recurrent "
+            "models; use backend='cpu' for a stacked one"
+        )
+    return None
+
+
+def _singular_work(model: Any, x: Any) -> float:
+    """Multiply-adds of one step of jacobian_singular_values (a layer, on average): the r
+    tangent rows' product, the QR of the (m, r) block and the float64 T update (r ~ n0)."""
+    shape = tuple(getattr(x, "shape", ()))
+    if model.axis == "depth":
+        B = shape[0] if shape else 1
+        sizes = [int(v) for v in model.sizes]
+        n0 = sizes[0]
+        work = sum(a * b + 3 * b * n0 for a, b in zip(sizes[:-1], sizes[1:]))
+        return float(B) * n0 * work / max(1, len(sizes) - 1)
+    B = shape[1] if len(shape) == 3 else 1
+    D = int(model.state_dim)
+    return float(B) * D * (_recurrent_work(model, 1, 1) + 3.0 * D * D)
+
+
+def singular_backend(backend: object, model: Any, x: Any) -> str:
+    """``"cpu"`` or ``"cuda"`` for jacobian_singular_values of an already resolved model
+    (validates ``backend``; what the CUDA path lacks is a ValueError naming it for
+    ``backend="cuda"`` and stays on the CPU for ``"auto"``)."""
+    b = check_backend(backend)
+    if b == "cpu":
+        return b
+    if not _native(model):
+        if b == "cuda":
+            raise ValueError(
+                "backend='cuda' applies to native models (MLP, RNN, LSTM, GRU); a torch module "
+                "runs on its own device"
+            )
+        return "cpu"
+    if _without_kernels(b, model):
+        return "cpu"
+    why = model.jacobian_obstacle() or _singular_obstacle(model)
+    if why:
+        if b == "cuda":
+            resolve_backend(b, 0.0)  # a missing backend is reported first
+            raise ValueError(why)
+        return "cpu"
+    return resolve_backend(b, _singular_work(model, x))
+
+
+def jacobian_singular_values(
+    model: Any, spec: dict[str, Any], x: np.ndarray, h0: np.ndarray | None, progress: Any
+) -> dict[str, Any]:
+    """The core's ``jacobian_log_singular_values`` result keys from the CUDA driver (the
+    model's spec and inputs as the analysis converted them: ``core_model``, ``step_inputs``)."""
+    from vgcore.cuda.singular import log_singular_values
+
+    return log_singular_values(model.kind, spec, x, h0, progress)
+
+
 def jacobian_backend(backend: object, analysis: str) -> str:
     """``"cpu"`` for the Jacobian analyses the CUDA backend does not have yet (a ValueError
     for ``backend="cuda"``)."""
@@ -106,7 +172,8 @@ def jacobian_backend(backend: object, analysis: str) -> str:
     if b == "cuda":
         resolve_backend(b, 0.0)  # a missing backend is reported first
         raise ValueError(
-            f"{analysis} is not on the cuda backend yet (gradient_flow and lyapunov are); "
+            f"{analysis} is not on the cuda backend yet (gradient_flow, lyapunov and "
+            "jacobian_singular_values are); "
             "use backend='cpu'"
         )
     return "cpu"

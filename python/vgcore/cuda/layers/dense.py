@@ -103,3 +103,25 @@ def tangent_kernel(COEF, UV, VIN, residual, alpha):  # type: ignore[no-untyped-d
         dh = VIN[b, q, j] if residual else 0.0
         UV[b, q, j] = jvp(COEF[0, b, j], UV[b, q, j], dh, residual, alpha)
         n += cuda.gridsize(1)
+
+
+@cuda.jit
+def step_tangent_kernel(Z, BIAS, X, XOUT, UV, V, code, alpha_act, residual, alpha):  # type: ignore[no-untyped-def]
+    """Jacobian-product step of one layer from Z = X W^T (B, M) and UV = V W^T (B, k, M):
+    XOUT = h', and UV becomes J V in place (V (B, k, M): the tangent rows before the layer,
+    read by residual blocks only, which keep the width). One thread per unit (b, j), looping
+    over the k rows: phi'(z) stays in a register (one launch per layer)."""
+    B = Z.shape[0]
+    M = Z.shape[1]
+    k = UV.shape[1]
+    n = cuda.grid(1)
+    while n < B * M:
+        b = n // M
+        j = n - b * M
+        h = X[b, j] if residual else 0.0
+        y, d = forward(code, alpha_act, Z[b, j] + BIAS[j], h, residual, alpha)
+        XOUT[b, j] = y
+        for q in range(k):
+            dh = V[b, q, j] if residual else 0.0
+            UV[b, q, j] = jvp(d, UV[b, q, j], dh, residual, alpha)
+        n += cuda.gridsize(1)
