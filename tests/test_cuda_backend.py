@@ -137,7 +137,7 @@ def fake_device(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_auto_policy(fake_device: None, monkeypatch: pytest.MonkeyPatch) -> None:
     from vgcore.cuda import resolve_backend
-    from vgcore.cuda.analyses import flow_backend, lyapunov_backend
+    from vgcore.cuda.analyses import flow_backend, lyapunov_backend, singular_backend
 
     assert resolve_backend("auto", AUTO_MIN_WORK - 1) == "cpu"
     assert resolve_backend("auto", AUTO_MIN_WORK) == "cuda"
@@ -151,6 +151,18 @@ def test_auto_policy(fake_device: None, monkeypatch: pytest.MonkeyPatch) -> None
     assert flow_backend("auto", big, xb) == "cuda"  # 256 * 4 * 1024^2 * 3 >= 2^29
     assert lyapunov_backend("auto", big, xb, 32) == "cuda"
     assert lyapunov_backend("auto", vgcore.MLP.from_sizes([8, 8]), np.zeros((2, 8)), 2) == "cpu"
+    # singular values: B n0 (n_in n_out + 3 n_out n0) per layer (the tangent rows' product,
+    # the QR and the float64 T update)
+    wide = vgcore.MLP.from_sizes([512] * 3)
+    assert singular_backend("auto", vgcore.MLP.from_sizes([8, 8]), np.zeros((2, 8))) == "cpu"
+    assert singular_backend("auto", wide, np.zeros((8, 512))) == "cuda"
+    assert singular_backend("auto", big, np.zeros((10, 8, 4))) == "cuda"
+    assert singular_backend("auto", small, xs) == "cpu"
+    # what CUDA lacks stays on the CPU under auto
+    ln = vgcore.MLP.from_sizes([512] * 3, norm="layernorm")
+    assert singular_backend("auto", ln, np.zeros((8, 512))) == "cpu"
+    stacked = vgcore.LSTM.from_sizes(4, 1024, num_layers=2)
+    assert singular_backend("auto", stacked, xb) == "cpu"
     # the simulator is never picked by auto
     monkeypatch.setattr(_probe, "simulator_requested", lambda: True)
     assert resolve_backend("auto", 1e30) == "cpu"
@@ -158,10 +170,16 @@ def test_auto_policy(fake_device: None, monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_cuda_refusals_name_what_is_missing(fake_device: None) -> None:
     m, x = _small()
-    for name in ("jacobian_spectrum", "jacobian_singular_values"):
-        fn = getattr(vgcore, name)
-        with pytest.raises(ValueError, match=f"{name} is not on the cuda backend yet"):
-            fn(m, x, backend="cuda")
+    with pytest.raises(ValueError, match="jacobian_spectrum is not on the cuda backend yet"):
+        vgcore.jacobian_spectrum(m, x, backend="cuda")
+    # singular values: what the CUDA path lacks, by name
+    sv = vgcore.jacobian_singular_values
+    with pytest.raises(ValueError, match="'layernorm' layer, which has no CUDA kernel"):
+        sv(vgcore.MLP.from_sizes([3, 3, 3], norm="layernorm"), np.ones((2, 3)), backend="cuda")
+    with pytest.raises(ValueError, match="activation 'gelu' has no CUDA kernel"):
+        sv(vgcore.MLP.from_sizes([3, 3, 3], activation="gelu"), np.ones((2, 3)), backend="cuda")
+    with pytest.raises(ValueError, match="single-layer recurrent"):
+        sv(vgcore.RNN.from_sizes(2, 3, num_layers=2), x, backend="cuda")
     with pytest.raises(ValueError, match=r"MLP .* not on the cuda backend"):
         vgcore.lyapunov(vgcore.MLP.from_sizes([3, 3, 3]), np.ones((2, 3)), backend="cuda")
     torch = pytest.importorskip("torch")
@@ -224,6 +242,28 @@ def test_device_mlp_matches_cpu() -> None:
     x = np.random.default_rng(1).standard_normal((16, 32))
     a, b = vgcore.gradient_flow(m, x), vgcore.gradient_flow(m, x, backend="cuda")
     np.testing.assert_allclose(b.log_grad_norms, a.log_grad_norms, rtol=0, atol=1e-10)
+
+
+@pytest.mark.needs_cuda
+@needs_device
+def test_device_singular_values_match_cpu() -> None:
+    rng = np.random.default_rng(3)
+    mlp = vgcore.MLP.from_sizes([64] * 41, activation="tanh", seed=2)
+    res = vgcore.MLP.from_sizes([64] * 41, activation="relu", residual=0.5, seed=2)
+    for m in (mlp, res):
+        x = rng.standard_normal((4, 64))
+        a = vgcore.jacobian_singular_values(m, x)
+        b = vgcore.jacobian_singular_values(m, x, backend="cuda")
+        np.testing.assert_allclose(b.log_singular_values, a.log_singular_values, rtol=0, atol=1e-10)
+    for cls in (vgcore.RNN, vgcore.LSTM, vgcore.GRU):
+        m = cls.from_sizes(16, 32, seed=1)
+        x = rng.standard_normal((50, 4, 16))
+        a = vgcore.jacobian_singular_values(m, x)
+        b = vgcore.jacobian_singular_values(m, x, backend="cuda")
+        top = a.log_singular_values > a.log_singular_values[:, :1] - 25  # above rounding
+        np.testing.assert_allclose(
+            b.log_singular_values[top], a.log_singular_values[top], rtol=0, atol=1e-10
+        )
 
 
 def test_kinds_without_cuda_formulas_are_refused_or_stay_on_the_cpu(fake_device: None) -> None:
