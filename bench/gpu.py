@@ -4,8 +4,8 @@ Workloads (issue: canonical GPU sizes): BPTT gradient flow of LSTM / GRU / RNN w
 N = 256..4096, B = 32, T = 1000; Lyapunov exponents top-32 and top-256 (LSTM, N = 1024);
 the device's GEMM throughput (float32, N = 4096) measured in the same run. Peers on the same
 device: PyTorch CUDA (eager cell loop with per-step gradients; ``torch.func.jvp`` for the
-tangent steps) and JAX when installed. Singular values of a 1000-layer MLP are listed as not
-on the CUDA backend yet.
+tangent steps) and JAX when installed. Singular values of a 1000-layer MLP (width 1024, one
+input, tanh) on the CUDA backend alone (checked against the CPU on its first 20 layers).
 
     python bench/gpu.py              # needs a CUDA device, CuPy, numba-cuda; prints a table
     python bench/gpu.py --quick      # N = 256 and 1024 only
@@ -105,6 +105,13 @@ def _agrees_lyapunov(m: Any, x: np.ndarray, k: int) -> bool:
     return bool(np.max(np.abs(a.exponents - b.exponents)) <= 1e-4 * scale)
 
 
+def _agrees_singular(m: Any, x: np.ndarray) -> bool:
+    a = vgcore.jacobian_singular_values(m, x).log_singular_values
+    b = vgcore.jacobian_singular_values(m, x, backend="cuda").log_singular_values
+    scale = max(1.0, float(np.max(np.abs(a))))
+    return bool(np.max(np.abs(a - b)) <= 1e-4 * scale)
+
+
 def _row_line(r: dict[str, Any]) -> str:
     sp = r["torch_cuda_s"] / r["vgcore_cuda_s"]
     return (
@@ -119,17 +126,21 @@ def run(
     kinds: tuple[str, ...] = ("lstm", "gru", "rnn"),
     sizes: list[int] | None = None,
     ks: list[int] | None = None,
+    svd_widths: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     """The table's rows, each printed as soon as it is measured (a run cut short by a time
     limit keeps what it measured)."""
     rows: list[dict[str, Any]] = []
     rng = np.random.default_rng(0)
+    L, Lcheck = 1000, 20  # the singular values' depth, and the CPU check's
     if simulate:
         sizes, B, T, Tcheck, ks, repeat = [4], 2, 5, 5, [2], 1
+        L, Lcheck, svd_widths = 5, 5, [4]
     else:
         sizes = sizes or ([256, 1024] if quick else [256, 512, 1024, 2048, 4096])
         B, T, Tcheck, repeat = 32, 1000, 20, 3
         ks = [32, 256] if ks is None else ks
+        svd_widths = [1024] if svd_widths is None else svd_widths
     sync = (lambda: None) if simulate else _sync_device
     for kind in kinds:
         for N in sizes:
@@ -163,6 +174,22 @@ def run(
                 "vgcore_cuda_s": t_cuda,
                 "torch_cuda_s": float("nan"),
                 "agrees": _agrees_lyapunov(m, x[:Tcheck], kk),
+            }
+        )
+        print(_row_line(rows[-1]), flush=True)
+    for n in svd_widths:
+        m = vgcore.MLP.from_sizes([n] * (L + 1), seed=0, dtype=np.float32)
+        x = rng.standard_normal((1, n)).astype(np.float32)
+        t_cuda = _time(
+            lambda m=m, x=x: vgcore.jacobian_singular_values(m, x, backend="cuda"), repeat, sync
+        )
+        head = vgcore.MLP(m.weights[:Lcheck], m.biases[:Lcheck], "tanh", dtype=np.float32)
+        rows.append(
+            {
+                "workload": f"singular values, {L}-layer MLP N={n} B=1",
+                "vgcore_cuda_s": t_cuda,
+                "torch_cuda_s": float("nan"),
+                "agrees": _agrees_singular(head, x),
             }
         )
         print(_row_line(rows[-1]), flush=True)
@@ -227,7 +254,6 @@ def table(rows: list[dict[str, Any]], gemm: float | None) -> str:
         "|---|---|---|---|---|",
     ]
     lines.extend(_row_line(r) for r in rows)
-    lines.append("| singular values, 1000-layer MLP | not on the cuda backend yet | | | |")
     if gemm is not None:
         lines.append(f"\nDevice GEMM (float32, N = 4096): {gemm:.1f} TFLOP/s")
     return "\n".join(lines)
@@ -243,6 +269,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--kinds", default="lstm,gru,rnn", help="BPTT rows: comma-separated kinds")
     p.add_argument("--sizes", default=None, help="hidden sizes, comma-separated")
     p.add_argument("--ks", default=None, help="Lyapunov rows' k, comma-separated ('' for none)")
+    p.add_argument(
+        "--svd-widths",
+        default=None,
+        help="widths of the 1000-layer MLP singular-value rows, comma-separated ('' for none)",
+    )
     args = p.parse_args(argv)
     cuda = backends()[1]
     if not cuda.available or cuda.simulator != args.simulate:
@@ -258,6 +289,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         tuple(k for k in args.kinds.split(",") if k),
         None if args.sizes is None else [int(v) for v in args.sizes.split(",")],
         None if args.ks is None else [int(v) for v in args.ks.split(",") if v],
+        None if args.svd_widths is None else [int(v) for v in args.svd_widths.split(",") if v],
     )
     gemm = None if args.simulate else gemm_tflops()
     print(table(rows, gemm))
