@@ -76,8 +76,9 @@ class _Dense:
         """Layer s: the state moves on, the tangent rows V (B, r, n_in) -> J V (B, r, n_out)."""
         ar, xp = self.ar, self.ar.xp
         ly = self.layers[s]
+        B, r, n = V.shape
         Z = xp.matmul(self.X, self.WT[s])
-        UV = xp.matmul(V, self.WT[s])
+        UV = xp.matmul(V.reshape(B * r, n), self.WT[s]).reshape(B, r, -1)  # one GEMM
         Xout = xp.empty_like(Z)
         kv = ar.kernel_view
         code, alpha_act = self.acts[s]
