@@ -73,13 +73,15 @@ m = vgcore.LSTM.from_sizes(3, 4, seed=1)
 x = np.random.default_rng(0).standard_normal((4, 2, 3))
 f = vgcore.gradient_flow(m, x, backend="auto")
 ly = vgcore.lyapunov(m, x, k=2, backend="auto")
+sv = vgcore.jacobian_singular_values(vgcore.MLP.from_sizes([3, 4, 4], seed=1), x[0], backend="auto")
 try:
     vgcore.gradient_flow(m, x, backend="cuda")
     err = None
 except CudaUnavailableError as e:
     err = str(e)
 print(json.dumps({"cuda": str(backends()[1]), "err": err,
-                  "flow": f.log_grad_norms.tolist(), "lyap": ly.exponents.tolist()}))
+                  "flow": f.log_grad_norms.tolist(), "lyap": ly.exponents.tolist(),
+                  "sv": sv.log_singular_values.tolist()}))
 """
 
 
@@ -92,6 +94,8 @@ def test_hidden_numba_leaves_the_cpu_path_unchanged() -> None:
     # the same numbers bit for bit: the CPU path does not depend on the optional modules
     assert got["flow"] == vgcore.gradient_flow(m, x).log_grad_norms.tolist()
     assert got["lyap"] == vgcore.lyapunov(m, x, k=2).exponents.tolist()
+    mlp = vgcore.MLP.from_sizes([3, 4, 4], seed=1)
+    assert got["sv"] == vgcore.jacobian_singular_values(mlp, x[0]).log_singular_values.tolist()
 
 
 def test_backends_lists_cpu_and_why_cuda_is_missing() -> None:

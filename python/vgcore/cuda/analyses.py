@@ -18,6 +18,7 @@ __all__ = [
     "lyapunov_backend",
     "lyapunov_engine",
     "singular_backend",
+    "unsupported_layers",
 ]
 
 
@@ -101,11 +102,29 @@ def lyapunov_backend(backend: object, model: Any, x: Any, k: int | None) -> str:
     return resolve_backend(b, float(B) * G * N * (N + kk))  # per step
 
 
+def unsupported_layers(spec: dict[str, Any]) -> str | None:
+    """Why a dense stack's layers (``spec["layers"]``, the core's per-layer dicts) have no CUDA
+    kernels, or None when they all do (imports no numba: the auto policy asks it)."""
+    from vgcore.cuda.layers import CUDA_ACTIVATIONS
+
+    for i, ly in enumerate(spec["layers"]):
+        if ly["block"] not in ("plain", "residual") or ly["norm"] != "none":
+            what = ly["block"] if ly["block"] not in ("plain", "residual") else ly["norm"]
+            return (
+                f"layer {i} is a {what!r} layer, which has no CUDA kernel yet (plain and "
+                "residual blocks without normalisation do); use backend='cpu'"
+            )
+        if ly["act"][0] not in CUDA_ACTIVATIONS:
+            return (
+                f"activation {ly['act'][0]!r} has no CUDA kernel yet (the CUDA activations are "
+                f"{', '.join(CUDA_ACTIVATIONS)}); use backend='cpu'"
+            )
+    return None
+
+
 def _singular_obstacle(model: Any) -> str | None:
     """Why jacobian_singular_values of ``model`` cannot run on CUDA (None when it can)."""
     if model.axis == "depth":
-        from vgcore.cuda.singular import unsupported_layers
-
         return unsupported_layers({"layers": model.layer_specs()})  # no conversion
     if getattr(model, "stacked", False):
         return (

@@ -24,35 +24,17 @@ from vgcore.cuda._arrays import Arrays, arrays
 from vgcore.cuda._fused import graded_finish
 from vgcore.cuda.layers import layer_module
 
-__all__ = ["log_singular_values", "unsupported_layers"]
+__all__ = ["log_singular_values"]
 
 #: Time steps whose input projections are made by one GEMM (bounds their memory).
 _PROJECTION_STEPS = 256
-
-
-def unsupported_layers(spec: dict[str, Any]) -> str | None:
-    """Why a dense stack's layers have no CUDA kernels (None when they all do)."""
-    from vgcore.cuda.layers._common import ACT_CODES
-
-    for i, ly in enumerate(spec["layers"]):
-        if ly["block"] not in ("plain", "residual") or ly["norm"] != "none":
-            what = ly["block"] if ly["block"] not in ("plain", "residual") else ly["norm"]
-            return (
-                f"layer {i} is a {what!r} layer, which has no CUDA kernel yet (plain and "
-                "residual blocks without normalisation do); use backend='cpu'"
-            )
-        if ly["act"][0] not in ACT_CODES:
-            return (
-                f"activation {ly['act'][0]!r} has no CUDA kernel yet (the CUDA activations are "
-                f"{', '.join(ACT_CODES)}); use backend='cpu'"
-            )
-    return None
 
 
 class _Dense:
     """The layers of a dense stack as steps: state X (B, n), tangent rows (B, r, n)."""
 
     def __init__(self, ar: Arrays, spec: dict[str, Any], x: np.ndarray) -> None:
+        from vgcore.cuda.analyses import unsupported_layers
         from vgcore.cuda.flow import _act
 
         why = unsupported_layers(spec)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["CUDA_KINDS", "cuda_kinds", "layer_module"]
+__all__ = ["CUDA_ACTIVATIONS", "CUDA_KINDS", "cuda_kinds", "layer_module"]
 
 #: Model kind (``vgcore.models.model_kinds()`` names) -> the module of its CUDA formulas.
 CUDA_KINDS: dict[str, str] = {
@@ -19,6 +19,10 @@ CUDA_KINDS: dict[str, str] = {
     "lstm": "vgcore.cuda.layers.lstm",
     "gru": "vgcore.cuda.layers.gru",
 }
+
+#: The activations the CUDA kernels have (``vgcore.activations`` names), in the order of their
+#: kernel codes (``_common.ACT_CODES``); here so that a check needs no numba.
+CUDA_ACTIVATIONS: tuple[str, ...] = ("identity", "tanh", "relu", "sigmoid", "leaky_relu")
 
 
 def cuda_kinds() -> tuple[str, ...]:

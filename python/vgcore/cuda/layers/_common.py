@@ -8,8 +8,10 @@ import math
 
 from numba import cuda
 
+from vgcore.cuda.layers import CUDA_ACTIVATIONS
+
 #: Activation codes of the kernels (the names of vgcore.activations).
-ACT_CODES = {"identity": 0, "tanh": 1, "relu": 2, "sigmoid": 3, "leaky_relu": 4}
+ACT_CODES = {name: code for code, name in enumerate(CUDA_ACTIVATIONS)}
 
 
 @cuda.jit(device=True)
