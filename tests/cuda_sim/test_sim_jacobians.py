@@ -59,6 +59,8 @@ def _inputs(m: Any, dt: Any, T: int = 6, B: int = 2) -> np.ndarray:
 def _compare(cpu: Any, gpu: Any, dt: Any) -> None:
     assert type(gpu) is type(cpu)
     assert (gpu.kind, gpu.depth, gpu.dtype) == (cpu.kind, cpu.depth, cpu.dtype)
+    assert gpu.jacobi_sweeps.dtype == cpu.jacobi_sweeps.dtype
+    assert gpu.log_singular_values.dtype == cpu.log_singular_values.dtype
     if np.dtype(dt) == np.float64:
         assert_logs_close(gpu.log_singular_values, cpu.log_singular_values, 1e-10, "log sigma")
         np.testing.assert_array_equal(gpu.jacobi_sweeps, cpu.jacobi_sweeps)

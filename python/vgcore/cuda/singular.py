@@ -220,7 +220,7 @@ def log_singular_values(
         Th, dh = ar.to_host(Tm), ar.to_host(d)
     r = dh.shape[1]
     logs = np.empty((B, r))
-    sweeps = np.empty(B, np.int64)
+    sweeps = np.empty(B, np.int32)  # the core's type
     jacobi = _core.testing.graded_jacobi  # the core's routine (the CPU backend's last step)
     for b in range(B):
         lb, sweeps[b] = jacobi(Th[b], dh[b])
