@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tolerances import hang_guard
 from vgcore import _summaries
 from vgcore.cli import cmd_demo, main
 
@@ -23,7 +24,7 @@ def run(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess
         env=env,
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=hang_guard(timeout),
     )
 
 

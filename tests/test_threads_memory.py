@@ -17,6 +17,7 @@ import pytest
 
 import vgcore
 import vgcore._validation as validation
+from tolerances import hang_guard
 from vgcore._loader import _core
 from vgcore._runtime import MAX_THREADS
 from vgcore.analysis.lyapunov import _engine_bytes, _record_bytes, _records
@@ -32,7 +33,7 @@ def _run(script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-c", textwrap.dedent(script)],
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=hang_guard(timeout),
         env=dict(os.environ),
     )
 

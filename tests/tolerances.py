@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+# Under tools/sanitize.sh the compiled core runs instrumented (ASan + UBSan), several times
+# slower: a subprocess's hang guard stretches by this factor there, so it still catches hangs
+# without failing on a slow but finished run.
+SANITIZER_SLOWDOWN = 4.0 if os.environ.get("VGCORE_SANITIZED") == "1" else 1.0
+
+
+def hang_guard(seconds: float) -> float:
+    """A subprocess timeout of ``seconds`` on a plain build, scaled under the sanitizers."""
+    return seconds * SANITIZER_SLOWDOWN
 
 
 def assert_rel_close(actual, expected, rtol: float, what: str = "") -> None:
