@@ -44,6 +44,27 @@ def _without_kernels(b: str, model: Any) -> bool:
     return True
 
 
+_NATIVE_ONLY = (
+    "backend='cuda' applies to native models (MLP, RNN, LSTM, GRU); a torch module runs on its "
+    "own device"
+)
+
+
+def _first_checks(backend: object, model: Any, native_only: str = _NATIVE_ONLY) -> tuple[str, bool]:
+    """The checks every analysis's policy starts with: the validated backend and whether the
+    run stays on the CPU (``backend="cpu"``, or under ``"auto"`` a torch model or a kind without
+    CUDA kernels; those two are a ValueError for ``backend="cuda"``, ``native_only`` for the
+    first)."""
+    b = check_backend(backend)
+    if b == "cpu":
+        return b, True
+    if not _native(model):
+        if b == "cuda":
+            raise ValueError(native_only)
+        return b, True
+    return b, _without_kernels(b, model)
+
+
 def _recurrent_work(model: Any, steps: int, batch: int) -> float:
     N = int(model.hidden_size)
     G = len(getattr(model, "gate_names", ())) or 1
@@ -53,17 +74,8 @@ def _recurrent_work(model: Any, steps: int, batch: int) -> float:
 def flow_backend(backend: object, model: Any, x: Any) -> str:
     """``"cpu"`` or ``"cuda"`` for gradient_flow (validates ``backend``; a torch module or cell
     runs on torch's own device: ``"cuda"`` is refused for it)."""
-    b = check_backend(backend)
-    if b == "cpu":
-        return b
-    if not _native(model):
-        if b == "cuda":
-            raise ValueError(
-                "backend='cuda' applies to native models (MLP, RNN, LSTM, GRU); a torch module "
-                "runs on its own device"
-            )
-        return "cpu"
-    if _without_kernels(b, model):
+    b, on_cpu = _first_checks(backend, model)
+    if on_cpu:
         return "cpu"
     shape = tuple(getattr(x, "shape", ()))
     if model.axis == "depth":  # per layer, on average
@@ -79,14 +91,10 @@ def flow_backend(backend: object, model: Any, x: Any) -> str:
 
 def lyapunov_backend(backend: object, model: Any, x: Any, k: int | None) -> str:
     """``"cpu"`` or ``"cuda"`` for lyapunov (work per step: batch * G N (N + k))."""
-    b = check_backend(backend)
-    if b == "cpu":
-        return b
-    if not _native(model):
-        if b == "cuda":
-            raise ValueError("backend='cuda' applies to native models (RNN, LSTM, GRU)")
-        return "cpu"
-    if _without_kernels(b, model):
+    b, on_cpu = _first_checks(
+        backend, model, "backend='cuda' applies to native models (RNN, LSTM, GRU)"
+    )
+    if on_cpu:
         return "cpu"
     if b == "cuda" and model.axis == "depth":
         raise ValueError(
@@ -153,17 +161,8 @@ def singular_backend(backend: object, model: Any, x: Any) -> str:
     """``"cpu"`` or ``"cuda"`` for jacobian_singular_values of an already resolved model
     (validates ``backend``; what the CUDA path lacks is a ValueError naming it for
     ``backend="cuda"`` and stays on the CPU for ``"auto"``)."""
-    b = check_backend(backend)
-    if b == "cpu":
-        return b
-    if not _native(model):
-        if b == "cuda":
-            raise ValueError(
-                "backend='cuda' applies to native models (MLP, RNN, LSTM, GRU); a torch module "
-                "runs on its own device"
-            )
-        return "cpu"
-    if _without_kernels(b, model):
+    b, on_cpu = _first_checks(backend, model)
+    if on_cpu:
         return "cpu"
     why = model.jacobian_obstacle() or _singular_obstacle(model)
     if why:

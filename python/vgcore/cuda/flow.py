@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from vgcore.cuda._arrays import arrays
+from vgcore.cuda._cell_weights import cell_weights
 from vgcore.cuda._fused import BackwardScale, stats_kernel
 from vgcore.cuda._logscale import rescale_window
 from vgcore.cuda.layers import layer_module
@@ -121,25 +122,14 @@ def recurrent_flow(
     mod = layer_module(kind)
     dt = x.dtype
     T, B, I = x.shape
-    Wih = ar.asarray(spec["weight_ih"], dt)
-    Whh = ar.asarray(spec["weight_hh"], dt)
-    GN, N = Whh.shape
+    w = cell_weights(ar, kind, spec, dt)
+    Whh, WhhT, bhh_d, GN, N = w.Whh, w.WhhT, w.bhh, w.GN, w.N
     G = GN // N
-    bih = spec.get("bias_ih")
-    bhh = spec.get("bias_hh")
     lstm, gru = kind == "lstm", kind == "gru"
     with _errstate():
         # (1) the input projections of every step in one GEMM (b_hh folded in, except GRU's)
-        bias = np.zeros(GN, dt)
-        if bih is not None:
-            bias += bih
-        if bhh is not None and not gru:
-            bias += bhh
-        A = xp.matmul(ar.asarray(x, dt).reshape(T * B, I), Wih.T) + ar.asarray(bias, dt)
+        A = xp.matmul(ar.asarray(x, dt).reshape(T * B, I), w.Wih.T) + w.bias
         A = xp.ascontiguousarray(A.reshape(T, B, GN))
-        WhhT = xp.ascontiguousarray(Whh.T)
-        # GRU: b_hh, which the reset gate multiplies, is added in the kernel (zeros: none)
-        bhh_d = ar.asarray(bhh if bhh is not None else np.zeros(GN), dt) if gru else None
         H = xp.zeros((T + 1, B, N), dt)
         if h0 is not None:
             H[0] = ar.asarray(h0, dt)

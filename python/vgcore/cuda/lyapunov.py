@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from vgcore.cuda._arrays import arrays
+from vgcore.cuda._cell_weights import cell_weights
 from vgcore.cuda._fused import qr_finish
 from vgcore.cuda.layers import layer_module
 
@@ -62,29 +63,14 @@ class LyapunovEngine:
         self.kind = kind
         dt = h0.dtype
         self.dt = dt
-        self.Wih = ar.asarray(spec["weight_ih"], dt)
-        Whh = ar.asarray(spec["weight_hh"], dt)
-        self.GN, self.N = Whh.shape
-        self.WhhT = xp.ascontiguousarray(Whh.T)
-        gru = kind == "gru"
-        bias = np.zeros(self.GN, dt)
-        if spec.get("bias_ih") is not None:
-            bias += spec["bias_ih"]
-        if spec.get("bias_hh") is not None and not gru:
-            bias += spec["bias_hh"]
-        self.bias = ar.asarray(bias, dt)
-        # GRU: b_hh (zeros: none) is added in the kernel, which the reset gate multiplies
-        bhh = spec.get("bias_hh")
-        self.bhh = ar.asarray(bhh if bhh is not None else np.zeros(self.GN), dt) if gru else None
+        w = cell_weights(ar, kind, spec, dt)
+        self.GN, self.N = w.GN, w.N
+        self.Wih, self.WhhT, self.bias, self.bhh = w.Wih, w.WhhT, w.bias, w.bhh
+        self.extra = w.extra
         self.B, self.k, self.D = v0.shape
         self.burn_in, self.qr_every, self.max_records = burn_in, qr_every, max_records
         self.X = ar.asarray(h0, dt)
         self.V = ar.asarray(v0, dt)
-        self.extra: tuple[Any, ...] = ()
-        if kind == "rnn":  # the nonlinearity's code and parameter
-            from vgcore.cuda.flow import _act_of_spec
-
-            self.extra = _act_of_spec(spec)[:2]
         kv = ar.kernel_view
         # the products' outputs, and views of the state and tangents' h part (their inputs)
         self.U = xp.empty((self.B, self.GN), dt)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from vgcore.cuda._arrays import Arrays, arrays
+from vgcore.cuda._cell_weights import cell_weights
 from vgcore.cuda._fused import graded_finish
 from vgcore.cuda.layers import layer_module
 
@@ -101,27 +102,12 @@ class _Recurrent:
         dt = x.dtype
         self.x = x
         self.steps, B, _ = x.shape
-        Whh = ar.asarray(spec["weight_hh"], dt)
-        self.GN, self.N = Whh.shape
-        self.Wih = ar.asarray(spec["weight_ih"], dt)
-        self.WhhT = xp.ascontiguousarray(Whh.T)
-        gru = kind == "gru"
-        bias = np.zeros(self.GN, dt)
-        if spec.get("bias_ih") is not None:
-            bias += spec["bias_ih"]
-        if spec.get("bias_hh") is not None and not gru:
-            bias += spec["bias_hh"]
-        self.bias = ar.asarray(bias, dt)
-        # GRU: b_hh (zeros: none) is added in the kernel, which the reset gate multiplies
-        bhh = spec.get("bias_hh")
-        self.bhh = ar.asarray(bhh if bhh is not None else np.zeros(self.GN), dt) if gru else None
+        w = cell_weights(ar, kind, spec, dt)
+        self.GN, self.N = w.GN, w.N
+        self.Wih, self.WhhT, self.bias, self.bhh = w.Wih, w.WhhT, w.bias, w.bhh
+        self.extra = w.extra
         self.D = 2 * self.N if kind == "lstm" else self.N
         self.X = ar.asarray(h0, dt) if h0 is not None else xp.zeros((B, self.D), dt)
-        self.extra: tuple[Any, ...] = ()
-        if kind == "rnn":  # the nonlinearity's code and parameter
-            from vgcore.cuda.flow import _act_of_spec
-
-            self.extra = _act_of_spec(spec)[:2]
         self.U = xp.empty((B, self.GN), dt)
         self.P: Any = None
         self.p0 = 0
