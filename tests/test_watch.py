@@ -1156,8 +1156,8 @@ def test_norms_match_on_the_compiled_pass_and_torchs_alike(opt_name, monkeypatch
     monkeypatch.setattr(_core, "snapshot_sums", spy)
     w = watched_run(model, make, batches, activations=False, output_grads=False)
     oracle = oracle_run(ref, make, batches, block_names=["a"])
-    # the Linear's weight and bias took the compiled pass, the other two torch's
-    assert sizes and all(sz == [48, 8] for sz in sizes)
+    # the Linear's weight and bias took the compiled pass (last first), the other two torch's
+    assert sizes and all(sz == [8, 48] for sz in sizes)
     df = w.history
     for s, (rec, _) in enumerate(oracle):
         for name, (g, wn, d) in rec.items():
@@ -1168,6 +1168,39 @@ def test_norms_match_on_the_compiled_pass_and_torchs_alike(opt_name, monkeypatch
                 np.testing.assert_allclose(float(got.value.iloc[0]), want, rtol=rtol)
     for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
         assert torch.equal(p, q), n
+
+
+def test_parameters_given_new_storage_between_steps_are_followed():
+    """The compiled passes keep NumPy views of the parameters between steps: a weight given new
+    storage through ``.data`` (same shape; then a transposed, non-contiguous one, which torch's
+    path takes), clipped in place, or of a new shape, is read as it is at each step."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
+    lin = model[0]
+    edits = [
+        lambda: None,
+        lambda: setattr(lin.weight, "data", lin.weight.data.clone() * 0.5),
+        lambda: lin.weight.data.clamp_(-0.05, 0.05),
+        lambda: setattr(lin.weight, "data", lin.weight.data.t()),
+        lambda: setattr(lin.weight, "data", lin.weight.data.contiguous() + 0.01),
+    ]
+    want = []
+    with vw.watch(model, opt) as w:
+        for s, edit in enumerate(edits):
+            edit()
+            x, y = data(seed=s)
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            before = lin.weight.detach().clone()
+            g = lin.weight.grad.detach().clone()
+            opt.step()
+            want.append((fl(g.norm()), fl(before.norm()), fl((lin.weight - before).norm())))
+    df = w.history
+    for s, (g, wn, d) in enumerate(want):
+        for metric, v in (("grad_norm", g), ("weight_norm", wn), ("update_norm", d)):
+            got = value(df, s, "0", "0.weight", metric)
+            np.testing.assert_allclose(got, v, rtol=RTOL, err_msg=f"step {s} {metric}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -186,6 +186,9 @@ class Watch:
         self._updates = bool(updates)
         self.update_every = update_every
         self._bufs: dict[int, Any] = {}
+        from vgcore.watch.stats import HostViews
+
+        self._views = HostViews()  # NumPy views of the parameters and of their copies
         self.saturation_threshold = float(saturation_threshold)
         inner, self._wrappers = _blocks.unwrap(model)
         self._inner = inner
@@ -359,6 +362,7 @@ class Watch:
             self._clear_tensor_handles()
             self._reset_window()
             self._bufs.clear()
+            self._views.clear()
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
@@ -649,7 +653,7 @@ class Watch:
                 keys = [k for k in cand if id(self._params[k][1]) in in_opt] if upd_now else []
                 bufs = self._buffers(keys)
                 copies = [bufs.get(k) for k in cand]
-                wn, _ = snapshot_norms(weights, [None] * len(cand), copies)
+                wn, _ = snapshot_norms(weights, [None] * len(cand), copies, cand, self._views)
                 self._pending = {
                     "deferred": True,
                     "cand": cand,
@@ -665,7 +669,8 @@ class Watch:
             weights = [self._data(k) for k in entries]
             bufs = self._buffers(upd)
             # one pass per tensor: the gradient's and the weight's norms, the weight's copy
-            wn, gn = snapshot_norms(weights, grads, [bufs.get(k) for k in entries])
+            copies = [bufs.get(k) for k in entries]
+            wn, gn = snapshot_norms(weights, grads, copies, entries, self._views)
             self._pending = {
                 "entries": entries,
                 "upd": upd,
@@ -693,7 +698,9 @@ class Watch:
                 pend["dn"] = []
                 if snap:
                     # ||theta_after - theta_before||, elementwise differences: exact for tiny steps
-                    pend["dn"] = difference_norms([self._data(k) for k in pend["upd"]], snap)
+                    upd = pend["upd"]
+                    after = [self._data(k) for k in upd]
+                    pend["dn"] = difference_norms(after, snap, upd, self._views)
                 pend["snap"] = None
             self._stage(step, pend)
         self._end_step()

@@ -71,7 +71,7 @@ def _one_pass(t: torch.Tensor | None) -> bool:
     CPU tensor that numpy can view (no lazy negation or conjugation)."""
     return (
         t is not None
-        and t.device.type == "cpu"
+        and t.is_cpu
         and t.dtype in _PASS_DTYPES
         and t.layout == torch.strided
         and t.is_contiguous()
@@ -80,12 +80,55 @@ def _one_pass(t: torch.Tensor | None) -> bool:
     )
 
 
-def _alike(a: torch.Tensor | None, x: torch.Tensor) -> bool:
-    return a is None or (_one_pass(a) and a.dtype == x.dtype and a.numel() == x.numel())
+class HostViews:
+    """NumPy views of the compiled passes' tensors that keep their storage from step to step
+    (the parameters, the monitor's copies of them), made once per key.
+
+    Checking the pass's conditions and making a view costs about 10 us a tensor, a few hundred
+    per logged step; a kept view is checked by the tensor's address, shape, strides and dtype
+    (about 2 us). An equal address is the same storage: the kept view holds it alive.
+    """
+
+    def __init__(self) -> None:
+        self._views: dict[Any, tuple[Any, ...]] = {}
+
+    def view(self, key: Any, t: torch.Tensor) -> np.ndarray | None:
+        """``t`` as a NumPy array when it can take the compiled passes, else None."""
+        if not t.is_cpu or t.layout != torch.strided:
+            return None
+        ptr, shape, strides, dtype = t.data_ptr(), t.shape, t.stride(), t.dtype
+        kept = self._views.get(key)
+        if kept is not None and kept[:4] == (ptr, shape, strides, dtype) and not t.is_neg():
+            return kept[4]
+        v = t.detach().numpy() if _one_pass(t) else None
+        self._views[key] = (ptr, shape, strides, dtype, v)
+        return v
+
+    def clear(self) -> None:
+        self._views.clear()
 
 
-def _view(t: torch.Tensor | None) -> Any:
-    return None if t is None else t.detach().numpy()
+# _CACHE_ORDER: the compiled passes run over the parameters last to first. The optimizer's step
+# and the next forward start with the first parameters, and the backward ends with them: a
+# pass that ends there leaves in the cache what is read next.
+
+
+def _host_view(t: torch.Tensor | None) -> np.ndarray | None:
+    return t.detach().numpy() if t is not None and _one_pass(t) else None
+
+
+def _views_of(
+    tensors: Sequence[torch.Tensor | None], keys: Sequence[Any] | None, kept: HostViews | None
+) -> list[Any]:
+    """NumPy views of the tensors that can take the compiled passes (None for the others),
+    kept in ``kept`` under ``keys`` when given."""
+    if kept is None or keys is None:
+        return [_host_view(t) for t in tensors]
+    return [None if t is None else kept.view(k, t) for k, t in zip(keys, tensors)]
+
+
+def _alike(a: np.ndarray | None, x: np.ndarray) -> bool:
+    return a.dtype == x.dtype and a.size == x.size if a is not None else False
 
 
 def _scalars(values: Any) -> list[torch.Tensor]:
@@ -97,13 +140,16 @@ def snapshot_norms(
     weights: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor | None],
     copies: Sequence[torch.Tensor | None],
+    keys: Sequence[Any] | None = None,
+    kept: HostViews | None = None,
 ) -> tuple[Any, Any]:
     """Norms of ``weights`` and ``grads``, each weight copied into its ``copies`` entry (None:
     no copy).
 
     Dense contiguous float32 / float64 CPU tensors take one compiled pass each (the weight read
     once for its norm and its copy, float64 sums); the others torch's foreach norms and copy.
-    A None gradient gives a zero.
+    A None gradient gives a zero. With ``kept``, the views of the weights (under ``keys``) and
+    of the copies (under ``("copy", key)``) are kept there between calls.
 
     Returns
     -------
@@ -113,25 +159,29 @@ def snapshot_norms(
     from vgcore import _core
 
     n = len(weights)
+    wv = _views_of(weights, keys, kept)
+    gv = [_host_view(g) for g in grads]
+    cv = _views_of(copies, None if keys is None else [("copy", k) for k in keys], kept)
     fast = [
         i
         for i in range(n)
-        if _one_pass(weights[i]) and _alike(grads[i], weights[i]) and _alike(copies[i], weights[i])
+        if (w := wv[i]) is not None
+        and (grads[i] is None or _alike(gv[i], w))
+        and (copies[i] is None or _alike(cv[i], w))
     ]
     roots = np.zeros((2, 0))
     if fast:
+        last_first = fast[::-1]  # see _CACHE_ORDER
         sums = _core.snapshot_sums(
-            [_view(weights[i]) for i in fast],
-            [_view(grads[i]) for i in fast],
-            [_view(copies[i]) for i in fast],
+            [wv[i] for i in last_first], [gv[i] for i in last_first], [cv[i] for i in last_first]
         )
-        roots = np.sqrt(sums.T)
+        roots = np.sqrt(sums[::-1].T)
     if len(fast) == n:
         return roots[0], roots[1]
     wn: list[Any] = [None] * n
     gn: list[Any] = [None] * n
-    for j, (w, g) in enumerate(zip(_scalars(roots[0]), _scalars(roots[1]))):
-        wn[fast[j]], gn[fast[j]] = w, g
+    for j, (wj, gj) in enumerate(zip(_scalars(roots[0]), _scalars(roots[1]))):
+        wn[fast[j]], gn[fast[j]] = wj, gj
     done = set(fast)
     rest = [i for i in range(n) if i not in done]
     got = norms([*(weights[i] for i in rest), *(grads[i] for i in rest)])
@@ -150,12 +200,18 @@ def snapshot_norms(
     return wn, gn
 
 
-def difference_norms(after: Sequence[torch.Tensor], before: Sequence[torch.Tensor]) -> Any:
+def difference_norms(
+    after: Sequence[torch.Tensor],
+    before: Sequence[torch.Tensor],
+    keys: Sequence[Any] | None = None,
+    kept: HostViews | None = None,
+) -> Any:
     """``||after[i] - before[i]||``; ``before`` may be overwritten.
 
     Dense contiguous float32 / float64 CPU pairs take one compiled pass each (both read once,
     the difference formed in float64, exact for float32); the others are subtracted in place
-    into ``before`` (exact for a small step) and normed by torch.
+    into ``before`` (exact for a small step) and normed by torch. ``keys`` and ``kept`` as for
+    :func:`snapshot_norms` (``before`` being the copies).
 
     Returns
     -------
@@ -165,12 +221,14 @@ def difference_norms(after: Sequence[torch.Tensor], before: Sequence[torch.Tenso
     from vgcore import _core
 
     n = len(after)
-    fast = [i for i in range(n) if _one_pass(after[i]) and _alike(before[i], after[i])]
+    av = _views_of(after, keys, kept)
+    bv = _views_of(before, None if keys is None else [("copy", k) for k in keys], kept)
+    fast = [i for i in range(n) if (a := av[i]) is not None and _alike(bv[i], a)]
     roots = np.zeros(0)
     if fast:
-        roots = np.sqrt(
-            _core.difference_sums([_view(after[i]) for i in fast], [_view(before[i]) for i in fast])
-        )
+        last_first = fast[::-1]  # see _CACHE_ORDER
+        sums = _core.difference_sums([av[i] for i in last_first], [bv[i] for i in last_first])
+        roots = np.sqrt(sums[::-1])
     if len(fast) == n:
         return roots
     out: list[Any] = [None] * n
@@ -281,7 +339,7 @@ def activation_parts(
             # one compiled pass on the CPU: host numbers, the per-unit sums as a tensor
             from vgcore import _core
 
-            s1, s2, active, colsum = _core.rectifier_sums(_view(y))
+            s1, s2, active, colsum = _core.rectifier_sums(y.numpy())
             return [s1, math.sqrt(s2), active], torch.from_numpy(colsum)
         # the count of active units (sign is 1 or 0); the monitor takes it from the count
         low = torch.sign(y).sum(dtype=dt)
