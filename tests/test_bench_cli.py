@@ -123,6 +123,8 @@ def test_numpy_threads_round_trip():
 def test_peak_rss_streamed_lyapunov():
     m = peak_rss_mb("lyapunov", 500, 16, kind="gru", k=4, input_size=8)
     assert m["peak_rss_mb"] >= m["baseline_mb"] > 0 and m["extra_mb"] < 64
+    m = peak_rss_mb("lyapunov", 500, 4, kind="selective_ssm", k=4, input_size=8)
+    assert m["peak_rss_mb"] >= m["baseline_mb"] > 0 and m["extra_mb"] < 64
 
 
 def test_gemm_fraction_is_held_to_the_gemm_around_each_workload():
@@ -175,3 +177,99 @@ def test_thread_trap_targets_and_table():
     assert "### Thread trap (the other core busy)" in text
     assert "| BPTT | 0.20 s | 0.22 s | 1.60 | 1.00 s | 2.60 s | 2.60 |" in text
     assert "| Lyapunov RNN | 0.20 s | 0.22 s | 1.10 | - | - | - |" in text
+
+
+def _made_up_row(workload, family, N, steps, best_s, peers):
+    return {
+        "workload": workload,
+        "label": workload,
+        "family": family,
+        "cell": "",
+        "N": N,
+        "sweep": False,
+        "steps": steps,
+        "vgcore_best_threads": 1,
+        "vgcore_best_s": best_s,
+        "peers": [
+            {"peer": name, "ratio": ratio, "ok": True, "best_setting": "1t"}
+            for name, ratio in peers
+        ],
+    }
+
+
+def test_state_space_and_watch_targets_on_a_made_up_run():
+    rows = [
+        _made_up_row("ssm-selective-bptt", "ssm-bptt", 64, 100, 1.0, [("torch reference", 6.0)]),
+        # 250 and 300 ns per step and coordinate: linear within the 1.5x allowed
+        _made_up_row("ssm-lti-lyapunov-D256", "ssm-lyapunov", 256, 1000, 256 * 250e-6, []),
+        _made_up_row("ssm-lti-lyapunov-D4096", "ssm-lyapunov", 4096, 1000, 4096 * 300e-6, []),
+        _made_up_row("torch-watch-mlp-every1", "torch-watch", 0, 10, 1.0, [("loop", 1 / 1.14)]),
+        _made_up_row("torch-watch-mlp-every10", "torch-watch", 0, 10, 1.0, [("loop", 1 / 1.01)]),
+    ]
+    doc = {"rows": rows}
+    by = {t["target"]: t for t in check_targets(doc)}
+    sel = by["ssm-selective-bptt: >= 5x faster than the torch reference"]
+    assert sel["met"] is True and "6.00x" in sel["measured"]
+    lti = by["LTI SSM Lyapunov: cost per step linear in the state size (D=256 -> 4096)"]
+    assert lti["met"] is True and lti["measured"].startswith("250 -> 300 ns")
+    assert by["torch-watch-mlp-every1: overhead <= 10%"]["met"] is False
+    assert by["torch-watch-mlp-every1: overhead <= 10%"]["measured"] == "+14.0%"
+    assert by["torch-watch-mlp-every10: overhead <= 2%"]["met"] is True
+    rows[0]["peers"][0]["ratio"] = 4.0
+    rows[2]["vgcore_best_s"] = 4096 * 400e-6  # 1.6x the smallest size's cost per coordinate
+    by = {t["target"]: t for t in check_targets(doc)}
+    assert by["ssm-selective-bptt: >= 5x faster than the torch reference"]["met"] is False
+    assert (
+        by["LTI SSM Lyapunov: cost per step linear in the state size (D=256 -> 4096)"]["met"]
+        is False
+    )
+
+
+def test_bench_quick_state_space_rows(tmp_path, capsys):
+    """The state-space rows of `vgcore bench --quick`: each peer's answer agrees with vgcore's
+    (the torch reference's BPTT norms, NumPy's QR iteration of the LTI tangents)."""
+    pytest.importorskip("torch")
+    out = tmp_path / "bench.json"
+    args = ["bench", "--quick", "--repeat", "1", "--threads", "1", "--only", "ssm-"]
+    assert main([*args, "--no-memory", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    names = [r["workload"] for r in doc["rows"]]
+    assert names == ["ssm-selective-bptt", "ssm-lti-lyapunov-D64", "ssm-lti-lyapunov-D256"]
+    for row in doc["rows"]:
+        (peer,) = row["peers"]
+        assert peer["ok"] and peer["agreement"] < 1e-4 and peer["ratio"] > 0
+    targets = {t["target"] for t in check_targets(doc)}
+    sel = (
+        "BPTT selective SSM d_model=64 d_state=16 B=4 T=256: >= 5x faster than the torch reference"
+    )
+    assert sel in targets
+    assert "LTI SSM Lyapunov: cost per step linear in the state size (D=64 -> 256)" in targets
+    assert "| BPTT selective SSM d_model=64 d_state=16 B=4 T=256 |" in capsys.readouterr().out
+
+
+def test_bench_quick_watch_row(tmp_path):
+    """A training monitor row of `vgcore bench --quick`: the watched loop's losses equal the
+    unwatched loop's bit for bit (agreement 0) and its overhead target is judged."""
+    pytest.importorskip("torch")
+    out = tmp_path / "bench.json"
+    args = [
+        "bench",
+        "--quick",
+        "--repeat",
+        "1",
+        "--threads",
+        "1",
+        "--only",
+        "torch-watch-mlp-every1",
+    ]
+    assert main([*args, "--no-memory", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    # the pattern also selects every=10
+    assert [r["workload"] for r in doc["rows"]] == [f"torch-watch-mlp-every{e}" for e in (1, 10)]
+    for row in doc["rows"]:
+        (peer,) = row["peers"]
+        assert peer["ok"] and peer["agreement"] == 0.0
+    overhead = [t for t in check_targets(doc) if "overhead" in t["target"]]
+    needs = [t["target"].rsplit(": ", 1)[1] for t in overhead]
+    assert needs == ["overhead <= 10%", "overhead <= 2%"]
+    assert all(t["met"] in (True, False) for t in overhead)

@@ -236,7 +236,8 @@ def reset_hwm():
 
 spec = json.loads(sys.argv[1])
 T, N, chunk, I = spec["T"], spec["N"], 1000, spec["input_size"]
-cls = {"lstm": vgcore.LSTM, "gru": vgcore.GRU, "rnn": vgcore.RNN}[spec["kind"]]
+cls = {"lstm": vgcore.LSTM, "gru": vgcore.GRU, "rnn": vgcore.RNN,
+       "selective_ssm": vgcore.SelectiveSSM}[spec["kind"]]  # (input or d_model, N or d_state)
 model = cls.from_sizes(I, N, seed=0, dtype=np.float32)
 rng = np.random.default_rng(0)
 

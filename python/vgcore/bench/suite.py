@@ -257,7 +257,8 @@ def memory_line(m: dict[str, Any]) -> str:
 
 def memory_report(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Peak resident memory of Lyapunov exponents (LSTM N=256, k=32, input streamed in chunks
-    of 1000 steps) and of input-output singular values (tanh RNN N=64, whole input array) at
+    of 1000 steps; a selective SSM, d_model 16, d_state 4, k=16, likewise) and of input-output
+    singular values (tanh RNN N=64, whole input array) at
     T = 1e3, 1e4 and 1e5 (1e5 left out when quick), each in a fresh process."""
     Ts = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
     out: dict[str, Any] = {}
@@ -265,6 +266,10 @@ def memory_report(quick: bool = False, log: Callable[[str], None] = print) -> di
         key = f"lyapunov LSTM N=256 k=32, input streamed, T={T}"
         out[key] = m = peak_rss_mb("lyapunov", T, 256, kind="lstm", k=32)
         log(f"  lyapunov LSTM N=256 k=32 T={T}: {memory_line(m)}")
+    for T in Ts:  # issue 17: a selective SSM's engine holds O(k D) values too
+        key = f"selective SSM lyapunov d_model=16 d_state=4 k=16, input streamed, T={T}"
+        out[key] = m = peak_rss_mb("lyapunov", T, 4, kind="selective_ssm", k=16, input_size=16)
+        log(f"  lyapunov selective SSM d_model=16 d_state=4 k=16 T={T}: {memory_line(m)}")
     for T in Ts:
         key = f"singular values RNN N=64, input array, T={T}"
         out[key] = m = peak_rss_mb("singular", T, 64, kind="rnn")

@@ -54,10 +54,12 @@ def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 ),
                 r["gemm_fraction"] >= 0.7,
             )
+    ssm_targets(main, add, ratio_line)
+    watch_targets(main, add)
     small = [r for r in doc["rows"] if r["family"] in ("bptt", "lyapunov") and r["N"] == 16]
     ratio_line(small, 10.0, lambda n: n.startswith("jax"), "JAX jit")
     mem = doc.get("memory") or {}
-    for name in ("lyapunov", "singular"):  # memory keys start with these
+    for name in ("lyapunov", "selective SSM lyapunov", "singular"):  # memory keys' starts
         runs = sorted((v for k, v in mem.items() if k.startswith(name)), key=lambda v: v["T"])
         if len(runs) >= 2:  # the last two: past the cap on recorded running estimates
             lo, hi = runs[-2], runs[-1]  # (an input array is in the baseline, not the extra)
@@ -91,6 +93,38 @@ def check_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
             e["vgcore_ratio"] <= 1.5,
         )
     return out
+
+
+def ssm_targets(rows: list, add: Callable[..., None], ratio_line: Callable[..., None]) -> None:
+    """Issue 17's: the selective layer's BPTT >= 5x the torch reference, and the LTI layer's
+    Lyapunov cost per step linear in the state size (per coordinate, the largest size's at
+    most 1.5x the smallest's)."""
+    sel = [r for r in rows if r["family"] == "ssm-bptt"]
+    ratio_line(sel, 5.0, lambda n: n.startswith("torch"), "the torch reference")
+    lti = sorted((r for r in rows if r["family"] == "ssm-lyapunov"), key=lambda r: r["N"])
+    if len(lti) >= 2:
+        lo, hi = lti[0], lti[-1]
+        ns = [r["vgcore_best_s"] / (r["steps"] * r["N"]) * 1e9 for r in (lo, hi)]
+        add(
+            f"LTI SSM Lyapunov: cost per step linear in the state size (D={lo['N']} -> {hi['N']})",
+            f"{ns[0]:.0f} -> {ns[1]:.0f} ns per step and state coordinate",
+            ns[1] <= 1.5 * ns[0],
+        )
+
+
+def watch_targets(rows: list, add: Callable[..., None]) -> None:
+    """Issue 16's: watching costs at most 10% of the step time with every=1, 2% with every=10
+    (the peer is the same loop unwatched: overhead = 1 / ratio - 1)."""
+    for r in rows:
+        if r["family"] != "torch-watch":
+            continue
+        need = 0.10 if r["workload"].endswith("every1") else 0.02
+        peers = ok_peers(r)
+        if not peers:
+            add(f"{r['label']}: overhead <= {need:.0%}", "no peer", None)
+            continue
+        over = 1.0 / peers[0]["ratio"] - 1.0
+        add(f"{r['label']}: overhead <= {need:.0%}", f"{over:+.1%}", over <= need)
 
 
 def format_targets(doc: dict[str, Any]) -> str:

@@ -435,8 +435,9 @@ def all_workloads(
     quick: bool = False, sweep: bool = True
 ) -> list[tuple[str, Callable[[], Workload]]]:
     """``(name, factory)`` pairs (built lazily: some allocate hundreds of MB) in the issue's
-    order; the size sweep (workloads 2 and 3 at N = 16, 64, 1024; N = 256 is the main row)
-    comes last. Each name is the ``Workload.name`` its factory builds."""
+    order, then the torch modules', the state-space layers' and the training monitor's
+    (``torch_workloads``, ``ssm_workloads``, ``watch_workloads``); the size sweep (workloads 2
+    and 3 at N = 16, 64, 1024; N = 256 is the main row) comes last. Each name is the ``Workload.name`` its factory builds."""
     n_main = 64 if quick else 256
     out: list[tuple[str, Callable[[], Workload]]] = [("mlp-flow", partial(mlp_flow, quick))]
     for kind in ("lstm", "gru", "rnn"):
@@ -451,6 +452,10 @@ def all_workloads(
     from vgcore.bench.torch_workloads import torch_workloads  # needs this module's Workload
 
     out += torch_workloads(quick)
+    from vgcore.bench.ssm_workloads import ssm_workloads
+    from vgcore.bench.watch_workloads import watch_workloads
+
+    out += ssm_workloads(quick) + watch_workloads(quick)
     if sweep and not quick:
         for N in SWEEP_N:
             if N == 256:
