@@ -6,6 +6,7 @@
 
 #include "pybind11.hpp"
 #include "vgcore/base/array_sums.hpp"
+#include "vgcore/base/control.hpp"  // kMaxThreads
 
 namespace vgcore::bind {
 namespace {
@@ -43,58 +44,52 @@ std::string at(const char* name, std::size_t i) {
   return std::string(name) + "[" + std::to_string(i) + "]";
 }
 
-py::array_t<double> snapshot(const py::list& xs, const py::list& gs, const py::list& copies) {
+std::size_t thread_count(int threads) {
+  if (threads < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(threads));
+  return static_cast<std::size_t>(std::min(threads, kMaxThreads));
+}
+
+py::array_t<double> snapshot(const py::list& xs, const py::list& gs, const py::list& copies,
+                             int threads) {
   const std::size_t n = xs.size();
   if (gs.size() != n || copies.size() != n)
     throw py::value_error("xs, gs and copies must have the same length, got " + std::to_string(n) +
                           ", " + std::to_string(gs.size()) + ", " + std::to_string(copies.size()));
-  std::vector<Item> x(n), g(n), c(n);
+  const std::size_t nt = thread_count(threads);
+  std::vector<SumsItem> items(n);
   for (std::size_t i = 0; i < n; ++i) {
-    x[i] = item(xs[i], at("xs", i));
-    g[i] = matching(gs[i], x[i], at("gs", i), false);
-    c[i] = matching(copies[i], x[i], at("copies", i), true);
+    const Item x = item(xs[i], at("xs", i));
+    const Item g = matching(gs[i], x, at("gs", i), false);
+    const Item c = matching(copies[i], x, at("copies", i), true);
+    items[i] = {x.data, g.data, const_cast<void*>(c.data), x.n, x.f32};
   }
   py::array_t<double> out({static_cast<py::ssize_t>(n), py::ssize_t{2}});
   double* o = out.mutable_data();
   {
     py::gil_scoped_release release;
-    for (std::size_t i = 0; i < n; ++i) {
-      SnapshotSums s;
-      if (x[i].f32)
-        s = snapshot_sums(static_cast<const float*>(x[i].data),
-                          static_cast<const float*>(g[i].data),
-                          static_cast<float*>(const_cast<void*>(c[i].data)), x[i].n);
-      else
-        s = snapshot_sums(static_cast<const double*>(x[i].data),
-                          static_cast<const double*>(g[i].data),
-                          static_cast<double*>(const_cast<void*>(c[i].data)), x[i].n);
-      o[2 * i] = s.x2;
-      o[2 * i + 1] = s.g2;
-    }
+    snapshot_sums_batch(items.data(), n, o, nt);
   }
   return out;
 }
 
-py::array_t<double> difference(const py::list& as, const py::list& bs) {
+py::array_t<double> difference(const py::list& as, const py::list& bs, int threads) {
   const std::size_t n = as.size();
   if (bs.size() != n)
     throw py::value_error("a and b must have the same length, got " + std::to_string(n) + " and " +
                           std::to_string(bs.size()));
-  std::vector<Item> a(n), b(n);
+  const std::size_t nt = thread_count(threads);
+  std::vector<SumsItem> items(n);
   for (std::size_t i = 0; i < n; ++i) {
-    a[i] = item(as[i], at("a", i));
-    b[i] = matching(bs[i], a[i], at("b", i), false);
-    if (b[i].data == nullptr) throw py::type_error(at("b", i) + " must be a numpy array, got None");
+    const Item a = item(as[i], at("a", i));
+    const Item b = matching(bs[i], a, at("b", i), false);
+    if (b.data == nullptr) throw py::type_error(at("b", i) + " must be a numpy array, got None");
+    items[i] = {a.data, b.data, nullptr, a.n, a.f32};
   }
   py::array_t<double> out(static_cast<py::ssize_t>(n));
   double* o = out.mutable_data();
   {
     py::gil_scoped_release release;
-    for (std::size_t i = 0; i < n; ++i)
-      o[i] = a[i].f32 ? difference_sum_squares(static_cast<const float*>(a[i].data),
-                                               static_cast<const float*>(b[i].data), a[i].n)
-                      : difference_sum_squares(static_cast<const double*>(a[i].data),
-                                               static_cast<const double*>(b[i].data), a[i].n);
+    difference_sums_batch(items.data(), n, o, nt);
   }
   return out;
 }
@@ -128,10 +123,13 @@ py::tuple rectifier(const py::object& y_in) {
 
 void bind_monitor(py::module_& m) {
   m.def("snapshot_sums", &snapshot, py::arg("xs"), py::arg("gs"), py::arg("copies"),
+        py::arg("threads") = 1,
         "Per array of xs: (sum x^2, sum g^2) as rows of a (len(xs), 2) float64 array, one pass "
-        "each; x copied into copies[i] in the same pass. gs[i], copies[i] may be None.");
-  m.def("difference_sums", &difference, py::arg("a"), py::arg("b"),
-        "Per pair: sum (a_i - b_i)^2, each difference formed in float64.");
+        "each; x copied into copies[i] in the same pass. gs[i], copies[i] may be None. Up to "
+        "`threads` threads share the arrays' blocks; the sums do not depend on their number.");
+  m.def("difference_sums", &difference, py::arg("a"), py::arg("b"), py::arg("threads") = 1,
+        "Per pair: sum (a_i - b_i)^2, each difference formed in float64; `threads` as for "
+        "snapshot_sums.");
   m.def("rectifier_sums", &rectifier, py::arg("y"),
         "(sum y, sum y^2, number of entries > 0, per-unit sums over the batch in y's dtype) of "
         "a batch-first array y (at least 2-D), in one pass.");

@@ -1116,6 +1116,37 @@ def test_one_pass_parameter_sums_against_float64():
         _core.difference_sums([x], [])
     with pytest.raises(TypeError, match=r"b\[0\] must be a numpy array"):
         _core.difference_sums([x], [None])
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        _core.snapshot_sums([x], [None], [None], threads=0)
+    with pytest.raises(ValueError, match="threads must be >= 1, got -1"):
+        _core.difference_sums([x], [x], threads=-1)
+
+
+def test_one_pass_sums_on_threads_are_the_same_numbers():
+    """Arrays of several blocks (2^15 entries) share their blocks among threads: the sums on
+    1, 2, 3 and 7 threads are bit for bit those of one thread and within 1e-12 of math.fsum;
+    the copies are exact."""
+    from vgcore import _core
+
+    rng = np.random.default_rng(1)
+    sizes = (3 * 2**15 + 5, 2**15, 17, 0, 5 * 2**15 - 1)
+    for dt in (np.float32, np.float64):
+        xs = [rng.standard_normal(n).astype(dt) for n in sizes]
+        gs = [rng.standard_normal(n).astype(dt) for n in sizes]
+        after = [(x * (1 + 1e-6)).astype(dt) for x in xs]
+        runs, diffs = [], []
+        for threads in (1, 2, 3, 7):
+            cs = [np.full_like(x, np.nan) for x in xs]
+            runs.append(_core.snapshot_sums(xs, gs, cs, threads=threads))
+            diffs.append(_core.difference_sums(after, xs, threads=threads))
+            assert all(np.array_equal(c, x) for c, x in zip(cs, xs))
+        assert all(np.array_equal(r, runs[0]) for r in runs)
+        assert all(np.array_equal(d, diffs[0]) for d in diffs)
+        for i, (x, g, a) in enumerate(zip(xs, gs, after)):
+            np.testing.assert_allclose(runs[0][i, 0], math.fsum(x.astype(float) ** 2), rtol=1e-12)
+            np.testing.assert_allclose(runs[0][i, 1], math.fsum(g.astype(float) ** 2), rtol=1e-12)
+            want = math.fsum((a.astype(float) - x.astype(float)) ** 2)
+            np.testing.assert_allclose(diffs[0][i], want, rtol=1e-12)
 
 
 class _MixedLayouts(nn.Module):
@@ -1149,9 +1180,9 @@ def test_norms_match_on_the_compiled_pass_and_torchs_alike(opt_name, monkeypatch
     sizes: list[list[int]] = []
     one_pass = _core.snapshot_sums
 
-    def spy(xs, gs, cs):
+    def spy(xs, gs, cs, **kw):
         sizes.append([x.size for x in xs])
-        return one_pass(xs, gs, cs)
+        return one_pass(xs, gs, cs, **kw)
 
     monkeypatch.setattr(_core, "snapshot_sums", spy)
     w = watched_run(model, make, batches, activations=False, output_grads=False)
@@ -1168,6 +1199,51 @@ def test_norms_match_on_the_compiled_pass_and_torchs_alike(opt_name, monkeypatch
                 np.testing.assert_allclose(float(got.value.iloc[0]), want, rtol=rtol)
     for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
         assert torch.equal(p, q), n
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_logged_steps_shortcut_gives_the_general_paths_numbers(dtype, monkeypatch):
+    """Whole local CPU parameters take the shortcut through the compiled passes (no per-tensor
+    set-up once the copies exist): every recorded number is bit for bit that of the general
+    path, with a frozen layer and a parameter without a gradient on the way (the shortcut is
+    taken: the general snapshot runs on the first logged step only, where the copies are
+    made)."""
+    from vgcore.watch import stats
+
+    def run(shortcut):
+        model = mlp(widths=(6, 16, 16, 16, 3), dtype=dtype)
+        model[1][0].weight.requires_grad_(False)
+        extra = nn.Parameter(torch.ones(3, dtype=dtype))  # in the optimizer, never used
+        opt = torch.optim.Adam([*model.parameters(), extra], lr=1e-2)
+        batches = [data(seed=s, dtype=dtype) for s in range(4)]
+        with vw.watch(model, opt) as w:
+            w._fast_ok = shortcut
+            for x, y in batches:
+                opt.zero_grad()
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                opt.step()
+                w.observe(loss=loss)
+        return w.history
+
+    general_calls = []
+    general = stats.snapshot_norms
+
+    def spy(*a, **kw):
+        general_calls.append(1)
+        return general(*a, **kw)
+
+    monkeypatch.setattr(stats, "snapshot_norms", spy)
+    fast = run(True)
+    assert len(general_calls) == 1
+    slow = run(False)
+    assert len(general_calls) == 1 + 4
+    assert len(fast) == len(slow) > 0
+    assert fast[["step", "block", "parameter", "metric"]].equals(
+        slow[["step", "block", "parameter", "metric"]]
+    )
+    np.testing.assert_array_equal(fast.value.to_numpy(), slow.value.to_numpy())
+    assert {"update_ratio", "grad_norm"} <= set(fast.metric)
 
 
 def test_parameters_given_new_storage_between_steps_are_followed():

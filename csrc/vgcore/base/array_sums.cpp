@@ -1,5 +1,9 @@
 #include "vgcore/base/array_sums.hpp"
 
+#include <algorithm>
+#include <vector>
+
+#include "vgcore/base/control.hpp"   // run_chunks, split_range
 #include "vgcore/base/fastmath.hpp"  // VGCORE_TARGET_CLONES
 
 namespace vgcore {
@@ -91,7 +95,77 @@ VGCORE_TARGET_CLONES RectifierSums rectifier_pass(const T* __restrict y, std::si
   return s;
 }
 
+// The items' blocks: (item, first entry, entries).
+struct Block {
+  std::size_t item, begin, n;
+};
+
+std::vector<Block> blocks_of(const SumsItem* items, std::size_t count) {
+  std::vector<Block> out;
+  for (std::size_t i = 0; i < count; ++i) {
+    if (items[i].n == 0) continue;
+    for (std::size_t b = 0; b < items[i].n; b += kSumBlock)
+      out.push_back({i, b, std::min(kSumBlock, items[i].n - b)});
+  }
+  return out;
+}
+
+// Runs block_sums(block, &partial[width * j]) for every block j on up to `threads` threads
+// (contiguous runs of blocks), then adds each item's partials in block order into
+// out[width * item ...]. Passes this small are not worth a thread: below 4 blocks a thread,
+// fewer threads.
+template <class Fn>
+void run_blocks(const SumsItem* items, std::size_t count, double* out, std::size_t width,
+                std::size_t threads, Fn&& block_sums) {
+  const std::vector<Block> blocks = blocks_of(items, count);
+  std::fill(out, out + width * count, 0.0);
+  std::vector<double> partial(width * blocks.size(), 0.0);
+  const std::size_t parts = std::max<std::size_t>(1, std::min(threads, blocks.size() / 4));
+  Control ctl;
+  run_chunks(parts, ctl, [&](std::size_t c) {
+    const auto [lo, hi] = split_range(blocks.size(), parts, c);
+    for (std::size_t j = lo; j < hi; ++j) block_sums(blocks[j], &partial[width * j]);
+  });
+  for (std::size_t j = 0; j < blocks.size(); ++j)
+    for (std::size_t w = 0; w < width; ++w)
+      out[width * blocks[j].item + w] += partial[width * j + w];
+}
+
+template <class T>
+SnapshotSums snapshot_block(const SumsItem& it, std::size_t begin, std::size_t n) {
+  const T* x = static_cast<const T*>(it.x) + begin;
+  const T* g = it.g ? static_cast<const T*>(it.g) + begin : nullptr;
+  T* c = it.copy ? static_cast<T*>(it.copy) + begin : nullptr;
+  if (g != nullptr)
+    return c != nullptr ? snapshot_pass<T, true, true>(x, g, c, n)
+                        : snapshot_pass<T, true, false>(x, g, c, n);
+  return c != nullptr ? snapshot_pass<T, false, true>(x, g, c, n)
+                      : snapshot_pass<T, false, false>(x, g, c, n);
+}
+
 }  // namespace
+
+void snapshot_sums_batch(const SumsItem* items, std::size_t count, double* out,
+                         std::size_t threads) {
+  run_blocks(items, count, out, 2, threads, [items](const Block& b, double* o) {
+    const SumsItem& it = items[b.item];
+    const SnapshotSums s =
+        it.f32 ? snapshot_block<float>(it, b.begin, b.n) : snapshot_block<double>(it, b.begin, b.n);
+    o[0] = s.x2;
+    o[1] = s.g2;
+  });
+}
+
+void difference_sums_batch(const SumsItem* items, std::size_t count, double* out,
+                           std::size_t threads) {
+  run_blocks(items, count, out, 1, threads, [items](const Block& b, double* o) {
+    const SumsItem& it = items[b.item];
+    o[0] = it.f32 ? difference_pass(static_cast<const float*>(it.x) + b.begin,
+                                    static_cast<const float*>(it.g) + b.begin, b.n)
+                  : difference_pass(static_cast<const double*>(it.x) + b.begin,
+                                    static_cast<const double*>(it.g) + b.begin, b.n);
+  });
+}
 
 template <class T>
 SnapshotSums snapshot_sums(const T* x, const T* g, T* copy, std::size_t n) {

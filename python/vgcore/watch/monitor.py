@@ -14,7 +14,8 @@ How it measures (and why it stays cheap and correct):
   forward hooks on the recognised activation modules (:func:`vgcore.activations.from_torch_module`).
 - Norms are reduced on the device: dense float32 / float64 CPU parameters in one compiled pass
   per tensor (the gradient's and weight's sums of squares and the weight's copy before the
-  step, the difference's sum of squares after it, in float64), others by
+  step, the difference's sum of squares after it, in float64; the tensors' blocks shared
+  among torch's intra-op threads), others by
   ``torch._foreach_norm`` over all tensors at once; one logged step's 0-d results are stacked
   into one vector and moved to the host once (the sums per block and per activation module
   are formed there; under several ranks on the device, before one all_reduce). Steps that are
@@ -241,6 +242,14 @@ class Watch:
         self._plans: dict[Any, Any] = {}
         self._dist, sharded = detect(model, [p for _, p, _ in plist], distributed)
         self._sharded = sharded
+        # the parameters are whole local tensors (no flat parameter's slices, no shards): a
+        # logged step can take the compiled passes without the per-tensor set-up (_pre_fast)
+        self._fast_ok = (
+            not self._slices
+            and not (self._dist.active and self._dist.mode == "fsdp")
+            and not any(local(p) is not p for _, p, _ in plist)
+        )
+        self._cpu = torch.device("cpu")
         self._recurrent = [
             any(type(m).__name__ in _RECURRENT for m in mod.modules()) for mod in self._block_mods
         ] + ([False] if other else [])
@@ -664,6 +673,10 @@ class Watch:
                     "dev": self._device(weights),
                 }
                 return
+            fast = self._pre_fast(in_opt, upd_now, scale) if self._fast_ok else None
+            if fast is not None:
+                self._pending = fast
+                return
             entries, grads = self._grads()
             upd = [k for k in entries if id(self._params[k][1]) in in_opt] if upd_now else []
             weights = [self._data(k) for k in entries]
@@ -682,6 +695,36 @@ class Watch:
                 "dev": self._device(weights),
             }
 
+    def _pre_fast(self, in_opt: set[int], upd_now: bool, scale: Any) -> dict[str, Any] | None:
+        """The step's pending record when every parameter with a gradient takes the compiled
+        pass and its copy buffer is made (stats.fast_snapshot); None: the general path."""
+        from vgcore.watch.stats import fast_snapshot
+
+        slots = [
+            (k, p)
+            for k, (_, p, _) in enumerate(self._params)
+            if p.requires_grad and p.grad is not None
+        ]
+        upd = [k for k, p in slots if id(p) in in_opt] if upd_now else []
+        copies = {k: b for k in upd if (b := self._bufs.get(k)) is not None}
+        if len(copies) != len(upd):
+            return None  # the general path makes the buffers
+        got = fast_snapshot(slots, copies, self._views)
+        if got is None:
+            return None
+        keys, wn, gn, snap_views = got
+        return {
+            "entries": keys,
+            "upd": upd,
+            "gn": gn,
+            "present": [True] * len(keys),
+            "wn": wn,
+            "snap": [copies[k] for k in upd],
+            "snap_views": snap_views,
+            "scale": scale,
+            "dev": self._cpu,
+        }
+
     def _post_step(self, opt: Any, args: Any, kwargs: Any) -> None:
         if self._paused or self._closed:
             return
@@ -689,7 +732,7 @@ class Watch:
         step = self.step
         if pend is not None:
             torch = self._torch
-            from vgcore.watch.stats import difference_norms
+            from vgcore.watch.stats import difference_norms, fast_differences
 
             with torch.no_grad():
                 if pend.get("deferred"):
@@ -699,9 +742,15 @@ class Watch:
                 if snap:
                     # ||theta_after - theta_before||, elementwise differences: exact for tiny steps
                     upd = pend["upd"]
-                    after = [self._data(k) for k in upd]
-                    pend["dn"] = difference_norms(after, snap, upd, self._views)
-                pend["snap"] = None
+                    dn = None
+                    if pend.get("snap_views") is not None:
+                        slots = [(k, self._params[k][1]) for k in upd]
+                        dn = fast_differences(slots, pend["snap_views"], self._views)
+                    if dn is None:
+                        after = [self._data(k) for k in upd]
+                        dn = difference_norms(after, snap, upd, self._views)
+                    pend["dn"] = dn
+                pend["snap"] = pend["snap_views"] = None
             self._stage(step, pend)
         self._end_step()
         if pend is not None and self.analyze_every is not None and step % self.analyze_every == 0:

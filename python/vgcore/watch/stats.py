@@ -12,7 +12,7 @@ logged step into one float64 vector (:func:`stack64`) and moves it to the host o
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,9 @@ __all__ = [
     "activation_metrics",
     "activation_parts",
     "difference_norms",
+    "fast_differences",
+    "fast_snapshot",
+    "grad_view",
     "local",
     "low_derivative_mask",
     "norms",
@@ -113,6 +116,11 @@ class HostViews:
 # pass that ends there leaves in the cache what is read next.
 
 
+# _THREADS: the compiled passes share their blocks among torch's intra-op threads, as torch's
+# own kernels would (one core does not saturate the memory bus these passes are bound by); the
+# sums do not depend on the thread count.
+
+
 def _host_view(t: torch.Tensor | None) -> np.ndarray | None:
     return t.detach().numpy() if t is not None and _one_pass(t) else None
 
@@ -173,7 +181,10 @@ def snapshot_norms(
     if fast:
         last_first = fast[::-1]  # see _CACHE_ORDER
         sums = _core.snapshot_sums(
-            [wv[i] for i in last_first], [gv[i] for i in last_first], [cv[i] for i in last_first]
+            [wv[i] for i in last_first],
+            [gv[i] for i in last_first],
+            [cv[i] for i in last_first],
+            threads=torch.get_num_threads(),  # see _THREADS
         )
         roots = np.sqrt(sums[::-1].T)
     if len(fast) == n:
@@ -198,6 +209,77 @@ def snapshot_norms(
     if dst:
         torch._foreach_copy_(dst, src)
     return wn, gn
+
+
+def grad_view(g: torch.Tensor | None, like: np.ndarray) -> np.ndarray | None:
+    """A NumPy view of the gradient ``g`` when it can join its weight's compiled pass (dense,
+    contiguous, on the CPU, ``like``'s dtype and size), else None."""
+    if g is None or not _one_pass(g):
+        return None
+    v = (g.detach() if g.requires_grad else g).numpy()
+    return v if v.dtype == like.dtype and v.size == like.size else None
+
+
+def fast_snapshot(
+    slots: Sequence[tuple[Any, torch.Tensor]],
+    copies: Mapping[Any, torch.Tensor],
+    kept: HostViews,
+) -> tuple[list[Any], np.ndarray, np.ndarray, list[np.ndarray]] | None:
+    """:func:`snapshot_norms` for the common case, without its per-tensor set-up: every
+    parameter of ``slots`` ((key, parameter), in order) has a gradient and both take the
+    compiled pass; those whose key is in ``copies`` are copied there.
+
+    Returns
+    -------
+    (keys, weight norms, gradient norms, copies' views) : the keys in ``slots``' order, float64
+        arrays of shape (len(keys),), the views of ``copies`` in ``slots``' order; None when
+        some tensor cannot take the pass or a copy does not match its weight (then
+        :func:`snapshot_norms` does the step)
+    """
+    from vgcore import _core
+
+    keys: list[Any] = []
+    wv: list[np.ndarray] = []
+    gv: list[np.ndarray | None] = []
+    cv: list[np.ndarray | None] = []
+    for k, p in reversed(slots):  # see _CACHE_ORDER
+        w = kept.view(k, p)
+        if w is None:
+            return None
+        g = grad_view(p.grad, w)
+        if g is None:
+            return None
+        buf = copies.get(k)
+        c = None if buf is None else kept.view(("copy", k), buf)
+        if buf is not None and not _alike(c, w):
+            return None
+        keys.append(k)
+        wv.append(w)
+        gv.append(g)
+        cv.append(c)
+    if not keys:
+        return None
+    sums = _core.snapshot_sums(wv, gv, cv, threads=torch.get_num_threads())
+    roots = np.sqrt(sums[::-1].T)
+    return keys[::-1], roots[0], roots[1], [c for c in cv[::-1] if c is not None]
+
+
+def fast_differences(
+    slots: Sequence[tuple[Any, torch.Tensor]], before: Sequence[np.ndarray], kept: HostViews
+) -> np.ndarray | None:
+    """:func:`difference_norms` of the parameters of ``slots`` against the copies' views
+    ``before`` made by :func:`fast_snapshot`; None when a parameter cannot take the compiled
+    pass any more (the optimizer gave it new storage of another layout)."""
+    from vgcore import _core
+
+    av: list[np.ndarray] = []
+    for (k, p), b in zip(slots, before):
+        a = kept.view(k, p)
+        if not _alike(a, b):
+            return None
+        av.append(a)  # type: ignore[arg-type]
+    sums = _core.difference_sums(av[::-1], list(before[::-1]), threads=torch.get_num_threads())
+    return np.sqrt(sums[::-1])
 
 
 def difference_norms(
@@ -227,7 +309,11 @@ def difference_norms(
     roots = np.zeros(0)
     if fast:
         last_first = fast[::-1]  # see _CACHE_ORDER
-        sums = _core.difference_sums([av[i] for i in last_first], [bv[i] for i in last_first])
+        sums = _core.difference_sums(
+            [av[i] for i in last_first],
+            [bv[i] for i in last_first],
+            threads=torch.get_num_threads(),  # see _THREADS
+        )
         roots = np.sqrt(sums[::-1])
     if len(fast) == n:
         return roots
